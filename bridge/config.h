@@ -1,0 +1,146 @@
+/*
+ * config.h - the bridge's configuration, loaded from one YAML file.
+ *
+ * The loader (config.c) walks the YAML with libyaml and fills these structs
+ * through field tables (key, type, default, offset). Every error names
+ * file:line:column and the key, e.g.
+ *   "qmp-bridge.yaml:7:5: transports[1].qos: expected 0, 1 or 2, got 'three'".
+ * Every key and its default is documented in conf/qmp-bridge.example.yaml.
+ *
+ * Value syntax: sizes accept a plain byte count or a suffix (B, KiB, MiB, GiB,
+ * also k/K, M, G meaning the binary units); durations accept milliseconds as a
+ * plain integer or a suffix (ms, s, m, h). Booleans: true/false/yes/no/on/off.
+ */
+#ifndef QB_CONFIG_H
+#define QB_CONFIG_H
+
+#include "log.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One statically configured VM (vms: list). */
+struct qb_vm_config {
+    char *name; /* unique; [A-Za-z0-9._-]{1,64}, used in topics and sources */
+    char *qmp;  /* "unix:/path" or "tcp:host:port" */
+    int line;   /* where it was defined, for later error messages */
+};
+
+/* One key/value pair of a pass-through map (kafka properties:). */
+struct qb_config_kv {
+    char *key;
+    char *value;
+    int line, column;
+};
+
+enum qb_mqtt_protocol { QB_MQTT_V5 = 5, QB_MQTT_V311 = 4 };
+enum qb_kafka_content_mode { QB_KAFKA_STRUCTURED = 0, QB_KAFKA_BINARY = 1 };
+
+/*
+ * One entry of transports:. One flat struct for every backend keeps the loader
+ * to one field table; the table says which keys each type accepts, so a kafka
+ * key under an mqtt transport is an "unknown key" error.
+ */
+struct qb_transport_config {
+    char *type; /* "stdout", "mqtt", "kafka" */
+    char *name; /* label in logs and metrics; default: the type, or type#N if repeated */
+    int line, column;
+
+    /* Common to all: the bounded in-memory queue in front of the backend. */
+    size_t queue_max_messages; /* queue_max_messages, default 100000 */
+    size_t queue_max_bytes;    /* queue_max_bytes, default 64MiB */
+
+    /* stdout */
+    char *path; /* path: write JSON lines to this file instead of stdout; default NULL */
+
+    /* mqtt */
+    char *host;              /* default "127.0.0.1" */
+    int port;                /* default 1883 (8883 when tls.ca_file is set) */
+    char *topic_prefix;      /* default "qmp" */
+    int qos;                 /* 0, 1, 2; default 1 */
+    enum qb_mqtt_protocol protocol; /* "5" or "3.1.1"; default 5 */
+    char *client_id;         /* default "qmp-bridge-<bridge id>" */
+    uint32_t keepalive_ms;   /* keepalive, default 30s */
+    char *username;          /* default NULL */
+    char *password_file;     /* first line is the password; default NULL */
+    char *tls_ca_file;       /* tls: { ca_file, cert_file, key_file, insecure } */
+    char *tls_cert_file;
+    char *tls_key_file;
+    bool tls_insecure;       /* skip hostname verification; default false */
+    uint32_t max_inflight;   /* unacknowledged publishes at once; default 100 */
+    uint32_t reconnect_initial_ms; /* default 500ms */
+    uint32_t reconnect_max_ms;     /* default 30s */
+
+    /* kafka */
+    char *brokers;         /* "host:port,..." required for kafka */
+    char *events_topic;    /* default "qmp.events"; <bridge>/<vm>/<type> placeholders */
+    char *state_topic;     /* default "qmp.state" */
+    char *commands_topic;  /* default "qmp.commands" */
+    enum qb_kafka_content_mode content_mode; /* "structured" (default) or "binary" */
+    struct qb_config_kv *properties; /* passed to librdkafka verbatim */
+    size_t n_properties;
+
+    uint32_t shutdown_timeout_ms; /* bounded flush wait at shutdown; default 5s */
+};
+
+struct qb_config {
+    char *path; /* the file this came from */
+
+    /* bridge: */
+    char *bridge_id;              /* id, required; [A-Za-z0-9._-]{1,64} */
+    enum qb_log_level log_level;  /* log_level, default info */
+    char *schema_base_uri;        /* schema_base_uri, default
+                                     "file:///usr/share/qmp-bridge/schema/v1/" */
+
+    /* qmp: */
+    size_t qmp_max_line_bytes;       /* max_line_bytes, default 16MiB */
+    uint32_t qmp_command_timeout_ms; /* command_timeout, default 10s */
+    uint32_t qmp_connect_timeout_ms; /* connect_timeout, default 5s */
+    uint32_t qmp_reconnect_initial_ms; /* reconnect_initial, default 250ms */
+    uint32_t qmp_reconnect_max_ms;   /* reconnect_max, default 30s */
+
+    /* vms: */
+    struct qb_vm_config *vms;
+    size_t n_vms;
+
+    /* discovery: */
+    char *discovery_directory; /* directory, default NULL (off) */
+    char *discovery_suffix;    /* suffix: only files ending in it are VMs; the VM name is the
+                                  file name without it. Default "" (every socket file) */
+
+    /* events: */
+    char **events_exclude;     /* exclude: QMP event names never published; default none */
+    size_t n_events_exclude;
+
+    /* transports: (default: one stdout transport when the list is absent) */
+    struct qb_transport_config *transports;
+    size_t n_transports;
+};
+
+/*
+ * Loads and validates the YAML file at path.
+ * On success returns QB_OK and *out is a new config owned by the caller
+ * (free with qb_config_free). On failure returns QB_ECONFIG (or QB_ENOMEM,
+ * QB_EIO), leaves *out NULL, and writes a one-line message with
+ * file:line:column and the key into errbuf.
+ */
+int qb_config_load_file(const char *path, struct qb_config **out, char *errbuf, size_t errlen);
+
+/*
+ * Same as qb_config_load_file but from a string in memory; name is used as
+ * the file name in messages. Used by tests, fuzzing and the embedded demo.
+ */
+int qb_config_load_string(const char *name, const char *yaml, size_t len, struct qb_config **out,
+                          char *errbuf, size_t errlen);
+
+/* Frees a config and everything it owns. NULL is fine. */
+void qb_config_free(struct qb_config *cfg);
+
+/* Parses "16MiB", "64k", "1024". Returns QB_OK or QB_EINVAL. */
+int qb_config_parse_size(const char *text, size_t *out);
+
+/* Parses "30s", "500ms", "5m", "2h", "250" (ms). Returns QB_OK or QB_EINVAL. */
+int qb_config_parse_duration_ms(const char *text, uint32_t *out);
+
+#endif

@@ -1,0 +1,62 @@
+/*
+ * envelope.h - the CloudEvents 1.0 structured-mode envelope of every message.
+ *
+ *   {"specversion":"1.0","id":"<epoch>-<sequence>","source":"qmp-bridge://<bridge>/<vm>",
+ *    "type":"qmp.block.io_error","subject":"<vm>","time":"2026-11-22T02:22:04.123456Z",
+ *    "datacontenttype":"application/json","dataschema":"<schema_base_uri><type>.json",
+ *    "sequence":"00000000000000000042","partitionkey":"<bridge>/<vm>","bridge":"<bridge>",
+ *    "data":{...}}
+ *
+ * The attributes are written straight into one buffer (escaped as JSON
+ * strings); only data goes through jansson's dumper. id is unique per source
+ * and stable: a retried publish carries the same bytes. sequence is the per-VM
+ * counter as a 20-digit zero-padded decimal string, so it sorts as text.
+ * epoch is the moment (microseconds, hex) the bridge started numbering that
+ * VM, which keeps ids unique across bridge restarts.
+ */
+#ifndef QB_ENVELOPE_H
+#define QB_ENVELOPE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct qb_envelope_ctx {
+    const char *bridge_id;       /* borrowed */
+    const char *schema_base_uri; /* borrowed; ends with "/" */
+};
+
+struct qb_envelope_in {
+    const char *vm;     /* borrowed */
+    const char *type;   /* borrowed */
+    uint64_t epoch;     /* see above */
+    uint64_t sequence;
+    const char *id_suffix; /* NULL, or appended to id (".state" for state-topic copies) */
+    int64_t ts_sec;     /* event time; ts_sec < 0 means "now" from the bridge's clock */
+    int32_t ts_usec;
+    const json_t *data; /* borrowed; NULL is written as {} */
+};
+
+/*
+ * Serialises one envelope. On QB_OK *out is a new NUL-terminated buffer owned
+ * by the caller (free()) and *out_len its length without the NUL. Returns
+ * QB_ENOMEM or QB_EINVAL (data not serialisable).
+ */
+int qb_envelope_build(const struct qb_envelope_ctx *ctx, const struct qb_envelope_in *in,
+                      char **out, size_t *out_len);
+
+/*
+ * Writes the id an envelope with these values carries into buf
+ * ("<epoch hex>-<sequence>" + suffix, suffix may be NULL) and returns buf.
+ * Transports put it in headers (Kafka ce_id) without parsing the payload.
+ */
+char *qb_envelope_format_id(uint64_t epoch, uint64_t sequence, const char *id_suffix, char *buf,
+                            size_t buflen);
+
+/*
+ * Formats ts (seconds, microseconds) as RFC 3339 UTC with microseconds into
+ * buf (at least 32 bytes): "2026-11-22T02:22:04.123456Z". Returns buf.
+ */
+char *qb_envelope_format_time(int64_t ts_sec, int32_t ts_usec, char *buf, size_t buflen);
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * log.h - levelled logger.
+ *
+ * The level is checked before any formatting happens (the macros test
+ * qb_log_threshold first), so debug lines cost one compare when off.
+ * Lines go to stderr as "<time> <level> [<vm>] <message>"; the [vm] part is
+ * left out when vm is NULL. Under systemd, stderr lands in the journal.
+ */
+#ifndef QB_LOG_H
+#define QB_LOG_H
+
+enum qb_log_level {
+    QB_LOG_ERROR = 0,
+    QB_LOG_WARN = 1,
+    QB_LOG_INFO = 2,
+    QB_LOG_DEBUG = 3,
+};
+
+extern enum qb_log_level qb_log_threshold;
+
+void qb_log_set_level(enum qb_log_level level);
+
+/* Parses "error", "warn"/"warning", "info", "debug". Returns QB_OK or QB_EINVAL. */
+int qb_log_level_parse(const char *text, enum qb_log_level *out);
+
+/* Returns the static name of a level ("info"). */
+const char *qb_log_level_name(enum qb_log_level level);
+
+/* Writes one line unconditionally; use the macros below instead. vm may be NULL. */
+void qb_log_write(enum qb_log_level level, const char *vm, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define qb_log(level, vm, ...)                                                                     \
+    do {                                                                                           \
+        if ((level) <= qb_log_threshold)                                                           \
+            qb_log_write((level), (vm), __VA_ARGS__);                                              \
+    } while (0)
+
+#define QB_LOG_ERR(vm, ...) qb_log(QB_LOG_ERROR, (vm), __VA_ARGS__)
+#define QB_LOG_WARN(vm, ...) qb_log(QB_LOG_WARN, (vm), __VA_ARGS__)
+#define QB_LOG_INFO(vm, ...) qb_log(QB_LOG_INFO, (vm), __VA_ARGS__)
+#define QB_LOG_DEBUG(vm, ...) qb_log(QB_LOG_DEBUG, (vm), __VA_ARGS__)
+
+#endif

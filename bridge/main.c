@@ -1,0 +1,285 @@
+/*
+ * main.c - arguments, config load, signals, the loop, orderly shutdown.
+ *
+ * Shutdown order matters for "nothing lost": first stop finding VMs, then
+ * close every VM session (each connected VM publishes bridge.vm.disconnected),
+ * then close the transports, which flush their queues with a bounded wait and
+ * say how much stayed undelivered. A second SIGINT/SIGTERM exits at once.
+ *
+ * Exit codes: 0 clean shutdown or valid config, 1 configuration error,
+ * 2 usage error, 3 start-up failure (a transport or discovery could not start).
+ */
+#include "config.h"
+#include "discovery.h"
+#include "error.h"
+#include "log.h"
+#include "transport.h"
+#include "vm_manager.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#define QB_DEFAULT_CONFIG "/etc/qmp-bridge/qmp-bridge.yaml"
+
+struct qb_main {
+    uv_loop_t *loop;
+    struct qb_config *cfg;
+    struct qb_transport **transports;
+    size_t n_transports;
+    size_t transports_open;
+    struct qb_vm_manager *mgr;
+    struct qb_discovery *discovery;
+    uv_signal_t sig_int, sig_term, sig_hup;
+    bool shutting_down;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: qmp-bridge [-c FILE] [--check-config]\n"
+               "       qmp-bridge --version | --help\n"
+               "\n"
+               "Keeps a QMP session to each QEMU VM of this host and publishes their events\n"
+               "as CloudEvents to MQTT, Kafka or stdout.\n"
+               "\n"
+               "  -c, --config FILE   configuration file (default " QB_DEFAULT_CONFIG ")\n"
+               "      --check-config  load and validate the configuration, then exit\n"
+               "                      (0 valid, 1 invalid)\n"
+               "  -V, --version       print the version and exit\n"
+               "  -h, --help          print this help and exit\n");
+}
+
+static void main_close_signals(struct qb_main *q)
+{
+    uv_close((uv_handle_t *)&q->sig_int, NULL);
+    uv_close((uv_handle_t *)&q->sig_term, NULL);
+    uv_close((uv_handle_t *)&q->sig_hup, NULL);
+}
+
+static void main_transport_closed(void *arg)
+{
+    struct qb_main *q = arg;
+
+    if (--q->transports_open == 0) {
+        QB_LOG_INFO(NULL, "shutdown complete");
+        main_close_signals(q);
+    }
+}
+
+static void main_manager_closed(void *arg)
+{
+    struct qb_main *q = arg;
+
+    q->mgr = NULL;
+    q->transports_open = q->n_transports;
+    if (q->n_transports == 0) {
+        main_close_signals(q);
+        return;
+    }
+    for (size_t i = 0; i < q->n_transports; i++)
+        qb_transport_close(q->transports[i], main_transport_closed, q);
+}
+
+static void main_shutdown(struct qb_main *q, const char *why)
+{
+    if (q->shutting_down) {
+        QB_LOG_WARN(NULL, "%s again: exiting without waiting for queues to drain", why);
+        exit(1);
+    }
+    q->shutting_down = true;
+    QB_LOG_INFO(NULL, "%s: shutting down", why);
+    qb_discovery_stop(q->discovery);
+    q->discovery = NULL;
+    if (q->mgr)
+        qb_vm_manager_close(q->mgr, main_manager_closed, q);
+    else
+        main_manager_closed(q);
+}
+
+static void main_on_signal(uv_signal_t *h, int signum)
+{
+    struct qb_main *q = h->data;
+
+    if (signum == SIGHUP) {
+        QB_LOG_WARN(NULL, "SIGHUP: configuration reload is not supported yet; restart to apply "
+                          "changes");
+        return;
+    }
+    main_shutdown(q, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void main_discovered(void *arg, const char *name, const char *path)
+{
+    struct qb_main *q = arg;
+    char *address = NULL;
+    int rc;
+
+    if (asprintf(&address, "unix:%s", path) < 0)
+        return;
+    rc = qb_vm_manager_add(q->mgr, name, address);
+    if (rc == QB_EEXIST)
+        QB_LOG_WARN(name, "discovered socket %s ignored: a VM of that name is configured", path);
+    else if (rc < 0)
+        QB_LOG_ERR(name, "cannot add discovered VM: %s", qb_strerror(rc));
+    free(address);
+}
+
+static void main_undiscovered(void *arg, const char *name)
+{
+    struct qb_main *q = arg;
+
+    qb_vm_manager_remove(q->mgr, name, "socket removed");
+}
+
+static int main_start_signals(struct qb_main *q)
+{
+    uv_signal_t *handles[] = {&q->sig_int, &q->sig_term, &q->sig_hup};
+    int signums[] = {SIGINT, SIGTERM, SIGHUP};
+
+    for (int i = 0; i < 3; i++) {
+        uv_signal_init(q->loop, handles[i]);
+        handles[i]->data = q;
+        uv_signal_start(handles[i], main_on_signal, signums[i]);
+    }
+    return QB_OK;
+}
+
+/* Creates every configured transport. Returns QB_OK or the first failure (logged). */
+static int main_start_transports(struct qb_main *q)
+{
+    static struct qb_bridge_info info;
+    char err[512];
+
+    info.id = q->cfg->bridge_id;
+    q->transports = calloc(q->cfg->n_transports ? q->cfg->n_transports : 1,
+                           sizeof(*q->transports));
+    if (!q->transports)
+        return QB_ENOMEM;
+    for (size_t i = 0; i < q->cfg->n_transports; i++) {
+        int rc = qb_transport_create(q->loop, &q->cfg->transports[i], &info, &q->transports[i],
+                                     err, sizeof(err));
+        if (rc < 0) {
+            QB_LOG_ERR(NULL, "%s", err);
+            return rc;
+        }
+        q->n_transports++;
+        QB_LOG_INFO(NULL, "transport %s (%s) started", qb_transport_name(q->transports[i]),
+                    q->cfg->transports[i].type);
+    }
+    return QB_OK;
+}
+
+/* Validates what the loader cannot: each transport's own settings. Returns QB_OK or QB_ECONFIG. */
+static int main_check_transports(const struct qb_config *cfg)
+{
+    char err[512];
+
+    for (size_t i = 0; i < cfg->n_transports; i++) {
+        if (qb_transport_validate(&cfg->transports[i], err, sizeof(err)) < 0) {
+            fprintf(stderr, "qmp-bridge: %s:%d:%d: transports[%zu]: %s\n", cfg->path,
+                    cfg->transports[i].line, cfg->transports[i].column, i, err);
+            return QB_ECONFIG;
+        }
+    }
+    return QB_OK;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 'C'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = QB_DEFAULT_CONFIG;
+    bool check_only = false;
+    struct qb_main q = {0};
+    char err[1024];
+    int opt, rc, status = 0;
+
+    while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'C':
+            check_only = true;
+            break;
+        case 'V':
+            printf("qmp-bridge %s\n", QB_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "qmp-bridge: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    rc = qb_config_load_file(config_path, &q.cfg, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "qmp-bridge: %s\n", err);
+        return 1;
+    }
+    if (main_check_transports(q.cfg) < 0) {
+        qb_config_free(q.cfg);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration OK (bridge %s, %zu VMs, %zu transports%s)\n", config_path,
+               q.cfg->bridge_id, q.cfg->n_vms, q.cfg->n_transports,
+               q.cfg->discovery_directory ? ", discovery on" : "");
+        qb_config_free(q.cfg);
+        return 0;
+    }
+
+    qb_log_set_level(q.cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    q.loop = uv_default_loop();
+    QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s", QB_VERSION,
+                q.cfg->bridge_id, config_path);
+
+    main_start_signals(&q);
+    rc = main_start_transports(&q);
+    if (rc == QB_OK)
+        rc = qb_vm_manager_new(q.loop, q.cfg, q.transports, q.n_transports, &q.mgr);
+    for (size_t i = 0; rc == QB_OK && i < q.cfg->n_vms; i++) {
+        rc = qb_vm_manager_add(q.mgr, q.cfg->vms[i].name, q.cfg->vms[i].qmp);
+        if (rc < 0)
+            QB_LOG_ERR(q.cfg->vms[i].name, "cannot add VM: %s", qb_strerror(rc));
+    }
+    if (rc == QB_OK && q.cfg->discovery_directory) {
+        static const struct qb_discovery_callbacks dcb = {
+            .on_add = main_discovered,
+            .on_remove = main_undiscovered,
+        };
+        rc = qb_discovery_start(q.loop, q.cfg->discovery_directory, q.cfg->discovery_suffix, &dcb,
+                                &q, &q.discovery, err, sizeof(err));
+        if (rc < 0)
+            QB_LOG_ERR(NULL, "%s", err);
+    }
+    if (rc < 0) {
+        status = 3;
+        main_shutdown(&q, "start-up failed");
+    }
+
+    uv_run(q.loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(q.loop);
+    if (rc < 0)
+        QB_LOG_WARN(NULL, "loop closed with handles still open: %s", uv_strerror(rc));
+    free(q.transports);
+    qb_config_free(q.cfg);
+    return status;
+}

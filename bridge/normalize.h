@@ -1,0 +1,83 @@
+/*
+ * normalize.h - QMP events to qmp-bridge's normalised event types.
+ *
+ * A table maps each QMP event name to a normaliser; anything not in the table
+ * becomes "qmp.event" with the original name and data (unless excluded by
+ * config). Some events cannot be completed from the event alone: STOP carries
+ * no reason in QEMU 7.2, so the reason comes from the BLOCK_IO_ERROR (action
+ * stop), SHUTDOWN, WATCHDOG or GUEST_PANICKED just before it, or else from
+ * query-status and, for io-error, from query-block's io-status. Such an event
+ * comes back with `need` set; the caller runs that query and hands the reply
+ * to qb_normalize_resolve, holding back every later event of that VM so order
+ * is kept.
+ *
+ * Types produced (data described in schema/v1/<type>.json):
+ *   qmp.block.io_error, qmp.vm.stopped, qmp.vm.resumed, qmp.vm.shutdown,
+ *   qmp.vm.reset, qmp.block.job_error, qmp.job.status, qmp.block.job_ready,
+ *   qmp.block.job_completed, qmp.block.job_cancelled,
+ *   qmp.block.write_threshold, qmp.colo.exit, qmp.event
+ */
+#ifndef QB_NORMALIZE_H
+#define QB_NORMALIZE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* A QMP query the normaliser needs answered before an event is complete. */
+enum qb_norm_query {
+    QB_NORM_QUERY_NONE = 0,
+    QB_NORM_QUERY_STATUS,     /* "query-status" */
+    QB_NORM_QUERY_BLOCK,      /* "query-block" */
+    QB_NORM_QUERY_BLOCK_JOBS, /* "query-block-jobs" */
+};
+
+/* Returns the QMP command name of a query ("query-status"), or NULL for NONE. */
+const char *qb_norm_query_command(enum qb_norm_query q);
+
+struct qb_norm_event {
+    const char *type;  /* static string, e.g. "qmp.block.io_error" */
+    json_t *data;      /* owned by the event (released by qb_norm_event_clear) */
+    int64_t ts_sec;    /* QEMU's timestamp; -1 when the message had none */
+    int32_t ts_usec;
+    enum qb_norm_query need; /* != NONE: incomplete, see qb_normalize_resolve */
+};
+
+/* Per-VM memory of the normaliser (the last stop-causing event, job errors, job types). */
+struct qb_norm_vm;
+
+/* Returns a new per-VM context, or NULL on allocation failure. Free with qb_norm_vm_free. */
+struct qb_norm_vm *qb_norm_vm_new(void);
+void qb_norm_vm_free(struct qb_norm_vm *vm);
+
+/*
+ * Forgets per-session memory (call on every new QMP session), then seeds it
+ * from the connect-time snapshot data (as built by qb_vm_state_from_queries;
+ * borrowed, may be NULL): known jobs and their types.
+ */
+void qb_norm_vm_reset(struct qb_norm_vm *vm, const json_t *snapshot);
+
+/*
+ * Normalises one QMP event message (borrowed).
+ * Returns 1 and fills *out (caller owns out->data; release with
+ * qb_norm_event_clear), 0 when the event produces nothing (excluded by name in
+ * `exclude`, an array of n_exclude names, borrowed), or QB_EPARSE when the
+ * message is not a well-formed event (no "event" string).
+ */
+int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *const *exclude,
+                       size_t n_exclude, struct qb_norm_event *out);
+
+/*
+ * Completes an event whose need was set. status is the QMP reply status
+ * (QB_OK with reply = the "return" value, or an error code with reply NULL or
+ * the error object); reply is borrowed. Fills in data and sets ev->need to the
+ * next query needed or NONE. Never fails: when a query failed the event is
+ * completed with what is known (e.g. reason "unknown") so a pause is never lost.
+ */
+void qb_normalize_resolve(struct qb_norm_vm *vm, struct qb_norm_event *ev, int status,
+                          const json_t *reply);
+
+/* Releases ev->data and zeroes the event. */
+void qb_norm_event_clear(struct qb_norm_event *ev);
+
+#endif

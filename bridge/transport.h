@@ -1,0 +1,96 @@
+/*
+ * transport.h - what the core sees of a transport: a bounded, ordered queue in
+ * front of one backend (stdout, mqtt, kafka), plus the message it carries.
+ *
+ * qb_transport_send copies the message into the transport's queue and returns
+ * at once. The queue hands messages to the backend in order while the backend
+ * accepts them (it may refuse with QB_EAGAIN while its link is down or its
+ * in-flight window is full), and releases each one only when the backend
+ * confirms delivery (MQTT PUBACK, Kafka delivery report, a completed write).
+ * A failed delivery goes back to the queue and is sent again, in order.
+ * When the queue is full, the new message is refused, counted and logged with
+ * its VM and sequence: nothing is dropped silently.
+ */
+#ifndef QB_TRANSPORT_H
+#define QB_TRANSPORT_H
+
+#include "config.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* Where a message goes within a transport. */
+enum qb_msg_kind {
+    QB_MSG_EVENT = 0, /* the event stream (mqtt: <prefix>/<bridge>/<vm>/event/<type>; kafka: events topic) */
+    QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state topic) */
+};
+
+/* One message; every pointer is borrowed for the duration of the call that takes it. */
+struct qb_message {
+    enum qb_msg_kind kind;
+    const char *vm;      /* subject */
+    const char *type;    /* CloudEvents type */
+    const char *id;      /* CloudEvents id */
+    const char *key;     /* "<bridge>/<vm>": ordering key */
+    uint64_t sequence;   /* for drop accounting in logs */
+    const char *payload; /* structured-mode CloudEvents JSON */
+    size_t len;
+};
+
+/* Identity of the bridge that transports need (will topic, client id, group). */
+struct qb_bridge_info {
+    const char *id; /* borrowed for the transport's lifetime */
+};
+
+/* Counters of one transport, all since start. */
+struct qb_transport_stats {
+    uint64_t queued;    /* accepted into the queue */
+    uint64_t published; /* handed to the backend (retries count again) */
+    uint64_t confirmed; /* delivery confirmed: released from the queue */
+    uint64_t failed;    /* failed delivery reports (each then retried) */
+    uint64_t dropped;   /* refused because the queue was full */
+    uint64_t depth;     /* messages in the queue now (including in flight) */
+    uint64_t depth_bytes;
+    bool link_up;
+};
+
+struct qb_transport;
+
+/*
+ * Validates cfg with its backend's validate op without creating anything
+ * (for --check-config). Returns QB_OK or QB_ECONFIG with errbuf filled.
+ */
+int qb_transport_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen);
+
+/*
+ * Creates a transport for cfg (borrowed; must outlive the transport). Never
+ * blocks: links come up later. Returns QB_OK and *out (owned by the caller,
+ * release with qb_transport_close), QB_ECONFIG for an unknown type or a
+ * backend error (errbuf says which), or QB_ENOMEM.
+ */
+int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
+                        const struct qb_bridge_info *bridge, struct qb_transport **out,
+                        char *errbuf, size_t errlen);
+
+/*
+ * Queues a copy of msg. Returns QB_OK, or QB_EAGAIN when the queue is full
+ * (the message is counted as dropped and logged), or QB_ECLOSED while closing.
+ */
+int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
+
+/* The transport's name (config name or type), borrowed. */
+const char *qb_transport_name(const struct qb_transport *t);
+
+void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_stats *out);
+
+/*
+ * Stops taking messages, waits up to cfg->shutdown_timeout_ms for the queue
+ * to drain, logs how many messages were still undelivered, closes the backend
+ * and frees t; done(arg) is called once all of that is finished (from the
+ * loop, never from inside this call).
+ */
+void qb_transport_close(struct qb_transport *t, void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,76 @@
+/*
+ * transport_ops.h - the interface every backend in transports/ implements.
+ *
+ * One const struct per backend with designated initialisers, registered in
+ * transport.c's table by type name. The generic layer (transport.c) owns the
+ * queue, ordering, retries and accounting; a backend only moves bytes and
+ * reports what happened. Optional members may be NULL.
+ */
+#ifndef QB_TRANSPORT_OPS_H
+#define QB_TRANSPORT_OPS_H
+
+#include "transport.h"
+
+/* Capabilities a backend announces. */
+enum {
+    QB_TRANSPORT_CAP_RETAINED = 1 << 0,  /* keeps the latest state per VM (retained / compacted) */
+    QB_TRANSPORT_CAP_KEYED = 1 << 1,     /* honours the ordering key */
+    QB_TRANSPORT_CAP_SUBSCRIBE = 1 << 2, /* can receive commands */
+};
+
+/* What the generic layer gives a backend to report back through. owner is opaque. */
+struct qb_transport_backend_cb {
+    /*
+     * Exactly once per publish that returned QB_OK: status QB_OK when the
+     * delivery is confirmed, or a negative code (the message will be retried).
+     * May be called from the loop only, never from inside publish itself.
+     */
+    void (*delivered)(void *owner, void *token, int status);
+
+    /* The backend can take messages again (link up, window freed). */
+    void (*writable)(void *owner);
+
+    /* The link went up or down; why is a borrowed text for the log. */
+    void (*link)(void *owner, bool up, const char *why);
+};
+
+struct qb_transport_ops {
+    const char *name; /* the `type:` in YAML */
+    unsigned caps;
+
+    /* Pure check of cfg; fills errbuf and returns QB_ECONFIG when invalid. Required. */
+    int (*validate)(const struct qb_transport_config *cfg, char *errbuf, size_t errlen);
+
+    /*
+     * Creates the backend and starts connecting in the background; never
+     * blocks. cfg and bridge are borrowed for the backend's lifetime.
+     * Returns QB_OK with *backend set, or a negative code with errbuf filled.
+     * Required.
+     */
+    int (*create)(uv_loop_t *loop, const struct qb_transport_config *cfg,
+                  const struct qb_bridge_info *bridge, const struct qb_transport_backend_cb *cb,
+                  void *owner, void **backend, char *errbuf, size_t errlen);
+
+    /*
+     * Publishes msg (borrowed: copy what must outlive the call). Returns QB_OK
+     * (then exactly one delivered(token) later), QB_EAGAIN when it cannot
+     * take it now (no callback; wait for writable), or another negative code
+     * for a message it can never send (no callback; counted as failed and
+     * dropped by the caller). Required.
+     */
+    int (*publish)(void *backend, const struct qb_message *msg, void *token);
+
+    /*
+     * Closes the backend: gives up on what is still in flight (each gets
+     * delivered(QB_ECLOSED)), says goodbye where the protocol has one
+     * (MQTT's retained "offline"), and calls closed(arg) from the loop once
+     * every handle is released. Required.
+     */
+    void (*close)(void *backend, void (*closed)(void *arg), void *arg);
+};
+
+/* Backends, defined in transports/<name>.c. */
+extern const struct qb_transport_ops qb_transport_stdout_ops;
+extern const struct qb_transport_ops qb_transport_mqtt_ops;
+
+#endif

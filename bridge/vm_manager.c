@@ -1,0 +1,750 @@
+/*
+ * vm_manager.c - the VMs of one bridge: sessions, back-off, resync, ordered publishing.
+ *
+ * Data flows one way: qmp_client -> normalize -> envelope -> transports. The
+ * manager is the only place that decides when to reconnect and the only place
+ * that numbers events, so ordering and sequence rules live here and nowhere
+ * else. See vm_manager.h for the guarantees.
+ *
+ * A VM is blocked while its connect-time snapshot is being queried or while an
+ * event waits for a query; events read meanwhile wait in a per-VM backlog and
+ * are processed in order once it unblocks. Reply callbacks hold the VM alive
+ * (inflight counter), so a VM removed mid-query is freed only after its last
+ * callback has run.
+ */
+#include "vm_manager.h"
+
+#include "envelope.h"
+#include "error.h"
+#include "log.h"
+#include "normalize.h"
+#include "qmp_client.h"
+#include "vm_state.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <uthash.h>
+
+/* Sessions that stayed READY this long reset the back-off to its initial delay. */
+#define QB_VM_STABLE_MS 10000
+
+/* The snapshot queries run on every READY, in this order. */
+enum qb_vm_query { QB_VMQ_STATUS, QB_VMQ_BLOCK, QB_VMQ_JOBS, QB_VMQ_COLO, QB_VMQ_COUNT };
+static const char *const qb_vm_query_names[QB_VMQ_COUNT] = {
+    "query-status", "query-block", "query-block-jobs", "query-colo-status"};
+
+struct qb_vm;
+
+/* One snapshot query in flight: which VM, which slot of the reply table. */
+struct qb_vm_query_ctx {
+    struct qb_vm *vm;
+    enum qb_vm_query which;
+};
+
+struct qb_vm {
+    struct qb_vm_manager *mgr;
+    char *name;
+    char *address;
+    char *key; /* "<bridge>/<vm>" */
+    struct qb_qmp_client *qmp;
+    struct qb_norm_vm *norm;
+    json_t *state; /* latest qmp.vm.state data; NULL before the first snapshot */
+
+    uint64_t epoch;
+    uint64_t seq;
+
+    uv_timer_t reconnect_timer;
+    uint32_t attempts;  /* failed connects since the last stable session */
+    uint64_t ready_at;  /* uv_now when READY was reached, 0 when not ready */
+    bool was_ready;     /* bridge.vm.connected was published for this session */
+    bool removing;
+    bool timer_closed;
+    unsigned inflight;  /* reply callbacks still to come */
+
+    /* The ordered pipeline. */
+    bool resyncing;
+    json_t *resync_replies[QB_VMQ_COUNT];
+    unsigned resync_left;
+    struct qb_norm_event pending; /* pending.type != NULL: waiting for a query */
+    json_t **backlog;
+    size_t backlog_head, backlog_len, backlog_cap;
+    bool draining;
+
+    UT_hash_handle hh;
+};
+
+/* Sequence counters of VMs that were removed, so a returning name keeps counting. */
+struct qb_seq_memo {
+    char *name;
+    uint64_t epoch;
+    uint64_t seq;
+    UT_hash_handle hh;
+};
+
+struct qb_vm_manager {
+    uv_loop_t *loop;
+    const struct qb_config *cfg;
+    struct qb_transport *const *transports;
+    size_t n_transports;
+    struct qb_envelope_ctx env;
+    struct qb_qmp_options qmp_opts;
+    struct qb_vm *vms;
+    struct qb_seq_memo *memos;
+    uint64_t rng;
+    bool closing;
+    size_t n_alive; /* VM structs not yet freed, including ones being removed */
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+static void vm_connect(struct qb_vm *vm);
+static void vm_drain(struct qb_vm *vm);
+static void vm_maybe_free(struct qb_vm *vm);
+
+static uint64_t wall_clock_usec(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+/* xorshift64*: jitter only needs to spread reconnects, not be unpredictable. */
+static uint64_t mgr_random(struct qb_vm_manager *m)
+{
+    m->rng ^= m->rng >> 12;
+    m->rng ^= m->rng << 25;
+    m->rng ^= m->rng >> 27;
+    return m->rng * 2685821657736338717ull;
+}
+
+/* ---- publishing ---------------------------------------------------------- */
+
+/*
+ * Builds one envelope and hands it to every transport. data is borrowed.
+ * A transport that refuses (queue full) has already counted and logged it.
+ */
+static void vm_publish(struct qb_vm *vm, enum qb_msg_kind kind, const char *type, uint64_t seq,
+                       const char *id_suffix, int64_t ts_sec, int32_t ts_usec, const json_t *data)
+{
+    struct qb_vm_manager *m = vm->mgr;
+    struct qb_envelope_in in = {
+        .vm = vm->name,
+        .type = type,
+        .epoch = vm->epoch,
+        .sequence = seq,
+        .id_suffix = id_suffix,
+        .ts_sec = ts_sec,
+        .ts_usec = ts_usec,
+        .data = data,
+    };
+    char id[96];
+    char *payload = NULL;
+    size_t len = 0;
+    int rc;
+
+    rc = qb_envelope_build(&m->env, &in, &payload, &len);
+    if (rc < 0) {
+        QB_LOG_ERR(vm->name, "cannot build envelope for %s seq %llu: %s", type,
+                   (unsigned long long)seq, qb_strerror(rc));
+        return;
+    }
+    qb_envelope_format_id(vm->epoch, seq, id_suffix, id, sizeof(id));
+
+    struct qb_message msg = {
+        .kind = kind,
+        .vm = vm->name,
+        .type = type,
+        .id = id,
+        .key = vm->key,
+        .sequence = seq,
+        .payload = payload,
+        .len = len,
+    };
+    for (size_t i = 0; i < m->n_transports; i++)
+        qb_transport_send(m->transports[i], &msg);
+    QB_LOG_DEBUG(vm->name, "published %s %s seq %llu", kind == QB_MSG_STATE ? "state" : "event",
+                 type, (unsigned long long)seq);
+    free(payload);
+}
+
+/* Publishes one bridge-made event (connected, disconnected, snapshot) at the bridge's clock. */
+static uint64_t vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data)
+{
+    uint64_t seq = ++vm->seq;
+
+    vm_publish(vm, QB_MSG_EVENT, type, seq, NULL, -1, 0, data);
+    return seq;
+}
+
+/* Publishes a complete normalised event and, when it changed the VM's state, the new state. */
+static void vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev)
+{
+    uint64_t seq = ++vm->seq;
+
+    vm_publish(vm, QB_MSG_EVENT, ev->type, seq, NULL, ev->ts_sec, ev->ts_usec, ev->data);
+    if (vm->state && qb_vm_state_apply(vm->state, ev))
+        vm_publish(vm, QB_MSG_STATE, "qmp.vm.state", seq, ".state", ev->ts_sec, ev->ts_usec,
+                   vm->state);
+}
+
+/* ---- the ordered event pipeline ------------------------------------------ */
+
+static bool vm_blocked(const struct qb_vm *vm)
+{
+    return vm->resyncing || vm->pending.type != NULL;
+}
+
+/* Takes a new reference to msg into the backlog. Returns QB_OK or QB_ENOMEM. */
+static int vm_backlog_push(struct qb_vm *vm, json_t *msg)
+{
+    if (vm->backlog_head > 0 && vm->backlog_head == vm->backlog_len) {
+        vm->backlog_head = 0;
+        vm->backlog_len = 0;
+    }
+    if (vm->backlog_len == vm->backlog_cap) {
+        size_t live = vm->backlog_len - vm->backlog_head;
+        if (vm->backlog_head > 0) {
+            memmove(vm->backlog, vm->backlog + vm->backlog_head, live * sizeof(*vm->backlog));
+            vm->backlog_head = 0;
+            vm->backlog_len = live;
+        }
+        if (vm->backlog_len == vm->backlog_cap) {
+            size_t cap = vm->backlog_cap ? vm->backlog_cap * 2 : 8;
+            json_t **grown = realloc(vm->backlog, cap * sizeof(*grown));
+            if (!grown)
+                return QB_ENOMEM;
+            vm->backlog = grown;
+            vm->backlog_cap = cap;
+        }
+    }
+    vm->backlog[vm->backlog_len++] = json_incref(msg);
+    return QB_OK;
+}
+
+static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg);
+
+/* Runs the query the pending event needs; a query that cannot be sent resolves it at once. */
+static void vm_run_pending_query(struct qb_vm *vm)
+{
+    const char *cmd = qb_norm_query_command(vm->pending.need);
+    int rc;
+
+    vm->inflight++;
+    rc = qb_qmp_client_execute(vm->qmp, cmd, NULL, vm->mgr->cfg->qmp_command_timeout_ms,
+                               vm_query_reply, vm);
+    if (rc < 0) {
+        vm->inflight--;
+        QB_LOG_DEBUG(vm->name, "%s not sent (%s): completing %s with what is known", cmd,
+                     qb_strerror(rc), vm->pending.type);
+        qb_normalize_resolve(vm->norm, &vm->pending, rc, NULL);
+        if (vm->pending.need != QB_NORM_QUERY_NONE) {
+            vm_run_pending_query(vm);
+            return;
+        }
+        vm_publish_event(vm, &vm->pending);
+        qb_norm_event_clear(&vm->pending);
+    }
+}
+
+static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
+{
+    struct qb_vm *vm = arg;
+
+    (void)c;
+    vm->inflight--;
+    if (status < 0 && status != QB_ECLOSED)
+        QB_LOG_WARN(vm->name, "%s for %s failed: %s", qb_norm_query_command(vm->pending.need),
+                    vm->pending.type, qb_strerror(status));
+    qb_normalize_resolve(vm->norm, &vm->pending, status, reply);
+    if (vm->pending.need != QB_NORM_QUERY_NONE) {
+        vm_run_pending_query(vm);
+    } else {
+        vm_publish_event(vm, &vm->pending);
+        qb_norm_event_clear(&vm->pending);
+    }
+    vm_drain(vm);
+    vm_maybe_free(vm);
+}
+
+/* Normalises one QMP event message (borrowed) and publishes it, or parks it on a query. */
+static void vm_process(struct qb_vm *vm, json_t *msg)
+{
+    const struct qb_config *cfg = vm->mgr->cfg;
+    struct qb_norm_event ev;
+    int rc;
+
+    rc = qb_normalize_event(vm->norm, msg, (const char *const *)cfg->events_exclude,
+                            cfg->n_events_exclude, &ev);
+    if (rc < 0) {
+        QB_LOG_WARN(vm->name, "skipping malformed QMP event: %s", qb_strerror(rc));
+        return;
+    }
+    if (rc == 0)
+        return;
+    if (ev.need != QB_NORM_QUERY_NONE) {
+        vm->pending = ev;
+        vm_run_pending_query(vm);
+        return;
+    }
+    vm_publish_event(vm, &ev);
+    qb_norm_event_clear(&ev);
+}
+
+/* Processes held-back events in order until the backlog is empty or the VM blocks again. */
+static void vm_drain(struct qb_vm *vm)
+{
+    if (vm->draining)
+        return;
+    vm->draining = true;
+    while (!vm_blocked(vm) && vm->backlog_head < vm->backlog_len) {
+        json_t *msg = vm->backlog[vm->backlog_head++];
+        vm_process(vm, msg);
+        json_decref(msg);
+    }
+    if (vm->backlog_head == vm->backlog_len) {
+        vm->backlog_head = 0;
+        vm->backlog_len = 0;
+    }
+    vm->draining = false;
+}
+
+static void vm_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
+{
+    struct qb_vm *vm = arg;
+
+    (void)c;
+    if (vm_blocked(vm) || vm->backlog_head < vm->backlog_len) {
+        if (vm_backlog_push(vm, msg) < 0)
+            QB_LOG_ERR(vm->name, "out of memory: event %s lost",
+                       json_string_value(json_object_get(msg, "event")));
+        return;
+    }
+    vm_process(vm, msg);
+}
+
+/* ---- connect-time snapshot ----------------------------------------------- */
+
+static void vm_finish_resync(struct qb_vm *vm)
+{
+    json_t **r = vm->resync_replies;
+
+    if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY) {
+        json_t *snap = qb_vm_state_from_queries(qb_qmp_client_greeting(vm->qmp), r[QB_VMQ_STATUS],
+                                                r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO]);
+        if (snap) {
+            uint64_t seq;
+
+            json_decref(vm->state);
+            vm->state = snap;
+            qb_norm_vm_reset(vm->norm, snap);
+            seq = vm_publish_bridge_event(vm, "qmp.vm.state", snap);
+            vm_publish(vm, QB_MSG_STATE, "qmp.vm.state", seq, NULL, -1, 0, snap);
+            QB_LOG_INFO(vm->name, "state resynced: %s",
+                        json_string_value(json_object_get(snap, "run_state")));
+        } else {
+            QB_LOG_ERR(vm->name, "out of memory building the state snapshot");
+        }
+    }
+    for (int i = 0; i < QB_VMQ_COUNT; i++) {
+        json_decref(r[i]);
+        r[i] = NULL;
+    }
+    vm->resyncing = false;
+    vm_drain(vm);
+}
+
+static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
+{
+    struct qb_vm_query_ctx *q = arg;
+    struct qb_vm *vm = q->vm;
+
+    (void)c;
+    vm->inflight--;
+    if (status == QB_OK) {
+        vm->resync_replies[q->which] = json_incref(reply);
+    } else if (status != QB_ECLOSED && !(q->which == QB_VMQ_COLO && status == QB_EQMP)) {
+        /* query-colo-status fails on builds without COLO: that just means "no COLO". */
+        QB_LOG_WARN(vm->name, "%s failed during resync: %s", qb_vm_query_names[q->which],
+                    qb_strerror(status));
+    }
+    free(q);
+    if (--vm->resync_left == 0)
+        vm_finish_resync(vm);
+    vm_maybe_free(vm);
+}
+
+static void vm_start_resync(struct qb_vm *vm)
+{
+    vm->resyncing = true;
+    vm->resync_left = QB_VMQ_COUNT;
+    for (int i = 0; i < QB_VMQ_COUNT; i++) {
+        struct qb_vm_query_ctx *q = malloc(sizeof(*q));
+        int rc = QB_ENOMEM;
+
+        if (q) {
+            q->vm = vm;
+            q->which = (enum qb_vm_query)i;
+            vm->inflight++;
+            rc = qb_qmp_client_execute(vm->qmp, qb_vm_query_names[i], NULL,
+                                       vm->mgr->cfg->qmp_command_timeout_ms, vm_resync_reply, q);
+            if (rc < 0) {
+                vm->inflight--;
+                free(q);
+            }
+        }
+        if (rc < 0) {
+            QB_LOG_WARN(vm->name, "%s not sent: %s", qb_vm_query_names[i], qb_strerror(rc));
+            if (--vm->resync_left == 0)
+                vm_finish_resync(vm);
+        }
+    }
+}
+
+/* ---- session lifecycle --------------------------------------------------- */
+
+static void vm_on_ready(struct qb_qmp_client *c, void *arg)
+{
+    struct qb_vm *vm = arg;
+    json_t *greeting = qb_qmp_client_greeting(c);
+    json_t *caps = json_object_get(greeting, "capabilities");
+    json_t *data;
+
+    vm->ready_at = uv_now(vm->mgr->loop);
+    vm->was_ready = true;
+    qb_norm_vm_reset(vm->norm, NULL);
+    QB_LOG_INFO(vm->name, "connected to QEMU %s at %s", qb_qmp_client_version(c), vm->address);
+
+    const char *package =
+        json_string_value(json_object_get(json_object_get(greeting, "version"), "package"));
+
+    data = json_pack("{s:{s:s, s:s}, s:o, s:s}", "qemu", "version", qb_qmp_client_version(c),
+                     "package", package ? package : "", "capabilities",
+                     json_is_array(caps) ? json_incref(caps) : json_array(), "address",
+                     vm->address);
+    if (data) {
+        vm_publish_bridge_event(vm, "bridge.vm.connected", data);
+        json_decref(data);
+    }
+    vm_start_resync(vm);
+}
+
+static uint32_t vm_backoff_ms(struct qb_vm *vm)
+{
+    const struct qb_config *cfg = vm->mgr->cfg;
+    uint64_t delay = cfg->qmp_reconnect_initial_ms;
+
+    for (uint32_t i = 0; i < vm->attempts && delay < cfg->qmp_reconnect_max_ms; i++)
+        delay *= 2;
+    if (delay > cfg->qmp_reconnect_max_ms)
+        delay = cfg->qmp_reconnect_max_ms;
+    /* Equal jitter: half fixed, half random, so a storm of VMs spreads out but never hammers. */
+    return (uint32_t)(delay / 2 + (delay > 1 ? mgr_random(vm->mgr) % (delay / 2 + 1) : 0));
+}
+
+static void vm_reconnect_timer_cb(uv_timer_t *t)
+{
+    vm_connect(t->data);
+}
+
+static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, void *arg)
+{
+    struct qb_vm *vm = arg;
+    uint64_t now = uv_now(vm->mgr->loop);
+
+    (void)c;
+    /* Events read before the close are all published by now: replies failed first, drain ran. */
+    vm_drain(vm);
+    if (vm->was_ready) {
+        json_t *data = json_pack("{s:s, s:s}", "reason", reason ? reason : "", "error",
+                                 qb_strerror(err));
+        if (data) {
+            vm_publish_bridge_event(vm, "bridge.vm.disconnected", data);
+            json_decref(data);
+        }
+        QB_LOG_INFO(vm->name, "disconnected: %s", reason ? reason : qb_strerror(err));
+        if (now - vm->ready_at >= QB_VM_STABLE_MS)
+            vm->attempts = 0;
+    } else if (vm->attempts == 0) {
+        QB_LOG_WARN(vm->name, "cannot connect to %s: %s (retrying with back-off)", vm->address,
+                    reason ? reason : qb_strerror(err));
+    } else {
+        QB_LOG_DEBUG(vm->name, "connect attempt %u to %s failed: %s", vm->attempts + 1,
+                     vm->address, reason ? reason : qb_strerror(err));
+    }
+    vm->was_ready = false;
+    vm->ready_at = 0;
+
+    if (vm->removing || vm->mgr->closing) {
+        vm_maybe_free(vm);
+        return;
+    }
+    uint32_t delay = vm_backoff_ms(vm);
+    if (vm->attempts < 32)
+        vm->attempts++;
+    QB_LOG_DEBUG(vm->name, "reconnecting in %u ms", delay);
+    uv_timer_start(&vm->reconnect_timer, vm_reconnect_timer_cb, delay, 0);
+}
+
+static void vm_connect(struct qb_vm *vm)
+{
+    int rc = qb_qmp_client_connect(vm->qmp, vm->address);
+
+    if (rc < 0) {
+        QB_LOG_ERR(vm->name, "cannot connect to '%s': %s", vm->address, qb_strerror(rc));
+        uv_timer_start(&vm->reconnect_timer, vm_reconnect_timer_cb, vm_backoff_ms(vm), 0);
+    }
+}
+
+static const struct qb_qmp_callbacks qb_vm_qmp_callbacks = {
+    .on_ready = vm_on_ready,
+    .on_event = vm_on_event,
+    .on_closed = vm_on_closed,
+};
+
+/* ---- creation and teardown ----------------------------------------------- */
+
+/* Frees the manager and reports done; only once no VM struct is left. */
+static void mgr_finish(struct qb_vm_manager *m)
+{
+    void (*done)(void *) = m->done;
+    void *arg = m->done_arg;
+
+    free(m);
+    if (done)
+        done(arg);
+}
+
+static void vm_free_now(struct qb_vm *vm)
+{
+    struct qb_vm_manager *m = vm->mgr;
+
+    for (size_t i = vm->backlog_head; i < vm->backlog_len; i++)
+        json_decref(vm->backlog[i]);
+    free(vm->backlog);
+    qb_norm_event_clear(&vm->pending);
+    qb_norm_vm_free(vm->norm);
+    json_decref(vm->state);
+    for (int i = 0; i < QB_VMQ_COUNT; i++)
+        json_decref(vm->resync_replies[i]);
+    free(vm->name);
+    free(vm->address);
+    free(vm->key);
+    free(vm);
+    if (--m->n_alive == 0 && m->closing)
+        mgr_finish(m);
+}
+
+static void vm_timer_closed(uv_handle_t *h)
+{
+    struct qb_vm *vm = h->data;
+
+    vm->timer_closed = true;
+    vm_maybe_free(vm);
+}
+
+/*
+ * The last step of removing a VM: once the session is IDLE, release the client
+ * and the timer; the struct goes when no callback can reach it any more.
+ */
+static void vm_maybe_free(struct qb_vm *vm)
+{
+    if (!vm->removing)
+        return;
+    if (vm->qmp && qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)
+        return; /* on_closed will come back here */
+    if (vm->qmp) {
+        struct qb_qmp_client *c = vm->qmp;
+        vm->qmp = NULL;
+        qb_qmp_client_free(c);
+    }
+    if (!uv_is_closing((uv_handle_t *)&vm->reconnect_timer))
+        uv_close((uv_handle_t *)&vm->reconnect_timer, vm_timer_closed);
+    if (vm->timer_closed && vm->inflight == 0)
+        vm_free_now(vm);
+}
+
+static bool vm_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+
+    if (n == 0 || n > 64)
+        return false;
+    return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
+                      struct qb_transport *const *transports, size_t n_transports,
+                      struct qb_vm_manager **out)
+{
+    struct qb_vm_manager *m = calloc(1, sizeof(*m));
+
+    *out = NULL;
+    if (!m)
+        return QB_ENOMEM;
+    m->loop = loop;
+    m->cfg = cfg;
+    m->transports = transports;
+    m->n_transports = n_transports;
+    m->env.bridge_id = cfg->bridge_id;
+    m->env.schema_base_uri = cfg->schema_base_uri;
+    m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
+    m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
+    m->rng = wall_clock_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    *out = m;
+    return QB_OK;
+}
+
+int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address)
+{
+    struct qb_vm *vm;
+    struct qb_seq_memo *memo;
+    int rc;
+
+    if (m->closing)
+        return QB_ECLOSED;
+    if (!vm_name_valid(name))
+        return QB_EINVAL;
+    if (strncmp(address, "unix:", 5) != 0 && strncmp(address, "tcp:", 4) != 0)
+        return QB_EINVAL;
+    HASH_FIND_STR(m->vms, name, vm);
+    if (vm)
+        return QB_EEXIST;
+
+    vm = calloc(1, sizeof(*vm));
+    if (!vm)
+        return QB_ENOMEM;
+    vm->mgr = m;
+    vm->name = strdup(name);
+    vm->address = strdup(address);
+    vm->norm = qb_norm_vm_new();
+    if (vm->name && asprintf(&vm->key, "%s/%s", m->cfg->bridge_id, name) < 0)
+        vm->key = NULL;
+    rc = QB_ENOMEM;
+    if (!vm->name || !vm->address || !vm->norm || !vm->key)
+        goto fail;
+    rc = qb_qmp_client_new(m->loop, name, &m->qmp_opts, &qb_vm_qmp_callbacks, vm, &vm->qmp);
+    if (rc < 0)
+        goto fail;
+    uv_timer_init(m->loop, &vm->reconnect_timer);
+    vm->reconnect_timer.data = vm;
+
+    HASH_FIND_STR(m->memos, name, memo);
+    if (memo) {
+        vm->epoch = memo->epoch;
+        vm->seq = memo->seq;
+        HASH_DEL(m->memos, memo);
+        free(memo->name);
+        free(memo);
+    } else {
+        vm->epoch = wall_clock_usec();
+    }
+    HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
+    m->n_alive++;
+    QB_LOG_INFO(vm->name, "added, QMP at %s", address);
+    vm_connect(vm);
+    return QB_OK;
+
+fail:
+    qb_norm_vm_free(vm->norm);
+    free(vm->name);
+    free(vm->address);
+    free(vm->key);
+    free(vm);
+    return rc;
+}
+
+/* Remembers a VM's numbering so a VM of the same name continues it. */
+static void mgr_remember_seq(struct qb_vm_manager *m, const struct qb_vm *vm)
+{
+    struct qb_seq_memo *memo = calloc(1, sizeof(*memo));
+
+    if (!memo || !(memo->name = strdup(vm->name))) {
+        free(memo);
+        return; /* the next epoch still keeps ids unique; only the count restarts */
+    }
+    memo->epoch = vm->epoch;
+    memo->seq = vm->seq;
+    HASH_ADD_KEYPTR(hh, m->memos, memo->name, strlen(memo->name), memo);
+}
+
+static void vm_begin_removal(struct qb_vm *vm, const char *why)
+{
+    struct qb_vm_manager *m = vm->mgr;
+
+    HASH_DEL(m->vms, vm);
+    if (!m->closing)
+        mgr_remember_seq(m, vm);
+    vm->removing = true;
+    uv_timer_stop(&vm->reconnect_timer);
+    if (qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)
+        qb_qmp_client_disconnect(vm->qmp, why);
+    else
+        vm_maybe_free(vm);
+}
+
+int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why)
+{
+    struct qb_vm *vm;
+
+    HASH_FIND_STR(m->vms, name, vm);
+    if (!vm)
+        return QB_ENOTFOUND;
+    QB_LOG_INFO(vm->name, "removed: %s", why);
+    vm_begin_removal(vm, why);
+    return QB_OK;
+}
+
+size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready)
+{
+    size_t n = 0, r = 0;
+
+    for (const struct qb_vm *vm = m->vms; vm; vm = vm->hh.next) {
+        n++;
+        if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY)
+            r++;
+    }
+    if (ready)
+        *ready = r;
+    return n;
+}
+
+static void mgr_finish_async(uv_handle_t *h)
+{
+    struct qb_vm_manager *m = h->data;
+
+    free(h);
+    mgr_finish(m);
+}
+
+void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void *arg)
+{
+    struct qb_vm *vm, *tmp;
+    struct qb_seq_memo *memo, *mtmp;
+
+    m->closing = true;
+    m->done = done;
+    m->done_arg = arg;
+    HASH_ITER(hh, m->memos, memo, mtmp)
+    {
+        HASH_DEL(m->memos, memo);
+        free(memo->name);
+        free(memo);
+    }
+    if (m->n_alive == 0) {
+        /* Nothing to wait for, but done must still come from the loop, not from here. */
+        uv_idle_t *idle = malloc(sizeof(*idle));
+        if (!idle) {
+            mgr_finish(m);
+            return;
+        }
+        uv_idle_init(m->loop, idle);
+        idle->data = m;
+        uv_close((uv_handle_t *)idle, mgr_finish_async);
+        return;
+    }
+    HASH_ITER(hh, m->vms, vm, tmp) vm_begin_removal(vm, "bridge shutting down");
+}

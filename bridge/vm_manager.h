@@ -1,0 +1,63 @@
+/*
+ * vm_manager.h - the set of VMs one bridge serves, and the per-VM pipeline.
+ *
+ * For each VM the manager owns one QMP session and decides when to
+ * (re)connect: exponential back-off with full jitter between the configured
+ * initial and maximum delays, reset after a successful handshake. On every
+ * READY it publishes bridge.vm.connected, then runs query-status, query-block,
+ * query-block-jobs and query-colo-status, and publishes the result as a
+ * qmp.vm.state snapshot before any qmp.* event of that session, so a late
+ * consumer or a VM that was already paused is never left guessing.
+ *
+ * Events are normalised in arrival order. When one needs a query to be
+ * complete (STOP without a known reason), every later event of that VM waits
+ * behind it: per VM, the bus sees events in the order QEMU raised them. Each
+ * published event gets the VM's next sequence number; when it changes the VM's
+ * state, the updated qmp.vm.state goes to the transports' state channel
+ * (retained / compacted) carrying the same sequence with id suffix ".state".
+ */
+#ifndef QB_VM_MANAGER_H
+#define QB_VM_MANAGER_H
+
+#include "config.h"
+#include "transport.h"
+
+#include <stddef.h>
+#include <uv.h>
+
+struct qb_vm_manager;
+
+/*
+ * Creates a manager. cfg and the transports array are borrowed and must
+ * outlive it. Static VMs are not added here: call qb_vm_manager_add.
+ * Returns QB_OK with *out, or QB_ENOMEM.
+ */
+int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
+                      struct qb_transport *const *transports, size_t n_transports,
+                      struct qb_vm_manager **out);
+
+/*
+ * Adds a VM and starts connecting to address ("unix:/path" or
+ * "tcp:host:port"). name and address are copied. Returns QB_OK, QB_EEXIST
+ * when a VM of that name exists, QB_EINVAL for a bad address, QB_ENOMEM.
+ */
+int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address);
+
+/*
+ * Disconnects and forgets a VM (bridge.vm.disconnected is published if it was
+ * connected). Its sequence counter is remembered, so a VM of the same name that
+ * comes back continues numbering. Returns QB_OK or QB_ENOTFOUND.
+ */
+int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why);
+
+/* Number of VMs and how many are READY, for logs and status. */
+size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready);
+
+/*
+ * Disconnects every VM (publishing bridge.vm.disconnected for connected ones)
+ * and frees the manager once libuv has released every handle; done(arg) is
+ * called then, from the loop.
+ */
+void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages qmp-bridge needs to build, test and run its demo, if any is
+# missing. Idempotent and quiet when everything is there; needs root (or sudo) otherwise.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config
+  librdkafka-dev libmosquitto-dev libjansson-dev libyaml-dev libuv1-dev
+  libssl-dev libsystemd-dev uthash-dev
+  # tests and demo: real QEMU, real mosquitto, kcat, the schema validator, the guest assembler
+  libcmocka-dev qemu-system-x86 qemu-utils mosquitto mosquitto-clients kcat
+  python3 python3-jsonschema binutils util-linux
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "bootstrap: installing missing Debian packages: ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "bootstrap: need root or sudo to install packages" >&2; exit 1; }
+  sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
