@@ -5,8 +5,8 @@
  * the framer's free tail (qb_framer_space), then commits what arrived; every
  * complete line is passed to the callback straight from the buffer, and only
  * a trailing partial line is moved to the front. The buffer grows on demand up
- * to max_line + 1 bytes and is released when no partial line is held, so an
- * idle session costs no buffer at all.
+ * to max_line + 2 bytes (a "\r\n" line of max_line) and is released when no
+ * partial line is held, so an idle session costs no buffer at all.
  */
 #ifndef QB_QMP_FRAMER_H
 #define QB_QMP_FRAMER_H
@@ -31,7 +31,7 @@ typedef int (*qb_framer_line_cb)(void *arg, const char *line, size_t len);
 void qb_framer_init(struct qb_framer *f, size_t max_line);
 
 /*
- * Returns in *ptr/*len a writable area at the end of the buffer of at least
+ * Returns in *ptr and *len a writable area at the end of the buffer of at least
  * min(suggested, room left) bytes, growing the buffer as needed. Returns
  * QB_OK, QB_ENOMEM, or QB_ETOOBIG when a partial line already fills max_line.
  */

@@ -336,13 +336,17 @@ static void vm_finish_resync(struct qb_vm *vm)
         json_t *snap = qb_vm_state_from_queries(qb_qmp_client_greeting(vm->qmp), r[QB_VMQ_STATUS],
                                                 r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO]);
         if (snap) {
-            uint64_t seq;
+            /* One timestamp for both copies: they are the same event. */
+            uint64_t now = wall_clock_usec();
+            int64_t sec = (int64_t)(now / 1000000u);
+            int32_t usec = (int32_t)(now % 1000000u);
+            uint64_t seq = ++vm->seq;
 
             json_decref(vm->state);
             vm->state = snap;
             qb_norm_vm_reset(vm->norm, snap);
-            seq = vm_publish_bridge_event(vm, "qmp.vm.state", snap);
-            vm_publish(vm, QB_MSG_STATE, "qmp.vm.state", seq, NULL, -1, 0, snap);
+            vm_publish(vm, QB_MSG_EVENT, "qmp.vm.state", seq, NULL, sec, usec, snap);
+            vm_publish(vm, QB_MSG_STATE, "qmp.vm.state", seq, NULL, sec, usec, snap);
             QB_LOG_INFO(vm->name, "state resynced: %s",
                         json_string_value(json_object_get(snap, "run_state")));
         } else {

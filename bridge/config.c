@@ -1,0 +1,1566 @@
+/*
+ * config.c - YAML file -> struct qb_config, through field tables.
+ *
+ * Two passes. First libyaml's event parser builds a small tree of our own
+ * (scalar / list / mapping nodes, each with its 1-based line:column). Building
+ * our own tree instead of using yaml_parser_load lets us refuse anchors and
+ * aliases outright (its document shares an aliased node, and walking it visits
+ * that node once per alias: the "billion laughs" blow-up) and cap the nesting
+ * depth so freeing and walking can recurse safely. Then the tree is walked
+ * against static field tables: each entry names a key, its value type, where
+ * it lives in the struct (offsetof), its default as text (parsed by the same
+ * code as the file's value, so a default can never disagree with the
+ * documented syntax) and which transport types accept it. Adding a key is one
+ * table line.
+ *
+ * Every error is written as "<file>:<line>:<column>: <key path>: <what>" into
+ * the caller's errbuf; the walk keeps the key path ("transports[1].qos") in a
+ * buffer as it descends. The loader does not log: the caller decides where
+ * the message goes (main prints it and exits).
+ */
+#include "config.h"
+#include "error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <yaml.h>
+
+/* Configs are a few KiB; anything bigger is a mistake or an attack. */
+#define QB_CONFIG_MAX_BYTES (1024 * 1024)
+/* Our deepest legal path is transports[i].tls.x (depth 4); leave room, but bound recursion. */
+#define QB_CONFIG_MAX_DEPTH 16
+/* How much of an offending value is quoted back in a message. */
+#define QB_CONFIG_QUOTE_MAX 64
+
+/* ------------------------------------------------------------------------ */
+/* The tree                                                                  */
+
+enum ynode_kind { YN_SCALAR, YN_SEQ, YN_MAP };
+
+/*
+ * One YAML node. A mapping keeps keys and values interleaved in items
+ * (key0, value0, key1, value1, ...) so document order survives.
+ */
+struct ynode {
+    enum ynode_kind kind;
+    int line, column; /* 1-based */
+    bool plain;       /* unquoted scalar: only these can mean null */
+    char *text;       /* scalar text, NUL-terminated (embedded NULs are refused) */
+    size_t len;
+    struct ynode **items;
+    size_t n, cap;
+};
+
+static void ynode_free(struct ynode *node)
+{
+    if (!node)
+        return;
+    for (size_t i = 0; i < node->n; i++)
+        ynode_free(node->items[i]);
+    free(node->items);
+    free(node->text);
+    free(node);
+}
+
+/* "~", "null" and an empty unquoted value are YAML's null; quoted, they are strings. */
+static bool ynode_is_null(const struct ynode *node)
+{
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+
+    if (!node || node->kind != YN_SCALAR || !node->plain)
+        return false;
+    for (size_t i = 0; i < sizeof(nulls) / sizeof(nulls[0]); i++)
+        if (strcmp(node->text, nulls[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Returns the value node of key in map (borrowed), or NULL. */
+static const struct ynode *ynode_map_get(const struct ynode *map, const char *key)
+{
+    if (!map || map->kind != YN_MAP)
+        return NULL;
+    for (size_t i = 0; i + 1 < map->n; i += 2)
+        if (map->items[i]->kind == YN_SCALAR && strcmp(map->items[i]->text, key) == 0)
+            return map->items[i + 1];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Context and error messages                                                */
+
+struct cfg_ctx {
+    const char *name; /* file name for messages */
+    char *errbuf;
+    size_t errlen;
+    char path[256]; /* key path of the node being looked at; "" at the root */
+    size_t path_len;
+    const char *transport_type; /* while walking a transport, for "unknown key" hints */
+};
+
+static int cfg_error_at(struct cfg_ctx *c, int line, int column, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Formats the message into errbuf, truncating safely. Always returns QB_ECONFIG. */
+static int cfg_error_at(struct cfg_ctx *c, int line, int column, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (!c->errbuf || c->errlen == 0)
+        return QB_ECONFIG;
+    n = snprintf(c->errbuf, c->errlen, "%s:%d:%d: %s: ", c->name, line, column,
+                 c->path_len ? c->path : "(root)");
+    if (n < 0 || (size_t)n >= c->errlen)
+        return QB_ECONFIG;
+    va_start(ap, fmt);
+    vsnprintf(c->errbuf + n, c->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return QB_ECONFIG;
+}
+
+#define cfg_error(c, node, ...) cfg_error_at((c), (node)->line, (node)->column, __VA_ARGS__)
+
+static int cfg_oom(struct cfg_ctx *c)
+{
+    if (c->errbuf && c->errlen)
+        snprintf(c->errbuf, c->errlen, "%s: out of memory", c->name);
+    return QB_ENOMEM;
+}
+
+/* Appends ".key" (or "key" at the root) to the path; returns the length to restore. */
+static size_t path_push_key(struct cfg_ctx *c, const char *key)
+{
+    size_t mark = c->path_len;
+
+    snprintf(c->path + mark, sizeof(c->path) - mark, "%s%.*s", mark ? "." : "", QB_CONFIG_QUOTE_MAX,
+             key);
+    c->path_len = strlen(c->path);
+    return mark;
+}
+
+static size_t path_push_index(struct cfg_ctx *c, size_t index)
+{
+    size_t mark = c->path_len;
+
+    snprintf(c->path + mark, sizeof(c->path) - mark, "[%zu]", index);
+    c->path_len = strlen(c->path);
+    return mark;
+}
+
+static void path_pop(struct cfg_ctx *c, size_t mark)
+{
+    c->path[mark] = '\0';
+    c->path_len = mark;
+}
+
+/*
+ * Copies at most QB_CONFIG_QUOTE_MAX bytes of text into buf (size >= QB_CONFIG_QUOTE_MAX + 4)
+ * with control characters replaced, so an error message stays one printable line.
+ */
+static const char *quote_value(char *buf, const char *text)
+{
+    size_t i;
+
+    for (i = 0; text[i] && i < QB_CONFIG_QUOTE_MAX; i++)
+        buf[i] = ((unsigned char)text[i] < 0x20 || text[i] == 0x7f) ? '?' : text[i];
+    buf[i] = '\0';
+    if (text[i])
+        strcpy(buf + i, "...");
+    return buf;
+}
+
+/* Describes what a node is, for "expected X, got Y". buf as for quote_value plus quotes. */
+static const char *describe_node(char *buf, size_t len, const struct ynode *node)
+{
+    char quoted[QB_CONFIG_QUOTE_MAX + 4];
+
+    if (node->kind == YN_MAP)
+        return "a mapping";
+    if (node->kind == YN_SEQ)
+        return "a list";
+    if (ynode_is_null(node))
+        return "null";
+    snprintf(buf, len, "'%s'", quote_value(quoted, node->text));
+    return buf;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pass 1: libyaml events -> tree                                            */
+
+struct tree_builder {
+    struct ynode *stack[QB_CONFIG_MAX_DEPTH]; /* open lists and mappings */
+    size_t depth;
+    struct ynode *root;
+    int documents;
+    bool done;
+};
+
+/*
+ * Rebuilds c->path from the open containers, so build-time errors name a key too.
+ * An outer container's last item is the open child; the innermost one's next item
+ * is the node that failed (for a mapping, the key just read, if any).
+ */
+static void builder_path(struct cfg_ctx *c, const struct tree_builder *b)
+{
+    path_pop(c, 0);
+    for (size_t i = 0; i < b->depth; i++) {
+        const struct ynode *open = b->stack[i];
+        size_t child = i + 1 < b->depth ? open->n - 1 : open->n;
+
+        if (open->kind == YN_SEQ) {
+            path_push_index(c, child);
+        } else if (child % 2 == 1) {
+            const char *key = open->items[child - 1]->text;
+
+            path_push_key(c, key ? key : "?");
+        }
+    }
+}
+
+static int builder_error(struct cfg_ctx *c, const struct tree_builder *b, const yaml_mark_t *mark,
+                         const char *what)
+{
+    builder_path(c, b);
+    return cfg_error_at(c, (int)mark->line + 1, (int)mark->column + 1, "%s", what);
+}
+
+/* Makes a node at the event's position and links it into its parent (or as root). */
+static int builder_add(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev,
+                       enum ynode_kind kind, struct ynode **out)
+{
+    struct ynode *node = calloc(1, sizeof(*node));
+    struct ynode *parent = b->depth ? b->stack[b->depth - 1] : NULL;
+
+    if (!node)
+        return cfg_oom(c);
+    node->kind = kind;
+    node->line = (int)ev->start_mark.line + 1;
+    node->column = (int)ev->start_mark.column + 1;
+    if (!parent) {
+        b->root = node;
+    } else {
+        if (parent->n == parent->cap) {
+            size_t cap = parent->cap ? parent->cap * 2 : 8;
+            struct ynode **items = realloc(parent->items, cap * sizeof(*items));
+
+            if (!items) {
+                free(node);
+                return cfg_oom(c);
+            }
+            parent->items = items;
+            parent->cap = cap;
+        }
+        parent->items[parent->n++] = node;
+    }
+    *out = node;
+    return QB_OK;
+}
+
+/* Anchors are refused as well as aliases: an anchor is only ever there to be aliased. */
+static int builder_check_anchor(struct cfg_ctx *c, const struct tree_builder *b,
+                                const yaml_event_t *ev, const yaml_char_t *anchor)
+{
+    if (anchor)
+        return builder_error(c, b, &ev->start_mark, "anchors and aliases are not supported");
+    return QB_OK;
+}
+
+static int on_nothing(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    (void)c, (void)b, (void)ev;
+    return QB_OK;
+}
+
+static int on_stream_end(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    (void)c, (void)ev;
+    b->done = true;
+    return QB_OK;
+}
+
+static int on_document_start(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    if (b->documents++ > 0)
+        return builder_error(c, b, &ev->start_mark, "only one YAML document is allowed");
+    return QB_OK;
+}
+
+static int on_alias(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    return builder_error(c, b, &ev->start_mark, "anchors and aliases are not supported");
+}
+
+static int on_scalar(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    const char *value = (const char *)ev->data.scalar.value;
+    size_t len = ev->data.scalar.length;
+    struct ynode *node;
+    int rc;
+
+    if ((rc = builder_check_anchor(c, b, ev, ev->data.scalar.anchor)) != QB_OK)
+        return rc;
+    /* A double-quoted "\0" would cut the value short behind our back in every C string API. */
+    if (memchr(value, '\0', len))
+        return builder_error(c, b, &ev->start_mark, "NUL characters are not allowed");
+    if ((rc = builder_add(c, b, ev, YN_SCALAR, &node)) != QB_OK)
+        return rc;
+    node->plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+    node->len = len;
+    node->text = strndup(value, len);
+    return node->text ? QB_OK : cfg_oom(c);
+}
+
+static int builder_open(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev,
+                        enum ynode_kind kind, const yaml_char_t *anchor)
+{
+    struct ynode *node;
+    int rc;
+
+    if ((rc = builder_check_anchor(c, b, ev, anchor)) != QB_OK)
+        return rc;
+    if (b->depth == QB_CONFIG_MAX_DEPTH)
+        return builder_error(c, b, &ev->start_mark, "nesting is too deep");
+    if ((rc = builder_add(c, b, ev, kind, &node)) != QB_OK)
+        return rc;
+    b->stack[b->depth++] = node;
+    return QB_OK;
+}
+
+static int on_sequence_start(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    return builder_open(c, b, ev, YN_SEQ, ev->data.sequence_start.anchor);
+}
+
+static int on_mapping_start(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    return builder_open(c, b, ev, YN_MAP, ev->data.mapping_start.anchor);
+}
+
+static int on_close(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+{
+    (void)c, (void)ev;
+    b->depth--; /* libyaml guarantees balanced start/end events */
+    return QB_OK;
+}
+
+typedef int (*event_fn)(struct cfg_ctx *, struct tree_builder *, const yaml_event_t *);
+
+static const event_fn event_handlers[] = {
+    [YAML_NO_EVENT] = on_nothing,
+    [YAML_STREAM_START_EVENT] = on_nothing,
+    [YAML_STREAM_END_EVENT] = on_stream_end,
+    [YAML_DOCUMENT_START_EVENT] = on_document_start,
+    [YAML_DOCUMENT_END_EVENT] = on_nothing,
+    [YAML_ALIAS_EVENT] = on_alias,
+    [YAML_SCALAR_EVENT] = on_scalar,
+    [YAML_SEQUENCE_START_EVENT] = on_sequence_start,
+    [YAML_SEQUENCE_END_EVENT] = on_close,
+    [YAML_MAPPING_START_EVENT] = on_mapping_start,
+    [YAML_MAPPING_END_EVENT] = on_close,
+};
+
+/* Reports libyaml's own problem text at its mark (reader errors only carry a byte offset). */
+static int builder_syntax_error(struct cfg_ctx *c, const struct tree_builder *b,
+                                const yaml_parser_t *p, const char *buf, size_t len)
+{
+    int line = (int)p->problem_mark.line + 1, column = (int)p->problem_mark.column + 1;
+    const char *problem = p->problem ? p->problem : "unknown error";
+
+    if (p->error == YAML_MEMORY_ERROR)
+        return cfg_oom(c);
+    builder_path(c, b);
+    if (p->error == YAML_READER_ERROR) {
+        line = 1, column = 1;
+        for (size_t i = 0; i < p->problem_offset && i < len; i++) {
+            if (buf[i] == '\n')
+                line++, column = 1;
+            else
+                column++;
+        }
+        if (p->problem_value != -1)
+            return cfg_error_at(c, line, column, "YAML syntax error: %s (#%X)", problem,
+                                (unsigned)p->problem_value);
+        return cfg_error_at(c, line, column, "YAML syntax error: %s", problem);
+    }
+    if (p->context)
+        return cfg_error_at(c, line, column, "YAML syntax error: %s (%s at %d:%d)", problem,
+                            p->context, (int)p->context_mark.line + 1,
+                            (int)p->context_mark.column + 1);
+    return cfg_error_at(c, line, column, "YAML syntax error: %s", problem);
+}
+
+/* Parses buf into a new tree (*out, NULL for an empty stream); free with ynode_free. */
+static int tree_build(struct cfg_ctx *c, const char *buf, size_t len, struct ynode **out)
+{
+    struct tree_builder b = {0};
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    int rc = QB_OK;
+
+    if (!yaml_parser_initialize(&parser))
+        return cfg_oom(c);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    while (!b.done) {
+        if (!yaml_parser_parse(&parser, &ev)) {
+            rc = builder_syntax_error(c, &b, &parser, buf, len);
+            break;
+        }
+        if ((size_t)ev.type < sizeof(event_handlers) / sizeof(event_handlers[0]))
+            rc = event_handlers[ev.type](c, &b, &ev);
+        yaml_event_delete(&ev);
+        if (rc != QB_OK)
+            break;
+    }
+    yaml_parser_delete(&parser);
+    path_pop(c, 0);
+    if (rc != QB_OK) {
+        ynode_free(b.root);
+        return rc;
+    }
+    *out = b.root;
+    return QB_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Value syntax: numbers with units                                          */
+
+enum num_result { NUM_OK, NUM_BAD, NUM_NEGATIVE, NUM_RANGE };
+
+struct num_unit {
+    const char *suffix;
+    uint64_t factor;
+};
+
+static const struct num_unit size_units[] = {
+    {"", 1},
+    {"B", 1},
+    {"k", 1ULL << 10},
+    {"K", 1ULL << 10},
+    {"KiB", 1ULL << 10},
+    {"M", 1ULL << 20},
+    {"MiB", 1ULL << 20},
+    {"G", 1ULL << 30},
+    {"GiB", 1ULL << 30},
+};
+
+static const struct num_unit duration_units[] = {
+    {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60 * 1000}, {"h", 60 * 60 * 1000},
+};
+
+static const struct num_unit plain_units[] = {{"", 1}};
+
+/*
+ * Parses decimal digits, optional spaces, then one of units' suffixes, into
+ * *out <= max. No sign, no leading space, no fractions: strtoull would
+ * accept " -1" and wrap it, which is exactly what we must refuse.
+ */
+static enum num_result parse_number(const char *text, const struct num_unit *units, size_t n_units,
+                                    uint64_t max, uint64_t *out)
+{
+    uint64_t value = 0;
+    bool range = false;
+    const char *p = text;
+
+    if (!text)
+        return NUM_BAD;
+    if (p[0] == '-' && p[1] >= '0' && p[1] <= '9')
+        return NUM_NEGATIVE;
+    if (!(*p >= '0' && *p <= '9'))
+        return NUM_BAD;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned digit = (unsigned)(*p - '0');
+
+        if (value > (UINT64_MAX - digit) / 10)
+            range = true;
+        else
+            value = value * 10 + digit;
+    }
+    if (*p == ' ') {
+        while (*p == ' ')
+            p++;
+        if (!*p) /* "5 " */
+            return NUM_BAD;
+    }
+    for (size_t i = 0; i < n_units; i++) {
+        if (strcmp(p, units[i].suffix) != 0)
+            continue;
+        if (range || value > max / units[i].factor)
+            return NUM_RANGE;
+        *out = value * units[i].factor;
+        return NUM_OK;
+    }
+    return NUM_BAD;
+}
+
+int qb_config_parse_size(const char *text, size_t *out)
+{
+    uint64_t v;
+
+    if (parse_number(text, size_units, sizeof(size_units) / sizeof(size_units[0]), SIZE_MAX, &v) !=
+        NUM_OK)
+        return QB_EINVAL;
+    *out = (size_t)v;
+    return QB_OK;
+}
+
+int qb_config_parse_duration_ms(const char *text, uint32_t *out)
+{
+    uint64_t v;
+
+    if (parse_number(text, duration_units, sizeof(duration_units) / sizeof(duration_units[0]),
+                     UINT32_MAX, &v) != NUM_OK)
+        return QB_EINVAL;
+    *out = (uint32_t)v;
+    return QB_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Field tables                                                              */
+
+enum field_type {
+    F_STRING,   /* char *, strdup'ed */
+    F_UINT,     /* unsigned integer into an int/uint32_t/size_t member, range min..max */
+    F_SIZE,     /* byte count with units into size_t */
+    F_DURATION, /* milliseconds with units into uint32_t */
+    F_BOOL,     /* bool */
+    F_ENUM,     /* name -> int value from an enum_value table, into an int-sized member */
+    F_SECTION,  /* nested mapping whose fields live in the same struct */
+    F_CUSTOM,   /* lists and pass-through maps: a function does the work */
+    F_TYPE_COUNT
+};
+
+/* Transport types a field is valid for; 0 means "every type" (and every non-transport table). */
+enum {
+    T_STDOUT = 1 << 0,
+    T_MQTT = 1 << 1,
+    T_KAFKA = 1 << 2,
+};
+
+struct enum_value {
+    const char *name;
+    int value;
+};
+
+struct field;
+typedef int (*custom_fn)(struct cfg_ctx *c, const struct ynode *node, void *base);
+
+struct field {
+    const char *key;
+    enum field_type type;
+    size_t offset;   /* of the member in the struct the table describes */
+    size_t size;     /* of that member, so F_UINT/F_ENUM know how wide to store */
+    const char *def; /* default as YAML text, or NULL (member stays zero/NULL) */
+    unsigned types;  /* transport types accepting the key; 0 = all */
+    bool required;
+    uint64_t min, max; /* F_UINT/F_SIZE/F_DURATION bounds; max 0 = the member's limit */
+    const struct enum_value *enums;         /* F_ENUM, terminated by a NULL name */
+    const struct field *sub;                /* F_SECTION, terminated by a NULL key */
+    custom_fn custom;                       /* F_CUSTOM */
+    const char *(*check)(const char *text); /* F_STRING: NULL if fine, else what was expected */
+};
+
+#define FIELD(S, k, t, m, ...)                                                                     \
+    {                                                                                              \
+        .key = (k), .type = (t), .offset = offsetof(S, m), .size = sizeof(((S *)0)->m),            \
+        __VA_ARGS__                                                                                \
+    }
+#define SECTION(k, table, ...)                                                                     \
+    {                                                                                              \
+        .key = (k), .type = F_SECTION, .sub = (table), __VA_ARGS__                                 \
+    }
+#define CUSTOM(k, fn, ...)                                                                         \
+    {                                                                                              \
+        .key = (k), .type = F_CUSTOM, .custom = (fn), __VA_ARGS__                                  \
+    }
+
+/* Stores v into an unsigned member of 1, 4 or 8 bytes (bool, int/enum/uint32_t, size_t). */
+static void store_uint(void *dst, size_t size, uint64_t v)
+{
+    if (size == sizeof(uint8_t)) {
+        uint8_t x = (uint8_t)v;
+        memcpy(dst, &x, sizeof(x));
+    } else if (size == sizeof(uint32_t)) {
+        uint32_t x = (uint32_t)v;
+        memcpy(dst, &x, sizeof(x));
+    } else {
+        memcpy(dst, &v, sizeof(v));
+    }
+}
+
+/* The largest value a member of this size holds; int members (port, qos) stop at INT32_MAX. */
+static uint64_t field_max(const struct field *f)
+{
+    if (f->max)
+        return f->max;
+    return f->size == sizeof(uint32_t) ? (f->type == F_DURATION ? UINT32_MAX : INT32_MAX)
+                                       : (uint64_t)SIZE_MAX;
+}
+
+/* ---- string checks: return NULL when text is fine ---- */
+
+static const char *check_nonempty(const char *text)
+{
+    return *text ? NULL : "a non-empty string";
+}
+
+static const char *check_name(const char *text)
+{
+    size_t len = strlen(text);
+
+    if (len < 1 || len > 64 ||
+        strspn(text, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                     "0123456789._-") != len)
+        return "1 to 64 characters from [A-Za-z0-9._-]";
+    return NULL;
+}
+
+/* "unix:<path>" or "tcp:<host>:<port>"; the host may be a bracketed IPv6 address. */
+static const char *check_qmp_address(const char *text)
+{
+    static const char *const expected = "'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535)";
+    const char *colon;
+    uint64_t port;
+
+    if (strncmp(text, "unix:", 5) == 0)
+        return text[5] ? NULL : expected;
+    if (strncmp(text, "tcp:", 4) != 0)
+        return expected;
+    colon = strrchr(text + 4, ':');
+    if (!colon || colon == text + 4)
+        return expected;
+    if (parse_number(colon + 1, plain_units, 1, 65535, &port) != NUM_OK || port == 0)
+        return expected;
+    return NULL;
+}
+
+/* ---- converters: text -> member; on a bad value fill why with what was expected ---- */
+
+static int conv_string(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+{
+    const char *bad = f->check ? f->check(text) : NULL;
+    char *copy;
+
+    if (bad) {
+        snprintf(why, wl, "%s", bad);
+        return QB_EINVAL;
+    }
+    if (!(copy = strdup(text)))
+        return QB_ENOMEM;
+    free(*(char **)dst); /* the default, if any */
+    *(char **)dst = copy;
+    return QB_OK;
+}
+
+/* Shared by the three numeric types: what the user gets told for each result. */
+static int conv_numeric(const struct field *f, const char *text, void *dst, char *why, size_t wl,
+                        const struct num_unit *units, size_t n_units, const char *noun)
+{
+    uint64_t v, max = field_max(f);
+    enum num_result r = parse_number(text, units, n_units, max, &v);
+
+    if (r == NUM_OK && v >= f->min) {
+        store_uint(dst, f->size, v);
+        return QB_OK;
+    }
+    if (r == NUM_BAD) {
+        snprintf(why, wl, "%s", noun);
+    } else if (r == NUM_NEGATIVE) {
+        snprintf(why, wl, "a non-negative value");
+    } else {
+        static const char *const whats[F_TYPE_COUNT] = {
+            [F_UINT] = "an integer", [F_SIZE] = "a size", [F_DURATION] = "a duration"};
+        static const char *const suffixes[F_TYPE_COUNT] = {
+            [F_UINT] = "", [F_SIZE] = " bytes", [F_DURATION] = "ms"};
+        const char *what = whats[f->type], *unit = suffixes[f->type];
+
+        if (f->max)
+            snprintf(why, wl, "%s from %llu%s to %llu%s", what, (unsigned long long)f->min, unit,
+                     (unsigned long long)max, unit);
+        else if (r == NUM_RANGE)
+            snprintf(why, wl, "%s of at most %llu%s", what, (unsigned long long)max, unit);
+        else
+            snprintf(why, wl, "%s of at least %llu%s", what, (unsigned long long)f->min, unit);
+    }
+    return QB_EINVAL;
+}
+
+static int conv_uint(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+{
+    return conv_numeric(f, text, dst, why, wl, plain_units, 1, "an integer");
+}
+
+static int conv_size(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+{
+    return conv_numeric(f, text, dst, why, wl, size_units,
+                        sizeof(size_units) / sizeof(size_units[0]),
+                        "a size such as 4096, 64KiB or 16MiB");
+}
+
+static int conv_duration(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+{
+    return conv_numeric(f, text, dst, why, wl, duration_units,
+                        sizeof(duration_units) / sizeof(duration_units[0]),
+                        "a duration such as 250ms, 30s, 5m or 2h");
+}
+
+static int conv_bool(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+{
+    static const struct enum_value bools[] = {{"true", 1},  {"yes", 1}, {"on", 1},
+                                              {"false", 0}, {"no", 0},  {"off", 0}};
+
+    for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
+        if (strcasecmp(text, bools[i].name) == 0) {
+            store_uint(dst, f->size, (uint64_t)bools[i].value);
+            return QB_OK;
+        }
+    }
+    snprintf(why, wl, "true or false");
+    return QB_EINVAL;
+}
+
+/* Writes "a, b or c" from an enum table. */
+static void enum_describe(const struct enum_value *values, char *buf, size_t len)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; values[i].name && used < len; i++) {
+        const char *sep = i == 0 ? "" : values[i + 1].name ? ", " : " or ";
+        int n = snprintf(buf + used, len - used, "%s%s", sep, values[i].name);
+
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
+static int conv_enum(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+{
+    for (const struct enum_value *e = f->enums; e->name; e++) {
+        if (strcasecmp(text, e->name) == 0) {
+            int v = e->value;
+            memcpy(dst, &v, sizeof(v));
+            return QB_OK;
+        }
+    }
+    enum_describe(f->enums, why, wl);
+    return QB_EINVAL;
+}
+
+typedef int (*conv_fn)(const struct field *f, const char *text, void *dst, char *why, size_t wl);
+
+/* Per type: how to convert a scalar, and what to call it when the node is not a scalar. */
+static const struct {
+    conv_fn conv;
+    const char *noun;
+} field_types[F_TYPE_COUNT] = {
+    [F_STRING] = {conv_string, "a string"},
+    [F_UINT] = {conv_uint, "an integer"},
+    [F_SIZE] = {conv_size, "a size"},
+    [F_DURATION] = {conv_duration, "a duration"},
+    [F_BOOL] = {conv_bool, "true or false"},
+    [F_ENUM] = {conv_enum, NULL}, /* the list of names says it better */
+    [F_SECTION] = {NULL, "a mapping"},
+    [F_CUSTOM] = {NULL, NULL},
+};
+
+static bool field_accepts(const struct field *f, unsigned type_mask)
+{
+    return f->types == 0 || type_mask == 0 || (f->types & type_mask) != 0;
+}
+
+/* Sets every defaulted field of table in base (recursing into sections) for type_mask. */
+static int apply_defaults(const struct field *table, void *base, unsigned type_mask)
+{
+    char why[160];
+    int rc;
+
+    for (const struct field *f = table; f->key; f++) {
+        if (!field_accepts(f, type_mask))
+            continue;
+        if (f->type == F_SECTION)
+            rc = apply_defaults(f->sub, base, type_mask);
+        else if (f->def)
+            rc = field_types[f->type].conv(f, f->def, (char *)base + f->offset, why, sizeof(why));
+        else
+            rc = QB_OK;
+        if (rc != QB_OK)
+            return rc; /* QB_EINVAL here is a bad default in a table: the unit test loads them all
+                        */
+    }
+    return QB_OK;
+}
+
+/* Frees the strings a table describes in base (recursing into sections). */
+static void free_fields(const struct field *table, void *base)
+{
+    for (const struct field *f = table; f->key; f++) {
+        if (f->type == F_SECTION) {
+            free_fields(f->sub, base);
+        } else if (f->type == F_STRING) {
+            char **s = (char **)((char *)base + f->offset);
+            free(*s);
+            *s = NULL;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pass 2: the walk                                                          */
+
+struct dup_entry {
+    const char *text;
+    size_t index;
+};
+
+static int dup_compare(const void *a, const void *b)
+{
+    const struct dup_entry *x = a, *y = b;
+    int cmp = strcmp(x->text, y->text);
+
+    if (cmp)
+        return cmp;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/*
+ * Finds the earliest (in document order) string that repeats an earlier one.
+ * Sets *dup to its index and *first to the earlier one's, or *dup = SIZE_MAX.
+ * Sorting keeps hostile inputs with thousands of keys from going quadratic.
+ */
+static int find_duplicate(const char *const *strs, size_t n, size_t *dup, size_t *first)
+{
+    struct dup_entry *e;
+
+    *dup = SIZE_MAX;
+    if (n < 2)
+        return QB_OK;
+    if (!(e = malloc(n * sizeof(*e))))
+        return QB_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        e[i] = (struct dup_entry){strs[i], i};
+    qsort(e, n, sizeof(*e), dup_compare);
+    /* Equal strings form runs ordered by index: a run's head is the original. */
+    for (size_t i = 1, head = 0; i < n; i++) {
+        if (strcmp(e[i].text, e[head].text) != 0) {
+            head = i;
+        } else if (e[i].index < *dup) {
+            *dup = e[i].index;
+            *first = e[head].index;
+        }
+    }
+    free(e);
+    return QB_OK;
+}
+
+/* Every key of a mapping must be a scalar and appear once. */
+static int check_map_keys(struct cfg_ctx *c, const struct ynode *map)
+{
+    size_t n = map->n / 2, dup, first;
+    const char **keys;
+    int rc;
+
+    for (size_t i = 0; i < n; i++)
+        if (map->items[2 * i]->kind != YN_SCALAR)
+            return cfg_error(c, map->items[2 * i], "mapping keys must be scalars");
+    if (n < 2)
+        return QB_OK;
+    if (!(keys = malloc(n * sizeof(*keys))))
+        return cfg_oom(c);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = map->items[2 * i]->text;
+    rc = find_duplicate(keys, n, &dup, &first);
+    free(keys);
+    if (rc != QB_OK)
+        return cfg_oom(c);
+    if (dup != SIZE_MAX) {
+        const struct ynode *k = map->items[2 * dup], *orig = map->items[2 * first];
+        size_t mark = path_push_key(c, k->text);
+
+        rc = cfg_error(c, k, "duplicate key (first at %d:%d)", orig->line, orig->column);
+        path_pop(c, mark);
+        return rc;
+    }
+    return QB_OK;
+}
+
+/* Accepts a mapping, or null meaning an empty one (e.g. "qmp:" with nothing under it). */
+static int expect_map(struct cfg_ctx *c, const struct ynode *node)
+{
+    char buf[QB_CONFIG_QUOTE_MAX + 8];
+
+    if (node->kind == YN_MAP)
+        return check_map_keys(c, node);
+    if (ynode_is_null(node))
+        return QB_OK;
+    return cfg_error(c, node, "expected a mapping, got %s", describe_node(buf, sizeof(buf), node));
+}
+
+/* Accepts a list, or null meaning an empty one. */
+static int expect_list(struct cfg_ctx *c, const struct ynode *node)
+{
+    char buf[QB_CONFIG_QUOTE_MAX + 8];
+
+    if (node->kind == YN_SEQ || ynode_is_null(node))
+        return QB_OK;
+    return cfg_error(c, node, "expected a list, got %s", describe_node(buf, sizeof(buf), node));
+}
+
+static int walk_map(struct cfg_ctx *c, const struct ynode *map, const struct field *table,
+                    void *base, unsigned type_mask);
+
+/* Applies one YAML value to one field; c->path already names the key. */
+static int field_apply(struct cfg_ctx *c, const struct field *f, const struct ynode *value,
+                       void *base, unsigned type_mask)
+{
+    char why[160], buf[QB_CONFIG_QUOTE_MAX + 8], quoted[QB_CONFIG_QUOTE_MAX + 4];
+    int rc;
+
+    if (f->type == F_SECTION)
+        return walk_map(c, value, f->sub, base, type_mask);
+    if (f->type == F_CUSTOM)
+        return f->custom(c, value, base);
+    if (ynode_is_null(value)) /* "key:" with no value keeps the default */
+        return f->required ? cfg_error(c, value, "missing required value") : QB_OK;
+    if (value->kind != YN_SCALAR) {
+        if (f->type == F_ENUM)
+            enum_describe(f->enums, why, sizeof(why));
+        else
+            snprintf(why, sizeof(why), "%s", field_types[f->type].noun);
+        return cfg_error(c, value, "expected %s, got %s", why,
+                         describe_node(buf, sizeof(buf), value));
+    }
+    rc = field_types[f->type].conv(f, value->text, (char *)base + f->offset, why, sizeof(why));
+    if (rc == QB_ENOMEM)
+        return cfg_oom(c);
+    if (rc != QB_OK)
+        return cfg_error(c, value, "expected %s, got '%s'", why, quote_value(quoted, value->text));
+    return QB_OK;
+}
+
+static const struct field *field_find(const struct field *table, const char *key)
+{
+    for (const struct field *f = table; f->key; f++)
+        if (strcmp(f->key, key) == 0)
+            return f;
+    return NULL;
+}
+
+/*
+ * Walks map against table, filling base. Keys not in the table, or not valid
+ * for type_mask, are errors; so are missing required keys (reported at the
+ * mapping itself, since there is no key to point at). A null map is empty.
+ */
+static int walk_map(struct cfg_ctx *c, const struct ynode *map, const struct field *table,
+                    void *base, unsigned type_mask)
+{
+    uint64_t seen = 0;
+    int rc;
+
+    if ((rc = expect_map(c, map)) != QB_OK)
+        return rc;
+    for (size_t i = 0; map->kind == YN_MAP && i + 1 < map->n; i += 2) {
+        const struct ynode *key = map->items[i];
+        const struct field *f = field_find(table, key->text);
+        size_t mark = path_push_key(c, key->text);
+
+        if (!f)
+            rc = cfg_error(c, key, "unknown key");
+        else if (!field_accepts(f, type_mask))
+            rc = cfg_error(c, key, "unknown key (not valid for type %s)", c->transport_type);
+        else
+            rc = field_apply(c, f, map->items[i + 1], base, type_mask);
+        path_pop(c, mark);
+        if (rc != QB_OK)
+            return rc;
+        seen |= 1ULL << (f - table);
+    }
+    for (const struct field *f = table; f->key; f++) {
+        if (f->required && field_accepts(f, type_mask) && !(seen & (1ULL << (f - table)))) {
+            size_t mark = path_push_key(c, f->key);
+
+            rc = cfg_error(c, map, "missing required key");
+            path_pop(c, mark);
+            return rc;
+        }
+    }
+    return QB_OK;
+}
+
+/* ---- the tables ---- */
+
+static const struct enum_value log_levels[] = {
+    {"error", QB_LOG_ERROR}, {"warn", QB_LOG_WARN},   {"warning", QB_LOG_WARN},
+    {"info", QB_LOG_INFO},   {"debug", QB_LOG_DEBUG}, {NULL, 0},
+};
+static const struct enum_value qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
+static const struct enum_value mqtt_protocols[] = {
+    {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
+static const struct enum_value content_modes[] = {
+    {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
+
+_Static_assert(sizeof(enum qb_log_level) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(bool) == 1 && sizeof(int) == 4 && sizeof(size_t) == 8,
+               "store_uint handles 1, 4 and 8 byte members");
+
+static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base);
+
+#define C struct qb_config
+static const struct field bridge_fields[] = {
+    FIELD(C, "id", F_STRING, bridge_id, .required = true, .check = check_name),
+    FIELD(C, "log_level", F_ENUM, log_level, .def = "info", .enums = log_levels),
+    FIELD(C, "schema_base_uri", F_STRING, schema_base_uri,
+          .def = "file:///usr/share/qmp-bridge/schema/v1/", .check = check_nonempty),
+    {0},
+};
+
+static const struct field qmp_fields[] = {
+    FIELD(C, "max_line_bytes", F_SIZE, qmp_max_line_bytes, .def = "16MiB", .min = 1024),
+    FIELD(C, "command_timeout", F_DURATION, qmp_command_timeout_ms, .def = "10s", .min = 1),
+    FIELD(C, "connect_timeout", F_DURATION, qmp_connect_timeout_ms, .def = "5s", .min = 1),
+    FIELD(C, "reconnect_initial", F_DURATION, qmp_reconnect_initial_ms, .def = "250ms", .min = 1),
+    FIELD(C, "reconnect_max", F_DURATION, qmp_reconnect_max_ms, .def = "30s", .min = 1),
+    {0},
+};
+
+static const struct field discovery_fields[] = {
+    FIELD(C, "directory", F_STRING, discovery_directory, .check = check_nonempty),
+    FIELD(C, "suffix", F_STRING, discovery_suffix, .def = ""),
+    {0},
+};
+
+static const struct field events_fields[] = {
+    CUSTOM("exclude", parse_exclude),
+    {0},
+};
+
+static const struct field root_fields[] = {
+    SECTION("bridge", bridge_fields, .required = true),
+    SECTION("qmp", qmp_fields),
+    CUSTOM("vms", parse_vms),
+    SECTION("discovery", discovery_fields),
+    SECTION("events", events_fields),
+    CUSTOM("transports", parse_transports),
+    {0},
+};
+#undef C
+
+#define V struct qb_vm_config
+static const struct field vm_fields[] = {
+    FIELD(V, "name", F_STRING, name, .required = true, .check = check_name),
+    FIELD(V, "qmp", F_STRING, qmp, .required = true, .check = check_qmp_address),
+    {0},
+};
+#undef V
+
+#define T struct qb_transport_config
+static const struct field tls_fields[] = {
+    FIELD(T, "ca_file", F_STRING, tls_ca_file, .check = check_nonempty),
+    FIELD(T, "cert_file", F_STRING, tls_cert_file, .check = check_nonempty),
+    FIELD(T, "key_file", F_STRING, tls_key_file, .check = check_nonempty),
+    FIELD(T, "insecure", F_BOOL, tls_insecure, .def = "false"),
+    {0},
+};
+
+static const struct field transport_fields[] = {
+    /* every type */
+    FIELD(T, "type", F_STRING, type, .required = true),
+    FIELD(T, "name", F_STRING, name, .check = check_nonempty),
+    FIELD(T, "queue_max_messages", F_UINT, queue_max_messages, .def = "100000", .min = 1),
+    FIELD(T, "queue_max_bytes", F_SIZE, queue_max_bytes, .def = "64MiB", .min = 1),
+    FIELD(T, "shutdown_timeout", F_DURATION, shutdown_timeout_ms, .def = "5s"),
+    /* stdout */
+    FIELD(T, "path", F_STRING, path, .types = T_STDOUT, .check = check_nonempty),
+    /* mqtt; port and client_id defaults depend on other keys: see finish_transport */
+    FIELD(T, "host", F_STRING, host, .types = T_MQTT, .def = "127.0.0.1", .check = check_nonempty),
+    FIELD(T, "port", F_UINT, port, .types = T_MQTT, .min = 1, .max = 65535),
+    FIELD(T, "topic_prefix", F_STRING, topic_prefix, .types = T_MQTT, .def = "qmp",
+          .check = check_nonempty),
+    FIELD(T, "qos", F_ENUM, qos, .types = T_MQTT, .def = "1", .enums = qos_values),
+    FIELD(T, "protocol", F_ENUM, protocol, .types = T_MQTT, .def = "5", .enums = mqtt_protocols),
+    FIELD(T, "client_id", F_STRING, client_id, .types = T_MQTT, .check = check_nonempty),
+    /* MQTT carries the keepalive as 16-bit seconds */
+    FIELD(T, "keepalive", F_DURATION, keepalive_ms, .types = T_MQTT, .def = "30s",
+          .max = 65535 * 1000),
+    FIELD(T, "username", F_STRING, username, .types = T_MQTT),
+    FIELD(T, "password_file", F_STRING, password_file, .types = T_MQTT, .check = check_nonempty),
+    SECTION("tls", tls_fields, .types = T_MQTT),
+    /* MQTT 5 receive-maximum is 16-bit and must not be 0 */
+    FIELD(T, "max_inflight", F_UINT, max_inflight, .types = T_MQTT, .def = "100", .min = 1,
+          .max = 65535),
+    FIELD(T, "reconnect_initial", F_DURATION, reconnect_initial_ms, .types = T_MQTT, .def = "500ms",
+          .min = 1),
+    FIELD(T, "reconnect_max", F_DURATION, reconnect_max_ms, .types = T_MQTT, .def = "30s",
+          .min = 1),
+    /* kafka */
+    FIELD(T, "brokers", F_STRING, brokers, .types = T_KAFKA, .required = true,
+          .check = check_nonempty),
+    FIELD(T, "events_topic", F_STRING, events_topic, .types = T_KAFKA, .def = "qmp.events",
+          .check = check_nonempty),
+    FIELD(T, "state_topic", F_STRING, state_topic, .types = T_KAFKA, .def = "qmp.state",
+          .check = check_nonempty),
+    FIELD(T, "commands_topic", F_STRING, commands_topic, .types = T_KAFKA, .def = "qmp.commands",
+          .check = check_nonempty),
+    FIELD(T, "content_mode", F_ENUM, content_mode, .types = T_KAFKA, .def = "structured",
+          .enums = content_modes),
+    CUSTOM("properties", parse_properties, .types = T_KAFKA),
+    {0},
+};
+#undef T
+
+static const struct {
+    const char *name;
+    unsigned mask;
+} transport_types[] = {
+    {"stdout", T_STDOUT},
+    {"mqtt", T_MQTT},
+    {"kafka", T_KAFKA},
+};
+
+/* ---- custom fields ---- */
+
+/* events.exclude: a list of non-empty strings. */
+static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_config *cfg = base;
+    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    int rc;
+
+    if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
+        return rc;
+    if (!(cfg->events_exclude = calloc(node->n ? node->n : 1, sizeof(char *))))
+        return cfg_oom(c);
+    for (size_t i = 0; i < node->n; i++) {
+        const struct ynode *item = node->items[i];
+
+        if (item->kind != YN_SCALAR || item->len == 0 || ynode_is_null(item)) {
+            size_t mark = path_push_index(c, i);
+
+            rc = cfg_error(c, item, "expected an event name, got %s",
+                           describe_node(buf, sizeof(buf), item));
+            path_pop(c, mark);
+            return rc;
+        }
+        if (!(cfg->events_exclude[i] = strdup(item->text)))
+            return cfg_oom(c);
+        cfg->n_events_exclude = i + 1;
+    }
+    return QB_OK;
+}
+
+/* kafka properties: a mapping of name -> scalar, kept in order as strings. */
+static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_transport_config *t = base;
+    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    int rc;
+
+    if ((rc = expect_map(c, node)) != QB_OK || node->kind != YN_MAP)
+        return rc;
+    if (!(t->properties = calloc(node->n / 2 + 1, sizeof(*t->properties))))
+        return cfg_oom(c);
+    for (size_t i = 0; i + 1 < node->n; i += 2) {
+        const struct ynode *key = node->items[i], *value = node->items[i + 1];
+        struct qb_config_kv *kv = &t->properties[t->n_properties];
+
+        if (value->kind != YN_SCALAR || ynode_is_null(value) || key->len == 0) {
+            size_t mark = path_push_key(c, key->text);
+
+            rc = key->len == 0 ? cfg_error(c, key, "property names must not be empty")
+                               : cfg_error(c, value, "expected a scalar value, got %s",
+                                           describe_node(buf, sizeof(buf), value));
+            path_pop(c, mark);
+            return rc;
+        }
+        kv->line = key->line;
+        kv->column = key->column;
+        kv->key = strdup(key->text);
+        kv->value = strdup(value->text);
+        t->n_properties++; /* counted before the check so qb_config_free releases a half pair */
+        if (!kv->key || !kv->value)
+            return cfg_oom(c);
+    }
+    return QB_OK;
+}
+
+/* vms: a list of { name, qmp } mappings with unique names. */
+static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_config *cfg = base;
+    const char **names;
+    size_t dup, first;
+    int rc;
+
+    if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
+        return rc;
+    if (!(cfg->vms = calloc(node->n ? node->n : 1, sizeof(*cfg->vms))))
+        return cfg_oom(c);
+    cfg->n_vms = node->n;
+    for (size_t i = 0; i < node->n; i++) {
+        size_t mark = path_push_index(c, i);
+
+        cfg->vms[i].line = node->items[i]->line;
+        rc = walk_map(c, node->items[i], vm_fields, &cfg->vms[i], 0);
+        path_pop(c, mark);
+        if (rc != QB_OK)
+            return rc;
+    }
+    if (!(names = malloc((node->n ? node->n : 1) * sizeof(*names))))
+        return cfg_oom(c);
+    for (size_t i = 0; i < node->n; i++)
+        names[i] = cfg->vms[i].name;
+    rc = find_duplicate(names, node->n, &dup, &first);
+    free(names);
+    if (rc != QB_OK)
+        return cfg_oom(c);
+    if (dup != SIZE_MAX) {
+        size_t mark = path_push_index(c, dup);
+
+        path_push_key(c, "name");
+        rc = cfg_error(c, ynode_map_get(node->items[dup], "name"),
+                       "duplicate VM name '%s' (also vms[%zu])", cfg->vms[dup].name, first);
+        path_pop(c, mark);
+        return rc;
+    }
+    return QB_OK;
+}
+
+/*
+ * Checks across keys of one transport and fills defaults that depend on other
+ * keys. map is the transport's mapping; c->path names it.
+ */
+static int finish_transport(struct cfg_ctx *c, const struct ynode *map,
+                            struct qb_transport_config *t, unsigned mask)
+{
+    const struct ynode *at;
+    size_t mark;
+    int rc;
+
+    if (mask != T_MQTT)
+        return QB_OK;
+    if (t->port == 0)
+        t->port = t->tls_ca_file ? 8883 : 1883;
+    if (t->reconnect_initial_ms > t->reconnect_max_ms) {
+        at = ynode_map_get(map, "reconnect_initial");
+        mark = path_push_key(c, "reconnect_initial");
+        rc = cfg_error(c, at ? at : map, "must not be greater than reconnect_max (%ums > %ums)",
+                       t->reconnect_initial_ms, t->reconnect_max_ms);
+        path_pop(c, mark);
+        return rc;
+    }
+    if (!t->tls_cert_file != !t->tls_key_file) {
+        const struct ynode *tls = ynode_map_get(map, "tls");
+
+        mark = path_push_key(c, t->tls_cert_file ? "tls.key_file" : "tls.cert_file");
+        rc = cfg_error(c, tls, "missing required key (cert_file and key_file go together)");
+        path_pop(c, mark);
+        return rc;
+    }
+    return QB_OK;
+}
+
+/* One entry of transports:; the type is read first since it decides which keys are valid. */
+static int parse_transport(struct cfg_ctx *c, const struct ynode *map,
+                           struct qb_transport_config *t)
+{
+    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    const struct ynode *type;
+    unsigned mask = 0;
+    size_t mark;
+    int rc;
+
+    t->line = map->line;
+    t->column = map->column;
+    if (map->kind != YN_MAP)
+        return cfg_error(c, map, "expected a mapping, got %s",
+                         describe_node(buf, sizeof(buf), map));
+    if ((rc = check_map_keys(c, map)) != QB_OK)
+        return rc;
+    type = ynode_map_get(map, "type");
+    mark = path_push_key(c, "type");
+    if (!type)
+        rc = cfg_error(c, map, "missing required key");
+    else if (ynode_is_null(type))
+        rc = cfg_error(c, type, "missing required value");
+    else if (type->kind != YN_SCALAR)
+        rc = cfg_error(c, type, "expected stdout, mqtt or kafka, got %s",
+                       describe_node(buf, sizeof(buf), type));
+    for (size_t i = 0; rc == QB_OK && i < sizeof(transport_types) / sizeof(transport_types[0]);
+         i++) {
+        if (strcmp(type->text, transport_types[i].name) == 0) {
+            mask = transport_types[i].mask;
+            c->transport_type = transport_types[i].name;
+        }
+    }
+    if (rc == QB_OK && !mask)
+        rc = cfg_error(c, type, "unknown transport type %s (expected stdout, mqtt or kafka)",
+                       describe_node(buf, sizeof(buf), type));
+    path_pop(c, mark);
+    if (rc != QB_OK)
+        return rc;
+    if ((rc = apply_defaults(transport_fields, t, mask)) != QB_OK)
+        return rc == QB_ENOMEM ? cfg_oom(c) : rc;
+    if ((rc = walk_map(c, map, transport_fields, t, mask)) != QB_OK)
+        return rc;
+    return finish_transport(c, map, t, mask);
+}
+
+static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_config *cfg = base;
+    int rc;
+
+    if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
+        return rc; /* null: as if absent, the default stdout transport follows */
+    if (node->n == 0)
+        return cfg_error(c, node, "at least one transport is required");
+    if (!(cfg->transports = calloc(node->n, sizeof(*cfg->transports))))
+        return cfg_oom(c);
+    cfg->n_transports = node->n;
+    for (size_t i = 0; i < node->n; i++) {
+        size_t mark = path_push_index(c, i);
+
+        rc = parse_transport(c, node->items[i], &cfg->transports[i]);
+        c->transport_type = NULL;
+        path_pop(c, mark);
+        if (rc != QB_OK)
+            return rc;
+    }
+    return QB_OK;
+}
+
+/* ---- after the walk: checks and defaults that span sections ---- */
+
+static int finish_qmp(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+{
+    const struct ynode *qmp = ynode_map_get(root, "qmp"), *at;
+    size_t mark;
+    int rc;
+
+    if (cfg->qmp_reconnect_initial_ms <= cfg->qmp_reconnect_max_ms)
+        return QB_OK;
+    at = ynode_map_get(qmp, "reconnect_initial");
+    mark = path_push_key(c, "qmp");
+    path_push_key(c, "reconnect_initial");
+    rc = cfg_error(c, at ? at : qmp, "must not be greater than reconnect_max (%ums > %ums)",
+                   cfg->qmp_reconnect_initial_ms, cfg->qmp_reconnect_max_ms);
+    path_pop(c, mark);
+    return rc;
+}
+
+/* Explicit names must be unique; defaults take the type, then "type#2", "type#3", ... */
+static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
+                                  struct qb_config *cfg)
+{
+    size_t n = cfg->n_transports, dup, first;
+    const char **names = calloc(n, sizeof(*names));
+    int rc;
+
+    if (!names)
+        return cfg_oom(c);
+    for (size_t i = 0; i < n; i++)
+        names[i] = cfg->transports[i].name ? cfg->transports[i].name : "";
+    rc = find_duplicate(names, n, &dup, &first);
+    free(names);
+    if (rc != QB_OK)
+        return cfg_oom(c);
+    /* "" stands for "not named" above, and those may repeat */
+    if (dup != SIZE_MAX && cfg->transports[dup].name) {
+        const struct ynode *item = ynode_map_get(root, "transports")->items[dup];
+        size_t mark = path_push_key(c, "transports");
+
+        path_push_index(c, dup);
+        path_push_key(c, "name");
+        rc = cfg_error(c, ynode_map_get(item, "name"),
+                       "duplicate transport name '%s' (also transports[%zu])",
+                       cfg->transports[dup].name, first);
+        path_pop(c, mark);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct qb_transport_config *t = &cfg->transports[i];
+        char name[96];
+        bool taken = true;
+
+        if (t->name)
+            continue;
+        for (unsigned k = 1; taken; k++) {
+            if (k == 1)
+                snprintf(name, sizeof(name), "%s", t->type);
+            else
+                snprintf(name, sizeof(name), "%s#%u", t->type, k);
+            taken = false;
+            for (size_t j = 0; j < n && !taken; j++)
+                taken = cfg->transports[j].name && strcmp(cfg->transports[j].name, name) == 0;
+        }
+        if (!(t->name = strdup(name)))
+            return cfg_oom(c);
+    }
+    return QB_OK;
+}
+
+static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+{
+    int rc;
+
+    if ((rc = finish_qmp(c, root, cfg)) != QB_OK)
+        return rc;
+    if (!cfg->transports) {
+        if (!(cfg->transports = calloc(1, sizeof(*cfg->transports))))
+            return cfg_oom(c);
+        cfg->n_transports = 1;
+        if (!(cfg->transports[0].type = strdup("stdout")))
+            return cfg_oom(c);
+        if (apply_defaults(transport_fields, &cfg->transports[0], T_STDOUT) != QB_OK)
+            return cfg_oom(c);
+    }
+    for (size_t i = 0; i < cfg->n_transports; i++) {
+        struct qb_transport_config *t = &cfg->transports[i];
+
+        if (strcmp(t->type, "mqtt") == 0 && !t->client_id &&
+            asprintf(&t->client_id, "qmp-bridge-%s", cfg->bridge_id) < 0) {
+            t->client_id = NULL;
+            return cfg_oom(c);
+        }
+    }
+    return finish_transport_names(c, root, cfg);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public API                                                                */
+
+void qb_config_free(struct qb_config *cfg)
+{
+    if (!cfg)
+        return;
+    free_fields(root_fields, cfg);
+    for (size_t i = 0; i < cfg->n_vms; i++)
+        free_fields(vm_fields, &cfg->vms[i]);
+    free(cfg->vms);
+    for (size_t i = 0; i < cfg->n_events_exclude; i++)
+        free(cfg->events_exclude[i]);
+    free(cfg->events_exclude);
+    for (size_t i = 0; i < cfg->n_transports; i++) {
+        struct qb_transport_config *t = &cfg->transports[i];
+
+        free_fields(transport_fields, t);
+        for (size_t j = 0; j < t->n_properties; j++) {
+            free(t->properties[j].key);
+            free(t->properties[j].value);
+        }
+        free(t->properties);
+    }
+    free(cfg->transports);
+    free(cfg->path);
+    free(cfg);
+}
+
+int qb_config_load_string(const char *name, const char *yaml, size_t len, struct qb_config **out,
+                          char *errbuf, size_t errlen)
+{
+    struct cfg_ctx c = {.name = name ? name : "<config>", .errbuf = errbuf, .errlen = errlen};
+    struct qb_config *cfg = NULL;
+    struct ynode *root = NULL;
+    int rc;
+
+    *out = NULL;
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!yaml) /* libyaml asserts on a NULL input */
+        yaml = "", len = 0;
+    if (len > QB_CONFIG_MAX_BYTES) {
+        rc = cfg_error_at(&c, 1, 1, "the file is larger than %d bytes", QB_CONFIG_MAX_BYTES);
+        goto done;
+    }
+    if (!(cfg = calloc(1, sizeof(*cfg))) || !(cfg->path = strdup(c.name))) {
+        rc = cfg_oom(&c);
+        goto done;
+    }
+    if ((rc = tree_build(&c, yaml, len, &root)) != QB_OK)
+        goto done;
+    if (!root || ynode_is_null(root)) {
+        rc = cfg_error_at(&c, root ? root->line : 1, root ? root->column : 1,
+                          "the file is empty (at least bridge.id is required)");
+        goto done;
+    }
+    if ((rc = apply_defaults(root_fields, cfg, 0)) != QB_OK) {
+        rc = cfg_oom(&c);
+        goto done;
+    }
+    if (root->kind != YN_MAP) {
+        char buf[QB_CONFIG_QUOTE_MAX + 8];
+
+        rc = cfg_error(&c, root, "expected a mapping, got %s",
+                       describe_node(buf, sizeof(buf), root));
+        goto done;
+    }
+    if ((rc = walk_map(&c, root, root_fields, cfg, 0)) != QB_OK)
+        goto done;
+    rc = finish_config(&c, root, cfg);
+
+done:
+    ynode_free(root);
+    if (rc != QB_OK)
+        qb_config_free(cfg);
+    else
+        *out = cfg;
+    return rc;
+}
+
+int qb_config_load_file(const char *path, struct qb_config **out, char *errbuf, size_t errlen)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int fd, err = 0, rc;
+
+    *out = NULL;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+        goto done;
+    }
+    /* Read one byte past the cap so "too big" is detected without trusting st_size. */
+    if (!(buf = malloc(QB_CONFIG_MAX_BYTES + 1))) {
+        close(fd);
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "%s: out of memory", path);
+        return QB_ENOMEM;
+    }
+    while (len < QB_CONFIG_MAX_BYTES + 1) {
+        ssize_t n = read(fd, buf + len, QB_CONFIG_MAX_BYTES + 1 - len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+
+done:
+    if (err) {
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "%s: cannot read: %s", path, strerror(err));
+        free(buf);
+        return QB_EIO;
+    }
+    rc = qb_config_load_string(path, buf, len, out, errbuf, errlen);
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,319 @@
+/*
+ * vm_state.c - the current state of one VM (qmp.vm.state).
+ *
+ * Built from the connect-time queries, then folded forward with each
+ * normalised event so the retained state message says what a fresh query
+ * would say, without asking QEMU again. Each event type has one small
+ * function in a table; a function edits the state in place and the caller
+ * compares before and after to know whether anything changed.
+ */
+#include "vm_state.h"
+#include "error.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *qb_str(const json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+/* Copies src[skey] to dst[key] when it has the given jansson type. */
+static void qb_copy(json_t *dst, const char *key, const json_t *src, const char *skey,
+                    json_type type)
+{
+    json_t *v = json_object_get(src, skey);
+
+    if (v && json_typeof(v) == type)
+        json_object_set(dst, key, v);
+}
+
+/* Returns a new {device,node_name?,errno,io_status} cause for a query-block entry, or NULL. */
+static json_t *qb_cause_from_disk(const json_t *dev)
+{
+    const char *io = qb_str(dev, "io-status");
+    const char *device = qb_str(dev, "device");
+    const char *node = qb_str(json_object_get(dev, "inserted"), "node-name");
+    json_t *cause;
+
+    if (!io || strcmp(io, "ok") == 0)
+        return NULL;
+    cause = json_object();
+    if (!cause)
+        return NULL;
+    json_object_set_new(cause, "device", json_string(device ? device : ""));
+    if (node)
+        json_object_set_new(cause, "node_name", json_string(node));
+    json_object_set_new(cause, "errno",
+                        json_string(strcmp(io, "nospace") == 0 ? "enospc" : "unknown"));
+    json_object_set_new(cause, "io_status", json_string(io));
+    return cause;
+}
+
+static json_t *qb_disk_from_query(const json_t *dev)
+{
+    const json_t *ins = json_object_get(dev, "inserted");
+    json_t *disk = json_object();
+
+    if (!disk)
+        return NULL;
+    json_object_set_new(disk, "device",
+                        json_string(qb_str(dev, "device") ? qb_str(dev, "device") : ""));
+    qb_copy(disk, "node_name", ins, "node-name", JSON_STRING);
+    qb_copy(disk, "io_status", dev, "io-status", JSON_STRING);
+    qb_copy(disk, "size", json_object_get(ins, "image"), "virtual-size", JSON_INTEGER);
+    qb_copy(disk, "filename", ins, "file", JSON_STRING);
+    qb_copy(disk, "driver", ins, "drv", JSON_STRING);
+    if (json_is_boolean(json_object_get(ins, "ro")))
+        json_object_set(disk, "read_only", json_object_get(ins, "ro"));
+    return disk;
+}
+
+static json_t *qb_job_from_query(const json_t *j)
+{
+    json_t *job = json_object();
+
+    if (!job)
+        return NULL;
+    qb_copy(job, "id", j, "device", JSON_STRING);
+    qb_copy(job, "type", j, "type", JSON_STRING);
+    qb_copy(job, "status", j, "status", JSON_STRING);
+    qb_copy(job, "device", j, "device", JSON_STRING);
+    qb_copy(job, "offset", j, "offset", JSON_INTEGER);
+    qb_copy(job, "len", j, "len", JSON_INTEGER);
+    qb_copy(job, "io_status", j, "io-status", JSON_STRING);
+    return job;
+}
+
+static json_t *qb_qemu_from_greeting(const json_t *greeting)
+{
+    const json_t *version = json_object_get(greeting, "version");
+    const json_t *q = json_object_get(version, "qemu");
+    char text[64];
+    json_t *qemu = json_object();
+
+    if (!qemu)
+        return NULL;
+    if (q) {
+        snprintf(text, sizeof(text),
+                 "%" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(q, "major")),
+                 json_integer_value(json_object_get(q, "minor")),
+                 json_integer_value(json_object_get(q, "micro")));
+        json_object_set_new(qemu, "version", json_string(text));
+    }
+    qb_copy(qemu, "package", version, "package", JSON_STRING);
+    return qemu;
+}
+
+json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, const json_t *block,
+                                 const json_t *block_jobs, const json_t *colo)
+{
+    json_t *state = json_object();
+    json_t *disks = json_array();
+    json_t *jobs = json_array();
+    const char *run = qb_str(status, "status");
+    bool running = json_is_true(json_object_get(status, "running"));
+    const json_t *v;
+    size_t i;
+
+    if (!state || !disks || !jobs)
+        goto fail;
+    json_object_set_new(state, "run_state", json_string(run ? run : "unknown"));
+    json_object_set_new(state, "running", json_boolean(running));
+    if (!running)
+        json_object_set_new(state, "reason", json_string(run ? run : "unknown"));
+    if (run && strcmp(run, "io-error") == 0) {
+        json_array_foreach(block, i, v)
+        {
+            json_t *cause = qb_cause_from_disk(v);
+
+            if (cause) {
+                json_object_set_new(state, "cause", cause);
+                break;
+            }
+        }
+    }
+    json_object_set_new(state, "qemu", qb_qemu_from_greeting(greeting));
+    json_array_foreach(block, i, v) json_array_append_new(disks, qb_disk_from_query(v));
+    json_array_foreach(block_jobs, i, v) json_array_append_new(jobs, qb_job_from_query(v));
+    if (json_object_set_new(state, "disks", disks) < 0 ||
+        json_object_set_new(state, "jobs", jobs) < 0) {
+        json_decref(state);
+        return NULL;
+    }
+    if (json_is_object(colo)) {
+        json_t *c = json_object();
+
+        qb_copy(c, "mode", colo, "mode", JSON_STRING);
+        qb_copy(c, "last_mode", colo, "last-mode", JSON_STRING);
+        qb_copy(c, "reason", colo, "reason", JSON_STRING);
+        json_object_set_new(state, "colo", c);
+    } else {
+        json_object_set_new(state, "colo", json_null());
+    }
+    return state;
+
+fail:
+    json_decref(state);
+    json_decref(disks);
+    json_decref(jobs);
+    return NULL;
+}
+
+/* ---- folding events ---- */
+
+typedef void (*qb_apply_fn)(json_t *state, const json_t *data);
+
+static void qb_apply_stopped(json_t *state, const json_t *data)
+{
+    const char *reason = qb_str(data, "reason");
+    json_t *cause = json_object_get(data, "cause");
+
+    json_object_set_new(state, "running", json_false());
+    json_object_set_new(state, "run_state", json_string(reason ? reason : "unknown"));
+    json_object_set_new(state, "reason", json_string(reason ? reason : "unknown"));
+    if (json_is_object(cause))
+        json_object_set_new(state, "cause", json_deep_copy(cause));
+    else
+        json_object_del(state, "cause");
+}
+
+static void qb_apply_resumed(json_t *state, const json_t *data)
+{
+    json_t *disk;
+    size_t i;
+
+    (void)data;
+    json_object_set_new(state, "running", json_true());
+    json_object_set_new(state, "run_state", json_string("running"));
+    json_object_del(state, "reason");
+    json_object_del(state, "cause");
+    /* cont resets every device's io-status (QEMU's blk_iostatus_reset). */
+    json_array_foreach(json_object_get(state, "disks"), i, disk)
+    {
+        if (qb_str(disk, "io_status"))
+            json_object_set_new(disk, "io_status", json_string("ok"));
+    }
+}
+
+static void qb_apply_io_error(json_t *state, const json_t *data)
+{
+    const char *action = qb_str(data, "action");
+    const char *device = qb_str(data, "device");
+    const char *node = qb_str(data, "node_name");
+    bool nospace = json_is_true(json_object_get(data, "nospace"));
+    json_t *disk;
+    size_t i;
+
+    /* QEMU records io-status only when the error stops the VM. */
+    if (!action || strcmp(action, "stop") != 0)
+        return;
+    json_array_foreach(json_object_get(state, "disks"), i, disk)
+    {
+        const char *d = qb_str(disk, "device");
+        const char *n = qb_str(disk, "node_name");
+
+        if ((device && *device && d && strcmp(d, device) == 0) ||
+            ((!device || !*device) && node && n && strcmp(n, node) == 0)) {
+            json_object_set_new(disk, "io_status", json_string(nospace ? "nospace" : "failed"));
+            return;
+        }
+    }
+}
+
+/* Returns the index of job id in jobs, or -1. */
+static long qb_job_index(const json_t *jobs, const char *id)
+{
+    const json_t *job;
+    size_t i;
+
+    json_array_foreach(jobs, i, job)
+    {
+        const char *j = qb_str(job, "id");
+
+        if (id && j && strcmp(j, id) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+static void qb_apply_job_status(json_t *state, const json_t *data)
+{
+    json_t *jobs = json_object_get(state, "jobs");
+    const char *id = qb_str(data, "job");
+    const char *status = qb_str(data, "status");
+    long idx = qb_job_index(jobs, id);
+    json_t *job;
+
+    if (!id || !status || !json_is_array(jobs))
+        return;
+    if (strcmp(status, "null") == 0) {
+        if (idx >= 0)
+            json_array_remove(jobs, (size_t)idx);
+        return;
+    }
+    if (idx < 0) {
+        job = json_object();
+        json_object_set_new(job, "id", json_string(id));
+        qb_copy(job, "type", data, "type", JSON_STRING);
+        json_object_set_new(job, "device", json_string(id));
+        json_array_append_new(jobs, job);
+    } else {
+        job = json_array_get(jobs, (size_t)idx);
+    }
+    json_object_set_new(job, "status", json_string(status));
+}
+
+static void qb_apply_job_gone(json_t *state, const json_t *data)
+{
+    json_t *jobs = json_object_get(state, "jobs");
+    long idx = qb_job_index(jobs, qb_str(data, "job"));
+
+    if (idx >= 0)
+        json_array_remove(jobs, (size_t)idx);
+}
+
+static void qb_apply_colo_exit(json_t *state, const json_t *data)
+{
+    json_t *colo = json_object();
+
+    json_object_set_new(colo, "mode", json_string("none"));
+    qb_copy(colo, "last_mode", data, "mode", JSON_STRING);
+    qb_copy(colo, "reason", data, "reason", JSON_STRING);
+    json_object_set_new(state, "colo", colo);
+}
+
+struct qb_apply_entry {
+    const char *type;
+    qb_apply_fn fn;
+};
+
+/* Event types not listed (shutdown, reset, job errors, ...) leave the state as it is. */
+static const struct qb_apply_entry qb_apply_table[] = {
+    {"qmp.vm.stopped", qb_apply_stopped},           {"qmp.vm.resumed", qb_apply_resumed},
+    {"qmp.block.io_error", qb_apply_io_error},      {"qmp.job.status", qb_apply_job_status},
+    {"qmp.block.job_completed", qb_apply_job_gone}, {"qmp.block.job_cancelled", qb_apply_job_gone},
+    {"qmp.colo.exit", qb_apply_colo_exit},
+};
+
+bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev)
+{
+    json_t *before;
+    bool changed;
+
+    if (!state || !ev || !ev->type)
+        return false;
+    for (size_t i = 0; i < sizeof(qb_apply_table) / sizeof(qb_apply_table[0]); i++) {
+        if (strcmp(qb_apply_table[i].type, ev->type) != 0)
+            continue;
+        /* The state is a few hundred bytes: comparing copies is simpler than tracking edits. */
+        before = json_deep_copy(state);
+        qb_apply_table[i].fn(state, ev->data);
+        changed = !before || !json_equal(before, state);
+        json_decref(before);
+        return changed;
+    }
+    return false;
+}

@@ -1,0 +1,748 @@
+/*
+ * test_config.c - the YAML config loader (bridge/config.c).
+ *
+ * Read the bad_configs table as the loader's error catalogue: each row is a
+ * small YAML text and the exact message it must produce, line:column and key
+ * path included. The good cases check every value of the shipped example and
+ * every default of the minimal config, so a table default that drifts from
+ * config.h's comments fails here.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "error.h"
+
+static struct qb_config *load_ok(const char *yaml)
+{
+    char err[512] = "";
+    struct qb_config *cfg = NULL;
+    int rc = qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err));
+
+    if (rc != QB_OK)
+        fail_msg("unexpected error %d: %s", rc, err);
+    assert_non_null(cfg);
+    return cfg;
+}
+
+static const struct qb_transport_config *find_transport(const struct qb_config *cfg,
+                                                        const char *name)
+{
+    for (size_t i = 0; i < cfg->n_transports; i++)
+        if (strcmp(cfg->transports[i].name, name) == 0)
+            return &cfg->transports[i];
+    fail_msg("no transport named %s", name);
+    return NULL;
+}
+
+/* Defaults every transport type shares, as documented in config.h. */
+static void assert_common_defaults(const struct qb_transport_config *t)
+{
+    assert_int_equal(t->queue_max_messages, 100000);
+    assert_int_equal(t->queue_max_bytes, 64u * 1024 * 1024);
+    assert_int_equal(t->shutdown_timeout_ms, 5000);
+}
+
+/* ---- good configs ---- */
+
+/* The layout from the design brief, in flow style, with no default left in force. */
+static void test_full_inline(void **state)
+{
+    static const char yaml[] =
+        "bridge: { id: host-a, log_level: debug, schema_base_uri: \"file:///s/\" }\n"
+        "qmp: { max_line_bytes: 1MiB, command_timeout: 2s, connect_timeout: 3s,\n"
+        "       reconnect_initial: 100ms, reconnect_max: 1m }\n"
+        "vms:\n"
+        "  - { name: vm1, qmp: \"unix:/run/qemu/vm1.qmp\" }\n"
+        "  - { name: vm2, qmp: \"tcp:127.0.0.1:4444\" }\n"
+        "discovery: { directory: /run/qmp-bridge/vms, suffix: \".qmp\" }\n"
+        "events: { exclude: [RTC_CHANGE, VNC_CONNECTED] }\n"
+        "transports:\n"
+        "  - { type: stdout, path: /tmp/x.jsonl }\n"
+        "  - { type: mqtt, host: 10.0.0.1, port: 1884, topic_prefix: q, qos: 2, protocol: "
+        "\"3.1.1\",\n"
+        "      client_id: x, keepalive: 1m, username: u, password_file: /etc/p,\n"
+        "      tls: { ca_file: a, cert_file: b, key_file: c, insecure: yes },\n"
+        "      max_inflight: 7, reconnect_initial: 1s, reconnect_max: 2s, queue_max_messages: 10,\n"
+        "      queue_max_bytes: 64k, shutdown_timeout: 1h, name: mybus }\n"
+        "  - { type: kafka, brokers: \"h1:9092,h2:9092\", events_topic: e, state_topic: s,\n"
+        "      commands_topic: c, content_mode: binary,\n"
+        "      properties: { compression.type: lz4, linger.ms: 5 } }\n";
+    struct qb_config *cfg = load_ok(yaml);
+    const struct qb_transport_config *t;
+
+    (void)state;
+    assert_string_equal(cfg->path, "t.yaml");
+    assert_string_equal(cfg->bridge_id, "host-a");
+    assert_int_equal(cfg->log_level, QB_LOG_DEBUG);
+    assert_string_equal(cfg->schema_base_uri, "file:///s/");
+    assert_int_equal(cfg->qmp_max_line_bytes, 1024 * 1024);
+    assert_int_equal(cfg->qmp_command_timeout_ms, 2000);
+    assert_int_equal(cfg->qmp_connect_timeout_ms, 3000);
+    assert_int_equal(cfg->qmp_reconnect_initial_ms, 100);
+    assert_int_equal(cfg->qmp_reconnect_max_ms, 60000);
+
+    assert_int_equal(cfg->n_vms, 2);
+    assert_string_equal(cfg->vms[0].name, "vm1");
+    assert_string_equal(cfg->vms[0].qmp, "unix:/run/qemu/vm1.qmp");
+    assert_int_equal(cfg->vms[0].line, 5);
+    assert_string_equal(cfg->vms[1].name, "vm2");
+    assert_string_equal(cfg->vms[1].qmp, "tcp:127.0.0.1:4444");
+    assert_int_equal(cfg->vms[1].line, 6);
+
+    assert_string_equal(cfg->discovery_directory, "/run/qmp-bridge/vms");
+    assert_string_equal(cfg->discovery_suffix, ".qmp");
+    assert_int_equal(cfg->n_events_exclude, 2);
+    assert_string_equal(cfg->events_exclude[0], "RTC_CHANGE");
+    assert_string_equal(cfg->events_exclude[1], "VNC_CONNECTED");
+
+    assert_int_equal(cfg->n_transports, 3);
+    t = &cfg->transports[0];
+    assert_string_equal(t->type, "stdout");
+    assert_string_equal(t->name, "stdout");
+    assert_string_equal(t->path, "/tmp/x.jsonl");
+    assert_int_equal(t->line, 10);
+    assert_int_equal(t->column, 5);
+    assert_null(t->host); /* mqtt defaults stay off other types */
+    assert_null(t->events_topic);
+    assert_common_defaults(t);
+
+    t = &cfg->transports[1];
+    assert_string_equal(t->type, "mqtt");
+    assert_string_equal(t->name, "mybus");
+    assert_string_equal(t->host, "10.0.0.1");
+    assert_int_equal(t->port, 1884);
+    assert_string_equal(t->topic_prefix, "q");
+    assert_int_equal(t->qos, 2);
+    assert_int_equal(t->protocol, QB_MQTT_V311);
+    assert_string_equal(t->client_id, "x");
+    assert_int_equal(t->keepalive_ms, 60000);
+    assert_string_equal(t->username, "u");
+    assert_string_equal(t->password_file, "/etc/p");
+    assert_string_equal(t->tls_ca_file, "a");
+    assert_string_equal(t->tls_cert_file, "b");
+    assert_string_equal(t->tls_key_file, "c");
+    assert_true(t->tls_insecure);
+    assert_int_equal(t->max_inflight, 7);
+    assert_int_equal(t->reconnect_initial_ms, 1000);
+    assert_int_equal(t->reconnect_max_ms, 2000);
+    assert_int_equal(t->queue_max_messages, 10);
+    assert_int_equal(t->queue_max_bytes, 65536);
+    assert_int_equal(t->shutdown_timeout_ms, 3600000);
+    assert_null(t->path);
+
+    t = &cfg->transports[2];
+    assert_string_equal(t->type, "kafka");
+    assert_string_equal(t->name, "kafka");
+    assert_string_equal(t->brokers, "h1:9092,h2:9092");
+    assert_string_equal(t->events_topic, "e");
+    assert_string_equal(t->state_topic, "s");
+    assert_string_equal(t->commands_topic, "c");
+    assert_int_equal(t->content_mode, QB_KAFKA_BINARY);
+    assert_int_equal(t->n_properties, 2);
+    assert_string_equal(t->properties[0].key, "compression.type");
+    assert_string_equal(t->properties[0].value, "lz4");
+    assert_int_equal(t->properties[0].line, 18);
+    assert_int_equal(t->properties[0].column, 21);
+    assert_string_equal(t->properties[1].key, "linger.ms");
+    assert_string_equal(t->properties[1].value, "5");
+    assert_int_equal(t->properties[1].column, 44);
+    assert_null(t->client_id);
+    qb_config_free(cfg);
+}
+
+static void test_example_file(void **state)
+{
+    char err[512] = "";
+    struct qb_config *cfg = NULL;
+    const struct qb_transport_config *t;
+    int rc =
+        qb_config_load_file(QB_SOURCE_DIR "/conf/qmp-bridge.example.yaml", &cfg, err, sizeof(err));
+
+    (void)state;
+    if (rc != QB_OK)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->path, QB_SOURCE_DIR "/conf/qmp-bridge.example.yaml");
+    assert_string_equal(cfg->bridge_id, "host-a");
+    assert_int_equal(cfg->log_level, QB_LOG_INFO);
+    assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
+    assert_int_equal(cfg->qmp_max_line_bytes, 16 * 1024 * 1024);
+    assert_int_equal(cfg->qmp_command_timeout_ms, 10000);
+    assert_int_equal(cfg->qmp_connect_timeout_ms, 5000);
+    assert_int_equal(cfg->qmp_reconnect_initial_ms, 250);
+    assert_int_equal(cfg->qmp_reconnect_max_ms, 30000);
+    assert_int_equal(cfg->n_vms, 2);
+    assert_string_equal(cfg->vms[1].qmp, "tcp:127.0.0.1:4444");
+    assert_string_equal(cfg->discovery_directory, "/run/qmp-bridge/vms");
+    assert_string_equal(cfg->discovery_suffix, ".qmp");
+    assert_int_equal(cfg->n_events_exclude, 1);
+    assert_string_equal(cfg->events_exclude[0], "RTC_CHANGE");
+    assert_int_equal(cfg->n_transports, 3);
+
+    t = find_transport(cfg, "stdout");
+    assert_string_equal(t->path, "/tmp/qmp-bridge.jsonl");
+    assert_common_defaults(t);
+
+    t = find_transport(cfg, "mybus");
+    assert_string_equal(t->type, "mqtt");
+    assert_string_equal(t->host, "127.0.0.1");
+    assert_int_equal(t->port, 8883);
+    assert_string_equal(t->topic_prefix, "qmp");
+    assert_int_equal(t->qos, 1);
+    assert_int_equal(t->protocol, QB_MQTT_V5);
+    assert_string_equal(t->client_id, "qmp-bridge-host-a");
+    assert_int_equal(t->keepalive_ms, 30000);
+    assert_string_equal(t->username, "bridge");
+    assert_string_equal(t->password_file, "/etc/qmp-bridge/mqtt.password");
+    assert_string_equal(t->tls_ca_file, "/etc/ssl/certs/ca-certificates.crt");
+    assert_string_equal(t->tls_cert_file, "/etc/qmp-bridge/client.crt");
+    assert_string_equal(t->tls_key_file, "/etc/qmp-bridge/client.key");
+    assert_false(t->tls_insecure);
+    assert_int_equal(t->max_inflight, 100);
+    assert_int_equal(t->reconnect_initial_ms, 500);
+    assert_int_equal(t->reconnect_max_ms, 30000);
+    assert_common_defaults(t);
+
+    t = find_transport(cfg, "kafka");
+    assert_string_equal(t->brokers, "h1:9092,h2:9092");
+    assert_string_equal(t->events_topic, "qmp.events");
+    assert_string_equal(t->state_topic, "qmp.state");
+    assert_string_equal(t->commands_topic, "qmp.commands");
+    assert_int_equal(t->content_mode, QB_KAFKA_STRUCTURED);
+    assert_int_equal(t->n_properties, 2);
+    assert_string_equal(t->properties[0].key, "compression.type");
+    assert_string_equal(t->properties[0].value, "lz4");
+    assert_string_equal(t->properties[1].key, "linger.ms");
+    assert_string_equal(t->properties[1].value, "5");
+    assert_common_defaults(t);
+    qb_config_free(cfg);
+}
+
+static void test_minimal_file(void **state)
+{
+    char err[512] = "";
+    struct qb_config *cfg = NULL;
+    const struct qb_transport_config *t;
+    int rc = qb_config_load_file(QB_SOURCE_DIR "/conf/minimal.yaml", &cfg, err, sizeof(err));
+
+    (void)state;
+    if (rc != QB_OK)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->bridge_id, "host-a");
+    assert_int_equal(cfg->log_level, QB_LOG_INFO);
+    assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
+    assert_int_equal(cfg->qmp_max_line_bytes, 16 * 1024 * 1024);
+    assert_int_equal(cfg->qmp_command_timeout_ms, 10000);
+    assert_int_equal(cfg->qmp_connect_timeout_ms, 5000);
+    assert_int_equal(cfg->qmp_reconnect_initial_ms, 250);
+    assert_int_equal(cfg->qmp_reconnect_max_ms, 30000);
+    assert_int_equal(cfg->n_vms, 1);
+    assert_string_equal(cfg->vms[0].name, "vm1");
+    assert_string_equal(cfg->vms[0].qmp, "unix:/run/qemu/vm1.qmp");
+    assert_null(cfg->discovery_directory);
+    assert_string_equal(cfg->discovery_suffix, "");
+    assert_int_equal(cfg->n_events_exclude, 0);
+    assert_int_equal(cfg->n_transports, 1);
+    t = &cfg->transports[0];
+    assert_string_equal(t->type, "stdout");
+    assert_string_equal(t->name, "stdout");
+    assert_null(t->path);
+    assert_common_defaults(t);
+    qb_config_free(cfg);
+}
+
+/* mqtt and kafka defaults, including the ones that depend on other keys. */
+static void test_transport_defaults(void **state)
+{
+    struct qb_config *cfg = load_ok("bridge: {id: b1}\n"
+                                    "transports:\n"
+                                    "  - type: mqtt\n"
+                                    "  - {type: mqtt, tls: {ca_file: /ca}, protocol: 5}\n"
+                                    "  - {type: kafka, brokers: k:9092}\n");
+    const struct qb_transport_config *t;
+
+    (void)state;
+    t = find_transport(cfg, "mqtt");
+    assert_string_equal(t->host, "127.0.0.1");
+    assert_int_equal(t->port, 1883);
+    assert_string_equal(t->topic_prefix, "qmp");
+    assert_int_equal(t->qos, 1);
+    assert_int_equal(t->protocol, QB_MQTT_V5);
+    assert_string_equal(t->client_id, "qmp-bridge-b1");
+    assert_int_equal(t->keepalive_ms, 30000);
+    assert_null(t->username);
+    assert_null(t->password_file);
+    assert_null(t->tls_ca_file);
+    assert_false(t->tls_insecure);
+    assert_int_equal(t->max_inflight, 100);
+    assert_int_equal(t->reconnect_initial_ms, 500);
+    assert_int_equal(t->reconnect_max_ms, 30000);
+    assert_common_defaults(t);
+
+    t = find_transport(cfg, "mqtt#2");
+    assert_int_equal(t->port, 8883);
+    assert_int_equal(t->protocol, QB_MQTT_V5);
+
+    t = find_transport(cfg, "kafka");
+    assert_string_equal(t->events_topic, "qmp.events");
+    assert_string_equal(t->state_topic, "qmp.state");
+    assert_string_equal(t->commands_topic, "qmp.commands");
+    assert_int_equal(t->content_mode, QB_KAFKA_STRUCTURED);
+    assert_int_equal(t->n_properties, 0);
+    assert_null(t->host);
+    qb_config_free(cfg);
+}
+
+/* Default names skip names already taken, explicit or generated. */
+static void test_transport_names(void **state)
+{
+    struct qb_config *cfg = load_ok("bridge: {id: b1}\n"
+                                    "transports:\n"
+                                    "  - {type: stdout}\n"
+                                    "  - {type: stdout, name: 'stdout#2'}\n"
+                                    "  - {type: stdout}\n"
+                                    "  - {type: stdout, path: /x}\n");
+
+    (void)state;
+    assert_int_equal(cfg->n_transports, 4);
+    assert_string_equal(cfg->transports[0].name, "stdout");
+    assert_string_equal(cfg->transports[1].name, "stdout#2");
+    assert_string_equal(cfg->transports[2].name, "stdout#3");
+    assert_string_equal(cfg->transports[3].name, "stdout#4");
+    qb_config_free(cfg);
+}
+
+/* The name rule's edges: 64 characters and every allowed punctuation mark. */
+static void test_name_limits(void **state)
+{
+    struct qb_config *cfg =
+        load_ok("bridge: {id: A.b_c-9}\nvms:\n  - {name: "
+                "x123456789012345678901234567890123456789012345678901234567890123,"
+                " qmp: 'tcp:[::1]:65535'}\n");
+
+    (void)state;
+    assert_string_equal(cfg->bridge_id, "A.b_c-9");
+    assert_int_equal(strlen(cfg->vms[0].name), 64);
+    assert_string_equal(cfg->vms[0].qmp, "tcp:[::1]:65535");
+    qb_config_free(cfg);
+}
+
+/* Empty sections and null values keep defaults; quoted "null" is a string. */
+static void test_nulls_keep_defaults(void **state)
+{
+    struct qb_config *cfg = load_ok("bridge:\n  id: b1\n  log_level: ~\n"
+                                    "qmp:\n"
+                                    "vms:\n"
+                                    "events: {exclude: []}\n"
+                                    "discovery: {directory: 'null'}\n"
+                                    "transports:\n"
+                                    "  - {type: mqtt, username: null, tls: }\n");
+
+    (void)state;
+    assert_int_equal(cfg->log_level, QB_LOG_INFO);
+    assert_int_equal(cfg->qmp_max_line_bytes, 16 * 1024 * 1024);
+    assert_int_equal(cfg->n_vms, 0);
+    assert_int_equal(cfg->n_events_exclude, 0);
+    assert_string_equal(cfg->discovery_directory, "null");
+    assert_null(cfg->transports[0].username);
+    assert_int_equal(cfg->transports[0].port, 1883);
+    qb_config_free(cfg);
+}
+
+/* ---- bad configs: the error catalogue ---- */
+
+static const struct bad_config {
+    const char *yaml;
+    const char *message;
+} bad_configs[] = {
+    /* document shape */
+    {"", "t.yaml:1:1: (root): the file is empty (at least bridge.id is required)"},
+    {"# only a comment\n",
+     "t.yaml:1:1: (root): the file is empty (at least bridge.id is required)"},
+    {"- a\n- b\n", "t.yaml:1:1: (root): expected a mapping, got a list"},
+    {"hello\n", "t.yaml:1:1: (root): expected a mapping, got 'hello'"},
+    {"bridge: {id: a}\n---\nbridge: {id: b}\n",
+     "t.yaml:2:1: (root): only one YAML document is allowed"},
+    /* YAML syntax: libyaml's own words at its mark */
+    {"bridge: {id: a\n", "t.yaml:2:1: bridge: YAML syntax error: did not find expected ',' or '}' "
+                         "(while parsing a flow mapping at 1:9)"},
+    {"bridge:\n  id: a\n   log_level: info\n",
+     "t.yaml:3:13: bridge: YAML syntax error: mapping values are not allowed in this context"},
+    {"bridge: {id: a}\n\xff\n",
+     "t.yaml:2:1: (root): YAML syntax error: invalid leading UTF-8 octet (#FF)"},
+    {"bridge: {id: \"a\\0b\"}\n", "t.yaml:1:14: bridge.id: NUL characters are not allowed"},
+    /* anchors and aliases */
+    {"bridge: &b {id: a}\n", "t.yaml:1:9: bridge: anchors and aliases are not supported"},
+    {"bridge: {id: *x}\n", "t.yaml:1:14: bridge.id: anchors and aliases are not supported"},
+    {"[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]\n",
+     "t.yaml:1:17: [0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nesting is too deep"},
+    /* unknown and duplicate keys */
+    {"bridge: {id: a}\nbogus: 1\n", "t.yaml:2:1: bogus: unknown key"},
+    {"bridge: {id: a}\ncommands: {}\n", "t.yaml:2:1: commands: unknown key"},
+    {"bridge: {id: a, colour: red}\n", "t.yaml:1:17: bridge.colour: unknown key"},
+    {"bridge: {id: a}\n[a]: b\n", "t.yaml:2:1: (root): mapping keys must be scalars"},
+    {"bridge: {id: a, id: b}\n", "t.yaml:1:17: bridge.id: duplicate key (first at 1:10)"},
+    {"bridge:\n  id: a\n  id: b\n", "t.yaml:3:3: bridge.id: duplicate key (first at 2:3)"},
+    {"bridge: {id: a}\nqmp: {}\nqmp: {}\n", "t.yaml:3:1: qmp: duplicate key (first at 2:1)"},
+    /* required values */
+    {"qmp: {}\n", "t.yaml:1:1: bridge: missing required key"},
+    {"bridge:\n  log_level: info\n", "t.yaml:2:3: bridge.id: missing required key"},
+    {"bridge: {id: ~}\n", "t.yaml:1:14: bridge.id: missing required value"},
+    {"bridge: {id: a}\nvms:\n  - {qmp: 'unix:/a'}\n",
+     "t.yaml:3:5: vms[0].name: missing required key"},
+    {"bridge: {id: a}\nvms:\n  - {name: v}\n", "t.yaml:3:5: vms[0].qmp: missing required key"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka}\n",
+     "t.yaml:3:5: transports[0].brokers: missing required key"},
+    {"bridge: {id: a}\ntransports:\n  - {name: x}\n",
+     "t.yaml:3:5: transports[0].type: missing required key"},
+    {"bridge: {id: a}\ntransports:\n  - {type: }\n",
+     "t.yaml:3:12: transports[0].type: missing required value"},
+    {"bridge: {id: a}\ntransports: []\n",
+     "t.yaml:2:13: transports: at least one transport is required"},
+    /* wrong types */
+    {"bridge: {id: a}\nqmp: 5\n", "t.yaml:2:6: qmp: expected a mapping, got '5'"},
+    {"bridge: {id: a}\nvms: {name: vm1}\n", "t.yaml:2:6: vms: expected a list, got a mapping"},
+    {"bridge: {id: [a]}\n", "t.yaml:1:14: bridge.id: expected a string, got a list"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, host: {a: b}}\n",
+     "t.yaml:3:24: transports[0].host: expected a string, got a mapping"},
+    {"bridge: {id: a}\ntransports:\n  - mqtt\n",
+     "t.yaml:3:5: transports[0]: expected a mapping, got 'mqtt'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: [mqtt]}\n",
+     "t.yaml:3:12: transports[0].type: expected stdout, mqtt or kafka, got a list"},
+    {"bridge: {id: a}\nevents: {exclude: RTC_CHANGE}\n",
+     "t.yaml:2:19: events.exclude: expected a list, got 'RTC_CHANGE'"},
+    {"bridge: {id: a}\nevents: {exclude: [[a]]}\n",
+     "t.yaml:2:20: events.exclude[0]: expected an event name, got a list"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, properties: {a: [1]}}\n",
+     "t.yaml:3:47: transports[0].properties.a: expected a scalar value, got a list"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, properties: {a: 1, a: 2}}\n",
+     "t.yaml:3:50: transports[0].properties.a: duplicate key (first at 3:44)"},
+    /* numbers */
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, port: abc}\n",
+     "t.yaml:3:24: transports[0].port: expected an integer, got 'abc'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, port: -1}\n",
+     "t.yaml:3:24: transports[0].port: expected a non-negative value, got '-1'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, port: 0}\n",
+     "t.yaml:3:24: transports[0].port: expected an integer from 1 to 65535, got '0'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, port: 65536}\n",
+     "t.yaml:3:24: transports[0].port: expected an integer from 1 to 65535, got '65536'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, max_inflight: 0}\n",
+     "t.yaml:3:32: transports[0].max_inflight: expected an integer from 1 to 65535, got '0'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, queue_max_messages: "
+     "99999999999999999999999}\n",
+     "t.yaml:3:40: transports[0].queue_max_messages: expected an integer of at most "
+     "18446744073709551615, got '99999999999999999999999'"},
+    {"bridge: {id: a}\nqmp: {max_line_bytes: 512}\n",
+     "t.yaml:2:23: qmp.max_line_bytes: expected a size of at least 1024 bytes, got '512'"},
+    {"bridge: {id: a}\nqmp: {max_line_bytes: 1.5MiB}\n",
+     "t.yaml:2:23: qmp.max_line_bytes: expected a size such as 4096, 64KiB or 16MiB, got '1.5MiB'"},
+    {"bridge: {id: a}\nqmp: {command_timeout: -1s}\n",
+     "t.yaml:2:24: qmp.command_timeout: expected a non-negative value, got '-1s'"},
+    {"bridge: {id: a}\nqmp: {command_timeout: abc}\n",
+     "t.yaml:2:24: qmp.command_timeout: expected a duration such as 250ms, 30s, 5m or 2h, got "
+     "'abc'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, keepalive: 100000s}\n",
+     "t.yaml:3:29: transports[0].keepalive: expected a duration from 0ms to 65535000ms, got "
+     "'100000s'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, tls: {ca_file: a, insecure: maybe}}\n",
+     "t.yaml:3:46: transports[0].tls.insecure: expected true or false, got 'maybe'"},
+    /* enums */
+    {"bridge: {id: a, log_level: loud}\n",
+     "t.yaml:1:28: bridge.log_level: expected error, warn, warning, info or debug, got 'loud'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, qos: three}\n",
+     "t.yaml:3:23: transports[0].qos: expected 0, 1 or 2, got 'three'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, qos: 3}\n",
+     "t.yaml:3:23: transports[0].qos: expected 0, 1 or 2, got '3'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, protocol: 4}\n",
+     "t.yaml:3:28: transports[0].protocol: expected 5 or 3.1.1, got '4'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, content_mode: avro}\n",
+     "t.yaml:3:45: transports[0].content_mode: expected structured or binary, got 'avro'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: carrier-pigeon}\n",
+     "t.yaml:3:12: transports[0].type: unknown transport type 'carrier-pigeon' (expected stdout, "
+     "mqtt "
+     "or kafka)"},
+    /* keys of another transport type */
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, host: x}\n",
+     "t.yaml:3:20: transports[0].host: unknown key (not valid for type stdout)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, path: /x}\n",
+     "t.yaml:3:18: transports[0].path: unknown key (not valid for type mqtt)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, qos: 1}\n",
+     "t.yaml:3:31: transports[0].qos: unknown key (not valid for type kafka)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, tls: {ca_file: a, verify: no}}\n",
+     "t.yaml:3:36: transports[0].tls.verify: unknown key"},
+    /* names and addresses */
+    {"bridge: {id: 'bad id'}\n",
+     "t.yaml:1:14: bridge.id: expected 1 to 64 characters from [A-Za-z0-9._-], got 'bad id'"},
+    {"bridge: {id: ''}\n",
+     "t.yaml:1:14: bridge.id: expected 1 to 64 characters from [A-Za-z0-9._-], got ''"},
+    {"bridge: {id: a}\nvms:\n  - {name: "
+     "x12345678901234567890123456789012345678901234567890123456789012345, qmp: 'unix:/a'}\n",
+     "t.yaml:3:12: vms[0].name: expected 1 to 64 characters from [A-Za-z0-9._-], got "
+     "'x123456789012345678901234567890123456789012345678901234567890123...'"},
+    {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'unix:/a'}\n  - {name: vm1, qmp: 'unix:/b'}\n",
+     "t.yaml:4:12: vms[1].name: duplicate VM name 'vm1' (also vms[0])"},
+    {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'unix:'}\n",
+     "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
+     "'unix:'"},
+    {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'tcp:h:0'}\n",
+     "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
+     "'tcp:h:0'"},
+    {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'tcp:h:70000'}\n",
+     "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
+     "'tcp:h:70000'"},
+    {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'tcp::4444'}\n",
+     "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
+     "'tcp::4444'"},
+    {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: /run/x}\n",
+     "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
+     "'/run/x'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, name: x}\n  - {type: mqtt, name: x}\n",
+     "t.yaml:4:24: transports[1].name: duplicate transport name 'x' (also transports[0])"},
+    /* cross-key checks */
+    {"bridge: {id: a}\nqmp: {reconnect_initial: 1m, reconnect_max: 30s}\n",
+     "t.yaml:2:26: qmp.reconnect_initial: must not be greater than reconnect_max (60000ms > "
+     "30000ms)"},
+    {"bridge: {id: a}\nqmp: {reconnect_max: 100ms}\n",
+     "t.yaml:2:6: qmp.reconnect_initial: must not be greater than reconnect_max (250ms > 100ms)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, reconnect_initial: 1m}\n",
+     "t.yaml:3:37: transports[0].reconnect_initial: must not be greater than reconnect_max "
+     "(60000ms > "
+     "30000ms)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, tls: {cert_file: a}}\n",
+     "t.yaml:3:23: transports[0].tls.key_file: missing required key (cert_file and key_file go "
+     "together)"},
+};
+
+static void test_bad_configs(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad_configs) / sizeof(bad_configs[0]); i++) {
+        const struct bad_config *bc = &bad_configs[i];
+        struct qb_config *cfg = (struct qb_config *)1;
+        char err[512] = "";
+        int rc =
+            qb_config_load_string("t.yaml", bc->yaml, strlen(bc->yaml), &cfg, err, sizeof(err));
+
+        if (rc != QB_ECONFIG || strcmp(err, bc->message) != 0)
+            fail_msg("case %zu (%s):\n  rc %d\n  got      \"%s\"\n  expected \"%s\"", i, bc->yaml,
+                     rc, err, bc->message);
+        assert_null(cfg);
+    }
+}
+
+/* The classic exponential-alias input must be refused at the first anchor, not expanded. */
+static void test_billion_laughs(void **state)
+{
+    static const char yaml[] =
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+        "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+        "bridge: {id: *d}\n";
+    struct qb_config *cfg = NULL;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+                     QB_ECONFIG);
+    assert_string_equal(err, "t.yaml:1:4: a: anchors and aliases are not supported");
+    assert_null(cfg);
+}
+
+/* A tiny errbuf gets a truncated, terminated message; a NULL one is allowed. */
+static void test_errbuf_truncation(void **state)
+{
+    static const char yaml[] = "bridge: {id: a}\nbogus: 1\n";
+    struct qb_config *cfg = NULL;
+    char err[12];
+
+    (void)state;
+    memset(err, 'x', sizeof(err));
+    assert_int_equal(qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+                     QB_ECONFIG);
+    assert_string_equal(err, "t.yaml:2:1:");
+    assert_int_equal(qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, NULL, 0),
+                     QB_ECONFIG);
+    assert_null(cfg);
+}
+
+/* Control characters in a quoted value must not break the one-line message. */
+static void test_message_sanitised(void **state)
+{
+    static const char yaml[] = "bridge: {id: \"a\\nb\"}\n";
+    struct qb_config *cfg = NULL;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+                     QB_ECONFIG);
+    assert_string_equal(
+        err, "t.yaml:1:14: bridge.id: expected 1 to 64 characters from [A-Za-z0-9._-], got 'a?b'");
+}
+
+static void test_too_large(void **state)
+{
+    size_t len = 1024 * 1024 + 1;
+    char *big = malloc(len + 1);
+    char path[] = "/tmp/qb-test-config-XXXXXX";
+    struct qb_config *cfg = NULL;
+    char err[256];
+    int fd;
+
+    (void)state;
+    assert_non_null(big);
+    /* valid YAML, only too long: a comment padded out after a good config */
+    memset(big, ' ', len);
+    memcpy(big, "bridge: {id: a}\n#", 17);
+    big[len] = '\0';
+    assert_int_equal(qb_config_load_string("t.yaml", big, len, &cfg, err, sizeof(err)), QB_ECONFIG);
+    assert_string_equal(err, "t.yaml:1:1: (root): the file is larger than 1048576 bytes");
+    /* one byte less is fine */
+    assert_int_equal(qb_config_load_string("t.yaml", big, len - 1, &cfg, err, sizeof(err)), QB_OK);
+    qb_config_free(cfg);
+
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, big, len), (ssize_t)len);
+    close(fd);
+    assert_int_equal(qb_config_load_file(path, &cfg, err, sizeof(err)), QB_ECONFIG);
+    assert_true(strstr(err, ": (root): the file is larger than 1048576 bytes") != NULL);
+    assert_null(cfg);
+    unlink(path);
+    free(big);
+}
+
+static void test_load_file_errors(void **state)
+{
+    struct qb_config *cfg = (struct qb_config *)1;
+    char err[256];
+
+    (void)state;
+    assert_int_equal(qb_config_load_file("/nonexistent/qb.yaml", &cfg, err, sizeof(err)), QB_EIO);
+    assert_string_equal(err, "/nonexistent/qb.yaml: cannot read: No such file or directory");
+    assert_null(cfg);
+    assert_int_equal(qb_config_load_file("/", &cfg, err, sizeof(err)), QB_EIO);
+    assert_string_equal(err, "/: cannot read: Is a directory");
+    assert_null(cfg);
+}
+
+/* ---- value syntax ---- */
+
+static void test_parse_size(void **state)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        size_t value;
+    } cases[] = {
+        {"0", QB_OK, 0},
+        {"1024", QB_OK, 1024},
+        {"007", QB_OK, 7},
+        {"10B", QB_OK, 10},
+        {"64k", QB_OK, 65536},
+        {"64K", QB_OK, 65536},
+        {"64KiB", QB_OK, 65536},
+        {"16M", QB_OK, 16777216},
+        {"16MiB", QB_OK, 16777216},
+        {"16 MiB", QB_OK, 16777216},
+        {"2G", QB_OK, 2147483648u},
+        {"2GiB", QB_OK, 2147483648u},
+        {"18446744073709551615", QB_OK, SIZE_MAX},
+        {"18446744073709551616", QB_EINVAL, 0},
+        {"17179869184GiB", QB_EINVAL, 0}, /* 2^34 GiB = 2^64: overflows in the multiply */
+        {"", QB_EINVAL, 0},
+        {"-1", QB_EINVAL, 0},
+        {"+1", QB_EINVAL, 0},
+        {" 1", QB_EINVAL, 0},
+        {"1 ", QB_EINVAL, 0},
+        {"1.5M", QB_EINVAL, 0},
+        {"MiB", QB_EINVAL, 0},
+        {"16mib", QB_EINVAL, 0},
+        {"16KB", QB_EINVAL, 0},
+        {"16MiBs", QB_EINVAL, 0},
+        {"0x10", QB_EINVAL, 0},
+    };
+
+    (void)state;
+    assert_int_equal(qb_config_parse_size(NULL, &(size_t){0}), QB_EINVAL);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t v = 12345;
+        int rc = qb_config_parse_size(cases[i].text, &v);
+
+        if (rc != cases[i].rc)
+            fail_msg("'%s': rc %d, expected %d", cases[i].text, rc, cases[i].rc);
+        if (rc == QB_OK && v != cases[i].value)
+            fail_msg("'%s': %zu, expected %zu", cases[i].text, v, cases[i].value);
+        if (rc != QB_OK && v != 12345)
+            fail_msg("'%s': output written on failure", cases[i].text);
+    }
+}
+
+static void test_parse_duration(void **state)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        uint32_t value;
+    } cases[] = {
+        {"0", QB_OK, 0},
+        {"250", QB_OK, 250},
+        {"250ms", QB_OK, 250},
+        {"30s", QB_OK, 30000},
+        {"5m", QB_OK, 300000},
+        {"2h", QB_OK, 7200000},
+        {"4294967295", QB_OK, UINT32_MAX},
+        {"4294967295ms", QB_OK, UINT32_MAX},
+        {"4294967296", QB_EINVAL, 0},
+        {"4294968s", QB_EINVAL, 0},
+        {"1194h", QB_EINVAL, 0},
+        {"99999999999999999999999h", QB_EINVAL, 0},
+        {"", QB_EINVAL, 0},
+        {"-1", QB_EINVAL, 0},
+        {"-5s", QB_EINVAL, 0},
+        {"1.5s", QB_EINVAL, 0},
+        {"s", QB_EINVAL, 0},
+        {"10S", QB_EINVAL, 0},
+        {"10 sec", QB_EINVAL, 0},
+        {"1d", QB_EINVAL, 0},
+        {"10us", QB_EINVAL, 0},
+    };
+
+    (void)state;
+    assert_int_equal(qb_config_parse_duration_ms(NULL, &(uint32_t){0}), QB_EINVAL);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint32_t v = 12345;
+        int rc = qb_config_parse_duration_ms(cases[i].text, &v);
+
+        if (rc != cases[i].rc)
+            fail_msg("'%s': rc %d, expected %d", cases[i].text, rc, cases[i].rc);
+        if (rc == QB_OK && v != cases[i].value)
+            fail_msg("'%s': %u, expected %u", cases[i].text, v, cases[i].value);
+        if (rc != QB_OK && v != 12345)
+            fail_msg("'%s': output written on failure", cases[i].text);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_inline),         cmocka_unit_test(test_example_file),
+        cmocka_unit_test(test_minimal_file),        cmocka_unit_test(test_transport_defaults),
+        cmocka_unit_test(test_transport_names),     cmocka_unit_test(test_name_limits),
+        cmocka_unit_test(test_nulls_keep_defaults), cmocka_unit_test(test_bad_configs),
+        cmocka_unit_test(test_billion_laughs),      cmocka_unit_test(test_errbuf_truncation),
+        cmocka_unit_test(test_message_sanitised),   cmocka_unit_test(test_too_large),
+        cmocka_unit_test(test_load_file_errors),    cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_parse_duration),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

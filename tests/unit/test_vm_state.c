@@ -1,0 +1,300 @@
+/*
+ * test_vm_state.c - the VM state snapshot built from real QEMU 7.2 query
+ * replies, then folded forward by normalised events.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envelope.h"
+#include "error.h"
+#include "vm_state.h"
+
+static json_t *parse(const char *text)
+{
+    json_error_t err;
+    json_t *j = json_loads(text, JSON_DECODE_ANY, &err);
+
+    if (!j)
+        fail_msg("bad JSON in test: %s: %s", err.text, text);
+    return j;
+}
+
+/* The "QMP" object of Debian 12's qemu-system-x86_64 greeting. */
+static const char *greeting_text =
+    "{\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7},"
+    " \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}";
+
+static const char *status_ioerr_text =
+    "{\"status\": \"io-error\", \"singlestep\": false, \"running\": false}";
+
+/* query-block after ENOSPC with werror=stop on the data disk; the boot disk is fine. */
+static const char *block_text =
+    "[{\"io-status\": \"ok\", \"device\": \"boot\", \"locked\": false, \"removable\": false,"
+    "  \"inserted\": {\"iops_rd\": 0, \"detect_zeroes\": \"off\", \"image\": {\"virtual-size\": "
+    "512,"
+    "    \"filename\": \"/tmp/qb/boot.img\", \"format\": \"raw\", \"actual-size\": 4096,"
+    "    \"dirty-flag\": false}, \"iops_wr\": 0, \"ro\": true, \"node-name\": \"#block312\","
+    "    \"backing_file_depth\": 0, \"drv\": \"raw\", \"iops\": 0, \"bps_wr\": 0, "
+    "\"write_threshold\": 0,"
+    "    \"encrypted\": false, \"bps\": 0, \"bps_rd\": 0, \"cache\": {\"no-flush\": false,"
+    "    \"direct\": false, \"writeback\": true}, \"file\": \"/tmp/qb/boot.img\"},"
+    "  \"qdev\": \"/machine/unattached/device[7]\", \"type\": \"unknown\"},"
+    " {\"io-status\": \"nospace\", \"device\": \"\", \"locked\": false, \"removable\": false,"
+    "  \"inserted\": {\"iops_rd\": 0, \"detect_zeroes\": \"off\", \"image\": {\"virtual-size\": "
+    "67108864,"
+    "    \"filename\": \"/tmp/qb/disk.raw\", \"format\": \"raw\", \"actual-size\": 4190208,"
+    "    \"dirty-flag\": false}, \"iops_wr\": 0, \"ro\": false, \"node-name\": \"#block146\","
+    "    \"backing_file_depth\": 0, \"drv\": \"raw\", \"iops\": 0, \"bps_wr\": 0, "
+    "\"write_threshold\": 0,"
+    "    \"encrypted\": false, \"bps\": 0, \"bps_rd\": 0, \"cache\": {\"no-flush\": false,"
+    "    \"direct\": false, \"writeback\": true}, \"file\": \"/tmp/qb/disk.raw\"},"
+    "  \"qdev\": \"/machine/unattached/device[6]\", \"type\": \"unknown\"},"
+    " {\"device\": \"cd0\", \"locked\": false, \"removable\": true, \"tray_open\": false,"
+    "  \"qdev\": \"/machine/unattached/device[8]\", \"type\": \"unknown\"}]";
+
+static const char *jobs_text = "[{\"auto-finalize\": true, \"io-status\": \"ok\", \"device\": "
+                               "\"backup0\", \"auto-dismiss\": true,"
+                               "  \"busy\": true, \"len\": 67108864, \"offset\": 1048576, "
+                               "\"status\": \"running\", \"paused\": false,"
+                               "  \"speed\": 0, \"ready\": false, \"type\": \"backup\"}]";
+
+static const char *colo_text =
+    "{\"mode\": \"none\", \"last-mode\": \"none\", \"reason\": \"none\"}";
+
+static const char *expected_text =
+    "{\"run_state\": \"io-error\", \"running\": false, \"reason\": \"io-error\","
+    " \"cause\": {\"device\": \"\", \"node_name\": \"#block146\", \"errno\": \"enospc\","
+    "   \"io_status\": \"nospace\"},"
+    " \"qemu\": {\"version\": \"7.2.22\", \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"},"
+    " \"disks\": ["
+    "  {\"device\": \"boot\", \"node_name\": \"#block312\", \"io_status\": \"ok\", \"size\": 512,"
+    "   \"filename\": \"/tmp/qb/boot.img\", \"driver\": \"raw\", \"read_only\": true},"
+    "  {\"device\": \"\", \"node_name\": \"#block146\", \"io_status\": \"nospace\", \"size\": "
+    "67108864,"
+    "   \"filename\": \"/tmp/qb/disk.raw\", \"driver\": \"raw\", \"read_only\": false},"
+    "  {\"device\": \"cd0\"}],"
+    " \"jobs\": [{\"id\": \"backup0\", \"type\": \"backup\", \"status\": \"running\", \"device\": "
+    "\"backup0\","
+    "   \"offset\": 1048576, \"len\": 67108864, \"io_status\": \"ok\"}],"
+    " \"colo\": {\"mode\": \"none\", \"last_mode\": \"none\", \"reason\": \"none\"}}";
+
+static json_t *build_state(void)
+{
+    json_t *g = parse(greeting_text), *s = parse(status_ioerr_text), *b = parse(block_text);
+    json_t *j = parse(jobs_text), *c = parse(colo_text);
+    json_t *state = qb_vm_state_from_queries(g, s, b, j, c);
+
+    json_decref(g);
+    json_decref(s);
+    json_decref(b);
+    json_decref(j);
+    json_decref(c);
+    assert_non_null(state);
+    return state;
+}
+
+static void expect_equal(const json_t *got, const char *want_text)
+{
+    json_t *want = parse(want_text);
+
+    if (!json_equal(got, want)) {
+        char *g = json_dumps(got, JSON_COMPACT);
+
+        fail_msg("state differs\n  got:  %s\n  want: %s", g, want_text);
+    }
+    json_decref(want);
+}
+
+/* Runs the state through the envelope and the schema validator. */
+static void expect_schema_valid(const json_t *state)
+{
+    const struct qb_envelope_ctx ctx = {"host-a", "file:///usr/share/qmp-bridge/schema/v1/"};
+    struct qb_envelope_in in = {.vm = "vm1",
+                                .type = "qmp.vm.state",
+                                .epoch = 1,
+                                .sequence = 1,
+                                .id_suffix = ".state",
+                                .ts_sec = 1,
+                                .data = state};
+    char cmd[1024], *bytes;
+    size_t len;
+    FILE *p;
+
+    assert_int_equal(qb_envelope_build(&ctx, &in, &bytes, &len), QB_OK);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 '%s/tests/tools/validate_events.py' >&2",
+             QB_SOURCE_DIR);
+    p = popen(cmd, "w");
+    assert_non_null(p);
+    fwrite(bytes, 1, len, p);
+    fputc('\n', p);
+    assert_int_equal(pclose(p), 0);
+    free(bytes);
+}
+
+/* Applies a normalised event given as type + data text; returns what apply returned. */
+static bool apply(json_t *state, const char *type, const char *data_text)
+{
+    struct qb_norm_event ev = {.type = type, .data = parse(data_text), .ts_sec = -1};
+    bool changed = qb_vm_state_apply(state, &ev);
+
+    json_decref(ev.data);
+    return changed;
+}
+
+static void test_from_queries(void **state)
+{
+    json_t *s = build_state();
+
+    (void)state;
+    expect_equal(s, expected_text);
+    expect_schema_valid(s);
+    json_decref(s);
+}
+
+static void test_from_failed_queries(void **state)
+{
+    json_t *running = parse("{\"status\": \"running\", \"singlestep\": false, \"running\": true}");
+    json_t *s = qb_vm_state_from_queries(NULL, NULL, NULL, NULL, NULL);
+
+    (void)state;
+    expect_equal(s, "{\"run_state\": \"unknown\", \"running\": false, \"reason\": \"unknown\","
+                    " \"qemu\": {}, \"disks\": [], \"jobs\": [], \"colo\": null}");
+    expect_schema_valid(s);
+    json_decref(s);
+
+    s = qb_vm_state_from_queries(NULL, running, NULL, NULL, NULL);
+    expect_equal(s, "{\"run_state\": \"running\", \"running\": true,"
+                    " \"qemu\": {}, \"disks\": [], \"jobs\": [], \"colo\": null}");
+    json_decref(s);
+    json_decref(running);
+}
+
+static void test_resume_and_errors(void **state)
+{
+    json_t *s = build_state();
+
+    (void)state;
+    assert_true(apply(s, "qmp.vm.resumed", "{}"));
+    assert_true(json_is_true(json_object_get(s, "running")));
+    assert_string_equal(json_string_value(json_object_get(s, "run_state")), "running");
+    assert_null(json_object_get(s, "reason"));
+    assert_null(json_object_get(s, "cause"));
+    /* cont resets io-status: nospace -> ok; a disk without io-status keeps none. */
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(s, "disks"), 1), "io_status")),
+                        "ok");
+    assert_null(json_object_get(json_array_get(json_object_get(s, "disks"), 2), "io_status"));
+    assert_false(apply(s, "qmp.vm.resumed", "{}"));
+
+    /* werror=report: QEMU does not record io-status. */
+    assert_false(apply(s, "qmp.block.io_error",
+                       "{\"device\": \"\", \"node_name\": \"#block146\", \"operation\": \"write\","
+                       " \"action\": \"report\", \"nospace\": false, \"errno\": \"enospc\","
+                       " \"message\": \"No space left on device\"}"));
+    /* werror=stop, matched by node name since device is "". */
+    assert_true(apply(s, "qmp.block.io_error",
+                      "{\"device\": \"\", \"node_name\": \"#block146\", \"operation\": \"write\","
+                      " \"action\": \"stop\", \"nospace\": true, \"errno\": \"enospc\","
+                      " \"message\": \"No space left on device\"}"));
+    /* rerror=stop on the boot disk, matched by device. */
+    assert_true(
+        apply(s, "qmp.block.io_error",
+              "{\"device\": \"boot\", \"node_name\": \"#block312\", \"operation\": \"read\","
+              " \"action\": \"stop\", \"nospace\": false, \"errno\": \"eio\","
+              " \"message\": \"Input/output error\"}"));
+    assert_true(apply(
+        s, "qmp.vm.stopped",
+        "{\"reason\": \"io-error\", \"cause\": {\"device\": \"\", \"node_name\": \"#block146\","
+        " \"errno\": \"enospc\", \"io_status\": \"nospace\"}}"));
+    assert_false(apply(s, "qmp.vm.shutdown", "{\"guest\": true, \"reason\": \"guest-shutdown\"}"));
+    assert_false(apply(s, "qmp.vm.reset", "{\"guest\": true, \"reason\": \"guest-reset\"}"));
+    expect_equal(
+        s, "{\"run_state\": \"io-error\", \"running\": false, \"reason\": \"io-error\","
+           " \"cause\": {\"device\": \"\", \"node_name\": \"#block146\", \"errno\": \"enospc\","
+           "   \"io_status\": \"nospace\"},"
+           " \"qemu\": {\"version\": \"7.2.22\", \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"},"
+           " \"disks\": ["
+           "  {\"device\": \"boot\", \"node_name\": \"#block312\", \"io_status\": \"failed\", "
+           "\"size\": 512,"
+           "   \"filename\": \"/tmp/qb/boot.img\", \"driver\": \"raw\", \"read_only\": true},"
+           "  {\"device\": \"\", \"node_name\": \"#block146\", \"io_status\": \"nospace\", "
+           "\"size\": 67108864,"
+           "   \"filename\": \"/tmp/qb/disk.raw\", \"driver\": \"raw\", \"read_only\": false},"
+           "  {\"device\": \"cd0\"}],"
+           " \"jobs\": [{\"id\": \"backup0\", \"type\": \"backup\", \"status\": \"running\", "
+           "\"device\": \"backup0\","
+           "   \"offset\": 1048576, \"len\": 67108864, \"io_status\": \"ok\"}],"
+           " \"colo\": {\"mode\": \"none\", \"last_mode\": \"none\", \"reason\": \"none\"}}");
+
+    /* A plain pause drops the cause. */
+    assert_true(apply(s, "qmp.vm.stopped", "{\"reason\": \"paused\"}"));
+    assert_string_equal(json_string_value(json_object_get(s, "run_state")), "paused");
+    assert_string_equal(json_string_value(json_object_get(s, "reason")), "paused");
+    assert_null(json_object_get(s, "cause"));
+    assert_false(apply(s, "qmp.vm.stopped", "{\"reason\": \"paused\"}"));
+    expect_schema_valid(s);
+    json_decref(s);
+}
+
+static void test_jobs_and_colo(void **state)
+{
+    json_t *s = build_state();
+    json_t *jobs = json_object_get(s, "jobs");
+
+    (void)state;
+    assert_true(apply(s, "qmp.job.status",
+                      "{\"job\": \"backup0\", \"status\": \"paused\", \"type\": \"backup\"}"));
+    assert_false(apply(s, "qmp.job.status",
+                       "{\"job\": \"backup0\", \"status\": \"paused\", \"type\": \"backup\"}"));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(jobs, 0), "status")),
+                        "paused");
+    /* Errors alone do not change the state. */
+    assert_false(apply(
+        s, "qmp.block.job_error",
+        "{\"job\": \"backup0\", \"operation\": \"write\", \"action\": \"stop\", \"repeat\": 1}"));
+
+    assert_true(apply(s, "qmp.job.status", "{\"job\": \"mirror1\", \"status\": \"created\"}"));
+    assert_int_equal(json_array_size(jobs), 2);
+    expect_equal(json_array_get(jobs, 1),
+                 "{\"id\": \"mirror1\", \"device\": \"mirror1\", \"status\": \"created\"}");
+    assert_true(apply(s, "qmp.job.status", "{\"job\": \"mirror1\", \"status\": \"null\"}"));
+    assert_int_equal(json_array_size(jobs), 1);
+    assert_false(apply(s, "qmp.job.status", "{\"job\": \"mirror1\", \"status\": \"null\"}"));
+
+    assert_true(
+        apply(s, "qmp.block.job_completed",
+              "{\"job\": \"backup0\", \"type\": \"backup\", \"len\": 67108864, \"offset\": 4194304,"
+              " \"speed\": 0, \"error\": \"No space left on device\"}"));
+    assert_int_equal(json_array_size(jobs), 0);
+    assert_false(apply(
+        s, "qmp.block.job_cancelled",
+        "{\"job\": \"backup0\", \"type\": \"backup\", \"len\": 1, \"offset\": 0, \"speed\": 0}"));
+
+    assert_true(apply(s, "qmp.colo.exit", "{\"mode\": \"primary\", \"reason\": \"request\"}"));
+    expect_equal(json_object_get(s, "colo"),
+                 "{\"mode\": \"none\", \"last_mode\": \"primary\", \"reason\": \"request\"}");
+    assert_false(apply(s, "qmp.colo.exit", "{\"mode\": \"primary\", \"reason\": \"request\"}"));
+    assert_false(apply(s, "qmp.event", "{\"name\": \"RTC_CHANGE\", \"data\": {\"offset\": 1}}"));
+    expect_schema_valid(s);
+    json_decref(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_from_queries),
+        cmocka_unit_test(test_from_failed_queries),
+        cmocka_unit_test(test_resume_and_errors),
+        cmocka_unit_test(test_jobs_and_colo),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
