@@ -69,8 +69,19 @@ struct qb_transport_ops {
     void (*close)(void *backend, void (*closed)(void *arg), void *arg);
 };
 
+/*
+ * Like qb_transport_create but with an explicit backend instead of the
+ * registry lookup by cfg->type; for tests with a scripted backend. ops is
+ * borrowed and must outlive the transport.
+ */
+int qb_transport_create_with_ops(const struct qb_transport_ops *ops, uv_loop_t *loop,
+                                 const struct qb_transport_config *cfg,
+                                 const struct qb_bridge_info *bridge, struct qb_transport **out,
+                                 char *errbuf, size_t errlen);
+
 /* Backends, defined in transports/<name>.c. */
 extern const struct qb_transport_ops qb_transport_stdout_ops;
 extern const struct qb_transport_ops qb_transport_mqtt_ops;
+extern const struct qb_transport_ops qb_transport_kafka_ops;
 
 #endif

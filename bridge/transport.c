@@ -1,0 +1,506 @@
+/*
+ * transport.c - the generic transport layer: registry of backends and the
+ * bounded, ordered queue in front of one backend.
+ *
+ * Every accepted message is copied into one allocation (struct, strings and
+ * payload together) and appended to a doubly-linked FIFO. A cursor points at
+ * the first message not handed to the backend; pumping walks it forward, so
+ * publishing costs O(1) per message. A message leaves the queue only when the
+ * backend confirms it; confirmations may come in any order (MQTT QoS 1 acks),
+ * hence the doubly-linked list. A failed delivery moves the cursor back to the
+ * earliest unsent message (by ordinal) so retries go out in queue order.
+ *
+ * Re-entrancy: a backend may only call back from the loop, but pump() is
+ * guarded anyway (a flag plus "pump again") so a synchronous callback cannot
+ * recurse into a half-updated cursor.
+ */
+#include "transport.h"
+
+#include "error.h"
+#include "log.h"
+#include "transport_ops.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Used when a config leaves a bound at 0 (hand-filled configs in tests and tools). */
+#define QB_TRANSPORT_DEFAULT_MAX_MESSAGES 100000u
+#define QB_TRANSPORT_DEFAULT_MAX_BYTES ((size_t)64 * 1024 * 1024)
+/* Pause after a failed delivery so a persistently failing backend cannot spin the loop. */
+#define QB_TRANSPORT_RETRY_DELAY_MS 100
+/* At most one "queue full" summary line per this interval. */
+#define QB_TRANSPORT_DROP_LOG_INTERVAL_MS 1000
+
+/*
+ * The registry. Kafka joins here as { "kafka", &qb_transport_kafka_ops } once
+ * transports/kafka.c exists; nothing else in this file needs to change.
+ */
+static const struct qb_transport_ops *const registry[] = {
+    &qb_transport_stdout_ops,
+    &qb_transport_mqtt_ops,
+};
+
+enum tr_state {
+    TR_OPEN,            /* accepting and pumping */
+    TR_DRAINING,        /* close requested: no new messages, still pumping */
+    TR_BACKEND_CLOSING, /* ops->close called: no more publishes */
+    TR_FREEING,         /* closing our own handles */
+};
+
+struct tmsg {
+    struct tmsg *prev, *next;
+    uint64_t ordinal;      /* strictly increasing in queue order */
+    bool in_flight;        /* handed to the backend, delivery not reported yet */
+    struct qb_message msg; /* every pointer points into data[] */
+    char data[];
+};
+
+struct qb_transport {
+    uv_loop_t *loop;
+    const struct qb_transport_config *cfg;
+    const struct qb_transport_ops *ops;
+    void *backend;
+    char *name;
+
+    struct tmsg *head, *tail;
+    struct tmsg *cursor; /* first message not in flight, or NULL */
+    uint64_t next_ordinal;
+
+    bool pumping, pump_again;
+    bool blocked; /* backend said EAGAIN: wait for writable() */
+    bool backoff; /* a delivery failed: wait for retry_timer */
+
+    struct qb_transport_stats stats;
+
+    /* queue-full log rate limiting: counter and timestamp, no timer */
+    uint64_t drops_unlogged;
+    uint64_t drop_logged_at;
+    bool drop_logged_once;
+
+    enum tr_state state;
+    uv_timer_t retry_timer;
+    uv_timer_t close_timer;
+    int handles_open;
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+static void pump(struct qb_transport *t);
+
+static const struct qb_transport_ops *ops_lookup(const char *type)
+{
+    if (!type)
+        return NULL;
+    for (size_t i = 0; i < sizeof(registry) / sizeof(registry[0]); i++)
+        if (strcmp(registry[i]->name, type) == 0)
+            return registry[i];
+    return NULL;
+}
+
+static const char *cfg_name(const struct qb_transport_config *cfg)
+{
+    if (cfg->name && cfg->name[0])
+        return cfg->name;
+    return cfg->type ? cfg->type : "?";
+}
+
+static void unknown_type(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
+{
+    char known[128] = "";
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof(registry) / sizeof(registry[0]) && off < sizeof(known); i++)
+        off += (size_t)snprintf(known + off, sizeof(known) - off, "%s%s", i ? ", " : "",
+                                registry[i]->name);
+    snprintf(errbuf, errlen, "transport %s: unknown type '%s' (known: %s)", cfg_name(cfg),
+             cfg->type ? cfg->type : "", known);
+}
+
+int qb_transport_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
+{
+    const struct qb_transport_ops *ops = ops_lookup(cfg->type);
+    if (!ops) {
+        unknown_type(cfg, errbuf, errlen);
+        return QB_ECONFIG;
+    }
+    return ops->validate(cfg, errbuf, errlen);
+}
+
+/* ---- queue ---- */
+
+/* Unlinks and frees m, keeping the cursor and the accounting right. */
+static void msg_release(struct qb_transport *t, struct tmsg *m)
+{
+    if (t->cursor == m) {
+        /* the cursor must stay on a message that is not in flight */
+        struct tmsg *n = m->next;
+        while (n && n->in_flight)
+            n = n->next;
+        t->cursor = n;
+    }
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        t->head = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    else
+        t->tail = m->prev;
+    t->stats.depth--;
+    t->stats.depth_bytes -= m->msg.len;
+    free(m);
+}
+
+/* m is no longer in flight: make sure the cursor is at or before it. */
+static void msg_mark_unsent(struct qb_transport *t, struct tmsg *m)
+{
+    m->in_flight = false;
+    if (!t->cursor || m->ordinal < t->cursor->ordinal)
+        t->cursor = m;
+}
+
+static size_t str_size(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+static const char *str_put(char **p, const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *dst = *p;
+    memcpy(dst, s, n);
+    *p += n;
+    return dst;
+}
+
+/*
+ * Returns one new allocation holding a deep copy of msg (owned by the caller,
+ * release with free), or NULL when out of memory.
+ */
+static struct tmsg *msg_copy(const struct qb_message *msg)
+{
+    size_t n = sizeof(struct tmsg) + str_size(msg->vm) + str_size(msg->type) + str_size(msg->id) +
+               str_size(msg->key) + msg->len + 1;
+    struct tmsg *m = malloc(n);
+    if (!m)
+        return NULL;
+    memset(m, 0, sizeof(*m));
+    char *p = m->data;
+    m->msg.kind = msg->kind;
+    m->msg.sequence = msg->sequence;
+    m->msg.vm = str_put(&p, msg->vm);
+    m->msg.type = str_put(&p, msg->type);
+    m->msg.id = str_put(&p, msg->id);
+    m->msg.key = str_put(&p, msg->key);
+    if (msg->len)
+        memcpy(p, msg->payload, msg->len);
+    p[msg->len] = '\0'; /* backends may treat the payload as a string */
+    m->msg.payload = p;
+    m->msg.len = msg->len;
+    return m;
+}
+
+static void log_drop(struct qb_transport *t, const struct qb_message *msg)
+{
+    uint64_t now = uv_now(t->loop);
+    t->drops_unlogged++;
+    if (!t->drop_logged_once) {
+        QB_LOG_WARN(msg->vm,
+                    "transport %s: queue full (%" PRIu64 " messages, %" PRIu64
+                    " bytes), dropped %s seq %" PRIu64,
+                    t->name, t->stats.depth, t->stats.depth_bytes, msg->type ? msg->type : "?",
+                    msg->sequence);
+    } else if (now - t->drop_logged_at >= QB_TRANSPORT_DROP_LOG_INTERVAL_MS) {
+        QB_LOG_WARN(msg->vm,
+                    "transport %s: queue full, dropped %" PRIu64
+                    " messages since the last report (latest %s seq %" PRIu64 ", %" PRIu64
+                    " dropped in total)",
+                    t->name, t->drops_unlogged, msg->type ? msg->type : "?", msg->sequence,
+                    t->stats.dropped);
+    } else {
+        return;
+    }
+    t->drop_logged_once = true;
+    t->drop_logged_at = now;
+    t->drops_unlogged = 0;
+}
+
+int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
+{
+    if (t->state != TR_OPEN)
+        return QB_ECLOSED;
+    /* The state channel is a "latest value" store; a plain stream would only repeat events. */
+    if (msg->kind == QB_MSG_STATE && !(t->ops->caps & QB_TRANSPORT_CAP_RETAINED))
+        return QB_OK;
+    size_t max_messages =
+        t->cfg->queue_max_messages ? t->cfg->queue_max_messages : QB_TRANSPORT_DEFAULT_MAX_MESSAGES;
+    size_t max_bytes =
+        t->cfg->queue_max_bytes ? t->cfg->queue_max_bytes : QB_TRANSPORT_DEFAULT_MAX_BYTES;
+    /* bytes are payload bytes: the bound is about what the peers would receive */
+    if (t->stats.depth >= max_messages || t->stats.depth_bytes + msg->len > max_bytes) {
+        t->stats.dropped++;
+        log_drop(t, msg);
+        return QB_EAGAIN;
+    }
+    struct tmsg *m = msg_copy(msg);
+    if (!m) {
+        t->stats.dropped++;
+        QB_LOG_ERR(msg->vm, "transport %s: out of memory, dropped %s seq %" PRIu64, t->name,
+                   msg->type ? msg->type : "?", msg->sequence);
+        return QB_ENOMEM;
+    }
+    m->ordinal = t->next_ordinal++;
+    m->prev = t->tail;
+    if (t->tail)
+        t->tail->next = m;
+    else
+        t->head = m;
+    t->tail = m;
+    if (!t->cursor)
+        t->cursor = m;
+    t->stats.queued++;
+    t->stats.depth++;
+    t->stats.depth_bytes += msg->len;
+    pump(t);
+    return QB_OK;
+}
+
+/*
+ * Hands messages from the cursor on to the backend until it refuses. The
+ * cursor moves before publish is called, so a (forbidden but tolerated)
+ * synchronous delivered() may free the message without leaving the cursor
+ * dangling.
+ */
+static void pump(struct qb_transport *t)
+{
+    if (t->pumping) {
+        t->pump_again = true;
+        return;
+    }
+    t->pumping = true;
+    do {
+        t->pump_again = false;
+        while (t->cursor && !t->blocked && !t->backoff &&
+               (t->state == TR_OPEN || t->state == TR_DRAINING)) {
+            struct tmsg *m = t->cursor;
+            if (m->in_flight) {
+                t->cursor = m->next;
+                continue;
+            }
+            m->in_flight = true;
+            t->cursor = m->next;
+            while (t->cursor && t->cursor->in_flight)
+                t->cursor = t->cursor->next;
+            int rc = t->ops->publish(t->backend, &m->msg, m);
+            if (rc == QB_OK) {
+                t->stats.published++; /* m may already be gone: don't touch it */
+                continue;
+            }
+            msg_mark_unsent(t, m);
+            if (rc == QB_EAGAIN) {
+                t->blocked = true;
+                break;
+            }
+            t->stats.failed++;
+            QB_LOG_ERR(m->msg.vm, "transport %s: cannot publish %s seq %" PRIu64 ": %s, dropped",
+                       t->name, m->msg.type ? m->msg.type : "?", m->msg.sequence, qb_strerror(rc));
+            msg_release(t, m);
+        }
+    } while (t->pump_again);
+    t->pumping = false;
+}
+
+/* ---- close ---- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct qb_transport *t = h->data;
+    if (--t->handles_open > 0)
+        return;
+    void (*done)(void *) = t->done;
+    void *arg = t->done_arg;
+    free(t->name);
+    free(t);
+    if (done)
+        done(arg);
+}
+
+static void on_backend_closed(void *arg)
+{
+    struct qb_transport *t = arg;
+    t->state = TR_FREEING;
+    while (t->head)
+        msg_release(t, t->head);
+    uv_close((uv_handle_t *)&t->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&t->close_timer, on_handle_closed);
+}
+
+static void close_backend(struct qb_transport *t)
+{
+    if (t->state != TR_DRAINING)
+        return;
+    t->state = TR_BACKEND_CLOSING;
+    uv_timer_stop(&t->close_timer);
+    uv_timer_stop(&t->retry_timer);
+    if (t->drops_unlogged)
+        QB_LOG_WARN(NULL, "transport %s: %" PRIu64 " more messages dropped (queue full)", t->name,
+                    t->drops_unlogged);
+    if (t->stats.depth)
+        QB_LOG_WARN(NULL, "transport %s: closed, %" PRIu64 " messages undelivered", t->name,
+                    t->stats.depth);
+    else
+        QB_LOG_INFO(NULL, "transport %s: closed, 0 messages undelivered", t->name);
+    t->ops->close(t->backend, on_backend_closed, t);
+}
+
+static void on_close_timer(uv_timer_t *timer)
+{
+    close_backend(timer->data);
+}
+
+void qb_transport_close(struct qb_transport *t, void (*done)(void *arg), void *arg)
+{
+    if (t->state != TR_OPEN)
+        return;
+    t->state = TR_DRAINING;
+    t->done = done;
+    t->done_arg = arg;
+    /* an empty queue still goes through the timer: done must not run from inside this call */
+    uint64_t timeout = t->stats.depth ? t->cfg->shutdown_timeout_ms : 0;
+    uv_timer_start(&t->close_timer, on_close_timer, timeout, 0);
+}
+
+/* ---- what backends call ---- */
+
+static void on_retry_timer(uv_timer_t *timer)
+{
+    struct qb_transport *t = timer->data;
+    t->backoff = false;
+    pump(t);
+}
+
+static void cb_delivered(void *owner, void *token, int status)
+{
+    struct qb_transport *t = owner;
+    struct tmsg *m = token;
+    if (!m->in_flight) {
+        QB_LOG_ERR(NULL, "transport %s: backend reported a message that is not in flight", t->name);
+        return;
+    }
+    if (status == QB_OK) {
+        t->stats.confirmed++;
+        msg_release(t, m);
+        if (t->state == TR_DRAINING && t->stats.depth == 0) {
+            uv_timer_start(&t->close_timer, on_close_timer, 0, 0);
+            return;
+        }
+    } else {
+        t->stats.failed++;
+        msg_mark_unsent(t, m);
+        if (t->state == TR_OPEN || t->state == TR_DRAINING) {
+            QB_LOG_DEBUG(
+                m->msg.vm, "transport %s: delivery of %s seq %" PRIu64 " failed (%s), will retry",
+                t->name, m->msg.type ? m->msg.type : "?", m->msg.sequence, qb_strerror(status));
+            if (!t->backoff) {
+                t->backoff = true;
+                uv_timer_start(&t->retry_timer, on_retry_timer, QB_TRANSPORT_RETRY_DELAY_MS, 0);
+            }
+        }
+        return;
+    }
+    pump(t);
+}
+
+static void cb_writable(void *owner)
+{
+    struct qb_transport *t = owner;
+    t->blocked = false;
+    if (t->backoff) {
+        /* a fresh window or link is a better signal than the fixed pause */
+        t->backoff = false;
+        uv_timer_stop(&t->retry_timer);
+    }
+    pump(t);
+}
+
+static void cb_link(void *owner, bool up, const char *why)
+{
+    struct qb_transport *t = owner;
+    t->stats.link_up = up;
+    QB_LOG_DEBUG(NULL, "transport %s: link %s%s%s", t->name, up ? "up" : "down", why ? ": " : "",
+                 why ? why : "");
+}
+
+static const struct qb_transport_backend_cb backend_cb = {
+    .delivered = cb_delivered,
+    .writable = cb_writable,
+    .link = cb_link,
+};
+
+/* ---- create / accessors ---- */
+
+int qb_transport_create_with_ops(const struct qb_transport_ops *ops, uv_loop_t *loop,
+                                 const struct qb_transport_config *cfg,
+                                 const struct qb_bridge_info *bridge, struct qb_transport **out,
+                                 char *errbuf, size_t errlen)
+{
+    int rc = QB_ENOMEM;
+    *out = NULL;
+    struct qb_transport *t = calloc(1, sizeof(*t));
+    if (!t)
+        goto fail;
+    t->name = strdup(cfg_name(cfg));
+    if (!t->name)
+        goto fail;
+    t->loop = loop;
+    t->cfg = cfg;
+    t->ops = ops;
+    rc = ops->validate(cfg, errbuf, errlen);
+    if (rc != QB_OK)
+        goto fail;
+    rc = ops->create(loop, cfg, bridge, &backend_cb, t, &t->backend, errbuf, errlen);
+    if (rc != QB_OK)
+        goto fail;
+    /* handles only once nothing can fail any more: their release is asynchronous */
+    uv_timer_init(loop, &t->retry_timer);
+    uv_timer_init(loop, &t->close_timer);
+    t->retry_timer.data = t;
+    t->close_timer.data = t;
+    t->handles_open = 2;
+    *out = t;
+    return QB_OK;
+
+fail:
+    if (rc == QB_ENOMEM)
+        snprintf(errbuf, errlen, "transport %s: out of memory", cfg_name(cfg));
+    if (t)
+        free(t->name);
+    free(t);
+    return rc;
+}
+
+int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
+                        const struct qb_bridge_info *bridge, struct qb_transport **out,
+                        char *errbuf, size_t errlen)
+{
+    const struct qb_transport_ops *ops = ops_lookup(cfg->type);
+    if (!ops) {
+        *out = NULL;
+        unknown_type(cfg, errbuf, errlen);
+        return QB_ECONFIG;
+    }
+    return qb_transport_create_with_ops(ops, loop, cfg, bridge, out, errbuf, errlen);
+}
+
+const char *qb_transport_name(const struct qb_transport *t)
+{
+    return t->name;
+}
+
+void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_stats *out)
+{
+    *out = t->stats;
+}

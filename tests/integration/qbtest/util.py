@@ -1,0 +1,44 @@
+"""util.py - free ports, per-test temporary directories, log tails, paths."""
+import atexit
+import os
+import shutil
+import socket
+import tempfile
+
+from . import procs
+
+SOURCE_DIR = os.environ.get("QB_SOURCE_DIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tmpdir(prefix="qbtest-"):
+    """A fresh directory under /tmp (short: unix socket paths must fit in 108
+    bytes), removed at exit unless QB_KEEP_TMP is set."""
+    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    if not os.environ.get("QB_KEEP_TMP"):
+        # atexit runs newest first, so stop the children before removing
+        # the files they hold.
+        atexit.register(_remove, d)
+    return d
+
+
+def _remove(d):
+    procs.cleanup_all()
+    shutil.rmtree(d, True)
+
+
+def tail(path, lines=40):
+    """The last lines of a text file, or a note that it is missing."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read().decode("utf-8", "replace").splitlines()
+    except OSError as e:
+        return "<%s: %s>" % (path, e)
+    return "\n".join(data[-lines:])

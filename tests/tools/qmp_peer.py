@@ -1,0 +1,185 @@
+#!/usr/bin/python3
+"""qmp_peer.py - a scripted fake QMP peer on a unix socket, for tests of how
+the bridge survives a QEMU that misbehaves.
+
+It accepts one client at a time, forever (so reconnects land here again):
+sends a real-looking greeting, answers qmp_capabilities and the query-*
+commands the bridge uses with canned replies, unknown commands with
+CommandNotFound, and then, once capabilities are negotiated and the client has
+had a moment to take its snapshot, acts out the mode:
+
+  garbage    one non-JSON line, then keeps answering (the bridge must drop it)
+  half       half a JSON line, silence for 1s, then close
+  oversized  one event line of --oversize bytes (default 64 KiB)
+  events     a steady stream of RTC_CHANGE events, offset counting up, plus
+             one STOP/RESUME pair every 50 events; never misbehaves
+
+Each connection is logged on stderr with its number; --once makes it act out
+the mode only on the first connection and behave like "events" afterwards.
+
+Usage: qmp_peer.py --socket PATH --mode MODE [--interval 0.02] [--oversize N]
+"""
+import argparse
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 22},
+                                "package": "Debian 1:7.2+dfsg-7+deb12u18 (qmp_peer)"},
+                    "capabilities": ["oob"]}}
+
+REPLIES = {
+    "qmp_capabilities": {},
+    "query-status": {"status": "running", "singlestep": False, "running": True},
+    "query-block": [],
+    "query-block-jobs": [],
+    "query-jobs": [],
+    "query-colo-status": {"mode": "none", "last-mode": "none", "reason": "none"},
+    "query-version": GREETING["QMP"]["version"],
+    "query-name": {},
+    "query-migrate": {},
+}
+
+SNAPSHOT_GRACE = 0.5  # seconds between negotiation and the act, for the snapshot
+
+
+def log(conn_no, msg):
+    sys.stderr.write("qmp_peer[%d]: %s\n" % (conn_no, msg))
+    sys.stderr.flush()
+
+
+def now_ts():
+    t = time.time()
+    return {"seconds": int(t), "microseconds": int((t - int(t)) * 1e6)}
+
+
+class Conn:
+    def __init__(self, sock, no, mode, args):
+        self.sock = sock
+        self.no = no
+        self.mode = mode
+        self.args = args
+        self.buf = b""
+        self.ready_at = None  # when qmp_capabilities succeeded
+        self.acted = False
+        self.counter = 0
+
+    def send(self, obj_or_bytes):
+        data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode() + b"\r\n"
+        self.sock.sendall(data)
+
+    def event(self, name, data=None):
+        ev = {"event": name, "timestamp": now_ts()}
+        if data is not None:
+            ev["data"] = data
+        self.send(ev)
+
+    def handle_line(self, line):
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            self.send({"error": {"class": "GenericError", "desc": "JSON parse error"}})
+            return
+        cmd = msg.get("execute") or msg.get("exec-oob")
+        reply = {}
+        if "id" in msg:
+            reply["id"] = msg["id"]
+        if cmd == "qmp_capabilities" and self.ready_at is None:
+            self.ready_at = time.monotonic()
+        if cmd in REPLIES:
+            reply["return"] = REPLIES[cmd]
+        else:
+            reply["error"] = {"class": "CommandNotFound", "desc": "The command %s has not been found" % cmd}
+        self.send(reply)
+
+    def read(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            return False
+        self.buf += chunk
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            if line.strip():
+                self.handle_line(line)
+        return True
+
+    def tick(self):
+        """Acts out the mode. Returns False when the connection should close."""
+        if self.ready_at is None or time.monotonic() - self.ready_at < SNAPSHOT_GRACE:
+            return True
+        mode = self.mode
+        if mode == "garbage" and not self.acted:
+            log(self.no, "sending a non-JSON line")
+            self.send(b"this is {not json at all\r\n")
+            self.acted = True
+        elif mode == "half" and not self.acted:
+            log(self.no, "sending half a line, then silence for 1s, then close")
+            self.send(b'{"event": "RTC_CHANGE", "data": {"offs')
+            self.acted = True
+            time.sleep(1.0)
+            return False
+        elif mode == "oversized" and not self.acted:
+            n = self.args.oversize
+            log(self.no, "sending a %d byte line" % n)
+            pad = "x" * n
+            self.send(json.dumps({"event": "RTC_CHANGE", "timestamp": now_ts(),
+                                  "data": {"offset": 0, "qom-path": pad}}).encode() + b"\r\n")
+            self.acted = True
+        elif mode == "events":
+            self.counter += 1
+            self.event("RTC_CHANGE", {"offset": self.counter, "qom-path": "/machine/unattached/device[6]"})
+            if self.counter % 50 == 0:
+                self.event("STOP")
+                self.event("RESUME")
+        return True
+
+
+def serve(args):
+    path = args.socket
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    no = 0
+    while True:
+        sock, _ = srv.accept()
+        no += 1
+        mode = args.mode if (no == 1 or not args.once) else "events"
+        log(no, "client connected, mode %s" % mode)
+        c = Conn(sock, no, mode, args)
+        try:
+            c.send(GREETING)
+            alive = True
+            while alive:
+                r, _, _ = select.select([sock], [], [], args.interval)
+                if r and not c.read():
+                    log(no, "client closed the connection")
+                    break
+                alive = c.tick()
+        except OSError as e:
+            log(no, "connection error: %s" % e)
+        sock.close()
+        log(no, "connection closed")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events"])
+    ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
+    ap.add_argument("--oversize", type=int, default=65536)
+    ap.add_argument("--once", action="store_true")
+    serve(ap.parse_args())
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,730 @@
+/*
+ * test_mqtt.c - the MQTT transport against a real mosquitto broker.
+ *
+ * Each test starts /usr/sbin/mosquitto on a free loopback port as a child
+ * process (killed and reaped in teardown, also when the test fails) and
+ * watches what arrives with a subscriber: a libmosquitto client on its own
+ * thread (loop_start), which resubscribes by itself after a reconnect. The
+ * transport runs in this thread's uv loop. While the test waits for the
+ * broker or the subscriber it does not run the uv loop, so the transport
+ * cannot overtake them; every wait is bounded so a failure fails instead of
+ * hanging.
+ */
+#include "error.h"
+#include "transport.h"
+#include "transport_ops.h"
+
+#include <mosquitto.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define WAIT_MS 20000
+
+/* ---- broker ---- */
+
+static pid_t broker_pid = -1;
+static int broker_port;
+static char broker_conf[64];
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t len = sizeof(a);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static bool port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Starts mosquitto on broker_port and waits (blocking: the uv loop stays still) until it listens.
+ */
+static void broker_start(void)
+{
+    if (!broker_conf[0]) {
+        strcpy(broker_conf, "/tmp/qb_test_mqtt_XXXXXX");
+        int fd = mkstemp(broker_conf);
+        assert_true(fd >= 0);
+        char text[256];
+        int n = snprintf(text, sizeof(text),
+                         "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                         "log_dest none\n",
+                         broker_port);
+        assert_int_equal(write(fd, text, (size_t)n), n);
+        close(fd);
+    }
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *null = freopen("/dev/null", "w", stdout);
+        (void)null;
+        null = freopen("/dev/null", "w", stderr);
+        (void)null;
+        execl("/usr/sbin/mosquitto", "mosquitto", "-c", broker_conf, (char *)NULL);
+        _exit(127);
+    }
+    broker_pid = pid;
+    for (int i = 0; i < 500 && !port_open(broker_port); i++)
+        sleep_ms(20);
+    assert_true(port_open(broker_port));
+}
+
+static void broker_stop(int sig)
+{
+    if (broker_pid <= 0)
+        return;
+    kill(broker_pid, sig);
+    waitpid(broker_pid, NULL, 0);
+    broker_pid = -1;
+}
+
+/* ---- subscriber on its own thread ---- */
+
+struct rx {
+    char *topic;
+    char *payload;
+    bool retain;
+};
+
+struct sub {
+    struct mosquitto *m;
+    pthread_mutex_t mu;
+    struct rx *rx;
+    size_t n, cap;
+    int subacks;
+};
+
+static struct sub *subs[2];
+
+static void sub_on_connect(struct mosquitto *m, void *obj, int rc)
+{
+    (void)obj;
+    if (rc == 0)
+        mosquitto_subscribe(m, NULL, "qmp/#", 1);
+}
+
+static void sub_on_subscribe(struct mosquitto *m, void *obj, int mid, int n, const int *qos)
+{
+    (void)m;
+    (void)mid;
+    (void)n;
+    (void)qos;
+    struct sub *s = obj;
+    pthread_mutex_lock(&s->mu);
+    s->subacks++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void sub_on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
+{
+    (void)m;
+    struct sub *s = obj;
+    pthread_mutex_lock(&s->mu);
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 256;
+        s->rx = realloc(s->rx, s->cap * sizeof(*s->rx));
+    }
+    struct rx *r = &s->rx[s->n++];
+    r->topic = strdup(msg->topic);
+    r->payload = strndup(msg->payload ? msg->payload : "", (size_t)msg->payloadlen);
+    r->retain = msg->retain;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int sub_subacks(struct sub *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->subacks;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* Blocks (the uv loop stays still) until the subscriber has n SUBACKs. */
+static void sub_wait_subacks(struct sub *s, int n)
+{
+    for (int i = 0; i < WAIT_MS / 20 && sub_subacks(s) < n; i++)
+        sleep_ms(20);
+    assert_true(sub_subacks(s) >= n);
+}
+
+static struct sub *sub_start(int slot, const char *id)
+{
+    struct sub *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    pthread_mutex_init(&s->mu, NULL);
+    subs[slot] = s;
+    s->m = mosquitto_new(id, true, s);
+    assert_non_null(s->m);
+    mosquitto_connect_callback_set(s->m, sub_on_connect);
+    mosquitto_subscribe_callback_set(s->m, sub_on_subscribe);
+    mosquitto_message_callback_set(s->m, sub_on_message);
+    mosquitto_reconnect_delay_set(s->m, 1, 1, false);
+    assert_int_equal(mosquitto_connect(s->m, "127.0.0.1", broker_port, 30), MOSQ_ERR_SUCCESS);
+    assert_int_equal(mosquitto_loop_start(s->m), MOSQ_ERR_SUCCESS);
+    sub_wait_subacks(s, 1);
+    return s;
+}
+
+static void sub_stop(int slot)
+{
+    struct sub *s = subs[slot];
+    if (!s)
+        return;
+    mosquitto_disconnect(s->m);
+    mosquitto_loop_stop(s->m, true);
+    mosquitto_destroy(s->m);
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->rx[i].topic);
+        free(s->rx[i].payload);
+    }
+    free(s->rx);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+    subs[slot] = NULL;
+}
+
+static size_t sub_count(struct sub *s)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->n;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* Returns the payload last received on topic (a copy, caller frees), or NULL. */
+static char *sub_last(struct sub *s, const char *topic, bool *retain)
+{
+    char *out = NULL;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->rx[i].topic, topic) == 0) {
+            free(out);
+            out = strdup(s->rx[i].payload);
+            if (retain)
+                *retain = s->rx[i].retain;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return out;
+}
+
+/* ---- the transport in a uv loop ---- */
+
+static uv_loop_t loop;
+static struct qb_transport_config cfg;
+static struct qb_bridge_info bridge = {.id = "br1"};
+static struct qb_transport *tr;
+static bool tr_done;
+static bool guard_fired;
+
+static void on_guard(uv_timer_t *t)
+{
+    (void)t;
+    guard_fired = true;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t; /* only wakes the loop so predicates on the subscriber thread get checked */
+}
+
+/* Runs the loop until pred(arg) holds; fails after WAIT_MS instead of hanging. */
+static bool run_until(bool (*pred)(void *), void *arg)
+{
+    uv_timer_t guard, tick;
+    uv_timer_init(&loop, &guard);
+    uv_timer_init(&loop, &tick);
+    guard_fired = false;
+    uv_timer_start(&guard, on_guard, WAIT_MS, 0);
+    uv_timer_start(&tick, on_tick, 10, 10);
+    while (!pred(arg) && !guard_fired)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    return !guard_fired;
+}
+
+static bool never(void *arg)
+{
+    (void)arg;
+    return false;
+}
+
+/* Lets the loop run for a while (no assertion on time: just gives the transport a chance). */
+static void run_for(uint64_t ms)
+{
+    uv_timer_t guard;
+    uv_timer_init(&loop, &guard);
+    guard_fired = false;
+    uv_timer_start(&guard, on_guard, ms, 0);
+    while (!never(NULL) && !guard_fired)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static struct qb_transport_stats stats(void)
+{
+    struct qb_transport_stats st;
+    qb_transport_get_stats(tr, &st);
+    return st;
+}
+
+static bool confirmed_at_least(void *arg)
+{
+    return stats().confirmed >= *(uint64_t *)arg;
+}
+
+static bool link_down(void *arg)
+{
+    (void)arg;
+    return !stats().link_up;
+}
+
+static bool sub_has_at_least(void *arg)
+{
+    struct {
+        struct sub *s;
+        size_t n;
+    } *want = arg;
+    return sub_count(want->s) >= want->n;
+}
+
+static void on_tr_done(void *arg)
+{
+    (void)arg;
+    tr_done = true;
+}
+
+static bool is_tr_done(void *arg)
+{
+    (void)arg;
+    return tr_done;
+}
+
+static void tr_close(void)
+{
+    if (!tr)
+        return;
+    tr_done = false;
+    qb_transport_close(tr, on_tr_done, NULL);
+    bool ok = run_until(is_tr_done, NULL);
+    tr = NULL;
+    assert_true(ok);
+}
+
+static void tr_create(void)
+{
+    char err[256] = "";
+    int rc = qb_transport_create(&loop, &cfg, &bridge, &tr, err, sizeof(err));
+    if (rc != QB_OK)
+        fail_msg("create: %s", err);
+}
+
+static void send_event(uint64_t seq)
+{
+    char payload[64];
+    snprintf(payload, sizeof(payload), "{\"n\":%llu}", (unsigned long long)seq);
+    struct qb_message m = {.kind = QB_MSG_EVENT,
+                           .vm = "vm1",
+                           .type = "t.ev",
+                           .id = "x",
+                           .key = "br1/vm1",
+                           .sequence = seq,
+                           .payload = payload,
+                           .len = strlen(payload)};
+    assert_int_equal(qb_transport_send(tr, &m), QB_OK);
+}
+
+static void send_state(const char *vm, const char *payload)
+{
+    struct qb_message m = {.kind = QB_MSG_STATE,
+                           .vm = vm,
+                           .type = "t.state",
+                           .id = "x",
+                           .key = "br1/x",
+                           .sequence = 0,
+                           .payload = payload,
+                           .len = strlen(payload)};
+    assert_int_equal(qb_transport_send(tr, &m), QB_OK);
+}
+
+/*
+ * Checks that sub received, from index `from` on, every event seq in [lo, hi)
+ * on the right topic, and that first arrivals come in increasing order.
+ */
+static void check_events(struct sub *s, size_t from, uint64_t lo, uint64_t hi)
+{
+    /* a snapshot: the subscriber thread may still append (and realloc) meanwhile */
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->n;
+    struct rx *rx = calloc(n + 1, sizeof(*rx));
+    for (size_t i = from; rx && i < n; i++) {
+        rx[i].topic = strdup(s->rx[i].topic);
+        rx[i].payload = strdup(s->rx[i].payload);
+        rx[i].retain = s->rx[i].retain;
+    }
+    pthread_mutex_unlock(&s->mu);
+    assert_non_null(rx);
+    bool *seen = calloc(hi, 1);
+    assert_non_null(seen);
+    long long last = -1;
+    for (size_t i = from; i < n; i++) {
+        if (!strstr(rx[i].topic, "/event/"))
+            continue;
+        assert_string_equal(rx[i].topic, "qmp/br1/vm1/event/t.ev");
+        assert_false(rx[i].retain);
+        unsigned long long v;
+        assert_int_equal(sscanf(rx[i].payload, "{\"n\":%llu}", &v), 1);
+        if (v >= hi || v < lo || seen[v])
+            continue; /* a duplicate from a resend is allowed; a gap or reordering is not */
+        assert_true((long long)v > last);
+        last = (long long)v;
+        seen[v] = true;
+    }
+    for (uint64_t v = lo; v < hi; v++)
+        if (!seen[v])
+            fail_msg("event %llu never arrived", (unsigned long long)v);
+    free(seen);
+    for (size_t i = from; i < n; i++) {
+        free(rx[i].topic);
+        free(rx[i].payload);
+    }
+    free(rx);
+}
+
+/* ---- fixture ---- */
+
+static int setup(void **state)
+{
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.type = "mqtt";
+    cfg.name = "m1";
+    cfg.queue_max_messages = 10000;
+    cfg.queue_max_bytes = 1 << 24;
+    cfg.host = "127.0.0.1";
+    broker_port = free_port();
+    cfg.port = broker_port;
+    cfg.topic_prefix = "qmp";
+    cfg.qos = 1;
+    cfg.protocol = QB_MQTT_V5;
+    cfg.keepalive_ms = 30000;
+    cfg.max_inflight = 20;
+    cfg.reconnect_initial_ms = 50;
+    cfg.reconnect_max_ms = 400;
+    cfg.shutdown_timeout_ms = 5000;
+    broker_conf[0] = '\0';
+    tr = NULL;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (tr) {
+        cfg.shutdown_timeout_ms = 0;
+        tr_done = false;
+        qb_transport_close(tr, on_tr_done, NULL);
+        run_until(is_tr_done, NULL);
+        tr = NULL;
+    }
+    sub_stop(0);
+    sub_stop(1);
+    broker_stop(SIGKILL);
+    if (broker_conf[0])
+        unlink(broker_conf);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static void run_basic(int n_events)
+{
+    broker_start();
+    struct sub *s = sub_start(0, "sub0");
+    tr_create();
+    for (int i = 0; i < n_events; i++)
+        send_event((uint64_t)i);
+    uint64_t want = (uint64_t)n_events;
+    assert_true(run_until(confirmed_at_least, &want));
+    struct {
+        struct sub *s;
+        size_t n;
+    } rx = {s, (size_t)n_events + 1}; /* + the status "online" */
+    assert_true(run_until(sub_has_at_least, &rx));
+    check_events(s, 0, 0, want);
+    struct qb_transport_stats st = stats();
+    assert_int_equal(st.confirmed, want);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(st.depth, 0);
+    assert_true(st.link_up);
+    tr_close();
+}
+
+static void test_events_qos1_in_order(void **state)
+{
+    (void)state;
+    run_basic(100);
+}
+
+static void test_events_mqtt311(void **state)
+{
+    (void)state;
+    cfg.protocol = QB_MQTT_V311;
+    run_basic(30);
+}
+
+static void test_events_qos0(void **state)
+{
+    (void)state;
+    cfg.qos = 0;
+    run_basic(30);
+}
+
+static void test_events_qos2(void **state)
+{
+    (void)state;
+    cfg.qos = 2;
+    run_basic(30);
+}
+
+static bool has_topics(void *arg)
+{
+    struct sub *s = arg;
+    const char *topics[] = {"qmp/br1/vm1/state", "qmp/br1/vm2/state", "qmp/br1/status"};
+    for (size_t i = 0; i < 3; i++) {
+        char *p = sub_last(s, topics[i], NULL);
+        if (!p)
+            return false;
+        free(p);
+    }
+    return true;
+}
+
+static void test_state_retained_and_status(void **state)
+{
+    (void)state;
+    broker_start();
+    tr_create();
+    send_event(7);
+    send_state("vm1", "{\"s\":1}");
+    send_state("vm1", "{\"s\":2}");
+    send_state("vm2", "{\"s\":3}");
+    uint64_t want = 4;
+    assert_true(run_until(confirmed_at_least, &want));
+
+    /* a late subscriber gets the latest state per VM and "online", not the event */
+    struct sub *s = sub_start(0, "late");
+    assert_true(run_until(has_topics, s));
+    bool retain = false;
+    char *p = sub_last(s, "qmp/br1/vm1/state", &retain);
+    assert_string_equal(p, "{\"s\":2}");
+    assert_true(retain);
+    free(p);
+    p = sub_last(s, "qmp/br1/vm2/state", &retain);
+    assert_string_equal(p, "{\"s\":3}");
+    assert_true(retain);
+    free(p);
+    p = sub_last(s, "qmp/br1/status", &retain);
+    assert_string_equal(p, "online");
+    assert_true(retain);
+    free(p);
+    p = sub_last(s, "qmp/br1/vm1/event/t.ev", NULL);
+    assert_null(p);
+
+    /* after close the retained status says "offline" */
+    tr_close();
+    struct sub *s2 = sub_start(1, "after");
+    struct {
+        struct sub *s;
+        size_t n;
+    } rx = {s2, 3};
+    assert_true(run_until(sub_has_at_least, &rx));
+    p = sub_last(s2, "qmp/br1/status", &retain);
+    assert_string_equal(p, "offline");
+    assert_true(retain);
+    free(p);
+}
+
+static void test_broker_starts_late(void **state)
+{
+    (void)state;
+    tr_create(); /* nothing listens on the port yet */
+    for (uint64_t i = 0; i < 20; i++)
+        send_event(i);
+    run_for(300); /* several failed attempts with a 50..400 ms back-off */
+    struct qb_transport_stats st = stats();
+    assert_int_equal(st.confirmed, 0);
+    assert_int_equal(st.depth, 20);
+    assert_false(st.link_up);
+
+    broker_start();
+    struct sub *s = sub_start(0, "sub0");
+    uint64_t want = 20;
+    assert_true(run_until(confirmed_at_least, &want));
+    struct {
+        struct sub *s;
+        size_t n;
+    } rx = {s, 20};
+    assert_true(run_until(sub_has_at_least, &rx));
+    check_events(s, 0, 0, 20);
+    assert_int_equal(stats().dropped, 0);
+    tr_close();
+}
+
+static bool all_delivered(void *arg)
+{
+    struct qb_transport_stats st = stats();
+    return st.confirmed >= *(uint64_t *)arg && st.depth == 0;
+}
+
+static bool window_full(void *arg)
+{
+    (void)arg;
+    struct qb_transport_stats st = stats();
+    return st.published - st.confirmed - st.failed >= cfg.max_inflight;
+}
+
+static void test_broker_killed_mid_stream(void **state)
+{
+    (void)state;
+    broker_start();
+    struct sub *s = sub_start(0, "sub0");
+    tr_create();
+    for (uint64_t i = 0; i < 200; i++)
+        send_event(i);
+    uint64_t some = 50;
+    assert_true(run_until(confirmed_at_least, &some));
+    /* freeze the broker so the window fills with publishes it will never acknowledge */
+    kill(broker_pid, SIGSTOP);
+    assert_true(run_until(window_full, NULL));
+    broker_stop(SIGKILL);
+    for (uint64_t i = 200; i < 300; i++)
+        send_event(i);
+    assert_true(run_until(link_down, NULL));
+    /* whatever was not confirmed by now must arrive after the restart */
+    struct qb_transport_stats st = stats();
+    uint64_t k = st.confirmed;
+    print_message("broker killed: %llu confirmed, %llu in flight, %llu queued\n",
+                  (unsigned long long)k, (unsigned long long)(st.published - k),
+                  (unsigned long long)st.depth);
+    assert_int_equal(st.published - k, cfg.max_inflight); /* the case that matters */
+
+    broker_start();
+    sub_wait_subacks(s, 2); /* the subscriber is back before the transport can be */
+    size_t from = sub_count(s);
+    uint64_t total = 300;
+    assert_true(run_until(all_delivered, &total));
+    st = stats();
+    assert_int_equal(st.confirmed, 300);
+    assert_int_equal(st.dropped, 0);
+    assert_int_equal(st.failed, 0); /* QoS 1 stays in flight across the reconnect */
+    struct {
+        struct sub *s;
+        size_t n;
+    } rx = {s, from + (size_t)(total - k)};
+    assert_true(run_until(sub_has_at_least, &rx));
+    check_events(s, from, k, total);
+    tr_close();
+}
+
+static void test_validate(void **state)
+{
+    (void)state;
+    char err[256];
+    assert_int_equal(qb_transport_validate(&cfg, err, sizeof(err)), QB_OK);
+    struct {
+        const char *prefix;
+        int port, qos;
+        uint32_t inflight;
+        const char *cert, *key;
+        const char *expect;
+    } bad[] = {
+        {"qmp/#", 1883, 1, 10, NULL, NULL, "topic_prefix"},
+        {"/qmp", 1883, 1, 10, NULL, NULL, "topic_prefix"},
+        {"qmp/", 1883, 1, 10, NULL, NULL, "topic_prefix"},
+        {"q+", 1883, 1, 10, NULL, NULL, "topic_prefix"},
+        {"qmp", 0, 1, 10, NULL, NULL, "port"},
+        {"qmp", 65536, 1, 10, NULL, NULL, "port"},
+        {"qmp", 1883, 3, 10, NULL, NULL, "qos"},
+        {"qmp", 1883, 1, 0, NULL, NULL, "max_inflight"},
+        {"qmp", 1883, 1, 10, "c.pem", NULL, "key_file"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct qb_transport_config c = cfg;
+        c.topic_prefix = (char *)bad[i].prefix;
+        c.port = bad[i].port;
+        c.qos = bad[i].qos;
+        c.max_inflight = bad[i].inflight;
+        c.tls_cert_file = (char *)bad[i].cert;
+        c.tls_key_file = (char *)bad[i].key;
+        err[0] = '\0';
+        assert_int_equal(qb_transport_validate(&c, err, sizeof(err)), QB_ECONFIG);
+        if (!strstr(err, bad[i].expect))
+            fail_msg("case %zu: '%s' does not mention %s", i, err, bad[i].expect);
+    }
+    struct qb_transport_config c = cfg;
+    c.host = "";
+    assert_int_equal(qb_transport_validate(&c, err, sizeof(err)), QB_ECONFIG);
+    c = cfg;
+    c.password_file = "/nonexistent/password";
+    struct qb_transport *t = NULL;
+    assert_int_equal(qb_transport_create(&loop, &c, &bridge, &t, err, sizeof(err)), QB_ECONFIG);
+    assert_non_null(strstr(err, "/nonexistent/password"));
+}
+
+int main(void)
+{
+    mosquitto_lib_init();
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_validate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_qos1_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_mqtt311, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_qos0, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_qos2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_retained_and_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broker_starts_late, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broker_killed_mid_stream, setup, teardown),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    mosquitto_lib_cleanup();
+    return rc;
+}

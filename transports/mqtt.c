@@ -1,0 +1,715 @@
+/*
+ * mqtt.c - the MQTT transport (libmosquitto, driven by the bridge's own libuv
+ * loop: no mosquitto thread).
+ *
+ * Loop integration: a uv_poll_t watches mosquitto_socket() (readable always,
+ * writable while mosquitto_want_write() or a connect is pending) and calls
+ * mosquitto_loop_read/write; a repeating uv_timer calls mosquitto_loop_misc
+ * for keepalive. libmosquitto opens and closes the socket itself, so after
+ * every call into it sync_poll() compares the socket with the one we watch and
+ * drops the stale poll handle before the descriptor can be reused.
+ *
+ * Delivery: each publish gets a mid; tokens[mid] remembers the queue's token.
+ * on_publish (PUBACK/PUBCOMP, or "written" for QoS 0) confirms it. Reports go
+ * through a pending list flushed from an idle handle, because libmosquitto
+ * writes (and for QoS 0 confirms) synchronously inside mosquitto_publish and
+ * the contract forbids callbacks from inside publish.
+ *
+ * Messages in flight across a reconnect: libmosquitto keeps QoS 1/2 messages
+ * in its msgs_out list; mosquitto__reconnect calls message__reconnect_reset,
+ * which keeps them and resets their state to "publish again", and
+ * handle__connack calls message__retry_check, which resends them (DUP set)
+ * before anything published after the CONNACK. So QoS>0 tokens stay in flight
+ * across a reconnect. QoS 0 packets that were not yet written are discarded by
+ * packet__cleanup_all on reconnect and never reach on_publish: those tokens
+ * fail with QB_EIO at disconnect so the queue sends them again.
+ */
+#include "error.h"
+#include "log.h"
+#include "transport_ops.h"
+
+#include <errno.h>
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MQTT_MID_SLOTS 65536
+/* Bound on waiting for the broker to acknowledge the retained "offline" at close. */
+#define MQTT_OFFLINE_WAIT_MS 1000
+#define MQTT_CONTENT_TYPE "application/cloudevents+json"
+
+enum mqtt_state {
+    MQTT_IDLE,       /* no socket; a reconnect timer may be running */
+    MQTT_CONNECTING, /* socket open, CONNACK not yet received */
+    MQTT_CONNECTED,
+    MQTT_CLOSING, /* close requested, waiting for "offline" to be acked */
+    MQTT_CLOSED,  /* handles being released */
+};
+
+struct done_entry {
+    void *token;
+    int status;
+};
+
+struct mqtt_backend {
+    uv_loop_t *loop;
+    const struct qb_transport_config *cfg;
+    const struct qb_transport_backend_cb *cb;
+    void *owner;
+    const char *name;
+    char *bridge_id;
+    char *status_topic;
+    struct mosquitto *mosq;
+    mosquitto_property *props; /* content-type for v5 publishes, ours */
+    enum mqtt_state state;
+    bool ever_connected; /* first attempt uses connect_async, later ones reconnect_async */
+    bool attempt_logged; /* the current attempt's failure was logged already */
+
+    uv_poll_t *poll; /* heap: its memory must outlive uv_close of a stale handle */
+    int poll_fd;
+    int poll_events;
+    bool connect_pending; /* watch writable until the first writable event */
+
+    uv_timer_t misc_timer;
+    uv_timer_t reconnect_timer;
+    uv_timer_t close_timer;
+    uv_idle_t idle;
+    unsigned reconnect_attempt;
+
+    void **tokens; /* indexed by mid */
+    uint32_t inflight;
+    bool starved; /* we answered EAGAIN: owe a writable() */
+    bool want_writable;
+    bool in_publish;
+    int early_mid; /* on_publish seen inside mosquitto_publish, before we stored the token */
+    int early_status;
+
+    struct done_entry *done;
+    size_t n_done, cap_done;
+
+    int offline_mid;
+    bool offline_acked;
+    int handles_open;
+    void (*closed)(void *arg);
+    void *closed_arg;
+};
+
+static bool lib_ready;
+
+static void sync_poll(struct mqtt_backend *b);
+static void schedule_reconnect(struct mqtt_backend *b);
+static void on_idle(uv_idle_t *idle);
+static void on_close_timer(uv_timer_t *timer);
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Stops watching the socket; the handle is freed once libuv lets go of it. */
+static void drop_poll(struct mqtt_backend *b)
+{
+    if (!b->poll)
+        return;
+    uv_poll_stop(b->poll);
+    uv_close((uv_handle_t *)b->poll, free_handle);
+    b->poll = NULL;
+    b->poll_events = 0;
+}
+
+/* ---- validation ---- */
+
+static int mqtt_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
+{
+    const char *name = cfg->name ? cfg->name : "mqtt";
+    const char *p = cfg->topic_prefix;
+    if (!cfg->host || !cfg->host[0]) {
+        snprintf(errbuf, errlen, "transport %s: host must not be empty", name);
+    } else if (cfg->port < 1 || cfg->port > 65535) {
+        snprintf(errbuf, errlen, "transport %s: port %d is not in 1..65535", name, cfg->port);
+    } else if (cfg->qos < 0 || cfg->qos > 2) {
+        snprintf(errbuf, errlen, "transport %s: qos %d is not 0, 1 or 2", name, cfg->qos);
+    } else if (!p || !p[0] || strpbrk(p, "+#") || p[0] == '/' || p[strlen(p) - 1] == '/') {
+        snprintf(errbuf, errlen,
+                 "transport %s: topic_prefix '%s' must be non-empty, without '+' or '#', and "
+                 "not start or end with '/'",
+                 name, p ? p : "");
+    } else if (cfg->max_inflight < 1 || cfg->max_inflight > 65535) {
+        snprintf(errbuf, errlen, "transport %s: max_inflight %u is not in 1..65535", name,
+                 cfg->max_inflight);
+    } else if (!cfg->tls_cert_file != !cfg->tls_key_file) {
+        snprintf(errbuf, errlen, "transport %s: tls.cert_file and tls.key_file go together", name);
+    } else if (cfg->protocol != QB_MQTT_V5 && cfg->protocol != QB_MQTT_V311) {
+        snprintf(errbuf, errlen, "transport %s: protocol must be 5 or 3.1.1", name);
+    } else {
+        return QB_OK;
+    }
+    return QB_ECONFIG;
+}
+
+/* ---- deferred reports ---- */
+
+static void push_done(struct mqtt_backend *b, void *token, int status)
+{
+    if (b->n_done == b->cap_done) {
+        size_t cap = b->cap_done ? b->cap_done * 2 : 64;
+        struct done_entry *d = realloc(b->done, cap * sizeof(*d));
+        if (!d) {
+            /* cannot defer: better a report now than a token stuck in flight */
+            QB_LOG_ERR(NULL, "mqtt %s: out of memory deferring a delivery report", b->name);
+            b->cb->delivered(b->owner, token, status);
+            return;
+        }
+        b->done = d;
+        b->cap_done = cap;
+    }
+    b->done[b->n_done++] = (struct done_entry){token, status};
+    uv_idle_start(&b->idle, on_idle);
+}
+
+static void flush_done(struct mqtt_backend *b)
+{
+    /* reports may publish, and publishing may add reports: take the list first */
+    while (b->n_done) {
+        struct done_entry *list = b->done;
+        size_t n = b->n_done;
+        b->done = NULL;
+        b->n_done = b->cap_done = 0;
+        for (size_t i = 0; i < n; i++)
+            b->cb->delivered(b->owner, list[i].token, list[i].status);
+        free(list);
+    }
+}
+
+static void on_idle(uv_idle_t *idle)
+{
+    struct mqtt_backend *b = idle->data;
+    uv_idle_stop(idle);
+    flush_done(b);
+    if (b->state == MQTT_CONNECTED && b->inflight < b->cfg->max_inflight &&
+        (b->want_writable || b->starved)) {
+        b->want_writable = b->starved = false;
+        b->cb->writable(b->owner);
+    }
+}
+
+static void wake(struct mqtt_backend *b)
+{
+    b->want_writable = true;
+    uv_idle_start(&b->idle, on_idle);
+}
+
+/* ---- libmosquitto callbacks ---- */
+
+static const char *mosq_err_text(int rc)
+{
+    return rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
+}
+
+static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
+                       const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)flags;
+    (void)props;
+    struct mqtt_backend *b = obj;
+    if (rc != 0) {
+        QB_LOG_WARN(NULL, "mqtt %s: %s:%d refused the connection: %s", b->name, b->cfg->host,
+                    b->cfg->port,
+                    b->cfg->protocol == QB_MQTT_V5 ? mosquitto_reason_string(rc)
+                                                   : mosquitto_connack_string(rc));
+        b->attempt_logged = true; /* the disconnect that follows is the same failure */
+        return;
+    }
+    if (b->state == MQTT_CLOSING)
+        return;
+    b->state = MQTT_CONNECTED;
+    b->reconnect_attempt = 0;
+    int mid;
+    int prc = mosquitto_publish(b->mosq, &mid, b->status_topic, 6, "online", 1, true);
+    if (prc != MOSQ_ERR_SUCCESS)
+        QB_LOG_WARN(NULL, "mqtt %s: cannot publish online status: %s", b->name, mosq_err_text(prc));
+    QB_LOG_INFO(NULL, "mqtt %s: connected to %s:%d", b->name, b->cfg->host, b->cfg->port);
+    b->cb->link(b->owner, true, "connected");
+    /*
+     * Deferred: libmosquitto resends the old in-flight messages right after
+     * this callback returns; new ones must queue behind them.
+     */
+    wake(b);
+}
+
+static void on_disconnect(struct mosquitto *mosq, void *obj, int rc)
+{
+    (void)mosq;
+    struct mqtt_backend *b = obj;
+    /* the socket is still open here in the read/write paths: stop watching it first */
+    drop_poll(b);
+    if (b->state == MQTT_CLOSING || b->state == MQTT_CLOSED)
+        return;
+    const char *why = mosq_err_text(rc);
+    if (b->state == MQTT_CONNECTED) {
+        QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->cfg->host,
+                    b->cfg->port, why);
+        b->cb->link(b->owner, false, why);
+    } else if (!b->attempt_logged) {
+        QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
+                    b->cfg->port, why);
+    }
+    b->state = MQTT_IDLE;
+    if (b->cfg->qos == 0) {
+        /* unwritten QoS 0 packets are discarded on reconnect: have them sent again */
+        for (size_t mid = 0; mid < MQTT_MID_SLOTS && b->inflight; mid++) {
+            if (b->tokens[mid]) {
+                push_done(b, b->tokens[mid], QB_EIO);
+                b->tokens[mid] = NULL;
+                b->inflight--;
+            }
+        }
+    }
+    schedule_reconnect(b);
+}
+
+static void on_publish(struct mosquitto *mosq, void *obj, int mid, int reason,
+                       const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)props;
+    struct mqtt_backend *b = obj;
+    int status = QB_OK;
+    if (reason >= 0x80) {
+        QB_LOG_WARN(NULL, "mqtt %s: broker refused a publish: %s", b->name,
+                    mosquitto_reason_string(reason));
+        status = QB_EPROTO;
+    }
+    if (mid == b->offline_mid && b->state == MQTT_CLOSING) {
+        b->offline_acked = true;
+        /* not from here: mosquitto_destroy must not run inside a libmosquitto callback */
+        uv_timer_start(&b->close_timer, on_close_timer, 0, 0);
+        return;
+    }
+    if (mid < 0 || mid >= MQTT_MID_SLOTS)
+        return;
+    void *token = b->tokens[mid];
+    if (!token) {
+        if (b->in_publish) {
+            b->early_mid = mid;
+            b->early_status = status;
+        }
+        return; /* our status messages, or a resend of something already failed */
+    }
+    b->tokens[mid] = NULL;
+    b->inflight--;
+    push_done(b, token, status);
+    if (b->starved)
+        wake(b);
+}
+
+static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str)
+{
+    (void)mosq;
+    (void)level;
+    struct mqtt_backend *b = obj;
+    QB_LOG_DEBUG(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
+}
+
+/* ---- socket watching ---- */
+
+static void on_poll(uv_poll_t *poll, int status, int events)
+{
+    struct mqtt_backend *b = poll->data;
+    int rc = MOSQ_ERR_SUCCESS;
+    if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT)))
+        rc = mosquitto_loop_read(b->mosq, 1);
+    if (rc == MOSQ_ERR_SUCCESS && b->poll == poll && (events & UV_WRITABLE)) {
+        b->connect_pending = false;
+        mosquitto_loop_write(b->mosq, 1);
+    }
+    sync_poll(b);
+}
+
+/* Brings the uv_poll in line with libmosquitto's socket and write interest. */
+static void sync_poll(struct mqtt_backend *b)
+{
+    int fd = mosquitto_socket(b->mosq);
+    if (b->poll && b->poll_fd != fd)
+        drop_poll(b);
+    if (fd < 0 || b->state == MQTT_CLOSED)
+        return;
+    if (!b->poll) {
+        uv_poll_t *p = malloc(sizeof(*p));
+        if (!p || uv_poll_init_socket(b->loop, p, fd) != 0) {
+            free(p);
+            QB_LOG_ERR(NULL, "mqtt %s: cannot watch the broker socket", b->name);
+            return;
+        }
+        p->data = b;
+        b->poll = p;
+        b->poll_fd = fd;
+    }
+    int events = UV_READABLE;
+    if (b->connect_pending || mosquitto_want_write(b->mosq))
+        events |= UV_WRITABLE;
+    if (events != b->poll_events) {
+        uv_poll_start(b->poll, events, on_poll);
+        b->poll_events = events;
+    }
+}
+
+static void on_misc_timer(uv_timer_t *timer)
+{
+    struct mqtt_backend *b = timer->data;
+    if (mosquitto_socket(b->mosq) >= 0)
+        mosquitto_loop_misc(b->mosq);
+    sync_poll(b);
+}
+
+/* ---- connecting ---- */
+
+static void on_reconnect_timer(uv_timer_t *timer)
+{
+    struct mqtt_backend *b = timer->data;
+    if (b->state != MQTT_IDLE)
+        return;
+    drop_poll(b); /* the new socket may get the old descriptor number */
+    b->attempt_logged = false;
+    b->state = MQTT_CONNECTING;
+    b->connect_pending = true;
+    int keepalive = (int)(b->cfg->keepalive_ms / 1000);
+    if (keepalive < 5)
+        keepalive = 5; /* libmosquitto's minimum */
+    int rc = b->ever_connected
+                 ? mosquitto_reconnect_async(b->mosq)
+                 : mosquitto_connect_async(b->mosq, b->cfg->host, b->cfg->port, keepalive);
+    if (rc == MOSQ_ERR_SUCCESS)
+        b->ever_connected = true;
+    if (rc != MOSQ_ERR_SUCCESS) {
+        QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
+                    b->cfg->port, mosq_err_text(rc));
+        b->state = MQTT_IDLE;
+        b->connect_pending = false;
+        sync_poll(b);
+        schedule_reconnect(b);
+        return;
+    }
+    sync_poll(b);
+}
+
+/* Exponential back-off with jitter: a random delay in [d/2, d], d doubling up to the max. */
+static void schedule_reconnect(struct mqtt_backend *b)
+{
+    uint64_t lo = b->cfg->reconnect_initial_ms ? b->cfg->reconnect_initial_ms : 500;
+    uint64_t hi = b->cfg->reconnect_max_ms >= lo ? b->cfg->reconnect_max_ms : lo;
+    uint64_t d = lo;
+    for (unsigned i = 0; i < b->reconnect_attempt && d < hi; i++)
+        d *= 2;
+    if (d > hi)
+        d = hi;
+    b->reconnect_attempt++;
+    uint64_t delay = d / 2 + (uint64_t)rand() % (d / 2 + 1);
+    uv_timer_start(&b->reconnect_timer, on_reconnect_timer, delay, 0);
+}
+
+/* ---- create ---- */
+
+static int read_password(const char *path, char **out, char *errbuf, size_t errlen,
+                         const char *name)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        snprintf(errbuf, errlen, "transport %s: cannot read password_file %s: %s", name, path,
+                 strerror(errno));
+        return QB_ECONFIG;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    errno = 0; /* getline leaves errno alone at end of file */
+    ssize_t n = getline(&line, &cap, fp);
+    int err = errno;
+    fclose(fp);
+    if (n < 0) {
+        free(line);
+        snprintf(errbuf, errlen, "transport %s: cannot read password_file %s: %s", name, path,
+                 err ? strerror(err) : "empty file");
+        return QB_ECONFIG;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    *out = line;
+    return QB_OK;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct mqtt_backend *b = h->data;
+    if (--b->handles_open > 0)
+        return;
+    void (*closed)(void *) = b->closed;
+    void *arg = b->closed_arg;
+    mosquitto_destroy(b->mosq);
+    mosquitto_property_free_all(&b->props);
+    free(b->tokens);
+    free(b->done);
+    free(b->status_topic);
+    free(b->bridge_id);
+    free(b);
+    if (closed)
+        closed(arg);
+}
+
+static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
+                       const struct qb_bridge_info *bridge,
+                       const struct qb_transport_backend_cb *cb, void *owner, void **backend,
+                       char *errbuf, size_t errlen)
+{
+    const char *name = cfg->name ? cfg->name : "mqtt";
+    char *password = NULL;
+    char *client_id = NULL;
+    int rc = QB_ENOMEM;
+    const char *what = "out of memory";
+    struct mqtt_backend *b = calloc(1, sizeof(*b));
+    if (!b)
+        goto fail;
+    if (!lib_ready) {
+        mosquitto_lib_init();
+        lib_ready = true;
+    }
+    b->loop = loop;
+    b->cfg = cfg;
+    b->cb = cb;
+    b->owner = owner;
+    b->name = name;
+    b->early_mid = -1;
+    b->offline_mid = -1;
+    b->bridge_id = strdup(bridge && bridge->id ? bridge->id : "bridge");
+    b->tokens = calloc(MQTT_MID_SLOTS, sizeof(*b->tokens));
+    if (!b->bridge_id || !b->tokens)
+        goto fail;
+    if (asprintf(&b->status_topic, "%s/%s/status", cfg->topic_prefix, b->bridge_id) < 0) {
+        b->status_topic = NULL;
+        goto fail;
+    }
+    if (cfg->client_id)
+        client_id = strdup(cfg->client_id);
+    else if (asprintf(&client_id, "qmp-bridge-%s", b->bridge_id) < 0)
+        client_id = NULL;
+    if (!client_id)
+        goto fail;
+    b->mosq = mosquitto_new(client_id, true, b);
+    if (!b->mosq)
+        goto fail;
+
+    rc = QB_ECONFIG;
+    bool v5 = cfg->protocol != QB_MQTT_V311;
+    mosquitto_int_option(b->mosq, MOSQ_OPT_PROTOCOL_VERSION,
+                         v5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
+    mosquitto_int_option(b->mosq, MOSQ_OPT_TCP_NODELAY, 1);
+    mosquitto_int_option(b->mosq, MOSQ_OPT_SEND_MAXIMUM, (int)cfg->max_inflight);
+    if (cfg->password_file) {
+        rc = read_password(cfg->password_file, &password, errbuf, errlen, name);
+        if (rc != QB_OK)
+            goto fail_errbuf;
+        rc = QB_ECONFIG;
+    }
+    if ((cfg->username || password) &&
+        mosquitto_username_pw_set(b->mosq, cfg->username, password) != MOSQ_ERR_SUCCESS) {
+        what = "cannot set username/password";
+        goto fail;
+    }
+    if ((cfg->tls_ca_file || cfg->tls_cert_file) &&
+        mosquitto_tls_set(b->mosq, cfg->tls_ca_file, NULL, cfg->tls_cert_file, cfg->tls_key_file,
+                          NULL) != MOSQ_ERR_SUCCESS) {
+        what = "cannot use the TLS files (check ca_file, cert_file, key_file)";
+        goto fail;
+    }
+    if (cfg->tls_insecure && mosquitto_tls_insecure_set(b->mosq, true) != MOSQ_ERR_SUCCESS) {
+        what = "cannot set tls.insecure (needs tls.ca_file)";
+        goto fail;
+    }
+    int wrc = v5 ? mosquitto_will_set_v5(b->mosq, b->status_topic, 7, "offline", 1, true, NULL)
+                 : mosquitto_will_set(b->mosq, b->status_topic, 7, "offline", 1, true);
+    if (wrc != MOSQ_ERR_SUCCESS) {
+        what = "cannot set the last will";
+        goto fail;
+    }
+    if (v5 && mosquitto_property_add_string(&b->props, MQTT_PROP_CONTENT_TYPE, MQTT_CONTENT_TYPE) !=
+                  MOSQ_ERR_SUCCESS) {
+        rc = QB_ENOMEM;
+        goto fail;
+    }
+    mosquitto_connect_v5_callback_set(b->mosq, on_connect);
+    mosquitto_disconnect_callback_set(b->mosq, on_disconnect);
+    mosquitto_publish_v5_callback_set(b->mosq, on_publish);
+    mosquitto_log_callback_set(b->mosq, on_log);
+
+    uv_timer_init(loop, &b->misc_timer);
+    uv_timer_init(loop, &b->reconnect_timer);
+    uv_timer_init(loop, &b->close_timer);
+    uv_idle_init(loop, &b->idle);
+    b->misc_timer.data = b->reconnect_timer.data = b->close_timer.data = b->idle.data = b;
+    b->handles_open = 4;
+    uint64_t ka = cfg->keepalive_ms >= 5000 ? cfg->keepalive_ms : 5000;
+    uv_timer_start(&b->misc_timer, on_misc_timer, ka / 2, ka / 2);
+    /* connect from the loop: create must not block (not even on a resolver) */
+    uv_timer_start(&b->reconnect_timer, on_reconnect_timer, 0, 0);
+    free(password);
+    free(client_id);
+    *backend = b;
+    return QB_OK;
+
+fail:
+    snprintf(errbuf, errlen, "transport %s: %s", name, what);
+fail_errbuf:
+    free(password);
+    free(client_id);
+    if (b) {
+        if (b->mosq)
+            mosquitto_destroy(b->mosq);
+        mosquitto_property_free_all(&b->props);
+        free(b->tokens);
+        free(b->status_topic);
+        free(b->bridge_id);
+        free(b);
+    }
+    return rc;
+}
+
+/* ---- publish ---- */
+
+static int map_publish_error(int rc)
+{
+    switch (rc) {
+    case MOSQ_ERR_NOMEM:
+        return QB_ENOMEM;
+    case MOSQ_ERR_PAYLOAD_SIZE:
+    case MOSQ_ERR_OVERSIZE_PACKET:
+        return QB_ETOOBIG;
+    default:
+        return QB_EINVAL;
+    }
+}
+
+static bool is_link_error(int rc)
+{
+    return rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_ERRNO;
+}
+
+static int mqtt_publish(void *backend, const struct qb_message *msg, void *token)
+{
+    struct mqtt_backend *b = backend;
+    if (b->state != MQTT_CONNECTED || b->inflight >= b->cfg->max_inflight) {
+        b->starved = true;
+        return QB_EAGAIN;
+    }
+    if (!msg->vm || (msg->kind == QB_MSG_EVENT && !msg->type)) {
+        QB_LOG_WARN(msg->vm, "mqtt %s: message without vm or type cannot be routed", b->name);
+        return QB_EINVAL;
+    }
+    char *topic = NULL;
+    bool retain = msg->kind == QB_MSG_STATE;
+    int n = retain ? asprintf(&topic, "%s/%s/%s/state", b->cfg->topic_prefix, b->bridge_id, msg->vm)
+                   : asprintf(&topic, "%s/%s/%s/event/%s", b->cfg->topic_prefix, b->bridge_id,
+                              msg->vm, msg->type);
+    if (n < 0)
+        return QB_ENOMEM;
+    if (msg->len > (size_t)MQTT_MAX_PAYLOAD) {
+        free(topic);
+        return QB_ETOOBIG;
+    }
+    int mid = -1;
+    b->in_publish = true;
+    b->early_mid = -1;
+    int rc = mosquitto_publish_v5(b->mosq, &mid, topic, (int)msg->len, msg->payload, b->cfg->qos,
+                                  retain, b->props);
+    b->in_publish = false;
+    free(topic);
+    int result = QB_OK;
+    if (rc == MOSQ_ERR_SUCCESS || (b->cfg->qos > 0 && is_link_error(rc) && mid > 0)) {
+        /* on a link error libmosquitto has already queued a QoS>0 copy and will resend it */
+        if (b->early_mid == mid) {
+            push_done(b, token, b->early_status);
+        } else {
+            b->tokens[mid] = token;
+            b->inflight++;
+        }
+    } else if (is_link_error(rc)) {
+        result = QB_EAGAIN; /* QoS 0 packet dropped; the disconnect will follow */
+        b->starved = true;
+    } else {
+        QB_LOG_WARN(msg->vm, "mqtt %s: cannot publish %s seq %llu: %s", b->name,
+                    msg->type ? msg->type : "state", (unsigned long long)msg->sequence,
+                    mosquitto_strerror(rc));
+        result = map_publish_error(rc);
+    }
+    b->early_mid = -1;
+    sync_poll(b); /* the publish may have left bytes to write, or found the socket dead */
+    return result;
+}
+
+/* ---- close ---- */
+
+static void finish_close(struct mqtt_backend *b)
+{
+    if (b->state == MQTT_CLOSED)
+        return;
+    if (mosquitto_socket(b->mosq) >= 0) {
+        mosquitto_disconnect(b->mosq);
+        if (mosquitto_socket(b->mosq) >= 0 && mosquitto_want_write(b->mosq))
+            mosquitto_loop_write(b->mosq, 1);
+    }
+    b->state = MQTT_CLOSED;
+    flush_done(b);
+    for (size_t mid = 0; mid < MQTT_MID_SLOTS && b->inflight; mid++) {
+        if (b->tokens[mid]) {
+            void *token = b->tokens[mid];
+            b->tokens[mid] = NULL;
+            b->inflight--;
+            b->cb->delivered(b->owner, token, QB_ECLOSED);
+        }
+    }
+    drop_poll(b);
+    uv_close((uv_handle_t *)&b->misc_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&b->reconnect_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&b->close_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&b->idle, on_handle_closed);
+}
+
+static void on_close_timer(uv_timer_t *timer)
+{
+    struct mqtt_backend *b = timer->data;
+    if (!b->offline_acked && b->offline_mid >= 0)
+        QB_LOG_WARN(NULL, "mqtt %s: broker did not acknowledge the offline status in time",
+                    b->name);
+    finish_close(b);
+}
+
+static void mqtt_close(void *backend, void (*closed)(void *arg), void *arg)
+{
+    struct mqtt_backend *b = backend;
+    bool connected = b->state == MQTT_CONNECTED;
+    b->closed = closed;
+    b->closed_arg = arg;
+    b->state = MQTT_CLOSING;
+    uv_timer_stop(&b->reconnect_timer);
+    uint64_t wait = 0;
+    if (connected) {
+        int mid;
+        if (mosquitto_publish(b->mosq, &mid, b->status_topic, 7, "offline", 1, true) ==
+            MOSQ_ERR_SUCCESS) {
+            b->offline_mid = mid;
+            wait = MQTT_OFFLINE_WAIT_MS;
+        }
+        sync_poll(b);
+    }
+    uv_timer_start(&b->close_timer, on_close_timer, wait, 0);
+}
+
+const struct qb_transport_ops qb_transport_mqtt_ops = {
+    .name = "mqtt",
+    .caps = QB_TRANSPORT_CAP_RETAINED,
+    .validate = mqtt_validate,
+    .create = mqtt_create,
+    .publish = mqtt_publish,
+    .close = mqtt_close,
+};
