@@ -1003,12 +1003,15 @@ static const struct enum_value log_levels[] = {
 static const struct enum_value qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
 static const struct enum_value mqtt_protocols[] = {
     {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
+static const struct enum_value full_policies[] = {
+    {"backpressure", QB_ON_FULL_BACKPRESSURE}, {"drop", QB_ON_FULL_DROP}, {NULL, 0}};
 static const struct enum_value content_modes[] = {
     {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
 
 _Static_assert(sizeof(enum qb_log_level) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(bool) == 1 && sizeof(int) == 4 && sizeof(size_t) == 8,
                "store_uint handles 1, 4 and 8 byte members");
 
@@ -1081,6 +1084,7 @@ static const struct field transport_fields[] = {
     FIELD(T, "queue_max_messages", F_UINT, queue_max_messages, .def = "100000", .min = 1),
     FIELD(T, "queue_max_bytes", F_SIZE, queue_max_bytes, .def = "64MiB", .min = 1),
     FIELD(T, "shutdown_timeout", F_DURATION, shutdown_timeout_ms, .def = "5s"),
+    FIELD(T, "on_full", F_ENUM, on_full, .def = "backpressure", .enums = full_policies),
     /* stdout */
     FIELD(T, "path", F_STRING, path, .types = T_STDOUT, .check = check_nonempty),
     /* mqtt; port and client_id defaults depend on other keys: see finish_transport */

@@ -38,6 +38,15 @@ enum qb_mqtt_protocol { QB_MQTT_V5 = 5, QB_MQTT_V311 = 4 };
 enum qb_kafka_content_mode { QB_KAFKA_STRUCTURED = 0, QB_KAFKA_BINARY = 1 };
 
 /*
+ * What a transport does when its queue fills (on_full:). backpressure: at 90%
+ * of either bound the bridge stops reading from every QMP socket (QEMU keeps
+ * the events) until the queue is back under 50%: nothing is lost, but one
+ * stuck transport stalls the others. drop: this transport never stalls the
+ * bridge; what does not fit is refused, counted and logged.
+ */
+enum qb_queue_full_policy { QB_ON_FULL_BACKPRESSURE = 0, QB_ON_FULL_DROP = 1 };
+
+/*
  * One entry of transports:. One flat struct for every backend keeps the loader
  * to one field table; the table says which keys each type accepts, so a kafka
  * key under an mqtt transport is an "unknown key" error.
@@ -50,6 +59,7 @@ struct qb_transport_config {
     /* Common to all: the bounded in-memory queue in front of the backend. */
     size_t queue_max_messages; /* queue_max_messages, default 100000 */
     size_t queue_max_bytes;    /* queue_max_bytes, default 64MiB */
+    enum qb_queue_full_policy on_full; /* on_full: backpressure (default) or drop */
 
     /* stdout */
     char *path; /* path: write JSON lines to this file instead of stdout; default NULL */

@@ -33,13 +33,11 @@
 /* At most one "queue full" summary line per this interval. */
 #define QB_TRANSPORT_DROP_LOG_INTERVAL_MS 1000
 
-/*
- * The registry. Kafka joins here as { "kafka", &qb_transport_kafka_ops } once
- * transports/kafka.c exists; nothing else in this file needs to change.
- */
+/* The registry: every backend, looked up by its ops' name (the `type:` in YAML). */
 static const struct qb_transport_ops *const registry[] = {
     &qb_transport_stdout_ops,
     &qb_transport_mqtt_ops,
+    &qb_transport_kafka_ops,
 };
 
 enum tr_state {
@@ -74,6 +72,10 @@ struct qb_transport {
 
     struct qb_transport_stats stats;
 
+    qb_transport_pressure_cb pressure_cb;
+    void *pressure_arg;
+    bool pressure; /* over the high-water mark, back-pressure requested */
+
     /* queue-full log rate limiting: counter and timestamp, no timer */
     uint64_t drops_unlogged;
     uint64_t drop_logged_at;
@@ -88,6 +90,59 @@ struct qb_transport {
 };
 
 static void pump(struct qb_transport *t);
+
+static size_t queue_max_messages(const struct qb_transport *t)
+{
+    return t->cfg->queue_max_messages ? t->cfg->queue_max_messages
+                                      : QB_TRANSPORT_DEFAULT_MAX_MESSAGES;
+}
+
+static size_t queue_max_bytes(const struct qb_transport *t)
+{
+    return t->cfg->queue_max_bytes ? t->cfg->queue_max_bytes : QB_TRANSPORT_DEFAULT_MAX_BYTES;
+}
+
+/*
+ * Raises back-pressure at 90% of either bound and lowers it under 50% of both:
+ * the gap keeps a queue hovering at the mark from pausing and resuming every
+ * QMP socket on each message.
+ */
+static void update_pressure(struct qb_transport *t)
+{
+    uint64_t msgs = t->stats.depth, bytes = t->stats.depth_bytes;
+    bool high, low;
+
+    if (t->cfg->on_full != QB_ON_FULL_BACKPRESSURE)
+        return;
+    high = msgs * 10 >= queue_max_messages(t) * 9 || bytes * 10 >= queue_max_bytes(t) * 9;
+    low = msgs * 2 < queue_max_messages(t) && bytes * 2 < queue_max_bytes(t);
+    if (!t->pressure && high) {
+        t->pressure = true;
+        QB_LOG_WARN(NULL,
+                    "transport %s: queue at %" PRIu64 " messages / %" PRIu64
+                    " bytes: pausing QMP reads until it drains",
+                    t->name, msgs, bytes);
+    } else if (t->pressure && low) {
+        t->pressure = false;
+        QB_LOG_INFO(NULL, "transport %s: queue drained to %" PRIu64 " messages: resuming QMP reads",
+                    t->name, msgs);
+    } else {
+        return;
+    }
+    if (t->pressure_cb)
+        t->pressure_cb(t->pressure_arg, t, t->pressure);
+}
+
+void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_cb cb, void *arg)
+{
+    t->pressure_cb = cb;
+    t->pressure_arg = arg;
+}
+
+bool qb_transport_under_pressure(const struct qb_transport *t)
+{
+    return t->pressure;
+}
 
 static const struct qb_transport_ops *ops_lookup(const char *type)
 {
@@ -150,6 +205,7 @@ static void msg_release(struct qb_transport *t, struct tmsg *m)
     t->stats.depth--;
     t->stats.depth_bytes -= m->msg.len;
     free(m);
+    update_pressure(t);
 }
 
 /* m is no longer in flight: make sure the cursor is at or before it. */
@@ -235,10 +291,8 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
     /* The state channel is a "latest value" store; a plain stream would only repeat events. */
     if (msg->kind == QB_MSG_STATE && !(t->ops->caps & QB_TRANSPORT_CAP_RETAINED))
         return QB_OK;
-    size_t max_messages =
-        t->cfg->queue_max_messages ? t->cfg->queue_max_messages : QB_TRANSPORT_DEFAULT_MAX_MESSAGES;
-    size_t max_bytes =
-        t->cfg->queue_max_bytes ? t->cfg->queue_max_bytes : QB_TRANSPORT_DEFAULT_MAX_BYTES;
+    size_t max_messages = queue_max_messages(t);
+    size_t max_bytes = queue_max_bytes(t);
     /* bytes are payload bytes: the bound is about what the peers would receive */
     if (t->stats.depth >= max_messages || t->stats.depth_bytes + msg->len > max_bytes) {
         t->stats.dropped++;
@@ -264,6 +318,7 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
     t->stats.queued++;
     t->stats.depth++;
     t->stats.depth_bytes += msg->len;
+    update_pressure(t);
     pump(t);
     return QB_OK;
 }
@@ -366,6 +421,7 @@ void qb_transport_close(struct qb_transport *t, void (*done)(void *arg), void *a
     if (t->state != TR_OPEN)
         return;
     t->state = TR_DRAINING;
+    t->pressure_cb = NULL; /* whoever listened is shutting down too */
     t->done = done;
     t->done_arg = arg;
     /* an empty queue still goes through the timer: done must not run from inside this call */

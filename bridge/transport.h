@@ -8,8 +8,10 @@
  * in-flight window is full), and releases each one only when the backend
  * confirms delivery (MQTT PUBACK, Kafka delivery report, a completed write).
  * A failed delivery goes back to the queue and is sent again, in order.
- * When the queue is full, the new message is refused, counted and logged with
- * its VM and sequence: nothing is dropped silently.
+ * Near full, a transport with on_full: backpressure asks the bridge to stop
+ * reading from QEMU (qb_transport_pressure_cb); when the queue is full
+ * anyway, the new message is refused, counted and logged with its VM and
+ * sequence: nothing is dropped silently.
  */
 #ifndef QB_TRANSPORT_H
 #define QB_TRANSPORT_H
@@ -59,6 +61,14 @@ struct qb_transport_stats {
 struct qb_transport;
 
 /*
+ * Back-pressure signal: pressure true when the queue of a transport whose
+ * on_full is backpressure reaches 90% of queue_max_messages or
+ * queue_max_bytes, false when it is back under 50% of both (and when such a
+ * transport closes while under pressure). Called from the loop.
+ */
+typedef void (*qb_transport_pressure_cb)(void *arg, struct qb_transport *t, bool pressure);
+
+/*
  * Validates cfg with its backend's validate op without creating anything
  * (for --check-config). Returns QB_OK or QB_ECONFIG with errbuf filled.
  */
@@ -79,6 +89,12 @@ int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
  * (the message is counted as dropped and logged), or QB_ECLOSED while closing.
  */
 int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
+
+/* Sets (or, with cb NULL, clears) the back-pressure callback. arg is borrowed. */
+void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_cb cb, void *arg);
+
+/* True while the transport is over its high-water mark (see qb_transport_pressure_cb). */
+bool qb_transport_under_pressure(const struct qb_transport *t);
 
 /* The transport's name (config name or type), borrowed. */
 const char *qb_transport_name(const struct qb_transport *t);

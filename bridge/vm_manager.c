@@ -11,6 +11,10 @@
  * are processed in order once it unblocks. Reply callbacks hold the VM alive
  * (inflight counter), so a VM removed mid-query is freed only after its last
  * callback has run.
+ *
+ * Back-pressure: while any transport says its queue is near full, every VM
+ * stops reading from its socket (QEMU keeps the events) once it is READY,
+ * resynced and not waiting on a query, since those need their replies read.
  */
 #include "vm_manager.h"
 
@@ -60,6 +64,7 @@ struct qb_vm {
     uint32_t attempts;  /* failed connects since the last stable session */
     uint64_t ready_at;  /* uv_now when READY was reached, 0 when not ready */
     bool was_ready;     /* bridge.vm.connected was published for this session */
+    bool read_paused;   /* reading stopped for back-pressure */
     bool removing;
     bool timer_closed;
     unsigned inflight;  /* reply callbacks still to come */
@@ -94,6 +99,7 @@ struct qb_vm_manager {
     struct qb_vm *vms;
     struct qb_seq_memo *memos;
     uint64_t rng;
+    size_t n_pressure; /* transports asking for back-pressure now */
     bool closing;
     size_t n_alive; /* VM structs not yet freed, including ones being removed */
     void (*done)(void *arg);
@@ -102,6 +108,7 @@ struct qb_vm_manager {
 
 static void vm_connect(struct qb_vm *vm);
 static void vm_drain(struct qb_vm *vm);
+static void vm_apply_pause(struct qb_vm *vm);
 static void vm_maybe_free(struct qb_vm *vm);
 
 static uint64_t wall_clock_usec(void)
@@ -193,9 +200,15 @@ static void vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev)
 
 /* ---- the ordered event pipeline ------------------------------------------ */
 
+/*
+ * Events wait in the backlog while the snapshot or a query is outstanding, and
+ * under back-pressure: pausing the socket stops the next read, but the chunk
+ * already read may hold hundreds of events, so those wait here (bounded by one
+ * read per VM) instead of overflowing the transports' queues.
+ */
 static bool vm_blocked(const struct qb_vm *vm)
 {
-    return vm->resyncing || vm->pending.type != NULL;
+    return vm->resyncing || vm->pending.type != NULL || vm->mgr->n_pressure > 0;
 }
 
 /* Takes a new reference to msg into the backlog. Returns QB_OK or QB_ENOMEM. */
@@ -267,6 +280,7 @@ static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, v
         qb_norm_event_clear(&vm->pending);
     }
     vm_drain(vm);
+    vm_apply_pause(vm);
     vm_maybe_free(vm);
 }
 
@@ -359,6 +373,7 @@ static void vm_finish_resync(struct qb_vm *vm)
     }
     vm->resyncing = false;
     vm_drain(vm);
+    vm_apply_pause(vm);
 }
 
 static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
@@ -493,9 +508,56 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
     uv_timer_start(&vm->reconnect_timer, vm_reconnect_timer_cb, delay, 0);
 }
 
+/*
+ * Pauses or resumes reading so it matches the manager's back-pressure, but
+ * only where it is safe: a handshake, a snapshot or a pending query needs its
+ * replies read, and events read meanwhile wait in the backlog (bounded by what
+ * QEMU sends during one query).
+ */
+static void vm_apply_pause(struct qb_vm *vm)
+{
+    bool want = vm->mgr->n_pressure > 0 && !vm->removing && !vm->resyncing &&
+                vm->pending.type == NULL && qb_qmp_client_state(vm->qmp) == QB_QMP_READY;
+
+    if (want != vm->read_paused) {
+        vm->read_paused = want;
+        if (want)
+            qb_qmp_client_pause_reading(vm->qmp);
+        else
+            qb_qmp_client_resume_reading(vm->qmp);
+    }
+    /* Events held back under pressure go first, also for a VM that was never paused. */
+    if (!want)
+        vm_drain(vm);
+}
+
+static void mgr_on_pressure(void *arg, struct qb_transport *t, bool pressure)
+{
+    struct qb_vm_manager *m = arg;
+    size_t before = m->n_pressure;
+
+    (void)t;
+    if (pressure)
+        m->n_pressure++;
+    else if (m->n_pressure > 0)
+        m->n_pressure--;
+    if ((before == 0) != (m->n_pressure == 0)) {
+        QB_LOG_INFO(NULL, "%s reading from %u VMs (back-pressure %s)",
+                    m->n_pressure ? "pausing" : "resuming", HASH_COUNT(m->vms),
+                    m->n_pressure ? "on" : "off");
+        for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next)
+            vm_apply_pause(vm);
+    }
+}
+
 static void vm_connect(struct qb_vm *vm)
 {
-    int rc = qb_qmp_client_connect(vm->qmp, vm->address);
+    int rc;
+
+    /* A new session must read its greeting and snapshot replies whatever the pressure. */
+    vm->read_paused = false;
+    qb_qmp_client_resume_reading(vm->qmp);
+    rc = qb_qmp_client_connect(vm->qmp, vm->address);
 
     if (rc < 0) {
         QB_LOG_ERR(vm->name, "cannot connect to '%s': %s", vm->address, qb_strerror(rc));
@@ -598,6 +660,11 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
     m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
     m->rng = wall_clock_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < n_transports; i++) {
+        qb_transport_set_pressure_cb(transports[i], mgr_on_pressure, m);
+        if (qb_transport_under_pressure(transports[i]))
+            m->n_pressure++;
+    }
     *out = m;
     return QB_OK;
 }
@@ -732,6 +799,8 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
     m->closing = true;
     m->done = done;
     m->done_arg = arg;
+    for (size_t i = 0; i < m->n_transports; i++)
+        qb_transport_set_pressure_cb(m->transports[i], NULL, NULL);
     HASH_ITER(hh, m->memos, memo, mtmp)
     {
         HASH_DEL(m->memos, memo);

@@ -15,6 +15,9 @@
  * published event gets the VM's next sequence number; when it changes the VM's
  * state, the updated qmp.vm.state goes to the transports' state channel
  * (retained / compacted) carrying the same sequence with id suffix ".state".
+ *
+ * While a transport with on_full: backpressure is near full, the manager stops
+ * reading from the VMs' sockets, so nothing is dropped; QEMU holds the events.
  */
 #ifndef QB_VM_MANAGER_H
 #define QB_VM_MANAGER_H

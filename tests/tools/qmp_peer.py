@@ -13,6 +13,11 @@ had a moment to take its snapshot, acts out the mode:
   oversized  one event line of --oversize bytes (default 64 KiB)
   events     a steady stream of RTC_CHANGE events, offset counting up, plus
              one STOP/RESUME pair every 50 events; never misbehaves
+  stop-query a STOP with no BLOCK_IO_ERROR before it (as when QEMU rate-limits
+             the error), immediately followed by RESUME and one RTC_CHANGE;
+             from then on query-status answers io-error only after
+             --reply-delay seconds and query-block reports io-status nospace,
+             so the bridge must hold RESUME back until the STOP is complete
 
 Each connection is logged on stderr with its number; --once makes it act out
 the mode only on the first connection and behave like "events" afterwards.
@@ -66,6 +71,7 @@ class Conn:
         self.ready_at = None  # when qmp_capabilities succeeded
         self.acted = False
         self.counter = 0
+        self.delayed = []  # (due, reply) answers held back in stop-query mode
 
     def send(self, obj_or_bytes):
         data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode() + b"\r\n"
@@ -89,7 +95,21 @@ class Conn:
             reply["id"] = msg["id"]
         if cmd == "qmp_capabilities" and self.ready_at is None:
             self.ready_at = time.monotonic()
-        if cmd in REPLIES:
+        if self.mode == "stop-query" and self.acted and cmd == "query-status":
+            reply["return"] = {"status": "io-error", "singlestep": False, "running": False}
+            self.delayed.append((time.monotonic() + self.args.reply_delay, reply))
+            log(self.no, "holding the query-status reply for %.1fs" % self.args.reply_delay)
+            return
+        if self.mode == "stop-query" and self.acted and cmd == "query-block":
+            reply["return"] = [{"device": "virtio0", "qdev": "/machine/peripheral/disk0",
+                                "locked": False, "removable": False, "io-status": "nospace",
+                                "type": "unknown",
+                                "inserted": {"node-name": "#block123", "file": "/images/vm.raw",
+                                             "drv": "raw", "ro": False, "encrypted": False,
+                                             "image": {"virtual-size": 67108864,
+                                                       "filename": "/images/vm.raw",
+                                                       "format": "raw"}}}]
+        elif cmd in REPLIES:
             reply["return"] = REPLIES[cmd]
         else:
             reply["error"] = {"class": "CommandNotFound", "desc": "The command %s has not been found" % cmd}
@@ -111,7 +131,16 @@ class Conn:
         if self.ready_at is None or time.monotonic() - self.ready_at < SNAPSHOT_GRACE:
             return True
         mode = self.mode
-        if mode == "garbage" and not self.acted:
+        for item in [d for d in self.delayed if d[0] <= time.monotonic()]:
+            self.delayed.remove(item)
+            self.send(item[1])
+        if mode == "stop-query" and not self.acted:
+            log(self.no, "sending STOP (no error event before it), RESUME, RTC_CHANGE")
+            self.acted = True
+            self.event("STOP")
+            self.event("RESUME")
+            self.event("RTC_CHANGE", {"offset": 1, "qom-path": "/machine/unattached/device[6]"})
+        elif mode == "garbage" and not self.acted:
             log(self.no, "sending a non-JSON line")
             self.send(b"this is {not json at all\r\n")
             self.acted = True
@@ -171,10 +200,13 @@ def serve(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--socket", required=True)
-    ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events"])
+    ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events",
+                                                           "stop-query"])
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     ap.add_argument("--oversize", type=int, default=65536)
     ap.add_argument("--once", action="store_true")
+    ap.add_argument("--reply-delay", type=float, default=1.0,
+                    help="stop-query: seconds before query-status is answered")
     serve(ap.parse_args())
 
 

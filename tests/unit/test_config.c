@@ -49,6 +49,7 @@ static void assert_common_defaults(const struct qb_transport_config *t)
     assert_int_equal(t->queue_max_messages, 100000);
     assert_int_equal(t->queue_max_bytes, 64u * 1024 * 1024);
     assert_int_equal(t->shutdown_timeout_ms, 5000);
+    assert_int_equal(t->on_full, QB_ON_FULL_BACKPRESSURE);
 }
 
 /* ---- good configs ---- */
@@ -72,7 +73,7 @@ static void test_full_inline(void **state)
         "      client_id: x, keepalive: 1m, username: u, password_file: /etc/p,\n"
         "      tls: { ca_file: a, cert_file: b, key_file: c, insecure: yes },\n"
         "      max_inflight: 7, reconnect_initial: 1s, reconnect_max: 2s, queue_max_messages: 10,\n"
-        "      queue_max_bytes: 64k, shutdown_timeout: 1h, name: mybus }\n"
+        "      queue_max_bytes: 64k, shutdown_timeout: 1h, name: mybus, on_full: drop }\n"
         "  - { type: kafka, brokers: \"h1:9092,h2:9092\", events_topic: e, state_topic: s,\n"
         "      commands_topic: c, content_mode: binary,\n"
         "      properties: { compression.type: lz4, linger.ms: 5 } }\n";
@@ -137,6 +138,7 @@ static void test_full_inline(void **state)
     assert_int_equal(t->queue_max_messages, 10);
     assert_int_equal(t->queue_max_bytes, 65536);
     assert_int_equal(t->shutdown_timeout_ms, 3600000);
+    assert_int_equal(t->on_full, QB_ON_FULL_DROP);
     assert_null(t->path);
 
     t = &cfg->transports[2];
@@ -463,6 +465,8 @@ static const struct bad_config {
      "t.yaml:3:23: transports[0].qos: expected 0, 1 or 2, got '3'"},
     {"bridge: {id: a}\ntransports:\n  - {type: mqtt, protocol: 4}\n",
      "t.yaml:3:28: transports[0].protocol: expected 5 or 3.1.1, got '4'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, on_full: block}\n",
+     "t.yaml:3:29: transports[0].on_full: expected backpressure or drop, got 'block'"},
     {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, content_mode: avro}\n",
      "t.yaml:3:45: transports[0].content_mode: expected structured or binary, got 'avro'"},
     {"bridge: {id: a}\ntransports:\n  - {type: carrier-pigeon}\n",

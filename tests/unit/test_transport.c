@@ -361,6 +361,61 @@ static void test_bound_by_messages(void **state)
     assert_int_equal(send_seq(5, "{}"), QB_OK);
 }
 
+static int pressure_calls;
+static bool pressure_now;
+
+static void on_pressure(void *arg, struct qb_transport *t, bool pressure)
+{
+    (void)arg;
+    assert_ptr_equal(t, tr);
+    pressure_calls++;
+    pressure_now = pressure;
+}
+
+/* Back-pressure rises at 90% of queue_max_messages and falls only under 50%. */
+static void test_pressure_watermarks(void **state)
+{
+    (void)state;
+    pressure_calls = 0;
+    pressure_now = false;
+    cfg.queue_max_messages = 10;
+    cfg.on_full = QB_ON_FULL_BACKPRESSURE;
+    qb_transport_set_pressure_cb(tr, on_pressure, NULL);
+    tb->eagain = true;
+    for (uint64_t i = 0; i < 8; i++)
+        assert_int_equal(send_seq(i, "{}"), QB_OK);
+    assert_int_equal(pressure_calls, 0);
+    assert_int_equal(send_seq(8, "{}"), QB_OK); /* 9 of 10 queued */
+    assert_int_equal(pressure_calls, 1);
+    assert_true(pressure_now);
+    assert_true(qb_transport_under_pressure(tr));
+    tb->eagain = false;
+    tb->cb->writable(tb->owner);
+    for (uint64_t i = 0; i < 4; i++)
+        tb_deliver(i, QB_OK); /* 5 left: not under 50% yet */
+    assert_int_equal(pressure_calls, 1);
+    tb_deliver(4, QB_OK); /* 4 left */
+    assert_int_equal(pressure_calls, 2);
+    assert_false(pressure_now);
+    assert_false(qb_transport_under_pressure(tr));
+}
+
+/* A transport with on_full: drop never asks the bridge to stop reading. */
+static void test_drop_policy_no_pressure(void **state)
+{
+    (void)state;
+    pressure_calls = 0;
+    cfg.queue_max_messages = 10;
+    cfg.on_full = QB_ON_FULL_DROP;
+    qb_transport_set_pressure_cb(tr, on_pressure, NULL);
+    tb->eagain = true;
+    for (uint64_t i = 0; i < 10; i++)
+        assert_int_equal(send_seq(i, "{}"), QB_OK);
+    assert_int_equal(send_seq(10, "{}"), QB_EAGAIN);
+    assert_int_equal(pressure_calls, 0);
+    assert_false(qb_transport_under_pressure(tr));
+}
+
 static void test_bound_by_bytes(void **state)
 {
     (void)state;
@@ -554,6 +609,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eagain_waits_for_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_by_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_by_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pressure_watermarks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_policy_no_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_waits_for_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_never_synchronous, setup, teardown),
