@@ -162,15 +162,24 @@ static void make_msgs(struct harness *h, size_t n)
         int vm = (int)(i % N_VMS);
         unsigned long long seq = i / N_VMS;
         m->kind = i % 4 == 3 ? QB_MSG_STATE : QB_MSG_EVENT;
-        snprintf(m->vm, sizeof(m->vm), "vm%d", vm);
-        snprintf(m->type, sizeof(m->type), "%s", types[(i / 2) % 2]);
-        snprintf(m->id, sizeof(m->id), "ab12-%llu%s", seq, m->kind == QB_MSG_STATE ? ".state" : "");
-        snprintf(m->key, sizeof(m->key), BRIDGE "/%s", m->vm);
+        /* Every string is formatted from locals, never from sibling members: GCC 12's
+         * -Wrestrict takes members of one struct for overlapping objects at -O0. */
+        char vmname[8], id[32], key[32], topic[64], data[64];
+        const char *type = types[(i / 2) % 2];
+        snprintf(vmname, sizeof(vmname), "vm%d", vm);
+        snprintf(id, sizeof(id), "ab12-%llu%s", seq, m->kind == QB_MSG_STATE ? ".state" : "");
+        snprintf(key, sizeof(key), BRIDGE "/%s", vmname);
         if (m->kind == QB_MSG_STATE)
-            snprintf(m->topic, sizeof(m->topic), "st." BRIDGE ".%s", m->vm);
+            snprintf(topic, sizeof(topic), "st." BRIDGE ".%s", vmname);
         else
-            snprintf(m->topic, sizeof(m->topic), "ev." BRIDGE ".%s", m->type);
-        snprintf(m->data, sizeof(m->data), "{\"n\":%zu,\"vm\":\"%s\"}", i, m->vm);
+            snprintf(topic, sizeof(topic), "ev." BRIDGE ".%s", type);
+        snprintf(data, sizeof(data), "{\"n\":%zu,\"vm\":\"%s\"}", i, vmname);
+        snprintf(m->vm, sizeof(m->vm), "%s", vmname);
+        snprintf(m->type, sizeof(m->type), "%s", type);
+        snprintf(m->id, sizeof(m->id), "%s", id);
+        snprintf(m->key, sizeof(m->key), "%s", key);
+        snprintf(m->topic, sizeof(m->topic), "%s", topic);
+        snprintf(m->data, sizeof(m->data), "%s", data);
         int len = snprintf(
             m->payload, sizeof(m->payload),
             "{\"specversion\":\"1.0\",\"id\":\"%s\",\"source\":\"qmp-bridge://" BRIDGE "/%s\","
@@ -178,7 +187,7 @@ static void make_msgs(struct harness *h, size_t n)
             "\"datacontenttype\":\"application/json\","
             "\"dataschema\":\"file:///schema/v1/%s.json\",\"sequence\":\"%020llu\","
             "\"partitionkey\":\"%s\",\"bridge\":\"" BRIDGE "\",\"data\":%s}",
-            m->id, m->vm, m->type, m->vm, m->type, seq, m->key, m->data);
+            id, vmname, type, vmname, type, seq, key, data);
         assert_true(len > 0 && (size_t)len < sizeof(m->payload));
         m->len = (size_t)len;
     }
@@ -469,12 +478,18 @@ static void consume_and_check(struct harness *h, size_t want, bool binary, bool 
         }
         rd_kafka_message_destroy(rm);
     }
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
     for (size_t i = 0; i < want && got != want; i++)
         if (h->msgs[i].consumed != 1)
             print_message("message %zu (%s key %s) consumed %d times\n", i, h->msgs[i].topic,
                           h->msgs[i].key, h->msgs[i].consumed);
+    for (int p = 0; p < PARTITIONS && got != want; p++) {
+        int64_t lo = -1, hi = -1;
+        rd_kafka_query_watermark_offsets(c, "ev." BRIDGE ".qmp.vm.stop", p, &lo, &hi, 5000);
+        print_message("ev.b1.qmp.vm.stop [%d]: watermarks %lld..%lld\n", p, (long long)lo,
+                      (long long)hi);
+    }
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
     assert_int_equal(got, want);
     for (size_t i = 0; i < want; i++)
         if (h->msgs[i].consumed != 1)
