@@ -1019,6 +1019,8 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, void *base);
 
 #define C struct qb_config
 static const struct field bridge_fields[] = {
@@ -1049,12 +1051,31 @@ static const struct field events_fields[] = {
     {0},
 };
 
+/* commands: allow's default (all) and the key file are handled in finish_commands */
+static const struct field commands_fields[] = {
+    FIELD(C, "enabled", F_BOOL, commands.enabled, .def = "false"),
+    CUSTOM("allow", parse_allow),
+    FIELD(C, "max_size", F_SIZE, commands.max_size, .def = "0"),
+    FIELD(C, "max_growth", F_SIZE, commands.max_growth, .def = "0"),
+    FIELD(C, "max_age", F_DURATION, commands.max_age_ms, .def = "5m", .min = 1000),
+    FIELD(C, "max_skew", F_DURATION, commands.max_skew_ms, .def = "60s"),
+    /* the smallest real command is about 200 bytes; 16MiB is far past any use */
+    FIELD(C, "max_message_bytes", F_SIZE, commands.max_message_bytes, .def = "64KiB", .min = 256,
+          .max = 16 * 1024 * 1024),
+    FIELD(C, "hmac_key_file", F_STRING, commands_hmac_key_file, .check = check_nonempty),
+    FIELD(C, "cache_size", F_UINT, commands_cache_size, .def = "10000", .min = 1),
+    FIELD(C, "queue_per_vm", F_UINT, commands_queue_per_vm, .def = "16", .min = 1),
+    FIELD(C, "timeout", F_DURATION, commands_timeout_ms, .def = "60s", .min = 1),
+    {0},
+};
+
 static const struct field root_fields[] = {
     SECTION("bridge", bridge_fields, .required = true),
     SECTION("qmp", qmp_fields),
     CUSTOM("vms", parse_vms),
     SECTION("discovery", discovery_fields),
     SECTION("events", events_fields),
+    SECTION("commands", commands_fields),
     CUSTOM("transports", parse_transports),
     {0},
 };
@@ -1120,6 +1141,10 @@ static const struct field transport_fields[] = {
     FIELD(T, "content_mode", F_ENUM, content_mode, .types = T_KAFKA, .def = "structured",
           .enums = content_modes),
     CUSTOM("properties", parse_properties, .types = T_KAFKA),
+    FIELD(T, "group_id", F_STRING, group_id, .types = T_KAFKA, .check = check_nonempty),
+    /* mqtt and kafka; session_expiry's default is set in finish_transport */
+    FIELD(T, "commands", F_BOOL, commands, .types = T_MQTT | T_KAFKA, .def = "true"),
+    CUSTOM("session_expiry", parse_session_expiry, .types = T_MQTT),
     {0},
 };
 #undef T
@@ -1199,6 +1224,56 @@ static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *b
     return QB_OK;
 }
 
+/* commands.allow: a list of command wire names (command.c's table) -> allow_mask. */
+static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_config *cfg = base;
+    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    int rc;
+
+    if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
+        return rc; /* null: the default (all) is set in finish_commands */
+    cfg->commands.allow_mask = 0;
+    for (size_t i = 0; i < node->n; i++) {
+        const struct ynode *item = node->items[i];
+        enum qb_cmd_name name;
+
+        if (item->kind != YN_SCALAR || qb_cmd_name_parse(item->text, &name) != QB_OK) {
+            size_t mark = path_push_index(c, i);
+
+            rc = cfg_error(c, item, "expected a command name such as resize-and-cont, got %s",
+                           describe_node(buf, sizeof(buf), item));
+            path_pop(c, mark);
+            return rc;
+        }
+        cfg->commands.allow_mask |= 1u << name;
+    }
+    return QB_OK;
+}
+
+/* mqtt session_expiry: duration syntax, but MQTT carries whole seconds. */
+static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    static const struct field seconds = {
+        .key = "session_expiry", .type = F_DURATION, .size = sizeof(uint32_t)};
+    struct qb_transport_config *t = base;
+    char why[160], buf[QB_CONFIG_QUOTE_MAX + 8], quoted[QB_CONFIG_QUOTE_MAX + 4];
+    uint32_t ms;
+
+    if (ynode_is_null(node))
+        return QB_OK;
+    if (node->kind != YN_SCALAR)
+        return cfg_error(c, node, "expected a duration, got %s",
+                         describe_node(buf, sizeof(buf), node));
+    if (conv_duration(&seconds, node->text, &ms, why, sizeof(why)) != QB_OK)
+        return cfg_error(c, node, "expected %s, got '%s'", why, quote_value(quoted, node->text));
+    if (ms % 1000 != 0)
+        return cfg_error(c, node, "expected a whole number of seconds, got '%s'",
+                         quote_value(quoted, node->text));
+    t->session_expiry_s = ms / 1000;
+    return QB_OK;
+}
+
 /* vms: a list of { name, qmp } mappings with unique names. */
 static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
 {
@@ -1254,6 +1329,9 @@ static int finish_transport(struct cfg_ctx *c, const struct ynode *map,
 
     if (mask != T_MQTT)
         return QB_OK;
+    at = ynode_map_get(map, "session_expiry");
+    if (!at || ynode_is_null(at))
+        t->session_expiry_s = 3600;
     if (t->port == 0)
         t->port = t->tls_ca_file ? 8883 : 1883;
     if (t->reconnect_initial_ms > t->reconnect_max_ms) {
@@ -1364,6 +1442,76 @@ static int finish_qmp(struct cfg_ctx *c, const struct ynode *root, struct qb_con
     return rc;
 }
 
+/* HMAC keys shorter than this are guessable; RFC 2104 suggests at least the hash's output. */
+#define QB_CONFIG_HMAC_KEY_MIN 16
+#define QB_CONFIG_HMAC_KEY_MAX 4096
+
+/*
+ * commands: allow defaults to every command; hmac_key_file is read now, so a
+ * missing or weak key stops the bridge at start-up rather than at the first
+ * command. One trailing newline (what editors and echo add) is not key.
+ */
+static int finish_commands(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+{
+    const struct ynode *section = ynode_map_get(root, "commands"), *at;
+    const char *file = cfg->commands_hmac_key_file;
+    unsigned char *key = NULL;
+    size_t len = 0, mark;
+    FILE *f = NULL;
+    int rc = QB_OK;
+
+    at = ynode_map_get(section, "allow");
+    if (!at || ynode_is_null(at))
+        cfg->commands.allow_mask = (1u << QB_CMD__COUNT) - 1;
+    if (!file)
+        return QB_OK;
+    at = ynode_map_get(section, "hmac_key_file");
+    mark = path_push_key(c, "commands");
+    path_push_key(c, "hmac_key_file");
+    if (!(key = malloc(QB_CONFIG_HMAC_KEY_MAX + 1))) {
+        rc = cfg_oom(c);
+        goto done;
+    }
+    if (!(f = fopen(file, "rbe"))) {
+        rc = cfg_error(c, at, "cannot read '%s': %s", file, strerror(errno));
+        goto done;
+    }
+    len = fread(key, 1, QB_CONFIG_HMAC_KEY_MAX + 1, f);
+    if (ferror(f)) {
+        rc = cfg_error(c, at, "cannot read '%s': %s", file, strerror(errno));
+        goto done;
+    }
+    if (len > QB_CONFIG_HMAC_KEY_MAX) {
+        rc = cfg_error(c, at, "'%s' is larger than %d bytes", file, QB_CONFIG_HMAC_KEY_MAX);
+        goto done;
+    }
+    if (len > 0 && key[len - 1] == '\n')
+        len--;
+    if (len == 0) {
+        rc = cfg_error(c, at, "'%s' is empty", file);
+        goto done;
+    }
+    if (len < QB_CONFIG_HMAC_KEY_MIN) {
+        rc = cfg_error(c, at, "the key in '%s' is %zu bytes; at least %d are required", file, len,
+                       QB_CONFIG_HMAC_KEY_MIN);
+        goto done;
+    }
+    cfg->commands_hmac_key = key;
+    cfg->commands.hmac_key = key;
+    cfg->commands.hmac_key_len = len;
+    key = NULL;
+
+done:
+    path_pop(c, mark);
+    if (f)
+        fclose(f);
+    if (key) {
+        explicit_bzero(key, QB_CONFIG_HMAC_KEY_MAX + 1);
+        free(key);
+    }
+    return rc;
+}
+
 /* Explicit names must be unique; defaults take the type, then "type#2", "type#3", ... */
 static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
                                   struct qb_config *cfg)
@@ -1419,7 +1567,7 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
 {
     int rc;
 
-    if ((rc = finish_qmp(c, root, cfg)) != QB_OK)
+    if ((rc = finish_qmp(c, root, cfg)) != QB_OK || (rc = finish_commands(c, root, cfg)) != QB_OK)
         return rc;
     if (!cfg->transports) {
         if (!(cfg->transports = calloc(1, sizeof(*cfg->transports))))
@@ -1438,6 +1586,11 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
             t->client_id = NULL;
             return cfg_oom(c);
         }
+        if (strcmp(t->type, "kafka") == 0 && !t->group_id &&
+            asprintf(&t->group_id, "qmp-bridge.%s", cfg->bridge_id) < 0) {
+            t->group_id = NULL;
+            return cfg_oom(c);
+        }
     }
     return finish_transport_names(c, root, cfg);
 }
@@ -1450,6 +1603,10 @@ void qb_config_free(struct qb_config *cfg)
     if (!cfg)
         return;
     free_fields(root_fields, cfg);
+    if (cfg->commands_hmac_key) {
+        explicit_bzero(cfg->commands_hmac_key, cfg->commands.hmac_key_len);
+        free(cfg->commands_hmac_key);
+    }
     for (size_t i = 0; i < cfg->n_vms; i++)
         free_fields(vm_fields, &cfg->vms[i]);
     free(cfg->vms);

@@ -14,6 +14,7 @@
 #ifndef QB_CONFIG_H
 #define QB_CONFIG_H
 
+#include "command.h"
 #include "log.h"
 
 #include <stdbool.h>
@@ -92,6 +93,13 @@ struct qb_transport_config {
     size_t n_properties;
 
     uint32_t shutdown_timeout_ms; /* bounded flush wait at shutdown; default 5s */
+
+    /* commands (mqtt, kafka): receive commands on this transport; default true when
+       commands.enabled, ignored otherwise */
+    bool commands;
+    uint32_t session_expiry_s; /* mqtt session_expiry: MQTT 5 session kept this long across a
+                                  disconnect so QoS 1 commands wait for us; default 1h */
+    char *group_id;            /* kafka group_id: default "qmp-bridge.<bridge id>" */
 };
 
 struct qb_config {
@@ -122,6 +130,16 @@ struct qb_config {
     /* events: */
     char **events_exclude;     /* exclude: QMP event names never published; default none */
     size_t n_events_exclude;
+
+    /* commands: the reverse channel (off unless enabled: true) */
+    struct qb_command_policy commands; /* enabled, allow, max_size, max_growth, max_age,
+                                          max_skew, max_message_bytes; hmac_key read from
+                                          hmac_key_file at load time */
+    char *commands_hmac_key_file;      /* hmac_key_file, default none */
+    unsigned char *commands_hmac_key;  /* the file's bytes, trailing newline removed */
+    size_t commands_cache_size;        /* cache_size: command ids remembered; default 10000 */
+    size_t commands_queue_per_vm;      /* queue_per_vm: waiting commands per VM; default 16 */
+    uint32_t commands_timeout_ms;      /* timeout: whole command, queue wait included; default 60s */
 
     /* transports: (default: one stdout transport when the list is absent) */
     struct qb_transport_config *transports;

@@ -9,6 +9,7 @@
  * Exit codes: 0 clean shutdown or valid config, 1 configuration error,
  * 2 usage error, 3 start-up failure (a transport or discovery could not start).
  */
+#include "command_router.h"
 #include "config.h"
 #include "discovery.h"
 #include "error.h"
@@ -34,6 +35,7 @@ struct qb_main {
     size_t transports_open;
     struct qb_vm_manager *mgr;
     struct qb_discovery *discovery;
+    struct qb_command_router *router;
     uv_signal_t sig_int, sig_term, sig_hup;
     bool shutting_down;
 };
@@ -92,6 +94,7 @@ static void main_shutdown(struct qb_main *q, const char *why)
     }
     q->shutting_down = true;
     QB_LOG_INFO(NULL, "%s: shutting down", why);
+    qb_command_router_stop(q->router);
     qb_discovery_stop(q->discovery);
     q->discovery = NULL;
     if (q->mgr)
@@ -170,6 +173,39 @@ static int main_start_transports(struct qb_main *q)
         QB_LOG_INFO(NULL, "transport %s (%s) started", qb_transport_name(q->transports[i]),
                     q->cfg->transports[i].type);
     }
+    return QB_OK;
+}
+
+/*
+ * Starts the command channel on every transport that should receive commands
+ * and can. Returns QB_OK or the first failure (logged).
+ */
+static int main_start_commands(struct qb_main *q)
+{
+    size_t listening = 0;
+    int rc;
+
+    if (!q->cfg->commands.enabled)
+        return QB_OK;
+    rc = qb_command_router_new(q->cfg, q->mgr, &q->router);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < q->n_transports; i++) {
+        if (!q->cfg->transports[i].commands)
+            continue;
+        rc = qb_transport_subscribe(q->transports[i], qb_command_router_inbound, q->router);
+        if (rc == QB_EINVAL)
+            continue; /* a stream-only transport such as stdout cannot receive */
+        if (rc < 0) {
+            QB_LOG_ERR(NULL, "transport %s: cannot receive commands: %s",
+                       qb_transport_name(q->transports[i]), qb_strerror(rc));
+            return rc;
+        }
+        listening++;
+        QB_LOG_INFO(NULL, "transport %s: receiving commands", qb_transport_name(q->transports[i]));
+    }
+    if (listening == 0)
+        QB_LOG_WARN(NULL, "commands are enabled but no transport can receive them");
     return QB_OK;
 }
 
@@ -260,6 +296,8 @@ int main(int argc, char **argv)
         if (rc < 0)
             QB_LOG_ERR(q.cfg->vms[i].name, "cannot add VM: %s", qb_strerror(rc));
     }
+    if (rc == QB_OK)
+        rc = main_start_commands(&q);
     if (rc == QB_OK && q.cfg->discovery_directory) {
         static const struct qb_discovery_callbacks dcb = {
             .on_add = main_discovered,
@@ -279,6 +317,7 @@ int main(int argc, char **argv)
     rc = uv_loop_close(q.loop);
     if (rc < 0)
         QB_LOG_WARN(NULL, "loop closed with handles still open: %s", uv_strerror(rc));
+    qb_command_router_free(q.router);
     free(q.transports);
     qb_config_free(q.cfg);
     return status;

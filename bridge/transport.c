@@ -13,6 +13,10 @@
  * Re-entrancy: a backend may only call back from the loop, but pump() is
  * guarded anyway (a flag plus "pump again") so a synchronous callback cannot
  * recurse into a half-updated cursor.
+ *
+ * Commands flow the other way without a queue: the backend reports each
+ * inbound message through cb->inbound and the layer hands it straight to the
+ * subscriber; acknowledging it later is the backend's business (ops->ack).
  */
 #include "transport.h"
 
@@ -75,6 +79,9 @@ struct qb_transport {
     qb_transport_pressure_cb pressure_cb;
     void *pressure_arg;
     bool pressure; /* over the high-water mark, back-pressure requested */
+
+    qb_inbound_cb inbound_cb; /* set by qb_transport_subscribe */
+    void *inbound_arg;
 
     /* queue-full log rate limiting: counter and timestamp, no timer */
     uint64_t drops_unlogged;
@@ -142,6 +149,11 @@ void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_
 bool qb_transport_under_pressure(const struct qb_transport *t)
 {
     return t->pressure;
+}
+
+bool qb_transport_has_reply_channel(const struct qb_transport *t)
+{
+    return (t->ops->caps & QB_TRANSPORT_CAP_REPLY) != 0;
 }
 
 static const struct qb_transport_ops *ops_lookup(const char *type)
@@ -234,12 +246,14 @@ static const char *str_put(char **p, const char *s)
 
 /*
  * Returns one new allocation holding a deep copy of msg (owned by the caller,
- * release with free), or NULL when out of memory.
+ * release with free), or NULL when out of memory. A reply keeps its reply
+ * topic and correlation bytes: it may wait in the queue across a reconnect.
  */
 static struct tmsg *msg_copy(const struct qb_message *msg)
 {
+    size_t corr_len = msg->correlation ? msg->correlation_len : 0;
     size_t n = sizeof(struct tmsg) + str_size(msg->vm) + str_size(msg->type) + str_size(msg->id) +
-               str_size(msg->key) + msg->len + 1;
+               str_size(msg->key) + str_size(msg->reply_topic) + corr_len + msg->len + 1;
     struct tmsg *m = malloc(n);
     if (!m)
         return NULL;
@@ -251,6 +265,14 @@ static struct tmsg *msg_copy(const struct qb_message *msg)
     m->msg.type = str_put(&p, msg->type);
     m->msg.id = str_put(&p, msg->id);
     m->msg.key = str_put(&p, msg->key);
+    m->msg.reply_topic = str_put(&p, msg->reply_topic);
+    if (msg->correlation) {
+        /* bytes, not a string: no alignment or terminator needed */
+        memcpy(p, msg->correlation, corr_len);
+        m->msg.correlation = p;
+        m->msg.correlation_len = corr_len;
+        p += corr_len;
+    }
     if (msg->len)
         memcpy(p, msg->payload, msg->len);
     p[msg->len] = '\0'; /* backends may treat the payload as a string */
@@ -290,6 +312,9 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
         return QB_ECLOSED;
     /* The state channel is a "latest value" store; a plain stream would only repeat events. */
     if (msg->kind == QB_MSG_STATE && !(t->ops->caps & QB_TRANSPORT_CAP_RETAINED))
+        return QB_OK;
+    /* Without a reply channel the result still reaches everyone as an event. */
+    if (msg->kind == QB_MSG_REPLY && !(t->ops->caps & QB_TRANSPORT_CAP_REPLY))
         return QB_OK;
     size_t max_messages = queue_max_messages(t);
     size_t max_bytes = queue_max_bytes(t);
@@ -490,11 +515,53 @@ static void cb_link(void *owner, bool up, const char *why)
                  why ? why : "");
 }
 
+static void cb_inbound(void *owner, const struct qb_inbound *in, uint64_t ack_token)
+{
+    struct qb_transport *t = owner;
+    /* while closing the subscriber may be gone; an unacked message is redelivered next time */
+    if (t->state != TR_OPEN || !t->inbound_cb) {
+        QB_LOG_DEBUG(in->vm_hint, "transport %s: inbound message ignored (%s)", t->name,
+                     t->inbound_cb ? "closing" : "not subscribed");
+        return;
+    }
+    t->inbound_cb(t->inbound_arg, t, in, ack_token);
+}
+
 static const struct qb_transport_backend_cb backend_cb = {
     .delivered = cb_delivered,
     .writable = cb_writable,
     .link = cb_link,
+    .inbound = cb_inbound,
 };
+
+/* ---- commands ---- */
+
+int qb_transport_subscribe(struct qb_transport *t, qb_inbound_cb cb, void *arg)
+{
+    if (!t->ops->subscribe) {
+        QB_LOG_WARN(NULL, "transport %s: backend %s cannot receive commands", t->name,
+                    t->ops->name);
+        return QB_EINVAL;
+    }
+    if (t->state != TR_OPEN)
+        return QB_ECLOSED;
+    /* set first: a backend may report messages as soon as it is subscribed */
+    t->inbound_cb = cb;
+    t->inbound_arg = arg;
+    int rc = t->ops->subscribe(t->backend);
+    if (rc != QB_OK) {
+        t->inbound_cb = NULL;
+        t->inbound_arg = NULL;
+    }
+    return rc;
+}
+
+void qb_transport_ack(struct qb_transport *t, uint64_t ack_token)
+{
+    /* once ops->close has run the backend is going away: nothing left to acknowledge to */
+    if (t->ops->ack && (t->state == TR_OPEN || t->state == TR_DRAINING))
+        t->ops->ack(t->backend, ack_token);
+}
 
 /* ---- create / accessors ---- */
 

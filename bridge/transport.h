@@ -27,6 +27,9 @@
 enum qb_msg_kind {
     QB_MSG_EVENT = 0, /* the event stream (mqtt: <prefix>/<bridge>/<vm>/event/<type>; kafka: events topic) */
     QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state topic) */
+    QB_MSG_REPLY = 2, /* a command result sent back on the transport the command came on, only
+                         (mqtt: reply_topic with correlation data, else <prefix>/<bridge>/<vm>/result;
+                         backends without a reply channel ignore it: results are events too) */
 };
 
 /* One message; every pointer is borrowed for the duration of the call that takes it. */
@@ -39,6 +42,20 @@ struct qb_message {
     uint64_t sequence;   /* for drop accounting in logs */
     const char *payload; /* structured-mode CloudEvents JSON */
     size_t len;
+    /* QB_MSG_REPLY only: where the command asked for its answer (both may be NULL). */
+    const char *reply_topic;
+    const void *correlation;
+    size_t correlation_len;
+};
+
+/* One inbound command message as a transport received it; everything borrowed for the call. */
+struct qb_inbound {
+    const char *payload;
+    size_t len;
+    const char *vm_hint;     /* mqtt: the <vm> level of the topic; kafka: the vm part of the key; or NULL */
+    const char *reply_topic; /* mqtt 5 Response Topic, or NULL */
+    const void *correlation; /* mqtt 5 Correlation Data, or NULL */
+    size_t correlation_len;
 };
 
 /* Identity of the bridge that transports need (will topic, client id, group). */
@@ -89,6 +106,32 @@ int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
  * (the message is counted as dropped and logged), or QB_ECLOSED while closing.
  */
 int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
+
+/*
+ * Receives commands. ack_token identifies the message for qb_transport_ack,
+ * which the core calls once the command's result has been queued for
+ * publishing (or the command was ignored): Kafka commits the offset only then.
+ */
+typedef void (*qb_inbound_cb)(void *arg, struct qb_transport *t, const struct qb_inbound *in,
+                              uint64_t ack_token);
+
+/*
+ * Starts receiving commands on this transport (MQTT: subscribes
+ * <prefix>/<bridge>/+/command with a persistent session; Kafka: joins group
+ * qmp-bridge.<bridge> on the commands topic). Returns QB_OK, or QB_EINVAL
+ * when the backend cannot receive (stdout).
+ */
+int qb_transport_subscribe(struct qb_transport *t, qb_inbound_cb cb, void *arg);
+
+/*
+ * True when the transport can answer a command on a reply channel of its own
+ * (MQTT response topic); false for stream-only transports (Kafka, stdout),
+ * where results are only events.
+ */
+bool qb_transport_has_reply_channel(const struct qb_transport *t);
+
+/* Done with an inbound message (see qb_inbound_cb). Unknown tokens are ignored. */
+void qb_transport_ack(struct qb_transport *t, uint64_t ack_token);
 
 /* Sets (or, with cb NULL, clears) the back-pressure callback. arg is borrowed. */
 void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_cb cb, void *arg);

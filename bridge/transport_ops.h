@@ -16,6 +16,8 @@ enum {
     QB_TRANSPORT_CAP_RETAINED = 1 << 0,  /* keeps the latest state per VM (retained / compacted) */
     QB_TRANSPORT_CAP_KEYED = 1 << 1,     /* honours the ordering key */
     QB_TRANSPORT_CAP_SUBSCRIBE = 1 << 2, /* can receive commands */
+    QB_TRANSPORT_CAP_REPLY = 1 << 3,     /* has a reply channel: QB_MSG_REPLY is published; without
+                                            it the generic layer accepts and discards replies */
 };
 
 /* What the generic layer gives a backend to report back through. owner is opaque. */
@@ -32,6 +34,12 @@ struct qb_transport_backend_cb {
 
     /* The link went up or down; why is a borrowed text for the log. */
     void (*link)(void *owner, bool up, const char *why);
+
+    /*
+     * An inbound command message (after subscribe). in is borrowed for the
+     * call; ack_token is the backend's own, handed back to ops->ack later.
+     */
+    void (*inbound)(void *owner, const struct qb_inbound *in, uint64_t ack_token);
 };
 
 struct qb_transport_ops {
@@ -59,6 +67,15 @@ struct qb_transport_ops {
      * dropped by the caller). Required.
      */
     int (*publish)(void *backend, const struct qb_message *msg, void *token);
+
+    /*
+     * Optional. Starts receiving commands, reported through cb->inbound.
+     * Returns QB_OK or a negative code with a logged reason.
+     */
+    int (*subscribe)(void *backend);
+
+    /* Optional. The core is done with the inbound message ack_token (Kafka: commit). */
+    void (*ack)(void *backend, uint64_t ack_token);
 
     /*
      * Closes the backend: gives up on what is still in flight (each gets

@@ -22,6 +22,7 @@
 #ifndef QB_VM_MANAGER_H
 #define QB_VM_MANAGER_H
 
+#include "command.h"
 #include "config.h"
 #include "transport.h"
 
@@ -52,6 +53,48 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
  * comes back continues numbering. Returns QB_OK or QB_ENOTFOUND.
  */
 int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why);
+
+/*
+ * Where a command came from and where its answer goes. The manager copies
+ * what it keeps; the transport must outlive the manager.
+ */
+struct qb_command_origin {
+    struct qb_transport *transport;
+    uint64_t ack_token;
+    const char *reply_topic; /* may be NULL */
+    const void *correlation; /* may be NULL */
+    size_t correlation_len;
+};
+
+/* A queued command finished: result (borrowed) has been published. cmd is borrowed. */
+typedef void (*qb_vm_command_done_cb)(void *arg, const struct qb_command *cmd,
+                                      const json_t *result);
+
+/*
+ * Queues cmd for its VM (cmd->subject). Commands of one VM run one at a time,
+ * in arrival order; each waits at most commands.timeout in total. On QB_OK
+ * the manager owns cmd; once it ran, the result is published as a
+ * bridge.command.result event of the VM (and as a reply on the origin's
+ * transport), the origin is acked, then done(arg, cmd, result) is called.
+ * Otherwise returns QB_ENOTFOUND (no such VM), QB_ECLOSED (not connected) or
+ * QB_EAGAIN (queue full) with err filled, and cmd stays the caller's.
+ */
+int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd,
+                                 const struct qb_command_origin *origin, qb_vm_command_done_cb done,
+                                 void *arg, struct qb_command_error *err);
+
+/*
+ * Publishes a bridge.command.result (data borrowed) for a command that did not
+ * run now (rejected, or a duplicate whose first result is repeated): on the
+ * VM's event stream when vm names a VM of this bridge, and as a reply on the
+ * origin's transport (with sequence 0 when there is no such VM); then acks
+ * the origin. vm may be NULL.
+ */
+void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm, const json_t *result,
+                                  const struct qb_command_origin *origin);
+
+/* True when a VM of that name is on this bridge. */
+bool qb_vm_manager_has_vm(const struct qb_vm_manager *m, const char *name);
 
 /* Number of VMs and how many are READY, for logs and status. */
 size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready);

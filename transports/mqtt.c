@@ -23,6 +23,18 @@
  * across a reconnect. QoS 0 packets that were not yet written are discarded by
  * packet__cleanup_all on reconnect and never reach on_publish: those tokens
  * fail with QB_EIO at disconnect so the queue sends them again.
+ *
+ * Commands (after subscribe): <prefix>/<bridge>/+/command at QoS 1, subscribed
+ * again on every CONNACK, in a persistent session so that commands sent while
+ * the link is down wait at the broker. libmosquitto fixes the clean-session
+ * flag in mosquitto_new, so subscribing before the first connection attempt
+ * rebuilds the client with it off; a transport that never subscribes keeps a
+ * clean session (no stale broker state for a publisher). MQTT 5 also needs the
+ * session-expiry property on every CONNECT, which only the blocking
+ * mosquitto_connect_bind_v5 can send (reconnect_async sends no properties):
+ * those connects run on a libuv worker thread, and the loop leaves the
+ * mosquitto object alone until the work is done. QoS 1 acks are sent by
+ * libmosquitto itself, so inbound messages need no ack of ours (token 0).
  */
 #include "error.h"
 #include "log.h"
@@ -63,6 +75,8 @@ struct mqtt_backend {
     char *status_topic;
     struct mosquitto *mosq;
     mosquitto_property *props; /* content-type for v5 publishes, ours */
+    char *client_id;
+    char *password;
     enum mqtt_state state;
     bool ever_connected; /* first attempt uses connect_async, later ones reconnect_async */
     bool attempt_logged; /* the current attempt's failure was logged already */
@@ -91,6 +105,18 @@ struct mqtt_backend {
 
     int offline_mid;
     bool offline_acked;
+
+    /* commands */
+    bool subscribed;      /* subscribe was called: (re)subscribe on every CONNACK */
+    bool connect_started; /* a connection was attempted: too late to rebuild the client */
+    char *command_topic;  /* <prefix>/<bridge>/+/command */
+    char *command_head;   /* "<prefix>/<bridge>/": what every command topic starts with */
+    mosquitto_property *connect_props; /* v5 CONNECT: session-expiry-interval */
+    uv_work_t connect_work;            /* a blocking v5 connect on the thread pool */
+    bool connect_in_thread;            /* the loop must not touch mosq until the work is done */
+    int connect_rc;
+    int connect_errno; /* errno is per thread: the worker's, for the log */
+
     int handles_open;
     void (*closed)(void *arg);
     void *closed_arg;
@@ -102,6 +128,7 @@ static void sync_poll(struct mqtt_backend *b);
 static void schedule_reconnect(struct mqtt_backend *b);
 static void on_idle(uv_idle_t *idle);
 static void on_close_timer(uv_timer_t *timer);
+static void finish_close(struct mqtt_backend *b);
 
 static void free_handle(uv_handle_t *h)
 {
@@ -208,11 +235,18 @@ static const char *mosq_err_text(int rc)
     return rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
 }
 
+static void subscribe_commands(struct mqtt_backend *b)
+{
+    int rc = mosquitto_subscribe(b->mosq, NULL, b->command_topic, 1);
+    if (rc != MOSQ_ERR_SUCCESS) /* a lost link: the next CONNACK subscribes again */
+        QB_LOG_WARN(NULL, "mqtt %s: cannot subscribe to %s: %s", b->name, b->command_topic,
+                    mosq_err_text(rc));
+}
+
 static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
                        const mosquitto_property *props)
 {
     (void)mosq;
-    (void)flags;
     (void)props;
     struct mqtt_backend *b = obj;
     if (rc != 0) {
@@ -227,11 +261,19 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
         return;
     b->state = MQTT_CONNECTED;
     b->reconnect_attempt = 0;
+    /*
+     * Every time: a clean session, or a persistent one the broker expired, has
+     * no subscription. Before "online": the broker handles one connection's
+     * packets in order, so whoever sees "online" knows commands are heard.
+     */
+    if (b->subscribed)
+        subscribe_commands(b);
     int mid;
     int prc = mosquitto_publish(b->mosq, &mid, b->status_topic, 6, "online", 1, true);
     if (prc != MOSQ_ERR_SUCCESS)
         QB_LOG_WARN(NULL, "mqtt %s: cannot publish online status: %s", b->name, mosq_err_text(prc));
-    QB_LOG_INFO(NULL, "mqtt %s: connected to %s:%d", b->name, b->cfg->host, b->cfg->port);
+    QB_LOG_INFO(NULL, "mqtt %s: connected to %s:%d%s", b->name, b->cfg->host, b->cfg->port,
+                (flags & 1) ? " (session resumed)" : "");
     b->cb->link(b->owner, true, "connected");
     /*
      * Deferred: libmosquitto resends the old in-flight messages right after
@@ -306,11 +348,77 @@ static void on_publish(struct mosquitto *mosq, void *obj, int mid, int reason,
         wake(b);
 }
 
+static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int n, const int *granted,
+                         const mosquitto_property *props)
+{
+    (void)mosq;
+    (void)mid;
+    (void)props;
+    struct mqtt_backend *b = obj;
+    if (n < 1 || granted[0] >= 0x80)
+        QB_LOG_ERR(NULL, "mqtt %s: broker refused the subscription to %s: %s", b->name,
+                   b->command_topic, n < 1 ? "empty SUBACK" : mosquitto_reason_string(granted[0]));
+    else
+        QB_LOG_INFO(NULL, "mqtt %s: receiving commands on %s", b->name, b->command_topic);
+}
+
+/*
+ * A message on <prefix>/<bridge>/<vm>/command goes to the generic layer with
+ * <vm> as the hint and the MQTT 5 response topic and correlation data, all
+ * borrowed for the call. Runs inside mosquitto_loop_read on our loop.
+ */
+static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *msg,
+                       const mosquitto_property *props)
+{
+    (void)mosq;
+    struct mqtt_backend *b = obj;
+    size_t head = strlen(b->command_head);
+    const char *vm = msg->topic + head;
+    const char *end = strncmp(msg->topic, b->command_head, head) == 0 ? strchr(vm, '/') : NULL;
+    if (!end || end == vm || strcmp(end, "/command") != 0) {
+        QB_LOG_DEBUG(NULL, "mqtt %s: ignoring a message on %s", b->name, msg->topic);
+        return;
+    }
+    char *vm_hint = strndup(vm, (size_t)(end - vm));
+    if (!vm_hint) {
+        QB_LOG_ERR(NULL, "mqtt %s: out of memory, command on %s lost", b->name, msg->topic);
+        return;
+    }
+    if (msg->retain) {
+        /* a retained command would run again on every reconnect */
+        QB_LOG_WARN(vm_hint, "mqtt %s: ignoring a retained command on %s", b->name, msg->topic);
+        free(vm_hint);
+        return;
+    }
+    char *reply_topic = NULL;
+    void *correlation = NULL;
+    uint16_t correlation_len = 0;
+    if (props) {
+        mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &reply_topic, false);
+        mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &correlation,
+                                       &correlation_len, false);
+    }
+    struct qb_inbound in = {
+        .payload = msg->payload ? msg->payload : "",
+        .len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0,
+        .vm_hint = vm_hint,
+        .reply_topic = reply_topic,
+        .correlation = correlation,
+        .correlation_len = correlation ? correlation_len : 0,
+    };
+    b->cb->inbound(b->owner, &in, 0);
+    free(reply_topic);
+    free(correlation);
+    free(vm_hint);
+}
+
 static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str)
 {
     (void)mosq;
     (void)level;
     struct mqtt_backend *b = obj;
+    if (b->connect_in_thread)
+        return; /* called on the worker thread: keep the logger single-threaded */
     QB_LOG_DEBUG(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
 }
 
@@ -332,6 +440,8 @@ static void on_poll(uv_poll_t *poll, int status, int events)
 /* Brings the uv_poll in line with libmosquitto's socket and write interest. */
 static void sync_poll(struct mqtt_backend *b)
 {
+    if (b->connect_in_thread)
+        return; /* the worker owns mosq; the work's completion syncs */
     int fd = mosquitto_socket(b->mosq);
     if (b->poll && b->poll_fd != fd)
         drop_poll(b);
@@ -360,12 +470,60 @@ static void sync_poll(struct mqtt_backend *b)
 static void on_misc_timer(uv_timer_t *timer)
 {
     struct mqtt_backend *b = timer->data;
+    if (b->connect_in_thread)
+        return;
     if (mosquitto_socket(b->mosq) >= 0)
         mosquitto_loop_misc(b->mosq);
     sync_poll(b);
 }
 
 /* ---- connecting ---- */
+
+static int keepalive_s(const struct mqtt_backend *b)
+{
+    int keepalive = (int)(b->cfg->keepalive_ms / 1000);
+    return keepalive < 5 ? 5 : keepalive; /* libmosquitto's minimum */
+}
+
+/* What an attempt's first step returned (err: errno of the thread that made it). */
+static void connect_attempted(struct mqtt_backend *b, int rc, int err)
+{
+    if (rc == MOSQ_ERR_SUCCESS) {
+        b->ever_connected = true;
+        sync_poll(b);
+        return;
+    }
+    errno = err;
+    QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host, b->cfg->port,
+                mosq_err_text(rc));
+    b->state = MQTT_IDLE;
+    b->connect_pending = false;
+    sync_poll(b);
+    schedule_reconnect(b);
+}
+
+/* Worker thread: the only libmosquitto call that sends CONNECT properties. */
+static void connect_work(uv_work_t *work)
+{
+    struct mqtt_backend *b = work->data;
+    errno = 0;
+    b->connect_rc = mosquitto_connect_bind_v5(b->mosq, b->cfg->host, b->cfg->port, keepalive_s(b),
+                                              NULL, b->connect_props);
+    b->connect_errno = errno;
+}
+
+static void on_connect_work_done(uv_work_t *work, int status)
+{
+    (void)status; /* never cancelled: uv_cancel is not used */
+    struct mqtt_backend *b = work->data;
+    b->connect_in_thread = false;
+    if (b->state == MQTT_CLOSING) {
+        /* close came while the worker held mosq and waited for us */
+        finish_close(b);
+        return;
+    }
+    connect_attempted(b, b->connect_rc, b->connect_errno);
+}
 
 static void on_reconnect_timer(uv_timer_t *timer)
 {
@@ -376,24 +534,23 @@ static void on_reconnect_timer(uv_timer_t *timer)
     b->attempt_logged = false;
     b->state = MQTT_CONNECTING;
     b->connect_pending = true;
-    int keepalive = (int)(b->cfg->keepalive_ms / 1000);
-    if (keepalive < 5)
-        keepalive = 5; /* libmosquitto's minimum */
-    int rc = b->ever_connected
-                 ? mosquitto_reconnect_async(b->mosq)
-                 : mosquitto_connect_async(b->mosq, b->cfg->host, b->cfg->port, keepalive);
-    if (rc == MOSQ_ERR_SUCCESS)
-        b->ever_connected = true;
-    if (rc != MOSQ_ERR_SUCCESS) {
-        QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
-                    b->cfg->port, mosq_err_text(rc));
+    b->connect_started = true;
+    if (b->connect_props) {
+        b->connect_in_thread = true;
+        int qrc = uv_queue_work(b->loop, &b->connect_work, connect_work, on_connect_work_done);
+        if (qrc == 0)
+            return;
+        b->connect_in_thread = false;
+        QB_LOG_ERR(NULL, "mqtt %s: cannot start a connect: %s", b->name, uv_strerror(qrc));
         b->state = MQTT_IDLE;
         b->connect_pending = false;
-        sync_poll(b);
         schedule_reconnect(b);
         return;
     }
-    sync_poll(b);
+    int rc = b->ever_connected
+                 ? mosquitto_reconnect_async(b->mosq)
+                 : mosquitto_connect_async(b->mosq, b->cfg->host, b->cfg->port, keepalive_s(b));
+    connect_attempted(b, rc, errno);
 }
 
 /* Exponential back-off with jitter: a random delay in [d/2, d], d doubling up to the max. */
@@ -440,6 +597,72 @@ static int read_password(const char *path, char **out, char *errbuf, size_t errl
     return QB_OK;
 }
 
+/*
+ * Builds b->mosq for b->cfg with every option and callback set; clean is the
+ * MQTT clean-session flag. On failure returns QB_ENOMEM or QB_ECONFIG with
+ * *what saying which part failed, and may leave a half-built b->mosq for the
+ * caller to destroy.
+ */
+static int mosq_build(struct mqtt_backend *b, bool clean, const char **what)
+{
+    const struct qb_transport_config *cfg = b->cfg;
+    bool v5 = cfg->protocol != QB_MQTT_V311;
+    *what = "out of memory";
+    b->mosq = mosquitto_new(b->client_id, clean, b);
+    if (!b->mosq)
+        return QB_ENOMEM;
+    mosquitto_int_option(b->mosq, MOSQ_OPT_PROTOCOL_VERSION,
+                         v5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
+    mosquitto_int_option(b->mosq, MOSQ_OPT_TCP_NODELAY, 1);
+    mosquitto_int_option(b->mosq, MOSQ_OPT_SEND_MAXIMUM, (int)cfg->max_inflight);
+    if ((cfg->username || b->password) &&
+        mosquitto_username_pw_set(b->mosq, cfg->username, b->password) != MOSQ_ERR_SUCCESS) {
+        *what = "cannot set username/password";
+        return QB_ECONFIG;
+    }
+    if ((cfg->tls_ca_file || cfg->tls_cert_file) &&
+        mosquitto_tls_set(b->mosq, cfg->tls_ca_file, NULL, cfg->tls_cert_file, cfg->tls_key_file,
+                          NULL) != MOSQ_ERR_SUCCESS) {
+        *what = "cannot use the TLS files (check ca_file, cert_file, key_file)";
+        return QB_ECONFIG;
+    }
+    if (cfg->tls_insecure && mosquitto_tls_insecure_set(b->mosq, true) != MOSQ_ERR_SUCCESS) {
+        *what = "cannot set tls.insecure (needs tls.ca_file)";
+        return QB_ECONFIG;
+    }
+    int wrc = v5 ? mosquitto_will_set_v5(b->mosq, b->status_topic, 7, "offline", 1, true, NULL)
+                 : mosquitto_will_set(b->mosq, b->status_topic, 7, "offline", 1, true);
+    if (wrc != MOSQ_ERR_SUCCESS) {
+        *what = "cannot set the last will";
+        return QB_ECONFIG;
+    }
+    mosquitto_connect_v5_callback_set(b->mosq, on_connect);
+    mosquitto_disconnect_callback_set(b->mosq, on_disconnect);
+    mosquitto_publish_v5_callback_set(b->mosq, on_publish);
+    mosquitto_message_v5_callback_set(b->mosq, on_message);
+    mosquitto_subscribe_v5_callback_set(b->mosq, on_subscribe);
+    mosquitto_log_callback_set(b->mosq, on_log);
+    return QB_OK;
+}
+
+/* Frees what create allocates, for both the failure path and the final close. */
+static void backend_free(struct mqtt_backend *b)
+{
+    if (b->mosq)
+        mosquitto_destroy(b->mosq);
+    mosquitto_property_free_all(&b->props);
+    mosquitto_property_free_all(&b->connect_props);
+    free(b->tokens);
+    free(b->done);
+    free(b->status_topic);
+    free(b->command_topic);
+    free(b->command_head);
+    free(b->client_id);
+    free(b->password);
+    free(b->bridge_id);
+    free(b);
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     struct mqtt_backend *b = h->data;
@@ -447,13 +670,7 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     void (*closed)(void *) = b->closed;
     void *arg = b->closed_arg;
-    mosquitto_destroy(b->mosq);
-    mosquitto_property_free_all(&b->props);
-    free(b->tokens);
-    free(b->done);
-    free(b->status_topic);
-    free(b->bridge_id);
-    free(b);
+    backend_free(b);
     if (closed)
         closed(arg);
 }
@@ -464,8 +681,6 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
                        char *errbuf, size_t errlen)
 {
     const char *name = cfg->name ? cfg->name : "mqtt";
-    char *password = NULL;
-    char *client_id = NULL;
     int rc = QB_ENOMEM;
     const char *what = "out of memory";
     struct mqtt_backend *b = calloc(1, sizeof(*b));
@@ -490,88 +705,56 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
         b->status_topic = NULL;
         goto fail;
     }
+    if (asprintf(&b->command_topic, "%s/%s/+/command", cfg->topic_prefix, b->bridge_id) < 0) {
+        b->command_topic = NULL;
+        goto fail;
+    }
+    if (asprintf(&b->command_head, "%s/%s/", cfg->topic_prefix, b->bridge_id) < 0) {
+        b->command_head = NULL;
+        goto fail;
+    }
     if (cfg->client_id)
-        client_id = strdup(cfg->client_id);
-    else if (asprintf(&client_id, "qmp-bridge-%s", b->bridge_id) < 0)
-        client_id = NULL;
-    if (!client_id)
+        b->client_id = strdup(cfg->client_id);
+    else if (asprintf(&b->client_id, "qmp-bridge-%s", b->bridge_id) < 0)
+        b->client_id = NULL;
+    if (!b->client_id)
         goto fail;
-    b->mosq = mosquitto_new(client_id, true, b);
-    if (!b->mosq)
-        goto fail;
-
-    rc = QB_ECONFIG;
-    bool v5 = cfg->protocol != QB_MQTT_V311;
-    mosquitto_int_option(b->mosq, MOSQ_OPT_PROTOCOL_VERSION,
-                         v5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311);
-    mosquitto_int_option(b->mosq, MOSQ_OPT_TCP_NODELAY, 1);
-    mosquitto_int_option(b->mosq, MOSQ_OPT_SEND_MAXIMUM, (int)cfg->max_inflight);
     if (cfg->password_file) {
-        rc = read_password(cfg->password_file, &password, errbuf, errlen, name);
+        rc = read_password(cfg->password_file, &b->password, errbuf, errlen, name);
         if (rc != QB_OK)
             goto fail_errbuf;
-        rc = QB_ECONFIG;
     }
-    if ((cfg->username || password) &&
-        mosquitto_username_pw_set(b->mosq, cfg->username, password) != MOSQ_ERR_SUCCESS) {
-        what = "cannot set username/password";
+    /* clean until someone subscribes: a pure publisher leaves no session behind */
+    rc = mosq_build(b, true, &what);
+    if (rc != QB_OK)
         goto fail;
-    }
-    if ((cfg->tls_ca_file || cfg->tls_cert_file) &&
-        mosquitto_tls_set(b->mosq, cfg->tls_ca_file, NULL, cfg->tls_cert_file, cfg->tls_key_file,
-                          NULL) != MOSQ_ERR_SUCCESS) {
-        what = "cannot use the TLS files (check ca_file, cert_file, key_file)";
-        goto fail;
-    }
-    if (cfg->tls_insecure && mosquitto_tls_insecure_set(b->mosq, true) != MOSQ_ERR_SUCCESS) {
-        what = "cannot set tls.insecure (needs tls.ca_file)";
-        goto fail;
-    }
-    int wrc = v5 ? mosquitto_will_set_v5(b->mosq, b->status_topic, 7, "offline", 1, true, NULL)
-                 : mosquitto_will_set(b->mosq, b->status_topic, 7, "offline", 1, true);
-    if (wrc != MOSQ_ERR_SUCCESS) {
-        what = "cannot set the last will";
-        goto fail;
-    }
-    if (v5 && mosquitto_property_add_string(&b->props, MQTT_PROP_CONTENT_TYPE, MQTT_CONTENT_TYPE) !=
-                  MOSQ_ERR_SUCCESS) {
+    if (cfg->protocol != QB_MQTT_V311 &&
+        mosquitto_property_add_string(&b->props, MQTT_PROP_CONTENT_TYPE, MQTT_CONTENT_TYPE) !=
+            MOSQ_ERR_SUCCESS) {
         rc = QB_ENOMEM;
+        what = "out of memory";
         goto fail;
     }
-    mosquitto_connect_v5_callback_set(b->mosq, on_connect);
-    mosquitto_disconnect_callback_set(b->mosq, on_disconnect);
-    mosquitto_publish_v5_callback_set(b->mosq, on_publish);
-    mosquitto_log_callback_set(b->mosq, on_log);
 
     uv_timer_init(loop, &b->misc_timer);
     uv_timer_init(loop, &b->reconnect_timer);
     uv_timer_init(loop, &b->close_timer);
     uv_idle_init(loop, &b->idle);
     b->misc_timer.data = b->reconnect_timer.data = b->close_timer.data = b->idle.data = b;
+    b->connect_work.data = b;
     b->handles_open = 4;
     uint64_t ka = cfg->keepalive_ms >= 5000 ? cfg->keepalive_ms : 5000;
     uv_timer_start(&b->misc_timer, on_misc_timer, ka / 2, ka / 2);
     /* connect from the loop: create must not block (not even on a resolver) */
     uv_timer_start(&b->reconnect_timer, on_reconnect_timer, 0, 0);
-    free(password);
-    free(client_id);
     *backend = b;
     return QB_OK;
 
 fail:
     snprintf(errbuf, errlen, "transport %s: %s", name, what);
 fail_errbuf:
-    free(password);
-    free(client_id);
-    if (b) {
-        if (b->mosq)
-            mosquitto_destroy(b->mosq);
-        mosquitto_property_free_all(&b->props);
-        free(b->tokens);
-        free(b->status_topic);
-        free(b->bridge_id);
-        free(b);
-    }
+    if (b)
+        backend_free(b);
     return rc;
 }
 
@@ -595,6 +778,43 @@ static bool is_link_error(int rc)
     return rc == MOSQ_ERR_NO_CONN || rc == MOSQ_ERR_CONN_LOST || rc == MOSQ_ERR_ERRNO;
 }
 
+/*
+ * The topic for msg, new (caller frees), or NULL when out of memory. A reply
+ * goes where the command asked, else next to the VM's other topics.
+ */
+static char *publish_topic(const struct mqtt_backend *b, const struct qb_message *msg)
+{
+    const char *prefix = b->cfg->topic_prefix;
+    char *topic = NULL;
+    int n;
+    if (msg->kind == QB_MSG_REPLY && msg->reply_topic)
+        return strdup(msg->reply_topic);
+    if (msg->kind == QB_MSG_REPLY)
+        n = asprintf(&topic, "%s/%s/%s/result", prefix, b->bridge_id, msg->vm);
+    else if (msg->kind == QB_MSG_STATE)
+        n = asprintf(&topic, "%s/%s/%s/state", prefix, b->bridge_id, msg->vm);
+    else
+        n = asprintf(&topic, "%s/%s/%s/event/%s", prefix, b->bridge_id, msg->vm, msg->type);
+    return n < 0 ? NULL : topic;
+}
+
+/*
+ * The v5 properties of a reply: content type plus the command's correlation
+ * data. Returns QB_OK with *out new (free with mosquitto_property_free_all).
+ */
+static int reply_props(const struct qb_message *msg, mosquitto_property **out)
+{
+    *out = NULL;
+    if (mosquitto_property_add_string(out, MQTT_PROP_CONTENT_TYPE, MQTT_CONTENT_TYPE) !=
+            MOSQ_ERR_SUCCESS ||
+        mosquitto_property_add_binary(out, MQTT_PROP_CORRELATION_DATA, msg->correlation,
+                                      (uint16_t)msg->correlation_len) != MOSQ_ERR_SUCCESS) {
+        mosquitto_property_free_all(out);
+        return QB_ENOMEM;
+    }
+    return QB_OK;
+}
+
 static int mqtt_publish(void *backend, const struct qb_message *msg, void *token)
 {
     struct mqtt_backend *b = backend;
@@ -602,28 +822,46 @@ static int mqtt_publish(void *backend, const struct qb_message *msg, void *token
         b->starved = true;
         return QB_EAGAIN;
     }
-    if (!msg->vm || (msg->kind == QB_MSG_EVENT && !msg->type)) {
+    bool to_reply_topic = msg->kind == QB_MSG_REPLY && msg->reply_topic;
+    if ((!msg->vm && !to_reply_topic) || (msg->kind == QB_MSG_EVENT && !msg->type)) {
         QB_LOG_WARN(msg->vm, "mqtt %s: message without vm or type cannot be routed", b->name);
         return QB_EINVAL;
     }
-    char *topic = NULL;
-    bool retain = msg->kind == QB_MSG_STATE;
-    int n = retain ? asprintf(&topic, "%s/%s/%s/state", b->cfg->topic_prefix, b->bridge_id, msg->vm)
-                   : asprintf(&topic, "%s/%s/%s/event/%s", b->cfg->topic_prefix, b->bridge_id,
-                              msg->vm, msg->type);
-    if (n < 0)
-        return QB_ENOMEM;
-    if (msg->len > (size_t)MQTT_MAX_PAYLOAD) {
-        free(topic);
-        return QB_ETOOBIG;
+    if (to_reply_topic && (!msg->reply_topic[0] || strpbrk(msg->reply_topic, "+#"))) {
+        /* the requester's mistake: retrying would never help, and the result is an event too */
+        QB_LOG_WARN(msg->vm, "mqtt %s: not replying to invalid response topic '%s' (%s seq %llu)",
+                    b->name, msg->reply_topic, msg->type ? msg->type : "reply",
+                    (unsigned long long)msg->sequence);
+        push_done(b, token, QB_OK);
+        return QB_OK;
     }
+    if (msg->len > (size_t)MQTT_MAX_PAYLOAD)
+        return QB_ETOOBIG;
+    char *topic = publish_topic(b, msg);
+    if (!topic)
+        return QB_ENOMEM;
+    mosquitto_property *own_props = NULL;
+    const mosquitto_property *props = b->props;
+    if (b->props && msg->kind == QB_MSG_REPLY && msg->correlation) {
+        if (msg->correlation_len > UINT16_MAX) {
+            QB_LOG_WARN(msg->vm, "mqtt %s: correlation data of %zu bytes dropped from a reply",
+                        b->name, msg->correlation_len);
+        } else if (reply_props(msg, &own_props) != QB_OK) {
+            free(topic);
+            return QB_ENOMEM;
+        } else {
+            props = own_props;
+        }
+    }
+    bool retain = msg->kind == QB_MSG_STATE;
     int mid = -1;
     b->in_publish = true;
     b->early_mid = -1;
     int rc = mosquitto_publish_v5(b->mosq, &mid, topic, (int)msg->len, msg->payload, b->cfg->qos,
-                                  retain, b->props);
+                                  retain, props);
     b->in_publish = false;
     free(topic);
+    mosquitto_property_free_all(&own_props);
     int result = QB_OK;
     if (rc == MOSQ_ERR_SUCCESS || (b->cfg->qos > 0 && is_link_error(rc) && mid > 0)) {
         /* on a link error libmosquitto has already queued a QoS>0 copy and will resend it */
@@ -647,12 +885,61 @@ static int mqtt_publish(void *backend, const struct qb_message *msg, void *token
     return result;
 }
 
+/* ---- commands ---- */
+
+/*
+ * Subscribes to commands from now on. Before the first connection attempt the
+ * client is rebuilt with a persistent session (see the top of the file);
+ * later it stays clean and says so.
+ */
+static int mqtt_subscribe(void *backend)
+{
+    struct mqtt_backend *b = backend;
+    if (!b->cfg->commands) {
+        QB_LOG_WARN(NULL, "mqtt %s: commands: false, not receiving commands", b->name);
+        return QB_EINVAL;
+    }
+    if (b->subscribed)
+        return QB_OK;
+    if (!b->connect_started) {
+        if (b->cfg->protocol != QB_MQTT_V311 &&
+            mosquitto_property_add_int32(&b->connect_props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+                                         b->cfg->session_expiry_s) != MOSQ_ERR_SUCCESS) {
+            QB_LOG_ERR(NULL, "mqtt %s: out of memory subscribing to commands", b->name);
+            return QB_ENOMEM;
+        }
+        struct mosquitto *clean = b->mosq;
+        const char *what;
+        int rc = mosq_build(b, false, &what);
+        if (rc != QB_OK) {
+            QB_LOG_ERR(NULL, "mqtt %s: cannot set up a persistent session: %s", b->name, what);
+            if (b->mosq)
+                mosquitto_destroy(b->mosq);
+            b->mosq = clean;
+            mosquitto_property_free_all(&b->connect_props);
+            return rc;
+        }
+        mosquitto_destroy(clean);
+    } else {
+        QB_LOG_WARN(NULL,
+                    "mqtt %s: subscribed after connecting: clean session, commands sent while "
+                    "disconnected are lost",
+                    b->name);
+    }
+    b->subscribed = true;
+    if (b->state == MQTT_CONNECTED) {
+        subscribe_commands(b);
+        sync_poll(b);
+    }
+    return QB_OK;
+}
+
 /* ---- close ---- */
 
 static void finish_close(struct mqtt_backend *b)
 {
-    if (b->state == MQTT_CLOSED)
-        return;
+    if (b->state == MQTT_CLOSED || b->connect_in_thread)
+        return; /* a connect on the worker: on_connect_work_done finishes */
     if (mosquitto_socket(b->mosq) >= 0) {
         mosquitto_disconnect(b->mosq);
         if (mosquitto_socket(b->mosq) >= 0 && mosquitto_want_write(b->mosq))
@@ -707,9 +994,10 @@ static void mqtt_close(void *backend, void (*closed)(void *arg), void *arg)
 
 const struct qb_transport_ops qb_transport_mqtt_ops = {
     .name = "mqtt",
-    .caps = QB_TRANSPORT_CAP_RETAINED,
+    .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_SUBSCRIBE | QB_TRANSPORT_CAP_REPLY,
     .validate = mqtt_validate,
     .create = mqtt_create,
     .publish = mqtt_publish,
+    .subscribe = mqtt_subscribe,
     .close = mqtt_close,
 };

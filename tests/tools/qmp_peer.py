@@ -13,6 +13,7 @@ had a moment to take its snapshot, acts out the mode:
   oversized  one event line of --oversize bytes (default 64 KiB)
   events     a steady stream of RTC_CHANGE events, offset counting up, plus
              one STOP/RESUME pair every 50 events; never misbehaves
+  idle       never sends an event; only answers (for command tests)
   stop-query a STOP with no BLOCK_IO_ERROR before it (as when QEMU rate-limits
              the error), immediately followed by RESUME and one RTC_CHANGE;
              from then on query-status answers io-error only after
@@ -22,7 +23,16 @@ had a moment to take its snapshot, acts out the mode:
 Each connection is logged on stderr with its number; --once makes it act out
 the mode only on the first connection and behave like "events" afterwards.
 
+For load tests, events mode takes two more options: --count N sends N QMP
+events in all (STOP and RESUME included) and then falls silent but keeps
+answering, so a test knows exactly what the bridge was given; across
+reconnects the count carries on where it stopped, so a reconnect never sends
+an event twice. --name NAME puts NAME into every RTC_CHANGE's qom-path, so a
+consumer can tell which peer an event came from by its payload. Every
+RTC_CHANGE offset is the peer's running count of RTC_CHANGE events (1, 2, ...).
+
 Usage: qmp_peer.py --socket PATH --mode MODE [--interval 0.02] [--oversize N]
+                   [--count N] [--name NAME]
 """
 import argparse
 import json
@@ -46,6 +56,8 @@ REPLIES = {
     "query-version": GREETING["QMP"]["version"],
     "query-name": {},
     "query-migrate": {},
+    "stop": {},
+    "cont": {},
 }
 
 SNAPSHOT_GRACE = 0.5  # seconds between negotiation and the act, for the snapshot
@@ -72,6 +84,7 @@ class Conn:
         self.acted = False
         self.counter = 0
         self.delayed = []  # (due, reply) answers held back in stop-query mode
+        self.progress = None  # events mode with --count: shared {"sent", "rtc"} across connections
 
     def send(self, obj_or_bytes):
         data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode() + b"\r\n"
@@ -90,6 +103,9 @@ class Conn:
             self.send({"error": {"class": "GenericError", "desc": "JSON parse error"}})
             return
         cmd = msg.get("execute") or msg.get("exec-oob")
+        if self.args.command_log:
+            with open(self.args.command_log, "a") as f:
+                f.write(json.dumps({"execute": cmd, "arguments": msg.get("arguments")}) + "\n")
         reply = {}
         if "id" in msg:
             reply["id"] = msg["id"]
@@ -157,6 +173,8 @@ class Conn:
             self.send(json.dumps({"event": "RTC_CHANGE", "timestamp": now_ts(),
                                   "data": {"offset": 0, "qom-path": pad}}).encode() + b"\r\n")
             self.acted = True
+        elif mode == "events" and self.progress is not None:
+            self.counted_events()
         elif mode == "events":
             self.counter += 1
             self.event("RTC_CHANGE", {"offset": self.counter, "qom-path": "/machine/unattached/device[6]"})
@@ -164,6 +182,29 @@ class Conn:
                 self.event("STOP")
                 self.event("RESUME")
         return True
+
+    def counted_events(self):
+        """events mode with --count or --name: the same pattern, but every event
+        is counted before it is sent, so the total never passes --count."""
+        p = self.progress
+        limit = self.args.count
+        qom = "/machine/unattached/%s/device[6]" % self.args.name if self.args.name else \
+            "/machine/unattached/device[6]"
+        batch = [("RTC_CHANGE", None)]
+        if (p["rtc"] + 1) % 50 == 0:
+            batch += [("STOP", None), ("RESUME", None)]
+        for name, _ in batch:
+            if limit is not None and p["sent"] >= limit:
+                if not p.get("done_logged"):
+                    log(self.no, "sent all %d events; silent from now on" % limit)
+                    p["done_logged"] = True
+                return
+            if name == "RTC_CHANGE":
+                self.event(name, {"offset": p["rtc"] + 1, "qom-path": qom})
+                p["rtc"] += 1
+            else:
+                self.event(name)
+            p["sent"] += 1
 
 
 def serve(args):
@@ -176,12 +217,14 @@ def serve(args):
     srv.bind(path)
     srv.listen(1)
     no = 0
+    progress = {"sent": 0, "rtc": 0} if (args.count is not None or args.name) else None
     while True:
         sock, _ = srv.accept()
         no += 1
         mode = args.mode if (no == 1 or not args.once) else "events"
         log(no, "client connected, mode %s" % mode)
         c = Conn(sock, no, mode, args)
+        c.progress = progress
         try:
             c.send(GREETING)
             alive = True
@@ -201,12 +244,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--socket", required=True)
     ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events",
-                                                           "stop-query"])
+                                                           "stop-query", "idle"])
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     ap.add_argument("--oversize", type=int, default=65536)
     ap.add_argument("--once", action="store_true")
+    ap.add_argument("--command-log", help="append every command received to this file (JSON lines)")
     ap.add_argument("--reply-delay", type=float, default=1.0,
                     help="stop-query: seconds before query-status is answered")
+    ap.add_argument("--count", type=int, default=None,
+                    help="events: send this many QMP events in all, then fall silent")
+    ap.add_argument("--name", default=None,
+                    help="events: put NAME into every RTC_CHANGE's qom-path")
     serve(ap.parse_args())
 
 

@@ -388,7 +388,7 @@ static const struct bad_config {
      "t.yaml:1:17: [0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nesting is too deep"},
     /* unknown and duplicate keys */
     {"bridge: {id: a}\nbogus: 1\n", "t.yaml:2:1: bogus: unknown key"},
-    {"bridge: {id: a}\ncommands: {}\n", "t.yaml:2:1: commands: unknown key"},
+    {"bridge: {id: a}\nspool: {}\n", "t.yaml:2:1: spool: unknown key"},
     {"bridge: {id: a, colour: red}\n", "t.yaml:1:17: bridge.colour: unknown key"},
     {"bridge: {id: a}\n[a]: b\n", "t.yaml:2:1: (root): mapping keys must be scalars"},
     {"bridge: {id: a, id: b}\n", "t.yaml:1:17: bridge.id: duplicate key (first at 1:10)"},
@@ -510,6 +510,61 @@ static const struct bad_config {
      "'/run/x'"},
     {"bridge: {id: a}\ntransports:\n  - {type: stdout, name: x}\n  - {type: mqtt, name: x}\n",
      "t.yaml:4:24: transports[1].name: duplicate transport name 'x' (also transports[0])"},
+    /* commands: */
+    {"bridge: {id: a}\ncommands: {enabled: maybe}\n",
+     "t.yaml:2:21: commands.enabled: expected true or false, got 'maybe'"},
+    {"bridge: {id: a}\ncommands: {allow: [cont, reboot]}\n",
+     "t.yaml:2:26: commands.allow[1]: expected a command name such as resize-and-cont, got "
+     "'reboot'"},
+    {"bridge: {id: a}\ncommands: {allow: [[cont]]}\n",
+     "t.yaml:2:20: commands.allow[0]: expected a command name such as resize-and-cont, got a "
+     "list"},
+    {"bridge: {id: a}\ncommands: {allow: cont}\n",
+     "t.yaml:2:19: commands.allow: expected a list, got 'cont'"},
+    {"bridge: {id: a}\ncommands: {max_size: 10TB}\n",
+     "t.yaml:2:22: commands.max_size: expected a size such as 4096, 64KiB or 16MiB, got '10TB'"},
+    {"bridge: {id: a}\ncommands: {max_growth: -1G}\n",
+     "t.yaml:2:24: commands.max_growth: expected a non-negative value, got '-1G'"},
+    {"bridge: {id: a}\ncommands: {max_age: 999ms}\n",
+     "t.yaml:2:21: commands.max_age: expected a duration of at least 1000ms, got '999ms'"},
+    {"bridge: {id: a}\ncommands: {max_skew: soon}\n",
+     "t.yaml:2:22: commands.max_skew: expected a duration such as 250ms, 30s, 5m or 2h, got "
+     "'soon'"},
+    {"bridge: {id: a}\ncommands: {max_message_bytes: 100}\n",
+     "t.yaml:2:31: commands.max_message_bytes: expected a size from 256 bytes to 16777216 bytes, "
+     "got '100'"},
+    {"bridge: {id: a}\ncommands: {cache_size: 0}\n",
+     "t.yaml:2:24: commands.cache_size: expected an integer of at least 1, got '0'"},
+    {"bridge: {id: a}\ncommands: {queue_per_vm: 1k}\n",
+     "t.yaml:2:26: commands.queue_per_vm: expected an integer, got '1k'"},
+    {"bridge: {id: a}\ncommands: {timeout: 0}\n",
+     "t.yaml:2:21: commands.timeout: expected a duration of at least 1ms, got '0'"},
+    {"bridge: {id: a}\ncommands: {hmac_key_file: ''}\n",
+     "t.yaml:2:27: commands.hmac_key_file: expected a non-empty string, got ''"},
+    {"bridge: {id: a}\ncommands: {hmac_key_file: /nonexistent/key}\n",
+     "t.yaml:2:27: commands.hmac_key_file: cannot read '/nonexistent/key': No such file or "
+     "directory"},
+    {"bridge: {id: a}\ncommands: {hmac_key: x}\n", "t.yaml:2:12: commands.hmac_key: unknown key"},
+    {"bridge: {id: a}\ncommands: [enabled]\n",
+     "t.yaml:2:11: commands: expected a mapping, got a list"},
+    /* transport keys for commands */
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, commands: sometimes}\n",
+     "t.yaml:3:28: transports[0].commands: expected true or false, got 'sometimes'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, commands: true}\n",
+     "t.yaml:3:20: transports[0].commands: unknown key (not valid for type stdout)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, session_expiry: 1500ms}\n",
+     "t.yaml:3:34: transports[0].session_expiry: expected a whole number of seconds, got '1500ms'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, session_expiry: forever}\n",
+     "t.yaml:3:34: transports[0].session_expiry: expected a duration such as 250ms, 30s, 5m or 2h, "
+     "got 'forever'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, session_expiry: [1s]}\n",
+     "t.yaml:3:34: transports[0].session_expiry: expected a duration, got a list"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: k, session_expiry: 1h}\n",
+     "t.yaml:3:31: transports[0].session_expiry: unknown key (not valid for type kafka)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, group_id: g}\n",
+     "t.yaml:3:18: transports[0].group_id: unknown key (not valid for type mqtt)"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: k, group_id: ''}\n",
+     "t.yaml:3:41: transports[0].group_id: expected a non-empty string, got ''"},
     /* cross-key checks */
     {"bridge: {id: a}\nqmp: {reconnect_initial: 1m, reconnect_max: 30s}\n",
      "t.yaml:2:26: qmp.reconnect_initial: must not be greater than reconnect_max (60000ms > "
@@ -640,6 +695,199 @@ static void test_load_file_errors(void **state)
 
 /* ---- value syntax ---- */
 
+/* ---- commands: ---- */
+
+static void test_commands_defaults(void **state)
+{
+    struct qb_config *cfg = load_ok("bridge: {id: b1}\n"
+                                    "transports:\n"
+                                    "  - {type: stdout}\n"
+                                    "  - {type: mqtt}\n"
+                                    "  - {type: mqtt, session_expiry: ~}\n"
+                                    "  - {type: kafka, brokers: 'k:9092'}\n");
+
+    (void)state;
+    assert_false(cfg->commands.enabled);
+    assert_int_equal(cfg->commands.allow_mask, (1u << QB_CMD__COUNT) - 1);
+    assert_int_equal(cfg->commands.max_size, 0);
+    assert_int_equal(cfg->commands.max_growth, 0);
+    assert_int_equal(cfg->commands.max_age_ms, 5 * 60 * 1000);
+    assert_int_equal(cfg->commands.max_skew_ms, 60 * 1000);
+    assert_int_equal(cfg->commands.max_message_bytes, 64 * 1024);
+    assert_null(cfg->commands.hmac_key);
+    assert_int_equal(cfg->commands.hmac_key_len, 0);
+    assert_null(cfg->commands_hmac_key_file);
+    assert_null(cfg->commands_hmac_key);
+    assert_int_equal(cfg->commands_cache_size, 10000);
+    assert_int_equal(cfg->commands_queue_per_vm, 16);
+    assert_int_equal(cfg->commands_timeout_ms, 60000);
+
+    assert_false(cfg->transports[0].commands); /* not a key of stdout */
+    assert_true(cfg->transports[1].commands);
+    assert_int_equal(cfg->transports[1].session_expiry_s, 3600);
+    assert_null(cfg->transports[1].group_id);
+    assert_int_equal(cfg->transports[2].session_expiry_s, 3600);
+    assert_true(cfg->transports[3].commands);
+    assert_string_equal(cfg->transports[3].group_id, "qmp-bridge.b1");
+    assert_int_equal(cfg->transports[3].session_expiry_s, 0);
+    qb_config_free(cfg);
+
+    /* an empty section and an empty allow list: nothing allowed is not the default */
+    cfg = load_ok("bridge: {id: b1}\ncommands:\n");
+    assert_int_equal(cfg->commands.allow_mask, (1u << QB_CMD__COUNT) - 1);
+    qb_config_free(cfg);
+    cfg = load_ok("bridge: {id: b1}\ncommands: {allow: ~}\n");
+    assert_int_equal(cfg->commands.allow_mask, (1u << QB_CMD__COUNT) - 1);
+    qb_config_free(cfg);
+    cfg = load_ok("bridge: {id: b1}\ncommands: {allow: []}\n");
+    assert_int_equal(cfg->commands.allow_mask, 0);
+    qb_config_free(cfg);
+}
+
+/* Writes content to a new temporary file; path must be a mkstemp template. */
+static void write_temp(char *path, const char *content, size_t len)
+{
+    int fd = mkstemp(path);
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, content, len), (ssize_t)len);
+    close(fd);
+}
+
+static void test_commands_every_key(void **state)
+{
+    char key_path[] = "/tmp/qb-test-key-XXXXXX", yaml[1024];
+    struct qb_config *cfg;
+
+    (void)state;
+    write_temp(key_path, "0123456789abcdef\n", 17);
+    snprintf(yaml, sizeof(yaml),
+             "bridge: {id: b1}\n"
+             "commands:\n"
+             "  enabled: yes\n"
+             "  allow: [cont, resize-and-cont, query-state]\n"
+             "  max_size: 100GiB\n"
+             "  max_growth: 10G\n"
+             "  max_age: 2m\n"
+             "  max_skew: 5s\n"
+             "  max_message_bytes: 4KiB\n"
+             "  hmac_key_file: %s\n"
+             "  cache_size: 50\n"
+             "  queue_per_vm: 2\n"
+             "  timeout: 90s\n"
+             "transports:\n"
+             "  - {type: mqtt, commands: false, session_expiry: 2m}\n"
+             "  - {type: kafka, brokers: k, commands: off, group_id: grp}\n",
+             key_path);
+    cfg = load_ok(yaml);
+    assert_true(cfg->commands.enabled);
+    assert_int_equal(cfg->commands.allow_mask, (1u << QB_CMD_CONT) |
+                                                   (1u << QB_CMD_RESIZE_AND_CONT) |
+                                                   (1u << QB_CMD_QUERY_STATE));
+    assert_int_equal(cfg->commands.max_size, 100ULL << 30);
+    assert_int_equal(cfg->commands.max_growth, 10ULL << 30);
+    assert_int_equal(cfg->commands.max_age_ms, 120000);
+    assert_int_equal(cfg->commands.max_skew_ms, 5000);
+    assert_int_equal(cfg->commands.max_message_bytes, 4096);
+    assert_string_equal(cfg->commands_hmac_key_file, key_path);
+    /* one trailing newline is stripped; the policy points at the config's copy */
+    assert_int_equal(cfg->commands.hmac_key_len, 16);
+    assert_memory_equal(cfg->commands.hmac_key, "0123456789abcdef", 16);
+    assert_ptr_equal(cfg->commands.hmac_key, cfg->commands_hmac_key);
+    assert_int_equal(cfg->commands_cache_size, 50);
+    assert_int_equal(cfg->commands_queue_per_vm, 2);
+    assert_int_equal(cfg->commands_timeout_ms, 90000);
+    assert_false(cfg->transports[0].commands);
+    assert_int_equal(cfg->transports[0].session_expiry_s, 120);
+    assert_false(cfg->transports[1].commands);
+    assert_string_equal(cfg->transports[1].group_id, "grp");
+    qb_config_free(cfg);
+    unlink(key_path);
+}
+
+/* The key file's failure modes, each named at the key's position. */
+static void test_commands_key_file(void **state)
+{
+    static const struct {
+        const char *content;
+        size_t len;
+        const char *what; /* expected message after "<path>" */
+    } cases[] = {
+        {"", 0, "' is empty"},
+        {"\n", 1, "' is empty"},
+        {"0123456789abcde\n", 16, "' is 15 bytes; at least 16 are required"},
+        {"0123456789abcde", 15, "' is 15 bytes; at least 16 are required"},
+    };
+    char yaml[256], err[512], expected[512];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char key_path[] = "/tmp/qb-test-key-XXXXXX";
+        struct qb_config *cfg = (struct qb_config *)1;
+
+        write_temp(key_path, cases[i].content, cases[i].len);
+        snprintf(yaml, sizeof(yaml), "bridge: {id: b1}\ncommands:\n  hmac_key_file: %s\n",
+                 key_path);
+        assert_int_equal(
+            qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+            QB_ECONFIG);
+        assert_null(cfg);
+        snprintf(expected, sizeof(expected), "t.yaml:3:18: commands.hmac_key_file: %s%s%s",
+                 strstr(cases[i].what, "bytes") ? "the key in '" : "'", key_path, cases[i].what);
+        assert_string_equal(err, expected);
+        unlink(key_path);
+    }
+    {
+        /* a directory cannot be read; a key with two trailing newlines keeps one */
+        char key_path[] = "/tmp/qb-test-key-XXXXXX";
+        struct qb_config *cfg = NULL;
+
+        snprintf(yaml, sizeof(yaml), "bridge: {id: b1}\ncommands: {hmac_key_file: /}\n");
+        assert_int_equal(
+            qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+            QB_ECONFIG);
+        assert_string_equal(err, "t.yaml:2:27: commands.hmac_key_file: cannot read '/': Is a "
+                                 "directory");
+        write_temp(key_path, "0123456789abcdef\n\n", 18);
+        snprintf(yaml, sizeof(yaml), "bridge: {id: b1}\ncommands: {hmac_key_file: %s}\n", key_path);
+        cfg = load_ok(yaml);
+        assert_int_equal(cfg->commands.hmac_key_len, 17);
+        qb_config_free(cfg);
+        unlink(key_path);
+    }
+}
+
+/* The shipped example documents every commands: key with its default value. */
+static void test_example_commands(void **state)
+{
+    char err[512] = "";
+    struct qb_config *cfg = NULL;
+    const struct qb_transport_config *t;
+
+    (void)state;
+    if (qb_config_load_file(QB_SOURCE_DIR "/conf/qmp-bridge.example.yaml", &cfg, err,
+                            sizeof(err)) != QB_OK)
+        fail_msg("%s", err);
+    assert_false(cfg->commands.enabled);
+    assert_int_equal(cfg->commands.allow_mask, (1u << QB_CMD__COUNT) - 1);
+    assert_int_equal(cfg->commands.max_size, 0);
+    assert_int_equal(cfg->commands.max_growth, 0);
+    assert_int_equal(cfg->commands.max_age_ms, 300000);
+    assert_int_equal(cfg->commands.max_skew_ms, 60000);
+    assert_int_equal(cfg->commands.max_message_bytes, 65536);
+    assert_null(cfg->commands.hmac_key);
+    assert_int_equal(cfg->commands_cache_size, 10000);
+    assert_int_equal(cfg->commands_queue_per_vm, 16);
+    assert_int_equal(cfg->commands_timeout_ms, 60000);
+    t = find_transport(cfg, "mybus");
+    assert_true(t->commands);
+    assert_int_equal(t->session_expiry_s, 3600);
+    t = find_transport(cfg, "kafka");
+    assert_true(t->commands);
+    assert_string_equal(t->group_id, "qmp-bridge.host-a");
+    qb_config_free(cfg);
+}
+
 static void test_parse_size(void **state)
 {
     static const struct {
@@ -745,7 +993,9 @@ int main(void)
         cmocka_unit_test(test_billion_laughs),      cmocka_unit_test(test_errbuf_truncation),
         cmocka_unit_test(test_message_sanitised),   cmocka_unit_test(test_too_large),
         cmocka_unit_test(test_load_file_errors),    cmocka_unit_test(test_parse_size),
-        cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_parse_duration),      cmocka_unit_test(test_commands_defaults),
+        cmocka_unit_test(test_commands_every_key),  cmocka_unit_test(test_commands_key_file),
+        cmocka_unit_test(test_example_commands),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,6 +15,7 @@
 #include "transport_ops.h"
 
 #include <mosquitto.h>
+#include <mqtt_protocol.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -116,6 +117,8 @@ struct rx {
     char *topic;
     char *payload;
     bool retain;
+    char *correlation; /* MQTT 5 correlation data (v5 subscribers only), or NULL */
+    int correlation_len;
 };
 
 struct sub {
@@ -124,15 +127,27 @@ struct sub {
     struct rx *rx;
     size_t n, cap;
     int subacks;
+    int pubacks;
+    const char *filter;
 };
 
 static struct sub *subs[2];
 
 static void sub_on_connect(struct mosquitto *m, void *obj, int rc)
 {
-    (void)obj;
+    struct sub *s = obj;
     if (rc == 0)
-        mosquitto_subscribe(m, NULL, "qmp/#", 1);
+        mosquitto_subscribe(m, NULL, s->filter, 1);
+}
+
+static void sub_on_publish(struct mosquitto *m, void *obj, int mid)
+{
+    (void)m;
+    (void)mid;
+    struct sub *s = obj;
+    pthread_mutex_lock(&s->mu);
+    s->pubacks++;
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void sub_on_subscribe(struct mosquitto *m, void *obj, int mid, int n, const int *qos)
@@ -147,10 +162,15 @@ static void sub_on_subscribe(struct mosquitto *m, void *obj, int mid, int n, con
     pthread_mutex_unlock(&s->mu);
 }
 
-static void sub_on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
+static void sub_on_message_v5(struct mosquitto *m, void *obj, const struct mosquitto_message *msg,
+                              const mosquitto_property *props)
 {
     (void)m;
     struct sub *s = obj;
+    void *corr = NULL;
+    uint16_t corr_len = 0;
+    if (props)
+        mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
     pthread_mutex_lock(&s->mu);
     if (s->n == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 256;
@@ -160,6 +180,8 @@ static void sub_on_message(struct mosquitto *m, void *obj, const struct mosquitt
     r->topic = strdup(msg->topic);
     r->payload = strndup(msg->payload ? msg->payload : "", (size_t)msg->payloadlen);
     r->retain = msg->retain;
+    r->correlation = corr;
+    r->correlation_len = corr_len;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -179,22 +201,32 @@ static void sub_wait_subacks(struct sub *s, int n)
     assert_true(sub_subacks(s) >= n);
 }
 
-static struct sub *sub_start(int slot, const char *id)
+/* A subscriber to filter; v5 ones also publish commands and see correlation data. */
+static struct sub *sub_start_opts(int slot, const char *id, const char *filter, bool v5)
 {
     struct sub *s = calloc(1, sizeof(*s));
     assert_non_null(s);
     pthread_mutex_init(&s->mu, NULL);
     subs[slot] = s;
+    s->filter = filter;
     s->m = mosquitto_new(id, true, s);
     assert_non_null(s->m);
+    if (v5)
+        mosquitto_int_option(s->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
     mosquitto_connect_callback_set(s->m, sub_on_connect);
     mosquitto_subscribe_callback_set(s->m, sub_on_subscribe);
-    mosquitto_message_callback_set(s->m, sub_on_message);
+    mosquitto_message_v5_callback_set(s->m, sub_on_message_v5);
+    mosquitto_publish_callback_set(s->m, sub_on_publish);
     mosquitto_reconnect_delay_set(s->m, 1, 1, false);
     assert_int_equal(mosquitto_connect(s->m, "127.0.0.1", broker_port, 30), MOSQ_ERR_SUCCESS);
     assert_int_equal(mosquitto_loop_start(s->m), MOSQ_ERR_SUCCESS);
     sub_wait_subacks(s, 1);
     return s;
+}
+
+static struct sub *sub_start(int slot, const char *id)
+{
+    return sub_start_opts(slot, id, "qmp/#", false);
 }
 
 static void sub_stop(int slot)
@@ -208,6 +240,7 @@ static void sub_stop(int slot)
     for (size_t i = 0; i < s->n; i++) {
         free(s->rx[i].topic);
         free(s->rx[i].payload);
+        free(s->rx[i].correlation);
     }
     free(s->rx);
     pthread_mutex_destroy(&s->mu);
@@ -665,6 +698,239 @@ static void test_broker_killed_mid_stream(void **state)
     tr_close();
 }
 
+/* ---- commands and replies ---- */
+
+static int inbound_calls;
+static char in_payload[64], in_vm[32], in_reply[64];
+static unsigned char in_corr[32];
+static size_t in_corr_len;
+static struct qb_transport *in_t;
+
+static void on_inbound(void *arg, struct qb_transport *t, const struct qb_inbound *in,
+                       uint64_t ack_token)
+{
+    (void)arg;
+    assert_int_equal(ack_token, 0); /* QoS 1 acks are libmosquitto's */
+    inbound_calls++;
+    in_t = t;
+    snprintf(in_payload, sizeof(in_payload), "%.*s", (int)in->len, in->payload);
+    snprintf(in_vm, sizeof(in_vm), "%s", in->vm_hint ? in->vm_hint : "(null)");
+    snprintf(in_reply, sizeof(in_reply), "%s", in->reply_topic ? in->reply_topic : "(null)");
+    assert_true(in->correlation_len <= sizeof(in_corr));
+    in_corr_len = in->correlation ? in->correlation_len : 0;
+    if (in_corr_len)
+        memcpy(in_corr, in->correlation, in_corr_len);
+}
+
+static bool inbound_at_least(void *arg)
+{
+    return inbound_calls >= *(int *)arg;
+}
+
+static bool status_online(void *arg)
+{
+    char *p = sub_last(arg, "qmp/br1/status", NULL);
+    bool online = p && strcmp(p, "online") == 0;
+    free(p);
+    return online;
+}
+
+static int sub_pubacks(struct sub *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->pubacks;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/*
+ * Publishes a command from the v5 client s at QoS 1 and blocks (the uv loop
+ * stays still) until the broker has acknowledged it, i.e. stored it for us.
+ */
+static void publish_command(struct sub *s, const char *topic, const char *payload,
+                            const char *reply_topic, const void *corr, uint16_t corr_len)
+{
+    mosquitto_property *props = NULL;
+    if (reply_topic)
+        assert_int_equal(
+            mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, reply_topic),
+            MOSQ_ERR_SUCCESS);
+    if (corr)
+        assert_int_equal(
+            mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len),
+            MOSQ_ERR_SUCCESS);
+    int before = sub_pubacks(s);
+    assert_int_equal(
+        mosquitto_publish_v5(s->m, NULL, topic, (int)strlen(payload), payload, 1, false, props),
+        MOSQ_ERR_SUCCESS);
+    mosquitto_property_free_all(&props);
+    for (int i = 0; i < WAIT_MS / 20 && sub_pubacks(s) <= before; i++)
+        sleep_ms(20);
+    assert_true(sub_pubacks(s) > before);
+}
+
+static void send_reply(uint64_t seq, const char *vm, const char *reply_topic, const void *corr,
+                       size_t corr_len, const char *payload)
+{
+    struct qb_message m = {.kind = QB_MSG_REPLY,
+                           .vm = vm,
+                           .type = "qmp.command.result",
+                           .id = "r",
+                           .key = "br1/x",
+                           .sequence = seq,
+                           .payload = payload,
+                           .len = strlen(payload),
+                           .reply_topic = reply_topic,
+                           .correlation = corr,
+                           .correlation_len = corr_len};
+    assert_int_equal(qb_transport_send(tr, &m), QB_OK);
+}
+
+/* What s last received on topic: payload and correlation data, copies (caller frees). */
+static bool sub_find(struct sub *s, const char *topic, char **payload, char **corr, int *corr_len)
+{
+    bool found = false;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->rx[i].topic, topic) != 0)
+            continue;
+        if (found) {
+            free(*payload);
+            free(*corr);
+        }
+        found = true;
+        *payload = strdup(s->rx[i].payload);
+        *corr_len = s->rx[i].correlation_len;
+        *corr = NULL;
+        if (s->rx[i].correlation) {
+            *corr = malloc((size_t)*corr_len + 1);
+            memcpy(*corr, s->rx[i].correlation, (size_t)*corr_len);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return found;
+}
+
+static bool has_replies(void *arg)
+{
+    const char *topics[] = {"reply/x", "qmp/br1/vm7/result"};
+    for (size_t i = 0; i < 2; i++) {
+        char *p = NULL, *c = NULL;
+        int n;
+        if (!sub_find(arg, topics[i], &p, &c, &n))
+            return false;
+        free(p);
+        free(c);
+    }
+    return true;
+}
+
+static const unsigned char corr_y[] = {'Y', 0, 1, 0xfe, 'y'}; /* binary, with a NUL */
+
+static void test_commands_and_replies(void **state)
+{
+    (void)state;
+    cfg.commands = true;
+    cfg.session_expiry_s = 600;
+    cfg.client_id = "qb-test-cmd";
+    broker_start();
+    struct sub *s = sub_start_opts(0, "requester", "#", true);
+    tr_create();
+    inbound_calls = 0;
+    assert_int_equal(qb_transport_subscribe(tr, on_inbound, NULL), QB_OK);
+    assert_true(run_until(status_online, s)); /* the transport subscribes before "online" */
+
+    /* not a command topic of ours: the broker does not even route it to us */
+    publish_command(s, "qmp/br1/vm7/event/x", "{}", NULL, NULL, 0);
+    publish_command(s, "qmp/br1/vm7/command", "{\"c\":1}", "reply/x", corr_y, sizeof(corr_y));
+    int one = 1;
+    assert_true(run_until(inbound_at_least, &one));
+    assert_int_equal(inbound_calls, 1);
+    assert_ptr_equal(in_t, tr);
+    assert_string_equal(in_payload, "{\"c\":1}");
+    assert_string_equal(in_vm, "vm7");
+    assert_string_equal(in_reply, "reply/x");
+    assert_int_equal(in_corr_len, sizeof(corr_y));
+    assert_memory_equal(in_corr, corr_y, sizeof(corr_y));
+
+    send_reply(1, "vm7", in_reply, in_corr, in_corr_len, "{\"r\":1}");
+    send_reply(2, "vm7", "bad/#", NULL, 0, "{\"r\":\"bad\"}"); /* reported delivered, not sent */
+    send_reply(3, "vm7", NULL, NULL, 0, "{\"r\":2}");
+    uint64_t want = 3;
+    assert_true(run_until(all_delivered, &want));
+    assert_int_equal(stats().failed, 0);
+    assert_true(run_until(has_replies, s));
+
+    char *p = NULL, *c = NULL;
+    int n = 0;
+    assert_true(sub_find(s, "reply/x", &p, &c, &n));
+    assert_string_equal(p, "{\"r\":1}");
+    assert_non_null(c);
+    assert_int_equal(n, sizeof(corr_y));
+    assert_memory_equal(c, corr_y, sizeof(corr_y));
+    free(p);
+    free(c);
+    assert_true(sub_find(s, "qmp/br1/vm7/result", &p, &c, &n));
+    assert_string_equal(p, "{\"r\":2}");
+    assert_null(c);
+    free(p);
+    /* the invalid one went nowhere: everything received is accounted for */
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->n; i++)
+        assert_null(strstr(s->rx[i].payload, "bad"));
+    pthread_mutex_unlock(&s->mu);
+    tr_close();
+}
+
+/* A command sent while the bridge is away waits in its persistent session. */
+static void run_command_waits(void)
+{
+    cfg.commands = true;
+    cfg.session_expiry_s = 600;
+    cfg.client_id = "qb-test-persist";
+    broker_start();
+    struct sub *s = sub_start_opts(0, "requester", "#", true);
+    tr_create();
+    inbound_calls = 0;
+    assert_int_equal(qb_transport_subscribe(tr, on_inbound, NULL), QB_OK);
+    assert_true(run_until(status_online, s));
+    tr_close(); /* retained status is "offline" now */
+
+    publish_command(s, "qmp/br1/vm3/command", "{\"c\":2}", NULL, NULL, 0);
+    assert_int_equal(inbound_calls, 0);
+    tr_create(); /* same client id: resumes the session */
+    assert_int_equal(qb_transport_subscribe(tr, on_inbound, NULL), QB_OK);
+    int one = 1;
+    assert_true(run_until(inbound_at_least, &one));
+    assert_string_equal(in_payload, "{\"c\":2}");
+    assert_string_equal(in_vm, "vm3");
+    assert_string_equal(in_reply, "(null)");
+    assert_int_equal(in_corr_len, 0);
+    tr_close();
+}
+
+static void test_command_waits_in_session(void **state)
+{
+    (void)state;
+    run_command_waits();
+}
+
+static void test_command_waits_in_session_mqtt311(void **state)
+{
+    (void)state;
+    cfg.protocol = QB_MQTT_V311;
+    run_command_waits();
+}
+
+/* A transport whose config says commands: false refuses to subscribe. */
+static void test_subscribe_refused_without_commands(void **state)
+{
+    (void)state;
+    tr_create();
+    assert_int_equal(qb_transport_subscribe(tr, on_inbound, NULL), QB_EINVAL);
+    tr_close();
+}
+
 static void test_validate(void **state)
 {
     (void)state;
@@ -723,6 +989,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_state_retained_and_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_starts_late, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_killed_mid_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commands_and_replies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_command_waits_in_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_command_waits_in_session_mqtt311, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_subscribe_refused_without_commands, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     mosquitto_lib_cleanup();

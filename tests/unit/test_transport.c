@@ -5,7 +5,8 @@
  * The scripted backend records every publish in order, can refuse with
  * QB_EAGAIN, and leaves confirmation to the test, which answers in any order
  * and with any status. That is enough to show ordering across failures and
- * retries, the queue bounds, and the close sequence.
+ * retries, the queue bounds, and the close sequence. A second set of ops adds
+ * subscribe, ack and a reply channel for the command path.
  */
 #include "error.h"
 #include "transport.h"
@@ -42,6 +43,16 @@ struct test_backend {
     size_t n_published;
     bool close_called;
     uint64_t depth_at_close;
+    /* command path */
+    int subscribe_rc; /* what subscribe answers */
+    int subscribe_calls;
+    uint64_t acked[8];
+    size_t n_acked;
+    enum qb_msg_kind last_kind; /* the last published message, copied out */
+    char last_reply_topic[64];
+    unsigned char last_correlation[16];
+    size_t last_correlation_len;
+    bool last_has_correlation;
     uint64_t eclosed;
     uv_timer_t closed_timer;
     void (*closed)(void *arg);
@@ -85,7 +96,29 @@ static int tb_publish(void *backend, const struct qb_message *msg, void *token)
     assert_true(b->n_published < TB_MAX * 4);
     b->inflight[b->n_inflight++] = (struct tb_entry){token, msg->sequence};
     b->published[b->n_published++] = msg->sequence;
+    b->last_kind = msg->kind;
+    snprintf(b->last_reply_topic, sizeof(b->last_reply_topic), "%s",
+             msg->reply_topic ? msg->reply_topic : "(null)");
+    b->last_has_correlation = msg->correlation != NULL;
+    assert_true(msg->correlation_len <= sizeof(b->last_correlation));
+    if (msg->correlation)
+        memcpy(b->last_correlation, msg->correlation, msg->correlation_len);
+    b->last_correlation_len = msg->correlation_len;
     return QB_OK;
+}
+
+static int tb_subscribe(void *backend)
+{
+    struct test_backend *b = backend;
+    b->subscribe_calls++;
+    return b->subscribe_rc;
+}
+
+static void tb_ack(void *backend, uint64_t ack_token)
+{
+    struct test_backend *b = backend;
+    assert_true(b->n_acked < 8);
+    b->acked[b->n_acked++] = ack_token;
 }
 
 /* Reports the in-flight message with sequence seq (not from inside publish: from the test). */
@@ -135,6 +168,18 @@ static const struct qb_transport_ops tb_ops = {
     .close = tb_close,
 };
 
+/* The same backend, able to receive commands and to reply. */
+static const struct qb_transport_ops tb_cmd_ops = {
+    .name = "test-cmd",
+    .caps = QB_TRANSPORT_CAP_SUBSCRIBE | QB_TRANSPORT_CAP_REPLY,
+    .validate = tb_validate,
+    .create = tb_create,
+    .publish = tb_publish,
+    .subscribe = tb_subscribe,
+    .ack = tb_ack,
+    .close = tb_close,
+};
+
 /* ---- fixture ---- */
 
 static uv_loop_t loop;
@@ -157,9 +202,8 @@ static void on_guard(uv_timer_t *t)
     uv_stop(&loop);
 }
 
-static int setup(void **state)
+static int setup_ops(const struct qb_transport_ops *ops)
 {
-    (void)state;
     assert_int_equal(uv_loop_init(&loop), 0);
     memset(&cfg, 0, sizeof(cfg));
     cfg.type = "test";
@@ -173,10 +217,22 @@ static int setup(void **state)
     tr = NULL;
     char err[256] = "";
     struct qb_bridge_info bridge = {.id = "br1"};
-    assert_int_equal(
-        qb_transport_create_with_ops(&tb_ops, &loop, &cfg, &bridge, &tr, err, sizeof(err)), QB_OK);
+    assert_int_equal(qb_transport_create_with_ops(ops, &loop, &cfg, &bridge, &tr, err, sizeof(err)),
+                     QB_OK);
     uv_timer_init(&loop, &guard);
     return 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return setup_ops(&tb_ops);
+}
+
+static int setup_cmd(void **state)
+{
+    (void)state;
+    return setup_ops(&tb_cmd_ops);
 }
 
 /* Closes the transport (if the test did not), runs the loop dry and checks nothing leaked. */
@@ -519,6 +575,152 @@ static void test_link_in_stats(void **state)
     assert_string_equal(qb_transport_name(tr), "t1");
 }
 
+/* ---- command path ---- */
+
+static const unsigned char corr_bytes[] = {'c', 0, 0xff, '7'}; /* binary: a NUL inside */
+
+static struct qb_message reply_msg(uint64_t seq, const char *reply_topic, const void *corr,
+                                   size_t corr_len)
+{
+    return (struct qb_message){
+        .kind = QB_MSG_REPLY,
+        .vm = "vm1",
+        .type = "qmp.command.result",
+        .id = "r1",
+        .key = "br1/vm1",
+        .sequence = seq,
+        .payload = "{\"ok\":true}",
+        .len = 11,
+        .reply_topic = reply_topic,
+        .correlation = corr,
+        .correlation_len = corr_len,
+    };
+}
+
+/* stdout and kafka have no subscribe: the caller learns it cannot receive there. */
+static void test_subscribe_unsupported(void **state)
+{
+    (void)state;
+    assert_int_equal(qb_transport_subscribe(tr, NULL, NULL), QB_EINVAL);
+    qb_transport_ack(tr, 5); /* no ack op: ignored, must not crash */
+}
+
+static int inbound_calls;
+static struct qb_transport *inbound_t;
+static void *inbound_arg;
+static char inbound_text[64];
+static uint64_t inbound_token;
+
+static void on_inbound(void *arg, struct qb_transport *t, const struct qb_inbound *in,
+                       uint64_t ack_token)
+{
+    inbound_calls++;
+    inbound_t = t;
+    inbound_arg = arg;
+    inbound_token = ack_token;
+    snprintf(inbound_text, sizeof(inbound_text), "%.*s|%s|%s|%zu", (int)in->len, in->payload,
+             in->vm_hint ? in->vm_hint : "-", in->reply_topic ? in->reply_topic : "-",
+             in->correlation_len);
+}
+
+static void test_inbound_forwarded_and_acked(void **state)
+{
+    (void)state;
+    int marker = 0;
+    inbound_calls = 0;
+    assert_int_equal(qb_transport_subscribe(tr, on_inbound, &marker), QB_OK);
+    assert_int_equal(tb->subscribe_calls, 1);
+    struct qb_inbound in = {.payload = "{\"c\":1}",
+                            .len = 7,
+                            .vm_hint = "vm7",
+                            .reply_topic = "r/x",
+                            .correlation = corr_bytes,
+                            .correlation_len = sizeof(corr_bytes)};
+    tb->cb->inbound(tb->owner, &in, 42);
+    assert_int_equal(inbound_calls, 1);
+    assert_ptr_equal(inbound_t, tr);
+    assert_ptr_equal(inbound_arg, &marker);
+    assert_int_equal(inbound_token, 42);
+    assert_string_equal(inbound_text, "{\"c\":1}|vm7|r/x|4");
+    qb_transport_ack(tr, 42);
+    qb_transport_ack(tr, 43);
+    assert_int_equal(tb->n_acked, 2);
+    assert_int_equal(tb->acked[0], 42);
+    assert_int_equal(tb->acked[1], 43);
+
+    /* once closing, commands are no longer handed out (the subscriber is going away) */
+    qb_transport_close(tr, on_done, NULL);
+    tb->cb->inbound(tb->owner, &in, 44);
+    assert_int_equal(inbound_calls, 1);
+    run_until(is_done);
+}
+
+/* A backend that cannot subscribe leaves the transport unsubscribed. */
+static void test_subscribe_failure(void **state)
+{
+    (void)state;
+    inbound_calls = 0;
+    tb->subscribe_rc = QB_EIO;
+    assert_int_equal(qb_transport_subscribe(tr, on_inbound, NULL), QB_EIO);
+    struct qb_inbound in = {.payload = "{}", .len = 2};
+    tb->cb->inbound(tb->owner, &in, 1);
+    assert_int_equal(inbound_calls, 0);
+}
+
+/* A queued reply keeps its reply topic and correlation bytes after the caller's are gone. */
+static void test_reply_copied(void **state)
+{
+    (void)state;
+    char topic[16];
+    unsigned char corr[sizeof(corr_bytes)];
+    strcpy(topic, "reply/here");
+    memcpy(corr, corr_bytes, sizeof(corr));
+    tb->eagain = true;
+    struct qb_message m = reply_msg(1, topic, corr, sizeof(corr));
+    assert_int_equal(qb_transport_send(tr, &m), QB_OK);
+    memset(topic, 'X', sizeof(topic) - 1);
+    memset(corr, 0, sizeof(corr));
+    m = reply_msg(2, NULL, NULL, 0);
+    assert_int_equal(qb_transport_send(tr, &m), QB_OK);
+    assert_int_equal(tb->n_published, 0);
+
+    tb->eagain = false;
+    tb->window = 1;
+    tb->cb->writable(tb->owner);
+    const uint64_t first[] = {1};
+    assert_published(first, 1);
+    assert_int_equal(tb->last_kind, QB_MSG_REPLY);
+    assert_string_equal(tb->last_reply_topic, "reply/here");
+    assert_true(tb->last_has_correlation);
+    assert_int_equal(tb->last_correlation_len, sizeof(corr_bytes));
+    assert_memory_equal(tb->last_correlation, corr_bytes, sizeof(corr_bytes));
+
+    tb_deliver(1, QB_OK);
+    tb->cb->writable(tb->owner);
+    const uint64_t both[] = {1, 2};
+    assert_published(both, 2);
+    assert_string_equal(tb->last_reply_topic, "(null)");
+    assert_false(tb->last_has_correlation);
+    assert_int_equal(tb->last_correlation_len, 0);
+    tb_deliver(2, QB_OK);
+}
+
+/* Without a reply channel a reply is accepted and discarded: results are events too. */
+static void test_reply_skipped_without_reply_cap(void **state)
+{
+    (void)state;
+    struct qb_message m = reply_msg(1, "reply/here", corr_bytes, sizeof(corr_bytes));
+    assert_int_equal(qb_transport_send(tr, &m), QB_OK);
+    assert_int_equal(send_seq(2, "{}"), QB_OK);
+    const uint64_t want[] = {2};
+    assert_published(want, 1);
+    struct qb_transport_stats st;
+    qb_transport_get_stats(tr, &st);
+    assert_int_equal(st.queued, 1);
+    assert_int_equal(st.dropped, 0);
+    tb_deliver(2, QB_OK);
+}
+
 /* ---- registry and the stdout backend ---- */
 
 static void test_validate_unknown_type(void **state)
@@ -616,6 +818,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_done_never_synchronous, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_skipped_without_retained, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_in_stats, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_subscribe_unsupported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inbound_forwarded_and_acked, setup_cmd, teardown),
+        cmocka_unit_test_setup_teardown(test_subscribe_failure, setup_cmd, teardown),
+        cmocka_unit_test_setup_teardown(test_reply_copied, setup_cmd, teardown),
+        cmocka_unit_test_setup_teardown(test_reply_skipped_without_reply_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validate_unknown_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_bad_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_writes_lines, setup, teardown),

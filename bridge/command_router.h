@@ -1,0 +1,45 @@
+/*
+ * command_router.h - from an inbound message to a command queued on its VM.
+ *
+ * For every message a transport receives on its command channel: parse and
+ * check it (command.c), drop it when it names another bridge, answer a
+ * duplicate id with its first result instead of running it again (bounded
+ * cache, kept across QMP reconnects), and queue the rest on their VM
+ * (vm_manager). Every command that is not ignored gets exactly one
+ * bridge.command.result; rejected ones never touch a QMP session.
+ *
+ * Ignored rather than rejected (logged at debug, acknowledged): a command
+ * whose "bridge" attribute names another bridge, and, on a transport without
+ * a reply channel (Kafka), a command for a VM this bridge does not have, since
+ * all bridges of a cluster read the same commands topic.
+ */
+#ifndef QB_COMMAND_ROUTER_H
+#define QB_COMMAND_ROUTER_H
+
+#include "config.h"
+#include "transport.h"
+#include "vm_manager.h"
+
+struct qb_command_router;
+
+/*
+ * Creates a router for cfg's policy over mgr (both borrowed, must outlive it).
+ * Returns QB_OK with *out (free with qb_command_router_free) or QB_ENOMEM.
+ */
+int qb_command_router_new(const struct qb_config *cfg, struct qb_vm_manager *mgr,
+                          struct qb_command_router **out);
+
+/* The qb_inbound_cb to give qb_transport_subscribe, with the router as arg. */
+void qb_command_router_inbound(void *router, struct qb_transport *t, const struct qb_inbound *in,
+                               uint64_t ack_token);
+
+/*
+ * From now on inbound messages are left alone, not even acknowledged (Kafka
+ * redelivers them to the next consumer): call when shutdown starts, before
+ * the manager goes away.
+ */
+void qb_command_router_stop(struct qb_command_router *r);
+
+void qb_command_router_free(struct qb_command_router *r);
+
+#endif

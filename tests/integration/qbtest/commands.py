@@ -1,0 +1,56 @@
+"""commands.py - build, sign and send qmp-bridge commands the way an orchestrator would.
+
+A command is a CloudEvents 1.0 object with type qmp.command.<name>. The signature
+(when the bridge has commands.hmac_key_file) is the hex HMAC-SHA256 of the canonical
+command: the object without "signature", keys sorted, no whitespace; for the strings,
+integers and booleans commands carry this is exactly
+json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+"""
+import datetime
+import hashlib
+import hmac
+import json
+import subprocess
+import uuid
+
+
+def now_rfc3339(offset_s=0.0):
+    t = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=offset_s)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(cmd):
+    body = {k: v for k, v in cmd.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(cmd, key):
+    """Returns cmd with its "signature" attribute set (key: bytes)."""
+    cmd = dict(cmd)
+    cmd["signature"] = hmac.new(key, canonical(cmd), hashlib.sha256).hexdigest()
+    return cmd
+
+
+def make(name, vm, data=None, cmd_id=None, source="qbtest-orchestrator", time=None, key=None,
+         bridge=None):
+    cmd = {"specversion": "1.0", "id": cmd_id or str(uuid.uuid4()), "source": source,
+           "type": "qmp.command." + name, "subject": vm, "time": time or now_rfc3339(),
+           "data": data or {}}
+    if bridge:
+        cmd["bridge"] = bridge
+    return sign(cmd, key) if key else cmd
+
+
+def mqtt_publish(port, bridge_id, vm, payload, response_topic=None, correlation=None, qos=1):
+    """Publishes a command (dict, str or bytes) with mosquitto_pub, MQTT 5."""
+    if isinstance(payload, dict):
+        payload = json.dumps(payload)
+    if isinstance(payload, str):
+        payload = payload.encode()
+    argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", str(qos),
+            "-t", "qmp/%s/%s/command" % (bridge_id, vm), "-s"]
+    if response_topic:
+        argv += ["-D", "publish", "response-topic", response_topic]
+    if correlation:
+        argv += ["-D", "publish", "correlation-data", correlation]
+    subprocess.run(argv, input=payload, check=True, timeout=15)
