@@ -563,9 +563,20 @@ static void vm_cmd_exec_done(void *arg, json_t *result)
     struct qb_vm *vm = arg;
     struct qb_vm_cmd *c = vm->cmd_running;
 
+    const char *status = json_string_value(json_object_get(result, "status"));
+    bool changed = status && strcmp(status, "rejected") != 0;
+
     vm->inflight--;
     vm->cmd_running = NULL;
     vm_cmd_complete(vm, c, result);
+    /*
+     * QEMU raises no event for some changes a command makes (block_resize), so
+     * after anything that may have changed the VM, the state is read again
+     * and published: the retained/compacted state never goes stale.
+     */
+    if (changed && !vm->resyncing && !vm->removing &&
+        qb_qmp_client_state(vm->qmp) == QB_QMP_READY)
+        vm_start_resync(vm);
     vm_cmd_run_next(vm);
     vm_apply_pause(vm);
     vm_maybe_free(vm);

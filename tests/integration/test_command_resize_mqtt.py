@@ -86,6 +86,11 @@ with check.Test("command_resize_mqtt") as t:
     t.expect(after["inserted"]["image"]["virtual-size"] == size0 + 64 * MiB,
              "query-block shows the new size", after["inserted"]["image"]["virtual-size"])
     t.expect(vm.qmp.status()["status"] == "running", "QEMU says running")
+    m = check.wait_retained_state(sub, "test-host", "vm1",
+                                  lambda d: check.disk(d, "data").get("size") == size0 + 64 * MiB
+                                  and d["run_state"] == "running",
+                                  "retained state: running, disk data at the new size")
+    t.ok("retained state follows the resize (block_resize raises no event)", m.json["sequence"])
 
     def writes():
         return [s for s in vm.qmp.cmd("query-blockstats") if s["device"] == "data"][0]["stats"]["wr_operations"]

@@ -1,14 +1,19 @@
 #!/usr/bin/python3
 """demo.py - qmp-bridge end to end, for a person watching (run by ./run-demo.sh).
 
-Starts a private mosquitto on a free port, a real QEMU VM (paused at first) whose
-64 MiB thin disk sits on a 4 MiB private tmpfs, and the bridge with conf/demo.yaml.
+Starts a broker (a private mosquitto, or with --kafka librdkafka's mock cluster as
+its own process), a real QEMU VM (paused at first) whose 64 MiB thin disk sits on a
+4 MiB private tmpfs, and the bridge with conf/demo.yaml (or conf/demo-kafka.yaml).
 Then lets the guest run: it writes until the filesystem is full, QEMU pauses the VM
-with an ENOSPC error, and the subscriber below prints what an orchestrator sees on
-the bus. It ends by printing the retained state topic, and cleans up every process.
+with an ENOSPC error, and the viewer below prints what an orchestrator sees on the
+bus. Finally the example orchestrator (examples/orchestrator.py) notices the paused
+VM from its state, grows the tmpfs, sends resize-and-cont, and the VM runs again.
+It ends by itself and cleans up every process.
 """
+import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -16,16 +21,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "integration"))
 
-from qbtest import bridge, mqtt, procs, qemu, util  # noqa: E402
+from qbtest import bridge, kafka, mqtt, procs, qemu, util  # noqa: E402
 
 BRIDGE_ID = "demo-host"
 VM = "demo-vm"
 
 
-def human(m):
+def human(env):
     """One readable line for an envelope."""
-    d = m.json.get("data", {})
-    t = m.json["type"]
+    d = env.get("data", {})
+    t = env["type"]
     if t == "bridge.vm.connected":
         detail = "QEMU %s (%s)" % (d["qemu"]["version"], d["address"])
     elif t == "qmp.vm.state":
@@ -43,83 +48,180 @@ def human(m):
         c = d.get("cause") or {}
         detail = "reason=%s%s" % (d["reason"], (" cause: device=%s errno=%s" % (
             c.get("device"), c.get("errno"))) if c else "")
+    elif t == "bridge.command.result":
+        detail = "%s %s: %s [%s] run_state=%s" % (d.get("command"), d.get("command_id", "")[:8],
+                                                  d.get("status"), " ".join(
+                                                      "%s:%s" % (s["execute"], s["status"]) for s in d.get("steps", [])),
+                                                  d.get("run_state"))
     else:
         detail = json.dumps(d)[:120]
-    kind = "state " if m.topic.endswith("/state") else "event "
-    return "%s seq %s  %-22s %s" % (kind, m.json["sequence"].lstrip("0") or "0", t, detail)
+    return "seq %s  %-22s %s" % (env["sequence"].lstrip("0") or "0", t, detail)
 
 
-def show_new(sub):
-    for m in sub.poll():
-        if m.topic == "qmp/_probe":
-            continue
-        if m.json is None:
-            print("  %-44s %s%s" % (m.topic, m.raw.decode(errors="replace"),
-                                    "  (retained)" if m.retained else ""))
-        else:
-            print("  %-44s %s" % (m.topic, human(m)))
-    sys.stdout.flush()
+class MqttView:
+    """The stream as an MQTT subscriber sees it."""
+
+    def __init__(self, d):
+        self.broker = mqtt.Broker(d).start()
+        self.sub = mqtt.Subscriber(self.broker).start()
+        print("* mosquitto listening on 127.0.0.1:%d; subscriber on qmp/# (MQTT 5, QoS 1);"
+              " every envelope is checked against schema/v1" % self.broker.port)
+        self.seen = []
+
+    def config(self, text):
+        return text.replace("@MQTT_PORT@", str(self.broker.port))
+
+    def show_new(self):
+        for m in self.sub.poll():
+            if m.topic == "qmp/_probe":
+                continue
+            if m.topic.endswith("/command"):
+                c = json.loads(m.raw)
+                print("  %-48s %s %s from %s" % (m.topic, c["type"], c["id"][:8], c["source"]))
+            elif m.topic.endswith("/result"):
+                print("  %-48s %s" % (m.topic, human(json.loads(m.raw))))
+            elif m.json is None:
+                print("  %-48s %s" % (m.topic, m.raw.decode(errors="replace")))
+            else:
+                self.seen.append(m.json)
+                print("  %-48s %s" % (m.topic, human(m.json)))
+        sys.stdout.flush()
+
+    def retained_state(self):
+        m = self.sub.fetch_retained("qmp/%s/%s/state" % (BRIDGE_ID, VM))
+        print("  %-48s %s" % (m.topic, human(m.json)))
+
+    def orchestrator_args(self):
+        return ["--mqtt", "127.0.0.1:%d" % self.broker.port]
+
+    def finish(self):
+        s = self.sub.fetch_retained("qmp/%s/status" % BRIDGE_ID)
+        print("  %-48s %s (retained)" % (s.topic, s.raw.decode()))
 
 
-def watch(sub, seconds, until=None):
-    end = time.time() + seconds
-    while time.time() < end:
-        show_new(sub)
-        if until and until():
-            show_new(sub)
-            return True
-        time.sleep(0.1)
-    return False
+class KafkaView:
+    """The stream as a Kafka consumer (kcat) sees it."""
+
+    def __init__(self, d):
+        self.d = d
+        self.mock = kafka.KafkaMock(d, topics=[("qmp.events", 3, 3), ("qmp.state", 3, 3),
+                                               ("qmp.commands", 3, 3)]).start()
+        self.kcat = kafka.KcatConsumer(self.mock.bootstrap, "qmp.events", d).start()
+        print("* librdkafka mock cluster (3 brokers) at %s; kcat consuming qmp.events; every"
+              " envelope is checked against schema/v1" % self.mock.bootstrap)
+        self.shown = 0
+        self.seen = []
+
+    def config(self, text):
+        return text.replace("@BROKERS@", self.mock.bootstrap)
+
+    def show_new(self):
+        recs = self.kcat.read()
+        for r in recs[self.shown:]:
+            env = kafka.structured_envelope(r)
+            self.seen.append(env)
+            print("  %-24s %s" % ("key " + r.key.decode() if isinstance(r.key, bytes) else "key %s" % r.key,
+                                  human(env)))
+        self.shown = len(recs)
+        sys.stdout.flush()
+
+    def retained_state(self):
+        out = subprocess.run(["kcat", "-b", self.mock.bootstrap, "-C", "-q", "-e", "-o", "beginning",
+                              "-f", "%k\t%s\n", "-t", "qmp.state"], stdout=subprocess.PIPE, text=True,
+                             timeout=60).stdout
+        latest = {}
+        for line in out.splitlines():
+            if "\t" in line:
+                k, v = line.split("\t", 1)
+                latest[k] = json.loads(v)
+        for k, env in latest.items():
+            print("  %-24s %s" % ("qmp.state " + k, human(env)))
+
+    def orchestrator_args(self):
+        return ["--kafka", self.mock.bootstrap]
+
+    def finish(self):
+        pass
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kafka", action="store_true", help="use the Kafka mock cluster instead of mosquitto")
+    args = ap.parse_args()
     d = util.make_tmpdir("qb-demo-")
-    print("qmp-bridge demo (work dir %s)\n" % d)
+    print("qmp-bridge demo (%s; work dir %s)\n" % ("Kafka" if args.kafka else "MQTT", d))
 
-    broker = mqtt.Broker(d).start()
-    print("* mosquitto listening on 127.0.0.1:%d" % broker.port)
-    sub = mqtt.Subscriber(broker).start()
-    print("* subscriber on qmp/# (MQTT 5, QoS 1); every envelope is checked against schema/v1")
-
+    view = KafkaView(d) if args.kafka else MqttView(d)
     vm = qemu.Qemu(d, VM, disk="tmpfs", extra=["-S"]).start().wait_ready()
     print("* QEMU %s started paused; thin 64 MiB disk on a %s (%s)" % (
         VM, "4 MiB private tmpfs" if vm.disk == "tmpfs" else "blkdebug ENOSPC injector", vm.disk))
 
-    with open(os.path.join(SOURCE_DIR, "conf", "demo.yaml")) as f:
-        conf = f.read().replace("@VM_SOCKET@", vm.qmp_path).replace("@MQTT_PORT@", str(broker.port))
-    br = bridge.Bridge(d, [], broker=broker, bridge_id=BRIDGE_ID)
+    conf_name = "demo-kafka.yaml" if args.kafka else "demo.yaml"
+    with open(os.path.join(SOURCE_DIR, "conf", conf_name)) as f:
+        conf = view.config(f.read().replace("@VM_SOCKET@", vm.qmp_path))
+    br = bridge.Bridge(d, [], bridge_id=BRIDGE_ID)
     with open(br.conf, "w") as f:
         f.write(conf)
     br.start()
-    print("* qmp-bridge started with conf/demo.yaml (log: %s)\n" % br.log)
+    print("* qmp-bridge started with conf/%s (log: %s)\n" % (conf_name, br.log))
+
+    def watch(seconds, until):
+        end = time.time() + seconds
+        while time.time() < end:
+            view.show_new()
+            if until():
+                view.show_new()
+                return True
+            time.sleep(0.1)
+        return False
+
+    def seen(type_, pred=lambda e: True):
+        return any(e["type"] == type_ and pred(e) for e in view.seen)
 
     print("--- what an orchestrator sees on the bus ---")
-    ok = watch(sub, 20, lambda: any(m.type == "qmp.vm.state" for m in sub.messages))
-    if not ok:
+    if not watch(30, lambda: seen("qmp.vm.state")):
         print("!! the bridge did not publish a state snapshot; its log:\n" + util.tail(br.log))
         return 1
 
     print("\n* letting the guest run: it writes sectors until the tmpfs is full ...\n")
     vm.qmp.cmd("cont")
-    ok = watch(sub, 30, lambda: any(m.type == "qmp.vm.stopped" for m in sub.messages))
-    watch(sub, 1)
-    if not ok:
+    if not watch(30, lambda: seen("qmp.vm.stopped")):
         print("!! no qmp.vm.stopped arrived; bridge log:\n" + util.tail(br.log))
         return 1
+    watch(1, lambda: False)
 
-    print("\n--- a consumer that connects now reads the retained state ---")
-    m = sub.fetch_retained("qmp/%s/%s/state" % (BRIDGE_ID, VM))
-    print("  %-44s %s" % (m.topic, human(m)))
-    print("\n* stopping the bridge (status goes offline, retained)")
+    print("\n--- a consumer that connects now reads the latest state ---")
+    view.retained_state()
+
+    print("\n* the example orchestrator (examples/orchestrator.py) takes over:")
+    grow = "nsenter -t %d -m mount -o remount,size=256M %s" % (vm.proc.pid, vm.fs_dir)
+    orch = subprocess.Popen(["/usr/bin/python3", os.path.join(SOURCE_DIR, "examples", "orchestrator.py"),
+                             "--grow", grow, "--grow-by", str(64 << 20), "--fixes", "1"]
+                            + view.orchestrator_args())
+    ok = watch(60, lambda: seen("bridge.command.result") and seen("qmp.vm.resumed", lambda e: int(
+        e["sequence"]) > min(int(x["sequence"]) for x in view.seen if x["type"] == "qmp.vm.stopped")))
+    try:
+        orch.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        orch.kill()
+    if not ok:
+        print("!! the VM was not resumed; bridge log:\n" + util.tail(br.log))
+        return 1
+    blk = [b for b in vm.qmp.cmd("query-block") if b["device"] == "data"][0]
+    print("\n* QEMU now says: %s, disk data is %d MiB" % (
+        vm.qmp.status()["status"], blk["inserted"]["image"]["virtual-size"] >> 20))
+
+    print("\n* stopping the bridge")
     br.stop()
-    watch(sub, 2, lambda: any(m.raw == b"offline" for m in sub.messages))
-    s = sub.fetch_retained("qmp/%s/status" % BRIDGE_ID)
-    print("  %-44s %s (retained)" % (s.topic, s.raw.decode()))
-    print("\ndemo finished: ENOSPC reached the bus as io_error + stopped, with its reason.")
+    watch(2, lambda: seen("bridge.vm.disconnected"))
+    view.finish()
+    print("\ndemo finished: ENOSPC reached the bus as io_error + stopped with its reason, and a"
+          " resize-and-cont command brought the VM back.")
     return 0
 
 
 if __name__ == "__main__":
+    rc = 1
     try:
         rc = main()
     finally:
