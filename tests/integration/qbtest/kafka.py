@@ -20,6 +20,7 @@ import subprocess
 import time
 
 from . import procs
+from . import schema
 from . import util
 
 KCAT = os.environ.get("QB_KCAT", "kcat")
@@ -283,20 +284,7 @@ def partition_leader(bootstrap, topic, partition):
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 
-_validate = None
-
-
-def validate_envelope(obj):
-    """qbschema.validate_envelope (tests/tools), imported on first use."""
-    global _validate
-    if _validate is None:
-        import sys
-        tools = os.path.join(util.SOURCE_DIR, "tests", "tools")
-        if tools not in sys.path:
-            sys.path.insert(0, tools)
-        import qbschema  # noqa: E402 - lives in tests/tools
-        _validate = qbschema.validate_envelope
-    _validate(obj)
+validate_envelope = schema.validate_envelope  # re-exported for the tests
 
 
 class BadRecord(AssertionError):

@@ -15,23 +15,12 @@ import sys
 import time
 
 from . import procs
+from . import schema
 from . import util
 
 MOSQUITTO = os.environ.get("QB_MOSQUITTO", "/usr/sbin/mosquitto")
 
-_validate = None
-
-
-def validate_envelope(obj):
-    """qbschema.validate_envelope, imported on first use from tests/tools."""
-    global _validate
-    if _validate is None:
-        tools = os.path.join(util.SOURCE_DIR, "tests", "tools")
-        if tools not in sys.path:
-            sys.path.insert(0, tools)
-        import qbschema  # noqa: E402 - lives in tests/tools, owned by the schema work
-        _validate = qbschema.validate_envelope
-    _validate(obj)
+validate_envelope = schema.validate_envelope  # re-exported for the tests
 
 
 class Broker:
