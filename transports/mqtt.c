@@ -412,14 +412,21 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
     free(vm_hint);
 }
 
+/*
+ * libmosquitto's own errors and warnings carry the reason a connection failed
+ * ("OpenSSL Error: ... certificate required") that the return codes lose, so
+ * they are logged at warn; its chatter stays at debug. This may run on the
+ * connect worker thread: the logger writes each line with one fprintf, which
+ * stdio locks, and reads only the immutable name.
+ */
 static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str)
 {
     (void)mosq;
-    (void)level;
     struct mqtt_backend *b = obj;
-    if (b->connect_in_thread)
-        return; /* called on the worker thread: keep the logger single-threaded */
-    QB_LOG_DEBUG(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
+    if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING))
+        QB_LOG_WARN(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
+    else
+        QB_LOG_DEBUG(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
 }
 
 /* ---- socket watching ---- */
