@@ -17,12 +17,95 @@
 #include <string.h>
 #include <time.h>
 
+/*
+ * A duplicate that arrived while its original was still running: it is
+ * answered with the original's result, and only then acknowledged, so Kafka
+ * never commits past a command that has no result yet.
+ */
+struct router_waiter {
+    struct router_waiter *next;
+    char *id;
+    char *vm;
+    struct qb_transport *transport;
+    uint64_t ack_token;
+    char *reply_topic;
+    void *correlation;
+    size_t correlation_len;
+};
+
 struct qb_command_router {
     const struct qb_config *cfg;
     struct qb_vm_manager *mgr;
     struct qb_command_cache *cache;
+    struct router_waiter *waiters;
     bool stopped;
 };
+
+static void router_waiter_free(struct router_waiter *w)
+{
+    free(w->id);
+    free(w->vm);
+    free(w->reply_topic);
+    free(w->correlation);
+    free(w);
+}
+
+/*
+ * Parks a duplicate of the running command id (everything copied). Returns
+ * QB_OK or QB_ENOMEM (the caller then acknowledges it at once, as before).
+ */
+static int router_wait(struct qb_command_router *r, const char *id, const char *vm,
+                       const struct qb_command_origin *origin)
+{
+    struct router_waiter *w = calloc(1, sizeof(*w));
+
+    if (!w)
+        return QB_ENOMEM;
+    w->id = strdup(id);
+    w->vm = vm ? strdup(vm) : NULL;
+    w->reply_topic = origin->reply_topic ? strdup(origin->reply_topic) : NULL;
+    w->correlation = origin->correlation_len ? malloc(origin->correlation_len) : NULL;
+    if (!w->id || (vm && !w->vm) || (origin->reply_topic && !w->reply_topic) ||
+        (origin->correlation_len && !w->correlation)) {
+        router_waiter_free(w);
+        return QB_ENOMEM;
+    }
+    if (origin->correlation_len)
+        memcpy(w->correlation, origin->correlation, origin->correlation_len);
+    w->correlation_len = origin->correlation_len;
+    w->transport = origin->transport;
+    w->ack_token = origin->ack_token;
+    w->next = r->waiters;
+    r->waiters = w;
+    return QB_OK;
+}
+
+/* Answers (and acknowledges) every duplicate parked for id with result. */
+static void router_release_waiters(struct qb_command_router *r, const char *id,
+                                   const json_t *result)
+{
+    struct router_waiter **pp = &r->waiters;
+
+    while (*pp) {
+        struct router_waiter *w = *pp;
+        if (strcmp(w->id, id) != 0) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        struct qb_command_origin origin = {
+            .transport = w->transport,
+            .ack_token = w->ack_token,
+            .reply_topic = w->reply_topic,
+            .correlation = w->correlation,
+            .correlation_len = w->correlation_len,
+        };
+        QB_LOG_INFO(w->vm, "command %s finished: answering its duplicate with the same result",
+                    id);
+        qb_vm_manager_publish_result(r->mgr, w->vm, result, &origin);
+        router_waiter_free(w);
+    }
+}
 
 void qb_command_router_stop(struct qb_command_router *r)
 {
@@ -53,6 +136,12 @@ void qb_command_router_free(struct qb_command_router *r)
 {
     if (!r)
         return;
+    /* Shutting down: parked duplicates stay unacknowledged, so Kafka hands them out again. */
+    while (r->waiters) {
+        struct router_waiter *w = r->waiters;
+        r->waiters = w->next;
+        router_waiter_free(w);
+    }
     qb_command_cache_free(r->cache);
     free(r);
 }
@@ -73,6 +162,8 @@ static void router_done(void *arg, const struct qb_command *cmd, const json_t *r
         qb_command_cache_forget(r->cache, cmd->id);
     else
         qb_command_cache_finish(r->cache, cmd->id, (json_t *)result);
+    if (!r->stopped)
+        router_release_waiters(r, cmd->id, result);
 }
 
 /* Answers cmd (may be NULL) with a rejection, on vm's stream and as a reply. */
@@ -151,7 +242,13 @@ void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct q
         return;
     }
     if (rc == QB_EAGAIN) {
-        QB_LOG_INFO(vm, "command %s is running already: duplicate ignored, its result follows",
+        if (router_wait(r, cmd->id, vm, &origin) == QB_OK) {
+            QB_LOG_INFO(vm, "command %s is running already: the duplicate gets its result",
+                        cmd->id);
+            qb_command_free(cmd);
+            return;
+        }
+        QB_LOG_WARN(vm, "command %s is running already: duplicate dropped (out of memory)",
                     cmd->id);
         goto ignore;
     }

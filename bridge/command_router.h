@@ -6,7 +6,9 @@
  * duplicate id with its first result instead of running it again (bounded
  * cache, kept across QMP reconnects), and queue the rest on their VM
  * (vm_manager). Every command that is not ignored gets exactly one
- * bridge.command.result; rejected ones never touch a QMP session.
+ * bridge.command.result; rejected ones never touch a QMP session. A duplicate
+ * that arrives while its original runs waits for the original's result, and
+ * is acknowledged only then.
  *
  * Ignored rather than rejected (logged at debug, acknowledged): a command
  * whose "bridge" attribute names another bridge, and, on a transport without

@@ -21,6 +21,18 @@
  * Content modes follow the CloudEvents Kafka binding: structured (the
  * envelope as the value) or binary (data as the value, attributes as ce_*
  * headers).
+ *
+ * Commands (after subscribe) come from a second client, a consumer in group
+ * group_id on commands_topic, driven the same way: its consumer queue (where
+ * poll_set_consumer also sends its callbacks and logs) signals a second pipe
+ * watched by a second uv_poll_t. A message keyed "<bridge>/<vm>" of another
+ * bridge is skipped; anything else goes to the core with the <vm> part of the
+ * key as vm_hint (the core decides by subject when there is no key). Offsets
+ * are committed by hand and only when the core acknowledged the command (its
+ * result is queued, or it was ignored): per partition, up to the first offset
+ * still unacknowledged, since commands of different VMs finish out of order.
+ * With the idempotency cache this makes execution effectively once: a crash
+ * before the commit means the command comes again, and its id is known.
  */
 #include "error.h"
 #include "log.h"
@@ -41,8 +53,45 @@
 #define KAFKA_POLLS_PER_WAKEUP 16
 /* Kafka's limit on a topic name is 249 characters. */
 #define KAFKA_TOPIC_MAX 250
+/* Consumer messages per wake-up before yielding to the rest of the loop. */
+#define KAFKA_MSGS_PER_WAKEUP 64
+/* Longer than any VM name ([A-Za-z0-9._-]{1,64}): a longer key part names no VM of ours. */
+#define KAFKA_VM_MAX 128
 
 enum kafka_link { LINK_UNKNOWN, LINK_UP, LINK_DOWN };
+
+/* One command handed to the core and not yet committed. */
+struct kafka_pending {
+    uint64_t token;
+    int64_t offset;
+    bool done; /* acknowledged */
+};
+
+/*
+ * One assigned partition of the commands topic: what was handed out, in
+ * offset order (and so in token order: tokens only grow), items[head..len).
+ */
+struct kafka_part {
+    int32_t partition;
+    bool stuck;      /* an offset could not be tracked: commit nothing more until reassigned */
+    bool recommit;   /* a commit failed: repeat it on the next keep-alive tick */
+    int64_t next;    /* offset to commit: one past the last acknowledged prefix, or -1 */
+    struct kafka_pending *items;
+    size_t head, len, cap;
+};
+
+/* The commands consumer, once subscribed. */
+struct kafka_consumer {
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *queue; /* the consumer queue; the main queue is forwarded to it */
+    int fds[2];              /* [0] watched by poll, [1] written by librdkafka */
+    uv_poll_t poll;
+    uv_timer_t keepalive; /* see on_keepalive */
+    struct kafka_part *parts;
+    size_t n_parts, cap_parts;
+    uint64_t last_token;
+    char group[160]; /* group.id, for the log */
+};
 
 struct kafka_backend {
     const struct qb_transport_config *cfg;
@@ -61,6 +110,8 @@ struct kafka_backend {
     int open_handles; /* uv handles not yet closed */
     void (*closed)(void *arg);
     void *closed_arg;
+    uv_loop_t *loop;
+    struct kafka_consumer *cons; /* NULL until subscribe */
 };
 
 /* Defaults before the user's properties, so each can be overridden. */
@@ -445,6 +496,583 @@ static void on_readable(uv_poll_t *handle, int status, int events)
     serve_queue(b);
 }
 
+/* ---- commands: the consumer ---- */
+
+static void wake_fd(struct kafka_backend *b, int fd)
+{
+    if (write(fd, "1", 1) < 0 && errno != EAGAIN)
+        QB_LOG_ERR(NULL, "kafka %s: cannot wake up the loop: %s", cfg_name(b->cfg),
+                   strerror(errno));
+}
+
+/* The tracking of partition, or NULL when it has none. */
+static struct kafka_part *part_find(struct kafka_consumer *c, int32_t partition)
+{
+    for (size_t i = 0; i < c->n_parts; i++) {
+        if (c->parts[i].partition == partition)
+            return &c->parts[i];
+    }
+    return NULL;
+}
+
+/* Forgets partition: tokens handed out for it become stale (acks for them are ignored). */
+static void part_drop(struct kafka_consumer *c, int32_t partition)
+{
+    struct kafka_part *p = part_find(c, partition);
+    if (!p)
+        return;
+    free(p->items);
+    *p = c->parts[--c->n_parts];
+}
+
+/* The tracking of partition, created empty if missing. Returns NULL when out of memory. */
+static struct kafka_part *part_get(struct kafka_consumer *c, int32_t partition)
+{
+    struct kafka_part *p = part_find(c, partition);
+    if (p)
+        return p;
+    if (c->n_parts == c->cap_parts) {
+        size_t cap = c->cap_parts ? c->cap_parts * 2 : 4;
+        struct kafka_part *parts = realloc(c->parts, cap * sizeof(*parts));
+        if (!parts)
+            return NULL;
+        c->parts = parts;
+        c->cap_parts = cap;
+    }
+    p = &c->parts[c->n_parts++];
+    *p = (struct kafka_part){.partition = partition, .next = -1};
+    return p;
+}
+
+/*
+ * Remembers that offset of p was handed out. Returns its new token, or 0 when
+ * out of memory: then p is stuck (nothing after it is committed either, so
+ * the command comes again after a restart rather than never).
+ */
+static uint64_t part_track(struct kafka_backend *b, struct kafka_part *p, int64_t offset)
+{
+    struct kafka_consumer *c = b->cons;
+    if (p->head > 0 && p->head * 2 >= p->len) { /* reuse the acknowledged prefix's room */
+        memmove(p->items, p->items + p->head, (p->len - p->head) * sizeof(p->items[0]));
+        p->len -= p->head;
+        p->head = 0;
+    }
+    if (p->len == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 16;
+        struct kafka_pending *items = realloc(p->items, cap * sizeof(*items));
+        if (!items) {
+            QB_LOG_ERR(NULL, "kafka %s: out of memory tracking %s [%d] offset %lld: no more "
+                       "commits for this partition until it is reassigned",
+                       cfg_name(b->cfg), b->cfg->commands_topic, (int)p->partition,
+                       (long long)offset);
+            p->stuck = true;
+            return 0;
+        }
+        p->items = items;
+        p->cap = cap;
+    }
+    p->items[p->len++] = (struct kafka_pending){.token = ++c->last_token, .offset = offset};
+    return c->last_token;
+}
+
+/* Commits offset of p's partition (the next one to read), asynchronously. */
+static void part_commit(struct kafka_backend *b, struct kafka_part *p, int64_t offset)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, b->cfg->commands_topic, p->partition)->offset = offset;
+    p->recommit = false;
+    rd_kafka_resp_err_t err = rd_kafka_commit(b->cons->rk, list, 1);
+    if (err) {
+        QB_LOG_WARN(NULL, "kafka %s: cannot commit %s [%d] at offset %lld: %s; will retry",
+                    cfg_name(b->cfg), b->cfg->commands_topic, (int)p->partition,
+                    (long long)offset, rd_kafka_err2str(err));
+        p->recommit = true;
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* Commits past the longest acknowledged prefix of p, if it grew. */
+static void part_advance(struct kafka_backend *b, struct kafka_part *p)
+{
+    int64_t last = -1;
+    while (p->head < p->len && p->items[p->head].done)
+        last = p->items[p->head++].offset;
+    if (p->head == p->len)
+        p->head = p->len = 0;
+    if (last < 0 || p->stuck)
+        return;
+    p->next = last + 1;
+    part_commit(b, p, p->next);
+}
+
+/* Finds token among the partitions' pending commands (each sorted by token). */
+static struct kafka_pending *token_find(struct kafka_consumer *c, uint64_t token,
+                                        struct kafka_part **part)
+{
+    for (size_t i = 0; i < c->n_parts; i++) {
+        struct kafka_part *p = &c->parts[i];
+        size_t lo = p->head, hi = p->len;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (p->items[mid].token < token)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < p->len && p->items[lo].token == token) {
+            *part = p;
+            return &p->items[lo];
+        }
+    }
+    return NULL;
+}
+
+static void kafka_ack(void *backend, uint64_t ack_token)
+{
+    struct kafka_backend *b = backend;
+    struct kafka_part *p = NULL;
+    struct kafka_pending *item;
+    if (!b->cons || !b->cons->rk || ack_token == 0)
+        return;
+    item = token_find(b->cons, ack_token, &p);
+    if (!item || item->done) {
+        /* its partition was revoked meanwhile: whoever has it now reads the command again */
+        QB_LOG_DEBUG(NULL, "kafka %s: ack for unknown or stale token %llu ignored",
+                     cfg_name(b->cfg), (unsigned long long)ack_token);
+        return;
+    }
+    item->done = true;
+    part_advance(b, p);
+}
+
+/*
+ * Parses a key "<bridge>/<vm>". Returns false when it names another bridge
+ * (or a VM name no bridge can have); else true with vm filled, or empty when
+ * the key says nothing about the VM (no key, no '/', nothing after it).
+ */
+static bool key_is_ours(const struct kafka_backend *b, const rd_kafka_message_t *rm, char *vm,
+                        size_t vmlen)
+{
+    const char *key = rm->key;
+    const char *slash = key ? memchr(key, '/', rm->key_len) : NULL;
+    vm[0] = '\0';
+    if (!slash)
+        return true;
+    size_t bridge_len = (size_t)(slash - key), vm_len = rm->key_len - bridge_len - 1;
+    if (bridge_len != strlen(b->bridge->id) || memcmp(key, b->bridge->id, bridge_len) != 0)
+        return false;
+    if (vm_len >= vmlen)
+        return false;
+    memcpy(vm, slash + 1, vm_len);
+    vm[vm_len] = '\0';
+    return true;
+}
+
+/* One message from consumer_poll (borrowed): to the core, or skipped and marked done. */
+static void consume_one(struct kafka_backend *b, const rd_kafka_message_t *rm)
+{
+    char vm[KAFKA_VM_MAX];
+    if (rm->err) {
+        if (rm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            QB_LOG_DEBUG(NULL, "kafka %s: commands: end of %s [%d] at offset %lld",
+                         cfg_name(b->cfg), b->cfg->commands_topic, (int)rm->partition,
+                         (long long)rm->offset);
+        else
+            QB_LOG_WARN(NULL, "kafka %s: commands: consumer error on %s [%d]: %s",
+                        cfg_name(b->cfg), rm->rkt ? rd_kafka_topic_name(rm->rkt) : "-",
+                        (int)rm->partition, rd_kafka_message_errstr(rm));
+        return;
+    }
+    struct kafka_part *p = part_get(b->cons, rm->partition);
+    uint64_t token = p ? part_track(b, p, rm->offset) : 0;
+    if (!p)
+        QB_LOG_ERR(NULL, "kafka %s: out of memory tracking %s [%d]", cfg_name(b->cfg),
+                   b->cfg->commands_topic, (int)rm->partition);
+    if (!key_is_ours(b, rm, vm, sizeof(vm))) {
+        QB_LOG_DEBUG(NULL, "kafka %s: commands: %s [%d] offset %lld keyed '%.*s' is not for "
+                     "this bridge: skipped",
+                     cfg_name(b->cfg), b->cfg->commands_topic, (int)rm->partition,
+                     (long long)rm->offset, (int)rm->key_len, (const char *)rm->key);
+        kafka_ack(b, token);
+        return;
+    }
+    struct qb_inbound in = {
+        .payload = rm->payload ? rm->payload : "",
+        .len = rm->payload ? rm->len : 0,
+        .vm_hint = vm[0] ? vm : NULL,
+    };
+    QB_LOG_DEBUG(in.vm_hint, "kafka %s: commands: %s [%d] offset %lld (%zu bytes), token %llu",
+                 cfg_name(b->cfg), b->cfg->commands_topic, (int)rm->partition,
+                 (long long)rm->offset, in.len, (unsigned long long)token);
+    b->cb->inbound(b->owner, &in, token);
+}
+
+/*
+ * Serves the consumer queue until it is empty (callbacks run inside
+ * consumer_poll; messages come back one by one). Same edge-triggered pipe as
+ * the main queue, see serve_queue().
+ */
+static void serve_consumer(struct kafka_backend *b)
+{
+    struct kafka_consumer *c = b->cons;
+    for (int n = 0; n < KAFKA_MSGS_PER_WAKEUP && !b->closing; n++) {
+        rd_kafka_message_t *rm = rd_kafka_consumer_poll(c->rk, 0);
+        if (!rm)
+            break;
+        consume_one(b, rm);
+        rd_kafka_message_destroy(rm);
+    }
+    if (!b->closing && rd_kafka_queue_length(c->queue) > 0)
+        wake_fd(b, c->fds[1]);
+}
+
+static void on_consumer_readable(uv_poll_t *handle, int status, int events)
+{
+    (void)events;
+    struct kafka_backend *b = handle->data;
+    char buf[64];
+    if (status < 0)
+        QB_LOG_ERR(NULL, "kafka %s: polling the consumer's wake-up pipe failed: %s",
+                   cfg_name(b->cfg), uv_strerror(status));
+    while (read(b->cons->fds[0], buf, sizeof(buf)) > 0)
+        ;
+    serve_consumer(b);
+}
+
+/*
+ * librdkafka leaves the group when the application has not polled for
+ * max.poll.interval.ms, and a quiet commands topic never wakes us; so poll
+ * on a timer too (a third of that interval), and repeat failed commits.
+ */
+static void on_keepalive(uv_timer_t *timer)
+{
+    struct kafka_backend *b = timer->data;
+    struct kafka_consumer *c = b->cons;
+    serve_consumer(b);
+    for (size_t i = 0; i < c->n_parts && !b->closing; i++) {
+        struct kafka_part *p = &c->parts[i];
+        if (p->recommit && p->next >= 0 && !p->stuck)
+            part_commit(b, p, p->next);
+    }
+}
+
+/* Served from consumer_poll: an asynchronous commit finished. */
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    struct kafka_backend *b = opaque;
+    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET || !offsets)
+        return;
+    for (int i = 0; i < offsets->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &offsets->elems[i];
+        rd_kafka_resp_err_t e = tp->err ? tp->err : err;
+        struct kafka_part *p = b->cons ? part_find(b->cons, tp->partition) : NULL;
+        if (!e) {
+            QB_LOG_DEBUG(NULL, "kafka %s: commands: committed %s [%d] at offset %lld",
+                         cfg_name(b->cfg), tp->topic, (int)tp->partition, (long long)tp->offset);
+            continue;
+        }
+        QB_LOG_WARN(NULL, "kafka %s: commands: commit of %s [%d] at offset %lld failed: %s%s",
+                    cfg_name(b->cfg), tp->topic, (int)tp->partition, (long long)tp->offset,
+                    rd_kafka_err2str(e), p ? "; will retry" : "");
+        /* only if nothing later was committed meanwhile (commits go out in order) */
+        if (p && p->next == tp->offset)
+            p->recommit = true;
+    }
+}
+
+/* Served from consumer_poll (or inside consumer_close): the group gave or took partitions. */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    struct kafka_backend *b = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    bool assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+    rd_kafka_error_t *error = NULL;
+    rd_kafka_resp_err_t aerr = RD_KAFKA_RESP_ERR_NO_ERROR;
+    char list[256];
+    size_t n = 0;
+    list[0] = '\0';
+    for (int i = 0; i < parts->cnt; i++) {
+        /* offsets handed out before are stale either way: the partition restarts from its
+           committed offset */
+        part_drop(b->cons, parts->elems[i].partition);
+        if (assign && !part_get(b->cons, parts->elems[i].partition))
+            QB_LOG_ERR(NULL, "kafka %s: out of memory tracking %s [%d]", cfg_name(b->cfg),
+                       parts->elems[i].topic, (int)parts->elems[i].partition);
+        if (n < sizeof(list))
+            n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%d", i ? "," : "",
+                                  (int)parts->elems[i].partition);
+    }
+    if (assign) {
+        QB_LOG_INFO(NULL, "kafka %s: commands: assigned %s [%s] in group %s", cfg_name(b->cfg),
+                    b->cfg->commands_topic, list, b->cons->group);
+        if (cooperative)
+            error = rd_kafka_incremental_assign(rk, parts);
+        else
+            aerr = rd_kafka_assign(rk, parts);
+    } else {
+        if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            QB_LOG_INFO(NULL, "kafka %s: commands: revoked %s [%s]", cfg_name(b->cfg),
+                        b->cfg->commands_topic, list);
+        else
+            QB_LOG_ERR(NULL, "kafka %s: commands: rebalance failed: %s", cfg_name(b->cfg),
+                       rd_kafka_err2str(err));
+        if (cooperative)
+            error = rd_kafka_incremental_unassign(rk, parts);
+        else
+            aerr = rd_kafka_assign(rk, NULL);
+    }
+    if (error) {
+        QB_LOG_ERR(NULL, "kafka %s: commands: %s failed: %s", cfg_name(b->cfg),
+                   assign ? "incremental assign" : "incremental unassign",
+                   rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    } else if (aerr) {
+        QB_LOG_ERR(NULL, "kafka %s: commands: %s failed: %s", cfg_name(b->cfg),
+                   assign ? "assign" : "unassign", rd_kafka_err2str(aerr));
+    }
+}
+
+/* Served from consumer_poll. */
+static void on_consumer_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    struct kafka_backend *b = opaque;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char fatal[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
+        QB_LOG_ERR(NULL, "kafka %s: fatal consumer error %s: %s; no more commands",
+                   cfg_name(b->cfg), rd_kafka_err2name(orig), fatal);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        QB_LOG_WARN(NULL, "kafka %s: commands: %s", cfg_name(b->cfg), reason);
+        return;
+    }
+    QB_LOG_DEBUG(NULL, "kafka %s: commands: %s: %s", cfg_name(b->cfg),
+                 rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+/* Consumer settings set before the user's properties: each can be overridden. */
+static const struct {
+    const char *key, *value;
+} kafka_consumer_defaults[] = {
+    /* A bridge that joins for the first time must not replay the commands topic's history:
+       those commands were meant for whoever ran then (and max_age would reject them). */
+    {"auto.offset.reset", "latest"},
+};
+
+/* Set after the user's properties: the commit-after-result contract depends on them. */
+static const struct {
+    const char *key, *value;
+} kafka_consumer_fixed[] = {
+    {"enable.auto.commit", "false"},
+    {"enable.auto.offset.store", "false"},
+    {"log.queue", "true"}, /* logs reach us through the consumer queue, on the loop */
+};
+
+/*
+ * Builds the consumer's configuration. A property the consumer rejects
+ * (they were checked for the producer) is logged and skipped; producer-only
+ * ones are accepted by librdkafka and ignored with a warning of its own.
+ * Returns QB_OK with *out (owned by the caller), or QB_ECONFIG/QB_ENOMEM
+ * (logged).
+ */
+static int build_consumer_conf(struct kafka_backend *b, rd_kafka_conf_t **out)
+{
+    char rderr[512], client_id[128];
+    char *group = b->cons->group;
+    size_t group_len = sizeof(b->cons->group);
+    const struct qb_transport_config *cfg = b->cfg;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const char *key = "bootstrap.servers";
+    if (!conf) {
+        QB_LOG_ERR(NULL, "kafka %s: out of memory", cfg_name(cfg));
+        return QB_ENOMEM;
+    }
+    snprintf(client_id, sizeof(client_id), "qmp-bridge-%s", b->bridge->id);
+    if (cfg->group_id)
+        snprintf(group, group_len, "%s", cfg->group_id);
+    else /* the loader fills it in; a backend built by hand may not */
+        snprintf(group, group_len, "qmp-bridge.%s", b->bridge->id);
+    if (rd_kafka_conf_set(conf, key, cfg->brokers, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
+        goto rejected;
+    key = "client.id";
+    if (rd_kafka_conf_set(conf, key, client_id, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
+        goto rejected;
+    for (size_t i = 0; i < N_ELEMS(kafka_consumer_defaults); i++) {
+        key = kafka_consumer_defaults[i].key;
+        if (rd_kafka_conf_set(conf, key, kafka_consumer_defaults[i].value, rderr,
+                              sizeof(rderr)) != RD_KAFKA_CONF_OK)
+            goto rejected;
+    }
+    for (size_t i = 0; i < cfg->n_properties; i++) {
+        if (rd_kafka_conf_set(conf, cfg->properties[i].key, cfg->properties[i].value, rderr,
+                              sizeof(rderr)) != RD_KAFKA_CONF_OK)
+            QB_LOG_WARN(NULL, "kafka %s: property '%s' skipped for the commands consumer: %s",
+                        cfg_name(cfg), cfg->properties[i].key, rderr);
+    }
+    key = "group.id";
+    if (rd_kafka_conf_set(conf, key, group, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
+        goto rejected;
+    for (size_t i = 0; i < N_ELEMS(kafka_consumer_fixed); i++) {
+        key = kafka_consumer_fixed[i].key;
+        if (rd_kafka_conf_set(conf, key, kafka_consumer_fixed[i].value, rderr, sizeof(rderr)) !=
+            RD_KAFKA_CONF_OK)
+            goto rejected;
+    }
+    *out = conf;
+    return QB_OK;
+
+rejected:
+    QB_LOG_ERR(NULL, "kafka %s: commands consumer: property '%s': %s", cfg_name(cfg), key, rderr);
+    rd_kafka_conf_destroy(conf);
+    return QB_ECONFIG;
+}
+
+/* The keep-alive period: a third of the consumer's max.poll.interval.ms, at least 100 ms. */
+static uint64_t keepalive_ms(const rd_kafka_conf_t *conf)
+{
+    char value[32];
+    size_t size = sizeof(value);
+    long long ms = 300000; /* librdkafka's default */
+    if (rd_kafka_conf_get(conf, "max.poll.interval.ms", value, &size) == RD_KAFKA_CONF_OK)
+        ms = strtoll(value, NULL, 10);
+    return ms / 3 > 100 ? (uint64_t)(ms / 3) : 100;
+}
+
+/* Frees the consumer's memory and fds; its librdkafka handle and uv handles are gone. */
+static void free_consumer(struct kafka_consumer *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_parts; i++)
+        free(c->parts[i].items);
+    free(c->parts);
+    for (int i = 0; i < 2; i++) {
+        if (c->fds[i] >= 0)
+            close(c->fds[i]);
+    }
+    free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h);
+
+static int kafka_subscribe(void *backend)
+{
+    struct kafka_backend *b = backend;
+    char rderr[512];
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_topic_partition_list_t *topics = NULL;
+    const char *topic = b->cfg->commands_topic;
+    int rc;
+    if (!b->cfg->commands)
+        return QB_EINVAL;
+    if (b->closing)
+        return QB_ECLOSED;
+    if (b->cons) {
+        QB_LOG_ERR(NULL, "kafka %s: already receiving commands", cfg_name(b->cfg));
+        return QB_EINVAL;
+    }
+    /* a leading '^' would make it a regex over many topics; offsets are tracked for one */
+    if (!topic || !topic[0] || topic[0] == '^') {
+        QB_LOG_ERR(NULL, "kafka %s: commands_topic '%s' is not a topic name", cfg_name(b->cfg),
+                   topic ? topic : "");
+        return QB_ECONFIG;
+    }
+    struct kafka_consumer *c = calloc(1, sizeof(*c));
+    if (!c) {
+        QB_LOG_ERR(NULL, "kafka %s: out of memory", cfg_name(b->cfg));
+        return QB_ENOMEM;
+    }
+    c->fds[0] = c->fds[1] = -1;
+    b->cons = c;
+    if ((rc = build_consumer_conf(b, &conf)) != QB_OK)
+        goto fail;
+    uint64_t period = keepalive_ms(conf);
+    rd_kafka_conf_set_opaque(conf, b);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
+    rd_kafka_conf_set_error_cb(conf, on_consumer_error);
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
+    if (!c->rk) {
+        QB_LOG_ERR(NULL, "kafka %s: commands consumer: %s", cfg_name(b->cfg), rderr);
+        rd_kafka_conf_destroy(conf);
+        rc = QB_ECONFIG;
+        goto fail;
+    }
+    rd_kafka_set_log_queue(c->rk, NULL);
+    rd_kafka_poll_set_consumer(c->rk);
+    c->queue = rd_kafka_queue_get_consumer(c->rk);
+    topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (err) {
+        QB_LOG_ERR(NULL, "kafka %s: cannot subscribe to %s: %s", cfg_name(b->cfg), topic,
+                   rd_kafka_err2str(err));
+        rc = QB_EIO;
+        goto fail;
+    }
+    int uv_rc = -1;
+    if (pipe2(c->fds, O_NONBLOCK | O_CLOEXEC) < 0 ||
+        (uv_rc = uv_poll_init(b->loop, &c->poll, c->fds[0])) < 0) {
+        QB_LOG_ERR(NULL, "kafka %s: cannot watch the consumer's wake-up pipe: %s",
+                   cfg_name(b->cfg), uv_rc == -1 ? strerror(errno) : uv_strerror(uv_rc));
+        rc = QB_EIO;
+        goto fail;
+    }
+    uv_timer_init(b->loop, &c->keepalive);
+    c->poll.data = c->keepalive.data = b;
+    b->open_handles += 2;
+    rd_kafka_queue_io_event_enable(c->queue, c->fds[1], "1", 1);
+    uv_poll_start(&c->poll, UV_READABLE, on_consumer_readable);
+    uv_timer_start(&c->keepalive, on_keepalive, period, period);
+    /* anything queued before the io event was enabled did not write to the pipe */
+    wake_fd(b, c->fds[1]);
+    QB_LOG_INFO(NULL, "kafka %s: commands: joining group %s on %s", cfg_name(b->cfg), c->group,
+                topic);
+    return QB_OK;
+
+fail:
+    if (c->queue)
+        rd_kafka_queue_destroy(c->queue);
+    if (c->rk)
+        rd_kafka_destroy_flags(c->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    b->cons = NULL;
+    free_consumer(c);
+    return rc;
+}
+
+/*
+ * Leaves the group and releases the consumer (its uv handles close later).
+ * consumer_close blocks while it says goodbye and waits for outstanding
+ * commits: acceptable at shutdown, and what makes the last commits count.
+ * Nothing more reaches the core: inbound messages still queued are dropped
+ * uncommitted, so the group hands them out again.
+ */
+static void close_consumer(struct kafka_backend *b)
+{
+    struct kafka_consumer *c = b->cons;
+    if (!c->rk)
+        return;
+    uv_poll_stop(&c->poll);
+    uv_timer_stop(&c->keepalive);
+    rd_kafka_resp_err_t err = rd_kafka_consumer_close(c->rk);
+    if (err)
+        QB_LOG_WARN(NULL, "kafka %s: commands: closing the consumer: %s", cfg_name(b->cfg),
+                    rd_kafka_err2str(err));
+    rd_kafka_queue_io_event_enable(c->queue, -1, NULL, 0);
+    rd_kafka_queue_destroy(c->queue);
+    c->queue = NULL;
+    rd_kafka_destroy(c->rk);
+    c->rk = NULL;
+    uv_close((uv_handle_t *)&c->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&c->keepalive, on_handle_closed);
+}
+
 static void close_fds(struct kafka_backend *b)
 {
     for (int i = 0; i < 2; i++) {
@@ -462,6 +1090,7 @@ static void on_handle_closed(uv_handle_t *h)
     void (*closed)(void *) = b->closed;
     void *arg = b->closed_arg;
     close_fds(b);
+    free_consumer(b->cons);
     free(b);
     if (closed)
         closed(arg);
@@ -498,6 +1127,9 @@ static void teardown(struct kafka_backend *b)
 static void on_close_timer(uv_timer_t *timer)
 {
     struct kafka_backend *b = timer->data;
+    /* first, so the group can hand its partitions to another member while we flush */
+    if (b->cons)
+        close_consumer(b);
     uint32_t ms = b->cfg->shutdown_timeout_ms < KAFKA_CLOSE_FLUSH_MS ? b->cfg->shutdown_timeout_ms
                                                                      : KAFKA_CLOSE_FLUSH_MS;
     /* with a delivery report callback, flush polls: reports arrive here, on the loop */
@@ -515,6 +1147,10 @@ static void kafka_close(void *backend, void (*closed)(void *arg), void *arg)
     b->closed = closed;
     b->closed_arg = arg;
     uv_poll_stop(&b->poll);
+    if (b->cons) {
+        uv_poll_stop(&b->cons->poll);
+        uv_timer_stop(&b->cons->keepalive);
+    }
     /* reports must not reach the generic layer from inside its own close call */
     uv_timer_start(&b->close_timer, on_close_timer, 0, 0);
 }
@@ -537,6 +1173,7 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     }
     b->cfg = cfg;
     b->bridge = bridge;
+    b->loop = loop;
     b->cb = cb;
     b->owner = owner;
     b->wake_fds[0] = b->wake_fds[1] = -1;
@@ -590,9 +1227,11 @@ fail:
 
 const struct qb_transport_ops qb_transport_kafka_ops = {
     .name = "kafka",
-    .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_KEYED,
+    .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_KEYED | QB_TRANSPORT_CAP_SUBSCRIBE,
     .validate = kafka_validate,
     .create = kafka_create,
     .publish = kafka_publish,
+    .subscribe = kafka_subscribe,
+    .ack = kafka_ack,
     .close = kafka_close,
 };

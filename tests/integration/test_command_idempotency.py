@@ -2,7 +2,9 @@
 """Commands run once, and survive the bridge's MQTT link going down.
 
 1. A duplicate id runs once: `stop` sent twice with one id reaches QEMU once,
-   and the second copy is answered with the first result again.
+   and the second copy is answered with the first result again; a copy that
+   arrives while the original is still running (QEMU holds the `cont` reply
+   for 2 s) waits and is answered with the original's result when it ends.
 2. A command published while the bridge's link is down waits in its persistent
    MQTT session: the bridge is frozen (SIGSTOP) until mosquitto drops it for a
    missed keepalive, `cont` is published, the bridge is thawed, reconnects and
@@ -29,7 +31,8 @@ with check.Test("command_idempotency") as t:
     sock = os.path.join(d, "vm1.qmp")
     qlog = os.path.join(d, "qmp-commands.jsonl")
     procs.spawn(["/usr/bin/python3", PEER, "--socket", sock, "--mode", "idle",
-                 "--command-log", qlog], "qmp_peer", stderr=os.path.join(d, "peer.log"))
+                 "--command-log", qlog, "--delay", "cont:2"], "qmp_peer",
+                stderr=os.path.join(d, "peer.log"))
     procs.wait_until(lambda: os.path.exists(sock), 10, "peer socket")
     br = bridge.Bridge(d, [("vm1", sock)], broker=broker,
                        extra_yaml="commands: { enabled: true }\n")
@@ -74,6 +77,19 @@ with check.Test("command_idempotency") as t:
     br.wait_log("ran before: its first result is published again")
     t.ok("the log says the duplicate was answered from the cache")
 
+    t.section("a duplicate that arrives while the original runs")
+    cmd = commands.make("cont", "vm1", cmd_id="cont-slow-1")
+    commands.mqtt_publish(broker.port, "test-host", "vm1", cmd, response_topic="orch/r/slow-a")
+    br.wait_log("command cont cont-slow-1 queued")
+    commands.mqtt_publish(broker.port, "test-host", "vm1", cmd, response_topic="orch/r/slow-b")
+    br.wait_log("cont-slow-1 is running already")
+    t.expect(not os.path.exists(replies) or "orch/r/slow-b" not in open(replies).read(),
+             "while the original runs, the duplicate has no answer yet")
+    a = replies_on("orch/r/slow-a", 1)[0]["data"]
+    b = replies_on("orch/r/slow-b", 1)[0]["data"]
+    t.expect(a["status"] == "ok" and b == a, "the duplicate is answered with the original's result", b)
+    t.expect(seen("cont") == 1, "QEMU received cont once", seen("cont"))
+
     t.section("a command sent while the bridge's link is down")
     os.kill(br.proc.pid, signal.SIGSTOP)
     try:
@@ -89,4 +105,4 @@ with check.Test("command_idempotency") as t:
     res = replies_on("orch/r/down", 1, timeout=30)[0]["data"]
     t.expect(res["command_id"] == "cont-while-down" and res["status"] == "ok",
              "after reconnecting the bridge ran it: ok", res)
-    t.expect(seen("cont") == 1, "QEMU received cont once", seen("cont"))
+    t.expect(seen("cont") == 2, "QEMU received that cont once (two in all)", seen("cont"))

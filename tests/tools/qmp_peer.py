@@ -111,6 +111,12 @@ class Conn:
             reply["id"] = msg["id"]
         if cmd == "qmp_capabilities" and self.ready_at is None:
             self.ready_at = time.monotonic()
+        delay = dict(d.split(":", 1) for d in self.args.delay).get(cmd)
+        if delay is not None and cmd in REPLIES:
+            reply["return"] = REPLIES[cmd]
+            self.delayed.append((time.monotonic() + float(delay), reply))
+            log(self.no, "holding the %s reply for %ss" % (cmd, delay))
+            return
         if self.mode == "stop-query" and self.acted and cmd == "query-status":
             reply["return"] = {"status": "io-error", "singlestep": False, "running": False}
             self.delayed.append((time.monotonic() + self.args.reply_delay, reply))
@@ -249,6 +255,8 @@ def main():
     ap.add_argument("--oversize", type=int, default=65536)
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--command-log", help="append every command received to this file (JSON lines)")
+    ap.add_argument("--delay", action="append", default=[], metavar="COMMAND:SECONDS",
+                    help="answer COMMAND only after SECONDS (repeatable)")
     ap.add_argument("--reply-delay", type=float, default=1.0,
                     help="stop-query: seconds before query-status is answered")
     ap.add_argument("--count", type=int, default=None,

@@ -2,7 +2,9 @@
  * test_kafka.c - the Kafka backend against an in-process librdkafka mock
  * cluster (3 brokers), driven through its ops exactly as transport.c does:
  * our own qb_transport_backend_cb counts every delivered/writable/link call,
- * and a plain librdkafka consumer reads back what arrived.
+ * and a plain librdkafka consumer reads back what arrived. The commands
+ * consumer is fed by a plain producer, and its group's committed offset is
+ * read back with rd_kafka_committed from a second handle in the same group.
  *
  * A guard timer on the loop turns a hang into a failure.
  */
@@ -27,6 +29,9 @@
 #define MAX_MSGS 600
 #define BRIDGE "b1"
 #define PARTITIONS 3
+#define COMMANDS_TOPIC "qmp.commands"
+#define GROUP "qmp-bridge." BRIDGE
+#define MAX_INBOUND 64
 
 static const char *const types[] = {"qmp.vm.stop", "qmp.vm.resume"};
 
@@ -46,7 +51,7 @@ struct harness {
     uv_timer_t action;
     rd_kafka_t *mock_rk;
     rd_kafka_mock_cluster_t *mc;
-    struct qb_config_kv props[4];
+    struct qb_config_kv props[6];
     struct qb_transport_config cfg;
     struct qb_bridge_info bridge;
     void *backend;
@@ -62,6 +67,15 @@ struct harness {
     bool move_leaders;
     bool down_done;
     size_t down_after;
+    /* commands: what cb->inbound received, in order */
+    struct {
+        char payload[64];
+        char vm_hint[16];
+        bool has_hint;
+        uint64_t token;
+    } inbound[MAX_INBOUND];
+    size_t n_inbound;
+    size_t bad_inbound; /* too many, too long, with a reply channel or without a token */
 };
 
 static struct harness *H;
@@ -110,10 +124,34 @@ static void on_link(void *owner, bool up, const char *why)
         h->link_down++;
 }
 
+/*
+ * Records one inbound message. No assertion in here: a failure would jump out
+ * of the backend before it releases the librdkafka message, and then
+ * rd_kafka_destroy waits for it forever. The test body checks bad_inbound.
+ */
+static void on_inbound(void *owner, const struct qb_inbound *in, uint64_t ack_token)
+{
+    struct harness *h = owner;
+    if (h->n_inbound >= MAX_INBOUND || in->len >= sizeof(h->inbound[0].payload) ||
+        in->reply_topic || in->correlation || ack_token == 0) {
+        h->bad_inbound++;
+        return;
+    }
+    memcpy(h->inbound[h->n_inbound].payload, in->payload, in->len);
+    h->inbound[h->n_inbound].payload[in->len] = '\0';
+    h->inbound[h->n_inbound].has_hint = in->vm_hint != NULL;
+    if (in->vm_hint)
+        snprintf(h->inbound[h->n_inbound].vm_hint, sizeof(h->inbound[0].vm_hint), "%s",
+                 in->vm_hint);
+    h->inbound[h->n_inbound].token = ack_token;
+    h->n_inbound++;
+}
+
 static const struct qb_transport_backend_cb test_cb = {
     .delivered = on_delivered,
     .writable = on_writable,
     .link = on_link,
+    .inbound = on_inbound,
 };
 
 static int publish_one(struct harness *h, size_t i)
@@ -264,6 +302,8 @@ static int setup(void **state)
                                          "st." BRIDGE ".vm4"};
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
         assert_int_equal(rd_kafka_mock_topic_create(h->mc, topics[i], PARTITIONS, 3), 0);
+    /* one partition: the committed offset then says exactly which commands are done */
+    assert_int_equal(rd_kafka_mock_topic_create(h->mc, COMMANDS_TOPIC, 1, 3), 0);
 
     assert_int_equal(uv_loop_init(&h->loop), 0);
     uv_timer_init(&h->loop, &h->guard);
@@ -277,7 +317,8 @@ static int setup(void **state)
     h->cfg.brokers = (char *)rd_kafka_mock_cluster_bootstraps(h->mc);
     h->cfg.events_topic = "ev.<bridge>.<type>";
     h->cfg.state_topic = "st.<bridge>.<vm>";
-    h->cfg.commands_topic = "qmp.commands";
+    h->cfg.commands_topic = COMMANDS_TOPIC;
+    h->cfg.group_id = GROUP;
     h->cfg.shutdown_timeout_ms = 5000;
     /* quick reconnects keep the broker-down scenarios short */
     h->props[0] = (struct qb_config_kv){.key = "reconnect.backoff.max.ms", .value = "200"};
@@ -758,6 +799,190 @@ static void test_all_down_and_close(void **state)
     }
 }
 
+/* ---- commands ---- */
+
+static bool inbound_35(const struct harness *h)
+{
+    return h->n_inbound + h->bad_inbound >= 35;
+}
+
+static bool inbound_38(const struct harness *h)
+{
+    return h->n_inbound + h->bad_inbound >= 38;
+}
+
+/* Produces n commands starting at number first: 1 in 8 for another bridge, 1 in 8 without key. */
+static void produce_commands(struct harness *h, int first, int n)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    assert_int_equal(
+        rd_kafka_conf_set(conf, "bootstrap.servers", h->cfg.brokers, errstr, sizeof(errstr)),
+        RD_KAFKA_CONF_OK);
+    rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+    assert_non_null(p);
+    for (int i = first; i < first + n; i++) {
+        char key[32], payload[32];
+        snprintf(payload, sizeof(payload), "cmd-%d", i);
+        if (i % 8 == 3)
+            snprintf(key, sizeof(key), "other-bridge/vm%d", i % N_VMS);
+        else
+            snprintf(key, sizeof(key), BRIDGE "/vm%d", i % N_VMS);
+        bool keyless = i % 8 == 6;
+        assert_int_equal(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(COMMANDS_TOPIC),
+                                           RD_KAFKA_V_PARTITION(0),
+                                           RD_KAFKA_V_KEY(keyless ? NULL : key,
+                                                          keyless ? 0 : strlen(key)),
+                                           RD_KAFKA_V_VALUE(payload, strlen(payload)),
+                                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                           RD_KAFKA_V_END),
+                         RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+    assert_int_equal(rd_kafka_flush(p, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_destroy(p);
+}
+
+/* Checks inbound[from..] against commands first.. (other-bridge ones skipped). */
+static void check_inbound(struct harness *h, size_t from, int first, int n)
+{
+    size_t k = from;
+    assert_int_equal(h->bad_inbound, 0);
+    for (int i = first; i < first + n; i++) {
+        char want[32], vm[16];
+        if (i % 8 == 3)
+            continue;
+        assert_true(k < h->n_inbound);
+        snprintf(want, sizeof(want), "cmd-%d", i);
+        if (strcmp(h->inbound[k].payload, want) != 0)
+            fail_msg("inbound %zu: want %s, got %s", k, want, h->inbound[k].payload);
+        if (i % 8 == 6) {
+            assert_false(h->inbound[k].has_hint); /* no key: the core decides by subject */
+        } else {
+            snprintf(vm, sizeof(vm), "vm%d", i % N_VMS);
+            assert_true(h->inbound[k].has_hint);
+            assert_string_equal(h->inbound[k].vm_hint, vm);
+        }
+        k++;
+    }
+    assert_int_equal(k, h->n_inbound);
+}
+
+/* The group's committed offset of partition 0, read through its own handle (-1001: none). */
+static int64_t committed(rd_kafka_t *checker)
+{
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, COMMANDS_TOPIC, 0);
+    assert_int_equal(rd_kafka_committed(checker, parts, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    int64_t offset = parts->elems[0].err ? -2 : parts->elems[0].offset;
+    rd_kafka_topic_partition_list_destroy(parts);
+    return offset;
+}
+
+static rd_kafka_t *new_checker(struct harness *h)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    assert_int_equal(
+        rd_kafka_conf_set(conf, "bootstrap.servers", h->cfg.brokers, errstr, sizeof(errstr)),
+        RD_KAFKA_CONF_OK);
+    assert_int_equal(rd_kafka_conf_set(conf, "group.id", GROUP, errstr, sizeof(errstr)),
+                     RD_KAFKA_CONF_OK);
+    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+    assert_non_null(c);
+    return c;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until the committed offset is want (a tick re-checks while nothing happens). */
+static void run_until_committed(struct harness *h, rd_kafka_t *checker, int64_t want)
+{
+    uv_timer_start(&h->action, on_tick, 50, 50);
+    while (committed(checker) != want && h->bad_inbound == 0)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    assert_int_equal(h->bad_inbound, 0);
+    uv_timer_stop(&h->action);
+}
+
+/*
+ * 40 commands on one partition: 30 keyed for this bridge's VMs, 5 for another
+ * bridge, 5 without key. The 35 that may be ours reach the core with the VM
+ * of the key as hint; the other bridge's are never seen. Acknowledged out of
+ * order, the group's offset stops below the first command still running and
+ * reaches the end only once every command is done. A new consumer of the
+ * group then starts after them: nothing is read twice.
+ */
+static void test_commands(void **state)
+{
+    struct harness *h = *state;
+    /* what was produced before the group first joined is what this test reads */
+    h->props[2] = (struct qb_config_kv){.key = "auto.offset.reset", .value = "earliest"};
+    /* a producer-only property is no reason to refuse the consumer */
+    h->props[3] = (struct qb_config_kv){.key = "linger.ms", .value = "5"};
+    /* the mock makes a member joining after a leave wait for the group's session timeout */
+    h->props[4] = (struct qb_config_kv){.key = "session.timeout.ms", .value = "6000"};
+    /* short, so that the idle stretch below outlasts it */
+    h->props[5] = (struct qb_config_kv){.key = "max.poll.interval.ms", .value = "6500"};
+    h->cfg.n_properties = 6;
+    create_backend(h);
+    assert_true(qb_transport_kafka_ops.caps & QB_TRANSPORT_CAP_SUBSCRIBE);
+    assert_false(qb_transport_kafka_ops.caps & QB_TRANSPORT_CAP_REPLY);
+    assert_int_equal(qb_transport_kafka_ops.subscribe(h->backend), QB_EINVAL); /* commands off */
+    h->cfg.commands = true;
+
+    produce_commands(h, 0, 40);
+    assert_int_equal(qb_transport_kafka_ops.subscribe(h->backend), QB_OK);
+    run_until(h, inbound_35);
+    check_inbound(h, 0, 0, 40);
+
+    rd_kafka_t *checker = new_checker(h);
+    /* inbound 11 is command 13 at offset 13 (3 and 11 went to the other bridge) */
+    const size_t hold = 11;
+    assert_string_equal(h->inbound[hold].payload, "cmd-13");
+    for (size_t k = h->n_inbound; k-- > 0;)
+        if (k != hold)
+            qb_transport_kafka_ops.ack(h->backend, h->inbound[k].token);
+    /* a repeated ack and unknown tokens change nothing */
+    qb_transport_kafka_ops.ack(h->backend, h->inbound[0].token);
+    qb_transport_kafka_ops.ack(h->backend, 0);
+    qb_transport_kafka_ops.ack(h->backend, UINT64_MAX);
+    run_until_committed(h, checker, 13);
+    run_for(h, 300);
+    assert_int_equal(committed(checker), 13);
+
+    /*
+     * Quiet for longer than max.poll.interval.ms: without polls of its own the
+     * consumer would leave the group, its partition would be revoked (the held
+     * token going stale) and command 13 onwards read again.
+     */
+    run_for(h, 8000);
+    assert_int_equal(h->n_inbound + h->bad_inbound, 35);
+
+    qb_transport_kafka_ops.ack(h->backend, h->inbound[hold].token);
+    run_until_committed(h, checker, 40);
+    close_backend(h);
+    assert_int_equal(committed(checker), 40);
+
+    /* a restarted bridge resumes after the committed offset */
+    produce_commands(h, 40, 4);
+    h->closed = 0;
+    size_t before = h->n_inbound;
+    create_backend(h);
+    assert_int_equal(qb_transport_kafka_ops.subscribe(h->backend), QB_OK);
+    run_until(h, inbound_38);
+    check_inbound(h, before, 40, 4);
+    run_for(h, 300);
+    assert_int_equal(h->n_inbound + h->bad_inbound, 38); /* nothing of the first 40 again */
+    for (size_t k = before; k < h->n_inbound; k++)
+        qb_transport_kafka_ops.ack(h->backend, h->inbound[k].token);
+    run_until_committed(h, checker, 44);
+    close_backend(h);
+    rd_kafka_destroy(checker);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -768,6 +993,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leader_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_moves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_down_and_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commands, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
