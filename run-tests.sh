@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of qmp-bridge, from a fresh Debian 12 machine: installs what is missing, builds a
-# normal and an ASan+UBSan build, and runs the whole ctest suite (unit + integration) on both.
+# normal, an ASan+UBSan and a Release build, runs the whole ctest suite (unit + integration) on
+# the first two, and prints the benchmark figures of the Release build.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -11,6 +12,9 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DQB_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
+# Release (-O3) finds warnings the other two do not; the benchmark figures come from it.
+cmake -S . -B build-rel -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-rel -j"$jobs"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -20,4 +24,6 @@ echo "== tests: normal build =="
 (cd build && ctest --output-on-failure --timeout 600) || status=1
 echo "== tests: ASan+UBSan build =="
 (cd build-asan && ctest --output-on-failure --timeout 600) || status=1
+echo "== benchmark (Release build; figures only, nothing asserted) =="
+cmake --build build-rel --target bench || status=1
 exit $status

@@ -301,7 +301,7 @@ static int on_scalar(struct cfg_ctx *c, struct tree_builder *b, const yaml_event
 {
     const char *value = (const char *)ev->data.scalar.value;
     size_t len = ev->data.scalar.length;
-    struct ynode *node;
+    struct ynode *node = NULL; /* set by builder_add on QB_OK; -O3 cannot see that */
     int rc;
 
     if ((rc = builder_check_anchor(c, b, ev, ev->data.scalar.anchor)) != QB_OK)
@@ -320,7 +320,7 @@ static int on_scalar(struct cfg_ctx *c, struct tree_builder *b, const yaml_event
 static int builder_open(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev,
                         enum ynode_kind kind, const yaml_char_t *anchor)
 {
-    struct ynode *node;
+    struct ynode *node = NULL; /* set by builder_add on QB_OK; -O3 cannot see that */
     int rc;
 
     if ((rc = builder_check_anchor(c, b, ev, anchor)) != QB_OK)

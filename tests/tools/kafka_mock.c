@@ -117,7 +117,8 @@ static int kmock_check(rd_kafka_resp_err_t rerr, const char *what, char *err, si
 {
     if (rerr == RD_KAFKA_RESP_ERR_NO_ERROR)
         return QB_OK;
-    snprintf(err, errlen, "%s: %s", what, rd_kafka_err2str(rerr));
+    /* Names come from a command line of up to KMOCK_LINE_MAX: the answer shows a prefix. */
+    snprintf(err, errlen, "%.100s: %s", what, rd_kafka_err2str(rerr));
     return rerr == RD_KAFKA_RESP_ERR__UNKNOWN_BROKER ? QB_ENOTFOUND : QB_EINVAL;
 }
 
@@ -133,12 +134,12 @@ static int kmock_topic_create(struct kmock *km, const char *name, const char *pa
         return QB_EINVAL;
     }
     if (kmock_parse_int(partitions, 1, 100000, &parts) != QB_OK) {
-        snprintf(err, errlen, "topic %s: bad partition count '%s'", name, partitions);
+        snprintf(err, errlen, "topic %.100s: bad partition count '%.32s'", name, partitions);
         return QB_EINVAL;
     }
     if (kmock_parse_int(replication, 1, km->broker_cnt, &repl) != QB_OK) {
-        snprintf(err, errlen, "topic %s: replication '%s' is not in 1..%d", name, replication,
-                 km->broker_cnt);
+        snprintf(err, errlen, "topic %.100s: replication '%.32s' is not in 1..%d", name,
+                 replication, km->broker_cnt);
         return QB_EINVAL;
     }
     return kmock_check(rd_kafka_mock_topic_create(km->mcluster, name, parts, repl), name, err,
