@@ -89,9 +89,7 @@ with check.Test("bad_peer") as t:
     t.expect(br.alive(), "bridge still running")
 
     t.section("stdout transport agrees")
-    with open(br.events_path) as f:
-        good = [json.loads(l) for l in f if '"good"' in l]
-    good = [e for e in good if e["subject"] == "good"]
+    good = [e for e in util.read_jsonl(br.events_path) if e["subject"] == "good"]
     # A state re-publish shares the sequence of the event that caused it: look
     # at the distinct sequences, in order of first appearance.
     seqs = list(dict.fromkeys(int(e["sequence"]) for e in good))

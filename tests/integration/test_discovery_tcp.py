@@ -20,11 +20,7 @@ PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
 
 
 def events(br, vm=None):
-    try:
-        with open(br.events_path) as f:
-            evs = [json.loads(l) for l in f if l.strip()]
-    except FileNotFoundError:
-        return []
+    evs = util.read_jsonl(br.events_path)
     for e in evs:
         mqtt.validate_envelope(e)
     return [e for e in evs if vm is None or e["subject"] == vm]

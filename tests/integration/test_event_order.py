@@ -22,11 +22,7 @@ DELAY = 1.5
 
 
 def read_events(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    return util.read_jsonl(path)
 
 
 with check.Test("event_order") as t:

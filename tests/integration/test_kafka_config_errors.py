@@ -90,11 +90,7 @@ with check.Test("kafka_config_errors") as t:
     t.ok("the bridge says the Kafka link is down", br.log_lines("link down")[0][24:])
 
     def stdout_envelopes():
-        try:
-            with open(br.events_path) as f:
-                return [json.loads(l) for l in f if l.strip()]
-        except FileNotFoundError:
-            return []
+        return util.read_jsonl(br.events_path)
     procs.wait_until(lambda: len(stdout_envelopes()) >= COUNT + 2, 30,
                      "%d envelopes on the stdout transport" % (COUNT + 2))
     envs = stdout_envelopes()

@@ -204,11 +204,7 @@ def make_bridge(t, name, bridge_id, vm_sock, mqtt_yaml, stdout_path=True):
 
 
 def stdout_events(br):
-    try:
-        with open(br.events_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    return util.read_jsonl(br.events_path)
 
 
 def refused_bridge(t, sub, name, bridge_id, mqtt_yaml, needles, reasons):

@@ -42,3 +42,18 @@ def tail(path, lines=40):
     except OSError as e:
         return "<%s: %s>" % (path, e)
     return "\n".join(data[-lines:])
+
+
+def read_jsonl(path):
+    """The JSON objects of a JSON-lines file another process may be writing right now:
+    only complete lines count (a last line without its newline is still being written).
+    A missing file reads as empty."""
+    import json
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    lines.pop()  # "" after a final newline, or the partial line being written
+    return [json.loads(l) for l in lines if l.strip()]
