@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 

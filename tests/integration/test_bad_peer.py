@@ -10,7 +10,6 @@ bridge.vm.disconnected envelope with a reason, and a reconnect (peer accepted
 a second connection and a second bridge.vm.connected was published); the good
 VM stays connected the whole time and its envelopes arrive with no gap in the
 sequence (and none of its RTC_CHANGE offsets missing)."""
-import json
 import os
 import re
 import sys

@@ -10,9 +10,7 @@ state running; the same result is an event of vm1 after qmp.vm.resumed; QEMU's
 query-block shows the new size; the guest writes on (write counter grows)."""
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

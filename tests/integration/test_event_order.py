@@ -8,7 +8,6 @@ query-block reports io-status nospace on virtio0. Checked on the stdout
 transport's JSON lines: qmp.vm.stopped (reason io-error, cause virtio0/enospc
 from query-block) comes before qmp.vm.resumed and the qmp.event, sequences are
 consecutive, and the resumed event was held back until the reply came."""
-import json
 import os
 import sys
 import time

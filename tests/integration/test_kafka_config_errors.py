@@ -9,7 +9,6 @@ port: the bridge starts, logs a warning or error naming the broker address
 and why, says the link is down, keeps running, and its stdout transport still
 gets every event of the VM (schema-checked); SIGTERM exits 0 and the log says
 how many Kafka messages stayed undelivered."""
-import json
 import os
 import re
 import subprocess
