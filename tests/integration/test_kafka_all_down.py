@@ -17,9 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, kafka, procs, util  # noqa: E402
+from qbtest import bridge, check, kafka, peers, procs  # noqa: E402
 
-PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
 VMS = 6
 PER_VM = 52 * 16      # 16 rounds of 50 RTC_CHANGE + STOP + RESUME: each stream ends on RESUME
 PARTITIONS = 4
@@ -36,15 +35,7 @@ with check.Test("kafka_all_down") as t:
     events = kafka.KcatConsumer(mock.bootstrap, "qmp.events", d, name="events").start()
     states = kafka.KcatConsumer(mock.bootstrap, "qmp.state", d, name="state").start()
     t.add_log("kcat events", events.log)
-    vms = []
-    for i in range(VMS):
-        name = "vm%d" % i
-        sock = os.path.join(d, name + ".qmp")
-        procs.spawn(["/usr/bin/python3", PEER, "--socket", sock, "--mode", "events",
-                     "--count", str(PER_VM), "--name", name, "--interval", "0.02"],
-                    "qmp_peer-" + name, stderr=os.path.join(d, name + ".peer.log"))
-        vms.append((name, sock))
-    procs.wait_until(lambda: all(os.path.exists(s) for _, s in vms), 15, "peer sockets")
+    vms = peers.start_event_peers(d, ["vm%d" % i for i in range(VMS)], PER_VM)
     br = bridge.Bridge(d, vms, bridge_id=BRIDGE_ID, log_level="info", stdout_path=False,
                        extra_yaml="  - { type: kafka, brokers: \"%s\", queue_max_messages: %d, "
                                   "on_full: backpressure }\n" % (mock.bootstrap, QUEUE))

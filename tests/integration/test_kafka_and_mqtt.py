@@ -10,9 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, kafka, mqtt, procs, util  # noqa: E402
+from qbtest import bridge, check, kafka, mqtt, peers, procs  # noqa: E402
 
-PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
 VMS = ["vm1", "vm2", "vm3"]
 COUNT = 300
 
@@ -24,15 +23,7 @@ with check.Test("kafka_and_mqtt") as t:
     mock = kafka.KafkaMock(d, topics=[("qmp.events", 3, 3), ("qmp.state", 3, 3)]).start()
     t.add_log("kafka_mock", mock.log)
     kc = kafka.KcatConsumer(mock.bootstrap, "qmp.events", d).start()
-    socks = []
-    for vm in VMS:
-        sock = os.path.join(d, vm + ".qmp")
-        procs.spawn(["/usr/bin/python3", PEER, "--socket", sock, "--mode", "events", "--interval", "0.005",
-                     "--count", str(COUNT), "--name", vm], "qmp_peer-" + vm,
-                    stderr=os.path.join(d, vm + ".peer.log"))
-        socks.append((vm, sock))
-    for _, sock in socks:
-        procs.wait_until(lambda: os.path.exists(sock), 10, "peer socket " + sock)
+    socks = peers.start_event_peers(d, VMS, COUNT, interval=0.005)
     br = bridge.Bridge(d, socks, broker=broker, stdout_path=False)
     br.yaml = br.yaml.replace("transports:\n", 'transports:\n  - { type: kafka, brokers: "%s" }\n'
                               % mock.bootstrap)

@@ -16,9 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, kafka, procs, util  # noqa: E402
+from qbtest import bridge, check, kafka, peers, procs  # noqa: E402
 
-PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
 VMS = 8
 PER_VM = 1000         # at 0.02 s apart: a stream of about 20-25 s
 PARTITIONS = 6
@@ -33,15 +32,7 @@ with check.Test("kafka_leader_down") as t:
     mock.start()
     events = kafka.KcatConsumer(mock.bootstrap, TOPIC, d, name="events").start()
     t.add_log("kcat events", events.log)
-    vms = []
-    for i in range(VMS):
-        name = "vm%d" % i
-        sock = os.path.join(d, name + ".qmp")
-        procs.spawn(["/usr/bin/python3", PEER, "--socket", sock, "--mode", "events",
-                     "--count", str(PER_VM), "--name", name, "--interval", "0.02"],
-                    "qmp_peer-" + name, stderr=os.path.join(d, name + ".peer.log"))
-        vms.append((name, sock))
-    procs.wait_until(lambda: all(os.path.exists(s) for _, s in vms), 15, "peer sockets")
+    vms = peers.start_event_peers(d, ["vm%d" % i for i in range(VMS)], PER_VM)
     br = bridge.Bridge(d, vms, bridge_id=BRIDGE_ID, log_level="info", stdout_path=False,
                        extra_yaml="  - { type: kafka, brokers: \"%s\" }\n" % mock.bootstrap)
     t.add_log("bridge", br.log)
