@@ -16,6 +16,8 @@ static const char *const qb_error_texts[] = {
     [-QB_ECONFIG] = "configuration error",
     [-QB_EQMP] = "QMP command failed",
     [-QB_EEXIST] = "already exists",
+    [-QB_ENOSPC] = "no space left",
+    [-QB_EBUSY] = "in use by another process",
 };
 
 const char *qb_strerror(int err)

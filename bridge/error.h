@@ -23,6 +23,8 @@ enum qb_err {
     QB_ECONFIG = -11,  /* configuration error */
     QB_EQMP = -12,     /* QEMU answered a command with an error */
     QB_EEXIST = -13,   /* already exists */
+    QB_ENOSPC = -14,   /* no space left: spool at its size limit or its filesystem full */
+    QB_EBUSY = -15,    /* in use by another process (spool directory lock) */
 };
 
 /* Returns a static, never-NULL description of err (also for unknown codes). */

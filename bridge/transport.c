@@ -261,6 +261,8 @@ static struct tmsg *msg_copy(const struct qb_message *msg)
     char *p = m->data;
     m->msg.kind = msg->kind;
     m->msg.sequence = msg->sequence;
+    m->msg.epoch = msg->epoch;
+    m->msg.spool_id = msg->spool_id;
     m->msg.vm = str_put(&p, msg->vm);
     m->msg.type = str_put(&p, msg->type);
     m->msg.id = str_put(&p, msg->id);

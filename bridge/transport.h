@@ -40,6 +40,8 @@ struct qb_message {
     const char *id;      /* CloudEvents id */
     const char *key;     /* "<bridge>/<vm>": ordering key */
     uint64_t sequence;   /* for drop accounting in logs */
+    uint64_t epoch;      /* the VM's numbering epoch (the first part of id); kept by the spool */
+    uint64_t spool_id;   /* the spool record this came from, 0 when not spooled */
     const char *payload; /* structured-mode CloudEvents JSON */
     size_t len;
     /* QB_MSG_REPLY only: where the command asked for its answer (both may be NULL). */
