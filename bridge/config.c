@@ -1005,6 +1005,13 @@ static const struct enum_value mqtt_protocols[] = {
     {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
 static const struct enum_value full_policies[] = {
     {"backpressure", QB_ON_FULL_BACKPRESSURE}, {"drop", QB_ON_FULL_DROP}, {NULL, 0}};
+static const struct enum_value fsync_policies[] = {{"batch", QB_SPOOL_FSYNC_BATCH},
+                                                   {"always", QB_SPOOL_FSYNC_ALWAYS},
+                                                   {"off", QB_SPOOL_FSYNC_OFF},
+                                                   {NULL, 0}};
+static const struct enum_value spool_full_policies[] = {
+    {"backpressure", QB_SPOOL_FULL_BACKPRESSURE}, {"drop_oldest", QB_SPOOL_FULL_DROP_OLDEST},
+    {NULL, 0}};
 static const struct enum_value content_modes[] = {
     {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
 
@@ -1012,6 +1019,8 @@ _Static_assert(sizeof(enum qb_log_level) == sizeof(int), "F_ENUM stores an int")
 _Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_spool_fsync) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_spool_full_policy) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(bool) == 1 && sizeof(int) == 4 && sizeof(size_t) == 8,
                "store_uint handles 1, 4 and 8 byte members");
 
@@ -1037,6 +1046,25 @@ static const struct field qmp_fields[] = {
     FIELD(C, "connect_timeout", F_DURATION, qmp_connect_timeout_ms, .def = "5s", .min = 1),
     FIELD(C, "reconnect_initial", F_DURATION, qmp_reconnect_initial_ms, .def = "250ms", .min = 1),
     FIELD(C, "reconnect_max", F_DURATION, qmp_reconnect_max_ms, .def = "30s", .min = 1),
+    FIELD(C, "max_connecting", F_UINT, qmp_max_connecting, .def = "64", .min = 1,
+          .max = 100000),
+    {0},
+};
+
+static const struct field spool_fields[] = {
+    FIELD(C, "directory", F_STRING, spool_directory, .check = check_nonempty),
+    FIELD(C, "max_size", F_SIZE, spool_max_bytes, .def = "1GiB", .min = 1024 * 1024),
+    FIELD(C, "segment_size", F_SIZE, spool_segment_bytes, .def = "16MiB", .min = 64 * 1024),
+    FIELD(C, "fsync", F_ENUM, spool_fsync, .def = "batch", .enums = fsync_policies),
+    FIELD(C, "fsync_interval", F_DURATION, spool_fsync_interval_ms, .def = "50ms", .min = 1),
+    FIELD(C, "on_full", F_ENUM, spool_on_full, .def = "backpressure",
+          .enums = spool_full_policies),
+    FIELD(C, "memory_max_messages", F_UINT, spool_memory_max_messages, .def = "10000", .min = 1),
+    {0},
+};
+
+static const struct field metrics_fields[] = {
+    FIELD(C, "listen", F_STRING, metrics_listen, .check = check_nonempty),
     {0},
 };
 
@@ -1076,6 +1104,8 @@ static const struct field root_fields[] = {
     SECTION("discovery", discovery_fields),
     SECTION("events", events_fields),
     SECTION("commands", commands_fields),
+    SECTION("spool", spool_fields),
+    SECTION("metrics", metrics_fields),
     CUSTOM("transports", parse_transports),
     {0},
 };
@@ -1442,6 +1472,28 @@ static int finish_qmp(struct cfg_ctx *c, const struct ynode *root, struct qb_con
     return rc;
 }
 
+/*
+ * A full spool frees space a segment at a time (release, drop_oldest), so a
+ * segment as large as the whole spool would make "full" mean "stuck".
+ */
+static int finish_spool(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+{
+    const struct ynode *spool = ynode_map_get(root, "spool"), *at;
+    size_t mark;
+    int rc;
+
+    if (cfg->spool_segment_bytes <= cfg->spool_max_bytes / 4)
+        return QB_OK;
+    at = ynode_map_get(spool, "segment_size");
+    mark = path_push_key(c, "spool");
+    path_push_key(c, at ? "segment_size" : "max_size");
+    rc = cfg_error(c, at ? at : (ynode_map_get(spool, "max_size") ? ynode_map_get(spool, "max_size") : spool),
+                   "segment_size (%zu bytes) must be at most a quarter of max_size (%zu bytes)",
+                   cfg->spool_segment_bytes, cfg->spool_max_bytes);
+    path_pop(c, mark);
+    return rc;
+}
+
 /* HMAC keys shorter than this are guessable; RFC 2104 suggests at least the hash's output. */
 #define QB_CONFIG_HMAC_KEY_MIN 16
 #define QB_CONFIG_HMAC_KEY_MAX 4096
@@ -1567,7 +1619,8 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
 {
     int rc;
 
-    if ((rc = finish_qmp(c, root, cfg)) != QB_OK || (rc = finish_commands(c, root, cfg)) != QB_OK)
+    if ((rc = finish_qmp(c, root, cfg)) != QB_OK || (rc = finish_spool(c, root, cfg)) != QB_OK ||
+        (rc = finish_commands(c, root, cfg)) != QB_OK)
         return rc;
     if (!cfg->transports) {
         if (!(cfg->transports = calloc(1, sizeof(*cfg->transports))))

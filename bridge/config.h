@@ -47,6 +47,21 @@ enum qb_kafka_content_mode { QB_KAFKA_STRUCTURED = 0, QB_KAFKA_BINARY = 1 };
  */
 enum qb_queue_full_policy { QB_ON_FULL_BACKPRESSURE = 0, QB_ON_FULL_DROP = 1 };
 
+/* When appended spool records reach the disk (spool.fsync:). */
+enum qb_spool_fsync {
+    QB_SPOOL_FSYNC_BATCH = 0,  /* fdatasync at most every fsync_interval (default) */
+    QB_SPOOL_FSYNC_ALWAYS = 1, /* fdatasync after every record */
+    QB_SPOOL_FSYNC_OFF = 2,    /* leave it to the kernel: survives kill -9, not power loss */
+};
+
+/*
+ * What the bridge does when the spool is full (spool.on_full:). backpressure:
+ * at 90% of max_size it stops reading from QMP sockets until the spool is
+ * back under 80%. drop_oldest: the oldest segment is deleted, whether or not
+ * it was delivered, and every VM's lost sequence range is logged and counted.
+ */
+enum qb_spool_full_policy { QB_SPOOL_FULL_BACKPRESSURE = 0, QB_SPOOL_FULL_DROP_OLDEST = 1 };
+
 /*
  * One entry of transports:. One flat struct for every backend keeps the loader
  * to one field table; the table says which keys each type accepts, so a kafka
@@ -117,6 +132,8 @@ struct qb_config {
     uint32_t qmp_connect_timeout_ms; /* connect_timeout, default 5s */
     uint32_t qmp_reconnect_initial_ms; /* reconnect_initial, default 250ms */
     uint32_t qmp_reconnect_max_ms;   /* reconnect_max, default 30s */
+    size_t qmp_max_connecting;       /* max_connecting: sessions connecting, negotiating or
+                                        taking their snapshot at once; default 64 */
 
     /* vms: */
     struct qb_vm_config *vms;
@@ -140,6 +157,19 @@ struct qb_config {
     size_t commands_cache_size;        /* cache_size: command ids remembered; default 10000 */
     size_t commands_queue_per_vm;      /* queue_per_vm: waiting commands per VM; default 16 */
     uint32_t commands_timeout_ms;      /* timeout: whole command, queue wait included; default 60s */
+
+    /* spool: the durable outbox (off unless directory is set) */
+    char *spool_directory;           /* directory, default NULL (memory queues only) */
+    size_t spool_max_bytes;          /* max_size, default 1GiB */
+    size_t spool_segment_bytes;      /* segment_size, default 16MiB; at most max_size / 4 */
+    enum qb_spool_fsync spool_fsync; /* fsync: batch (default), always, off */
+    uint32_t spool_fsync_interval_ms; /* fsync_interval, default 50ms */
+    enum qb_spool_full_policy spool_on_full; /* on_full: backpressure (default), drop_oldest */
+    size_t spool_memory_max_messages; /* memory_max_messages: events held in memory while the
+                                         spool cannot be written (disk full); default 10000 */
+
+    /* metrics: the HTTP endpoint (off unless listen is set) */
+    char *metrics_listen; /* listen: "127.0.0.1:9464" or "unix:/path"; default NULL */
 
     /* transports: (default: one stdout transport when the list is absent) */
     struct qb_transport_config *transports;

@@ -14,6 +14,8 @@
 #include "discovery.h"
 #include "error.h"
 #include "log.h"
+#include "outbox.h"
+#include "spool.h"
 #include "transport.h"
 #include "vm_manager.h"
 
@@ -33,6 +35,8 @@ struct qb_main {
     struct qb_transport **transports;
     size_t n_transports;
     size_t transports_open;
+    struct qb_spool *spool;
+    struct qb_outbox *outbox;
     struct qb_vm_manager *mgr;
     struct qb_discovery *discovery;
     struct qb_command_router *router;
@@ -62,14 +66,31 @@ static void main_close_signals(struct qb_main *q)
     uv_close((uv_handle_t *)&q->sig_hup, NULL);
 }
 
+/* Last step: the transports are done, so the outbox's cursors are final; checkpoint them. */
+static void main_close_outbox(struct qb_main *q)
+{
+    qb_outbox_close(q->outbox);
+    q->outbox = NULL;
+    if (q->spool) {
+        struct qb_spool_stats st;
+
+        qb_spool_get_stats(q->spool, &st);
+        if (st.records)
+            QB_LOG_INFO(NULL, "spool keeps %llu undelivered records for the next start",
+                        (unsigned long long)st.records);
+        qb_spool_close(q->spool);
+        q->spool = NULL;
+    }
+    QB_LOG_INFO(NULL, "shutdown complete");
+    main_close_signals(q);
+}
+
 static void main_transport_closed(void *arg)
 {
     struct qb_main *q = arg;
 
-    if (--q->transports_open == 0) {
-        QB_LOG_INFO(NULL, "shutdown complete");
-        main_close_signals(q);
-    }
+    if (--q->transports_open == 0)
+        main_close_outbox(q);
 }
 
 static void main_manager_closed(void *arg)
@@ -79,7 +100,7 @@ static void main_manager_closed(void *arg)
     q->mgr = NULL;
     q->transports_open = q->n_transports;
     if (q->n_transports == 0) {
-        main_close_signals(q);
+        main_close_outbox(q);
         return;
     }
     for (size_t i = 0; i < q->n_transports; i++)
@@ -174,6 +195,42 @@ static int main_start_transports(struct qb_main *q)
                     q->cfg->transports[i].type);
     }
     return QB_OK;
+}
+
+/*
+ * Opens the spool when one is configured, then the outbox over the
+ * transports. Returns QB_OK or the failure (logged with the path).
+ */
+static int main_start_outbox(struct qb_main *q)
+{
+    const struct qb_config *cfg = q->cfg;
+    char err[512];
+    int rc;
+
+    if (cfg->spool_directory) {
+        struct qb_spool_options opt = {
+            .dir = cfg->spool_directory,
+            .max_bytes = cfg->spool_max_bytes,
+            .segment_bytes = cfg->spool_segment_bytes,
+            .fsync = cfg->spool_fsync,
+            .fsync_interval_ms = cfg->spool_fsync_interval_ms,
+        };
+        struct qb_spool_stats st;
+
+        rc = qb_spool_open(q->loop, &opt, &q->spool, err, sizeof(err));
+        if (rc < 0) {
+            QB_LOG_ERR(NULL, "cannot open the spool: %s", err);
+            return rc;
+        }
+        qb_spool_get_stats(q->spool, &st);
+        QB_LOG_INFO(NULL, "spool %s: %llu records (%llu bytes) from earlier runs, %llu corrupt "
+                    "records skipped", cfg->spool_directory, (unsigned long long)st.records,
+                    (unsigned long long)st.bytes, (unsigned long long)st.corrupt);
+    }
+    rc = qb_outbox_new(q->loop, cfg, q->transports, q->n_transports, q->spool, &q->outbox);
+    if (rc < 0)
+        QB_LOG_ERR(NULL, "cannot create the outbox: %s", qb_strerror(rc));
+    return rc;
 }
 
 /*
@@ -290,7 +347,9 @@ int main(int argc, char **argv)
     main_start_signals(&q);
     rc = main_start_transports(&q);
     if (rc == QB_OK)
-        rc = qb_vm_manager_new(q.loop, q.cfg, q.transports, q.n_transports, &q.mgr);
+        rc = main_start_outbox(&q);
+    if (rc == QB_OK)
+        rc = qb_vm_manager_new(q.loop, q.cfg, q.transports, q.n_transports, q.outbox, &q.mgr);
     for (size_t i = 0; rc == QB_OK && i < q.cfg->n_vms; i++) {
         rc = qb_vm_manager_add(q.mgr, q.cfg->vms[i].name, q.cfg->vms[i].qmp);
         if (rc < 0)

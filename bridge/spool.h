@@ -39,12 +39,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* When appended records reach the disk (fsync: in YAML). */
-enum qb_spool_fsync {
-    QB_SPOOL_FSYNC_BATCH = 0, /* fdatasync at most every fsync_interval_ms (default) */
-    QB_SPOOL_FSYNC_ALWAYS = 1, /* fdatasync after every record */
-    QB_SPOOL_FSYNC_OFF = 2,    /* leave it to the kernel: survives kill -9, not power loss */
-};
+/* enum qb_spool_fsync (when appended records reach the disk) is defined in config.h. */
 
 struct qb_spool_options {
     const char *dir;            /* created (mode 0750) if missing; borrowed during open */

@@ -80,6 +80,9 @@ struct qb_transport {
     void *pressure_arg;
     bool pressure; /* over the high-water mark, back-pressure requested */
 
+    qb_transport_release_cb release_cb;
+    void *release_arg;
+
     qb_inbound_cb inbound_cb; /* set by qb_transport_subscribe */
     void *inbound_arg;
 
@@ -144,6 +147,31 @@ void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_
 {
     t->pressure_cb = cb;
     t->pressure_arg = arg;
+}
+
+void qb_transport_set_release_cb(struct qb_transport *t, qb_transport_release_cb cb, void *arg)
+{
+    t->release_cb = cb;
+    t->release_arg = arg;
+}
+
+uint64_t qb_transport_oldest_spool_id(const struct qb_transport *t)
+{
+    /* queue order is spool order; only replies (spool_id 0) sit in between */
+    for (const struct tmsg *m = t->head; m; m = m->next)
+        if (m->msg.spool_id)
+            return m->msg.spool_id;
+    return 0;
+}
+
+bool qb_transport_has_room(const struct qb_transport *t, size_t len)
+{
+    if (t->state != TR_OPEN)
+        return false;
+    if (t->stats.depth == 0)
+        return true; /* one message larger than half the window must still get through */
+    return t->stats.depth * 2 < queue_max_messages(t) &&
+           (t->stats.depth_bytes + len) * 2 <= queue_max_bytes(t);
 }
 
 bool qb_transport_under_pressure(const struct qb_transport *t)
@@ -476,6 +504,8 @@ static void cb_delivered(void *owner, void *token, int status)
     if (status == QB_OK) {
         t->stats.confirmed++;
         msg_release(t, m);
+        if (t->release_cb)
+            t->release_cb(t->release_arg, t);
         if (t->state == TR_DRAINING && t->stats.depth == 0) {
             uv_timer_start(&t->close_timer, on_close_timer, 0, 0);
             return;

@@ -135,6 +135,28 @@ bool qb_transport_has_reply_channel(const struct qb_transport *t);
 /* Done with an inbound message (see qb_inbound_cb). Unknown tokens are ignored. */
 void qb_transport_ack(struct qb_transport *t, uint64_t ack_token);
 
+/*
+ * Called after a confirmed delivery released a message from t's queue (the
+ * outbox uses it to advance its spool cursor and to refill the queue).
+ */
+typedef void (*qb_transport_release_cb)(void *arg, struct qb_transport *t);
+
+/* Sets (or, with cb NULL, clears) the release callback. arg is borrowed. */
+void qb_transport_set_release_cb(struct qb_transport *t, qb_transport_release_cb cb, void *arg);
+
+/*
+ * The smallest spool_id of a message still in t's queue (sent or not, not
+ * yet confirmed), or 0 when no spooled message is queued.
+ */
+uint64_t qb_transport_oldest_spool_id(const struct qb_transport *t);
+
+/*
+ * True when t's queue can take a message of len payload bytes now and is
+ * below half of its bounds: the outbox keeps a spooled transport's window
+ * half full, so the rest stays free for replies.
+ */
+bool qb_transport_has_room(const struct qb_transport *t, size_t len);
+
 /* Sets (or, with cb NULL, clears) the back-pressure callback. arg is borrowed. */
 void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_cb cb, void *arg);
 

@@ -23,6 +23,7 @@
 #include "error.h"
 #include "log.h"
 #include "normalize.h"
+#include "outbox.h"
 #include "qmp_client.h"
 #include "vm_state.h"
 
@@ -37,9 +38,18 @@
 #define QB_VM_STABLE_MS 10000
 
 /* The snapshot queries run on every READY, in this order. */
-enum qb_vm_query { QB_VMQ_STATUS, QB_VMQ_BLOCK, QB_VMQ_JOBS, QB_VMQ_COLO, QB_VMQ_COUNT };
+enum qb_vm_query {
+    QB_VMQ_STATUS,
+    QB_VMQ_BLOCK,
+    QB_VMQ_JOBS,
+    QB_VMQ_COLO,
+    QB_VMQ_NAME,
+    QB_VMQ_UUID,
+    QB_VMQ_COUNT
+};
 static const char *const qb_vm_query_names[QB_VMQ_COUNT] = {
-    "query-status", "query-block", "query-block-jobs", "query-colo-status"};
+    "query-status", "query-block", "query-block-jobs", "query-colo-status",
+    "query-name",   "query-uuid"};
 
 struct qb_vm;
 
@@ -82,6 +92,10 @@ struct qb_vm {
     bool read_paused;   /* reading stopped for back-pressure */
     bool removing;
     bool timer_closed;
+    bool has_slot;      /* counts against qmp.max_connecting until resynced or closed */
+    bool slot_waiting;  /* queued for a connect slot */
+    struct qb_vm *slot_next;
+    char *identity;     /* "<query-name name>/<query-uuid UUID>" of the last session, or NULL */
     unsigned inflight;  /* reply callbacks still to come */
 
     /* The ordered pipeline. */
@@ -115,12 +129,15 @@ struct qb_vm_manager {
     const struct qb_config *cfg;
     struct qb_transport *const *transports;
     size_t n_transports;
+    struct qb_outbox *outbox;
     struct qb_envelope_ctx env;
     struct qb_qmp_options qmp_opts;
     struct qb_vm *vms;
     struct qb_seq_memo *memos;
     uint64_t rng;
-    size_t n_pressure; /* transports asking for back-pressure now */
+    bool pressure; /* the outbox wants QMP reading paused */
+    size_t n_connecting; /* VMs holding a connect slot */
+    struct qb_vm *slot_head, *slot_tail; /* VMs waiting for one, in order */
     bool closing;
     size_t n_alive; /* VM structs not yet freed, including ones being removed */
     void (*done)(void *arg);
@@ -134,6 +151,8 @@ static void vm_cmd_finish_state(struct qb_vm *vm, bool ok);
 static bool vm_name_valid(const char *name);
 static void vm_start_resync(struct qb_vm *vm);
 static void vm_maybe_free(struct qb_vm *vm);
+static void vm_slot_release(struct qb_vm *vm);
+static void vm_check_identity(struct qb_vm *vm, const json_t *name_reply, const json_t *uuid_reply);
 
 static uint64_t wall_clock_usec(void)
 {
@@ -154,15 +173,14 @@ static uint64_t mgr_random(struct qb_vm_manager *m)
 
 /* ---- publishing ---------------------------------------------------------- */
 
-/* Sends one built envelope to every transport (kind EVENT/STATE) or to one (REPLY). */
+/* Sends one built envelope to every transport through the outbox (EVENT/STATE) or to one (REPLY). */
 static void mgr_send(struct qb_vm_manager *m, struct qb_transport *only, const struct qb_message *msg)
 {
     if (only) {
         qb_transport_send(only, msg);
         return;
     }
-    for (size_t i = 0; i < m->n_transports; i++)
-        qb_transport_send(m->transports[i], msg);
+    qb_outbox_send(m->outbox, msg);
 }
 
 /*
@@ -203,6 +221,7 @@ static void vm_publish(struct qb_vm *vm, enum qb_msg_kind kind, const char *type
         .id = id,
         .key = vm->key,
         .sequence = seq,
+        .epoch = vm->epoch,
         .payload = payload,
         .len = len,
     };
@@ -242,7 +261,7 @@ static void vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev)
  */
 static bool vm_blocked(const struct qb_vm *vm)
 {
-    return vm->resyncing || vm->pending.type != NULL || vm->mgr->n_pressure > 0;
+    return vm->resyncing || vm->pending.type != NULL || vm->mgr->pressure;
 }
 
 /* Takes a new reference to msg into the backlog. Returns QB_OK or QB_ENOMEM. */
@@ -376,6 +395,46 @@ static void vm_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
 
 /* ---- connect-time snapshot ----------------------------------------------- */
 
+/*
+ * The socket a VM entry points at may now be served by another QEMU (a
+ * restarted VM, or a path reused for a different guest). Its name (-name) and
+ * UUID tell: when they differ from the previous session's, the change is
+ * published before the fresh snapshot, so a consumer never takes the new
+ * QEMU's state for a continuation of the old one.
+ */
+static void vm_check_identity(struct qb_vm *vm, const json_t *name_reply, const json_t *uuid_reply)
+{
+    const char *name = json_string_value(json_object_get(name_reply, "name"));
+    const char *uuid = json_string_value(json_object_get(uuid_reply, "UUID"));
+    char *identity = NULL;
+
+    if (!name_reply && !uuid_reply)
+        return; /* QEMU did not say: nothing to compare */
+    if (asprintf(&identity, "%s/%s", name ? name : "", uuid ? uuid : "") < 0)
+        return;
+    if (vm->identity && strcmp(vm->identity, identity) != 0) {
+        const char *slash = strrchr(vm->identity, '/');
+        char *old_name = strndup(vm->identity, (size_t)(slash - vm->identity));
+        json_t *data = json_pack("{s:{s:s, s:s}, s:{s:s, s:s}, s:s}", "previous", "name",
+                                 old_name ? old_name : "", "uuid", slash + 1, "current", "name",
+                                 name ? name : "", "uuid", uuid ? uuid : "", "address",
+                                 vm->address);
+
+        QB_LOG_WARN(vm->name,
+                    "%s is now served by another QEMU (name '%s', uuid %s; was '%s', uuid %s): "
+                    "publishing bridge.vm.identity_changed and a fresh state",
+                    vm->address, name ? name : "", uuid ? uuid : "", old_name ? old_name : "",
+                    slash + 1);
+        if (data) {
+            vm_publish_bridge_event(vm, "bridge.vm.identity_changed", data);
+            json_decref(data);
+        }
+        free(old_name);
+    }
+    free(vm->identity);
+    vm->identity = identity;
+}
+
 static void vm_finish_resync(struct qb_vm *vm)
 {
     json_t **r = vm->resync_replies;
@@ -383,6 +442,7 @@ static void vm_finish_resync(struct qb_vm *vm)
     if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY) {
         json_t *snap = qb_vm_state_from_queries(qb_qmp_client_greeting(vm->qmp), r[QB_VMQ_STATUS],
                                                 r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO]);
+        vm_check_identity(vm, r[QB_VMQ_NAME], r[QB_VMQ_UUID]);
         if (snap) {
             /* One timestamp for both copies: they are the same event. */
             uint64_t now = wall_clock_usec();
@@ -406,6 +466,7 @@ static void vm_finish_resync(struct qb_vm *vm)
         r[i] = NULL;
     }
     vm->resyncing = false;
+    vm_slot_release(vm);
     if (vm->state_cmd_waiting)
         vm_cmd_finish_state(vm, qb_qmp_client_state(vm->qmp) == QB_QMP_READY);
     vm_drain(vm);
@@ -421,7 +482,9 @@ static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, 
     vm->inflight--;
     if (status == QB_OK) {
         vm->resync_replies[q->which] = json_incref(reply);
-    } else if (status != QB_ECLOSED && !(q->which == QB_VMQ_COLO && status == QB_EQMP)) {
+    } else if (status != QB_ECLOSED &&
+               !((q->which == QB_VMQ_COLO || q->which == QB_VMQ_NAME || q->which == QB_VMQ_UUID) &&
+                 status == QB_EQMP)) {
         /* query-colo-status fails on builds without COLO: that just means "no COLO". */
         QB_LOG_WARN(vm->name, "%s failed during resync: %s", qb_vm_query_names[q->which],
                     qb_strerror(status));
@@ -500,7 +563,7 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
     if (key && qb_envelope_build(&m->env, &in, &payload, &len) == QB_OK) {
         struct qb_message msg = {
             .kind = QB_MSG_EVENT, .vm = name, .type = in.type, .id = id, .key = key,
-            .sequence = seq, .payload = payload, .len = len,
+            .sequence = seq, .epoch = epoch, .payload = payload, .len = len,
         };
         qb_envelope_format_id(epoch, seq, NULL, id, sizeof(id));
         if (vm)
@@ -798,6 +861,7 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
     }
     vm->was_ready = false;
     vm->ready_at = 0;
+    vm_slot_release(vm);
     vm_cmd_flush(vm, QB_CMD_ERR_NOT_CONNECTED,
                  vm->removing ? "the VM was removed before the command ran"
                               : "the QMP session closed before the command ran");
@@ -821,7 +885,7 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
  */
 static void vm_apply_pause(struct qb_vm *vm)
 {
-    bool want = vm->mgr->n_pressure > 0 && !vm->removing && !vm->resyncing &&
+    bool want = vm->mgr->pressure && !vm->removing && !vm->resyncing &&
                 vm->pending.type == NULL && vm->cmd_running == NULL &&
                 qb_qmp_client_state(vm->qmp) == QB_QMP_READY;
 
@@ -837,29 +901,89 @@ static void vm_apply_pause(struct qb_vm *vm)
         vm_drain(vm);
 }
 
-static void mgr_on_pressure(void *arg, struct qb_transport *t, bool pressure)
+static void mgr_on_pressure(void *arg, bool pressure)
 {
     struct qb_vm_manager *m = arg;
-    size_t before = m->n_pressure;
 
-    (void)t;
-    if (pressure)
-        m->n_pressure++;
-    else if (m->n_pressure > 0)
-        m->n_pressure--;
-    if ((before == 0) != (m->n_pressure == 0)) {
-        QB_LOG_INFO(NULL, "%s reading from %u VMs (back-pressure %s)",
-                    m->n_pressure ? "pausing" : "resuming", HASH_COUNT(m->vms),
-                    m->n_pressure ? "on" : "off");
-        for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next)
-            vm_apply_pause(vm);
+    if (pressure == m->pressure)
+        return;
+    m->pressure = pressure;
+    QB_LOG_INFO(NULL, "%s reading from %u VMs (back-pressure %s)", pressure ? "pausing" : "resuming",
+                HASH_COUNT(m->vms), pressure ? "on" : "off");
+    for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next)
+        vm_apply_pause(vm);
+}
+
+/* ---- connect slots: no thundering herd after a storm of disconnects ------ */
+
+/* Leaves the wait list if vm is on it. */
+static void vm_slot_unqueue(struct qb_vm *vm)
+{
+    struct qb_vm_manager *m = vm->mgr;
+    struct qb_vm **pp = &m->slot_head, *prev = NULL;
+
+    if (!vm->slot_waiting)
+        return;
+    while (*pp && *pp != vm) {
+        prev = *pp;
+        pp = &(*pp)->slot_next;
+    }
+    if (*pp) {
+        *pp = vm->slot_next;
+        if (m->slot_tail == vm)
+            m->slot_tail = prev;
+    }
+    vm->slot_next = NULL;
+    vm->slot_waiting = false;
+}
+
+/*
+ * Gives vm's slot back (its snapshot is done, or the attempt ended) and
+ * starts the VM that waited longest. Waiting VMs connect from a timer of
+ * 0 ms, never from inside the callback that freed the slot.
+ */
+static void vm_slot_release(struct qb_vm *vm)
+{
+    struct qb_vm_manager *m = vm->mgr;
+
+    if (!vm->has_slot)
+        return;
+    vm->has_slot = false;
+    m->n_connecting--;
+    while (m->slot_head && m->n_connecting < m->cfg->qmp_max_connecting) {
+        struct qb_vm *next = m->slot_head;
+
+        m->slot_head = next->slot_next;
+        if (!m->slot_head)
+            m->slot_tail = NULL;
+        next->slot_next = NULL;
+        next->slot_waiting = false;
+        next->has_slot = true;
+        m->n_connecting++;
+        uv_timer_start(&next->reconnect_timer, vm_reconnect_timer_cb, 0, 0);
     }
 }
 
 static void vm_connect(struct qb_vm *vm)
 {
+    struct qb_vm_manager *m = vm->mgr;
     int rc;
 
+    if (!vm->has_slot) {
+        if (m->n_connecting >= m->cfg->qmp_max_connecting) {
+            if (!vm->slot_waiting) {
+                vm->slot_waiting = true;
+                if (m->slot_tail)
+                    m->slot_tail->slot_next = vm;
+                else
+                    m->slot_head = vm;
+                m->slot_tail = vm;
+            }
+            return;
+        }
+        vm->has_slot = true;
+        m->n_connecting++;
+    }
     /* A new session must read its greeting and snapshot replies whatever the pressure. */
     vm->read_paused = false;
     qb_qmp_client_resume_reading(vm->qmp);
@@ -867,6 +991,7 @@ static void vm_connect(struct qb_vm *vm)
 
     if (rc < 0) {
         QB_LOG_ERR(vm->name, "cannot connect to '%s': %s", vm->address, qb_strerror(rc));
+        vm_slot_release(vm);
         uv_timer_start(&vm->reconnect_timer, vm_reconnect_timer_cb, vm_backoff_ms(vm), 0);
     }
 }
@@ -908,6 +1033,7 @@ static void vm_free_now(struct qb_vm *vm)
     json_decref(vm->state);
     for (int i = 0; i < QB_VMQ_COUNT; i++)
         json_decref(vm->resync_replies[i]);
+    free(vm->identity);
     free(vm->name);
     free(vm->address);
     free(vm->key);
@@ -956,7 +1082,7 @@ static bool vm_name_valid(const char *name)
 
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
                       struct qb_transport *const *transports, size_t n_transports,
-                      struct qb_vm_manager **out)
+                      struct qb_outbox *outbox, struct qb_vm_manager **out)
 {
     struct qb_vm_manager *m = calloc(1, sizeof(*m));
 
@@ -967,16 +1093,14 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     m->cfg = cfg;
     m->transports = transports;
     m->n_transports = n_transports;
+    m->outbox = outbox;
     m->env.bridge_id = cfg->bridge_id;
     m->env.schema_base_uri = cfg->schema_base_uri;
     m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
     m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
     m->rng = wall_clock_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
-    for (size_t i = 0; i < n_transports; i++) {
-        qb_transport_set_pressure_cb(transports[i], mgr_on_pressure, m);
-        if (qb_transport_under_pressure(transports[i]))
-            m->n_pressure++;
-    }
+    qb_outbox_set_pressure_cb(outbox, mgr_on_pressure, m);
+    m->pressure = qb_outbox_under_pressure(outbox);
     *out = m;
     return QB_OK;
 }
@@ -1022,6 +1146,9 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
         HASH_DEL(m->memos, memo);
         free(memo->name);
         free(memo);
+    } else if (qb_outbox_recall_sequence(m->outbox, name, &vm->epoch, &vm->seq)) {
+        QB_LOG_INFO(vm->name, "continuing the spooled numbering at sequence %llu",
+                    (unsigned long long)vm->seq + 1);
     } else {
         vm->epoch = wall_clock_usec();
     }
@@ -1062,7 +1189,10 @@ static void vm_begin_removal(struct qb_vm *vm, const char *why)
     if (!m->closing)
         mgr_remember_seq(m, vm);
     vm->removing = true;
+    vm_slot_unqueue(vm);
     uv_timer_stop(&vm->reconnect_timer);
+    if (qb_qmp_client_state(vm->qmp) == QB_QMP_IDLE)
+        vm_slot_release(vm); /* granted a slot, but its connect timer will not fire now */
     if (qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)
         qb_qmp_client_disconnect(vm->qmp, why);
     else
@@ -1111,8 +1241,7 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
     m->closing = true;
     m->done = done;
     m->done_arg = arg;
-    for (size_t i = 0; i < m->n_transports; i++)
-        qb_transport_set_pressure_cb(m->transports[i], NULL, NULL);
+    qb_outbox_set_pressure_cb(m->outbox, NULL, NULL);
     HASH_ITER(hh, m->memos, memo, mtmp)
     {
         HASH_DEL(m->memos, memo);

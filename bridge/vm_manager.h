@@ -24,6 +24,7 @@
 
 #include "command.h"
 #include "config.h"
+#include "outbox.h"
 #include "transport.h"
 
 #include <stddef.h>
@@ -32,13 +33,14 @@
 struct qb_vm_manager;
 
 /*
- * Creates a manager. cfg and the transports array are borrowed and must
- * outlive it. Static VMs are not added here: call qb_vm_manager_add.
- * Returns QB_OK with *out, or QB_ENOMEM.
+ * Creates a manager. cfg, the transports array (used for command replies)
+ * and outbox (events and state go there; the manager takes its pressure
+ * callback) are borrowed and must outlive it. Static VMs are not added here:
+ * call qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
  */
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
                       struct qb_transport *const *transports, size_t n_transports,
-                      struct qb_vm_manager **out);
+                      struct qb_outbox *outbox, struct qb_vm_manager **out);
 
 /*
  * Adds a VM and starts connecting to address ("unix:/path" or

@@ -10,7 +10,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, mqtt, procs, qemu  # noqa: E402
+from qbtest import bridge, check, mqtt, procs, qemu, util  # noqa: E402
+
+if util.VALGRIND:
+    # QEMU does not throttle BLOCK_IO_ERROR: the werror=report guest retries its write
+    # at once, ~700 events/s. Under memcheck the bridge's MQTT publishing falls ~90000
+    # messages behind (back-pressure then pauses QMP reads), so eio's qmp.vm.stopped
+    # reaches the subscriber only minutes later. Nothing to learn there; exit 77 = skipped.
+    print("SKIP eio_report under valgrind: werror=report floods ~700 BLOCK_IO_ERROR/s, "
+          "more than a memcheck-slowed bridge can publish over MQTT")
+    sys.exit(77)
 
 with check.Test("eio_report") as t:
     d = t.workdir

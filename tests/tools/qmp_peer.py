@@ -14,6 +14,16 @@ had a moment to take its snapshot, acts out the mode:
   events     a steady stream of RTC_CHANGE events, offset counting up, plus
              one STOP/RESUME pair every 50 events; never misbehaves
   idle       never sends an event; only answers (for command tests)
+  hostile    one hostile line per connection, in this order: a line of
+             --oversize bytes, --nest-depth '[' then as many ']' (well
+             under --oversize), an event whose string holds non-UTF-8
+             bytes, raw non-UTF-8 garbage, truncated JSON then a newline,
+             then four events whose fields have the wrong types (event
+             name, timestamp, data, the fields of data); the last
+             connection stays open and turns into "events" mode (with
+             --count/--name as usual), so the session can show it recovered.
+             If the bridge keeps a connection open 3s after a hostile line,
+             the peer closes it itself (logged) and goes on with the next.
   stop-query a STOP with no BLOCK_IO_ERROR before it (as when QEMU rate-limits
              the error), immediately followed by RESUME and one RTC_CHANGE;
              from then on query-status answers io-error only after
@@ -32,7 +42,7 @@ consumer can tell which peer an event came from by its payload. Every
 RTC_CHANGE offset is the peer's running count of RTC_CHANGE events (1, 2, ...).
 
 Usage: qmp_peer.py --socket PATH --mode MODE [--interval 0.02] [--oversize N]
-                   [--count N] [--name NAME]
+                   [--count N] [--name NAME] [--nest-depth N]
 """
 import argparse
 import json
@@ -61,6 +71,32 @@ REPLIES = {
 }
 
 SNAPSHOT_GRACE = 0.5  # seconds between negotiation and the act, for the snapshot
+HOSTILE_WAIT = 3.0  # hostile mode: how long a hostile line's connection may stay open
+
+def _line(obj):
+    return json.dumps(obj).encode() + b"\r\n"
+
+
+# hostile mode, one per connection: (name, what to send). args -> bytes.
+HOSTILE = [
+    ("oversized", lambda a: b'{"event": "RTC_CHANGE", "data": {"qom-path": "' + b"x" * a.oversize +
+     b'"}, "timestamp": {"seconds": 1, "microseconds": 0}}\r\n'),
+    ("nested", lambda a: b"[" * a.nest_depth + b"]" * a.nest_depth + b"\r\n"),
+    ("bad-utf8-string", lambda a: b'{"event": "RTC_CHANGE", "data": {"offset": 1, "qom-path": "/m/\xff\xfe\xc3\x28"}, '
+     b'"timestamp": {"seconds": 1, "microseconds": 0}}\r\n'),
+    ("raw-garbage", lambda a: b"\x00\xff\xfe\x80\x81garbage\xc0\xaf\xed\xa0\x80\r\n"),
+    ("truncated", lambda a: b'{"event": "RTC_CHANGE", "data": {"offset": 1, "qom-pa\r\n'),
+    # Valid JSON, wrong types: one kind per connection.
+    ("event-not-string", lambda a: _line({"event": 42, "timestamp": {"seconds": 1, "microseconds": 0}})),
+    ("timestamp-string", lambda a: _line({"event": "RTC_CHANGE", "timestamp": "yesterday",
+                                          "data": {"offset": 1, "qom-path": "/m"}})),
+    ("data-array", lambda a: _line({"event": "RTC_CHANGE", "timestamp": {"seconds": 1, "microseconds": 0},
+                                    "data": [1, 2, 3]})),
+    ("field-types", lambda a: _line({"event": "BLOCK_IO_ERROR",
+                                     "timestamp": {"seconds": 1, "microseconds": 0},
+                                     "data": {"device": 5, "operation": ["write"], "action": {},
+                                              "nospace": "yes", "reason": None}})),
+]
 
 
 def log(conn_no, msg):
@@ -85,6 +121,7 @@ class Conn:
         self.counter = 0
         self.delayed = []  # (due, reply) answers held back in stop-query mode
         self.progress = None  # events mode with --count: shared {"sent", "rtc"} across connections
+        self.acted_at = None  # hostile mode: when the hostile line went out
 
     def send(self, obj_or_bytes):
         data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode() + b"\r\n"
@@ -179,6 +216,17 @@ class Conn:
             self.send(json.dumps({"event": "RTC_CHANGE", "timestamp": now_ts(),
                                   "data": {"offset": 0, "qom-path": pad}}).encode() + b"\r\n")
             self.acted = True
+        elif mode == "hostile" and not self.acted:
+            case, make = HOSTILE[min(self.no, len(HOSTILE)) - 1]
+            data = make(self.args)
+            log(self.no, "hostile: %s (%d bytes)" % (case, len(data)))
+            self.acted, self.acted_at = True, time.monotonic()
+            self.send(data)
+            if case == HOSTILE[-1][0]:
+                self.mode = "events"  # the last case: the session must carry on
+        elif mode == "hostile" and time.monotonic() - self.acted_at > HOSTILE_WAIT:
+            log(self.no, "hostile: the bridge kept the connection %.0fs; closing it" % HOSTILE_WAIT)
+            return False
         elif mode == "events" and self.progress is not None:
             self.counted_events()
         elif mode == "events":
@@ -223,11 +271,14 @@ def serve(args):
     srv.bind(path)
     srv.listen(1)
     no = 0
-    progress = {"sent": 0, "rtc": 0} if (args.count is not None or args.name) else None
+    progress = {"sent": 0, "rtc": 0} if (args.count is not None or args.name or
+                                         args.mode == "hostile") else None
     while True:
         sock, _ = srv.accept()
         no += 1
         mode = args.mode if (no == 1 or not args.once) else "events"
+        if mode == "hostile" and no > len(HOSTILE):
+            mode = "events"  # every case was acted out; behave from now on
         log(no, "client connected, mode %s" % mode)
         c = Conn(sock, no, mode, args)
         c.progress = progress
@@ -250,9 +301,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--socket", required=True)
     ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events",
-                                                           "stop-query", "idle"])
+                                                           "stop-query", "idle", "hostile"])
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     ap.add_argument("--oversize", type=int, default=65536)
+    ap.add_argument("--nest-depth", type=int, default=100000,
+                    help="hostile: how many '[' the nested line opens")
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--command-log", help="append every command received to this file (JSON lines)")
     ap.add_argument("--delay", action="append", default=[], metavar="COMMAND:SECONDS",

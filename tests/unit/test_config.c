@@ -181,6 +181,16 @@ static void test_example_file(void **state)
     assert_int_equal(cfg->qmp_connect_timeout_ms, 5000);
     assert_int_equal(cfg->qmp_reconnect_initial_ms, 250);
     assert_int_equal(cfg->qmp_reconnect_max_ms, 30000);
+    assert_int_equal(cfg->qmp_max_connecting, 64);
+    /* the example documents the spool with its defaults and the directory commented out */
+    assert_null(cfg->spool_directory);
+    assert_int_equal(cfg->spool_max_bytes, (size_t)1 << 30);
+    assert_int_equal(cfg->spool_segment_bytes, 16 * 1024 * 1024);
+    assert_int_equal(cfg->spool_fsync, QB_SPOOL_FSYNC_BATCH);
+    assert_int_equal(cfg->spool_fsync_interval_ms, 50);
+    assert_int_equal(cfg->spool_on_full, QB_SPOOL_FULL_BACKPRESSURE);
+    assert_int_equal(cfg->spool_memory_max_messages, 10000);
+    assert_null(cfg->metrics_listen);
     assert_int_equal(cfg->n_vms, 2);
     assert_string_equal(cfg->vms[1].qmp, "tcp:127.0.0.1:4444");
     assert_string_equal(cfg->discovery_directory, "/run/qmp-bridge/vms");
@@ -388,7 +398,18 @@ static const struct bad_config {
      "t.yaml:1:17: [0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nesting is too deep"},
     /* unknown and duplicate keys */
     {"bridge: {id: a}\nbogus: 1\n", "t.yaml:2:1: bogus: unknown key"},
-    {"bridge: {id: a}\nspool: {}\n", "t.yaml:2:1: spool: unknown key"},
+    {"bridge: {id: a}\nspooler: {}\n", "t.yaml:2:1: spooler: unknown key"},
+    {"bridge: {id: a}\nspool: {directory: /x, max_size: 1MiB, segment_size: 512KiB}\n",
+     "t.yaml:2:54: spool.segment_size: segment_size (524288 bytes) must be at most a quarter of "
+     "max_size (1048576 bytes)"},
+    {"bridge: {id: a}\nspool: {fsync: sometimes}\n",
+     "t.yaml:2:16: spool.fsync: expected batch, always or off, got 'sometimes'"},
+    {"bridge: {id: a}\nspool: {on_full: drop}\n",
+     "t.yaml:2:18: spool.on_full: expected backpressure or drop_oldest, got 'drop'"},
+    {"bridge: {id: a}\nspool: {max_size: 1000}\n",
+     "t.yaml:2:19: spool.max_size: expected a size of at least 1048576 bytes, got '1000'"},
+    {"bridge: {id: a}\nqmp: {max_connecting: 0}\n",
+     "t.yaml:2:23: qmp.max_connecting: expected an integer from 1 to 100000, got '0'"},
     {"bridge: {id: a, colour: red}\n", "t.yaml:1:17: bridge.colour: unknown key"},
     {"bridge: {id: a}\n[a]: b\n", "t.yaml:2:1: (root): mapping keys must be scalars"},
     {"bridge: {id: a, id: b}\n", "t.yaml:1:17: bridge.id: duplicate key (first at 1:10)"},

@@ -2,8 +2,15 @@
 
 QB_BIN names the binary (ctest sets it); default <repo>/build/qmp-bridge.
 stderr (the log) goes to <workdir>/bridge.log so tests can assert on lines.
+
+QB_VALGRIND=1 runs the bridge under valgrind's memcheck (log <workdir>/valgrind.<pid>.log,
+suppressions tests/valgrind.supp). Every run that ends with a summary is checked when the
+bridge stops (Bridge.stop, or check.Test's teardown through finish_all): an error or a
+definite/indirect leak fails the test and prints the log. A run killed with SIGKILL
+(the test's own "crash") leaves no summary and is not checked.
 """
 import os
+import re
 
 from . import procs
 from . import util
@@ -11,6 +18,82 @@ from . import util
 
 def binary():
     return os.environ.get("QB_BIN") or os.path.join(util.SOURCE_DIR, "build", "qmp-bridge")
+
+
+def valgrind_argv(workdir):
+    """The memcheck prefix for a bridge command line (QB_VALGRIND=1), else []."""
+    if not util.VALGRIND:
+        return []
+    return ["valgrind", "--tool=memcheck", "--error-exitcode=97", "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect", "--show-leak-kinds=definite,indirect",
+            "--track-origins=no", "--num-callers=30",
+            "--suppressions=" + os.path.join(util.SOURCE_DIR, "tests", "valgrind.supp"),
+            "--log-file=" + os.path.join(workdir, "valgrind.%p.log")]
+
+
+class ValgrindError(AssertionError):
+    pass
+
+
+_valgrind_runs = []  # [(Bridge, Popen)] started under valgrind, not yet checked
+
+
+def _valgrind_log(workdir, pid):
+    return os.path.join(workdir, "valgrind.%d.log" % pid)
+
+
+def check_valgrind_log(path):
+    """None if the memcheck log at path is clean or has no summary (the run was
+    killed with SIGKILL), else a one-line reason."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    m = re.search(r"ERROR SUMMARY: ([\d,]+) errors", text)
+    if not m:
+        return None
+    bad = []
+    if int(m.group(1).replace(",", "")) > 0:
+        bad.append("ERROR SUMMARY: %s errors" % m.group(1))
+    for kind in ("definitely", "indirectly"):
+        k = re.search(r"%s lost: ([\d,]+) bytes" % kind, text)
+        if k and int(k.group(1).replace(",", "")) > 0:
+            bad.append("%s lost: %s bytes" % (kind, k.group(1)))
+    return "; ".join(bad) or None
+
+
+def _check_run(br, proc):
+    """Raises ValgrindError, with the whole log, if proc's memcheck run found anything."""
+    path = _valgrind_log(br.workdir, proc.pid)
+    why = check_valgrind_log(path)
+    if why is None:
+        return
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    raise ValgrindError("valgrind memcheck on the bridge (pid %d): %s\n----- %s -----\n%s"
+                        % (proc.pid, why, path, text))
+
+
+def finish_all():
+    """Test teardown: stops every bridge still running and checks every memcheck
+    log not checked yet. Raises ValgrindError naming the first bad run (after
+    stopping all). No-op without QB_VALGRIND."""
+    first = None
+    while _valgrind_runs:
+        br, proc = _valgrind_runs[-1]
+        try:
+            if br.proc is proc:
+                br.stop()  # checks and forgets the run
+            else:
+                _valgrind_runs.pop()
+                if proc.poll() is None:
+                    procs.stop(proc, timeout=10.0 * util.TIMEOUT_SCALE)
+                _check_run(br, proc)
+        except ValgrindError as e:
+            first = first or e
+    if first is not None:
+        raise first
 
 
 def _yaml_str(s):
@@ -53,19 +136,34 @@ class Bridge:
             raise RuntimeError("qmp-bridge binary %s is missing (set QB_BIN)" % exe)
         with open(self.log, "a") as f:
             f.write("### qbtest: %s -c %s\n" % (exe, self.conf))
-        self.proc = procs.spawn([exe, "-c", self.conf], "qmp-bridge",
+        self.proc = procs.spawn(valgrind_argv(self.workdir) + [exe, "-c", self.conf], "qmp-bridge",
                                 stdout=os.path.join(self.workdir, "bridge.stdout"), stderr=self.log)
+        if util.VALGRIND:
+            _valgrind_runs.append((self, self.proc))
         return self
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout=10.0):
-        """SIGTERM and wait; returns the exit status."""
+        """SIGTERM and wait (timeout times util.TIMEOUT_SCALE); returns the exit status.
+        Under valgrind raises ValgrindError if memcheck found errors or leaks, or if
+        the bridge had to be killed because it did not exit in time."""
         if self.proc is None:
             return None
-        rc = procs.stop(self.proc, timeout=timeout)
+        proc = self.proc
+        dead_before = proc.poll() is not None  # e.g. the test's own kill -9
+        rc = procs.stop(proc, timeout=timeout * util.TIMEOUT_SCALE)
         self.proc = None
+        for i, (_br, p) in enumerate(_valgrind_runs):
+            if p is proc:
+                del _valgrind_runs[i]
+                if rc == -9 and not dead_before:
+                    raise ValgrindError("the bridge (pid %d) under valgrind did not exit within "
+                                        "%.0fs of SIGTERM and was killed"
+                                        % (proc.pid, timeout * util.TIMEOUT_SCALE))
+                _check_run(self, proc)
+                break
         return rc
 
     def log_text(self):

@@ -11,6 +11,7 @@ the test registered (bridge, QEMU, mosquitto, subscriber), then exits 1.
 import sys
 import traceback
 
+from . import bridge
 from . import procs
 from . import util
 
@@ -51,6 +52,11 @@ class Test:
 
     def __exit__(self, etype, exc, tb):
         if etype is None:
+            try:
+                self.step = "teardown: memcheck verdict on the bridge"
+                bridge.finish_all()  # memcheck verdicts (QB_VALGRIND) before the rest dies
+            except bridge.ValgrindError as e:
+                return self.__exit__(type(e), e, e.__traceback__)
             procs.cleanup_all()
             print("PASS %s: %d checks" % (self.name, self.checked))
             sys.stdout.flush()
@@ -59,6 +65,10 @@ class Test:
             return False
         print("\nFAIL %s during '%s': %s: %s" % (self.name, self.step, etype.__name__, exc))
         traceback.print_exception(etype, exc, tb, limit=6, file=sys.stdout)
+        try:
+            bridge.finish_all()
+        except bridge.ValgrindError as e:
+            print("\nFAIL %s also: %s" % (self.name, e))
         procs.cleanup_all()
         for label, path in self.logs:
             print("\n----- %s (%s), last lines -----\n%s" % (label, path, util.tail(path, 60)))

@@ -23,14 +23,27 @@ validate_envelope = schema.validate_envelope  # re-exported for the tests
 
 
 class Broker:
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, persistence=False):
+        """persistence: keep sessions and queued QoS 1 messages in <workdir>/mosquitto.db
+        across a stop (SIGTERM saves it) and start, as a production broker would."""
         self.workdir = workdir
         self.port = port or util.free_port()
         self.conf = os.path.join(workdir, "mosquitto.conf")
         self.log = os.path.join(workdir, "mosquitto.log")
         self.proc = None
         with open(self.conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.port)
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\n" % self.port)
+            # mosquitto drops QoS 1 messages for a subscriber beyond 1000 queued by default:
+            # a burst after a stall would then lose messages on the broker's side
+            f.write("max_queued_messages 0\n")
+            if persistence:
+                # run as root (tests and CI are), mosquitto would switch to its own user and
+                # could not write the database into our private workdir
+                f.write("persistence true\npersistence_location %s/\n" % workdir)
+                if os.geteuid() == 0:
+                    f.write("user root\n")
+            else:
+                f.write("persistence false\n")
 
     def _accepts(self):
         try:
@@ -89,8 +102,11 @@ class Message:
 class Subscriber:
     """mosquitto_sub on qmp/# (MQTT v5, QoS 1) recording to a file."""
 
-    def __init__(self, broker, topic="qmp/#", name="sub"):
+    def __init__(self, broker, topic="qmp/#", name="sub", client_id=None):
+        """client_id: a persistent session (-c -i client_id): the broker queues QoS 1
+        messages while the subscriber is away, and mosquitto_sub reconnects by itself."""
         self.broker = broker
+        self.client_id = client_id
         self.topic = topic
         self.out = os.path.join(broker.workdir, name + ".out")
         self.log = os.path.join(broker.workdir, name + ".log")
@@ -103,7 +119,8 @@ class Subscriber:
     def start(self):
         self.proc = procs.spawn(
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.broker.port), "-V", "mqttv5",
-             "-q", "1", "-t", self.topic, "-F", "%t\t%r\t%x"],
+             "-q", "1", "-t", self.topic, "-F", "%t\t%r\t%x"]
+            + (["-c", "-i", self.client_id] if self.client_id else []),
             "mosquitto_sub", stdout=self.out, stderr=self.log)
         self.wait_subscribed()
         return self

@@ -111,7 +111,10 @@ signal.signal(signal.SIGTERM, _on_signal)
 
 def wait_until(predicate, timeout, what, interval=0.05, on_fail=None):
     """Polls predicate() until it returns a true value, which is returned.
-    On timeout raises TimeoutError naming `what` (after calling on_fail())."""
+    On timeout raises TimeoutError naming `what` (after calling on_fail()).
+    timeout is multiplied by util.TIMEOUT_SCALE (a slow bridge, e.g. under valgrind)."""
+    from . import util  # util imports this module: import at call time
+    timeout *= util.TIMEOUT_SCALE
     deadline = time.monotonic() + timeout
     while True:
         v = predicate()

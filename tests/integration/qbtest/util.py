@@ -10,6 +10,23 @@ from . import procs
 SOURCE_DIR = os.environ.get("QB_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
+# QB_VALGRIND=1 runs the bridge under valgrind's memcheck (see bridge.py).
+VALGRIND = os.environ.get("QB_VALGRIND", "") not in ("", "0")
+
+
+def _timeout_scale():
+    # How much slower the bridge is than in a plain build: under valgrind it runs
+    # 10-30x slower, but most waits are for a single event, so 4 is the default there.
+    v = os.environ.get("QB_TIMEOUT_SCALE")
+    if v:
+        return max(1.0, float(v))
+    return 4.0 if VALGRIND else 1.0
+
+
+# One factor for every wait on the bridge: procs.wait_until (and so every
+# wait_log / wait_for / wait_count built on it) and Bridge.stop multiply by it.
+TIMEOUT_SCALE = _timeout_scale()
+
 
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""

@@ -1,0 +1,786 @@
+/*
+ * http_server.c - libmicrohttpd driven by the libuv loop, plus a one-shot blocking client.
+ *
+ * MHD is started with MHD_USE_EPOLL and no internal thread. Its epoll fd
+ * becomes readable whenever one of its sockets (the listener, a connection)
+ * has work, so one uv_poll_t on that fd covers them all; MHD_run then does the
+ * non-blocking work. MHD also needs to be run when a connection times out or
+ * when it still has buffered work, which MHD_get_timeout reports, so after
+ * every MHD_run a uv_timer_t is re-armed from it (or stopped when MHD has no
+ * deadline).
+ *
+ * We create, bind and listen on the socket ourselves and hand it over with
+ * MHD_OPTION_LISTEN_SOCKET: that is the only way to listen on a Unix socket,
+ * and it gives exact errno texts ("Address already in use") at start, which
+ * MHD_start_daemon's bare NULL does not. MHD owns the fd from then on.
+ */
+#include "http_server.h"
+
+#include "error.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Request headers beyond this per connection are answered 431 by MHD itself. */
+#define HTTP_CONNECTION_MEMORY (32u * 1024)
+#define HTTP_LISTEN_BACKLOG 64
+/* Header block qb_http_get accepts before the body. */
+#define HTTP_GET_MAX_HEADER (64u * 1024)
+
+struct listen_addr {
+    bool is_unix;
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+struct qb_http_server {
+    uv_loop_t *loop;
+    struct MHD_Daemon *mhd;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    struct qb_http_route *routes;
+    size_t nroutes;
+    void *arg;
+    uint16_t port;
+    char *listen;    /* as configured, for log lines */
+    char *unix_path; /* socket file to remove at close, NULL for TCP */
+    dev_t unix_dev;
+    ino_t unix_ino;
+    int open_handles; /* libuv handles whose close callback is still due */
+    bool closing;
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+/* ---- addresses -------------------------------------------------------------------------- */
+
+static int parse_port(const char *s, uint16_t *port)
+{
+    unsigned long v = 0;
+    size_t i;
+
+    if (!*s || strlen(s) > 5)
+        return QB_EINVAL;
+    for (i = 0; s[i]; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return QB_EINVAL;
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    if (v > 65535)
+        return QB_EINVAL;
+    *port = (uint16_t)v;
+    return QB_OK;
+}
+
+/*
+ * Parses "unix:/path", "[v6]:port", "v4:port" or "localhost:port" into a
+ * socket address. No name resolution: a metrics listener should not depend on
+ * DNS at start, and "localhost" is the only name people write there.
+ */
+static int parse_address(const char *text, struct listen_addr *a, char *errbuf, size_t errlen)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *port_text;
+    uint16_t port;
+    size_t hlen;
+
+    memset(a, 0, sizeof *a);
+    if (!text || !*text) {
+        snprintf(errbuf, errlen, "empty listen address");
+        return QB_EINVAL;
+    }
+    if (!strncmp(text, "unix:", 5)) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
+        const char *path = text + 5;
+
+        if (!*path || strlen(path) >= sizeof un->sun_path) {
+            snprintf(errbuf, errlen, "'%s': the socket path must be 1 to %zu bytes", text,
+                     sizeof un->sun_path - 1);
+            return QB_EINVAL;
+        }
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, path);
+        a->is_unix = true;
+        a->len = (socklen_t)sizeof *un;
+        return QB_OK;
+    }
+    if (text[0] == '[') {
+        const char *end = strchr(text, ']');
+        if (!end || end[1] != ':') {
+            snprintf(errbuf, errlen, "'%s': expected [ipv6]:port", text);
+            return QB_EINVAL;
+        }
+        hlen = (size_t)(end - text - 1);
+        port_text = end + 2;
+        if (hlen >= sizeof host) {
+            snprintf(errbuf, errlen, "'%s': bad IPv6 address", text);
+            return QB_EINVAL;
+        }
+        memcpy(host, text + 1, hlen);
+        host[hlen] = '\0';
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (!colon || memchr(text, ':', (size_t)(colon - text))) {
+            snprintf(errbuf, errlen, "'%s': expected host:port (IPv6 in brackets) or unix:/path",
+                     text);
+            return QB_EINVAL;
+        }
+        hlen = (size_t)(colon - text);
+        port_text = colon + 1;
+        if (hlen >= sizeof host) {
+            snprintf(errbuf, errlen, "'%s': bad IPv4 address", text);
+            return QB_EINVAL;
+        }
+        memcpy(host, text, hlen);
+        host[hlen] = '\0';
+    }
+    if (parse_port(port_text, &port) < 0) {
+        snprintf(errbuf, errlen, "'%s': bad port '%s' (0-65535)", text, port_text);
+        return QB_EINVAL;
+    }
+    if (text[0] == '[') {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&a->ss;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1) {
+            snprintf(errbuf, errlen, "'%s': bad IPv6 address '%s'", text, host);
+            return QB_EINVAL;
+        }
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        a->len = (socklen_t)sizeof *in6;
+    } else {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)&a->ss;
+        if (!strcmp(host, "localhost"))
+            strcpy(host, "127.0.0.1");
+        if (inet_pton(AF_INET, host, &in4->sin_addr) != 1) {
+            snprintf(errbuf, errlen, "'%s': bad IPv4 address '%s' (literal or localhost)", text,
+                     host);
+            return QB_EINVAL;
+        }
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(port);
+        a->len = (socklen_t)sizeof *in4;
+    }
+    return QB_OK;
+}
+
+int qb_http_listen_validate(const char *listen, char *errbuf, size_t errlen)
+{
+    struct listen_addr a;
+
+    return parse_address(listen, &a, errbuf, errlen);
+}
+
+/*
+ * A Unix socket file at path: leave it alone if a process accepts on it, remove
+ * it if nobody does (a bridge that died without cleaning up), refuse anything
+ * that is not a socket.
+ */
+static int clear_stale_unix(const char *text, const struct listen_addr *a, char *errbuf,
+                            size_t errlen)
+{
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&a->ss;
+    struct stat st;
+    int fd, rc, err;
+
+    if (lstat(un->sun_path, &st) < 0)
+        return QB_OK; /* nothing there (or bind will report why) */
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(errbuf, errlen, "listen %s: the path exists and is not a socket", text);
+        return QB_EIO;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(errbuf, errlen, "listen %s: socket: %s", text, strerror(errno));
+        return QB_EIO;
+    }
+    rc = connect(fd, (const struct sockaddr *)&a->ss, a->len);
+    err = errno;
+    close(fd);
+    if (rc == 0 || err == EAGAIN) {
+        snprintf(errbuf, errlen, "listen %s: %s (another process is serving it)", text,
+                 strerror(EADDRINUSE));
+        return QB_EIO;
+    }
+    if (err == ECONNREFUSED && unlink(un->sun_path) < 0 && errno != ENOENT) {
+        snprintf(errbuf, errlen, "listen %s: removing the stale socket: %s", text, strerror(errno));
+        return QB_EIO;
+    }
+    return QB_OK;
+}
+
+/* Creates, binds and listens; returns the fd or a negative code with errbuf filled. */
+static int open_listener(const char *text, const struct listen_addr *a, char *errbuf, size_t errlen)
+{
+    int fd, one = 1, rc;
+    const char *step;
+
+    if (a->is_unix) {
+        rc = clear_stale_unix(text, a, errbuf, errlen);
+        if (rc < 0)
+            return rc;
+    }
+    fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(errbuf, errlen, "listen %s: socket: %s", text, strerror(errno));
+        return QB_EIO;
+    }
+    /* SO_REUSEADDR so a restarted bridge can bind while old connections sit in TIME_WAIT;
+     * on Linux it never lets two listeners share a port. V6ONLY so "[::]" means IPv6 only,
+     * whatever the sysctl says. */
+    step = "setsockopt";
+    if (!a->is_unix && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
+        goto fail;
+    if (a->ss.ss_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
+        goto fail;
+    step = "bind";
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
+        goto fail;
+    /* Status data is for the bridge's owner and group, not every local user. */
+    step = "chmod";
+    if (a->is_unix && chmod(((const struct sockaddr_un *)&a->ss)->sun_path, 0660) < 0)
+        goto fail;
+    step = "listen";
+    if (listen(fd, HTTP_LISTEN_BACKLOG) < 0)
+        goto fail;
+    return fd;
+
+fail:
+    snprintf(errbuf, errlen, "listen %s: %s: %s", text, step, strerror(errno));
+    if (a->is_unix && strcmp(step, "bind"))
+        unlink(((const struct sockaddr_un *)&a->ss)->sun_path);
+    close(fd);
+    return QB_EIO;
+}
+
+/* ---- request handling ------------------------------------------------------------------- */
+
+static enum MHD_Result send_response(struct MHD_Connection *c, int status, const char *content_type,
+                                     char *body, const char *sbody, size_t len, const char *allow)
+{
+    struct MHD_Response *r;
+    enum MHD_Result ret;
+
+    if (body)
+        r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    else
+        r = MHD_create_response_from_buffer(len, (void *)(sbody ? sbody : ""),
+                                            MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(body);
+        return MHD_NO; /* MHD closes the connection */
+    }
+    if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) != MHD_YES ||
+        (allow && MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow) != MHD_YES)) {
+        MHD_destroy_response(r);
+        return MHD_NO;
+    }
+    ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r); /* the queue holds its own reference */
+    return ret;
+}
+
+static enum MHD_Result send_static(struct MHD_Connection *c, int status, const char *text,
+                                   const char *allow)
+{
+    return send_response(c, status, "text/plain; charset=utf-8", NULL, text, strlen(text), allow);
+}
+
+/* A request that announces a body (Content-Length other than 0, or chunked). */
+static bool has_body(struct MHD_Connection *c)
+{
+    const char *cl =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+
+    return te || (cl && strspn(cl, "0") != strlen(cl));
+}
+
+/*
+ * MHD's access handler. It answers on the first call (headers complete) every
+ * time: nothing here needs a body, and answering before reading one means MHD
+ * never buffers it and closes the connection afterwards.
+ */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
+{
+    struct qb_http_server *s = cls;
+    struct qb_http_request req;
+    struct qb_http_response resp;
+    size_t i, len;
+    int rc;
+
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)req_cls;
+
+    req.method = method;
+    req.path = url;
+    req.head = !strcmp(method, MHD_HTTP_METHOD_HEAD);
+    if (!req.head && strcmp(method, MHD_HTTP_METHOD_GET))
+        return send_static(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n", "GET, HEAD");
+    if (has_body(c))
+        return send_static(c, MHD_HTTP_CONTENT_TOO_LARGE, "request bodies are not accepted\n",
+                           NULL);
+    for (i = 0; i < s->nroutes; i++)
+        if (!strcmp(s->routes[i].path, url))
+            break;
+    if (i == s->nroutes)
+        return send_static(c, MHD_HTTP_NOT_FOUND, "not found\n", NULL);
+
+    memset(&resp, 0, sizeof resp);
+    resp.status = MHD_HTTP_OK;
+    resp.content_type = "text/plain; charset=utf-8";
+    rc = s->routes[i].handler(s->arg, &req, &resp);
+    if (rc < 0 || resp.status < 100 || resp.status > 599 || !resp.content_type) {
+        QB_LOG_WARN(NULL, "http %s: handler for %s failed: %s", s->listen, url,
+                    rc < 0 ? qb_strerror(rc) : "bad status or content type");
+        free(resp.body);
+        return send_static(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal error\n", NULL);
+    }
+    len = resp.body_len;
+    if (!resp.body && resp.static_body && len == 0)
+        len = strlen(resp.static_body);
+    if (!resp.body && !resp.static_body)
+        len = 0;
+    return send_response(c, resp.status, resp.content_type, resp.body, resp.static_body, len, NULL);
+}
+
+/* MHD's messages are per connection (client went away, limit reached): debug, or a scan of
+ * the port would fill the journal. */
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    struct qb_http_server *s = cls;
+    char line[256];
+    size_t n;
+
+    if (QB_LOG_DEBUG > qb_log_threshold)
+        return;
+    vsnprintf(line, sizeof line, fmt, ap);
+    n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    QB_LOG_DEBUG(NULL, "http %s: libmicrohttpd: %s", s->listen, line);
+}
+
+/* ---- loop integration ------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+
+static unsigned current_connections(struct MHD_Daemon *mhd)
+{
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+
+    return info ? info->num_connections : 0;
+}
+
+/*
+ * Runs MHD's pending work, then arms the timer for its next deadline.
+ *
+ * At the connection limit MHD takes the listening socket out of its epoll set,
+ * and it puts it back only at the start of a later MHD_run. When the run that
+ * closed connections is the last one (nothing else pending, no timeout), the
+ * epoll fd never becomes readable again for waiting clients and the server
+ * stops accepting for good. So whenever a run closed connections, run again:
+ * that run re-adds the listener (and costs one empty epoll_wait otherwise).
+ */
+static void drive(struct qb_http_server *s)
+{
+    MHD_UNSIGNED_LONG_LONG ms;
+    unsigned before, after;
+    int rounds = 0;
+
+    if (s->closing)
+        return;
+    after = current_connections(s->mhd);
+    do {
+        before = after;
+        if (MHD_run(s->mhd) != MHD_YES)
+            QB_LOG_WARN(NULL, "http %s: MHD_run failed", s->listen);
+        after = current_connections(s->mhd);
+    } while (after < before && ++rounds < 4);
+    if (MHD_get_timeout(s->mhd, &ms) == MHD_YES)
+        uv_timer_start(&s->timer, on_timer, ms > UINT32_MAX ? UINT32_MAX : (uint64_t)ms, 0);
+    else
+        uv_timer_stop(&s->timer);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    drive(t->data);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    struct qb_http_server *s = p->data;
+
+    (void)events;
+    if (status < 0)
+        QB_LOG_WARN(NULL, "http %s: poll: %s", s->listen, uv_strerror(status));
+    drive(s);
+}
+
+static void free_server(struct qb_http_server *s)
+{
+    free(s->routes);
+    free(s->listen);
+    free(s->unix_path);
+    free(s);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct qb_http_server *s = h->data;
+
+    if (--s->open_handles > 0)
+        return;
+    if (s->done)
+        s->done(s->done_arg);
+    free_server(s);
+}
+
+int qb_http_server_start(uv_loop_t *loop, const char *listen, const struct qb_http_route *routes,
+                         size_t nroutes, void *arg, struct qb_http_server **out, char *errbuf,
+                         size_t errlen)
+{
+    struct qb_http_server *s;
+    const union MHD_DaemonInfo *info;
+    struct listen_addr a;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    struct stat st;
+    int fd, rc, epfd;
+
+    *out = NULL;
+    rc = parse_address(listen, &a, errbuf, errlen);
+    if (rc < 0)
+        return rc;
+    if (!loop || !routes || nroutes == 0) {
+        snprintf(errbuf, errlen, "listen %s: no routes", listen);
+        return QB_EINVAL;
+    }
+    s = calloc(1, sizeof *s);
+    if (!s || !(s->routes = malloc(nroutes * sizeof *routes)) || !(s->listen = strdup(listen)) ||
+        (a.is_unix && !(s->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path)))) {
+        snprintf(errbuf, errlen, "listen %s: out of memory", listen);
+        if (s)
+            free_server(s);
+        return QB_ENOMEM;
+    }
+    memcpy(s->routes, routes, nroutes * sizeof *routes);
+    s->nroutes = nroutes;
+    s->loop = loop;
+    s->arg = arg;
+
+    fd = open_listener(listen, &a, errbuf, errlen);
+    if (fd < 0) {
+        free_server(s);
+        return fd;
+    }
+    if (a.is_unix && stat(s->unix_path, &st) == 0) {
+        s->unix_dev = st.st_dev;
+        s->unix_ino = st.st_ino;
+    } else if (!a.is_unix && getsockname(fd, (struct sockaddr *)&bound, &blen) == 0) {
+        s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                    : ((struct sockaddr_in *)&bound)->sin_port);
+    }
+
+    /* TURBO: skips shutdown() before close and reads optimistically; safe for short
+     * request/response exchanges. */
+    s->mhd = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_USE_TURBO | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, s,
+        /* the logger first, or MHD prints option errors to stderr itself */
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)QB_HTTP_MAX_CONNECTIONS,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)QB_HTTP_CONNECTION_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+    if (!s->mhd) {
+        /* MHD closes a listen socket it was given when it fails after taking it, but not on
+         * every early failure; an fd leaked on this path (no memory, no epoll) is the safer
+         * mistake than closing a number another thread may already reuse. */
+        snprintf(errbuf, errlen, "listen %s: libmicrohttpd failed to start", listen);
+        rc = QB_EIO;
+        goto fail_socket;
+    }
+    info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    epfd = info ? info->epoll_fd : -1;
+    if (epfd < 0 || (rc = uv_poll_init(loop, &s->poll, epfd)) < 0) {
+        snprintf(errbuf, errlen, "listen %s: watching libmicrohttpd's epoll fd: %s", listen,
+                 epfd < 0 ? "no epoll fd" : uv_strerror(rc));
+        MHD_stop_daemon(s->mhd);
+        rc = QB_EIO;
+        goto fail_socket;
+    }
+    uv_timer_init(loop, &s->timer);
+    s->poll.data = s;
+    s->timer.data = s;
+    s->open_handles = 2;
+    rc = uv_poll_start(&s->poll, UV_READABLE, on_poll);
+    if (rc < 0) {
+        snprintf(errbuf, errlen, "listen %s: uv_poll_start: %s", listen, uv_strerror(rc));
+        qb_http_server_close(s, NULL, NULL); /* frees s once the handles have closed */
+        return QB_EIO;
+    }
+    drive(s); /* arms the timer if MHD wants one from the start */
+    if (a.is_unix)
+        QB_LOG_INFO(NULL, "http: listening on %s", listen);
+    else
+        QB_LOG_INFO(NULL, "http: listening on %s (port %u)", listen, s->port);
+    *out = s;
+    return QB_OK;
+
+fail_socket:
+    if (s->unix_path)
+        unlink(s->unix_path);
+    free_server(s);
+    return rc;
+}
+
+uint16_t qb_http_server_port(const struct qb_http_server *s)
+{
+    return s ? s->port : 0;
+}
+
+unsigned qb_http_server_connections(const struct qb_http_server *s)
+{
+    return s && s->mhd ? current_connections(s->mhd) : 0;
+}
+
+void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), void *done_arg)
+{
+    struct stat st;
+
+    if (!s || s->closing)
+        return;
+    s->closing = true;
+    s->done = done;
+    s->done_arg = done_arg;
+    /* libuv must stop watching the epoll fd before MHD closes it. */
+    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    if (s->mhd) {
+        MHD_stop_daemon(s->mhd); /* closes the connections, the listener and the epoll fd */
+        s->mhd = NULL;
+    }
+    /* Remove the socket file only if it is still ours, not one a newer bridge bound. */
+    if (s->unix_path && stat(s->unix_path, &st) == 0 && st.st_dev == s->unix_dev &&
+        st.st_ino == s->unix_ino)
+        unlink(s->unix_path);
+}
+
+/* ---- client ----------------------------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for events on fd until the deadline. Returns QB_OK, QB_ETIMEDOUT or QB_EIO. */
+static int wait_fd(int fd, short events, int64_t deadline)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        int n;
+
+        if (left <= 0)
+            return QB_ETIMEDOUT;
+        n = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n > 0)
+            return QB_OK;
+        if (n == 0)
+            return QB_ETIMEDOUT;
+        if (errno != EINTR)
+            return QB_EIO;
+    }
+}
+
+static int client_connect(const struct listen_addr *a, int64_t deadline, int *out)
+{
+    int fd, err = 0, rc;
+    socklen_t elen = sizeof err;
+
+    fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return QB_EIO;
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
+        /* TCP completes in the background; a Unix socket either connects at once or fails
+         * (EAGAIN: its backlog is full, which for a one-shot client is a failure too). */
+        rc = errno == EINPROGRESS ? wait_fd(fd, POLLOUT, deadline) : QB_EIO;
+        if (rc == QB_OK && (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err != 0))
+            rc = QB_EIO;
+        if (rc < 0) {
+            close(fd);
+            return rc;
+        }
+    }
+    *out = fd;
+    return QB_OK;
+}
+
+/* Parses the header block [p, p+hlen) (ending before the blank line). */
+static int parse_head(const char *p, size_t hlen, int *status, long long *content_length)
+{
+    const char *line = p, *end = p + hlen;
+
+    *content_length = -1;
+    if (hlen < 12 || strncmp(p, "HTTP/1.", 7) || p[8] != ' ' || p[9] < '1' || p[9] > '5' ||
+        p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' ||
+        (hlen > 12 && p[12] != ' ' && p[12] != '\r'))
+        return QB_EPROTO;
+    *status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    while (line < end) {
+        const char *eol = memchr(line, '\n', (size_t)(end - line));
+        size_t n = eol ? (size_t)(eol - line) : (size_t)(end - line);
+
+        if (n >= 15 && !strncasecmp(line, "Content-Length:", 15)) {
+            const char *v = line + 15;
+            long long cl = 0;
+            while (v < line + n && (*v == ' ' || *v == '\t'))
+                v++;
+            if (v == line + n || *v < '0' || *v > '9')
+                return QB_EPROTO;
+            while (v < line + n && *v >= '0' && *v <= '9') {
+                if (cl > (long long)QB_HTTP_GET_MAX_BODY)
+                    return QB_ETOOBIG;
+                cl = cl * 10 + (*v++ - '0');
+            }
+            *content_length = cl;
+        } else if (n >= 18 && !strncasecmp(line, "Transfer-Encoding:", 18)) {
+            return QB_EPROTO; /* an HTTP/1.0 request must not get a chunked answer */
+        }
+        line = eol ? eol + 1 : end;
+    }
+    if (*content_length > (long long)QB_HTTP_GET_MAX_BODY)
+        return QB_ETOOBIG;
+    return QB_OK;
+}
+
+int qb_http_get(const char *address, const char *path, char **body, int *status,
+                uint32_t timeout_ms)
+{
+    struct listen_addr a;
+    char errbuf[160], req[1024];
+    char *buf = NULL, *sep, *nb;
+    size_t len = 0, cap = 0, sent = 0, reqlen, hlen = 0;
+    long long clen = -1;
+    int64_t deadline = now_ms() + timeout_ms;
+    int fd = -1, rc, n;
+    bool head_done = false;
+
+    *body = NULL;
+    *status = 0;
+    if (parse_address(address, &a, errbuf, sizeof errbuf) < 0 || !path || path[0] != '/' ||
+        strpbrk(path, " \r\n\t"))
+        return QB_EINVAL;
+    n = snprintf(req, sizeof req,
+                 "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: qmp-bridge/" QB_VERSION
+                 "\r\nAccept: */*\r\n\r\n",
+                 path, a.is_unix ? "localhost" : address);
+    if (n < 0 || (size_t)n >= sizeof req)
+        return QB_EINVAL;
+    reqlen = (size_t)n;
+
+    rc = client_connect(&a, deadline, &fd);
+    while (rc == QB_OK && sent < reqlen) {
+        ssize_t w = send(fd, req + sent, reqlen - sent, MSG_NOSIGNAL);
+        if (w > 0)
+            sent += (size_t)w;
+        else if (w < 0 && (errno == EAGAIN || errno == EINTR))
+            rc = wait_fd(fd, POLLOUT, deadline);
+        else
+            rc = QB_EIO;
+    }
+    /* Read until the peer closes, or until Content-Length bytes of body are in. */
+    while (rc == QB_OK) {
+        ssize_t r;
+
+        if (head_done && clen >= 0 && len - hlen >= (size_t)clen)
+            break;
+        if (cap - len < 4096) {
+            size_t ncap = cap ? cap * 2 : 8192;
+            if (ncap > HTTP_GET_MAX_HEADER + QB_HTTP_GET_MAX_BODY + 8192)
+                ncap = HTTP_GET_MAX_HEADER + QB_HTTP_GET_MAX_BODY + 8192;
+            if (ncap <= len + 1) {
+                rc = QB_ETOOBIG;
+                break;
+            }
+            nb = realloc(buf, ncap);
+            if (!nb) {
+                rc = QB_ENOMEM;
+                break;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        r = recv(fd, buf + len, cap - len - 1, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+            rc = wait_fd(fd, POLLIN, deadline);
+            continue;
+        }
+        if (r < 0) {
+            rc = QB_EIO;
+            break;
+        }
+        if (r == 0) {
+            if (!head_done)
+                rc = len == 0 ? QB_EIO : QB_EPROTO;
+            else if (clen >= 0 && len - hlen < (size_t)clen)
+                rc = QB_EPROTO;
+            break;
+        }
+        len += (size_t)r;
+        buf[len] = '\0';
+        if (!head_done) {
+            sep = strstr(buf, "\r\n\r\n");
+            if (!sep) {
+                if (len > HTTP_GET_MAX_HEADER)
+                    rc = QB_EPROTO;
+                continue;
+            }
+            rc = parse_head(buf, (size_t)(sep - buf), status, &clen);
+            hlen = (size_t)(sep - buf) + 4;
+            head_done = true;
+        }
+        if (head_done && len - hlen > QB_HTTP_GET_MAX_BODY)
+            rc = QB_ETOOBIG;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc == QB_OK) {
+        size_t blen = len - hlen;
+        if (clen >= 0 && blen > (size_t)clen)
+            blen = (size_t)clen;
+        memmove(buf, buf + hlen, blen);
+        buf[blen] = '\0';
+        *body = buf;
+        return QB_OK;
+    }
+    free(buf);
+    *status = 0;
+    return rc;
+}

@@ -1,0 +1,123 @@
+/*
+ * http_server.h - the metrics/health/status HTTP endpoint, libmicrohttpd on the libuv loop.
+ *
+ * libmicrohttpd runs in "external epoll" mode: no thread of its own. Its epoll
+ * fd is watched by a uv_poll_t and its connection timeouts by a uv_timer_t, so
+ * every request handler runs on the loop thread and may read the bridge's
+ * state without locks. Handlers must not block and must not close the server.
+ *
+ * The server is deliberately small: GET and HEAD only (405 with "Allow: GET,
+ * HEAD" otherwise), exact path routes (404 otherwise), no request bodies
+ * (413), at most QB_HTTP_MAX_CONNECTIONS connections, each closed after
+ * QB_HTTP_CONNECTION_TIMEOUT_S idle seconds, request headers bounded by a
+ * per-connection memory pool.
+ *
+ * Listen addresses:
+ *   "127.0.0.1:9464", "[::1]:9464", "0.0.0.0:9464", "[::]:9464"  IP literals
+ *   "localhost:9464"                                            127.0.0.1, no DNS lookup
+ *   "unix:/run/qmp-bridge/status.sock"                          a Unix stream socket
+ * Port 0 binds a free port (see qb_http_server_port). A Unix socket file left
+ * over by a dead bridge is replaced; one a live process answers on is "in use".
+ * The socket file is made mode 0660 and removed again on close.
+ *
+ * qb_http_get is the matching one-shot blocking client for `qmp-bridge --status`.
+ */
+#ifndef QB_HTTP_SERVER_H
+#define QB_HTTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define QB_HTTP_MAX_CONNECTIONS 32
+#define QB_HTTP_CONNECTION_TIMEOUT_S 10
+/* Largest body qb_http_get accepts. */
+#define QB_HTTP_GET_MAX_BODY (16u * 1024 * 1024)
+
+/* What a handler sees of a request. Everything is borrowed for the handler call. */
+struct qb_http_request {
+    const char *method; /* "GET" or "HEAD" */
+    const char *path;   /* without the query string */
+    bool head;          /* HEAD: the server sends the headers of the answer only */
+};
+
+/*
+ * What a handler fills. The server pre-sets status 200, content_type
+ * "text/plain; charset=utf-8" and no body.
+ *   body:        malloc'd by the handler, taken by the server (freed with free()).
+ *   static_body: a string that outlives the server (used when body is NULL).
+ * body_len is the length of body or static_body; for static_body, 0 means strlen.
+ * content_type must outlive the response (use string literals).
+ */
+struct qb_http_response {
+    int status;
+    const char *content_type;
+    char *body;
+    const char *static_body;
+    size_t body_len;
+};
+
+/*
+ * Fills resp for req. arg is the one given to qb_http_server_start.
+ * Returns QB_OK, or a negative code: the server then frees any body and
+ * answers 500.
+ */
+typedef int (*qb_http_handler_fn)(void *arg, const struct qb_http_request *req,
+                                  struct qb_http_response *resp);
+
+struct qb_http_route {
+    const char *path; /* exact match, e.g. "/metrics"; must outlive the server */
+    qb_http_handler_fn handler;
+};
+
+struct qb_http_server;
+
+/*
+ * Checks a listen address's syntax without binding anything (for config
+ * validation). Returns QB_OK or QB_EINVAL with errbuf saying why.
+ */
+int qb_http_listen_validate(const char *listen, char *errbuf, size_t errlen);
+
+/*
+ * Binds listen and starts serving routes on loop. The routes array is copied;
+ * the path strings are borrowed for the server's lifetime. arg is passed to
+ * every handler.
+ * Returns QB_OK with *out set (close it with qb_http_server_close), or:
+ *   QB_EINVAL  bad address syntax, empty routes
+ *   QB_EIO     socket/bind/listen failed (address in use, no permission, ...)
+ *   QB_ENOMEM
+ * with errbuf naming the address and the errno text.
+ */
+int qb_http_server_start(uv_loop_t *loop, const char *listen, const struct qb_http_route *routes,
+                         size_t nroutes, void *arg, struct qb_http_server **out, char *errbuf,
+                         size_t errlen);
+
+/* The bound TCP port (useful after port 0), 0 for a Unix socket. */
+uint16_t qb_http_server_port(const struct qb_http_server *s);
+
+/* Connections open right now (a gauge for /metrics). Loop thread only. */
+unsigned qb_http_server_connections(const struct qb_http_server *s);
+
+/*
+ * Stops accepting, drops every connection and closes the listening socket at
+ * once (the port is free when this returns; a Unix socket file is removed),
+ * then frees s once its libuv handles have closed and calls done(done_arg)
+ * (done may be NULL). Never call it from inside a handler. NULL s is a no-op.
+ */
+void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), void *done_arg);
+
+/*
+ * One blocking HTTP/1.0 GET of path from address (same syntax as the listen
+ * addresses; "0.0.0.0"/"[::]" are not rewritten), for the CLI. The whole
+ * exchange is bounded by timeout_ms.
+ * Returns QB_OK with *status the HTTP status and *body a malloc'd,
+ * NUL-terminated body the caller frees (also for non-2xx statuses); or
+ *   QB_EINVAL bad address, QB_EIO connect/read failed (*body NULL),
+ *   QB_ETIMEDOUT, QB_EPROTO malformed answer, QB_ETOOBIG body over
+ *   QB_HTTP_GET_MAX_BODY, QB_ENOMEM.
+ */
+int qb_http_get(const char *address, const char *path, char **body, int *status,
+                uint32_t timeout_ms);
+
+#endif

@@ -1,0 +1,95 @@
+/*
+ * outbox.h - where every outgoing event and state envelope goes: to all
+ * transports, through the durable spool when one is configured.
+ *
+ * Without a spool the outbox hands each message to every transport's bounded
+ * memory queue and passes their back-pressure on (as the bridge did before
+ * the spool): a crash loses what was queued.
+ *
+ * With a spool the promise is: once a message is in the spool, every
+ * transport gets it at least once, in spool order, across broker outages
+ * (up to the spool's size) and restarts. Each transport has a cursor in the
+ * spool: while it keeps up, new messages go straight from memory into its
+ * queue; when its queue is half full (a broker is slow or down) it falls
+ * behind and is fed from the spool on disk as confirmations free its queue.
+ * A record is released (its segment deleted) only when every transport has
+ * confirmed it; cursors and per-VM sequences are checkpointed every second
+ * while anything changes, and at close.
+ *
+ * When the spool cannot take a message (full with on_full: backpressure, or
+ * its file system full), the message waits in a bounded memory list, QMP
+ * reading is paused through the pressure callback, and appending is retried
+ * every second; when that list overflows, messages are dropped, counted and
+ * logged per VM with the range of sequences lost.
+ */
+#ifndef QB_OUTBOX_H
+#define QB_OUTBOX_H
+
+#include "config.h"
+#include "spool.h"
+#include "transport.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct qb_outbox;
+
+/* pressure true: stop reading from QEMU; false: resume. Called from the loop. */
+typedef void (*qb_outbox_pressure_cb)(void *arg, bool pressure);
+
+struct qb_outbox_stats {
+    uint64_t sent;           /* messages taken by qb_outbox_send */
+    uint64_t spooled;        /* of those, written to the spool */
+    uint64_t from_spool;     /* messages fed to lagging transports from disk */
+    uint64_t held;           /* in the memory list now, waiting for the spool */
+    uint64_t dropped;        /* lost: memory list full, or spool dropped its oldest */
+    uint64_t lagging;        /* transports currently fed from disk */
+};
+
+/*
+ * Creates the outbox for transports (array and elements borrowed, must
+ * outlive it; the outbox installs their pressure and release callbacks).
+ * spool may be NULL (memory queues only); otherwise it is borrowed and must
+ * outlive the outbox, and records it holds from an earlier run are replayed
+ * to each transport from its checkpointed cursor before anything new.
+ * Returns QB_OK with *out (free with qb_outbox_close) or QB_ENOMEM.
+ */
+int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
+                  struct qb_transport *const *transports, size_t n_transports,
+                  struct qb_spool *spool, struct qb_outbox **out);
+
+/*
+ * Sends msg (borrowed; kind QB_MSG_EVENT or QB_MSG_STATE) to every
+ * transport. Returns QB_OK when it was spooled or queued (or held in memory
+ * for the spool), QB_EAGAIN when it was dropped (already counted and logged),
+ * QB_EINVAL for a REPLY (send those with qb_transport_send).
+ */
+int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg);
+
+/* Sets the pressure callback (cb NULL clears it). arg is borrowed. */
+void qb_outbox_set_pressure_cb(struct qb_outbox *o, qb_outbox_pressure_cb cb, void *arg);
+
+/* True while the outbox wants QMP reading paused. */
+bool qb_outbox_under_pressure(const struct qb_outbox *o);
+
+/*
+ * The last (epoch, sequence) the spool holds for vm, so numbering continues
+ * across restarts. Returns false without a spool or for an unknown VM.
+ */
+bool qb_outbox_recall_sequence(const struct qb_outbox *o, const char *vm, uint64_t *epoch,
+                               uint64_t *seq);
+
+void qb_outbox_get_stats(const struct qb_outbox *o, struct qb_outbox_stats *out);
+
+/*
+ * Logs what the memory list still held (lost), writes a last checkpoint and
+ * frees o. Call it only after every transport given to qb_outbox_new has
+ * finished closing (qb_transport_close's done): their last confirmations
+ * still advance the cursors while they drain, and the outbox never touches
+ * them here. A transport closed with messages undelivered leaves its cursor
+ * at the first of them, so they are replayed at the next start.
+ */
+void qb_outbox_close(struct qb_outbox *o);
+
+#endif
