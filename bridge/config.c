@@ -19,7 +19,9 @@
  * the message goes (main prints it and exits).
  */
 #include "config.h"
+
 #include "error.h"
+#include "http_server.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -621,6 +623,17 @@ static const char *check_name(const char *text)
     return NULL;
 }
 
+/* metrics.listen: what the HTTP server accepts (its own parser, so the two never disagree). */
+static const char *check_listen(const char *text)
+{
+    char err[256];
+
+    if (qb_http_listen_validate(text, err, sizeof(err)) == QB_OK)
+        return NULL;
+    return "\"host:port\" with an IP literal or localhost (IPv6 in brackets), or "
+           "\"unix:/absolute/path\"";
+}
+
 /* "unix:<path>" or "tcp:<host>:<port>"; the host may be a bracketed IPv6 address. */
 static const char *check_qmp_address(const char *text)
 {
@@ -1064,7 +1077,7 @@ static const struct field spool_fields[] = {
 };
 
 static const struct field metrics_fields[] = {
-    FIELD(C, "listen", F_STRING, metrics_listen, .check = check_nonempty),
+    FIELD(C, "listen", F_STRING, metrics_listen, .check = check_listen),
     {0},
 };
 

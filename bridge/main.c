@@ -15,7 +15,9 @@
 #include "error.h"
 #include "log.h"
 #include "outbox.h"
+#include "service_notify.h"
 #include "spool.h"
+#include "status_api.h"
 #include "transport.h"
 #include "vm_manager.h"
 
@@ -40,13 +42,15 @@ struct qb_main {
     struct qb_vm_manager *mgr;
     struct qb_discovery *discovery;
     struct qb_command_router *router;
+    struct qb_status_api *status;
+    struct qb_service_watchdog *watchdog; /* NULL when systemd runs no watchdog */
     uv_signal_t sig_int, sig_term, sig_hup;
     bool shutting_down;
 };
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: qmp-bridge [-c FILE] [--check-config]\n"
+    fprintf(f, "Usage: qmp-bridge [-c FILE] [--check-config | --status]\n"
                "       qmp-bridge --version | --help\n"
                "\n"
                "Keeps a QMP session to each QEMU VM of this host and publishes their events\n"
@@ -55,6 +59,9 @@ static void usage(FILE *f)
                "  -c, --config FILE   configuration file (default " QB_DEFAULT_CONFIG ")\n"
                "      --check-config  load and validate the configuration, then exit\n"
                "                      (0 valid, 1 invalid)\n"
+               "      --status        ask the running daemon (at metrics.listen of FILE) for\n"
+               "                      its readiness and VMs and print them (0 ready,\n"
+               "                      1 not ready, 3 unreachable or metrics.listen not set)\n"
                "  -V, --version       print the version and exit\n"
                "  -h, --help          print this help and exit\n");
 }
@@ -115,6 +122,13 @@ static void main_shutdown(struct qb_main *q, const char *why)
     }
     q->shutting_down = true;
     QB_LOG_INFO(NULL, "%s: shutting down", why);
+    /* From here systemd's TimeoutStopSec= bounds us, not the watchdog. */
+    qb_service_notify_stopping();
+    qb_service_watchdog_close(q->watchdog);
+    q->watchdog = NULL;
+    /* the objects it reads are about to go away one by one */
+    qb_status_api_close(q->status, NULL, NULL);
+    q->status = NULL;
     qb_command_router_stop(q->router);
     qb_discovery_stop(q->discovery);
     q->discovery = NULL;
@@ -134,6 +148,41 @@ static void main_on_signal(uv_signal_t *h, int signum)
         return;
     }
     main_shutdown(q, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* Watchdog health: pings stop (and systemd restarts us) when this says false. */
+static bool main_healthy(void *arg)
+{
+    struct qb_main *q = arg;
+
+    return !q->shutting_down;
+}
+
+/* Starts the HTTP status API when metrics.listen is set. Returns QB_OK or the failure (logged). */
+static int main_start_status(struct qb_main *q)
+{
+    static struct qb_status_sources src;
+    char err[512];
+    int rc;
+
+    if (!q->cfg->metrics_listen)
+        return QB_OK;
+    src = (struct qb_status_sources){
+        .cfg = q->cfg,
+        .mgr = &q->mgr,
+        .transports = q->transports,
+        .n_transports = &q->n_transports,
+        .outbox = &q->outbox,
+        .spool = &q->spool,
+        .shutting_down = &q->shutting_down,
+    };
+    rc = qb_status_api_start(q->loop, q->cfg->metrics_listen, &src, &q->status, err, sizeof(err));
+    if (rc < 0)
+        QB_LOG_ERR(NULL, "cannot start the status API: %s", err);
+    else
+        QB_LOG_INFO(NULL, "status API on %s (/metrics, /healthz, /readyz, /vms)",
+                    q->cfg->metrics_listen);
+    return rc;
 }
 
 static void main_discovered(void *arg, const char *name, const char *path)
@@ -286,12 +335,13 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", no_argument, NULL, 'C'},
+        {"status", no_argument, NULL, 'S'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = QB_DEFAULT_CONFIG;
-    bool check_only = false;
+    bool check_only = false, status_only = false;
     struct qb_main q = {0};
     char err[1024];
     int opt, rc, status = 0;
@@ -303,6 +353,9 @@ int main(int argc, char **argv)
             break;
         case 'C':
             check_only = true;
+            break;
+        case 'S':
+            status_only = true;
             break;
         case 'V':
             printf("qmp-bridge %s\n", QB_VERSION);
@@ -329,6 +382,16 @@ int main(int argc, char **argv)
     if (main_check_transports(q.cfg) < 0) {
         qb_config_free(q.cfg);
         return 1;
+    }
+    if (status_only) {
+        if (!q.cfg->metrics_listen) {
+            fprintf(stderr, "qmp-bridge: --status needs metrics.listen in %s\n", config_path);
+            qb_config_free(q.cfg);
+            return 3;
+        }
+        status = qb_status_print(q.cfg->metrics_listen, stdout);
+        qb_config_free(q.cfg);
+        return status;
     }
     if (check_only) {
         printf("%s: configuration OK (bridge %s, %zu VMs, %zu transports%s)\n", config_path,
@@ -366,6 +429,17 @@ int main(int argc, char **argv)
                                 &q, &q.discovery, err, sizeof(err));
         if (rc < 0)
             QB_LOG_ERR(NULL, "%s", err);
+    }
+    if (rc == QB_OK)
+        rc = main_start_status(&q);
+    if (rc == QB_OK) {
+        char ready[160];
+
+        snprintf(ready, sizeof(ready), "bridge %s: %zu VMs configured, %zu transports%s%s",
+                 q.cfg->bridge_id, q.cfg->n_vms, q.n_transports,
+                 q.discovery ? ", discovery on" : "", q.spool ? ", spool on" : "");
+        qb_service_notify_ready(ready);
+        rc = qb_service_watchdog_start(q.loop, main_healthy, &q, &q.watchdog);
     }
     if (rc < 0) {
         status = 3;

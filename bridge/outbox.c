@@ -227,6 +227,7 @@ static struct ob_held *ob_held_new(const struct qb_message *msg)
     h->msg.kind = msg->kind;
     h->msg.sequence = msg->sequence;
     h->msg.epoch = msg->epoch;
+    h->msg.origin_usec = msg->origin_usec;
     h->msg.vm = str_put(&p, msg->vm);
     h->msg.type = str_put(&p, msg->type);
     h->msg.id = str_put(&p, msg->id);
@@ -352,6 +353,8 @@ static void ob_feed(struct ob_lane *l)
             break;
         }
         rec.msg.spool_id = rec.id;
+        if (!rec.msg.origin_usec)
+            rec.msg.origin_usec = rec.append_usec; /* the spool keeps when, not the QMP stamp */
         if (qb_transport_send(l->t, &rec.msg) != QB_OK) {
             /* not taken: read it again next time */
             qb_spool_reader_close(l->reader);

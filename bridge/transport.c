@@ -22,12 +22,14 @@
 
 #include "error.h"
 #include "log.h"
+#include "prom.h"
 #include "transport_ops.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 /* Used when a config leaves a bound at 0 (hand-filled configs in tests and tools). */
 #define QB_TRANSPORT_DEFAULT_MAX_MESSAGES 100000u
@@ -54,6 +56,7 @@ enum tr_state {
 struct tmsg {
     struct tmsg *prev, *next;
     uint64_t ordinal;      /* strictly increasing in queue order */
+    uint64_t queued_at;    /* uv_now() when it was queued */
     bool in_flight;        /* handed to the backend, delivery not reported yet */
     struct qb_message msg; /* every pointer points into data[] */
     char data[];
@@ -75,6 +78,7 @@ struct qb_transport {
     bool backoff; /* a delivery failed: wait for retry_timer */
 
     struct qb_transport_stats stats;
+    struct qb_histogram latency;
 
     qb_transport_pressure_cb pressure_cb;
     void *pressure_arg;
@@ -291,6 +295,7 @@ static struct tmsg *msg_copy(const struct qb_message *msg)
     m->msg.sequence = msg->sequence;
     m->msg.epoch = msg->epoch;
     m->msg.spool_id = msg->spool_id;
+    m->msg.origin_usec = msg->origin_usec;
     m->msg.vm = str_put(&p, msg->vm);
     m->msg.type = str_put(&p, msg->type);
     m->msg.id = str_put(&p, msg->id);
@@ -362,6 +367,7 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
         return QB_ENOMEM;
     }
     m->ordinal = t->next_ordinal++;
+    m->queued_at = uv_now(t->loop);
     m->prev = t->tail;
     if (t->tail)
         t->tail->next = m;
@@ -503,6 +509,15 @@ static void cb_delivered(void *owner, void *token, int status)
     }
     if (status == QB_OK) {
         t->stats.confirmed++;
+        if (m->msg.origin_usec) {
+            struct timeval tv;
+            uint64_t now;
+
+            gettimeofday(&tv, NULL);
+            now = (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+            qb_histogram_observe_usec(&t->latency,
+                                      now > m->msg.origin_usec ? now - m->msg.origin_usec : 0);
+        }
         msg_release(t, m);
         if (t->release_cb)
             t->release_cb(t->release_arg, t);
@@ -511,7 +526,7 @@ static void cb_delivered(void *owner, void *token, int status)
             return;
         }
     } else {
-        t->stats.failed++;
+        t->stats.retried++;
         msg_mark_unsent(t, m);
         if (t->state == TR_OPEN || t->state == TR_DRAINING) {
             QB_LOG_DEBUG(
@@ -613,6 +628,7 @@ int qb_transport_create_with_ops(const struct qb_transport_ops *ops, uv_loop_t *
     t->loop = loop;
     t->cfg = cfg;
     t->ops = ops;
+    qb_histogram_init_latency(&t->latency);
     rc = ops->validate(cfg, errbuf, errlen);
     if (rc != QB_OK)
         goto fail;
@@ -658,4 +674,10 @@ const char *qb_transport_name(const struct qb_transport *t)
 void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_stats *out)
 {
     *out = t->stats;
+    out->oldest_age_ms = t->head ? uv_now(t->loop) - t->head->queued_at : 0;
+}
+
+const struct qb_histogram *qb_transport_latency(const struct qb_transport *t)
+{
+    return &t->latency;
 }

@@ -42,6 +42,8 @@ struct qb_message {
     uint64_t sequence;   /* for drop accounting in logs */
     uint64_t epoch;      /* the VM's numbering epoch (the first part of id); kept by the spool */
     uint64_t spool_id;   /* the spool record this came from, 0 when not spooled */
+    uint64_t origin_usec; /* when the event happened (QMP timestamp, else when the bridge made
+                             it), µs since the epoch; 0 = unknown. Measures delivery latency */
     const char *payload; /* structured-mode CloudEvents JSON */
     size_t len;
     /* QB_MSG_REPLY only: where the command asked for its answer (both may be NULL). */
@@ -70,10 +72,12 @@ struct qb_transport_stats {
     uint64_t queued;    /* accepted into the queue */
     uint64_t published; /* handed to the backend (retries count again) */
     uint64_t confirmed; /* delivery confirmed: released from the queue */
-    uint64_t failed;    /* failed delivery reports (each then retried) */
+    uint64_t retried;   /* failed delivery reports: each message is sent again, in order */
+    uint64_t failed;    /* messages the backend can never send (refused outright): dropped */
     uint64_t dropped;   /* refused because the queue was full */
     uint64_t depth;     /* messages in the queue now (including in flight) */
     uint64_t depth_bytes;
+    uint64_t oldest_age_ms; /* how long the oldest queued message has waited, 0 when empty */
     bool link_up;
 };
 
@@ -167,6 +171,15 @@ bool qb_transport_under_pressure(const struct qb_transport *t);
 const char *qb_transport_name(const struct qb_transport *t);
 
 void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_stats *out);
+
+struct qb_histogram;
+
+/*
+ * Latency from each confirmed message's origin_usec to its delivery
+ * confirmation (messages without an origin are not counted). Borrowed; valid
+ * as long as t.
+ */
+const struct qb_histogram *qb_transport_latency(const struct qb_transport *t);
 
 /*
  * Stops taking messages, waits up to cfg->shutdown_timeout_ms for the queue

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "normalize.h"
 #include "outbox.h"
+#include "prom.h"
 #include "qmp_client.h"
 #include "vm_state.h"
 
@@ -63,6 +64,7 @@ struct qb_vm_cmd {
     void *correlation;
     size_t correlation_len;
     uint64_t deadline; /* uv_now() by which it must have started */
+    uint64_t received_usec; /* wall clock when it was submitted, for the latency histogram */
     qb_vm_command_done_cb done;
     void *done_arg;
 };
@@ -96,6 +98,10 @@ struct qb_vm {
     bool slot_waiting;  /* queued for a connect slot */
     struct qb_vm *slot_next;
     char *identity;     /* "<query-name name>/<query-uuid UUID>" of the last session, or NULL */
+    char qemu_version[32];
+    const char *last_event; /* a published type: static strings or interned in mgr->counts */
+    uint64_t last_event_usec;
+    uint64_t reconnects;
     unsigned inflight;  /* reply callbacks still to come */
 
     /* The ordered pipeline. */
@@ -113,6 +119,15 @@ struct qb_vm {
     struct qb_vm_cmd *cmd_running;
     bool state_cmd_waiting; /* the running command is query-state, waiting for the snapshot */
 
+    UT_hash_handle hh;
+};
+
+/* One counter of qb_vm_manager_foreach_count: key (and key2) own their text. */
+struct qb_count {
+    char *key; /* "<key>\0<key2>" for two-part keys: one allocation, one hash key */
+    size_t keylen;
+    enum qb_vm_count which;
+    uint64_t n;
     UT_hash_handle hh;
 };
 
@@ -134,6 +149,9 @@ struct qb_vm_manager {
     struct qb_qmp_options qmp_opts;
     struct qb_vm *vms;
     struct qb_seq_memo *memos;
+    struct qb_count *counts;
+    struct qb_vm_manager_stats stats;
+    struct qb_histogram cmd_latency;
     uint64_t rng;
     bool pressure; /* the outbox wants QMP reading paused */
     size_t n_connecting; /* VMs holding a connect slot */
@@ -160,6 +178,36 @@ static uint64_t wall_clock_usec(void)
 
     gettimeofday(&tv, NULL);
     return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+/*
+ * Adds one to the counter (which, key, key2) and returns its interned key
+ * (stable for the manager's lifetime), or NULL when out of memory (the count
+ * is lost, nothing else).
+ */
+static const char *mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, const char *key,
+                             const char *key2)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf), "%c%s%c%s", '0' + (int)which, key, '\0', key2 ? key2 : "");
+    struct qb_count *c = NULL;
+
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        return NULL;
+    HASH_FIND(hh, m->counts, buf, (size_t)n, c);
+    if (!c) {
+        c = calloc(1, sizeof(*c));
+        if (!c || !(c->key = malloc((size_t)n + 1))) {
+            free(c);
+            return NULL;
+        }
+        memcpy(c->key, buf, (size_t)n + 1);
+        c->keylen = (size_t)n;
+        c->which = which;
+        HASH_ADD_KEYPTR(hh, m->counts, c->key, c->keylen, c);
+    }
+    c->n++;
+    return c->key + 1;
 }
 
 /* xorshift64*: jitter only needs to spread reconnects, not be unpredictable. */
@@ -224,8 +272,18 @@ static void vm_publish(struct qb_vm *vm, enum qb_msg_kind kind, const char *type
         .epoch = vm->epoch,
         .payload = payload,
         .len = len,
+        .origin_usec = ts_sec >= 0 ? (uint64_t)ts_sec * 1000000u + (uint64_t)ts_usec
+                                   : wall_clock_usec(),
     };
     mgr_send(m, NULL, &msg);
+    if (kind == QB_MSG_EVENT) {
+        const char *interned = mgr_count(m, QB_VM_COUNT_EVENTS, type, NULL);
+
+        if (interned) {
+            vm->last_event = interned;
+            vm->last_event_usec = msg.origin_usec;
+        }
+    }
     QB_LOG_DEBUG(vm->name, "published %s %s seq %llu", kind == QB_MSG_STATE ? "state" : "event",
                  type, (unsigned long long)seq);
     free(payload);
@@ -575,6 +633,8 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
             msg.correlation_len = corr_len;
             mgr_send(m, t, &msg);
         }
+        mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
+                  json_str_or(result, "status", "?"));
         QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
                     json_str_or(result, "command_id", "?"), json_str_or(result, "status", "?"));
     } else {
@@ -589,6 +649,10 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
 /* The running (or just dequeued) command c is over: publish, report, free. result is stolen. */
 static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *result)
 {
+    uint64_t now = wall_clock_usec();
+
+    qb_histogram_observe_usec(&vm->mgr->cmd_latency,
+                              now > c->received_usec ? now - c->received_usec : 0);
     mgr_publish_result(vm->mgr, vm, vm->name, result, c->transport, c->ack_token, c->reply_topic,
                        c->correlation, c->correlation_len);
     if (c->done)
@@ -753,6 +817,7 @@ int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd
     c->transport = origin->transport;
     c->ack_token = origin->ack_token;
     c->deadline = uv_now(m->loop) + m->cfg->commands_timeout_ms;
+    c->received_usec = wall_clock_usec();
     c->done = done;
     c->done_arg = arg;
     if (vm->cmd_tail)
@@ -799,6 +864,7 @@ static void vm_on_ready(struct qb_qmp_client *c, void *arg)
 
     vm->ready_at = uv_now(vm->mgr->loop);
     vm->was_ready = true;
+    snprintf(vm->qemu_version, sizeof(vm->qemu_version), "%s", qb_qmp_client_version(c));
     qb_norm_vm_reset(vm->norm, NULL);
     QB_LOG_INFO(vm->name, "connected to QEMU %s at %s", qb_qmp_client_version(c), vm->address);
 
@@ -850,12 +916,18 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
             json_decref(data);
         }
         QB_LOG_INFO(vm->name, "disconnected: %s", reason ? reason : qb_strerror(err));
+        if (!vm->removing && !vm->mgr->closing) {
+            vm->reconnects++;
+            vm->mgr->stats.reconnects++;
+        }
         if (now - vm->ready_at >= QB_VM_STABLE_MS)
             vm->attempts = 0;
     } else if (vm->attempts == 0) {
+        vm->mgr->stats.connect_failed++;
         QB_LOG_WARN(vm->name, "cannot connect to %s: %s (retrying with back-off)", vm->address,
                     reason ? reason : qb_strerror(err));
     } else {
+        vm->mgr->stats.connect_failed++;
         QB_LOG_DEBUG(vm->name, "connect attempt %u to %s failed: %s", vm->attempts + 1,
                      vm->address, reason ? reason : qb_strerror(err));
     }
@@ -1009,7 +1081,14 @@ static void mgr_finish(struct qb_vm_manager *m)
 {
     void (*done)(void *) = m->done;
     void *arg = m->done_arg;
+    struct qb_count *c, *tmp;
 
+    HASH_ITER(hh, m->counts, c, tmp)
+    {
+        HASH_DEL(m->counts, c);
+        free(c->key);
+        free(c);
+    }
     free(m);
     if (done)
         done(arg);
@@ -1094,6 +1173,7 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     m->transports = transports;
     m->n_transports = n_transports;
     m->outbox = outbox;
+    qb_histogram_init_latency(&m->cmd_latency);
     m->env.bridge_id = cfg->bridge_id;
     m->env.schema_base_uri = cfg->schema_base_uri;
     m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
@@ -1209,6 +1289,52 @@ int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *
     QB_LOG_INFO(vm->name, "removed: %s", why);
     vm_begin_removal(vm, why);
     return QB_OK;
+}
+
+void qb_vm_manager_foreach(const struct qb_vm_manager *m,
+                           void (*cb)(void *arg, const struct qb_vm_info *info), void *arg)
+{
+    for (const struct qb_vm *vm = m->vms; vm; vm = vm->hh.next) {
+        struct qb_vm_info info = {
+            .name = vm->name,
+            .address = vm->address,
+            .session = qb_qmp_state_name(qb_qmp_client_state(vm->qmp)),
+            .qemu_version = vm->qemu_version,
+            .run_state = json_string_value(json_object_get(vm->state, "run_state")),
+            .last_event = vm->last_event,
+            .last_event_usec = vm->last_event_usec,
+            .sequence = vm->seq,
+            .reconnects = vm->reconnects,
+        };
+        cb(arg, &info);
+    }
+}
+
+void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count which,
+                                 void (*cb)(void *arg, const char *key, const char *key2,
+                                            uint64_t n),
+                                 void *arg)
+{
+    for (const struct qb_count *c = m->counts; c; c = c->hh.next) {
+        const char *key = c->key + 1;
+
+        if (c->which == which)
+            cb(arg, key, which == QB_VM_COUNT_COMMANDS ? key + strlen(key) + 1 : NULL, c->n);
+    }
+}
+
+void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager_stats *out)
+{
+    *out = m->stats;
+    out->connecting = m->n_connecting;
+    out->slot_waiting = 0;
+    for (const struct qb_vm *vm = m->slot_head; vm; vm = vm->slot_next)
+        out->slot_waiting++;
+}
+
+const struct qb_histogram *qb_vm_manager_command_latency(const struct qb_vm_manager *m)
+{
+    return &m->cmd_latency;
 }
 
 size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready)

@@ -98,6 +98,47 @@ void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm, const
 /* True when a VM of that name is on this bridge. */
 bool qb_vm_manager_has_vm(const struct qb_vm_manager *m, const char *name);
 
+/* What /vms and the metrics show of one VM; every pointer borrowed for the callback. */
+struct qb_vm_info {
+    const char *name;
+    const char *address;
+    const char *session;      /* QMP session state: idle, connecting, ..., ready */
+    const char *qemu_version; /* of the current or last session, "" before the first */
+    const char *run_state;    /* from the latest qmp.vm.state, NULL before the first snapshot */
+    const char *last_event;   /* type of the last published event, NULL when none */
+    uint64_t last_event_usec; /* when it was published, µs since the epoch */
+    uint64_t sequence;        /* of the last published event */
+    uint64_t reconnects;      /* sessions this VM lost after they were ready */
+};
+
+/* Calls cb for every VM, in no particular order. */
+void qb_vm_manager_foreach(const struct qb_vm_manager *m,
+                           void (*cb)(void *arg, const struct qb_vm_info *info), void *arg);
+
+/*
+ * Counters since start, keyed by text: events published by type
+ * (QB_VM_COUNT_EVENTS, key2 NULL) and command results by command name and
+ * status (QB_VM_COUNT_COMMANDS). Keys are borrowed for the callback.
+ */
+enum qb_vm_count { QB_VM_COUNT_EVENTS, QB_VM_COUNT_COMMANDS };
+void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count which,
+                                 void (*cb)(void *arg, const char *key, const char *key2,
+                                            uint64_t n),
+                                 void *arg);
+
+struct qb_vm_manager_stats {
+    uint64_t reconnects;     /* sessions lost after they were ready, all VMs */
+    uint64_t connect_failed; /* connect attempts that never reached ready */
+    uint64_t connecting;     /* VMs holding a connect slot now */
+    uint64_t slot_waiting;   /* VMs waiting for one */
+};
+void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager_stats *out);
+
+struct qb_histogram;
+
+/* Command received to result published (commands that ran). Borrowed. */
+const struct qb_histogram *qb_vm_manager_command_latency(const struct qb_vm_manager *m);
+
 /* Number of VMs and how many are READY, for logs and status. */
 size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready);
 

@@ -1,0 +1,499 @@
+/*
+ * status_api.c - /metrics, /healthz, /readyz and /vms, and `--status`.
+ *
+ * Collectors run at request time on the loop thread (http_server.c drives
+ * libmicrohttpd from the loop), so they read the live objects without locks.
+ * Metric names follow Prometheus conventions: qmp_bridge_ prefix, counters end
+ * in _total, durations in seconds. Label values are transport names, event
+ * types, command names and statuses: bounded sets, never VM names (a host may
+ * run thousands of VMs; /vms is where per-VM detail lives).
+ */
+#include "status_api.h"
+
+#include "error.h"
+#include "http_server.h"
+#include "log.h"
+#include "prom.h"
+#include "qmp_client.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+struct qb_status_api {
+    struct qb_status_sources src;
+    struct qb_http_server *http;
+};
+
+static uint64_t now_usec(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+/* ---- /metrics ------------------------------------------------------------ */
+
+/* The session states, in the order qmp_client.h defines them, so every state has a sample. */
+static const enum qb_qmp_state all_states[] = {QB_QMP_IDLE,        QB_QMP_CONNECTING,
+                                               QB_QMP_GREETING,    QB_QMP_NEGOTIATING,
+                                               QB_QMP_READY,       QB_QMP_CLOSING};
+#define N_STATES (sizeof(all_states) / sizeof(all_states[0]))
+
+struct vm_tally {
+    uint64_t by_state[N_STATES];
+};
+
+static void tally_vm(void *arg, const struct qb_vm_info *info)
+{
+    struct vm_tally *t = arg;
+
+    for (size_t i = 0; i < N_STATES; i++)
+        if (strcmp(info->session, qb_qmp_state_name(all_states[i])) == 0)
+            t->by_state[i]++;
+}
+
+static void emit_event_count(void *arg, const char *key, const char *key2, uint64_t n)
+{
+    const char *labels[] = {"type", key, NULL};
+
+    (void)key2;
+    qb_prom_sample_u64(arg, "qmp_bridge_qmp_events_total", labels, n);
+}
+
+static void emit_command_count(void *arg, const char *key, const char *key2, uint64_t n)
+{
+    const char *labels[] = {"command", key, "status", key2, NULL};
+
+    qb_prom_sample_u64(arg, "qmp_bridge_commands_total", labels, n);
+}
+
+static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
+{
+    struct vm_tally t = {{0}};
+    struct qb_vm_manager_stats st = {0};
+
+    qb_prom_family(w, "qmp_bridge_vms", "gauge", "VMs by QMP session state");
+    qb_prom_family(w, "qmp_bridge_qmp_events_total", "counter",
+                   "Events published, by CloudEvents type (bridge events included)");
+    qb_prom_family(w, "qmp_bridge_commands_total", "counter",
+                   "Command results published, by command and status");
+    qb_prom_family(w, "qmp_bridge_reconnects_total", "counter",
+                   "QMP sessions lost after they were ready");
+    qb_prom_family(w, "qmp_bridge_connect_failures_total", "counter",
+                   "QMP connect attempts that never became ready");
+    qb_prom_family(w, "qmp_bridge_vms_connecting", "gauge",
+                   "VMs connecting, negotiating or taking their snapshot (bounded by "
+                   "qmp.max_connecting)");
+    qb_prom_family(w, "qmp_bridge_vms_waiting_to_connect", "gauge",
+                   "VMs waiting for a connect slot");
+    qb_prom_family(w, "qmp_bridge_command_latency_seconds", "histogram",
+                   "Command received to its result published");
+    if (mgr) {
+        qb_vm_manager_foreach(mgr, tally_vm, &t);
+        qb_vm_manager_foreach_count(mgr, QB_VM_COUNT_EVENTS, emit_event_count, w);
+        qb_vm_manager_foreach_count(mgr, QB_VM_COUNT_COMMANDS, emit_command_count, w);
+        qb_vm_manager_get_stats(mgr, &st);
+        qb_prom_histogram(w, "qmp_bridge_command_latency_seconds", NULL,
+                          qb_vm_manager_command_latency(mgr));
+    }
+    for (size_t i = 0; i < N_STATES; i++) {
+        const char *labels[] = {"state", qb_qmp_state_name(all_states[i]), NULL};
+        qb_prom_sample_u64(w, "qmp_bridge_vms", labels, t.by_state[i]);
+    }
+    qb_prom_sample_u64(w, "qmp_bridge_reconnects_total", NULL, st.reconnects);
+    qb_prom_sample_u64(w, "qmp_bridge_connect_failures_total", NULL, st.connect_failed);
+    qb_prom_sample_u64(w, "qmp_bridge_vms_connecting", NULL, st.connecting);
+    qb_prom_sample_u64(w, "qmp_bridge_vms_waiting_to_connect", NULL, st.slot_waiting);
+}
+
+/* One table row per transport counter: name, help, and where it is in the stats. */
+static const struct {
+    const char *name, *type, *help;
+    size_t offset;
+} transport_metrics[] = {
+    {"qmp_bridge_envelopes_queued_total", "counter", "Messages accepted into the transport queue",
+     offsetof(struct qb_transport_stats, queued)},
+    {"qmp_bridge_envelopes_published_total", "counter",
+     "Messages handed to the backend (retries count again)",
+     offsetof(struct qb_transport_stats, published)},
+    {"qmp_bridge_envelopes_confirmed_total", "counter",
+     "Deliveries confirmed (Kafka delivery report, MQTT PUBACK, write done)",
+     offsetof(struct qb_transport_stats, confirmed)},
+    {"qmp_bridge_envelopes_retried_total", "counter",
+     "Failed deliveries, each sent again in order", offsetof(struct qb_transport_stats, retried)},
+    {"qmp_bridge_envelopes_failed_total", "counter",
+     "Messages the backend refused outright (dropped)", offsetof(struct qb_transport_stats, failed)},
+    {"qmp_bridge_envelopes_dropped_total", "counter", "Messages refused because the queue was full",
+     offsetof(struct qb_transport_stats, dropped)},
+    {"qmp_bridge_queue_messages", "gauge", "Messages in the transport queue (in flight included)",
+     offsetof(struct qb_transport_stats, depth)},
+    {"qmp_bridge_queue_bytes", "gauge", "Payload bytes in the transport queue",
+     offsetof(struct qb_transport_stats, depth_bytes)},
+};
+
+static void collect_transports(struct qb_prom_writer *w, struct qb_transport **tr, size_t n)
+{
+    for (size_t k = 0; k < sizeof(transport_metrics) / sizeof(transport_metrics[0]); k++)
+        qb_prom_family(w, transport_metrics[k].name, transport_metrics[k].type,
+                       transport_metrics[k].help);
+    qb_prom_family(w, "qmp_bridge_queue_oldest_age_seconds", "gauge",
+                   "How long the oldest queued message has waited");
+    qb_prom_family(w, "qmp_bridge_transport_up", "gauge", "1 while the transport's link is up");
+    qb_prom_family(w, "qmp_bridge_delivery_latency_seconds", "histogram",
+                   "QMP event time to delivery confirmation");
+    for (size_t i = 0; tr && i < n; i++) {
+        struct qb_transport_stats st;
+        const char *labels[] = {"transport", qb_transport_name(tr[i]), NULL};
+
+        qb_transport_get_stats(tr[i], &st);
+        for (size_t k = 0; k < sizeof(transport_metrics) / sizeof(transport_metrics[0]); k++)
+            qb_prom_sample_u64(w, transport_metrics[k].name, labels,
+                               *(const uint64_t *)((const char *)&st + transport_metrics[k].offset));
+        qb_prom_sample_double(w, "qmp_bridge_queue_oldest_age_seconds", labels,
+                              (double)st.oldest_age_ms / 1000.0);
+        qb_prom_sample_u64(w, "qmp_bridge_transport_up", labels, st.link_up ? 1 : 0);
+        qb_prom_histogram(w, "qmp_bridge_delivery_latency_seconds", labels,
+                          qb_transport_latency(tr[i]));
+    }
+}
+
+static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, struct qb_outbox *ob)
+{
+    struct qb_spool_stats st = {0};
+    struct qb_outbox_stats os = {0};
+
+    if (ob)
+        qb_outbox_get_stats(ob, &os);
+    qb_prom_family(w, "qmp_bridge_outbox_held_messages", "gauge",
+                   "Messages held in memory because the spool cannot take them");
+    qb_prom_family(w, "qmp_bridge_outbox_dropped_total", "counter",
+                   "Messages lost: memory list full, or the spool dropped its oldest records");
+    qb_prom_family(w, "qmp_bridge_outbox_replayed_total", "counter",
+                   "Messages fed to lagging transports from the spool on disk");
+    qb_prom_family(w, "qmp_bridge_outbox_lagging_transports", "gauge",
+                   "Transports being fed from the spool instead of from memory");
+    qb_prom_sample_u64(w, "qmp_bridge_outbox_held_messages", NULL, os.held);
+    qb_prom_sample_u64(w, "qmp_bridge_outbox_dropped_total", NULL, os.dropped);
+    qb_prom_sample_u64(w, "qmp_bridge_outbox_replayed_total", NULL, os.from_spool);
+    qb_prom_sample_u64(w, "qmp_bridge_outbox_lagging_transports", NULL, os.lagging);
+    if (!spool)
+        return;
+    qb_spool_get_stats(spool, &st);
+    qb_prom_family(w, "qmp_bridge_spool_records", "gauge", "Records stored, not yet released");
+    qb_prom_family(w, "qmp_bridge_spool_bytes", "gauge", "Bytes of all spool segments");
+    qb_prom_family(w, "qmp_bridge_spool_segments", "gauge", "Spool segment files");
+    qb_prom_family(w, "qmp_bridge_spool_oldest_age_seconds", "gauge",
+                   "Age of the oldest stored record");
+    qb_prom_family(w, "qmp_bridge_spool_appended_total", "counter", "Records appended");
+    qb_prom_family(w, "qmp_bridge_spool_released_total", "counter",
+                   "Records released after every transport confirmed them");
+    qb_prom_family(w, "qmp_bridge_spool_dropped_total", "counter",
+                   "Records deleted undelivered (on_full: drop_oldest)");
+    qb_prom_family(w, "qmp_bridge_spool_corrupt_total", "counter", "Corrupt records skipped");
+    qb_prom_family(w, "qmp_bridge_spool_write_errors_total", "counter",
+                   "Appends that failed (file system full, I/O error)");
+    qb_prom_sample_u64(w, "qmp_bridge_spool_records", NULL, st.records);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_bytes", NULL, st.bytes);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_segments", NULL, st.segments);
+    qb_prom_sample_double(w, "qmp_bridge_spool_oldest_age_seconds", NULL,
+                          st.oldest_usec ? (double)(now_usec() - st.oldest_usec) / 1e6 : 0.0);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_appended_total", NULL, st.appended);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_released_total", NULL, st.released);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_dropped_total", NULL, st.dropped);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_corrupt_total", NULL, st.corrupt);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_write_errors_total", NULL, st.write_errors);
+}
+
+static int handle_metrics(void *arg, const struct qb_http_request *req,
+                          struct qb_http_response *resp)
+{
+    struct qb_status_api *api = arg;
+    const struct qb_status_sources *src = &api->src;
+    struct qb_prom_writer *w = qb_prom_writer_new();
+
+    (void)req;
+    if (!w)
+        return QB_ENOMEM;
+    qb_prom_family(w, "qmp_bridge_info", "gauge", "Constant 1, labelled with version and bridge id");
+    qb_prom_sample_u64(w, "qmp_bridge_info",
+                       (const char *const[]){"version", QB_VERSION, "bridge", src->cfg->bridge_id,
+                                             NULL},
+                       1);
+    collect_vms(w, *src->mgr);
+    collect_transports(w, src->transports ? src->transports : NULL, *src->n_transports);
+    collect_spool(w, *src->spool, *src->outbox);
+    resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    return qb_prom_writer_finish(w, &resp->body, &resp->body_len);
+}
+
+/* ---- /healthz, /readyz, /vms --------------------------------------------- */
+
+static int respond_json(struct qb_http_response *resp, int status, json_t *body)
+{
+    char *text;
+
+    if (!body)
+        return QB_ENOMEM;
+    text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!text)
+        return QB_ENOMEM;
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = text;
+    resp->body_len = strlen(text);
+    return QB_OK;
+}
+
+static int handle_healthz(void *arg, const struct qb_http_request *req,
+                          struct qb_http_response *resp)
+{
+    (void)arg, (void)req;
+    /* Answering at all proves the loop turns: that is what liveness means here. */
+    resp->content_type = "application/json";
+    resp->static_body = "{\"status\":\"ok\"}";
+    return QB_OK;
+}
+
+/* Appends every reason the bridge is not ready to reasons (a JSON array). */
+static void readiness_reasons(const struct qb_status_sources *src, json_t *reasons)
+{
+    char text[256];
+
+    if (*src->shutting_down)
+        json_array_append_new(reasons, json_string("shutting down"));
+    if (!*src->mgr)
+        json_array_append_new(reasons, json_string("VM manager not running"));
+    for (size_t i = 0; src->transports && i < *src->n_transports; i++) {
+        struct qb_transport_stats st;
+
+        qb_transport_get_stats(src->transports[i], &st);
+        if (!st.link_up) {
+            snprintf(text, sizeof(text), "transport %s: not connected",
+                     qb_transport_name(src->transports[i]));
+            json_array_append_new(reasons, json_string(text));
+        }
+    }
+    if (*src->outbox && qb_outbox_under_pressure(*src->outbox)) {
+        snprintf(text, sizeof(text), "%s: QMP reads paused (back-pressure)",
+                 *src->spool ? "spool over its high-water mark or not writable"
+                             : "a transport queue is over its high-water mark");
+        json_array_append_new(reasons, json_string(text));
+    }
+}
+
+static int handle_readyz(void *arg, const struct qb_http_request *req,
+                         struct qb_http_response *resp)
+{
+    struct qb_status_api *api = arg;
+    json_t *reasons = json_array();
+    bool ready;
+
+    (void)req;
+    if (!reasons)
+        return QB_ENOMEM;
+    readiness_reasons(&api->src, reasons);
+    ready = json_array_size(reasons) == 0;
+    return respond_json(resp, ready ? 200 : 503,
+                        json_pack("{s:b, s:o}", "ready", ready, "reasons", reasons));
+}
+
+static void format_time(uint64_t usec, char *buf, size_t len)
+{
+    time_t sec = (time_t)(usec / 1000000u);
+    struct tm tm;
+
+    gmtime_r(&sec, &tm);
+    char date[24];
+
+    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, len, "%.19s.%06uZ", date, (unsigned)(usec % 1000000u));
+}
+
+static void add_vm(void *arg, const struct qb_vm_info *info)
+{
+    json_t *vms = arg;
+    char when[48];
+    json_t *vm;
+
+    format_time(info->last_event_usec, when, sizeof(when));
+    vm = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s?, s:s?, s:I, s:I}", "name", info->name,
+                   "address", info->address, "session", info->session, "qemu_version",
+                   info->qemu_version, "run_state", info->run_state, "last_event",
+                   info->last_event, "last_event_time", info->last_event ? when : NULL,
+                   "sequence", (json_int_t)info->sequence, "reconnects",
+                   (json_int_t)info->reconnects);
+    if (vm)
+        json_array_append_new(vms, vm);
+}
+
+static int cmp_vm_name(const void *a, const void *b)
+{
+    return strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
+                  json_string_value(json_object_get(*(json_t *const *)b, "name")));
+}
+
+static int handle_vms(void *arg, const struct qb_http_request *req, struct qb_http_response *resp)
+{
+    struct qb_status_api *api = arg;
+    json_t *vms = json_array(), *sorted;
+    size_t n;
+
+    (void)req;
+    if (!vms)
+        return QB_ENOMEM;
+    if (*api->src.mgr)
+        qb_vm_manager_foreach(*api->src.mgr, add_vm, vms);
+    /* sorted by name: a person reads it, and scripts diff it */
+    n = json_array_size(vms);
+    if (n > 1) {
+        json_t **items = malloc(n * sizeof(*items));
+        if (!items) {
+            json_decref(vms);
+            return QB_ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++)
+            items[i] = json_incref(json_array_get(vms, i));
+        qsort(items, n, sizeof(*items), cmp_vm_name);
+        sorted = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(sorted, items[i]);
+        free(items);
+        json_decref(vms);
+        vms = sorted;
+    }
+    return respond_json(resp, 200, vms);
+}
+
+static const struct qb_http_route routes[] = {
+    {"/metrics", handle_metrics},
+    {"/healthz", handle_healthz},
+    {"/readyz", handle_readyz},
+    {"/vms", handle_vms},
+};
+
+int qb_status_api_start(uv_loop_t *loop, const char *listen, const struct qb_status_sources *src,
+                        struct qb_status_api **out, char *errbuf, size_t errlen)
+{
+    struct qb_status_api *api = calloc(1, sizeof(*api));
+    int rc;
+
+    *out = NULL;
+    if (!api)
+        return QB_ENOMEM;
+    api->src = *src;
+    rc = qb_http_server_start(loop, listen, routes, sizeof(routes) / sizeof(routes[0]), api,
+                              &api->http, errbuf, errlen);
+    if (rc < 0) {
+        free(api);
+        return rc;
+    }
+    *out = api;
+    return QB_OK;
+}
+
+struct close_ctx {
+    struct qb_status_api *api;
+    void (*done)(void *arg);
+    void *arg;
+};
+
+static void status_closed(void *arg)
+{
+    struct close_ctx *c = arg;
+    void (*done)(void *) = c->done;
+    void *done_arg = c->arg;
+
+    free(c->api);
+    free(c);
+    if (done)
+        done(done_arg);
+}
+
+void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), void *arg)
+{
+    struct close_ctx *c;
+
+    if (!api)
+        return;
+    c = malloc(sizeof(*c));
+    if (!c) {
+        /* the server still has to go; its memory is the smaller loss */
+        qb_http_server_close(api->http, done, arg);
+        return;
+    }
+    c->api = api;
+    c->done = done;
+    c->arg = arg;
+    qb_http_server_close(api->http, status_closed, c);
+}
+
+/* ---- --status ------------------------------------------------------------ */
+
+static const char *str_or(const json_t *o, const char *key, const char *fallback)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+
+    return v && v[0] ? v : fallback;
+}
+
+int qb_status_print(const char *listen, FILE *out)
+{
+    char *body = NULL;
+    int status = 0, rc, ready;
+    json_t *doc, *vms;
+    json_error_t jerr;
+    size_t i;
+
+    rc = qb_http_get(listen, "/readyz", &body, &status, 3000);
+    if (rc < 0) {
+        fprintf(stderr, "qmp-bridge: cannot reach the daemon at %s: %s\n", listen,
+                qb_strerror(rc));
+        return 3;
+    }
+    doc = json_loads(body, 0, &jerr);
+    free(body);
+    if (!json_is_object(doc)) {
+        fprintf(stderr, "qmp-bridge: %s/readyz answered %d with no JSON object\n", listen, status);
+        json_decref(doc);
+        return 3;
+    }
+    ready = json_is_true(json_object_get(doc, "ready"));
+    fprintf(out, "ready: %s\n", ready ? "yes" : "no");
+    json_array_foreach(json_object_get(doc, "reasons"), i, vms)
+        fprintf(out, "  - %s\n", json_string_value(vms));
+    json_decref(doc);
+
+    rc = qb_http_get(listen, "/vms", &body, &status, 3000);
+    if (rc < 0 || status != 200) {
+        fprintf(stderr, "qmp-bridge: %s/vms: %s (HTTP %d)\n", listen,
+                rc < 0 ? qb_strerror(rc) : "unexpected status", status);
+        free(body);
+        return 3;
+    }
+    vms = json_loads(body, 0, &jerr);
+    free(body);
+    if (!json_is_array(vms)) {
+        fprintf(stderr, "qmp-bridge: %s/vms is not a JSON array\n", listen);
+        json_decref(vms);
+        return 3;
+    }
+    fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8s %5s  %s\n", "VM", "SESSION", "RUN-STATE",
+            "QEMU", "LAST-EVENT", "SEQ", "RECON", "ADDRESS");
+    json_array_foreach(vms, i, doc)
+    {
+        fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8lld %5lld  %s\n", str_or(doc, "name", "?"),
+                str_or(doc, "session", "-"), str_or(doc, "run_state", "-"),
+                str_or(doc, "qemu_version", "-"), str_or(doc, "last_event", "-"),
+                (long long)json_integer_value(json_object_get(doc, "sequence")),
+                (long long)json_integer_value(json_object_get(doc, "reconnects")),
+                str_or(doc, "address", "-"));
+    }
+    fprintf(out, "%zu VMs\n", json_array_size(vms));
+    json_decref(vms);
+    return ready ? 0 : 1;
+}

@@ -1,0 +1,68 @@
+/*
+ * status_api.h - what the bridge says about itself over HTTP (metrics.listen):
+ *
+ *   /metrics  Prometheus text format: VMs by session state, QMP events by type,
+ *             envelopes published/confirmed/retried/failed/dropped per transport,
+ *             queue and spool depth (messages, bytes, age of the oldest), commands
+ *             by name and status, reconnects, and two latency histograms (QMP
+ *             event to transport confirmation; command received to result).
+ *   /healthz  200 {"status":"ok"} whenever the loop answers at all.
+ *   /readyz   200 {"ready":true}, or 503 {"ready":false,"reasons":[...]} while
+ *             shutting down, while a transport's link is down, or while the
+ *             spool is over its high-water mark (QMP reads paused).
+ *   /vms      every VM as JSON: name, address, session state, QEMU version,
+ *             run state, last event (type, time), sequence, reconnects.
+ *
+ * Everything is read at request time from the live objects (pull model: the
+ * hot path only bumps counters it already keeps). `qmp-bridge --status`
+ * prints /readyz and /vms for a person (qb_status_print).
+ */
+#ifndef QB_STATUS_API_H
+#define QB_STATUS_API_H
+
+#include "config.h"
+#include "outbox.h"
+#include "spool.h"
+#include "transport.h"
+#include "vm_manager.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <uv.h>
+
+/*
+ * Where the numbers come from. Everything is borrowed; the pointers to
+ * pointers let main clear an object (NULL) while the server still runs.
+ */
+struct qb_status_sources {
+    const struct qb_config *cfg;
+    struct qb_vm_manager **mgr;
+    struct qb_transport **transports;
+    const size_t *n_transports;
+    struct qb_outbox **outbox;
+    struct qb_spool **spool;
+    const bool *shutting_down;
+};
+
+struct qb_status_api;
+
+/*
+ * Starts serving on listen (see http_server.h for the syntax). src is copied
+ * (its pointers stay borrowed). Returns QB_OK with *out, or the server's
+ * error with errbuf naming the address.
+ */
+int qb_status_api_start(uv_loop_t *loop, const char *listen, const struct qb_status_sources *src,
+                        struct qb_status_api **out, char *errbuf, size_t errlen);
+
+/* Closes the server; done(arg) runs from the loop once it is gone. NULL api is fine. */
+void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), void *arg);
+
+/*
+ * For `qmp-bridge --status`: asks the daemon at listen for /readyz and /vms
+ * and prints a table to out. Returns 0 when the daemon answered and is
+ * ready, 1 when it answered not ready, 3 when it could not be reached or
+ * answered nonsense (message on stderr).
+ */
+int qb_status_print(const char *listen, FILE *out);
+
+#endif
