@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of qmp-bridge, from a fresh Debian 12 machine: installs what is missing, builds a
 # normal, an ASan+UBSan and a Release build, runs the whole ctest suite (unit + integration) on
-# the first two, and prints the benchmark figures of the Release build.
+# the first two, the integration tests that start the daemon once more under valgrind memcheck,
+# every libFuzzer harness for a minute, and prints the benchmark figures of the Release build.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -24,6 +25,10 @@ echo "== tests: normal build =="
 (cd build && ctest --output-on-failure --timeout 600) || status=1
 echo "== tests: ASan+UBSan build =="
 (cd build-asan && ctest --output-on-failure --timeout 600) || status=1
+echo "== tests: daemon-starting integration tests once more, under valgrind memcheck =="
+(cd build && QB_VALGRIND=1 QB_TIMEOUT_SCALE=4 ctest -L daemon --output-on-failure -j2) || status=1
+echo "== fuzzing (libFuzzer + ASan/UBSan, ${QB_FUZZ_SECONDS:-60} s per harness) =="
+tests/fuzz/run-fuzzers.sh || status=1
 echo "== benchmark (Release build; figures only, nothing asserted) =="
 cmake --build build-rel --target bench || status=1
 exit $status
