@@ -1,10 +1,19 @@
 /*
  * normalize.c - QMP events to qmp-bridge's normalised event types.
  *
- * One table maps a QMP event name to a normaliser. Each normaliser reads the
- * QEMU data (never trusting field types: a field of the wrong type is left
- * out, never a crash) and fills a new data object. Per VM we remember only
- * what a later event needs and QEMU does not repeat:
+ * One table maps a QMP event name to a normaliser and to the data members
+ * QEMU's schema (qapi/<module>.json, 7.2) gives that event, with their JSON types.
+ * Every event is checked against its members before it is normalised: a
+ * required member that is missing or of the wrong type (or a string outside
+ * the QAPI enum) makes the event malformed (QB_EPARSE, logged with the event,
+ * the member and what was expected), because publishing it without that
+ * member would break the event's own schema/v1 contract. An optional member
+ * of the wrong type is left out and the event is still published. So each
+ * normaliser sees only members of the right type and fills a new data object
+ * that validates against schema/v1/<type>.json; what comes from query replies
+ * and the connect-time snapshot is checked where it is used, for the same
+ * reason. Per VM we remember only what a later event needs and QEMU does not
+ * repeat:
  *   - why the next STOP happens (BLOCK_IO_ERROR action stop, SHUTDOWN,
  *     WATCHDOG or GUEST_PANICKED with action pause), because STOP carries no
  *     data in QEMU 7.2;
@@ -22,6 +31,7 @@
 #include <string.h>
 
 struct qb_norm_vm {
+    const char *name;        /* borrowed, for log lines; NULL for none */
     json_t *stop_cause;      /* {device,node_name?,errno,io_status} from BLOCK_IO_ERROR, or NULL */
     const char *stop_reason; /* static "shutdown"/"watchdog"/"guest-panicked", or NULL */
     json_t *jobs;            /* job id -> {"type"?, "status"?, "errors": n, "asked"?: true} */
@@ -68,6 +78,235 @@ static void qb_ob_bool(struct qb_ob *ob, const char *key, const json_t *src, con
 
     if (json_is_boolean(v))
         qb_ob_set(ob, key, json_boolean(json_is_true(v)));
+}
+
+/* ---- QAPI enums (QEMU 7.2), NULL-terminated ---- */
+
+/* IoOperationType */
+static const char *const qb_io_operations[] = {"read", "write", NULL};
+/* BlockErrorAction */
+static const char *const qb_error_actions[] = {"ignore", "report", "stop", NULL};
+/* JobStatus */
+static const char *const qb_job_statuses[] = {
+    "undefined", "created", "running",  "paused",    "ready", "standby",
+    "waiting",   "pending", "aborting", "concluded", "null",  NULL,
+};
+/* COLOMode */
+static const char *const qb_colo_modes[] = {"none", "primary", "secondary", NULL};
+/* COLOExitReason */
+static const char *const qb_colo_reasons[] = {"none", "request", "error", "processing", NULL};
+/* RunState without "running": the states a STOP can leave the VM in. */
+static const char *const qb_stopped_states[] = {
+    "debug",     "inmigrate",      "internal-error", "io-error", "paused",   "postmigrate",
+    "prelaunch", "finish-migrate", "restore-vm",     "save-vm",  "shutdown", "suspended",
+    "watchdog",  "guest-panicked", "colo",           NULL,
+};
+/* BlockDeviceIoStatus without "ok": the states that explain an io-error pause. */
+static const char *const qb_io_error_statuses[] = {"failed", "nospace", NULL};
+
+static bool qb_enum_has(const char *const *values, const char *s)
+{
+    for (; s && *values; values++)
+        if (strcmp(*values, s) == 0)
+            return true;
+    return false;
+}
+
+/* Copies src[skey] to ob[key] when it is one of values. */
+static void qb_ob_enum(struct qb_ob *ob, const char *key, const json_t *src, const char *skey,
+                       const char *const *values)
+{
+    const char *s = qb_str(src, skey);
+
+    if (qb_enum_has(values, s))
+        qb_ob_set(ob, key, json_string(s));
+}
+
+/* ---- the members each event must carry ---- */
+
+enum qb_field_kind {
+    QB_FIELD_STRING,
+    QB_FIELD_BOOL,
+    QB_FIELD_UINT, /* an integer >= 0 (QAPI int64 sizes and uint64; schema/v1 says minimum 0) */
+    QB_FIELD_ENUM, /* a string from values */
+};
+
+/* One data member of a QMP event, as qapi/<module>.json declares it. */
+struct qb_norm_field {
+    const char *key; /* QMP member name; NULL ends a list */
+    enum qb_field_kind kind;
+    bool optional;             /* '*key' in QAPI: may be absent; left out when of the wrong type */
+    const char *const *values; /* QB_FIELD_ENUM: the allowed strings */
+};
+
+/* qapi/block-core.json BLOCK_IO_ERROR */
+static const struct qb_norm_field qb_fields_io_error[] = {
+    {"device", QB_FIELD_STRING, false, NULL},
+    {"node-name", QB_FIELD_STRING, true, NULL},
+    {"operation", QB_FIELD_ENUM, false, qb_io_operations},
+    {"action", QB_FIELD_ENUM, false, qb_error_actions},
+    {"nospace", QB_FIELD_BOOL, true, NULL},
+    {"reason", QB_FIELD_STRING, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/*
+ * qapi/run-state.json SHUTDOWN, RESET. reason is the enum ShutdownCause;
+ * schema/v1 takes any string, so a cause newer QEMUs add still passes.
+ */
+static const struct qb_norm_field qb_fields_shutdown[] = {
+    {"guest", QB_FIELD_BOOL, false, NULL},
+    {"reason", QB_FIELD_STRING, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/* qapi/block-core.json BLOCK_JOB_ERROR */
+static const struct qb_norm_field qb_fields_job_error[] = {
+    {"device", QB_FIELD_STRING, false, NULL},
+    {"operation", QB_FIELD_ENUM, false, qb_io_operations},
+    {"action", QB_FIELD_ENUM, false, qb_error_actions},
+    {NULL, 0, false, NULL},
+};
+
+/* qapi/job.json JOB_STATUS_CHANGE */
+static const struct qb_norm_field qb_fields_job_status[] = {
+    {"id", QB_FIELD_STRING, false, NULL},
+    {"status", QB_FIELD_ENUM, false, qb_job_statuses},
+    {NULL, 0, false, NULL},
+};
+
+/* qapi/block-core.json BLOCK_JOB_READY, BLOCK_JOB_CANCELLED */
+static const struct qb_norm_field qb_fields_block_job[] = {
+    {"type", QB_FIELD_STRING, false, NULL}, /* the enum JobType */
+    {"device", QB_FIELD_STRING, false, NULL},
+    {"len", QB_FIELD_UINT, false, NULL},
+    {"offset", QB_FIELD_UINT, false, NULL},
+    {"speed", QB_FIELD_UINT, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/* qapi/block-core.json BLOCK_JOB_COMPLETED */
+static const struct qb_norm_field qb_fields_job_completed[] = {
+    {"type", QB_FIELD_STRING, false, NULL},
+    {"device", QB_FIELD_STRING, false, NULL},
+    {"len", QB_FIELD_UINT, false, NULL},
+    {"offset", QB_FIELD_UINT, false, NULL},
+    {"speed", QB_FIELD_UINT, false, NULL},
+    {"error", QB_FIELD_STRING, true, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/* qapi/block-core.json BLOCK_WRITE_THRESHOLD */
+static const struct qb_norm_field qb_fields_write_threshold[] = {
+    {"node-name", QB_FIELD_STRING, false, NULL},
+    {"amount-exceeded", QB_FIELD_UINT, false, NULL},
+    {"write-threshold", QB_FIELD_UINT, false, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/* qapi/migration.json COLO_EXIT (error is not QEMU's; schema/v1 allows it, so it is passed on). */
+static const struct qb_norm_field qb_fields_colo_exit[] = {
+    {"mode", QB_FIELD_ENUM, false, qb_colo_modes},
+    {"reason", QB_FIELD_ENUM, false, qb_colo_reasons},
+    {"error", QB_FIELD_STRING, true, NULL},
+    {NULL, 0, false, NULL},
+};
+
+/* No members checked: STOP and RESUME carry none; WATCHDOG, GUEST_PANICKED pass through as is. */
+static const struct qb_norm_field qb_fields_none[] = {
+    {NULL, 0, false, NULL},
+};
+
+/* Returns true when v (NULL when absent) has the member's type and, for an enum, value. */
+static bool qb_field_ok(const struct qb_norm_field *f, const json_t *v)
+{
+    switch (f->kind) {
+    case QB_FIELD_STRING:
+        return json_is_string(v);
+    case QB_FIELD_BOOL:
+        return json_is_boolean(v);
+    case QB_FIELD_UINT:
+        return json_is_integer(v) && json_integer_value(v) >= 0;
+    case QB_FIELD_ENUM:
+        return qb_enum_has(f->values, json_string_value(v));
+    }
+    return false;
+}
+
+/* Describes what v is, for a log line: "missing", "an integer", "a negative integer", ... */
+static const char *qb_json_what(const struct qb_norm_field *f, const json_t *v)
+{
+    switch (v ? json_typeof(v) : JSON_NULL) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_STRING:
+        return f->kind == QB_FIELD_ENUM ? "a string QEMU does not define" : "a string";
+    case JSON_INTEGER:
+        return json_integer_value(v) < 0 ? "a negative integer" : "an integer";
+    case JSON_REAL:
+        return "a real number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    case JSON_NULL:
+        break;
+    }
+    return v ? "null" : "missing";
+}
+
+/* Writes what the member must be into buf: "a string (read|write)", "a boolean", ... */
+static const char *qb_field_expect(const struct qb_norm_field *f, char *buf, size_t size)
+{
+    static const char *const kinds[] = {
+        [QB_FIELD_STRING] = "a string",
+        [QB_FIELD_BOOL] = "a boolean",
+        [QB_FIELD_UINT] = "a non-negative integer",
+        [QB_FIELD_ENUM] = "a string",
+    };
+    size_t used = (size_t)snprintf(buf, size, "%s", kinds[f->kind]);
+
+    for (size_t i = 0; f->kind == QB_FIELD_ENUM && f->values[i] && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? "|" : " (", f->values[i]);
+    if (f->kind == QB_FIELD_ENUM && used < size)
+        snprintf(buf + used, size - used, ")");
+    return buf;
+}
+
+/*
+ * Checks data (borrowed object, or NULL when QEMU sent none) against fields.
+ * Returns QB_OK with *clean = data (borrowed) when every member fits, or with
+ * *clean = a new shallow copy (caller releases it) without the optional
+ * members of the wrong type; QB_EPARSE when a required member is missing or
+ * wrong; QB_ENOMEM. Logs each problem at warn level.
+ */
+static int qb_norm_check(const struct qb_norm_vm *vm, const char *name,
+                         const struct qb_norm_field *fields, const json_t *data, json_t **clean)
+{
+    char expect[128];
+
+    *clean = (json_t *)data;
+    for (const struct qb_norm_field *f = fields; f->key; f++) {
+        const json_t *v = json_object_get(data, f->key);
+
+        if (qb_field_ok(f, v) || (f->optional && !v))
+            continue;
+        if (!f->optional) {
+            QB_LOG_WARN(vm->name, "normalize: %s: \"%s\" is %s, expected %s; event dropped", name,
+                        f->key, qb_json_what(f, v), qb_field_expect(f, expect, sizeof(expect)));
+            if (*clean != data)
+                json_decref(*clean);
+            *clean = NULL;
+            return QB_EPARSE;
+        }
+        QB_LOG_WARN(vm->name, "normalize: %s: optional \"%s\" is %s, expected %s; left out", name,
+                    f->key, qb_json_what(f, v), qb_field_expect(f, expect, sizeof(expect)));
+        if (*clean == data && !(*clean = json_copy((json_t *)data)))
+            return QB_ENOMEM;
+        json_object_del(*clean, f->key);
+    }
+    return QB_OK;
 }
 
 /* ---- job table ---- */
@@ -200,7 +439,8 @@ static void qb_norm_job_error(struct qb_norm_vm *vm, const char *name, const jso
     if (job)
         json_object_set_new(job, "errors", json_integer(repeat));
     qb_ob_str(ob, "type", job, "type");
-    qb_ob_str(ob, "status", job, "status");
+    /* The job table's status may come from a query reply or the snapshot: only QEMU's values. */
+    qb_ob_enum(ob, "status", job, "status", qb_job_statuses);
     /* Ask once per job: a mirror's burst of errors must not become a burst of queries. */
     if (id && !qb_str(job, "type") && !json_object_get(job, "asked"))
         ev->need = QB_NORM_QUERY_BLOCK_JOBS;
@@ -234,14 +474,15 @@ static void qb_norm_block_job(struct qb_norm_vm *vm, const char *name, const jso
 {
     const char *id = qb_str(data, "device");
 
-    (void)name;
     (void)ev;
     qb_ob_str(ob, "job", data, "device");
     qb_ob_str(ob, "type", data, "type");
     qb_ob_int(ob, "len", data, "len");
     qb_ob_int(ob, "offset", data, "offset");
     qb_ob_int(ob, "speed", data, "speed");
-    qb_ob_str(ob, "error", data, "error");
+    /* Only BLOCK_JOB_COMPLETED has error: the other two types' schemas forbid the member. */
+    if (strcmp(name, "BLOCK_JOB_COMPLETED") == 0)
+        qb_ob_str(ob, "error", data, "error");
     /* These carry the type that BLOCK_JOB_ERROR lacks; keep it for later errors. */
     if (id && qb_str(data, "type"))
         qb_job_set_str(qb_job_get(vm, id, true), "type", qb_str(data, "type"));
@@ -294,26 +535,29 @@ struct qb_norm_entry {
     const char *event; /* QMP event name */
     const char *type;  /* normalised type */
     qb_norm_fn fn;
+    const struct qb_norm_field *fields; /* members checked before fn runs */
 };
 
 static const struct qb_norm_entry qb_norm_table[] = {
-    {"BLOCK_IO_ERROR", "qmp.block.io_error", qb_norm_io_error},
-    {"STOP", "qmp.vm.stopped", qb_norm_stop},
-    {"RESUME", "qmp.vm.resumed", qb_norm_resume},
-    {"SHUTDOWN", "qmp.vm.shutdown", qb_norm_shutdown},
-    {"RESET", "qmp.vm.reset", qb_norm_shutdown},
-    {"BLOCK_JOB_ERROR", "qmp.block.job_error", qb_norm_job_error},
-    {"JOB_STATUS_CHANGE", "qmp.job.status", qb_norm_job_status},
-    {"BLOCK_JOB_READY", "qmp.block.job_ready", qb_norm_block_job},
-    {"BLOCK_JOB_COMPLETED", "qmp.block.job_completed", qb_norm_block_job},
-    {"BLOCK_JOB_CANCELLED", "qmp.block.job_cancelled", qb_norm_block_job},
-    {"BLOCK_WRITE_THRESHOLD", "qmp.block.write_threshold", qb_norm_write_threshold},
-    {"COLO_EXIT", "qmp.colo.exit", qb_norm_colo_exit},
-    {"WATCHDOG", "qmp.event", qb_norm_pause_cause},
-    {"GUEST_PANICKED", "qmp.event", qb_norm_pause_cause},
+    {"BLOCK_IO_ERROR", "qmp.block.io_error", qb_norm_io_error, qb_fields_io_error},
+    {"STOP", "qmp.vm.stopped", qb_norm_stop, qb_fields_none},
+    {"RESUME", "qmp.vm.resumed", qb_norm_resume, qb_fields_none},
+    {"SHUTDOWN", "qmp.vm.shutdown", qb_norm_shutdown, qb_fields_shutdown},
+    {"RESET", "qmp.vm.reset", qb_norm_shutdown, qb_fields_shutdown},
+    {"BLOCK_JOB_ERROR", "qmp.block.job_error", qb_norm_job_error, qb_fields_job_error},
+    {"JOB_STATUS_CHANGE", "qmp.job.status", qb_norm_job_status, qb_fields_job_status},
+    {"BLOCK_JOB_READY", "qmp.block.job_ready", qb_norm_block_job, qb_fields_block_job},
+    {"BLOCK_JOB_COMPLETED", "qmp.block.job_completed", qb_norm_block_job, qb_fields_job_completed},
+    {"BLOCK_JOB_CANCELLED", "qmp.block.job_cancelled", qb_norm_block_job, qb_fields_block_job},
+    {"BLOCK_WRITE_THRESHOLD", "qmp.block.write_threshold", qb_norm_write_threshold,
+     qb_fields_write_threshold},
+    {"COLO_EXIT", "qmp.colo.exit", qb_norm_colo_exit, qb_fields_colo_exit},
+    {"WATCHDOG", "qmp.event", qb_norm_pause_cause, qb_fields_none},
+    {"GUEST_PANICKED", "qmp.event", qb_norm_pause_cause, qb_fields_none},
 };
 
-static const struct qb_norm_entry qb_norm_fallback = {NULL, "qmp.event", qb_norm_generic};
+static const struct qb_norm_entry qb_norm_fallback = {NULL, "qmp.event", qb_norm_generic,
+                                                      qb_fields_none};
 
 static const char *const qb_norm_query_names[] = {
     [QB_NORM_QUERY_NONE] = NULL,
@@ -341,6 +585,11 @@ struct qb_norm_vm *qb_norm_vm_new(void)
         return NULL;
     }
     return vm;
+}
+
+void qb_norm_vm_set_name(struct qb_norm_vm *vm, const char *name)
+{
+    vm->name = name;
 }
 
 void qb_norm_vm_free(struct qb_norm_vm *vm)
@@ -387,10 +636,13 @@ int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *con
     const json_t *ts = json_object_get(msg, "timestamp");
     const struct qb_norm_entry *entry = &qb_norm_fallback;
     struct qb_ob ob = {NULL, false};
+    json_t *clean;
+    int rc;
 
     memset(out, 0, sizeof(*out));
-    if (!name) {
-        QB_LOG_WARN(NULL, "normalize: message without an event name");
+    if (!name || !name[0]) {
+        /* qmp.event's schema needs a name: "" could not be published either. */
+        QB_LOG_WARN(vm->name, "normalize: message without an event name");
         return QB_EPARSE;
     }
     for (size_t i = 0; i < sizeof(qb_norm_table) / sizeof(qb_norm_table[0]); i++) {
@@ -400,13 +652,19 @@ int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *con
         }
     }
     if (data && !json_is_object(data) && entry != &qb_norm_fallback) {
-        QB_LOG_WARN(NULL, "normalize: %s with data that is not an object", name);
+        QB_LOG_WARN(vm->name, "normalize: %s with data that is not an object", name);
         return QB_EPARSE;
     }
+    rc = qb_norm_check(vm, name, entry->fields, data, &clean);
+    if (rc < 0)
+        return rc;
 
     ob.o = json_object();
-    if (!ob.o)
+    if (!ob.o) {
+        if (clean != data)
+            json_decref(clean);
         return QB_ENOMEM;
+    }
     out->type = entry->type;
     out->ts_sec = -1;
     if (json_is_integer(json_object_get(ts, "seconds"))) {
@@ -414,10 +672,12 @@ int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *con
         out->ts_usec = (int32_t)json_integer_value(json_object_get(ts, "microseconds"));
     }
     /* Run the normaliser even for an excluded event: its memory (stop cause, jobs) still counts. */
-    entry->fn(vm, name, data, &ob, out);
+    entry->fn(vm, name, clean, &ob, out);
+    if (clean != data)
+        json_decref(clean);
     out->data = ob.o;
     if (ob.failed) {
-        QB_LOG_ERR(NULL, "normalize: out of memory normalising %s", name);
+        QB_LOG_ERR(vm->name, "normalize: out of memory normalising %s", name);
         qb_norm_event_clear(out);
         return QB_ENOMEM;
     }
@@ -441,7 +701,8 @@ static void qb_norm_cause_from_block(const json_t *block, struct qb_ob *ob)
         const char *device = qb_str(dev, "device");
         struct qb_ob cause = {NULL, false};
 
-        if (!io || strcmp(io, "ok") == 0)
+        /* "ok" explains nothing; a value QEMU does not define is not trusted either. */
+        if (!qb_enum_has(qb_io_error_statuses, io))
             continue;
         cause.o = json_object();
         if (!cause.o) {
@@ -475,7 +736,7 @@ static void qb_norm_job_from_query(struct qb_norm_vm *vm, const json_t *jobs, st
         if (!id || !dev || strcmp(dev, id) != 0)
             continue;
         qb_ob_str(ob, "type", j, "type");
-        qb_ob_str(ob, "status", j, "status");
+        qb_ob_enum(ob, "status", j, "status", qb_job_statuses);
         qb_job_set_str(job, "type", qb_str(j, "type"));
         qb_job_set_str(job, "status", qb_str(j, "status"));
         return;
@@ -495,9 +756,10 @@ static void qb_resolve_status(struct qb_norm_vm *vm, struct qb_norm_event *ev, c
     (void)vm;
     /*
      * "running" means the VM was resumed before we asked: why it stopped is
-     * lost, and saying "running" in a stopped event would be a lie.
+     * lost, and saying "running" in a stopped event would be a lie. A state
+     * QEMU does not define is as good as no answer.
      */
-    if (!run || strcmp(run, "running") == 0)
+    if (!qb_enum_has(qb_stopped_states, run))
         run = "unknown";
     qb_ob_set(ob, "reason", json_string(run));
     if (strcmp(run, "io-error") == 0)
@@ -539,7 +801,7 @@ void qb_normalize_resolve(struct qb_norm_vm *vm, struct qb_norm_event *ev, int s
     /* A failed query completes the event with what is known: a pause is never lost. */
     qb_norm_resolvers[need](vm, ev, status == QB_OK ? reply : NULL, &ob);
     if (ob.failed)
-        QB_LOG_ERR(NULL, "normalize: out of memory completing %s", ev->type);
+        QB_LOG_ERR(vm->name, "normalize: out of memory completing %s", ev->type);
 }
 
 void qb_norm_event_clear(struct qb_norm_event *ev)

@@ -51,6 +51,13 @@ struct qb_norm_vm *qb_norm_vm_new(void);
 void qb_norm_vm_free(struct qb_norm_vm *vm);
 
 /*
+ * Names the VM in the normaliser's log lines ("[vm1] normalize: ...").
+ * name is borrowed and must outlive vm; NULL (the default) leaves the
+ * prefix out.
+ */
+void qb_norm_vm_set_name(struct qb_norm_vm *vm, const char *name);
+
+/*
  * Forgets per-session memory (call on every new QMP session), then seeds it
  * from the connect-time snapshot data (as built by qb_vm_state_from_queries;
  * borrowed, may be NULL): known jobs and their types.
@@ -61,8 +68,14 @@ void qb_norm_vm_reset(struct qb_norm_vm *vm, const json_t *snapshot);
  * Normalises one QMP event message (borrowed).
  * Returns 1 and fills *out (caller owns out->data; release with
  * qb_norm_event_clear), 0 when the event produces nothing (excluded by name in
- * `exclude`, an array of n_exclude names, borrowed), or QB_EPARSE when the
- * message is not a well-formed event (no "event" string).
+ * `exclude`, an array of n_exclude names, borrowed), QB_ENOMEM, or QB_EPARSE
+ * when the message is not a well-formed event: no or an empty "event" string,
+ * data that is not an object for an event of the table, or a data member
+ * QEMU's schema requires for that event missing, of the wrong JSON type or
+ * outside its QAPI enum. Each QB_EPARSE is logged at warn level naming the
+ * event and, for a member, which one and what was expected. An optional
+ * member of the wrong type is left out (logged too) and the event published.
+ * Whatever is published validates against schema/v1/<type>.json.
  */
 int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *const *exclude,
                        size_t n_exclude, struct qb_norm_event *out);
