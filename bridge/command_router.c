@@ -268,3 +268,18 @@ ignore:
     qb_transport_ack(t, ack_token);
     qb_command_free(cmd);
 }
+
+/* ---- reload ---- */
+
+void qb_command_router_set_config(struct qb_command_router *r, const struct qb_config *cfg)
+{
+    if (r)
+        r->cfg = cfg;
+}
+
+void qb_command_router_forget_transport(struct qb_command_router *r, const struct qb_transport *t)
+{
+    for (struct router_waiter *w = r ? r->waiters : NULL; w; w = w->next)
+        if (w->transport == t)
+            w->transport = NULL;
+}

@@ -44,4 +44,18 @@ void qb_command_router_stop(struct qb_command_router *r);
 
 void qb_command_router_free(struct qb_command_router *r);
 
+/*
+ * Configuration reload: the policy (allow list, limits, HMAC key, bridge id)
+ * is read from cfg from now on (borrowed, must outlive the router; commands
+ * already checked keep the old one). The cache keeps its size and contents.
+ */
+void qb_command_router_set_config(struct qb_command_router *r, const struct qb_config *cfg);
+
+/*
+ * Transport t is being closed (reload): duplicates parked for a running
+ * command that came on t get their result on the VM's event stream only, no
+ * reply and no acknowledgement (Kafka redelivers them; the cache answers).
+ */
+void qb_command_router_forget_transport(struct qb_command_router *r, const struct qb_transport *t);
+
 #endif

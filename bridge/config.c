@@ -653,6 +653,28 @@ static const char *check_qmp_address(const char *text)
     return NULL;
 }
 
+/* qmp.listen: only a Unix socket, with a path that fits sun_path (108 bytes with its NUL). */
+static const char *check_listen_unix(const char *text)
+{
+    size_t len = strlen(text);
+
+    if (strncmp(text, "unix:", 5) != 0 || text[5] != '/' || len - 5 >= 108)
+        return "'unix:/absolute/path' (at most 107 bytes of path)";
+    return NULL;
+}
+
+/* qmp.listen_name_template: expands with the widest values, so no real name is ever too long. */
+static const char *check_name_template(const char *text)
+{
+    char name[65];
+
+    if (qb_config_listen_name(text, UINT32_MAX, UINT32_MAX, "123456789012345", name,
+                              sizeof(name)) != QB_OK)
+        return "characters from [A-Za-z0-9._-] and the placeholders {pid}, {uid} and {comm}, "
+               "at most 64 characters once expanded";
+    return NULL;
+}
+
 /* ---- converters: text -> member; on a bad value fill why with what was expected ---- */
 
 static int conv_string(const struct field *f, const char *text, void *dst, char *why, size_t wl)
@@ -1025,6 +1047,8 @@ static const struct enum_value fsync_policies[] = {{"batch", QB_SPOOL_FSYNC_BATC
 static const struct enum_value spool_full_policies[] = {
     {"backpressure", QB_SPOOL_FULL_BACKPRESSURE}, {"drop_oldest", QB_SPOOL_FULL_DROP_OLDEST},
     {NULL, 0}};
+static const struct enum_value listen_names[] = {
+    {"query-name", QB_LISTEN_NAME_QUERY}, {"pid", QB_LISTEN_NAME_PID}, {NULL, 0}};
 static const struct enum_value content_modes[] = {
     {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
 
@@ -1034,6 +1058,7 @@ _Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores
 _Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_spool_fsync) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_spool_full_policy) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_listen_name) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(bool) == 1 && sizeof(int) == 4 && sizeof(size_t) == 8,
                "store_uint handles 1, 4 and 8 byte members");
 
@@ -1061,6 +1086,10 @@ static const struct field qmp_fields[] = {
     FIELD(C, "reconnect_max", F_DURATION, qmp_reconnect_max_ms, .def = "30s", .min = 1),
     FIELD(C, "max_connecting", F_UINT, qmp_max_connecting, .def = "64", .min = 1,
           .max = 100000),
+    FIELD(C, "listen", F_STRING, qmp_listen, .check = check_listen_unix),
+    FIELD(C, "listen_name", F_ENUM, qmp_listen_name, .def = "query-name", .enums = listen_names),
+    FIELD(C, "listen_name_template", F_STRING, qmp_listen_name_template, .def = "vm-{pid}",
+          .check = check_name_template),
     {0},
 };
 
@@ -1663,6 +1692,42 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
 
 /* ------------------------------------------------------------------------ */
 /* Public API                                                                */
+
+int qb_config_listen_name(const char *tmpl, uint32_t pid, uint32_t uid, const char *comm,
+                          char *out, size_t outlen)
+{
+    size_t used = 0;
+
+    for (const char *p = tmpl; *p;) {
+        char num[16];
+        const char *value = NULL;
+        size_t n;
+
+        if (strncmp(p, "{pid}", 5) == 0 || strncmp(p, "{uid}", 5) == 0) {
+            snprintf(num, sizeof(num), "%u", p[1] == 'p' ? pid : uid);
+            value = num;
+            p += 5;
+        } else if (strncmp(p, "{comm}", 6) == 0) {
+            value = comm;
+            p += 6;
+        } else if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-", *p)) {
+            num[0] = *p++;
+            num[1] = '\0';
+            value = num;
+        } else {
+            return QB_EINVAL;
+        }
+        n = strlen(value);
+        if (used + n >= outlen || used + n > 64)
+            return QB_EINVAL;
+        memcpy(out + used, value, n);
+        used += n;
+    }
+    if (used == 0 || outlen == 0)
+        return QB_EINVAL;
+    out[used] = '\0';
+    return QB_OK;
+}
 
 void qb_config_free(struct qb_config *cfg)
 {

@@ -63,6 +63,13 @@ enum qb_spool_fsync {
 enum qb_spool_full_policy { QB_SPOOL_FULL_BACKPRESSURE = 0, QB_SPOOL_FULL_DROP_OLDEST = 1 };
 
 /*
+ * How a QEMU that connected to qmp.listen is named (qmp.listen_name:).
+ * query_name: its -name (query-name); the template when it has none.
+ * pid: always the template (qmp.listen_name_template), e.g. "vm-{pid}".
+ */
+enum qb_listen_name { QB_LISTEN_NAME_QUERY = 0, QB_LISTEN_NAME_PID = 1 };
+
+/*
  * One entry of transports:. One flat struct for every backend keeps the loader
  * to one field table; the table says which keys each type accepts, so a kafka
  * key under an mqtt transport is an "unknown key" error.
@@ -134,6 +141,11 @@ struct qb_config {
     uint32_t qmp_reconnect_max_ms;   /* reconnect_max, default 30s */
     size_t qmp_max_connecting;       /* max_connecting: sessions connecting, negotiating or
                                         taking their snapshot at once; default 64 */
+    char *qmp_listen;                /* listen: "unix:/path" QEMUs connect to (listen mode);
+                                        default NULL (off) */
+    enum qb_listen_name qmp_listen_name; /* listen_name: query-name (default) or pid */
+    char *qmp_listen_name_template;  /* listen_name_template: placeholders {pid}, {uid},
+                                        {comm}; default "vm-{pid}" */
 
     /* vms: */
     struct qb_vm_config *vms;
@@ -194,6 +206,16 @@ int qb_config_load_string(const char *name, const char *yaml, size_t len, struct
 
 /* Frees a config and everything it owns. NULL is fine. */
 void qb_config_free(struct qb_config *cfg);
+
+/*
+ * Expands a qmp.listen_name_template into out (outlen bytes): {pid}, {uid}
+ * become the numbers, {comm} the text of comm (borrowed; the caller has
+ * already made it [A-Za-z0-9._-]), every other character must be one of
+ * [A-Za-z0-9._-]. Returns QB_OK, or QB_EINVAL for an unknown placeholder, a
+ * bad character, an empty result or one longer than 64 characters (or outlen).
+ */
+int qb_config_listen_name(const char *tmpl, uint32_t pid, uint32_t uid, const char *comm,
+                          char *out, size_t outlen);
 
 /* Parses "16MiB", "64k", "1024". Returns QB_OK or QB_EINVAL. */
 int qb_config_parse_size(const char *text, size_t *out);

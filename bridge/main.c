@@ -15,6 +15,8 @@
 #include "error.h"
 #include "log.h"
 #include "outbox.h"
+#include "qmp_listener.h"
+#include "reload.h"
 #include "service_notify.h"
 #include "spool.h"
 #include "status_api.h"
@@ -41,11 +43,13 @@ struct qb_main {
     struct qb_outbox *outbox;
     struct qb_vm_manager *mgr;
     struct qb_discovery *discovery;
+    struct qb_qmp_listener *listener; /* qmp.listen: QEMUs connect to us; NULL when off */
     struct qb_command_router *router;
     struct qb_status_api *status;
     struct qb_service_watchdog *watchdog; /* NULL when systemd runs no watchdog */
     uv_signal_t sig_int, sig_term, sig_hup;
     bool shutting_down;
+    size_t transports_cap; /* room in transports (set at the first SIGHUP; reload.c may grow it) */
 };
 
 static void usage(FILE *f)
@@ -122,6 +126,9 @@ static void main_shutdown(struct qb_main *q, const char *why)
     }
     q->shutting_down = true;
     QB_LOG_INFO(NULL, "%s: shutting down", why);
+    /* No new QEMU sessions while the others close; QEMUs reconnect to the next bridge. */
+    qb_qmp_listener_close(q->listener);
+    q->listener = NULL;
     /* From here systemd's TimeoutStopSec= bounds us, not the watchdog. */
     qb_service_notify_stopping();
     qb_service_watchdog_close(q->watchdog);
@@ -138,13 +145,48 @@ static void main_shutdown(struct qb_main *q, const char *why)
         main_manager_closed(q);
 }
 
+
+/*
+ * SIGHUP: re-reads the configuration file and applies what changed
+ * (reload.c). systemd hears RELOADING=1 first, then READY=1 with a status
+ * saying what happened, also when the file was invalid and nothing changed.
+ */
+static void main_reload(struct qb_main *q)
+{
+    struct qb_reload_target t;
+    char status[512];
+
+    if (q->shutting_down || !q->mgr || !q->outbox) {
+        QB_LOG_WARN(NULL, "SIGHUP ignored: the bridge is %s",
+                    q->shutting_down ? "shutting down" : "still starting");
+        return;
+    }
+    if (!q->transports_cap) /* before the first reload: what main_start_transports allocated */
+        q->transports_cap = q->n_transports ? q->n_transports : 1;
+    t = (struct qb_reload_target){
+        .loop = q->loop,
+        .cfg = &q->cfg,
+        .transports = &q->transports,
+        .n_transports = &q->n_transports,
+        .transports_cap = &q->transports_cap,
+        .transports_pinned = false, /* the status API reads q->transports through a pointer */
+        .outbox = q->outbox,
+        .mgr = q->mgr,
+        .router = q->router,
+        .discovery = &q->discovery,
+    };
+    qb_service_notify_reloading();
+    QB_LOG_INFO(NULL, "SIGHUP: reloading %s", q->cfg->path);
+    qb_reload_run(&t, status, sizeof(status));
+    qb_service_notify_ready(status);
+}
+
 static void main_on_signal(uv_signal_t *h, int signum)
 {
     struct qb_main *q = h->data;
 
     if (signum == SIGHUP) {
-        QB_LOG_WARN(NULL, "SIGHUP: configuration reload is not supported yet; restart to apply "
-                          "changes");
+        main_reload(q);
         return;
     }
     main_shutdown(q, signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -170,7 +212,7 @@ static int main_start_status(struct qb_main *q)
     src = (struct qb_status_sources){
         .cfg = q->cfg,
         .mgr = &q->mgr,
-        .transports = q->transports,
+        .transports = &q->transports,
         .n_transports = &q->n_transports,
         .outbox = &q->outbox,
         .spool = &q->spool,
@@ -185,27 +227,42 @@ static int main_start_status(struct qb_main *q)
     return rc;
 }
 
-static void main_discovered(void *arg, const char *name, const char *path)
+/* Listen mode: a QEMU connected to qmp.listen; the manager names it and takes fd. */
+static void main_listen_accepted(void *arg, int fd, pid_t pid, uid_t uid)
 {
     struct qb_main *q = arg;
-    char *address = NULL;
-    int rc;
 
-    if (asprintf(&address, "unix:%s", path) < 0)
-        return;
-    rc = qb_vm_manager_add(q->mgr, name, address);
-    if (rc == QB_EEXIST)
-        QB_LOG_WARN(name, "discovered socket %s ignored: a VM of that name is configured", path);
-    else if (rc < 0)
-        QB_LOG_ERR(name, "cannot add discovered VM: %s", qb_strerror(rc));
-    free(address);
+    qb_vm_manager_adopt(q->mgr, fd, pid, uid);
 }
 
-static void main_undiscovered(void *arg, const char *name)
+/* The manager's bound on unnamed connections (qmp.max_connecting) drives accepting. */
+static void main_listen_room(void *arg, bool room)
 {
     struct qb_main *q = arg;
 
-    qb_vm_manager_remove(q->mgr, name, "socket removed");
+    if (q->listener && room)
+        qb_qmp_listener_resume(q->listener);
+    else if (q->listener)
+        qb_qmp_listener_pause(q->listener);
+}
+
+/* Starts listening on qmp.listen when it is set. Returns QB_OK or the failure (logged). */
+static int main_start_listen(struct qb_main *q)
+{
+    char err[512];
+    int rc;
+
+    if (!q->cfg->qmp_listen)
+        return QB_OK;
+    rc = qb_qmp_listener_start(q->loop, q->cfg->qmp_listen, main_listen_accepted, q, &q->listener,
+                               err, sizeof(err));
+    if (rc < 0) {
+        QB_LOG_ERR(NULL, "cannot start listen mode: %s", err);
+        return rc;
+    }
+    qb_vm_manager_set_room_cb(q->mgr, main_listen_room, q);
+    QB_LOG_INFO(NULL, "listen mode: QEMUs connect to %s", q->cfg->qmp_listen);
+    return QB_OK;
 }
 
 static int main_start_signals(struct qb_main *q)
@@ -422,14 +479,16 @@ int main(int argc, char **argv)
         rc = main_start_commands(&q);
     if (rc == QB_OK && q.cfg->discovery_directory) {
         static const struct qb_discovery_callbacks dcb = {
-            .on_add = main_discovered,
-            .on_remove = main_undiscovered,
+            .on_add = qb_vm_manager_discovered,
+            .on_remove = qb_vm_manager_undiscovered,
         };
         rc = qb_discovery_start(q.loop, q.cfg->discovery_directory, q.cfg->discovery_suffix, &dcb,
-                                &q, &q.discovery, err, sizeof(err));
+                                q.mgr, &q.discovery, err, sizeof(err));
         if (rc < 0)
             QB_LOG_ERR(NULL, "%s", err);
     }
+    if (rc == QB_OK)
+        rc = main_start_listen(&q);
     if (rc == QB_OK)
         rc = main_start_status(&q);
     if (rc == QB_OK) {
@@ -453,5 +512,6 @@ int main(int argc, char **argv)
     qb_command_router_free(q.router);
     free(q.transports);
     qb_config_free(q.cfg);
+    qb_reload_free_retired();
     return status;
 }

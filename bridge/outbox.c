@@ -56,7 +56,7 @@ struct qb_outbox {
     uv_loop_t *loop;
     const struct qb_config *cfg;
     struct qb_spool *spool;
-    struct ob_lane *lanes;
+    struct ob_lane **lanes; /* each lane its own allocation: transports hold it as their callback arg */
     size_t n_lanes;
 
     struct ob_held *held_head, *held_tail;
@@ -309,7 +309,7 @@ static void ob_deliver_live(struct qb_outbox *o, uint64_t id, const struct qb_me
 
     m.spool_id = id;
     for (size_t i = 0; i < o->n_lanes; i++) {
-        struct ob_lane *l = &o->lanes[i];
+        struct ob_lane *l = o->lanes[i];
 
         if (l->next != id || !qb_transport_has_room(l->t, msg->len)) {
             if (l->next == id)
@@ -416,7 +416,7 @@ static void ob_checkpoint(struct qb_outbox *o)
     uint64_t below = UINT64_MAX;
 
     for (size_t i = 0; i < o->n_lanes; i++) {
-        struct ob_lane *l = &o->lanes[i];
+        struct ob_lane *l = o->lanes[i];
 
         qb_spool_set_cursor(o->spool, l->name, l->confirmed_below);
         if (l->confirmed_below < below)
@@ -433,7 +433,7 @@ static bool ob_busy(const struct qb_outbox *o)
     if (o->held_n || o->dirty || o->drops)
         return true;
     for (size_t i = 0; i < o->n_lanes; i++)
-        if (o->lanes[i].next < qb_spool_next_id(o->spool))
+        if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             return true;
     return false;
 }
@@ -445,8 +445,8 @@ static void ob_tick(uv_timer_t *timer)
 
     ob_retry_held(o);
     for (size_t i = 0; i < o->n_lanes; i++) {
-        ob_feed(&o->lanes[i]);
-        if (o->lanes[i].next < qb_spool_next_id(o->spool))
+        ob_feed(o->lanes[i]);
+        if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             lagging++;
     }
     o->stats.lagging = lagging;
@@ -477,7 +477,7 @@ int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
     o->stats.sent++;
     if (!o->spool) {
         for (size_t i = 0; i < o->n_lanes; i++)
-            qb_transport_send(o->lanes[i].t, msg); /* a refusal is counted and logged there */
+            qb_transport_send(o->lanes[i]->t, msg); /* a refusal is counted and logged there */
         return QB_OK;
     }
     if (o->held_head) {
@@ -486,7 +486,7 @@ int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
         o->stats.spooled++;
         ob_deliver_live(o, id, msg);
         for (size_t i = 0; i < o->n_lanes; i++)
-            if (o->lanes[i].next <= id)
+            if (o->lanes[i]->next <= id)
                 ob_arm_timer(o); /* a lane fell behind: make sure something feeds it */
     } else {
         rc = ob_hold(o, msg);
@@ -511,6 +511,90 @@ static void ob_timer_closed(uv_handle_t *h)
     free(h);
 }
 
+/* Returns a new lane for t (owned by the caller, free with ob_lane_free), or NULL. */
+static struct ob_lane *ob_lane_new(struct qb_outbox *o, struct qb_transport *t)
+{
+    struct ob_lane *l = calloc(1, sizeof(*l));
+
+    if (!l)
+        return NULL;
+    l->o = o;
+    l->t = t;
+    if (!(l->name = strdup(qb_transport_name(t)))) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+static void ob_lane_free(struct ob_lane *l)
+{
+    if (!l)
+        return;
+    qb_spool_reader_close(l->reader);
+    free(l->name);
+    free(l);
+}
+
+/*
+ * Connects l's transport to the outbox: the pressure callback without a
+ * spool; with one, the release callback and the cursor, which starts at
+ * `from` (the checkpointed cursor at start-up, where an earlier run left
+ * off; a reload's own choice otherwise) and replays what the spool holds
+ * beyond it.
+ */
+static void ob_lane_attach(struct ob_lane *l, uint64_t from)
+{
+    struct qb_outbox *o = l->o;
+
+    if (!o->spool) {
+        qb_transport_set_pressure_cb(l->t, ob_on_transport_pressure, l);
+        if (qb_transport_under_pressure(l->t))
+            ob_on_transport_pressure(l, l->t, true);
+        return;
+    }
+    l->next = from;
+    if (l->next < qb_spool_first_id(o->spool))
+        l->next = qb_spool_first_id(o->spool);
+    l->confirmed_below = l->next;
+    qb_transport_set_release_cb(l->t, ob_on_release, l);
+    if (l->next < qb_spool_next_id(o->spool)) {
+        QB_LOG_INFO(NULL, "transport %s: replaying %" PRIu64 " spooled records from record %" PRIu64,
+                    l->name, qb_spool_next_id(o->spool) - l->next, l->next);
+        ob_feed(l);
+        ob_arm_timer(o);
+    }
+}
+
+/* Disconnects l's transport from the outbox (its callbacks, its share of the pressure). */
+static void ob_lane_detach(struct ob_lane *l)
+{
+    struct qb_outbox *o = l->o;
+
+    if (!o->spool) {
+        qb_transport_set_pressure_cb(l->t, NULL, NULL);
+        if (l->pressure)
+            ob_on_transport_pressure(l, l->t, false);
+        return;
+    }
+    qb_transport_set_release_cb(l->t, NULL, NULL);
+    qb_spool_reader_close(l->reader);
+    l->reader = NULL;
+}
+
+static struct ob_lane *ob_find_lane(const struct qb_outbox *o, const struct qb_transport *t,
+                                    size_t *index)
+{
+    for (size_t i = 0; i < o->n_lanes; i++) {
+        if (o->lanes[i]->t == t) {
+            if (index)
+                *index = i;
+            return o->lanes[i];
+        }
+    }
+    return NULL;
+}
+
 int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
                   struct qb_transport *const *transports, size_t n_transports,
                   struct qb_spool *spool, struct qb_outbox **out)
@@ -531,46 +615,93 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
     o->loop = loop;
     o->cfg = cfg;
     o->spool = spool;
-    o->n_lanes = n_transports;
     uv_timer_init(loop, o->timer);
     o->timer->data = o;
     for (size_t i = 0; i < n_transports; i++) {
-        struct ob_lane *l = &o->lanes[i];
-
-        l->o = o;
-        l->t = transports[i];
-        if (!(l->name = strdup(qb_transport_name(l->t)))) {
+        if (!(o->lanes[i] = ob_lane_new(o, transports[i]))) {
             while (i-- > 0)
-                free(o->lanes[i].name);
+                ob_lane_free(o->lanes[i]);
             uv_close((uv_handle_t *)o->timer, ob_timer_closed);
             free(o->lanes);
             free(o);
             return QB_ENOMEM;
         }
     }
-    for (size_t i = 0; i < n_transports; i++) {
-        struct ob_lane *l = &o->lanes[i];
-
-        if (!spool) {
-            qb_transport_set_pressure_cb(l->t, ob_on_transport_pressure, l);
-            if (qb_transport_under_pressure(l->t))
-                ob_on_transport_pressure(l, l->t, true);
-            continue;
-        }
-        l->next = qb_spool_get_cursor(spool, l->name);
-        if (l->next < qb_spool_first_id(spool))
-            l->next = qb_spool_first_id(spool);
-        l->confirmed_below = l->next;
-        qb_transport_set_release_cb(l->t, ob_on_release, l);
-        if (l->next < qb_spool_next_id(spool)) {
-            QB_LOG_INFO(NULL, "transport %s: replaying %" PRIu64 " spooled records from record %"
-                        PRIu64, qb_transport_name(l->t), qb_spool_next_id(spool) - l->next,
-                        l->next);
-            ob_feed(l);
-            ob_arm_timer(o);
-        }
-    }
+    o->n_lanes = n_transports;
+    for (size_t i = 0; i < n_transports; i++)
+        ob_lane_attach(o->lanes[i], spool ? qb_spool_get_cursor(spool, o->lanes[i]->name) : 0);
     *out = o;
+    return QB_OK;
+}
+
+/* ---- reload -------------------------------------------------------------- */
+
+void qb_outbox_set_config(struct qb_outbox *o, const struct qb_config *cfg)
+{
+    o->cfg = cfg;
+    ob_update_pressure(o);
+}
+
+int qb_outbox_add_transport(struct qb_outbox *o, struct qb_transport *t)
+{
+    struct ob_lane **lanes = realloc(o->lanes, (o->n_lanes + 1) * sizeof(*lanes));
+    struct ob_lane *l;
+
+    if (!lanes)
+        return QB_ENOMEM;
+    o->lanes = lanes;
+    if (!(l = ob_lane_new(o, t)))
+        return QB_ENOMEM;
+    o->lanes[o->n_lanes++] = l;
+    ob_lane_attach(l, o->spool ? qb_spool_next_id(o->spool) : 0);
+    o->dirty = o->spool != NULL; /* its cursor belongs in the next checkpoint */
+    if (o->dirty)
+        ob_arm_timer(o);
+    return QB_OK;
+}
+
+int qb_outbox_remove_transport(struct qb_outbox *o, struct qb_transport *t)
+{
+    size_t i;
+    struct ob_lane *l = ob_find_lane(o, t, &i);
+
+    if (!l)
+        return QB_ENOTFOUND;
+    ob_lane_detach(l);
+    memmove(&o->lanes[i], &o->lanes[i + 1], (o->n_lanes - i - 1) * sizeof(*o->lanes));
+    o->n_lanes--;
+    ob_lane_free(l);
+    if (o->spool) {
+        o->dirty = true; /* what only it held back can be released now */
+        ob_arm_timer(o);
+    }
+    return QB_OK;
+}
+
+int qb_outbox_replace_transport(struct qb_outbox *o, struct qb_transport *old_t,
+                                struct qb_transport *new_t, uint64_t *moved)
+{
+    struct ob_lane *l = ob_find_lane(o, old_t, NULL);
+    uint64_t from;
+
+    *moved = 0;
+    if (!l)
+        return QB_ENOTFOUND;
+    ob_lane_detach(l);
+    l->t = new_t;
+    if (!o->spool) {
+        /* listen first: the copies may push the new queue over its mark */
+        ob_lane_attach(l, 0);
+        *moved = qb_transport_take_queue(old_t, new_t);
+        ob_update_pressure(o);
+        return QB_OK;
+    }
+    /* everything old_t did not confirm is in the spool: the new one starts there */
+    from = l->confirmed_below;
+    *moved = qb_transport_take_queue(old_t, NULL);
+    QB_LOG_INFO(NULL, "transport %s: restarted; resending from spool record %" PRIu64, l->name,
+                from);
+    ob_lane_attach(l, from);
     return QB_OK;
 }
 
@@ -590,13 +721,15 @@ void qb_outbox_close(struct qb_outbox *o)
         free(h);
     }
     ob_report_drops(o);
-    for (size_t i = 0; i < o->n_lanes; i++)
-        qb_spool_reader_close(o->lanes[i].reader);
+    for (size_t i = 0; i < o->n_lanes; i++) {
+        qb_spool_reader_close(o->lanes[i]->reader);
+        o->lanes[i]->reader = NULL;
+    }
     /* the transports are gone: their last confirmed positions are what the next start needs */
     if (o->spool)
         ob_checkpoint(o);
     for (size_t i = 0; i < o->n_lanes; i++)
-        free(o->lanes[i].name);
+        ob_lane_free(o->lanes[i]);
     uv_close((uv_handle_t *)o->timer, ob_timer_closed);
     free(o->lanes);
     free(o);

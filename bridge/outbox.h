@@ -92,4 +92,40 @@ void qb_outbox_get_stats(const struct qb_outbox *o, struct qb_outbox_stats *out)
  */
 void qb_outbox_close(struct qb_outbox *o);
 
+/* ---- configuration reload (reload.c) ---- */
+
+/*
+ * Switches to cfg (borrowed, must outlive o; the old one too while anything
+ * else still reads it). Only spool.on_full and spool.memory_max_messages can
+ * differ in effect: the spool's own sizes are fixed when it is opened.
+ */
+void qb_outbox_set_config(struct qb_outbox *o, const struct qb_config *cfg);
+
+/*
+ * Adds a lane for t (borrowed, must outlive o or be removed first). With a
+ * spool its cursor starts at the spool's next record: t gets new messages
+ * only, not what the spool still holds for the others. Returns QB_OK or
+ * QB_ENOMEM.
+ */
+int qb_outbox_add_transport(struct qb_outbox *o, struct qb_transport *t);
+
+/*
+ * Forgets t's lane (the caller then closes t, which drains on its own; with a
+ * spool, t's cursor no longer holds records back). Returns QB_OK or
+ * QB_ENOTFOUND.
+ */
+int qb_outbox_remove_transport(struct qb_outbox *o, struct qb_transport *t);
+
+/*
+ * Puts new_t into old_t's lane without losing what old_t had not delivered.
+ * With a spool, the lane restarts at old_t's first unconfirmed record and
+ * old_t's unsent messages are discarded (they come again from the spool, so
+ * some may arrive twice, with the same ids). Without a spool, old_t's queued
+ * messages are copied into new_t's queue in order (qb_transport_take_queue).
+ * *moved says how many messages were discarded or copied. The caller then
+ * closes old_t. Returns QB_OK or QB_ENOTFOUND (old_t has no lane).
+ */
+int qb_outbox_replace_transport(struct qb_outbox *o, struct qb_transport *old_t,
+                                struct qb_transport *new_t, uint64_t *moved);
+
 #endif

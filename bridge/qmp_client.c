@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #define QB_QMP_DEFAULT_MAX_LINE ((size_t)16 * 1024 * 1024)
 
@@ -746,6 +747,59 @@ int qb_qmp_client_connect(struct qb_qmp_client *c, const char *address)
                         qb_qmp_connect_cb);
     if (rc < 0)
         qb_qmp_close(c, QB_EIO, "connect to %s failed: %s", address, uv_strerror(rc));
+    return QB_OK;
+}
+
+int qb_qmp_client_adopt(struct qb_qmp_client *c, int fd, const char *address)
+{
+    char *copy;
+    int rc;
+
+    if (c->state != QB_QMP_IDLE || c->freeing) {
+        close(fd);
+        return QB_EAGAIN;
+    }
+    copy = strdup(address);
+    if (copy == NULL) {
+        close(fd);
+        return QB_ENOMEM;
+    }
+    free(c->address);
+    c->address = copy;
+    rc = uv_pipe_init(c->loop, &c->sock.pipe, 0);
+    if (rc < 0) {
+        QB_LOG_ERR(c->vm_name, "cannot create a handle for %s: %s", address, uv_strerror(rc));
+        close(fd);
+        return QB_EIO;
+    }
+    c->sock.handle.data = c;
+    c->handles_open++;
+    c->close_err = QB_OK;
+    c->session_first_id = c->next_id;
+    qb_qmp_set_state(c, QB_QMP_GREETING);
+    c->handshake_deadline = c->connect_timeout_ms ? uv_now(c->loop) + c->connect_timeout_ms : 0;
+    qb_qmp_timer_arm(c);
+    rc = uv_pipe_open(&c->sock.pipe, fd);
+    if (rc < 0) {
+        close(fd); /* not attached to the handle: closing the handle would not close it */
+        qb_qmp_close(c, QB_EIO, "cannot use the connection %s: %s", address, uv_strerror(rc));
+        return QB_OK;
+    }
+    qb_qmp_start_reading(c);
+    return QB_OK;
+}
+
+int qb_qmp_client_set_owner(struct qb_qmp_client *c, const char *vm_name,
+                            const struct qb_qmp_callbacks *cb, void *cb_arg)
+{
+    char *copy = strdup(vm_name ? vm_name : "");
+
+    if (copy == NULL)
+        return QB_ENOMEM;
+    free(c->vm_name);
+    c->vm_name = copy;
+    c->cb = cb ? *cb : (struct qb_qmp_callbacks){0};
+    c->cb_arg = cb_arg;
     return QB_OK;
 }
 

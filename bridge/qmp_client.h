@@ -8,7 +8,8 @@
  * NEGOTIATING: qmp_capabilities sent, waiting for its return.
  * READY:      events and replies flow.
  * A session never reconnects by itself: the owner (vm_manager) decides when,
- * which keeps back-off policy in one place.
+ * which keeps back-off policy in one place. A session adopted from an
+ * accepted connection (qb_qmp_client_adopt) skips CONNECTING.
  *
  * Every line is parsed once with jansson. A message is an event when it has
  * "event", a reply when it has "return" or "error" (matched by "id"), the
@@ -87,6 +88,24 @@ int qb_qmp_client_new(uv_loop_t *loop, const char *vm_name, const struct qb_qmp_
  * when not IDLE.
  */
 int qb_qmp_client_connect(struct qb_qmp_client *c, const char *address);
+
+/*
+ * Runs a session over fd, a stream socket that is already connected (listen
+ * mode: QEMU connected to the bridge). The flow is the one after connect():
+ * GREETING, NEGOTIATING, READY, bounded by connect_timeout_ms. address is a
+ * label for logs ("listen:/path pid 42"), copied. Only from IDLE. Takes fd in
+ * every case (closed on failure). Returns QB_OK (on_ready or on_closed
+ * follows), QB_EAGAIN when not IDLE, QB_ENOMEM or QB_EIO.
+ */
+int qb_qmp_client_adopt(struct qb_qmp_client *c, int fd, const char *address);
+
+/*
+ * Hands the client to another owner: vm_name (copied) for log lines,
+ * callbacks and their argument. For a session that was named only after it
+ * became READY (listen mode). Returns QB_OK or QB_ENOMEM (nothing changed).
+ */
+int qb_qmp_client_set_owner(struct qb_qmp_client *c, const char *vm_name,
+                            const struct qb_qmp_callbacks *cb, void *cb_arg);
 
 /*
  * Sends {"execute": command, "arguments": arguments, "id": <n>} in READY.

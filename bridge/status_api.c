@@ -224,7 +224,7 @@ static int handle_metrics(void *arg, const struct qb_http_request *req,
                                              NULL},
                        1);
     collect_vms(w, *src->mgr);
-    collect_transports(w, src->transports ? src->transports : NULL, *src->n_transports);
+    collect_transports(w, *src->transports, *src->n_transports);
     collect_spool(w, *src->spool, *src->outbox);
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
     return qb_prom_writer_finish(w, &resp->body, &resp->body_len);
@@ -268,13 +268,13 @@ static void readiness_reasons(const struct qb_status_sources *src, json_t *reaso
         json_array_append_new(reasons, json_string("shutting down"));
     if (!*src->mgr)
         json_array_append_new(reasons, json_string("VM manager not running"));
-    for (size_t i = 0; src->transports && i < *src->n_transports; i++) {
+    for (size_t i = 0; *src->transports && i < *src->n_transports; i++) {
+        struct qb_transport *t = (*src->transports)[i];
         struct qb_transport_stats st;
 
-        qb_transport_get_stats(src->transports[i], &st);
+        qb_transport_get_stats(t, &st);
         if (!st.link_up) {
-            snprintf(text, sizeof(text), "transport %s: not connected",
-                     qb_transport_name(src->transports[i]));
+            snprintf(text, sizeof(text), "transport %s: not connected", qb_transport_name(t));
             json_array_append_new(reasons, json_string(text));
         }
     }

@@ -37,7 +37,7 @@
 struct qb_status_sources {
     const struct qb_config *cfg;
     struct qb_vm_manager **mgr;
-    struct qb_transport **transports;
+    struct qb_transport **const *transports; /* main's array, which a reload may grow */
     const size_t *n_transports;
     struct qb_outbox **outbox;
     struct qb_spool **spool;

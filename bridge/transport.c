@@ -681,3 +681,40 @@ const struct qb_histogram *qb_transport_latency(const struct qb_transport *t)
 {
     return &t->latency;
 }
+
+/* ---- reload ---- */
+
+size_t qb_transport_take_queue(struct qb_transport *from, struct qb_transport *to)
+{
+    size_t n = 0;
+    struct tmsg *m = from->head;
+
+    while (m) {
+        struct tmsg *next = m->next;
+
+        if (!to)
+            n += !m->in_flight;
+        else if (qb_transport_send(to, &m->msg) == QB_OK)
+            n++;
+        if (!m->in_flight)
+            msg_release(from, m);
+        m = next;
+    }
+    return n;
+}
+
+void qb_transport_close_now(struct qb_transport *t, void (*done)(void *arg), void *arg)
+{
+    if (t->state != TR_OPEN)
+        return;
+    t->state = TR_DRAINING;
+    t->pressure_cb = NULL;
+    t->done = done;
+    t->done_arg = arg;
+    uv_timer_start(&t->close_timer, on_close_timer, 0, 0); /* done never runs from in here */
+}
+
+const struct qb_transport_config *qb_transport_config(const struct qb_transport *t)
+{
+    return t->cfg;
+}

@@ -189,4 +189,27 @@ const struct qb_histogram *qb_transport_latency(const struct qb_transport *t);
  */
 void qb_transport_close(struct qb_transport *t, void (*done)(void *arg), void *arg);
 
+/*
+ * For a transport restarted by a configuration reload: copies every message
+ * still queued in from (sent or not, in queue order) into to's queue through
+ * qb_transport_send, then frees from's messages that are not in flight (those
+ * in flight stay until the backend reports them, so from's close finishes
+ * quickly; they may then arrive twice, with the same ids). to may be NULL:
+ * the messages are only discarded (with a spool, which sends them again).
+ * Call it before qb_transport_close(from). Returns how many messages were
+ * copied (to NULL: discarded); a copy to refuses is counted and logged there.
+ */
+size_t qb_transport_take_queue(struct qb_transport *from, struct qb_transport *to);
+
+/*
+ * Like qb_transport_close but without waiting for the queue to drain: for a
+ * transport whose messages were handed to its replacement (reload), so the
+ * replacement does not have to share the broker with it for long (MQTT:
+ * one client id). What is still in flight is given up.
+ */
+void qb_transport_close_now(struct qb_transport *t, void (*done)(void *arg), void *arg);
+
+/* The configuration t runs with (borrowed, as given to qb_transport_create). */
+const struct qb_transport_config *qb_transport_config(const struct qb_transport *t);
+
 #endif

@@ -15,6 +15,11 @@
  * Back-pressure: while any transport says its queue is near full, every VM
  * stops reading from its socket (QEMU keeps the events) once it is READY,
  * resynced and not waiting on a query, since those need their replies read.
+ *
+ * Listen mode: a session QEMU opened to qmp.listen starts as a "newcomer"
+ * with no VM; once READY and named (query-name or the template) its client
+ * is handed to the VM entry of that name, whose usual on_ready path then
+ * runs, so a listen VM differs from others only in never reconnecting.
  */
 #include "vm_manager.h"
 
@@ -31,6 +36,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include <uthash.h>
@@ -95,6 +101,7 @@ struct qb_vm {
     bool removing;
     bool timer_closed;
     bool has_slot;      /* counts against qmp.max_connecting until resynced or closed */
+    bool listen;        /* sessions come from qmp.listen: never connects, waits for QEMU */
     bool slot_waiting;  /* queued for a connect slot */
     struct qb_vm *slot_next;
     char *identity;     /* "<query-name name>/<query-uuid UUID>" of the last session, or NULL */
@@ -158,6 +165,10 @@ struct qb_vm_manager {
     struct qb_vm *slot_head, *slot_tail; /* VMs waiting for one, in order */
     bool closing;
     size_t n_alive; /* VM structs not yet freed, including ones being removed */
+    struct qb_vm_newcomer *newcomers; /* listen mode: accepted, not named yet */
+    size_t n_newcomers;
+    void (*room_cb)(void *arg, bool room); /* listen mode: may another connection come? */
+    void *room_arg;
     void (*done)(void *arg);
     void *done_arg;
 };
@@ -845,6 +856,26 @@ void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm_name, 
                        origin ? origin->correlation : NULL, origin ? origin->correlation_len : 0);
 }
 
+void qb_vm_manager_discovered(void *mgr, const char *name, const char *path)
+{
+    char *address = NULL;
+    int rc;
+
+    if (asprintf(&address, "unix:%s", path) < 0)
+        return;
+    rc = qb_vm_manager_add(mgr, name, address);
+    if (rc == QB_EEXIST)
+        QB_LOG_WARN(name, "discovered socket %s ignored: a VM of that name is configured", path);
+    else if (rc < 0)
+        QB_LOG_ERR(name, "cannot add discovered VM: %s", qb_strerror(rc));
+    free(address);
+}
+
+void qb_vm_manager_undiscovered(void *mgr, const char *name)
+{
+    qb_vm_manager_remove(mgr, name, "socket removed");
+}
+
 bool qb_vm_manager_has_vm(const struct qb_vm_manager *m, const char *name)
 {
     struct qb_vm *vm = NULL;
@@ -940,6 +971,11 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
 
     if (vm->removing || vm->mgr->closing) {
         vm_maybe_free(vm);
+        return;
+    }
+    if (vm->listen) {
+        /* Nothing to connect to: QEMU's chardev reconnects to qmp.listen by itself. */
+        QB_LOG_INFO(vm->name, "waiting for QEMU to connect again");
         return;
     }
     uint32_t delay = vm_backoff_ms(vm);
@@ -1185,21 +1221,17 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     return QB_OK;
 }
 
-int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address)
+/*
+ * Creates the entry of VM name (valid, not taken) with an IDLE session and
+ * its numbering (remembered, spooled or new), and adds it to the table.
+ * address is copied. Returns QB_OK with *out (borrowed), or QB_ENOMEM.
+ */
+static int vm_create(struct qb_vm_manager *m, const char *name, const char *address,
+                     struct qb_vm **out)
 {
     struct qb_vm *vm;
     struct qb_seq_memo *memo;
     int rc;
-
-    if (m->closing)
-        return QB_ECLOSED;
-    if (!vm_name_valid(name))
-        return QB_EINVAL;
-    if (strncmp(address, "unix:", 5) != 0 && strncmp(address, "tcp:", 4) != 0)
-        return QB_EINVAL;
-    HASH_FIND_STR(m->vms, name, vm);
-    if (vm)
-        return QB_EEXIST;
 
     vm = calloc(1, sizeof(*vm));
     if (!vm)
@@ -1208,6 +1240,8 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
     vm->name = strdup(name);
     vm->address = strdup(address);
     vm->norm = qb_norm_vm_new();
+    if (vm->norm && vm->name)
+        qb_norm_vm_set_name(vm->norm, vm->name); /* "[vm1] normalize: ..." in its log lines */
     if (vm->name && asprintf(&vm->key, "%s/%s", m->cfg->bridge_id, name) < 0)
         vm->key = NULL;
     rc = QB_ENOMEM;
@@ -1235,7 +1269,7 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
     HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
     m->n_alive++;
     QB_LOG_INFO(vm->name, "added, QMP at %s", address);
-    vm_connect(vm);
+    *out = vm;
     return QB_OK;
 
 fail:
@@ -1244,6 +1278,26 @@ fail:
     free(vm->address);
     free(vm->key);
     free(vm);
+    return rc;
+}
+
+int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address)
+{
+    struct qb_vm *vm;
+    int rc;
+
+    if (m->closing)
+        return QB_ECLOSED;
+    if (!vm_name_valid(name))
+        return QB_EINVAL;
+    if (strncmp(address, "unix:", 5) != 0 && strncmp(address, "tcp:", 4) != 0)
+        return QB_EINVAL;
+    HASH_FIND_STR(m->vms, name, vm);
+    if (vm)
+        return QB_EEXIST;
+    rc = vm_create(m, name, address, &vm);
+    if (rc == QB_OK)
+        vm_connect(vm);
     return rc;
 }
 
@@ -1289,6 +1343,228 @@ int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *
     QB_LOG_INFO(vm->name, "removed: %s", why);
     vm_begin_removal(vm, why);
     return QB_OK;
+}
+
+/* ---- listen mode: QEMUs that connected to qmp.listen ---------------------- */
+
+/*
+ * A connection accepted on qmp.listen, from accept until its VM name is
+ * known. The session runs greeting and qmp_capabilities as usual; on READY
+ * query-name names it (or the template), and only then is it attached to
+ * that VM's entry, which publishes connected and the snapshot: nothing is
+ * published under a name that might be wrong.
+ */
+struct qb_vm_newcomer {
+    struct qb_vm_manager *mgr;
+    struct qb_vm_newcomer *next;
+    struct qb_qmp_client *qmp;
+    pid_t pid;
+    uid_t uid;
+    char *address; /* "listen:<path> pid <pid>" */
+    json_t *events; /* read between READY and the name, in order */
+};
+
+/* Unlinks and frees nc (and its session, if it still has one); says when there is room again. */
+static void nc_free(struct qb_vm_newcomer *nc)
+{
+    struct qb_vm_manager *m = nc->mgr;
+    struct qb_vm_newcomer **pp = &m->newcomers;
+
+    bool was_full = m->n_newcomers >= m->cfg->qmp_max_connecting;
+
+    while (*pp && *pp != nc)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = nc->next;
+    m->n_newcomers--;
+    if (was_full && m->n_newcomers < m->cfg->qmp_max_connecting && m->room_cb)
+        m->room_cb(m->room_arg, true);
+    if (nc->qmp)
+        qb_qmp_client_free(nc->qmp);
+    json_decref(nc->events);
+    free(nc->address);
+    free(nc);
+}
+
+/*
+ * The VM name for nc into name (65 bytes): QEMU's -name when listen_name is
+ * query-name and it is a usable VM name, else the template with the peer's
+ * pid, uid and /proc/<pid>/comm. Returns QB_OK or QB_EINVAL.
+ */
+static int nc_pick_name(struct qb_vm_newcomer *nc, int status, const json_t *reply, char *name)
+{
+    const struct qb_config *cfg = nc->mgr->cfg;
+    const char *qname = status == QB_OK ? json_string_value(json_object_get(reply, "name")) : NULL;
+    char path[64], comm[32] = "";
+    FILE *f;
+
+    if (cfg->qmp_listen_name == QB_LISTEN_NAME_QUERY && qname && *qname) {
+        if (vm_name_valid(qname)) {
+            snprintf(name, 65, "%s", qname);
+            return QB_OK;
+        }
+        QB_LOG_WARN(nc->address, "QEMU's name '%.80s' is not a VM name ([A-Za-z0-9._-], 1 to 64): "
+                    "using qmp.listen_name_template", qname);
+    }
+    snprintf(path, sizeof(path), "/proc/%d/comm", (int)nc->pid);
+    if ((f = fopen(path, "re")) != NULL) {
+        if (!fgets(comm, sizeof(comm), f))
+            comm[0] = '\0';
+        fclose(f);
+    }
+    comm[strcspn(comm, "\n")] = '\0';
+    for (char *p = comm; *p; p++)
+        if (!strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-", *p))
+            *p = '_';
+    return qb_config_listen_name(cfg->qmp_listen_name_template, (uint32_t)nc->pid,
+                                 (uint32_t)nc->uid, comm[0] ? comm : "unknown", name, 65);
+}
+
+/* Moves nc's READY session into the entry of VM name (made if new), or refuses it. */
+static void nc_attach(struct qb_vm_newcomer *nc, const char *name)
+{
+    struct qb_vm_manager *m = nc->mgr;
+    struct qb_vm *vm = NULL;
+    struct qb_qmp_client *old;
+    size_t i;
+
+    HASH_FIND_STR(m->vms, name, vm);
+    if (vm && (!vm->listen || qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)) {
+        QB_LOG_WARN(name, "refusing the QMP connection from pid %d: VM '%s' %s %s", (int)nc->pid,
+                    name, vm->listen ? "already has a live session from" : "is configured at",
+                    vm->address);
+        qb_qmp_client_disconnect(nc->qmp, "refused: a VM of that name is already served");
+        return;
+    }
+    if (!vm && vm_create(m, name, nc->address, &vm) < 0) {
+        QB_LOG_ERR(name, "out of memory adding the VM of pid %d", (int)nc->pid);
+        qb_qmp_client_disconnect(nc->qmp, "out of memory");
+        return;
+    }
+    if (qb_qmp_client_set_owner(nc->qmp, name, &qb_vm_qmp_callbacks, vm) < 0) {
+        qb_qmp_client_disconnect(nc->qmp, "out of memory");
+        return;
+    }
+    vm->listen = true;
+    vm->read_paused = false; /* the new session reads; vm_apply_pause decides from here */
+    old = vm->qmp;
+    vm->qmp = nc->qmp;
+    nc->qmp = NULL;
+    qb_qmp_client_free(old);
+    free(vm->address);
+    vm->address = nc->address;
+    nc->address = NULL;
+    /* Events that came before the name go first, after the snapshot like any others. */
+    for (i = 0; i < json_array_size(nc->events); i++)
+        if (vm_backlog_push(vm, json_array_get(nc->events, i)) < 0)
+            QB_LOG_ERR(vm->name, "out of memory: event lost");
+    nc_free(nc);
+    vm_on_ready(vm->qmp, vm);
+}
+
+static void nc_name_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
+{
+    struct qb_vm_newcomer *nc = arg;
+    char name[65];
+
+    (void)c;
+    if (status == QB_ECLOSED)
+        return; /* on_closed (or the manager's close) frees nc */
+    if (nc_pick_name(nc, status, reply, name) < 0) {
+        QB_LOG_WARN(nc->address, "no usable VM name from qmp.listen_name_template");
+        qb_qmp_client_disconnect(nc->qmp, "no usable VM name");
+        return;
+    }
+    nc_attach(nc, name);
+}
+
+static void nc_on_ready(struct qb_qmp_client *c, void *arg)
+{
+    struct qb_vm_newcomer *nc = arg;
+    int rc = qb_qmp_client_execute(c, "query-name", NULL, nc->mgr->cfg->qmp_command_timeout_ms,
+                                   nc_name_reply, nc);
+
+    if (rc < 0)
+        qb_qmp_client_disconnect(c, "cannot send query-name");
+}
+
+static void nc_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
+{
+    struct qb_vm_newcomer *nc = arg;
+
+    (void)c;
+    if (json_array_append(nc->events, msg) < 0)
+        QB_LOG_ERR(nc->address, "out of memory: event lost");
+}
+
+static void nc_on_closed(struct qb_qmp_client *c, int err, const char *reason, void *arg)
+{
+    struct qb_vm_newcomer *nc = arg;
+
+    (void)c;
+    QB_LOG_INFO(nc->address, "connection closed before it was named: %s",
+                reason && *reason ? reason : qb_strerror(err));
+    nc_free(nc);
+}
+
+static const struct qb_qmp_callbacks qb_vm_newcomer_callbacks = {
+    .on_ready = nc_on_ready,
+    .on_event = nc_on_event,
+    .on_closed = nc_on_closed,
+};
+
+void qb_vm_manager_set_room_cb(struct qb_vm_manager *m, void (*cb)(void *arg, bool room),
+                               void *arg)
+{
+    m->room_cb = cb;
+    m->room_arg = arg;
+}
+
+int qb_vm_manager_adopt(struct qb_vm_manager *m, int fd, pid_t pid, uid_t uid)
+{
+    struct qb_vm_newcomer *nc;
+    const char *path = m->cfg->qmp_listen ? m->cfg->qmp_listen + 5 : "?";
+    int rc = QB_ENOMEM;
+
+    if (m->closing || m->n_newcomers >= m->cfg->qmp_max_connecting) {
+        close(fd);
+        return m->closing ? QB_ECLOSED : QB_EBUSY;
+    }
+    nc = calloc(1, sizeof(*nc));
+    if (!nc || asprintf(&nc->address, "listen:%s pid %d", path, (int)pid) < 0 ||
+        !(nc->events = json_array())) {
+        if (nc)
+            nc->address = NULL; /* asprintf leaves it undefined on failure */
+        goto fail;
+    }
+    nc->mgr = m;
+    nc->pid = pid;
+    nc->uid = uid;
+    rc = qb_qmp_client_new(m->loop, nc->address, &m->qmp_opts, &qb_vm_newcomer_callbacks, nc,
+                           &nc->qmp);
+    if (rc < 0)
+        goto fail;
+    nc->next = m->newcomers;
+    m->newcomers = nc;
+    if (++m->n_newcomers >= m->cfg->qmp_max_connecting && m->room_cb)
+        m->room_cb(m->room_arg, false);
+    QB_LOG_INFO(nc->address, "QEMU connected (uid %u), asking its name", (unsigned)uid);
+    rc = qb_qmp_client_adopt(nc->qmp, fd, nc->address);
+    if (rc < 0) {
+        QB_LOG_ERR(nc->address, "cannot start the QMP session: %s", qb_strerror(rc));
+        nc_free(nc);
+    }
+    return rc;
+
+fail:
+    QB_LOG_ERR(NULL, "out of memory accepting the QMP connection of pid %d", (int)pid);
+    close(fd);
+    if (nc) {
+        json_decref(nc->events);
+        free(nc->address);
+    }
+    free(nc);
+    return rc;
 }
 
 void qb_vm_manager_foreach(const struct qb_vm_manager *m,
@@ -1368,6 +1644,9 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
     m->done = done;
     m->done_arg = arg;
     qb_outbox_set_pressure_cb(m->outbox, NULL, NULL);
+    m->room_cb = NULL;
+    while (m->newcomers)
+        nc_free(m->newcomers); /* not named yet: nothing was published for them */
     HASH_ITER(hh, m->memos, memo, mtmp)
     {
         HASH_DEL(m->memos, memo);
@@ -1387,4 +1666,47 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
         return;
     }
     HASH_ITER(hh, m->vms, vm, tmp) vm_begin_removal(vm, "bridge shutting down");
+}
+
+/* ---- configuration reload (reload.c) -------------------------------------- */
+
+void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *cfg)
+{
+    m->cfg = cfg;
+    m->env.bridge_id = cfg->bridge_id;
+    m->env.schema_base_uri = cfg->schema_base_uri;
+    /* sessions copy these when they are created: they apply to VMs added from now on */
+    m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
+    m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
+    /* a raised max_connecting lets VMs that wait for a slot go now, from a 0 ms timer */
+    while (m->slot_head && m->n_connecting < cfg->qmp_max_connecting) {
+        struct qb_vm *next = m->slot_head;
+
+        m->slot_head = next->slot_next;
+        if (!m->slot_head)
+            m->slot_tail = NULL;
+        next->slot_next = NULL;
+        next->slot_waiting = false;
+        next->has_slot = true;
+        m->n_connecting++;
+        uv_timer_start(&next->reconnect_timer, vm_reconnect_timer_cb, 0, 0);
+    }
+}
+
+void qb_vm_manager_set_transports(struct qb_vm_manager *m, struct qb_transport *const *transports,
+                                  size_t n_transports)
+{
+    m->transports = transports;
+    m->n_transports = n_transports;
+}
+
+void qb_vm_manager_forget_transport(struct qb_vm_manager *m, const struct qb_transport *t)
+{
+    for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next) {
+        if (vm->cmd_running && vm->cmd_running->transport == t)
+            vm->cmd_running->transport = NULL;
+        for (struct qb_vm_cmd *c = vm->cmd_head; c; c = c->next)
+            if (c->transport == t)
+                c->transport = NULL;
+    }
 }

@@ -27,7 +27,9 @@
 #include "outbox.h"
 #include "transport.h"
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <uv.h>
 
 struct qb_vm_manager;
@@ -48,6 +50,31 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
  * when a VM of that name exists, QB_EINVAL for a bad address, QB_ENOMEM.
  */
 int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address);
+
+/*
+ * Listen mode: runs a QMP session over fd, a connection QEMU made to
+ * qmp.listen from process pid (user uid). Once READY the VM name is learnt
+ * first (query-name; qmp.listen_name and qmp.listen_name_template decide,
+ * falling back to the template when QEMU has no -name) and nothing is
+ * published before. The session then joins the VM entry of that name: a
+ * new "listen" entry (address "listen:<path> pid <pid>"), or the listen
+ * entry a previous session of that name left (its numbering continues). A
+ * name that already has a live session, or belongs to a configured or
+ * discovered VM, is refused with a log line and the connection closed. A
+ * listen entry never reconnects: after its session closes it publishes
+ * bridge.vm.disconnected and waits for QEMU to connect again.
+ * Takes fd in every case. Returns QB_OK, QB_EBUSY (qmp.max_connecting
+ * connections are already waiting for their name), QB_ECLOSED or QB_ENOMEM.
+ */
+int qb_vm_manager_adopt(struct qb_vm_manager *m, int fd, pid_t pid, uid_t uid);
+
+/*
+ * cb(arg, false) once qmp.max_connecting accepted connections wait for
+ * their name, cb(arg, true) when one of them is done: the listener should
+ * stop and restart accepting. cb may be NULL.
+ */
+void qb_vm_manager_set_room_cb(struct qb_vm_manager *m, void (*cb)(void *arg, bool room),
+                               void *arg);
 
 /*
  * Disconnects and forgets a VM (bridge.vm.disconnected is published if it was
@@ -94,6 +121,14 @@ int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd
  */
 void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm, const json_t *result,
                                   const struct qb_command_origin *origin);
+
+/*
+ * Directory discovery's callbacks (qb_discovery_callbacks), arg being the
+ * manager: a socket that appeared becomes a VM "unix:<path>" (a configured VM
+ * of the same name wins, with a warning); one that went away removes its VM.
+ */
+void qb_vm_manager_discovered(void *mgr, const char *name, const char *path);
+void qb_vm_manager_undiscovered(void *mgr, const char *name);
 
 /* True when a VM of that name is on this bridge. */
 bool qb_vm_manager_has_vm(const struct qb_vm_manager *m, const char *name);
@@ -148,5 +183,27 @@ size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready);
  * called then, from the loop.
  */
 void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void *arg);
+
+/*
+ * Configuration reload: reads cfg from now on (borrowed, must outlive the
+ * manager; keep the old one alive too, running commands may still read it).
+ * In effect at once: events.exclude, qmp command_timeout, back-off and
+ * max_connecting (a raised limit lets waiting VMs connect), schema_base_uri
+ * and the commands settings; qmp connect_timeout and max_line_bytes apply to
+ * VMs added afterwards. VMs are added and removed by the caller.
+ */
+void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *cfg);
+
+/* The transports array changed (reload); borrowed like the one given to qb_vm_manager_new. */
+void qb_vm_manager_set_transports(struct qb_vm_manager *m, struct qb_transport *const *transports,
+                                  size_t n_transports);
+
+/*
+ * Transport t is being closed (reload): commands that came on it still run
+ * and publish their result on the VM's event stream, but send no reply and no
+ * acknowledgement on t. Only VMs still on the bridge are looked at: a command
+ * of a VM being removed at the same moment is not covered.
+ */
+void qb_vm_manager_forget_transport(struct qb_vm_manager *m, const struct qb_transport *t);
 
 #endif

@@ -60,7 +60,8 @@ static void test_full_inline(void **state)
     static const char yaml[] =
         "bridge: { id: host-a, log_level: debug, schema_base_uri: \"file:///s/\" }\n"
         "qmp: { max_line_bytes: 1MiB, command_timeout: 2s, connect_timeout: 3s,\n"
-        "       reconnect_initial: 100ms, reconnect_max: 1m }\n"
+        "       reconnect_initial: 100ms, reconnect_max: 1m, listen: \"unix:/run/q.sock\", "
+        "listen_name: pid, listen_name_template: \"q-{comm}.{uid}-{pid}\" }\n"
         "vms:\n"
         "  - { name: vm1, qmp: \"unix:/run/qemu/vm1.qmp\" }\n"
         "  - { name: vm2, qmp: \"tcp:127.0.0.1:4444\" }\n"
@@ -90,6 +91,9 @@ static void test_full_inline(void **state)
     assert_int_equal(cfg->qmp_connect_timeout_ms, 3000);
     assert_int_equal(cfg->qmp_reconnect_initial_ms, 100);
     assert_int_equal(cfg->qmp_reconnect_max_ms, 60000);
+    assert_string_equal(cfg->qmp_listen, "unix:/run/q.sock");
+    assert_int_equal(cfg->qmp_listen_name, QB_LISTEN_NAME_PID);
+    assert_string_equal(cfg->qmp_listen_name_template, "q-{comm}.{uid}-{pid}");
 
     assert_int_equal(cfg->n_vms, 2);
     assert_string_equal(cfg->vms[0].name, "vm1");
@@ -182,6 +186,9 @@ static void test_example_file(void **state)
     assert_int_equal(cfg->qmp_reconnect_initial_ms, 250);
     assert_int_equal(cfg->qmp_reconnect_max_ms, 30000);
     assert_int_equal(cfg->qmp_max_connecting, 64);
+    assert_null(cfg->qmp_listen);
+    assert_int_equal(cfg->qmp_listen_name, QB_LISTEN_NAME_QUERY);
+    assert_string_equal(cfg->qmp_listen_name_template, "vm-{pid}");
     /* the example documents the spool with its defaults and the directory commented out */
     assert_null(cfg->spool_directory);
     assert_int_equal(cfg->spool_max_bytes, (size_t)1 << 30);
@@ -410,6 +417,25 @@ static const struct bad_config {
      "t.yaml:2:19: spool.max_size: expected a size of at least 1048576 bytes, got '1000'"},
     {"bridge: {id: a}\nqmp: {max_connecting: 0}\n",
      "t.yaml:2:23: qmp.max_connecting: expected an integer from 1 to 100000, got '0'"},
+    {"bridge: {id: a}\nqmp: {listen: /run/q.sock}\n",
+     "t.yaml:2:15: qmp.listen: expected 'unix:/absolute/path' (at most 107 bytes of path), got "
+     "'/run/q.sock'"},
+    {"bridge: {id: a}\nqmp: {listen: \"unix:q.sock\"}\n",
+     "t.yaml:2:15: qmp.listen: expected 'unix:/absolute/path' (at most 107 bytes of path), got "
+     "'unix:q.sock'"},
+    {"bridge: {id: a}\nqmp: {listen_name: uuid}\n",
+     "t.yaml:2:20: qmp.listen_name: expected query-name or pid, got 'uuid'"},
+    {"bridge: {id: a}\nqmp: {listen_name_template: \"vm-{name}\"}\n",
+     "t.yaml:2:29: qmp.listen_name_template: expected characters from [A-Za-z0-9._-] and the "
+     "placeholders {pid}, {uid} and {comm}, at most 64 characters once expanded, got 'vm-{name}'"},
+    {"bridge: {id: a}\nqmp: {listen_name_template: \"vm {pid}\"}\n",
+     "t.yaml:2:29: qmp.listen_name_template: expected characters from [A-Za-z0-9._-] and the "
+     "placeholders {pid}, {uid} and {comm}, at most 64 characters once expanded, got 'vm {pid}'"},
+    {"bridge: {id: a}\nqmp: {listen_name_template: "
+     "\"a-very-long-prefix-for-every-vm-of-this-host-{comm}-{pid}\"}\n",
+     "t.yaml:2:29: qmp.listen_name_template: expected characters from [A-Za-z0-9._-] and the "
+     "placeholders {pid}, {uid} and {comm}, at most 64 characters once expanded, got "
+     "'a-very-long-prefix-for-every-vm-of-this-host-{comm}-{pid}'"},
     {"bridge: {id: a, colour: red}\n", "t.yaml:1:17: bridge.colour: unknown key"},
     {"bridge: {id: a}\n[a]: b\n", "t.yaml:2:1: (root): mapping keys must be scalars"},
     {"bridge: {id: a, id: b}\n", "t.yaml:1:17: bridge.id: duplicate key (first at 1:10)"},
@@ -909,6 +935,25 @@ static void test_example_commands(void **state)
     qb_config_free(cfg);
 }
 
+/* The listen-mode name template: each placeholder, and what makes a result unusable. */
+static void test_listen_name(void **state)
+{
+    char name[80];
+
+    (void)state;
+    assert_int_equal(qb_config_listen_name("vm-{pid}", 4242, 0, "x", name, sizeof(name)), QB_OK);
+    assert_string_equal(name, "vm-4242");
+    assert_int_equal(
+        qb_config_listen_name("{comm}.{uid}_{pid}", 7, 1000, "qemu-system-x86", name, sizeof(name)),
+        QB_OK);
+    assert_string_equal(name, "qemu-system-x86.1000_7");
+    assert_int_equal(qb_config_listen_name("vm-{pid", 1, 0, "", name, sizeof(name)), QB_EINVAL);
+    assert_int_equal(qb_config_listen_name("vm/{pid}", 1, 0, "", name, sizeof(name)), QB_EINVAL);
+    assert_int_equal(qb_config_listen_name("{comm}", 1, 0, "", name, sizeof(name)), QB_EINVAL);
+    assert_int_equal(qb_config_listen_name("vm-{pid}", 123456, 0, "", name, 8), QB_EINVAL);
+    assert_int_equal(qb_config_listen_name("vm-{pid}", 12345, 0, "", name, 9), QB_OK);
+}
+
 static void test_parse_size(void **state)
 {
     static const struct {
@@ -1016,7 +1061,7 @@ int main(void)
         cmocka_unit_test(test_load_file_errors),    cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration),      cmocka_unit_test(test_commands_defaults),
         cmocka_unit_test(test_commands_every_key),  cmocka_unit_test(test_commands_key_file),
-        cmocka_unit_test(test_example_commands),
+        cmocka_unit_test(test_example_commands),    cmocka_unit_test(test_listen_name),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,121 @@
+/*
+ * reload.h - SIGHUP: compute and apply the difference between the running
+ * configuration and the file as it is now.
+ *
+ * The new file goes through the same checks as at start-up (the loader and
+ * every transport's validate op); an invalid file changes nothing. Otherwise:
+ *   - keys that cannot change while running (qb_reload_keep_fixed: bridge.id,
+ *     the spool's directory and sizes, metrics.listen, qmp.listen and its
+ *     naming, commands.enabled and cache_size) keep their running value, with
+ *     one warning per key that says a restart is needed;
+ *   - static VMs: added ones connect, removed ones disconnect, a changed
+ *     address is a remove and an add; the others keep their QMP session;
+ *   - transports, matched by name: unchanged ones keep running; a changed one
+ *     is replaced by a new one without losing what it had queued (see
+ *     qb_outbox_replace_transport); added ones start with new messages only;
+ *     removed ones close with their bounded drain;
+ *   - everything else is in effect at once: log level, events.exclude, the
+ *     command policy, qmp timeouts/back-off/max_connecting, spool.on_full and
+ *     memory_max_messages, discovery (restarted when directory or suffix
+ *     changed; VMs found under the old directory are removed).
+ *
+ * The replaced configuration is never freed while running: transports that
+ * were kept still borrow their part of it, and so do the borrowed bridge id,
+ * running commands and the status API. Each reload keeps one retired config
+ * (a few KiB); qb_reload_free_retired() frees them all once the loop is done.
+ */
+#ifndef QB_RELOAD_H
+#define QB_RELOAD_H
+
+#include "command_router.h"
+#include "config.h"
+#include "discovery.h"
+#include "outbox.h"
+#include "spool.h"
+#include "transport.h"
+#include "vm_manager.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+enum qb_reload_change {
+    QB_RELOAD_SAME = 0,
+    QB_RELOAD_ADDED,
+    QB_RELOAD_REMOVED,
+    QB_RELOAD_CHANGED,
+};
+
+/* Returns "same", "added", "removed" or "changed". */
+const char *qb_reload_change_name(enum qb_reload_change c);
+
+/* One static VM or transport, by name; an index is SIZE_MAX where it is absent. */
+struct qb_reload_item {
+    const char *name; /* borrowed from the config that has it (the new one when both do) */
+    size_t old_index; /* into old->vms / old->transports */
+    size_t new_index; /* into new->vms / new->transports */
+    enum qb_reload_change change;
+};
+
+/* What differs between two configs; every pointer borrows from them. */
+struct qb_reload_diff {
+    struct qb_reload_item *vms; /* every VM of either config: same, added, removed, changed */
+    size_t n_vms;
+    struct qb_reload_item *transports; /* same for transports */
+    size_t n_transports;
+    bool discovery_changed; /* directory or suffix (on/off included) */
+};
+
+/*
+ * Compares old and new (both borrowed, must outlive *out). VMs are matched by
+ * name and compared by address; transports are matched by name and compared
+ * key by key (qb_reload_transport_equal). Returns QB_OK with *out filled
+ * (free with qb_reload_diff_free) or QB_ENOMEM.
+ */
+int qb_reload_diff(const struct qb_config *old, const struct qb_config *new_cfg,
+                   struct qb_reload_diff *out);
+
+void qb_reload_diff_free(struct qb_reload_diff *d);
+
+/* True when a and b set every key alike (where each was defined does not count). */
+bool qb_reload_transport_equal(const struct qb_transport_config *a,
+                               const struct qb_transport_config *b);
+
+/*
+ * Copies old's value of every key that cannot change at runtime into new_cfg
+ * where they differ, logging "reload: <key> changed; needs a restart" for
+ * each. names (may be NULL) receives the keys, comma-separated. Returns how
+ * many keys differed, or QB_ENOMEM (new_cfg is then unusable: free it).
+ */
+int qb_reload_keep_fixed(const struct qb_config *old, struct qb_config *new_cfg, char *names,
+                         size_t nameslen);
+
+/* The running objects a reload changes; main's, borrowed for the call. */
+struct qb_reload_target {
+    uv_loop_t *loop;
+    struct qb_config **cfg;            /* replaced by the new config on success */
+    struct qb_transport ***transports; /* rewritten in place, or reallocated unless pinned */
+    size_t *n_transports;
+    size_t *transports_cap;            /* elements *transports has room for */
+    bool transports_pinned;            /* someone else holds *transports (the status API): it
+                                          must not move, so at most *transports_cap of them */
+    struct qb_outbox *outbox;
+    struct qb_vm_manager *mgr;
+    struct qb_command_router *router;  /* NULL when commands are disabled */
+    struct qb_discovery **discovery;   /* *discovery NULL when discovery is off */
+};
+
+/*
+ * Re-reads the file of the running config and applies it (see the top of
+ * this file); everything is logged with a "reload:" prefix. status receives a
+ * one-line summary for systemd's STATUS=. Returns QB_OK when the new config
+ * is in force (possibly with keys kept or a transport that could not be
+ * replaced: logged and in status), or QB_ECONFIG when the file was invalid and
+ * nothing changed.
+ */
+int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statuslen);
+
+/* Frees every config retired by reloads. Call only after the loop has finished. */
+void qb_reload_free_retired(void);
+
+#endif
