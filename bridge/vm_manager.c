@@ -246,6 +246,32 @@ static void mgr_send(struct qb_vm_manager *m, struct qb_transport *only, const s
  * Builds one envelope and hands it to every transport.
  * A transport that refuses (queue full) has already counted and logged it.
  */
+/*
+ * A removed VM still publishes what its closing session brings (its
+ * bridge.vm.disconnected, events read before the close): the numbering memo a
+ * returning VM of that name continues from must include those. If that VM has
+ * already come back, the old session's leftovers are dropped instead: two
+ * incarnations numbering at once would hand out one sequence twice.
+ * Returns false when vm must not publish.
+ */
+static bool vm_removed_may_publish(struct qb_vm *vm, const char *type, uint64_t seq)
+{
+    struct qb_vm_manager *m = vm->mgr;
+    struct qb_vm *live = NULL;
+    struct qb_seq_memo *memo = NULL;
+
+    HASH_FIND_STR(m->vms, vm->name, live);
+    if (live) {
+        QB_LOG_WARN(vm->name, "%s (seq %llu) of the removed session dropped: the VM is back with "
+                    "a new session", type, (unsigned long long)seq);
+        return false;
+    }
+    HASH_FIND_STR(m->memos, vm->name, memo);
+    if (memo && memo->epoch == vm->epoch && memo->seq < seq)
+        memo->seq = seq;
+    return true;
+}
+
 static void vm_publish(struct qb_vm *vm, enum qb_msg_kind kind, const char *type, uint64_t seq,
                        const char *id_suffix, int64_t ts_sec, int32_t ts_usec, const json_t *data)
 {
@@ -265,6 +291,8 @@ static void vm_publish(struct qb_vm *vm, enum qb_msg_kind kind, const char *type
     size_t len = 0;
     int rc;
 
+    if (vm->removing && !m->closing && !vm_removed_may_publish(vm, type, seq))
+        return;
     rc = qb_envelope_build(&m->env, &in, &payload, &len);
     if (rc < 0) {
         QB_LOG_ERR(vm->name, "cannot build envelope for %s seq %llu: %s", type,

@@ -89,6 +89,26 @@ with check.Test("discovery_tcp") as t:
     seqs = [int(e["sequence"]) for e in events(br, "peer1")]
     t.expect(all(a < b for a, b in zip(seqs, seqs[1:])), "peer1 sequence strictly increasing", seqs[-5:])
 
+    t.section("the socket is removed while its session is still open, then comes back")
+    # The VM is removed first and its session closed after: the bridge.vm.disconnected
+    # published on that close must count, or the returning VM reuses its sequence.
+    before = events(br, "peer1")
+    os.unlink(os.path.join(watch, "peer1.qmp"))
+    br.wait_log("[peer1] removed: socket removed", timeout=20)
+    evs = wait_type(br, "peer1", "bridge.vm.disconnected", n=2)
+    gone_seq = max(int(e["sequence"]) for e in evs)
+    procs.kill(peer)
+    peer = procs.spawn(["/usr/bin/python3", PEER, "--socket", os.path.join(watch, "peer1.qmp"),
+                        "--mode", "events", "--interval", "0.05"], "qmp_peer", stderr=peer_log)
+    evs = wait_type(br, "peer1", "bridge.vm.connected", n=3)
+    third = [e for e in evs if e["type"] == "bridge.vm.connected"][2]
+    t.expect(int(third["sequence"]) == gone_seq + 1,
+             "the returning VM continues right after the disconnect of the removed session",
+             (len(before), gone_seq, third["sequence"]))
+    seqs = [int(e["sequence"]) for e in events(br, "peer1")]
+    t.expect(len(seqs) == len(set(seqs)), "no sequence used twice", seqs[-8:])
+    procs.kill(peer)
+
     t.section("a real QEMU creating its socket in the directory")
     real = qemu.Qemu(watch, "realvm", guest=False, disk=None).start()
     t.add_log("qemu realvm", real.log)
