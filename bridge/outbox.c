@@ -26,6 +26,12 @@
 #include <uthash.h>
 
 #define OB_TICK_MS 1000
+/*
+ * Records fed from disk per callback: a transport's window can be tens of
+ * thousands of messages, and filling it in one go would hold the loop (QMP
+ * reads, the status API) for that long. The rest follows on the next turn.
+ */
+#define OB_FEED_BATCH 256
 
 struct ob_lane {
     struct qb_outbox *o;
@@ -64,6 +70,7 @@ struct qb_outbox {
     bool spool_failing; /* the last append failed: log recovery once it works */
 
     uv_timer_t *timer; /* separate allocation: freed by its close callback */
+    uv_timer_t *soon;  /* 0 ms: feeding continues after a batch, on the next loop turn */
     bool dirty;        /* cursors moved since the last checkpoint */
 
     size_t n_tr_pressure; /* memory mode: transports asking for back-pressure */
@@ -324,17 +331,26 @@ static void ob_deliver_live(struct qb_outbox *o, uint64_t id, const struct qb_me
     }
 }
 
-/* Feeds a lagging lane from the spool while its queue has room. */
+static void ob_feed_soon(uv_timer_t *timer);
+
+/* Feeds a lagging lane from the spool while its queue has room, a batch at a time. */
 static void ob_feed(struct ob_lane *l)
 {
     struct qb_outbox *o = l->o;
     struct qb_spool_record rec;
+    unsigned fed = 0;
 
     if (l->feeding)
         return;
     l->feeding = true;
     while (l->next < qb_spool_next_id(o->spool) && qb_transport_has_room(l->t, 0)) {
         int rc;
+
+        if (fed++ == OB_FEED_BATCH) {
+            if (!uv_is_active((uv_handle_t *)o->soon))
+                uv_timer_start(o->soon, ob_feed_soon, 0, 0);
+            break;
+        }
 
         if (l->reader && qb_spool_reader_position(l->reader) != l->next) {
             qb_spool_reader_close(l->reader);
@@ -436,6 +452,14 @@ static bool ob_busy(const struct qb_outbox *o)
         if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             return true;
     return false;
+}
+
+static void ob_feed_soon(uv_timer_t *timer)
+{
+    struct qb_outbox *o = timer->data;
+
+    for (size_t i = 0; o->spool && i < o->n_lanes; i++)
+        ob_feed(o->lanes[i]);
 }
 
 static void ob_tick(uv_timer_t *timer)
@@ -606,9 +630,11 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
         return QB_ENOMEM;
     o->lanes = calloc(n_transports ? n_transports : 1, sizeof(*o->lanes));
     o->timer = malloc(sizeof(*o->timer));
-    if (!o->lanes || !o->timer) {
+    o->soon = malloc(sizeof(*o->soon));
+    if (!o->lanes || !o->timer || !o->soon) {
         free(o->lanes);
         free(o->timer);
+        free(o->soon);
         free(o);
         return QB_ENOMEM;
     }
@@ -617,11 +643,14 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
     o->spool = spool;
     uv_timer_init(loop, o->timer);
     o->timer->data = o;
+    uv_timer_init(loop, o->soon);
+    o->soon->data = o;
     for (size_t i = 0; i < n_transports; i++) {
         if (!(o->lanes[i] = ob_lane_new(o, transports[i]))) {
             while (i-- > 0)
                 ob_lane_free(o->lanes[i]);
             uv_close((uv_handle_t *)o->timer, ob_timer_closed);
+            uv_close((uv_handle_t *)o->soon, ob_timer_closed);
             free(o->lanes);
             free(o);
             return QB_ENOMEM;
@@ -731,6 +760,7 @@ void qb_outbox_close(struct qb_outbox *o)
     for (size_t i = 0; i < o->n_lanes; i++)
         ob_lane_free(o->lanes[i]);
     uv_close((uv_handle_t *)o->timer, ob_timer_closed);
+    uv_close((uv_handle_t *)o->soon, ob_timer_closed);
     free(o->lanes);
     free(o);
 }

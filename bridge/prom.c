@@ -46,7 +46,9 @@ struct qb_prom_writer {
 };
 
 const double qb_histogram_latency_bounds[] = {
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    /* dense around the 2 ms (MQTT) and 5 ms (Kafka) latency targets, so p99 reads true */
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+    0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 };
 const size_t qb_histogram_latency_nbounds =
     sizeof qb_histogram_latency_bounds / sizeof qb_histogram_latency_bounds[0];

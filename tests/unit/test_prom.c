@@ -599,8 +599,8 @@ static void test_histogram_buckets(void **state)
                            "qb_confirm_latency_seconds_sum{transport=\"mqtt\"} 21.000202\n"
                            "qb_confirm_latency_seconds_count{transport=\"mqtt\"} 6\n"));
     assert_non_null(strstr(text, "qb_confirm_latency_seconds_count{transport=\"kafka\"} 0\n"));
-    /* 17 buckets + sum + count, twice */
-    assert_int_equal(p->n, 2 * (17 + 2));
+    /* 22 bounds + the +Inf bucket + sum + count, twice */
+    assert_int_equal(p->n, 2 * (23 + 2));
     free(text);
     free(p);
 }
@@ -661,16 +661,16 @@ static void test_histogram_quantile(void **state)
     (void)state;
     qb_histogram_init_latency(&h);
     assert_true(isnan(qb_histogram_quantile(&h, 0.5)));
-    /* 50 in (0.5 ms, 1 ms], 50 in (1 ms, 2.5 ms] */
+    /* 50 in (0.75 ms, 1 ms], 50 in (1.5 ms, 2 ms] */
     for (i = 0; i < 50; i++) {
         qb_histogram_observe_usec(&h, 1000);
         qb_histogram_observe_usec(&h, 2000);
     }
     assert_float_equal(qb_histogram_quantile(&h, 0.5), 0.001, 1e-12);
-    assert_float_equal(qb_histogram_quantile(&h, 0.25), 0.00075, 1e-12);
+    assert_float_equal(qb_histogram_quantile(&h, 0.25), 0.000875, 1e-12);
     assert_float_equal(qb_histogram_quantile(&h, 0.75), 0.00175, 1e-12);
-    assert_float_equal(qb_histogram_quantile(&h, 1), 0.0025, 1e-12);
-    assert_float_equal(qb_histogram_quantile(&h, 0), 0.0005, 1e-12);
+    assert_float_equal(qb_histogram_quantile(&h, 1), 0.002, 1e-12);
+    assert_float_equal(qb_histogram_quantile(&h, 0), 0.00075, 1e-12);
     assert_true(isnan(qb_histogram_quantile(&h, 1.5)));
     assert_true(isnan(qb_histogram_quantile(&h, -0.1)));
     assert_true(isnan(qb_histogram_quantile(&h, NAN)));
@@ -687,7 +687,7 @@ static void test_histogram_quantile(void **state)
     for (i = 0; i < 9; i++)
         qb_histogram_observe_usec(&h, 60000000);
     assert_float_equal(qb_histogram_quantile(&h, 0.99), 10, 1e-12);
-    assert_float_equal(qb_histogram_quantile(&h, 0.05), 0.0005 + 0.0005 * 0.5, 1e-12);
+    assert_float_equal(qb_histogram_quantile(&h, 0.05), 0.00075 + 0.00025 * 0.5, 1e-12);
 }
 
 /* Enough samples to make the buffers grow many times. */
