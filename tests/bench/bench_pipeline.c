@@ -10,9 +10,14 @@
  * and prints events/s, ns/event and the pipeline's rate as a share of parse-only
  * (the machine is shared and noisy, so ratios mean more than absolute figures).
  * Writes the same figures as JSON to the path given by -o. No transport, no socket:
- * this is the CPU cost per event; end-to-end scenarios come with the QMP simulator.
+ * this is the CPU cost per event; the end-to-end scenarios (tests/bench/run) read their
+ * throughput against the parse-only rate measured here.
  *
- * Usage: bench_pipeline [-n ITERATIONS] [-o FILE.json]
+ * -l FILE adds a second parse-only reference over the QMP lines in FILE (one per line,
+ * optionally prefixed "<vm> " as in qmp_sim's --trace file), cycled N times in total: the
+ * exact mix of lines an end-to-end scenario sends, so its ratio compares like with like.
+ *
+ * Usage: bench_pipeline [-n ITERATIONS] [-o FILE.json] [-l LINES_FILE]
  */
 #include "envelope.h"
 #include "error.h"
@@ -71,30 +76,132 @@ static int bench_line(void *arg, const char *line, size_t len)
     return QB_OK;
 }
 
+/* The QMP lines of a -l file: one buffer, lines NUL-terminated inside it. */
+struct line_set {
+    char *buf;     /* owns the text */
+    char **lines;  /* borrowed pointers into buf */
+    size_t *lens;
+    size_t n;
+};
+
+static void line_set_free(struct line_set *ls)
+{
+    free(ls->buf);
+    free(ls->lines);
+    free(ls->lens);
+    memset(ls, 0, sizeof *ls);
+}
+
+/*
+ * Reads path into ls (caller frees with line_set_free). "<vm> " prefixes are cut off,
+ * lines not holding a JSON object are skipped. Returns 0, or -1 on an error or no line.
+ */
+static int line_set_read(struct line_set *ls, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    size_t cap = 0, size;
+    long flen;
+    int rc = -1;
+
+    memset(ls, 0, sizeof *ls);
+    if (!f)
+        return -1;
+    if (fseek(f, 0, SEEK_END) != 0 || (flen = ftell(f)) <= 0 || fseek(f, 0, SEEK_SET) != 0)
+        goto out;
+    size = (size_t)flen;
+    ls->buf = malloc(size + 1);
+    if (!ls->buf || fread(ls->buf, 1, size, f) != size)
+        goto out;
+    ls->buf[size] = '\0';
+    for (char *p = ls->buf; p < ls->buf + size;) {
+        char *nl = memchr(p, '\n', (size_t)(ls->buf + size - p));
+        char *end = nl ? nl : ls->buf + size;
+        char *start = p;
+
+        *end = '\0';
+        if (*start != '{') { /* "<vm> {...}" from a qmp_sim --trace file */
+            char *sp = strchr(start, ' ');
+            start = sp ? sp + 1 : end;
+        }
+        if (*start == '{') {
+            if (ls->n == cap) {
+                size_t ncap = cap ? cap * 2 : 64;
+                char **nlines = realloc(ls->lines, ncap * sizeof *nlines);
+                size_t *nlens;
+
+                if (!nlines)
+                    goto out;
+                ls->lines = nlines;
+                nlens = realloc(ls->lens, ncap * sizeof *nlens);
+                if (!nlens)
+                    goto out;
+                ls->lens = nlens;
+                cap = ncap;
+            }
+            ls->lines[ls->n] = start;
+            ls->lens[ls->n++] = (size_t)(end - start);
+        }
+        p = end + 1;
+    }
+    rc = ls->n ? 0 : -1;
+out:
+    fclose(f);
+    if (rc != 0)
+        line_set_free(ls);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     long n = 200000;
-    const char *json_path = NULL;
+    const char *json_path = NULL, *lines_path = NULL;
+    struct line_set ls = {0};
+    double lines_s = 0, lines_bytes = 0;
     size_t len = strlen(LINE);
     double t0, parse_s, ref_s, pipe_s;
     json_error_t jerr;
     int opt;
 
-    while ((opt = getopt(argc, argv, "n:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:o:l:")) != -1) {
         if (opt == 'n')
             n = atol(optarg);
         else if (opt == 'o')
             json_path = optarg;
+        else if (opt == 'l')
+            lines_path = optarg;
         else
             return 2;
     }
     if (n < 1)
         n = 1;
+    if (lines_path && line_set_read(&ls, lines_path) != 0) {
+        fprintf(stderr, "bench: no QMP lines in %s\n", lines_path);
+        return 1;
+    }
 
     t0 = now_s();
     for (long i = 0; i < n; i++)
         json_decref(json_loadb(LINE, len - 1, 0, &jerr));
     parse_s = now_s() - t0;
+
+    if (ls.n) {
+        t0 = now_s();
+        for (long i = 0; i < n; i++) {
+            size_t k = (size_t)i % ls.n;
+            json_t *msg = json_loadb(ls.lines[k], ls.lens[k], 0, &jerr);
+
+            if (!msg) {
+                fprintf(stderr, "bench: line %zu of %s is not JSON: %s\n", k + 1, lines_path,
+                        jerr.text);
+                return 1;
+            }
+            json_decref(msg);
+        }
+        lines_s = now_s() - t0;
+        for (size_t k = 0; k < ls.n; k++)
+            lines_bytes += (double)ls.lens[k];
+        lines_bytes /= (double)ls.n;
+    }
 
     t0 = now_s();
     for (long i = 0; i < n; i++) {
@@ -135,6 +242,10 @@ int main(int argc, char **argv)
            100.0 * parse_s / ref_s);
     printf("%-14s %14.0f %12.0f %9.0f%%\n", "pipeline", n / pipe_s, pipe_s * 1e9 / n,
            100.0 * parse_s / pipe_s);
+    if (ls.n)
+        printf("%-14s %14.0f %12.0f %9.0f%%  (%zu lines of %s, %.0f bytes on average)\n",
+               "parse-lines", n / lines_s, lines_s * 1e9 / n, 100.0 * parse_s / lines_s, ls.n,
+               lines_path, lines_bytes);
     printf("envelope: %zu bytes on average\n", st.bytes_out / (size_t)n);
     if (json_path) {
         FILE *f = fopen(json_path, "w");
@@ -145,10 +256,12 @@ int main(int argc, char **argv)
         fprintf(f,
                 "{\"iterations\":%ld,\"line_bytes\":%zu,\"parse_only_eps\":%.0f,"
                 "\"reference_eps\":%.0f,\"pipeline_eps\":%.0f,\"pipeline_vs_parse\":%.3f,"
-                "\"envelope_bytes\":%zu}\n",
+                "\"envelope_bytes\":%zu,\"lines_count\":%zu,\"lines_avg_bytes\":%.0f,"
+                "\"lines_parse_only_eps\":%.0f}\n",
                 n, len - 1, n / parse_s, n / ref_s, n / pipe_s, parse_s / pipe_s,
-                st.bytes_out / (size_t)n);
+                st.bytes_out / (size_t)n, ls.n, lines_bytes, ls.n ? n / lines_s : 0.0);
         fclose(f);
     }
+    line_set_free(&ls);
     return 0;
 }
