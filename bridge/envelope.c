@@ -1,11 +1,21 @@
 /*
  * envelope.c - CloudEvents 1.0 structured-mode envelopes.
  *
- * The attributes are few and their order is fixed (consumers and tests compare
- * bytes), so they are written straight into one growing buffer; only the
- * event data, whose shape varies, goes through jansson's dumper. Strings are
- * escaped here: quotes, backslashes and control characters (as \u00XX);
- * UTF-8 passes through unchanged, which JSON allows.
+ * This is on every event's path, so it is written for speed (issue 6):
+ *   - The attributes are few and their order is fixed (consumers and tests
+ *     compare bytes), so they are written straight into one buffer. Strings are
+ *     escaped here: quotes, backslashes and control characters (as \u00xx);
+ *     UTF-8 passes through unchanged, which JSON allows.
+ *   - The event data is walked here too and written into the same buffer,
+ *     byte for byte as json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) would
+ *     write it (same escapes, insertion order, integers as %lld; reals go to
+ *     jansson, they are rare). json_dumps costs a loop-detection hash table
+ *     with a snprintf'd key per container, a UTF-8 decode per character, a
+ *     growing strbuffer and a final strdup that we then copied again: about
+ *     as much as parsing the line in the first place.
+ *   - Numbers and the time are formatted by hand; the date and clock part of
+ *     the time ("2026-11-22T02:22:04") is cached per thread for the second it
+ *     names, since events come in bursts within one second.
  */
 #include "envelope.h"
 #include "error.h"
@@ -18,80 +28,264 @@
 #include <string.h>
 #include <time.h>
 
+/* Nesting deeper than jansson's parser allows can only be a reference cycle built in memory. */
+#define QB_ENVELOPE_MAX_DEPTH 2048
+/* First allocation: a typical envelope (~500 bytes) fits without growing. */
+#define QB_ENVELOPE_INITIAL_CAP 1024
+
 struct qb_buf {
     char *p;
     size_t len;
     size_t cap;
     bool failed; /* sticky: set on the first allocation failure */
+    bool bad;    /* sticky: data that cannot be serialised (a cycle, a real jansson refuses) */
 };
 
-static void qb_buf_put(struct qb_buf *b, const char *s, size_t n)
+/* Makes room for n more bytes plus a NUL; returns false (and sets failed) when it cannot. */
+static bool qb_buf_reserve(struct qb_buf *b, size_t n)
 {
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 512;
-        char *p;
+    size_t cap;
+    char *p;
 
-        while (b->len + n + 1 > cap)
-            cap *= 2;
-        p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
+    if (b->failed)
+        return false;
+    if (b->len + n + 1 <= b->cap)
+        return true;
+    cap = b->cap ? b->cap : QB_ENVELOPE_INITIAL_CAP;
+    while (b->len + n + 1 > cap)
+        cap *= 2;
+    p = realloc(b->p, cap);
+    if (!p) {
+        b->failed = true;
+        return false;
     }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+/* Appends n bytes, always leaving room for the final NUL qb_envelope_build writes. */
+static inline void qb_buf_put(struct qb_buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap && !qb_buf_reserve(b, n))
+        return;
     memcpy(b->p + b->len, s, n);
     b->len += n;
-    b->p[b->len] = '\0';
 }
+
+#define QB_PUT_LIT(b, lit) qb_buf_put((b), (lit), sizeof(lit) - 1)
 
 static void qb_buf_puts(struct qb_buf *b, const char *s)
 {
     qb_buf_put(b, s, strlen(s));
 }
 
-/* Appends s as the body of a JSON string (no quotes). */
+/* Bytes that must be escaped inside a JSON string: control characters, '"' and '\\'. */
+static inline bool qb_json_special(unsigned char c)
+{
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+/* Bytes 0x01 repeated / 0x80 repeated, for the word-at-a-time scan below. */
+#define QB_ONES ((uint64_t)0x0101010101010101u)
+#define QB_HIGHS ((uint64_t)0x8080808080808080u)
+
+/*
+ * Returns the length of the longest prefix of s[0..n) without a byte that
+ * needs escaping. Eight bytes are tested at once: (x - 0x20..) & ~x & 0x80..
+ * is non-zero exactly when some byte of x is below 0x20, and x ^ '"'.. turns
+ * every quote into a zero byte (likewise backslash). Escapes are rare, so the
+ * word that holds one is rescanned bytewise.
+ */
+static size_t qb_json_plain_prefix(const char *s, size_t n)
+{
+    size_t i = 0;
+
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        uint64_t q;
+        uint64_t bs;
+
+        memcpy(&x, s + i, sizeof(x));
+        q = x ^ (QB_ONES * '"');
+        bs = x ^ (QB_ONES * '\\');
+        if ((((x - QB_ONES * 0x20) & ~x) | ((q - QB_ONES) & ~q) | ((bs - QB_ONES) & ~bs)) &
+            QB_HIGHS)
+            break;
+    }
+    for (; i < n; i++)
+        if (qb_json_special((unsigned char)s[i]))
+            break;
+    return i;
+}
+
+static const char qb_hex_lower[] = "0123456789abcdef";
+static const char qb_hex_upper[] = "0123456789ABCDEF";
+
+/*
+ * Appends s[0..n) as the body of a JSON string (no quotes). jansson_style
+ * selects the data escapes json_dumps uses (\b \f \n \r \t, else \u00XX upper
+ * case); otherwise every control character is \u00xx in lower case, as the
+ * attributes have always been written.
+ */
+static void qb_buf_escaped_n(struct qb_buf *b, const char *s, size_t n, bool jansson_style)
+{
+    const char *end = s + n;
+
+    for (;;) {
+        size_t plain = qb_json_plain_prefix(s, (size_t)(end - s));
+        unsigned char c;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t esc_len = 2;
+
+        qb_buf_put(b, s, plain);
+        s += plain;
+        if (s == end)
+            return;
+        c = (unsigned char)*s++;
+        if (c == '"' || c == '\\') {
+            esc[1] = (char)c;
+        } else if (jansson_style && c == '\b') {
+            esc[1] = 'b';
+        } else if (jansson_style && c == '\f') {
+            esc[1] = 'f';
+        } else if (jansson_style && c == '\n') {
+            esc[1] = 'n';
+        } else if (jansson_style && c == '\r') {
+            esc[1] = 'r';
+        } else if (jansson_style && c == '\t') {
+            esc[1] = 't';
+        } else {
+            const char *hex = jansson_style ? qb_hex_upper : qb_hex_lower;
+
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xf];
+            esc_len = 6;
+        }
+        qb_buf_put(b, esc, esc_len);
+    }
+}
+
 static void qb_buf_escaped(struct qb_buf *b, const char *s)
 {
-    const char *run = s;
-
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        qb_buf_put(b, run, (size_t)(s - run));
-        if (c == '"' || c == '\\')
-            snprintf(esc, sizeof(esc), "\\%c", c);
-        else
-            snprintf(esc, sizeof(esc), "\\u%04x", c);
-        qb_buf_puts(b, esc);
-        run = s + 1;
-    }
-    qb_buf_put(b, run, (size_t)(s - run));
+    qb_buf_escaped_n(b, s, strlen(s), false);
 }
 
-/* Appends ,"key":"<parts...>" with every part escaped; parts end with NULL. */
-static void qb_buf_attr(struct qb_buf *b, const char *key, const char *const *parts)
+/* Writes v in decimal at the end of buf (which has 20 bytes free before end); returns the start. */
+static char *qb_fmt_u64(uint64_t v, char *end)
 {
-    qb_buf_puts(b, b->len > 1 ? ",\"" : "\"");
-    qb_buf_puts(b, key);
-    qb_buf_puts(b, "\":\"");
-    for (; *parts; parts++)
-        qb_buf_escaped(b, *parts);
-    qb_buf_puts(b, "\"");
+    char *p = end;
+
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
 }
 
-#define QB_ATTR(b, key, ...) qb_buf_attr((b), (key), (const char *const[]){__VA_ARGS__, NULL})
+static void qb_buf_int(struct qb_buf *b, json_int_t v)
+{
+    char digits[24];
+    char *end = digits + sizeof(digits);
+    /* Negating in unsigned arithmetic keeps INT64_MIN defined. */
+    uint64_t mag = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    char *p = qb_fmt_u64(mag, end);
+
+    if (v < 0)
+        *--p = '-';
+    qb_buf_put(b, p, (size_t)(end - p));
+}
+
+static void qb_buf_json_string(struct qb_buf *b, const char *s, size_t n)
+{
+    QB_PUT_LIT(b, "\"");
+    qb_buf_escaped_n(b, s, n, true);
+    QB_PUT_LIT(b, "\"");
+}
+
+/* Appends v as json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) writes it. */
+static void qb_buf_json(struct qb_buf *b, const json_t *v, int depth)
+{
+    if (b->failed || b->bad)
+        return;
+    if (!v || depth > QB_ENVELOPE_MAX_DEPTH) {
+        b->bad = true;
+        return;
+    }
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        void *iter = json_object_iter((json_t *)v);
+        bool first = true;
+
+        QB_PUT_LIT(b, "{");
+        for (; iter; iter = json_object_iter_next((json_t *)v, iter)) {
+            if (!first)
+                QB_PUT_LIT(b, ",");
+            first = false;
+            qb_buf_json_string(b, json_object_iter_key(iter), json_object_iter_key_len(iter));
+            QB_PUT_LIT(b, ":");
+            qb_buf_json(b, json_object_iter_value(iter), depth + 1);
+        }
+        QB_PUT_LIT(b, "}");
+        return;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+
+        QB_PUT_LIT(b, "[");
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                QB_PUT_LIT(b, ",");
+            qb_buf_json(b, json_array_get(v, i), depth + 1);
+        }
+        QB_PUT_LIT(b, "]");
+        return;
+    }
+    case JSON_STRING:
+        qb_buf_json_string(b, json_string_value(v), json_string_length(v));
+        return;
+    case JSON_INTEGER:
+        qb_buf_int(b, json_integer_value(v));
+        return;
+    case JSON_REAL: {
+        /* jansson's shortest round-trip form ("1.0", "1e+300"); rare enough to ask it. */
+        char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+        if (!text) {
+            b->bad = true;
+            return;
+        }
+        qb_buf_puts(b, text);
+        free(text);
+        return;
+    }
+    case JSON_TRUE:
+        QB_PUT_LIT(b, "true");
+        return;
+    case JSON_FALSE:
+        QB_PUT_LIT(b, "false");
+        return;
+    case JSON_NULL:
+        QB_PUT_LIT(b, "null");
+        return;
+    }
+    b->bad = true;
+}
+
+/* The "YYYY-MM-DDTHH:MM:SS" of the last second formatted on this thread. */
+static _Thread_local struct {
+    int64_t sec; /* -1: nothing cached */
+    size_t len;
+    char text[48];
+} qb_time_cache = {-1, 0, {0}};
 
 char *qb_envelope_format_time(int64_t ts_sec, int32_t ts_usec, char *buf, size_t buflen)
 {
-    struct tm tm;
-    time_t t;
+    char out[80];
+    size_t len;
     int64_t usec = ts_usec;
 
     if (ts_sec < 0) {
@@ -110,18 +304,70 @@ char *qb_envelope_format_time(int64_t ts_sec, int32_t ts_usec, char *buf, size_t
             ts_sec = ts_sec > 0 ? ts_sec - 1 : 0;
         }
     }
-    t = (time_t)ts_sec;
-    if (!gmtime_r(&t, &tm))
-        memset(&tm, 0, sizeof(tm));
-    snprintf(buf, buflen, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)usec);
+    if (qb_time_cache.sec != ts_sec) {
+        struct tm tm;
+        time_t t = (time_t)ts_sec;
+        int n;
+
+        if (!gmtime_r(&t, &tm))
+            memset(&tm, 0, sizeof(tm));
+        n = snprintf(qb_time_cache.text, sizeof(qb_time_cache.text),
+                     "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+        qb_time_cache.len = n < 0 ? 0
+                            : (size_t)n < sizeof(qb_time_cache.text)
+                                ? (size_t)n
+                                : sizeof(qb_time_cache.text) - 1;
+        qb_time_cache.sec = ts_sec;
+    }
+    len = qb_time_cache.len;
+    memcpy(out, qb_time_cache.text, len);
+    out[len++] = '.';
+    for (int i = 5; i >= 0; i--) {
+        out[len + (size_t)i] = (char)('0' + usec % 10);
+        usec /= 10;
+    }
+    len += 6;
+    out[len++] = 'Z';
+    out[len] = '\0';
+    /* snprintf's contract: truncate, always terminate. */
+    if (buflen) {
+        if (len >= buflen)
+            len = buflen - 1;
+        memcpy(buf, out, len);
+        buf[len] = '\0';
+    }
     return buf;
+}
+
+/* Writes "<epoch hex>-<sequence><suffix>" into out (at least 64 bytes); returns its length. */
+static size_t qb_format_id_raw(uint64_t epoch, uint64_t sequence, char *out)
+{
+    char digits[24];
+    char *end = digits + sizeof(digits);
+    char *p = end;
+    size_t len;
+
+    do {
+        *--p = qb_hex_lower[epoch & 0xf];
+        epoch >>= 4;
+    } while (epoch);
+    len = (size_t)(end - p);
+    memcpy(out, p, len);
+    out[len++] = '-';
+    p = qb_fmt_u64(sequence, end);
+    memcpy(out + len, p, (size_t)(end - p));
+    return len + (size_t)(end - p);
 }
 
 char *qb_envelope_format_id(uint64_t epoch, uint64_t sequence, const char *id_suffix, char *buf,
                             size_t buflen)
 {
-    snprintf(buf, buflen, "%" PRIx64 "-%" PRIu64 "%s", epoch, sequence, id_suffix ? id_suffix : "");
+    char raw[64];
+    size_t len = qb_format_id_raw(epoch, sequence, raw);
+
+    raw[len] = '\0';
+    snprintf(buf, buflen, "%s%s", raw, id_suffix ? id_suffix : "");
     return buf;
 }
 
@@ -129,9 +375,8 @@ int qb_envelope_build(const struct qb_envelope_ctx *ctx, const struct qb_envelop
                       char **out, size_t *out_len)
 {
     struct qb_buf b = {0};
-    char id[96], seq[32], when[40];
-    char *data = NULL;
-    int rc = QB_OK;
+    char id[64], seq[24], when[40];
+    size_t id_len;
 
     *out = NULL;
     *out_len = 0;
@@ -140,45 +385,66 @@ int qb_envelope_build(const struct qb_envelope_ctx *ctx, const struct qb_envelop
         return QB_EINVAL;
     }
 
-    qb_envelope_format_id(in->epoch, in->sequence, in->id_suffix, id, sizeof(id));
-    snprintf(seq, sizeof(seq), "%020" PRIu64, in->sequence);
+    id_len = qb_format_id_raw(in->epoch, in->sequence, id);
+    id[id_len] = '\0';
+    /* Zero-padded to 20 digits (UINT64_MAX has 20), so sequences sort as text. */
+    memset(seq, '0', 20);
+    qb_fmt_u64(in->sequence, seq + 20);
     qb_envelope_format_time(in->ts_sec, in->ts_usec, when, sizeof(when));
 
-    if (in->data) {
-        data = json_dumps(in->data, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!data) {
-            QB_LOG_ERR(in->vm, "envelope: %s data cannot be serialised", in->type);
-            rc = QB_EINVAL;
-            goto out;
-        }
+    /*
+     * Keys and fixed values are literals that need no escaping, and so are the
+     * id, sequence and time we just formatted (hex, digits, '-', ':', '.');
+     * only the caller's strings go through the escaper.
+     */
+    qb_buf_reserve(&b, QB_ENVELOPE_INITIAL_CAP - 1);
+    QB_PUT_LIT(&b, "{\"specversion\":\"1.0\",\"id\":\"");
+    qb_buf_put(&b, id, id_len);
+    if (in->id_suffix)
+        qb_buf_escaped(&b, in->id_suffix);
+    QB_PUT_LIT(&b, "\",\"source\":\"qmp-bridge://");
+    qb_buf_escaped(&b, ctx->bridge_id);
+    QB_PUT_LIT(&b, "/");
+    qb_buf_escaped(&b, in->vm);
+    QB_PUT_LIT(&b, "\",\"type\":\"");
+    qb_buf_escaped(&b, in->type);
+    QB_PUT_LIT(&b, "\",\"subject\":\"");
+    qb_buf_escaped(&b, in->vm);
+    QB_PUT_LIT(&b, "\",\"time\":\"");
+    qb_buf_puts(&b, when);
+    QB_PUT_LIT(&b, "\",\"datacontenttype\":\"application/json\",\"dataschema\":\"");
+    qb_buf_escaped(&b, ctx->schema_base_uri);
+    qb_buf_escaped(&b, in->type);
+    QB_PUT_LIT(&b, ".json\",\"sequence\":\"");
+    qb_buf_put(&b, seq, 20);
+    QB_PUT_LIT(&b, "\",\"partitionkey\":\"");
+    qb_buf_escaped(&b, ctx->bridge_id);
+    QB_PUT_LIT(&b, "/");
+    qb_buf_escaped(&b, in->vm);
+    QB_PUT_LIT(&b, "\",\"bridge\":\"");
+    qb_buf_escaped(&b, ctx->bridge_id);
+    QB_PUT_LIT(&b, "\",\"data\":");
+    if (in->data_json)
+        qb_buf_put(&b, in->data_json, in->data_json_len);
+    else if (in->data)
+        qb_buf_json(&b, in->data, 0);
+    else
+        QB_PUT_LIT(&b, "{}");
+    QB_PUT_LIT(&b, "}");
+
+    if (b.bad) {
+        QB_LOG_ERR(in->vm, "envelope: %s data cannot be serialised", in->type);
+        free(b.p);
+        return QB_EINVAL;
     }
-
-    qb_buf_puts(&b, "{");
-    QB_ATTR(&b, "specversion", "1.0");
-    QB_ATTR(&b, "id", id);
-    QB_ATTR(&b, "source", "qmp-bridge://", ctx->bridge_id, "/", in->vm);
-    QB_ATTR(&b, "type", in->type);
-    QB_ATTR(&b, "subject", in->vm);
-    QB_ATTR(&b, "time", when);
-    QB_ATTR(&b, "datacontenttype", "application/json");
-    QB_ATTR(&b, "dataschema", ctx->schema_base_uri, in->type, ".json");
-    QB_ATTR(&b, "sequence", seq);
-    QB_ATTR(&b, "partitionkey", ctx->bridge_id, "/", in->vm);
-    QB_ATTR(&b, "bridge", ctx->bridge_id);
-    qb_buf_puts(&b, ",\"data\":");
-    qb_buf_puts(&b, data ? data : "{}");
-    qb_buf_puts(&b, "}");
-
     if (b.failed) {
         QB_LOG_ERR(in->vm, "envelope: out of memory building %s", in->type);
-        rc = QB_ENOMEM;
-        goto out;
+        free(b.p);
+        return QB_ENOMEM;
     }
+    /* qb_buf_put always leaves room for this NUL. */
+    b.p[b.len] = '\0';
     *out = b.p;
     *out_len = b.len;
-    b.p = NULL;
-out:
-    free(b.p);
-    free(data);
-    return rc;
+    return QB_OK;
 }

@@ -7,8 +7,9 @@
  *    "sequence":"00000000000000000042","partitionkey":"<bridge>/<vm>","bridge":"<bridge>",
  *    "data":{...}}
  *
- * The attributes are written straight into one buffer (escaped as JSON
- * strings); only data goes through jansson's dumper. id is unique per source
+ * The attributes and the data are written straight into one buffer (strings
+ * escaped as JSON strings; data byte for byte as json_dumps with JSON_COMPACT
+ * would write it, see envelope.c). id is unique per source
  * and stable: a retried publish carries the same bytes. sequence is the per-VM
  * counter as a 20-digit zero-padded decimal string, so it sorts as text.
  * epoch is the moment (microseconds, hex) the bridge started numbering that
@@ -35,6 +36,13 @@ struct qb_envelope_in {
     int64_t ts_sec;     /* event time; ts_sec < 0 means "now" from the bridge's clock */
     int32_t ts_usec;
     const json_t *data; /* borrowed; NULL is written as {} */
+    /*
+     * Borrowed; when not NULL, written verbatim as data instead of `data`: one
+     * compact JSON value of data_json_len bytes that the caller already holds
+     * as text (the VM state, qb_vm_state_text), so it is not serialised again.
+     */
+    const char *data_json;
+    size_t data_json_len;
 };
 
 /*

@@ -30,12 +30,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct qb_norm_vm {
-    const char *name;        /* borrowed, for log lines; NULL for none */
-    json_t *stop_cause;      /* {device,node_name?,errno,io_status} from BLOCK_IO_ERROR, or NULL */
-    const char *stop_reason; /* static "shutdown"/"watchdog"/"guest-panicked", or NULL */
-    json_t *jobs;            /* job id -> {"type"?, "status"?, "errors": n, "asked"?: true} */
+/*
+ * Why the next STOP happens, from the last BLOCK_IO_ERROR with action stop.
+ * Kept as references to the event's own string values and built into a
+ * {device,node_name?,errno,io_status} object only when the STOP comes: a
+ * mirror on a full disk raises hundreds of errors per pause.
+ */
+struct qb_stop_cause {
+    json_t *device; /* a string (owned reference), or NULL when no cause is held */
+    json_t *node;   /* a string (owned reference), or NULL */
+    json_t *err;    /* the errno name string (owned reference) */
+    bool nospace;
 };
+
+struct qb_norm_vm {
+    const char *name; /* borrowed, for log lines; NULL for none */
+    struct qb_stop_cause stop_cause;
+    const char *stop_reason; /* static "shutdown"/"watchdog"/"guest-panicked", or NULL */
+    json_t *jobs; /* job id -> {"type"?, "status"?, "errors": n, "asked"?: true}; NULL until the
+                     first job, so an idle VM without jobs holds no hash table */
+};
+
+static void qb_stop_cause_clear(struct qb_stop_cause *c)
+{
+    json_decref(c->device);
+    json_decref(c->node);
+    json_decref(c->err);
+    memset(c, 0, sizeof(*c));
+}
 
 /* A data object under construction; the first failed allocation sticks. */
 struct qb_ob {
@@ -43,10 +65,21 @@ struct qb_ob {
     bool failed;
 };
 
+/* Steals value; key is one of our own ASCII literals, so jansson need not check it. */
 static void qb_ob_set(struct qb_ob *ob, const char *key, json_t *value)
 {
-    if (!value || json_object_set_new(ob->o, key, value) < 0)
+    if (!value || json_object_set_new_nocheck(ob->o, key, value) < 0)
         ob->failed = true;
+}
+
+/*
+ * Adds a reference to value (borrowed; NULL is an allocation failure). The
+ * parsed message's own values are shared this way instead of copied: jansson
+ * values are reference counted, and nothing changes a string in place.
+ */
+static void qb_ob_ref(struct qb_ob *ob, const char *key, json_t *value)
+{
+    qb_ob_set(ob, key, json_incref(value));
 }
 
 static const char *qb_str(const json_t *o, const char *key)
@@ -54,28 +87,29 @@ static const char *qb_str(const json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
-/* Copies src[skey] to ob[key] when it is a string. */
+/* Shares src[skey] as ob[key] when it is a string. */
 static void qb_ob_str(struct qb_ob *ob, const char *key, const json_t *src, const char *skey)
 {
-    const char *s = qb_str(src, skey);
+    json_t *v = json_object_get(src, skey);
 
-    if (s)
-        qb_ob_set(ob, key, json_string(s));
+    if (json_is_string(v))
+        qb_ob_ref(ob, key, v);
 }
 
-/* Copies src[skey] to ob[key] when it is an integer. */
+/* Shares src[skey] as ob[key] when it is an integer. */
 static void qb_ob_int(struct qb_ob *ob, const char *key, const json_t *src, const char *skey)
 {
-    const json_t *v = json_object_get(src, skey);
+    json_t *v = json_object_get(src, skey);
 
     if (json_is_integer(v))
-        qb_ob_set(ob, key, json_integer(json_integer_value(v)));
+        qb_ob_ref(ob, key, v);
 }
 
 static void qb_ob_bool(struct qb_ob *ob, const char *key, const json_t *src, const char *skey)
 {
     const json_t *v = json_object_get(src, skey);
 
+    /* true and false are jansson singletons: no allocation either way. */
     if (json_is_boolean(v))
         qb_ob_set(ob, key, json_boolean(json_is_true(v)));
 }
@@ -116,10 +150,10 @@ static bool qb_enum_has(const char *const *values, const char *s)
 static void qb_ob_enum(struct qb_ob *ob, const char *key, const json_t *src, const char *skey,
                        const char *const *values)
 {
-    const char *s = qb_str(src, skey);
+    json_t *v = json_object_get(src, skey);
 
-    if (qb_enum_has(values, s))
-        qb_ob_set(ob, key, json_string(s));
+    if (qb_enum_has(values, json_string_value(v)))
+        qb_ob_ref(ob, key, v);
 }
 
 /* ---- the members each event must carry ---- */
@@ -322,6 +356,8 @@ static json_t *qb_job_get(struct qb_norm_vm *vm, const char *id, bool create)
     job = json_object_get(vm->jobs, id);
     if (job || !create)
         return job;
+    if (!vm->jobs && !(vm->jobs = json_object()))
+        return NULL;
     job = json_object();
     if (!job || json_object_set_new(vm->jobs, id, job) < 0)
         return NULL;
@@ -348,39 +384,53 @@ static void qb_norm_io_error(struct qb_norm_vm *vm, const char *name, const json
                              struct qb_ob *ob, struct qb_norm_event *ev)
 {
     bool nospace = json_is_true(json_object_get(data, "nospace"));
-    const char *device = qb_str(data, "device");
-    const char *node = qb_str(data, "node-name");
+    /* Checked against qb_fields_io_error: device, operation, action and reason are strings. */
+    json_t *device = json_object_get(data, "device");
+    json_t *node = json_object_get(data, "node-name");
+    json_t *reason = json_object_get(data, "reason");
     const char *action = qb_str(data, "action");
-    const char *err = nospace ? "enospc" : qb_errno_name_from_text(qb_str(data, "reason"));
+    json_t *err = json_string_nocheck(nospace ? "enospc"
+                                              : qb_errno_name_from_text(json_string_value(reason)));
 
     (void)name;
     (void)ev;
-    /* QEMU always sends device, "" for a device without a drive id. */
-    qb_ob_set(ob, "device", json_string(device ? device : ""));
+    /* The message's own values are shared, not copied (see qb_ob_ref). */
+    qb_ob_ref(ob, "device", device);
     if (node)
-        qb_ob_set(ob, "node_name", json_string(node));
+        qb_ob_ref(ob, "node_name", node);
     qb_ob_str(ob, "operation", data, "operation");
     qb_ob_str(ob, "action", data, "action");
     qb_ob_set(ob, "nospace", json_boolean(nospace));
-    qb_ob_set(ob, "errno", json_string(err));
-    qb_ob_str(ob, "message", data, "reason");
+    qb_ob_ref(ob, "errno", err);
+    qb_ob_ref(ob, "message", reason);
 
-    if (action && strcmp(action, "stop") == 0) {
-        struct qb_ob cause = {json_object(), false};
-
-        if (!cause.o) {
-            ob->failed = true;
-            return;
-        }
-        qb_ob_set(&cause, "device", json_string(device ? device : ""));
-        if (node)
-            qb_ob_set(&cause, "node_name", json_string(node));
-        qb_ob_set(&cause, "errno", json_string(err));
-        qb_ob_set(&cause, "io_status", json_string(nospace ? "nospace" : "failed"));
-        json_decref(vm->stop_cause);
-        vm->stop_cause = cause.o;
-        ob->failed |= cause.failed;
+    if (err && action && strcmp(action, "stop") == 0) {
+        qb_stop_cause_clear(&vm->stop_cause);
+        vm->stop_cause.device = json_incref(device);
+        vm->stop_cause.node = json_incref(node);
+        vm->stop_cause.err = json_incref(err);
+        vm->stop_cause.nospace = nospace;
     }
+    json_decref(err);
+}
+
+/* Returns a new {device,node_name?,errno,io_status} object from the held cause, or NULL. */
+static json_t *qb_stop_cause_object(const struct qb_stop_cause *c)
+{
+    struct qb_ob cause = {json_object(), false};
+
+    if (!cause.o)
+        return NULL;
+    qb_ob_ref(&cause, "device", c->device);
+    if (c->node)
+        qb_ob_ref(&cause, "node_name", c->node);
+    qb_ob_ref(&cause, "errno", c->err);
+    qb_ob_set(&cause, "io_status", json_string_nocheck(c->nospace ? "nospace" : "failed"));
+    if (cause.failed) {
+        json_decref(cause.o);
+        return NULL;
+    }
+    return cause.o;
 }
 
 static void qb_norm_stop(struct qb_norm_vm *vm, const char *name, const json_t *data,
@@ -388,10 +438,10 @@ static void qb_norm_stop(struct qb_norm_vm *vm, const char *name, const json_t *
 {
     (void)name;
     (void)data;
-    if (vm->stop_cause) {
-        qb_ob_set(ob, "reason", json_string("io-error"));
-        qb_ob_set(ob, "cause", vm->stop_cause); /* steals */
-        vm->stop_cause = NULL;
+    if (vm->stop_cause.device) {
+        qb_ob_set(ob, "reason", json_string_nocheck("io-error"));
+        qb_ob_set(ob, "cause", qb_stop_cause_object(&vm->stop_cause));
+        qb_stop_cause_clear(&vm->stop_cause);
     } else if (vm->stop_reason) {
         qb_ob_set(ob, "reason", json_string(vm->stop_reason));
     } else {
@@ -407,8 +457,7 @@ static void qb_norm_resume(struct qb_norm_vm *vm, const char *name, const json_t
     (void)data;
     (void)ob;
     (void)ev;
-    json_decref(vm->stop_cause);
-    vm->stop_cause = NULL;
+    qb_stop_cause_clear(&vm->stop_cause);
     vm->stop_reason = NULL;
 }
 
@@ -431,8 +480,7 @@ static void qb_norm_job_error(struct qb_norm_vm *vm, const char *name, const jso
     json_int_t repeat = json_integer_value(json_object_get(job, "errors")) + 1;
 
     (void)name;
-    if (id)
-        qb_ob_set(ob, "job", json_string(id));
+    qb_ob_str(ob, "job", data, "device");
     qb_ob_str(ob, "operation", data, "operation");
     qb_ob_str(ob, "action", data, "action");
     qb_ob_set(ob, "repeat", json_integer(repeat));
@@ -517,7 +565,8 @@ static void qb_norm_generic(struct qb_norm_vm *vm, const char *name, const json_
     (void)vm;
     (void)ev;
     qb_ob_set(ob, "name", json_string(name));
-    qb_ob_set(ob, "data", data ? json_deep_copy(data) : json_object());
+    /* Shared, not copied: nothing edits a message's data once it is parsed. */
+    qb_ob_set(ob, "data", data ? json_incref((json_t *)data) : json_object());
 }
 
 /* WATCHDOG / GUEST_PANICKED stay generic events but explain a STOP that follows. */
@@ -575,16 +624,8 @@ const char *qb_norm_query_command(enum qb_norm_query q)
 
 struct qb_norm_vm *qb_norm_vm_new(void)
 {
-    struct qb_norm_vm *vm = calloc(1, sizeof(*vm));
-
-    if (!vm)
-        return NULL;
-    vm->jobs = json_object();
-    if (!vm->jobs) {
-        free(vm);
-        return NULL;
-    }
-    return vm;
+    /* jobs is created with the first job (qb_job_get). */
+    return calloc(1, sizeof(struct qb_norm_vm));
 }
 
 void qb_norm_vm_set_name(struct qb_norm_vm *vm, const char *name)
@@ -596,7 +637,7 @@ void qb_norm_vm_free(struct qb_norm_vm *vm)
 {
     if (!vm)
         return;
-    json_decref(vm->stop_cause);
+    qb_stop_cause_clear(&vm->stop_cause);
     json_decref(vm->jobs);
     free(vm);
 }
@@ -607,10 +648,11 @@ void qb_norm_vm_reset(struct qb_norm_vm *vm, const json_t *snapshot)
     const json_t *j;
     size_t i;
 
-    json_decref(vm->stop_cause);
-    vm->stop_cause = NULL;
+    qb_stop_cause_clear(&vm->stop_cause);
     vm->stop_reason = NULL;
-    json_object_clear(vm->jobs);
+    /* Dropped, not cleared: a VM without jobs keeps no table (see struct qb_norm_vm). */
+    json_decref(vm->jobs);
+    vm->jobs = NULL;
     json_array_foreach(jobs, i, j)
     {
         json_t *job = qb_job_get(vm, qb_str(j, "id"), true);

@@ -2,22 +2,28 @@
  * qmp_framer.h - split a QMP byte stream into lines without copying them.
  *
  * QMP sends one JSON object per line ("\r\n" or "\n"). The reader hands libuv
- * the framer's free tail (qb_framer_space), then commits what arrived; every
- * complete line is passed to the callback straight from the buffer, and only
- * a trailing partial line is moved to the front. The buffer grows on demand up
- * to max_line + 2 bytes (a "\r\n" line of max_line) and is released when no
- * partial line is held, so an idle session costs no buffer at all.
+ * a writable area (qb_framer_space), then commits what arrived; every
+ * complete line is passed to the callback straight from that area. Reads go
+ * into one 64 KiB area per thread, shared by all framers of that thread
+ * (libuv runs a stream's alloc and read callbacks back to back), so a read
+ * costs no allocation; only a trailing partial line is copied out into the
+ * framer's own buffer of exactly its size, and copied back in front of the
+ * next read. A line longer than half the area grows a buffer of the framer's
+ * own, up to max_line + 2 bytes (a "\r\n" line of max_line). An idle session
+ * costs no buffer at all.
  */
 #ifndef QB_QMP_FRAMER_H
 #define QB_QMP_FRAMER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct qb_framer {
-    char *buf;       /* owned; NULL while empty */
+    char *buf;       /* owned, or the thread's read area while shared; NULL while empty */
     size_t len;      /* bytes of a partial line held at buf[0..len) */
-    size_t cap;      /* allocated size of buf */
+    size_t cap;      /* usable size of buf */
     size_t max_line; /* longest accepted line, without its terminator */
+    bool shared;     /* buf is the thread's read area (from qb_framer_space to commit/reset) */
 };
 
 /*
@@ -52,7 +58,11 @@ int qb_framer_commit(struct qb_framer *f, size_t nread, qb_framer_line_cb cb, vo
 int qb_framer_feed(struct qb_framer *f, const char *data, size_t len, qb_framer_line_cb cb,
                    void *arg);
 
-/* Drops any partial line and frees the buffer; the framer stays usable. */
+/*
+ * Drops any partial line and frees the buffer (or gives the shared area
+ * back); the framer stays usable. Call it before freeing a framer that may
+ * hold the shared area (a qb_framer_space not yet committed).
+ */
 void qb_framer_reset(struct qb_framer *f);
 
 #endif

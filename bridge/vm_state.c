@@ -4,14 +4,15 @@
  * Built from the connect-time queries, then folded forward with each
  * normalised event so the retained state message says what a fresh query
  * would say, without asking QEMU again. Each event type has one small
- * function in a table; a function edits the state in place and the caller
- * compares before and after to know whether anything changed.
+ * function in a table; a function edits the state in place and says whether
+ * it changed anything (the caller re-publishes the state only then).
  */
 #include "vm_state.h"
 #include "error.h"
 #include "log.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *qb_str(const json_t *o, const char *key)
@@ -164,41 +165,90 @@ fail:
 
 /* ---- folding events ---- */
 
-typedef void (*qb_apply_fn)(json_t *state, const json_t *data);
+/*
+ * Each fold function edits the state in place and returns whether it changed
+ * anything. The setters below compare before they write: the state is folded
+ * on every event, and a mirror on a full disk raises hundreds of io_errors per
+ * pause, most of which change nothing (copying the whole state to compare
+ * afterwards used to cost more than building the event's envelope).
+ */
+typedef bool (*qb_apply_fn)(json_t *state, const json_t *data);
 
-static void qb_apply_stopped(json_t *state, const json_t *data)
+/* Sets obj[key] to the string s unless it already is that string. */
+static bool qb_set_str(json_t *obj, const char *key, const char *s)
+{
+    const char *cur = qb_str(obj, key);
+
+    if (cur && strcmp(cur, s) == 0)
+        return false;
+    json_object_set_new(obj, key, json_string(s));
+    return true;
+}
+
+/* Sets obj[key] to the boolean b unless it already is that boolean. */
+static bool qb_set_bool(json_t *obj, const char *key, bool b)
+{
+    json_t *cur = json_object_get(obj, key);
+
+    if (json_is_boolean(cur) && json_is_true(cur) == b)
+        return false;
+    json_object_set_new(obj, key, json_boolean(b));
+    return true;
+}
+
+/* Sets obj[key] to a deep copy of v (borrowed) unless it is already equal to v. */
+static bool qb_set_copy(json_t *obj, const char *key, const json_t *v)
+{
+    if (json_equal(json_object_get(obj, key), (json_t *)v))
+        return false;
+    json_object_set_new(obj, key, json_deep_copy(v));
+    return true;
+}
+
+static bool qb_del(json_t *obj, const char *key)
+{
+    return json_object_del(obj, key) == 0;
+}
+
+static bool qb_apply_stopped(json_t *state, const json_t *data)
 {
     const char *reason = qb_str(data, "reason");
     json_t *cause = json_object_get(data, "cause");
+    bool changed = false;
 
-    json_object_set_new(state, "running", json_false());
-    json_object_set_new(state, "run_state", json_string(reason ? reason : "unknown"));
-    json_object_set_new(state, "reason", json_string(reason ? reason : "unknown"));
+    if (!reason)
+        reason = "unknown";
+    changed |= qb_set_bool(state, "running", false);
+    changed |= qb_set_str(state, "run_state", reason);
+    changed |= qb_set_str(state, "reason", reason);
     if (json_is_object(cause))
-        json_object_set_new(state, "cause", json_deep_copy(cause));
+        changed |= qb_set_copy(state, "cause", cause);
     else
-        json_object_del(state, "cause");
+        changed |= qb_del(state, "cause");
+    return changed;
 }
 
-static void qb_apply_resumed(json_t *state, const json_t *data)
+static bool qb_apply_resumed(json_t *state, const json_t *data)
 {
     json_t *disk;
     size_t i;
+    bool changed = false;
 
     (void)data;
-    json_object_set_new(state, "running", json_true());
-    json_object_set_new(state, "run_state", json_string("running"));
-    json_object_del(state, "reason");
-    json_object_del(state, "cause");
+    changed |= qb_set_bool(state, "running", true);
+    changed |= qb_set_str(state, "run_state", "running");
+    changed |= qb_del(state, "reason");
+    changed |= qb_del(state, "cause");
     /* cont resets every device's io-status (QEMU's blk_iostatus_reset). */
     json_array_foreach(json_object_get(state, "disks"), i, disk)
     {
         if (qb_str(disk, "io_status"))
-            json_object_set_new(disk, "io_status", json_string("ok"));
+            changed |= qb_set_str(disk, "io_status", "ok");
     }
+    return changed;
 }
 
-static void qb_apply_io_error(json_t *state, const json_t *data)
+static bool qb_apply_io_error(json_t *state, const json_t *data)
 {
     const char *action = qb_str(data, "action");
     const char *device = qb_str(data, "device");
@@ -209,18 +259,17 @@ static void qb_apply_io_error(json_t *state, const json_t *data)
 
     /* QEMU records io-status only when the error stops the VM. */
     if (!action || strcmp(action, "stop") != 0)
-        return;
+        return false;
     json_array_foreach(json_object_get(state, "disks"), i, disk)
     {
         const char *d = qb_str(disk, "device");
         const char *n = qb_str(disk, "node_name");
 
         if ((device && *device && d && strcmp(d, device) == 0) ||
-            ((!device || !*device) && node && n && strcmp(n, node) == 0)) {
-            json_object_set_new(disk, "io_status", json_string(nospace ? "nospace" : "failed"));
-            return;
-        }
+            ((!device || !*device) && node && n && strcmp(n, node) == 0))
+            return qb_set_str(disk, "io_status", nospace ? "nospace" : "failed");
     }
+    return false;
 }
 
 /* Returns the index of job id in jobs, or -1. */
@@ -239,7 +288,7 @@ static long qb_job_index(const json_t *jobs, const char *id)
     return -1;
 }
 
-static void qb_apply_job_status(json_t *state, const json_t *data)
+static bool qb_apply_job_status(json_t *state, const json_t *data)
 {
     json_t *jobs = json_object_get(state, "jobs");
     const char *id = qb_str(data, "job");
@@ -248,41 +297,42 @@ static void qb_apply_job_status(json_t *state, const json_t *data)
     json_t *job;
 
     if (!id || !status || !json_is_array(jobs))
-        return;
-    if (strcmp(status, "null") == 0) {
-        if (idx >= 0)
-            json_array_remove(jobs, (size_t)idx);
-        return;
-    }
-    if (idx < 0) {
-        job = json_object();
-        json_object_set_new(job, "id", json_string(id));
-        qb_copy(job, "type", data, "type", JSON_STRING);
-        json_object_set_new(job, "device", json_string(id));
-        json_array_append_new(jobs, job);
-    } else {
-        job = json_array_get(jobs, (size_t)idx);
-    }
+        return false;
+    if (strcmp(status, "null") == 0)
+        return idx >= 0 && json_array_remove(jobs, (size_t)idx) == 0;
+    if (idx >= 0)
+        return qb_set_str(json_array_get(jobs, (size_t)idx), "status", status);
+    job = json_object();
+    json_object_set_new(job, "id", json_string(id));
+    qb_copy(job, "type", data, "type", JSON_STRING);
+    json_object_set_new(job, "device", json_string(id));
     json_object_set_new(job, "status", json_string(status));
+    return json_array_append_new(jobs, job) == 0;
 }
 
-static void qb_apply_job_gone(json_t *state, const json_t *data)
+static bool qb_apply_job_gone(json_t *state, const json_t *data)
 {
     json_t *jobs = json_object_get(state, "jobs");
     long idx = qb_job_index(jobs, qb_str(data, "job"));
 
-    if (idx >= 0)
-        json_array_remove(jobs, (size_t)idx);
+    return idx >= 0 && json_array_remove(jobs, (size_t)idx) == 0;
 }
 
-static void qb_apply_colo_exit(json_t *state, const json_t *data)
+static bool qb_apply_colo_exit(json_t *state, const json_t *data)
 {
     json_t *colo = json_object();
 
+    if (!colo)
+        return false;
     json_object_set_new(colo, "mode", json_string("none"));
     qb_copy(colo, "last_mode", data, "mode", JSON_STRING);
     qb_copy(colo, "reason", data, "reason", JSON_STRING);
+    if (json_equal(json_object_get(state, "colo"), colo)) {
+        json_decref(colo);
+        return false;
+    }
     json_object_set_new(state, "colo", colo);
+    return true;
 }
 
 struct qb_apply_entry {
@@ -300,20 +350,123 @@ static const struct qb_apply_entry qb_apply_table[] = {
 
 bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev)
 {
-    json_t *before;
-    bool changed;
-
     if (!state || !ev || !ev->type)
         return false;
     for (size_t i = 0; i < sizeof(qb_apply_table) / sizeof(qb_apply_table[0]); i++) {
-        if (strcmp(qb_apply_table[i].type, ev->type) != 0)
-            continue;
-        /* The state is a few hundred bytes: comparing copies is simpler than tracking edits. */
-        before = json_deep_copy(state);
-        qb_apply_table[i].fn(state, ev->data);
-        changed = !before || !json_equal(before, state);
-        json_decref(before);
-        return changed;
+        if (strcmp(qb_apply_table[i].type, ev->type) == 0)
+            return qb_apply_table[i].fn(state, ev->data);
     }
     return false;
+}
+
+/* ---- the state as kept between events ---- */
+
+struct qb_vm_state {
+    char *text; /* owned: compact JSON, NUL-terminated */
+    size_t len;
+    json_t *tree;       /* owned: text parsed, only while events flow; NULL when idle */
+    char run_state[32]; /* copy of run_state, so readers need no parse ("" when absent) */
+};
+
+/* Re-reads run_state from tree (or t) into s->run_state. */
+static void qb_vm_state_note_run_state(struct qb_vm_state *s, const json_t *t)
+{
+    const char *run = qb_str(t, "run_state");
+
+    snprintf(s->run_state, sizeof(s->run_state), "%s", run ? run : "");
+}
+
+/* Replaces s->text with t serialised; returns false (text unchanged) on allocation failure. */
+static bool qb_vm_state_set_text(struct qb_vm_state *s, const json_t *t)
+{
+    /* JSON_COMPACT: the same bytes the envelope writes for a tree (test_envelope checks). */
+    char *text = json_dumps(t, JSON_COMPACT);
+
+    if (!text)
+        return false;
+    free(s->text);
+    s->text = text;
+    s->len = strlen(text);
+    qb_vm_state_note_run_state(s, t);
+    return true;
+}
+
+struct qb_vm_state *qb_vm_state_new(const json_t *snapshot)
+{
+    struct qb_vm_state *s = calloc(1, sizeof(*s));
+
+    if (!s)
+        return NULL;
+    if (!json_is_object(snapshot) || !qb_vm_state_set_text(s, snapshot)) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void qb_vm_state_free(struct qb_vm_state *s)
+{
+    if (!s)
+        return;
+    json_decref(s->tree);
+    free(s->text);
+    free(s);
+}
+
+bool qb_vm_state_fold(struct qb_vm_state *s, const struct qb_norm_event *ev)
+{
+    bool listed = false;
+
+    if (!s || !ev || !ev->type)
+        return false;
+    /* Most event types never touch the state: no parse for them. */
+    for (size_t i = 0; i < sizeof(qb_apply_table) / sizeof(qb_apply_table[0]) && !listed; i++)
+        listed = strcmp(qb_apply_table[i].type, ev->type) == 0;
+    if (!listed)
+        return false;
+    if (!s->tree) {
+        json_error_t jerr;
+
+        s->tree = json_loadb(s->text, s->len, 0, &jerr);
+        if (!s->tree) {
+            QB_LOG_ERR(NULL, "vm state: cannot re-read the state: %s", jerr.text);
+            return false;
+        }
+    }
+    if (!qb_vm_state_apply(s->tree, ev))
+        return false;
+    if (!qb_vm_state_set_text(s, s->tree)) {
+        /* The tree moved on but the text did not: re-read the text next time. */
+        json_decref(s->tree);
+        s->tree = NULL;
+        QB_LOG_ERR(NULL, "vm state: out of memory re-serialising the state");
+        return false;
+    }
+    return true;
+}
+
+void qb_vm_state_idle(struct qb_vm_state *s)
+{
+    if (!s)
+        return;
+    json_decref(s->tree);
+    s->tree = NULL;
+}
+
+const char *qb_vm_state_text(const struct qb_vm_state *s, size_t *len)
+{
+    *len = s->len;
+    return s->text;
+}
+
+const char *qb_vm_state_run_state(const struct qb_vm_state *s)
+{
+    return s->run_state;
+}
+
+json_t *qb_vm_state_json(const struct qb_vm_state *s)
+{
+    json_error_t jerr;
+
+    return json_loadb(s->text, s->len, 0, &jerr);
 }

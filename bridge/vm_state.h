@@ -37,4 +37,46 @@ json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, c
  */
 bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev);
 
+/*
+ * The state of one VM as a bridge keeps it between events: its compact JSON
+ * text (about 300 bytes for a VM with one disk) instead of the jansson tree
+ * (about 2.7 KB: every object has its own hash table, every member its own
+ * allocations). The tree is rebuilt from the text when an event that can
+ * change the state arrives and kept while events flow, so a burst (a mirror's
+ * hundreds of io_errors) parses the state once; qb_vm_state_idle drops it
+ * again. The text is always current: a changed fold re-serialises it, so it
+ * is what the state topic publishes (qb_envelope_in.data_json).
+ */
+struct qb_vm_state;
+
+/*
+ * Returns a new holder of snapshot (borrowed; as from qb_vm_state_from_queries),
+ * or NULL on allocation failure. Free with qb_vm_state_free.
+ */
+struct qb_vm_state *qb_vm_state_new(const json_t *snapshot);
+void qb_vm_state_free(struct qb_vm_state *s);
+
+/*
+ * Folds one complete normalised event (borrowed) into s, like
+ * qb_vm_state_apply. Returns true when the state changed (the text is then
+ * the new state). On an allocation failure the old state is kept and false
+ * returned.
+ */
+bool qb_vm_state_fold(struct qb_vm_state *s, const struct qb_norm_event *ev);
+
+/* Drops the parsed tree, keeping only the text; call when a VM's events pause (end of a read). */
+void qb_vm_state_idle(struct qb_vm_state *s);
+
+/* Returns the state's compact JSON text (borrowed, NUL-terminated, valid until the next fold). */
+const char *qb_vm_state_text(const struct qb_vm_state *s, size_t *len);
+
+/* Returns run_state ("running", "io-error", ...; borrowed, valid until the next fold). */
+const char *qb_vm_state_run_state(const struct qb_vm_state *s);
+
+/*
+ * Returns the state as a new jansson tree (caller owns the reference), e.g.
+ * to seed the normaliser (qb_norm_vm_reset); NULL on allocation failure.
+ */
+json_t *qb_vm_state_json(const struct qb_vm_state *s);
+
 #endif

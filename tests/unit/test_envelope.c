@@ -177,12 +177,116 @@ static void test_invalid(void **state)
     assert_int_equal(qb_envelope_build(&ctx, &in, &out, &len), QB_EINVAL);
 }
 
+/* Returns the envelope's "data" text: everything after ,"data": up to the closing brace. */
+static char *data_text(const json_t *data)
+{
+    struct qb_envelope_in in = {
+        .vm = "vm1", .type = "qmp.event", .epoch = 1, .sequence = 1, .ts_sec = 0, .data = data};
+    static const char key[] = ",\"data\":";
+    char *out = NULL;
+    size_t out_len = 0;
+    size_t at;
+
+    assert_int_equal(qb_envelope_build(&ctx, &in, &out, &out_len), QB_OK);
+    at = (size_t)(strstr(out, key) - out);
+    size_t len = out_len - at - (sizeof(key) - 1) - 1; /* less the envelope's closing brace */
+    char *text = malloc(len + 1);
+
+    assert_non_null(text);
+    memcpy(text, out + at + sizeof(key) - 1, len);
+    text[len] = '\0';
+    free(out);
+    return text;
+}
+
+/*
+ * The envelope writes data itself instead of calling json_dumps (issue 6), so
+ * its bytes must stay exactly what json_dumps(JSON_COMPACT | JSON_ENCODE_ANY)
+ * wrote: every escape, number form, nesting and key order.
+ */
+static void test_data_matches_json_dumps(void **state)
+{
+    static const char *const cases[] = {
+        "{}",
+        "[]",
+        "{\"a\":[],\"b\":{},\"c\":[[],[{}]]}",
+        "{\"s\":\"plain ascii text that is longer than eight bytes\"}",
+        "{\"q\":\"\\\"quoted\\\" and \\\\back\\\\slash/\"}",
+        "{\"c\":\"\\b\\f\\n\\r\\t\\u0000\\u0001\\u001f\\u007f x\"}",
+        "{\"u\":\"caf\\u00e9 \\u2028 \\ud83d\\ude00 \\u00ff\"}",
+        "{\"k\\\"ey\\n\":1,\"\\u0001ctl\":2}",
+        "{\"i\":[0,-1,1,9223372036854775807,-9223372036854775808,42]}",
+        "{\"r\":[0.5,1.0,-2.25,1e+300,3.141592653589793,1e-07]}",
+        "{\"t\":true,\"f\":false,\"n\":null}",
+        "{\"z\":{\"y\":{\"x\":[1,\"two\",{\"three\":3}]}},\"a\":\"last\"}",
+        "[\"0123456\\\"\",\"01234567\\\\\",\"012345678\\n\",\"\\u001f0123456789abcdef\"]",
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_error_t err;
+        json_t *v = json_loads(cases[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+        char *want;
+        char *got;
+
+        assert_non_null(v);
+        want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        assert_non_null(want);
+        got = data_text(v);
+        assert_string_equal(got, want);
+        free(got);
+        free(want);
+        json_decref(v);
+    }
+}
+
+/* A reference cycle cannot be written: QB_EINVAL, as json_dumps refused it before. */
+static void test_data_cycle(void **state)
+{
+    json_t *a = json_array();
+    json_t *o = json_object();
+    struct qb_envelope_in in = {
+        .vm = "vm1", .type = "qmp.event", .epoch = 1, .sequence = 1, .data = o};
+    char *out = NULL;
+    size_t len = 0;
+
+    (void)state;
+    json_object_set(o, "loop", a);
+    json_array_append(a, o);
+    assert_int_equal(qb_envelope_build(&ctx, &in, &out, &len), QB_EINVAL);
+    assert_null(out);
+    json_array_clear(a); /* breaks the cycle so both are freed */
+    json_decref(a);
+    json_decref(o);
+}
+
+/* The per-second date cache must not leak one second's text into another's. */
+static void test_time_cache(void **state)
+{
+    char buf[40];
+
+    (void)state;
+    for (int64_t t = 1732242120; t < 1732242130; t++) {
+        struct tm tm;
+        time_t tt = (time_t)t;
+        char want[40];
+
+        gmtime_r(&tt, &tm);
+        strftime(want, sizeof(want), "%Y-%m-%dT%H:%M:%S.000007Z", &tm);
+        assert_string_equal(qb_envelope_format_time(t, 7, buf, sizeof(buf)), want);
+        assert_string_equal(qb_envelope_format_time(t, 7, buf, sizeof(buf)), want);
+    }
+    /* Truncation keeps snprintf's contract: at most buflen - 1 bytes and a NUL. */
+    assert_string_equal(qb_envelope_format_time(0, 0, buf, 11), "1970-01-01");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_bytes), cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_time_format), cmocka_unit_test(test_sequence_and_suffix),
-        cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_invalid),     cmocka_unit_test(test_data_matches_json_dumps),
+        cmocka_unit_test(test_data_cycle),  cmocka_unit_test(test_time_cache),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -316,6 +316,65 @@ static void test_big_buffer_shrinks(void **state)
     free(data);
 }
 
+/*
+ * Reads share one area per thread: a partial line leaves it for a buffer of
+ * exactly its size; a framer asking while another holds the area (which
+ * libuv never does) gets a buffer of its own, so streams never mix.
+ */
+static void test_shared_area(void **state)
+{
+    struct qb_framer a;
+    struct qb_framer b;
+    struct collected ca = {0};
+    struct collected cb = {0};
+    char *pa;
+    char *pb;
+    size_t la;
+    size_t lb;
+
+    (void)state;
+    qb_framer_init(&a, 1024);
+    qb_framer_init(&b, 1024);
+
+    /* A partial line is copied out of the area into an exact-size buffer. */
+    assert_int_equal(qb_framer_feed(&a, "one\ntwo-half", 12, collect_line, &ca), QB_OK);
+    assert_false(a.shared);
+    assert_int_equal(a.len, 8);
+    assert_int_equal(a.cap, 8);
+
+    /* a holds the area between space and commit: b must get its own buffer. */
+    assert_int_equal(qb_framer_space(&a, 65536, &pa, &la), QB_OK);
+    assert_true(a.shared);
+    assert_memory_equal(a.buf, "two-half", 8); /* the partial line leads the area */
+    assert_int_equal(qb_framer_space(&b, 65536, &pb, &lb), QB_OK);
+    assert_false(b.shared);
+    assert_true(pb + lb <= a.buf || pb >= a.buf + a.cap);
+    memcpy(pb, "bee\n", 4);
+    memcpy(pa, "-done\n", 6);
+    assert_int_equal(qb_framer_commit(&b, 4, collect_line, &cb), QB_OK);
+    assert_int_equal(qb_framer_commit(&a, 6, collect_line, &ca), QB_OK);
+    assert_int_equal(ca.count, 2);
+    assert_string_equal(ca.lines[0], "one");
+    assert_string_equal(ca.lines[1], "two-half-done");
+    assert_int_equal(cb.count, 1);
+    assert_string_equal(cb.lines[0], "bee");
+    assert_null(a.buf);
+    assert_null(b.buf);
+
+    /* Resetting a framer that holds the area gives it back. */
+    assert_int_equal(qb_framer_space(&a, 64, &pa, &la), QB_OK);
+    assert_true(a.shared);
+    qb_framer_reset(&a);
+    assert_false(a.shared);
+    assert_int_equal(qb_framer_space(&b, 64, &pb, &lb), QB_OK);
+    assert_true(b.shared);
+    assert_int_equal(qb_framer_commit(&b, 0, collect_line, &cb), QB_OK);
+    assert_false(b.shared);
+    assert_null(b.buf);
+    collected_clear(&ca);
+    collected_clear(&cb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +389,7 @@ int main(void)
         cmocka_unit_test(test_reset_drops_partial),
         cmocka_unit_test(test_empty_commit_releases_buffer),
         cmocka_unit_test(test_big_buffer_shrinks),
+        cmocka_unit_test(test_shared_area),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -287,6 +287,104 @@ static void test_jobs_and_colo(void **state)
     json_decref(s);
 }
 
+/*
+ * The text-backed holder (qb_vm_state_new/fold) must say exactly what the
+ * tree says after every event, report the same changes, and keep doing so
+ * when its parsed tree is dropped between events (qb_vm_state_idle).
+ */
+static void test_text_holder_follows_tree(void **state)
+{
+    static const struct {
+        const char *type;
+        const char *data;
+    } events[] = {
+        {"qmp.vm.resumed", "{}"},
+        {"qmp.vm.resumed", "{}"},
+        {"qmp.block.io_error",
+         "{\"device\": \"\", \"node_name\": \"#block146\", \"operation\": \"write\","
+         " \"action\": \"stop\", \"nospace\": true, \"errno\": \"enospc\","
+         " \"message\": \"No space left on device\"}"},
+        {"qmp.block.io_error",
+         "{\"device\": \"\", \"node_name\": \"#block146\", \"operation\": \"write\","
+         " \"action\": \"stop\", \"nospace\": true, \"errno\": \"enospc\","
+         " \"message\": \"No space left on device\"}"},
+        {"qmp.vm.stopped",
+         "{\"reason\": \"io-error\", \"cause\": {\"device\": \"\", \"node_name\": \"#block146\","
+         " \"errno\": \"enospc\", \"io_status\": \"nospace\"}}"},
+        {"qmp.vm.shutdown", "{\"guest\": true, \"reason\": \"guest-shutdown\"}"},
+        {"qmp.job.status", "{\"job\": \"mirror1\", \"status\": \"created\", \"type\": \"mirror\"}"},
+        {"qmp.job.status", "{\"job\": \"mirror1\", \"status\": \"running\"}"},
+        {"qmp.block.job_completed", "{\"job\": \"mirror1\", \"type\": \"mirror\", \"len\": 1,"
+                                    " \"offset\": 1, \"speed\": 0}"},
+        {"qmp.colo.exit", "{\"mode\": \"primary\", \"reason\": \"request\"}"},
+        {"qmp.vm.resumed", "{}"},
+    };
+    json_t *tree = build_state();
+    struct qb_vm_state *holder = qb_vm_state_new(tree);
+
+    (void)state;
+    assert_non_null(holder);
+    for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+        struct qb_norm_event ev = {
+            .type = events[i].type, .data = parse(events[i].data), .ts_sec = -1};
+        bool tree_changed = qb_vm_state_apply(tree, &ev);
+        bool holder_changed = qb_vm_state_fold(holder, &ev);
+        char *want = json_dumps(tree, JSON_COMPACT);
+        size_t len = 0;
+        const char *got = qb_vm_state_text(holder, &len);
+
+        assert_int_equal(holder_changed, tree_changed);
+        assert_string_equal(got, want);
+        assert_int_equal(len, strlen(want));
+        assert_string_equal(qb_vm_state_run_state(holder),
+                            json_string_value(json_object_get(tree, "run_state")));
+        free(want);
+        json_decref(ev.data);
+        if (i % 2)
+            qb_vm_state_idle(holder); /* every other event starts from the text alone */
+    }
+    {
+        json_t *copy = qb_vm_state_json(holder);
+
+        assert_true(json_equal(copy, tree));
+        expect_schema_valid(copy);
+        json_decref(copy);
+    }
+    qb_vm_state_free(holder);
+    json_decref(tree);
+}
+
+/* The state topic publishes the held text verbatim: same bytes as publishing the tree. */
+static void test_text_holder_envelope(void **state)
+{
+    static const struct qb_envelope_ctx ctx = {"host-a", "file:///schema/v1/"};
+    json_t *tree = build_state();
+    struct qb_vm_state *holder = qb_vm_state_new(tree);
+    struct qb_envelope_in in = {.vm = "vm1",
+                                .type = "qmp.vm.state",
+                                .epoch = 1,
+                                .sequence = 3,
+                                .id_suffix = ".state",
+                                .ts_sec = 1732242124,
+                                .data = tree};
+    char *from_tree = NULL;
+    char *from_text = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_non_null(holder);
+    assert_int_equal(qb_envelope_build(&ctx, &in, &from_tree, &len), QB_OK);
+    in.data = NULL;
+    in.data_json = qb_vm_state_text(holder, &in.data_json_len);
+    assert_int_equal(qb_envelope_build(&ctx, &in, &from_text, &len), QB_OK);
+    assert_string_equal(from_text, from_tree);
+    free(from_tree);
+    free(from_text);
+    qb_vm_state_free(holder);
+    json_decref(tree);
+    assert_null(qb_vm_state_new(NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -294,6 +392,8 @@ int main(void)
         cmocka_unit_test(test_from_failed_queries),
         cmocka_unit_test(test_resume_and_errors),
         cmocka_unit_test(test_jobs_and_colo),
+        cmocka_unit_test(test_text_holder_follows_tree),
+        cmocka_unit_test(test_text_holder_envelope),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
