@@ -240,7 +240,7 @@ static void test_example_file(void **state)
     assert_string_equal(t->properties[0].key, "compression.type");
     assert_string_equal(t->properties[0].value, "lz4");
     assert_string_equal(t->properties[1].key, "linger.ms");
-    assert_string_equal(t->properties[1].value, "5");
+    assert_string_equal(t->properties[1].value, "1");
     assert_common_defaults(t);
     qb_config_free(cfg);
 }
