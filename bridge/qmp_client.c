@@ -459,7 +459,8 @@ static int qb_qmp_on_event(struct qb_qmp_client *c, json_t *msg, json_t *value)
         return QB_EPROTO;
     }
     if (c->state != QB_QMP_READY) {
-        /* QEMU sends no events before qmp_capabilities; nothing to deliver them to yet. */
+        /* Before qmp_capabilities there is nothing to deliver to; the snapshot taken once the
+           session is ready covers whatever this said. */
         QB_LOG_DEBUG(c->vm_name, "qmp event %s before ready dropped", json_string_value(value));
         return QB_OK;
     }
@@ -507,7 +508,8 @@ static const struct {
     qb_qmp_msg_handler handler;
     unsigned states; /* bit per enum qb_qmp_state */
 } qb_qmp_messages[] = {
-    {"event", qb_qmp_on_event, 1u << QB_QMP_NEGOTIATING | 1u << QB_QMP_READY},
+    /* QEMU still starting up can send an event before its greeting: dropped, not fatal */
+    {"event", qb_qmp_on_event, 1u << QB_QMP_GREETING | 1u << QB_QMP_NEGOTIATING | 1u << QB_QMP_READY},
     {"return", qb_qmp_on_reply, 1u << QB_QMP_NEGOTIATING | 1u << QB_QMP_READY},
     {"error", qb_qmp_on_reply, 1u << QB_QMP_NEGOTIATING | 1u << QB_QMP_READY},
     {"QMP", qb_qmp_on_greeting, 1u << QB_QMP_GREETING},

@@ -35,6 +35,10 @@ class QMP:
                 time.sleep(0.05)
         self.sock = s
         self.greeting = self._read(timeout)
+        # QEMU still starting can send an event (RESUME) before the greeting: keep it
+        while "event" in self.greeting and "QMP" not in self.greeting:
+            self.events.append(self.greeting)
+            self.greeting = self._read(timeout)
         if "QMP" not in self.greeting:
             raise QMPError("no QMP greeting on %s: %r" % (path, self.greeting))
         self.cmd("qmp_capabilities")
