@@ -17,10 +17,15 @@ simulator against the real bridge before anyone trusts figures made with it:
    commands in one write and split across writes, replies echoing any id, stop/cont with
    their events, block_resize visible in query-block, unknown commands, all in QEMU 7.2's
    exact shapes; SIGTERM exits 0 and removes the sockets.
+4. Rate mode spreads VMs over the period (--phase spread, the default): 10 VMs at one step
+   per second take their first step at different points of that second instead of all in the
+   same 10 ms tick (which made a benchmark's steady load one burst per period); --phase
+   aligned keeps the bursts on request, and an unknown --phase is refused.
 """
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -220,3 +225,25 @@ with Test("qmp_sim") as t:
     final = sim.stats()
     t.expect(final["sessions_accepted"] == 2 * NVMS + 1, "final stats written at exit",
              final["sessions_accepted"])
+
+    t.section("rate mode: phases spread over the period; --phase checked")
+    n_phase = 10
+    psim = QmpSim(os.path.join(t.workdir, "phase"), n_phase, prefix="ph-", rate=1, events=1,
+                  mix="io_error", trace=True)
+    t.add_log("qmp_sim phase", psim.log)
+    psim.start()
+    pbridge = Bridge(os.path.join(t.workdir, "phase"), psim.socket_paths(), log_level="info")
+    t.add_log("bridge phase", pbridge.log)
+    pbridge.start()
+    procs.wait_until(lambda: len(psim.trace()) == n_phase, 30, "one step from each of 10 VMs")
+    firsts = sorted(evs[0]["timestamp"]["seconds"] + evs[0]["timestamp"]["microseconds"] / 1e6
+                    for evs in psim.trace().values())
+    span = firsts[-1] - firsts[0]
+    # golden-ratio phases of 10 VMs cover 0.94 of the period; aligned ones step together
+    t.expect(span >= 0.5, "first steps spread over the 1 s period (span %.3f s)" % span, firsts)
+    t.expect(pbridge.stop() == 0, "bridge stops cleanly")
+    t.expect(psim.stop() == 0, "qmp_sim exits 0")
+    bad = subprocess.run(psim.argv[:1] + ["--dir", t.workdir, "--vms", "1", "--phase", "bogus"],
+                         stderr=subprocess.PIPE, timeout=10)
+    t.expect(bad.returncode == 2 and b"--phase is aligned or spread" in bad.stderr,
+             "an unknown --phase is refused", (bad.returncode, bad.stderr))

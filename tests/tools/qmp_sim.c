@@ -73,6 +73,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -97,6 +98,8 @@
     "  --tcp-port-base P   listen on 127.0.0.1:P+i (i = 0..N-1) instead of unix sockets\n"        \
     "  --rate R            script steps per second per VM\n"                                       \
     "  --flat-out          script steps as fast as each socket takes them\n"                       \
+    "  --phase P           rate mode: spread (default) starts each VM at its own point of the\n"   \
+    "                      period, as independent VMs are; aligned starts them together (bursts)\n" \
     "  --events N          script steps per VM, then idle (default: no end)\n"                     \
     "  --mix LIST          steps, round-robin: io_error,eio,stop,resume,job_error,colo_exit,reset\n" \
     "                      (default io_error,resume)\n"                                            \
@@ -197,6 +200,7 @@ struct sim {
     int tcp_port_base;
     double rate;
     bool flat_out;
+    bool phase_aligned; /* rate mode: every VM starts its period at activation (bursts) */
     int64_t events_limit; /* -1: no end */
     uint8_t mix[MAX_MIX];
     size_t mix_len;
@@ -340,7 +344,11 @@ static void vm_update_active(struct sim_vm *vm)
     bool want = vm_may_step(vm);
 
     if (want && !vm->in_active) {
-        vm->credit = 0;
+        /* Independent VMs do not tick together: without a phase, every VM that became active
+         * in the same 10 ms tick would step in the same tick for ever, and a steady 2 events/s
+         * per VM would arrive as one burst of all of them every 500 ms. The golden-ratio
+         * sequence spreads phases evenly over the period and is the same in every run. */
+        vm->credit = g_sim.phase_aligned ? 0 : fmod(vm->index * 0.6180339887498949, 1.0);
         vm->act_prev = NULL;
         vm->act_next = g_sim.act_head;
         if (g_sim.act_head)
@@ -1319,6 +1327,7 @@ static int sim_parse_args(int argc, char **argv)
         {"dir", required_argument, NULL, 'd'},        {"vms", required_argument, NULL, 'n'},
         {"prefix", required_argument, NULL, 'p'},     {"tcp-port-base", required_argument, NULL, 't'},
         {"rate", required_argument, NULL, 'r'},       {"flat-out", no_argument, NULL, 'F'},
+        {"phase", required_argument, NULL, 'P'},
         {"events", required_argument, NULL, 'e'},     {"mix", required_argument, NULL, 'm'},
         {"fault", required_argument, NULL, 'f'},      {"fault-every", required_argument, NULL, 'E'},
         {"stall-ms", required_argument, NULL, 'S'},   {"slow-ms", required_argument, NULL, 's'},
@@ -1347,6 +1356,13 @@ static int sim_parse_args(int argc, char **argv)
         case 't': g_sim.tcp_port_base = atoi(optarg); break;
         case 'r': g_sim.rate = strtod(optarg, NULL); break;
         case 'F': g_sim.flat_out = true; break;
+        case 'P':
+            if (strcmp(optarg, "aligned") != 0 && strcmp(optarg, "spread") != 0) {
+                fprintf(stderr, "qmp_sim: --phase is aligned or spread, not %s\n", optarg);
+                return -1;
+            }
+            g_sim.phase_aligned = strcmp(optarg, "aligned") == 0;
+            break;
         case 'e': g_sim.events_limit = strtoll(optarg, NULL, 10); break;
         case 'm':
             if (sim_parse_mix(optarg) < 0)
