@@ -1,0 +1,300 @@
+/*
+ * vm_commands.c - inbound commands on their VM: a FIFO per VM, one running at a time.
+ *
+ * command_router.c checks and plans a command; here it waits its turn on the
+ * VM (bounded by commands.queue_per_vm and commands.timeout), runs through
+ * command_exec.c, and its bridge.command.result is published on the VM's
+ * stream and as a reply to the transport it came from. Kept apart from the
+ * event path: commands flow the other way (transport -> QMP) and own their
+ * own memory (struct qb_vm_cmd).
+ */
+#include "vm_manager_internal.h"
+
+#include "command.h"
+#include "command_exec.h"
+#include "envelope.h"
+#include "error.h"
+#include "log.h"
+#include "prom.h"
+#include "qmp_client.h"
+#include "transport.h"
+#include "vm_state.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+/* The string member key of obj, or fallback when absent or not a string. */
+static const char *json_str_or(const json_t *obj, const char *key, const char *fallback)
+{
+    const char *v = json_string_value(json_object_get(obj, key));
+
+    return v ? v : fallback;
+}
+
+void qb_vm_cmd_free(struct qb_vm_cmd *c)
+{
+    qb_command_free(c->cmd);
+    free(c->reply_topic);
+    free(c->correlation);
+    free(c);
+}
+
+/*
+ * Publishes a bridge.command.result (borrowed): on vm's stream when vm is not
+ * NULL, as a reply on transport t when t is not NULL (sequence 0 without a
+ * VM), then acks the inbound message.
+ */
+static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const char *vm_name,
+                               const json_t *result, struct qb_transport *t, uint64_t ack,
+                               const char *reply_topic, const void *corr, size_t corr_len)
+{
+    const char *name = vm ? vm->name : (vm_name && qb_vm_name_valid(vm_name) ? vm_name : "unknown");
+    uint64_t epoch = vm ? vm->epoch : 0, seq = vm ? ++vm->seq : 0;
+    struct qb_envelope_in in = {
+        .vm = name,
+        .type = "bridge.command.result",
+        .epoch = epoch,
+        .sequence = seq,
+        .ts_sec = -1,
+        .data = result,
+    };
+    char id[96], *key = NULL, *payload = NULL;
+    size_t len = 0;
+
+    if (asprintf(&key, "%s/%s", m->cfg->bridge_id, name) < 0)
+        key = NULL;
+    if (key && qb_envelope_build(&m->env, &in, &payload, &len) == QB_OK) {
+        struct qb_message msg = {
+            .kind = QB_MSG_EVENT,
+            .vm = name,
+            .type = in.type,
+            .id = id,
+            .key = key,
+            .sequence = seq,
+            .epoch = epoch,
+            .payload = payload,
+            .len = len,
+        };
+        qb_envelope_format_id(epoch, seq, NULL, id, sizeof(id));
+        if (vm)
+            qb_vm_mgr_send(m, NULL, &msg);
+        if (t) {
+            msg.kind = QB_MSG_REPLY;
+            msg.reply_topic = reply_topic;
+            msg.correlation = corr;
+            msg.correlation_len = corr_len;
+            qb_vm_mgr_send(m, t, &msg);
+        }
+        qb_vm_mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
+                        json_str_or(result, "status", "?"));
+        QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
+                    json_str_or(result, "command_id", "?"), json_str_or(result, "status", "?"));
+    } else {
+        QB_LOG_ERR(name, "cannot build the command result envelope: out of memory");
+    }
+    free(key);
+    free(payload);
+    if (t)
+        qb_transport_ack(t, ack);
+}
+
+/* The running (or just dequeued) command c is over: publish, report, free. result is stolen. */
+static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *result)
+{
+    uint64_t now = qb_vm_wall_clock_usec();
+
+    qb_histogram_observe_usec(&vm->mgr->cmd_latency,
+                              now > c->received_usec ? now - c->received_usec : 0);
+    mgr_publish_result(vm->mgr, vm, vm->name, result, c->transport, c->ack_token, c->reply_topic,
+                       c->correlation, c->correlation_len);
+    if (c->done)
+        c->done(c->done_arg, c->cmd, result);
+    json_decref(result);
+    qb_vm_cmd_free(c);
+}
+
+static void vm_cmd_reject(struct qb_vm *vm, struct qb_vm_cmd *c, const char *cls,
+                          const char *message)
+{
+    struct qb_command_error err = {.cls = cls};
+
+    snprintf(err.message, sizeof(err.message), "%s", message);
+    vm_cmd_complete(vm, c, qb_command_result_rejected(c->cmd, &err));
+}
+
+/* Rejects every command still waiting (not the running one). */
+void qb_vm_cmd_flush(struct qb_vm *vm, const char *cls, const char *message)
+{
+    while (vm->cmd_head) {
+        struct qb_vm_cmd *c = vm->cmd_head;
+        vm->cmd_head = c->next;
+        if (!vm->cmd_head)
+            vm->cmd_tail = NULL;
+        vm->cmd_queued--;
+        vm_cmd_reject(vm, c, cls, message);
+    }
+}
+
+static void vm_cmd_run_next(struct qb_vm *vm);
+
+static void vm_cmd_exec_done(void *arg, json_t *result)
+{
+    struct qb_vm *vm = arg;
+    struct qb_vm_cmd *c = vm->cmd_running;
+
+    const char *status = json_string_value(json_object_get(result, "status"));
+    bool changed = status && strcmp(status, "rejected") != 0;
+
+    vm->inflight--;
+    vm->cmd_running = NULL;
+    vm_cmd_complete(vm, c, result);
+    /*
+     * QEMU raises no event for some changes a command makes (block_resize), so
+     * after anything that may have changed the VM, the state is read again
+     * and published: the retained/compacted state never goes stale.
+     */
+    if (changed && !vm->resyncing && !vm->removing && qb_qmp_client_state(vm->qmp) == QB_QMP_READY)
+        qb_vm_start_resync(vm);
+    vm_cmd_run_next(vm);
+    qb_vm_apply_pause(vm);
+    qb_vm_maybe_free(vm);
+}
+
+/* query-state: the snapshot it asked for was published (ok) or the session went away. */
+void qb_vm_cmd_finish_state(struct qb_vm *vm, bool ok)
+{
+    struct qb_vm_cmd *c = vm->cmd_running;
+    json_t *result;
+
+    vm->state_cmd_waiting = false;
+    vm->cmd_running = NULL;
+    if (ok) {
+        result = json_pack("{s:s?, s:s, s:s, s:[]}", "command_id", c->cmd->id, "command",
+                           "query-state", "status", "ok", "steps");
+        if (result && vm->state && qb_vm_state_run_state(vm->state)[0])
+            json_object_set_new(result, "run_state", json_string(qb_vm_state_run_state(vm->state)));
+    } else {
+        result =
+            json_pack("{s:s?, s:s, s:s, s:{s:s, s:s}, s:[]}", "command_id", c->cmd->id, "command",
+                      "query-state", "status", "failed", "error", "class", QB_CMD_ERR_DISCONNECTED,
+                      "message", "the QMP session closed before the state was read", "steps");
+    }
+    vm_cmd_complete(vm, c, result);
+    vm_cmd_run_next(vm);
+}
+
+/* Starts the next waiting command when none runs. */
+static void vm_cmd_run_next(struct qb_vm *vm)
+{
+    struct qb_vm_manager *m = vm->mgr;
+
+    while (!vm->cmd_running && vm->cmd_head) {
+        struct qb_vm_cmd *c = vm->cmd_head;
+        int rc;
+
+        vm->cmd_head = c->next;
+        if (!vm->cmd_head)
+            vm->cmd_tail = NULL;
+        vm->cmd_queued--;
+        c->next = NULL;
+        if (uv_now(m->loop) > c->deadline) {
+            vm_cmd_reject(vm, c, QB_CMD_ERR_TIMEOUT, "waited longer than commands.timeout");
+            continue;
+        }
+        if (qb_qmp_client_state(vm->qmp) != QB_QMP_READY) {
+            vm_cmd_reject(vm, c, QB_CMD_ERR_NOT_CONNECTED, "the VM has no QMP session");
+            continue;
+        }
+        vm->cmd_running = c;
+        if (c->cmd->name == QB_CMD_QUERY_STATE) {
+            vm->state_cmd_waiting = true;
+            if (!vm->resyncing)
+                qb_vm_start_resync(vm);
+            return;
+        }
+        vm->inflight++;
+        rc = qb_command_exec_start(m->loop, vm->qmp, c->cmd, &m->cfg->commands,
+                                   m->cfg->qmp_command_timeout_ms, vm_cmd_exec_done, vm);
+        if (rc < 0) {
+            vm->inflight--;
+            vm->cmd_running = NULL;
+            vm_cmd_reject(vm, c, QB_CMD_ERR_QMP, qb_strerror(rc));
+        }
+    }
+}
+
+int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd,
+                                 const struct qb_command_origin *origin, qb_vm_command_done_cb done,
+                                 void *arg, struct qb_command_error *err)
+{
+    struct qb_vm *vm = NULL;
+    struct qb_vm_cmd *c;
+
+    if (cmd->subject)
+        HASH_FIND_STR(m->vms, cmd->subject, vm);
+    if (!vm) {
+        err->cls = QB_CMD_ERR_UNKNOWN_VM;
+        snprintf(err->message, sizeof(err->message), "subject: no VM '%s' on bridge '%s'",
+                 cmd->subject ? cmd->subject : "", m->cfg->bridge_id);
+        return QB_ENOTFOUND;
+    }
+    if (qb_qmp_client_state(vm->qmp) != QB_QMP_READY) {
+        err->cls = QB_CMD_ERR_NOT_CONNECTED;
+        snprintf(err->message, sizeof(err->message), "VM '%s' has no QMP session (%s)", vm->name,
+                 qb_qmp_state_name(qb_qmp_client_state(vm->qmp)));
+        return QB_ECLOSED;
+    }
+    if (vm->cmd_queued >= m->cfg->commands_queue_per_vm) {
+        err->cls = QB_CMD_ERR_BUSY;
+        snprintf(err->message, sizeof(err->message),
+                 "VM '%s' already has %zu commands waiting (commands.queue_per_vm)", vm->name,
+                 vm->cmd_queued);
+        return QB_EAGAIN;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c || (origin->reply_topic && !(c->reply_topic = strdup(origin->reply_topic))) ||
+        (origin->correlation_len && !(c->correlation = malloc(origin->correlation_len)))) {
+        if (c)
+            free(c->reply_topic);
+        free(c);
+        err->cls = QB_CMD_ERR_BUSY;
+        snprintf(err->message, sizeof(err->message), "out of memory");
+        return QB_ENOMEM;
+    }
+    if (origin->correlation_len)
+        memcpy(c->correlation, origin->correlation, origin->correlation_len);
+    c->correlation_len = origin->correlation_len;
+    c->cmd = cmd;
+    c->transport = origin->transport;
+    c->ack_token = origin->ack_token;
+    c->deadline = uv_now(m->loop) + m->cfg->commands_timeout_ms;
+    c->received_usec = qb_vm_wall_clock_usec();
+    c->done = done;
+    c->done_arg = arg;
+    if (vm->cmd_tail)
+        vm->cmd_tail->next = c;
+    else
+        vm->cmd_head = c;
+    vm->cmd_tail = c;
+    vm->cmd_queued++;
+    QB_LOG_INFO(vm->name, "command %s %s queued (from %s)", qb_cmd_name_str(cmd->name),
+                cmd->id ? cmd->id : "?", cmd->source ? cmd->source : "?");
+    vm_cmd_run_next(vm);
+    qb_vm_apply_pause(vm);
+    return QB_OK;
+}
+
+void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm_name,
+                                  const json_t *result, const struct qb_command_origin *origin)
+{
+    struct qb_vm *vm = NULL;
+
+    if (vm_name)
+        HASH_FIND_STR(m->vms, vm_name, vm);
+    mgr_publish_result(m, vm, vm_name, result, origin ? origin->transport : NULL,
+                       origin ? origin->ack_token : 0, origin ? origin->reply_topic : NULL,
+                       origin ? origin->correlation : NULL, origin ? origin->correlation_len : 0);
+}

@@ -1,0 +1,243 @@
+/*
+ * vm_manager_internal.h - what the vm_* files share; private to them, not for other modules.
+ *
+ * The VM manager is one module split over several files, each with one job:
+ *   vm_manager.c        the VM set, session lifecycle, creation and teardown, reload
+ *   vm_publish.c        numbering and publishing envelopes for a VM
+ *   vm_pipeline.c       the ordered event pipeline: backlog, queries events wait on
+ *   vm_snapshot.c       the connect-time snapshot (resync) and identity check
+ *   vm_commands.c       inbound commands: per-VM FIFO, execution, results
+ *   vm_connect_slots.c  qmp.max_connecting: connect slots and their wait list
+ *   vm_listen.c         listen mode: sessions QEMU opened to qmp.listen, until named
+ * Other modules use vm_manager.h only; nothing here is a stable interface,
+ * and no file outside the vm_* set may include this header.
+ */
+#ifndef QB_VM_MANAGER_INTERNAL_H
+#define QB_VM_MANAGER_INTERNAL_H
+
+#include "envelope.h"
+#include "normalize.h"
+#include "prom.h"
+#include "qmp_client.h"
+#include "vm_manager.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uthash.h>
+#include <uv.h>
+
+/* The snapshot queries run on every READY, in this order (names in vm_snapshot.c). */
+enum qb_vm_query {
+    QB_VMQ_STATUS,
+    QB_VMQ_BLOCK,
+    QB_VMQ_JOBS,
+    QB_VMQ_COLO,
+    QB_VMQ_NAME,
+    QB_VMQ_UUID,
+    QB_VMQ_COUNT
+};
+
+struct qb_vm;
+struct qb_count;
+struct qb_vm_newcomer;
+
+/* One command waiting for or running on its VM; owns everything it points to. */
+struct qb_vm_cmd {
+    struct qb_vm_cmd *next;
+    struct qb_command *cmd;
+    struct qb_transport *transport;
+    uint64_t ack_token;
+    char *reply_topic;
+    void *correlation;
+    size_t correlation_len;
+    uint64_t deadline;      /* uv_now() by which it must have started */
+    uint64_t received_usec; /* wall clock when it was submitted, for the latency histogram */
+    qb_vm_command_done_cb done;
+    void *done_arg;
+};
+
+struct qb_vm {
+    struct qb_vm_manager *mgr;
+    char *name;
+    char *address;
+    char *key; /* "<bridge>/<vm>" */
+    struct qb_qmp_client *qmp;
+    struct qb_norm_vm *norm;
+    struct qb_vm_state
+        *state; /* latest qmp.vm.state (compact text); NULL before the first snapshot */
+
+    uint64_t epoch;
+    uint64_t seq;
+
+    uv_timer_t reconnect_timer;
+    uint32_t attempts; /* failed connects since the last stable session */
+    uint64_t ready_at; /* uv_now when READY was reached, 0 when not ready */
+    bool was_ready;    /* bridge.vm.connected was published for this session */
+    bool read_paused;  /* reading stopped for back-pressure */
+    bool removing;
+    bool timer_closed;
+    bool has_slot;     /* counts against qmp.max_connecting until resynced or closed */
+    bool listen;       /* sessions come from qmp.listen: never connects, waits for QEMU */
+    bool slot_waiting; /* queued for a connect slot */
+    struct qb_vm *slot_next;
+    char *identity; /* "<query-name name>/<query-uuid UUID>" of the last session, or NULL */
+    char qemu_version[32];
+    const char *last_event; /* a published type: static strings or interned in mgr->counts */
+    uint64_t last_event_usec;
+    uint64_t reconnects;
+    unsigned inflight; /* reply callbacks still to come */
+
+    /* The ordered pipeline. */
+    bool resyncing;
+    json_t *resync_replies[QB_VMQ_COUNT];
+    unsigned resync_left;
+    struct qb_norm_event pending; /* pending.type != NULL: waiting for a query */
+    json_t **backlog;
+    size_t backlog_head, backlog_len, backlog_cap;
+    bool draining;
+
+    /* Commands: a FIFO, one running at a time. */
+    struct qb_vm_cmd *cmd_head, *cmd_tail;
+    size_t cmd_queued;
+    struct qb_vm_cmd *cmd_running;
+    bool state_cmd_waiting; /* the running command is query-state, waiting for the snapshot */
+
+    UT_hash_handle hh;
+};
+
+/* Sequence counters of VMs that were removed, so a returning name keeps counting. */
+struct qb_seq_memo {
+    char *name;
+    uint64_t epoch;
+    uint64_t seq;
+    UT_hash_handle hh;
+};
+
+struct qb_vm_manager {
+    uv_loop_t *loop;
+    const struct qb_config *cfg;
+    struct qb_transport *const *transports;
+    size_t n_transports;
+    struct qb_outbox *outbox;
+    struct qb_envelope_ctx env;
+    struct qb_qmp_options qmp_opts;
+    struct qb_vm *vms;
+    size_t slots_since_trim; /* connect slots given back since the heap was last trimmed */
+    struct qb_vm *state_hot; /* the one VM whose state is held parsed (see vm_fold_state) */
+    struct qb_seq_memo *memos;
+    struct qb_count *counts;
+    struct qb_vm_manager_stats stats;
+    struct qb_histogram cmd_latency;
+    uint64_t rng;
+    bool pressure;                       /* the outbox wants QMP reading paused */
+    size_t n_connecting;                 /* VMs holding a connect slot */
+    struct qb_vm *slot_head, *slot_tail; /* VMs waiting for one, in order */
+    bool closing;
+    size_t n_alive;                   /* VM structs not yet freed, including ones being removed */
+    struct qb_vm_newcomer *newcomers; /* listen mode: accepted, not named yet */
+    size_t n_newcomers;
+    void (*room_cb)(void *arg, bool room); /* listen mode: may another connection come? */
+    void *room_arg;
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+/* ---- vm_manager.c -------------------------------------------------------- */
+
+/* The session callbacks of a VM entry (a newcomer's session is handed over with these). */
+extern const struct qb_qmp_callbacks qb_vm_qmp_callbacks;
+
+/* Wall-clock time in microseconds since the epoch. */
+uint64_t qb_vm_wall_clock_usec(void);
+
+/* Counts one (which, key, key2); returns the interned key (borrowed, lives as long as m) or NULL.
+ */
+const char *qb_vm_mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, const char *key,
+                            const char *key2);
+
+/* True when name is 1 to 64 characters of [A-Za-z0-9._-]. */
+bool qb_vm_name_valid(const char *name);
+
+/* Creates the IDLE entry of VM name (valid, not taken); address is copied, *out is borrowed. */
+int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
+                 struct qb_vm **out);
+
+/* Frees a removed VM once its session is IDLE, its timer closed and no callback is due. */
+void qb_vm_maybe_free(struct qb_vm *vm);
+
+/* The on_ready of a VM session: publishes bridge.vm.connected and starts the snapshot. */
+void qb_vm_on_ready(struct qb_qmp_client *c, void *arg);
+
+/* The next reconnect delay of vm: exponential back-off with equal jitter. */
+uint32_t qb_vm_backoff_ms(struct qb_vm *vm);
+
+/* reconnect_timer callback: connects t->data (a struct qb_vm). */
+void qb_vm_reconnect_timer_cb(uv_timer_t *t);
+
+/* Pauses or resumes reading to match back-pressure where safe; drains the backlog if not paused. */
+void qb_vm_apply_pause(struct qb_vm *vm);
+
+/* ---- vm_publish.c -------------------------------------------------------- */
+
+/* Sends a built message through the outbox, or to transport only when not NULL (msg borrowed). */
+void qb_vm_mgr_send(struct qb_vm_manager *m, struct qb_transport *only,
+                    const struct qb_message *msg);
+
+/* Publishes the VM's held state text as kind (STATE or EVENT) with sequence seq. */
+void qb_vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t seq,
+                         const char *id_suffix, int64_t ts_sec, int32_t ts_usec);
+
+/* Publishes a bridge-made event (data borrowed) at the bridge's clock; returns its sequence. */
+uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data);
+
+/* Publishes a complete normalised event (borrowed) and, if it changed the state, the new state. */
+void qb_vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev);
+
+/* ---- vm_pipeline.c ------------------------------------------------------- */
+
+/* Takes a new reference to msg into vm's backlog. Returns QB_OK or QB_ENOMEM. */
+int qb_vm_backlog_push(struct qb_vm *vm, json_t *msg);
+
+/* Processes held-back events in order until the backlog is empty or the VM blocks again. */
+void qb_vm_drain(struct qb_vm *vm);
+
+/* The on_event of a VM session: processes msg (borrowed) now or queues it in the backlog. */
+void qb_vm_on_event(struct qb_qmp_client *c, json_t *msg, void *arg);
+
+/* ---- vm_snapshot.c ------------------------------------------------------- */
+
+/* Sends the snapshot queries; the VM is blocked (resyncing) until all have answered. */
+void qb_vm_start_resync(struct qb_vm *vm);
+
+/* ---- vm_commands.c ------------------------------------------------------- */
+
+/* Frees a command entry and everything it owns (the command included); does not publish. */
+void qb_vm_cmd_free(struct qb_vm_cmd *c);
+
+/* Rejects every command still waiting (not the running one) with cls and message. */
+void qb_vm_cmd_flush(struct qb_vm *vm, const char *cls, const char *message);
+
+/* Completes the running query-state: the snapshot was published (ok) or the session went away. */
+void qb_vm_cmd_finish_state(struct qb_vm *vm, bool ok);
+
+/* ---- vm_connect_slots.c -------------------------------------------------- */
+
+/* Connects vm now if a connect slot is free, else queues it for one. */
+void qb_vm_connect(struct qb_vm *vm);
+
+/* Gives vm's connect slot back (if it holds one) and lets waiting VMs go. */
+void qb_vm_slot_release(struct qb_vm *vm);
+
+/* Takes vm off the wait list for a connect slot, if it is on it. */
+void qb_vm_slot_unqueue(struct qb_vm *vm);
+
+/* Grants free slots to waiting VMs in order; each connects from a 0 ms timer. */
+void qb_vm_slots_grant(struct qb_vm_manager *m);
+
+/* ---- vm_listen.c --------------------------------------------------------- */
+
+/* Frees every newcomer (accepted, not named yet) with its session; used on close. */
+void qb_vm_listen_drop_all(struct qb_vm_manager *m);
+
+#endif /* QB_VM_MANAGER_INTERNAL_H */

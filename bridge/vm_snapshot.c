@@ -1,0 +1,169 @@
+/*
+ * vm_snapshot.c - the connect-time snapshot: what state a VM is in when a session starts.
+ *
+ * On every READY (and after a command that may have changed the VM) the
+ * snapshot queries run; their replies become one qmp.vm.state, published
+ * before any event of the session, so a late consumer or a VM that was
+ * already paused is never left guessing. query-name and query-uuid also tell
+ * whether the socket is now served by another QEMU. Kept in its own file:
+ * it is the one place that turns query replies into a full state.
+ */
+#include "vm_manager_internal.h"
+
+#include "error.h"
+#include "log.h"
+#include "normalize.h"
+#include "qmp_client.h"
+#include "vm_state.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Indexed by enum qb_vm_query (vm_manager_internal.h): same order. */
+static const char *const qb_vm_query_names[QB_VMQ_COUNT] = {
+    "query-status",      "query-block", "query-block-jobs",
+    "query-colo-status", "query-name",  "query-uuid",
+};
+
+/* One snapshot query in flight: which VM, which slot of the reply table. */
+struct qb_vm_query_ctx {
+    struct qb_vm *vm;
+    enum qb_vm_query which;
+};
+
+/*
+ * The socket a VM entry points at may now be served by another QEMU (a
+ * restarted VM, or a path reused for a different guest). Its name (-name) and
+ * UUID tell: when they differ from the previous session's, the change is
+ * published before the fresh snapshot, so a consumer never takes the new
+ * QEMU's state for a continuation of the old one.
+ */
+static void vm_check_identity(struct qb_vm *vm, const json_t *name_reply, const json_t *uuid_reply)
+{
+    const char *name = json_string_value(json_object_get(name_reply, "name"));
+    const char *uuid = json_string_value(json_object_get(uuid_reply, "UUID"));
+    char *identity = NULL;
+
+    if (!name_reply && !uuid_reply)
+        return; /* QEMU did not say: nothing to compare */
+    if (asprintf(&identity, "%s/%s", name ? name : "", uuid ? uuid : "") < 0)
+        return;
+    if (vm->identity && strcmp(vm->identity, identity) != 0) {
+        const char *slash = strrchr(vm->identity, '/');
+        char *old_name = strndup(vm->identity, (size_t)(slash - vm->identity));
+        json_t *data =
+            json_pack("{s:{s:s, s:s}, s:{s:s, s:s}, s:s}", "previous", "name",
+                      old_name ? old_name : "", "uuid", slash + 1, "current", "name",
+                      name ? name : "", "uuid", uuid ? uuid : "", "address", vm->address);
+
+        QB_LOG_WARN(vm->name,
+                    "%s is now served by another QEMU (name '%s', uuid %s; was '%s', uuid %s): "
+                    "publishing bridge.vm.identity_changed and a fresh state",
+                    vm->address, name ? name : "", uuid ? uuid : "", old_name ? old_name : "",
+                    slash + 1);
+        if (data) {
+            qb_vm_publish_bridge_event(vm, "bridge.vm.identity_changed", data);
+            json_decref(data);
+        }
+        free(old_name);
+    }
+    free(vm->identity);
+    vm->identity = identity;
+}
+
+static void vm_finish_resync(struct qb_vm *vm)
+{
+    json_t **r = vm->resync_replies;
+
+    if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY) {
+        json_t *snap = qb_vm_state_from_queries(qb_qmp_client_greeting(vm->qmp), r[QB_VMQ_STATUS],
+                                                r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO]);
+        vm_check_identity(vm, r[QB_VMQ_NAME], r[QB_VMQ_UUID]);
+        if (snap) {
+            /* One timestamp for both copies: they are the same event. */
+            uint64_t now = qb_vm_wall_clock_usec();
+            int64_t sec = (int64_t)(now / 1000000u);
+            int32_t usec = (int32_t)(now % 1000000u);
+            uint64_t seq = ++vm->seq;
+
+            struct qb_vm_state *held = qb_vm_state_new(snap);
+
+            qb_norm_vm_reset(vm->norm, snap);
+            json_decref(snap);
+            if (held) {
+                if (vm->mgr->state_hot == vm)
+                    vm->mgr->state_hot = NULL;
+                qb_vm_state_free(vm->state);
+                vm->state = held;
+                qb_vm_publish_state(vm, QB_MSG_EVENT, seq, NULL, sec, usec);
+                qb_vm_publish_state(vm, QB_MSG_STATE, seq, NULL, sec, usec);
+                QB_LOG_INFO(vm->name, "state resynced: %s", qb_vm_state_run_state(held));
+            } else {
+                QB_LOG_ERR(vm->name, "out of memory holding the state snapshot");
+            }
+        } else {
+            QB_LOG_ERR(vm->name, "out of memory building the state snapshot");
+        }
+    }
+    for (int i = 0; i < QB_VMQ_COUNT; i++) {
+        json_decref(r[i]);
+        r[i] = NULL;
+    }
+    vm->resyncing = false;
+    qb_vm_slot_release(vm);
+    if (vm->state_cmd_waiting)
+        qb_vm_cmd_finish_state(vm, qb_qmp_client_state(vm->qmp) == QB_QMP_READY);
+    qb_vm_drain(vm);
+    qb_vm_apply_pause(vm);
+}
+
+static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
+{
+    struct qb_vm_query_ctx *q = arg;
+    struct qb_vm *vm = q->vm;
+
+    (void)c;
+    vm->inflight--;
+    if (status == QB_OK) {
+        vm->resync_replies[q->which] = json_incref(reply);
+    } else if (status != QB_ECLOSED &&
+               !((q->which == QB_VMQ_COLO || q->which == QB_VMQ_NAME || q->which == QB_VMQ_UUID) &&
+                 status == QB_EQMP)) {
+        /* query-colo-status fails on builds without COLO: that just means "no COLO". */
+        QB_LOG_WARN(vm->name, "%s failed during resync: %s", qb_vm_query_names[q->which],
+                    qb_strerror(status));
+    }
+    free(q);
+    if (--vm->resync_left == 0)
+        vm_finish_resync(vm);
+    qb_vm_maybe_free(vm);
+}
+
+void qb_vm_start_resync(struct qb_vm *vm)
+{
+    vm->resyncing = true;
+    vm->resync_left = QB_VMQ_COUNT;
+    for (int i = 0; i < QB_VMQ_COUNT; i++) {
+        struct qb_vm_query_ctx *q = malloc(sizeof(*q));
+        int rc = QB_ENOMEM;
+
+        if (q) {
+            q->vm = vm;
+            q->which = (enum qb_vm_query)i;
+            vm->inflight++;
+            rc = qb_qmp_client_execute(vm->qmp, qb_vm_query_names[i], NULL,
+                                       vm->mgr->cfg->qmp_command_timeout_ms, vm_resync_reply, q);
+            if (rc < 0) {
+                vm->inflight--;
+                free(q);
+            }
+        }
+        if (rc < 0) {
+            QB_LOG_WARN(vm->name, "%s not sent: %s", qb_vm_query_names[i], qb_strerror(rc));
+            if (--vm->resync_left == 0)
+                vm_finish_resync(vm);
+        }
+    }
+}
