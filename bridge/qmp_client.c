@@ -64,6 +64,9 @@ struct qb_qmp_client {
     unsigned reading : 1;
     unsigned handles_open; /* handles whose close callback has not run yet */
 
+    struct qb_fair_reads *fair;      /* borrowed; NULL: no per-turn bound */
+    struct qb_fair_entry fair_entry; /* parked: a read filled the buffer, resume next turn */
+
     union {
         uv_handle_t handle;
         uv_stream_t stream;
@@ -248,6 +251,8 @@ static void qb_qmp_close(struct qb_qmp_client *c, int err, const char *fmt, ...)
         uv_read_stop(&c->sock.stream);
         c->reading = 0;
     }
+    if (c->fair)
+        qb_fair_reads_unpark(c->fair, &c->fair_entry);
     uv_timer_stop(&c->timer);
     uv_close(&c->sock.handle, qb_qmp_sock_close_cb);
 }
@@ -574,16 +579,36 @@ static void qb_qmp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(ptr, (unsigned)len);
 }
 
+static void qb_qmp_start_reading(struct qb_qmp_client *c);
+
+/* From the fair-reads check after this turn's poll phase. */
+static void qb_qmp_fair_resume(struct qb_fair_entry *e)
+{
+    struct qb_qmp_client *c =
+        (struct qb_qmp_client *)((char *)e - offsetof(struct qb_qmp_client, fair_entry));
+
+    qb_qmp_start_reading(c);
+}
+
+/* Stops reading until the fair-reads check of this turn starts it again. */
+static void qb_qmp_yield(struct qb_qmp_client *c)
+{
+    uv_read_stop(&c->sock.stream);
+    c->reading = 0;
+    qb_fair_reads_park(c->fair, &c->fair_entry);
+}
+
 static void qb_qmp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct qb_qmp_client *c = s->data;
     int rc;
 
-    (void)buf;
     if (nread >= 0) {
         rc = qb_framer_commit(&c->framer, (size_t)nread, qb_qmp_on_line, c);
         if (rc == QB_ETOOBIG)
             qb_qmp_close(c, QB_ETOOBIG, "line longer than max_line_bytes %zu", c->framer.max_line);
+        else if (c->fair && c->reading && nread > 0 && (size_t)nread == buf->len)
+            qb_qmp_yield(c); /* more is waiting: let every other descriptor go first */
         return;
     }
     if (nread == UV_EOF)
@@ -600,7 +625,8 @@ static void qb_qmp_start_reading(struct qb_qmp_client *c)
 {
     int rc;
 
-    if (c->reading || c->paused || !qb_qmp_session_active(c) || c->state == QB_QMP_CONNECTING)
+    if (c->reading || c->paused || !qb_qmp_session_active(c) || c->state == QB_QMP_CONNECTING ||
+        c->fair_entry.parked)
         return;
     rc = uv_read_start(&c->sock.stream, qb_qmp_alloc_cb, qb_qmp_read_cb);
     if (rc < 0) {
@@ -683,6 +709,8 @@ int qb_qmp_client_new(uv_loop_t *loop, const char *vm_name, const struct qb_qmp_
         c->cb = *cb;
     c->cb_arg = cb_arg;
     c->connect_timeout_ms = opts ? opts->connect_timeout_ms : 0;
+    c->fair = opts ? opts->fair : NULL;
+    c->fair_entry.resume = qb_qmp_fair_resume;
     qb_framer_init(&c->framer,
                    opts && opts->max_line_bytes ? opts->max_line_bytes : QB_QMP_DEFAULT_MAX_LINE);
     c->next_id = 1;

@@ -20,6 +20,8 @@
 #ifndef QB_QMP_CLIENT_H
 #define QB_QMP_CLIENT_H
 
+#include "fair_reads.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,6 +44,8 @@ struct qb_qmp_client;
 struct qb_qmp_options {
     size_t max_line_bytes;       /* default 16 MiB when 0 */
     uint32_t connect_timeout_ms; /* 0 = none */
+    /* Borrowed, outlives the client; NULL: read as long as libuv offers (see fair_reads.h). */
+    struct qb_fair_reads *fair;
 };
 
 struct qb_qmp_callbacks {

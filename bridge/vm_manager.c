@@ -254,6 +254,7 @@ static void mgr_finish(struct qb_vm_manager *m)
         free(c->key);
         free(c);
     }
+    qb_fair_reads_close(m->qmp_opts.fair); /* every session is gone: nothing is parked */
     free(m);
     if (done)
         done(arg);
@@ -335,6 +336,10 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     *out = NULL;
     if (!m)
         return QB_ENOMEM;
+    if (qb_fair_reads_new(loop, &m->qmp_opts.fair) < 0) {
+        free(m);
+        return QB_ENOMEM;
+    }
     m->loop = loop;
     m->cfg = cfg;
     m->transports = transports;

@@ -196,6 +196,7 @@ struct fx {
     char addr[160];
     struct peer peer;
     struct qb_qmp_client *c;
+    struct qb_fair_reads *fair; /* NULL unless a test makes one */
 
     int ready;
     int closed;
@@ -305,7 +306,7 @@ static void guard_cb(uv_timer_t *t)
 
 static void make_client(struct fx *fx, size_t max_line, uint32_t connect_timeout_ms)
 {
-    struct qb_qmp_options opts = {max_line, connect_timeout_ms};
+    struct qb_qmp_options opts = {max_line, connect_timeout_ms, fx->fair};
 
     if (fx->c != NULL)
         qb_qmp_client_free(fx->c);
@@ -378,6 +379,7 @@ static int teardown(void **state)
 
     if (fx->c != NULL)
         qb_qmp_client_free(fx->c);
+    qb_fair_reads_close(fx->fair);
     peer_close_conn(&fx->peer);
     uv_close(&fx->peer.server.h, NULL);
     uv_close((uv_handle_t *)&fx->guard, NULL);
@@ -863,6 +865,80 @@ static void test_pause_and_resume(void **state)
     reply_clear(&r);
 }
 
+/*
+ * A QEMU streaming events flat out fills the socket faster than the bridge
+ * drains it. libuv would go on reading it (32 buffers per wake-up) while the
+ * rest of the loop waits; with fair reads the session takes one buffer per
+ * loop turn and parks until the turn's check, and nothing is lost or reordered.
+ */
+static void test_fair_reads_one_buffer_per_turn(void **state)
+{
+    struct fx *fx = *state;
+    enum { N = 2500 };
+    size_t line = strlen(stop_line) + 1;
+    size_t per_buffer = 65536 / line + 1; /* the read area is 64 KiB */
+    char *blob = malloc(N * line + 1);
+    size_t turns = 0, most = 0, parked_seen = 0;
+
+    assert_non_null(blob);
+    assert_int_equal(qb_fair_reads_new(&fx->loop, &fx->fair), QB_OK);
+    make_client(fx, 0, 0);
+    handshake(fx);
+    for (size_t i = 0; i < N; i++) {
+        memcpy(blob + i * line, stop_line, line - 1);
+        blob[i * line + line - 1] = '\n';
+    }
+    blob[N * line - 1] = '\0'; /* peer_send adds the last newline */
+    peer_send(&fx->peer, blob);
+    free(blob);
+    fx->guard_fired = 0;
+    uv_timer_start(&fx->guard, guard_cb, 10000, 0);
+    while (json_array_size(fx->events) < N && !fx->guard_fired) {
+        size_t before = json_array_size(fx->events);
+        uv_run(&fx->loop, UV_RUN_ONCE);
+        size_t got = json_array_size(fx->events) - before;
+        if (got > most)
+            most = got;
+        if (got)
+            turns++;
+        parked_seen += qb_fair_reads_parked(fx->fair);
+    }
+    uv_timer_stop(&fx->guard);
+    assert_int_equal(json_array_size(fx->events), N);
+    assert_true(most <= per_buffer); /* never more than one buffer in a turn */
+    assert_true(turns >= (N * line) / 65536); /* so the stream took several turns */
+    assert_int_equal(qb_fair_reads_parked(fx->fair), 0); /* parked ones resume in the same turn */
+    (void)parked_seen;
+    for (size_t i = 0; i < N; i++)
+        assert_string_equal(json_string_value(json_object_get(json_array_get(fx->events, i), "event")),
+                            "STOP");
+}
+
+/* A session closed inside an event of a full buffer is not parked afterwards. */
+static void test_fair_reads_close_inside_event(void **state)
+{
+    struct fx *fx = *state;
+    enum { N = 2500 };
+    size_t line = strlen(stop_line) + 1;
+    char *blob = malloc(N * line + 1);
+
+    assert_non_null(blob);
+    assert_int_equal(qb_fair_reads_new(&fx->loop, &fx->fair), QB_OK);
+    make_client(fx, 0, 0);
+    handshake(fx);
+    for (size_t i = 0; i < N; i++) {
+        memcpy(blob + i * line, stop_line, line - 1);
+        blob[i * line + line - 1] = '\n';
+    }
+    blob[N * line - 1] = '\0';
+    peer_send(&fx->peer, blob);
+    free(blob);
+    fx->on_event_action = ACT_DISCONNECT; /* closes inside the first event of the first buffer */
+    RUN_UNTIL(fx, fx->closed == 1);
+    assert_int_equal(qb_fair_reads_parked(fx->fair), 0);
+    assert_int_equal(json_array_size(fx->events), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -889,6 +965,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_greeting_times_out, setup_unix, teardown),
         cmocka_unit_test_setup_teardown(test_capabilities_error_closes, setup_unix, teardown),
         cmocka_unit_test_setup_teardown(test_pause_and_resume, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_fair_reads_one_buffer_per_turn, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_fair_reads_close_inside_event, setup_unix, teardown),
     };
 
     /* Debug level so every log statement's formatting runs under the sanitizers too. */
