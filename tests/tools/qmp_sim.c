@@ -115,7 +115,8 @@
     "signals: USR1 drop all sessions, USR2 toggle stall, HUP write stats, TERM/INT exit\n"
 
 enum {
-    TICK_MS = 10,             /* the one timer's period */
+    TICK_MS = 1, /* the one timer's period: steps of a rate-mode VM leave within 1 ms of their due
+                  * time (a 10 ms tick sent each tick's steps of all VMs as one burst) */
     FLAT_BATCH = 32,          /* steps per VM per loop iteration in flat-out mode */
     RATE_BATCH = 256,         /* steps per VM per tick at most in rate mode */
     WQ_HIGH = 64 * 1024,      /* queued bytes at which a VM stops taking steps */
@@ -345,7 +346,7 @@ static void vm_update_active(struct sim_vm *vm)
 
     if (want && !vm->in_active) {
         /* Independent VMs do not tick together: without a phase, every VM that became active
-         * in the same 10 ms tick would step in the same tick for ever, and a steady 2 events/s
+         * in the same tick would step in the same tick for ever, and a steady 2 events/s
          * per VM would arrive as one burst of all of them every 500 ms. The golden-ratio
          * sequence spreads phases evenly over the period and is the same in every run. */
         vm->credit = g_sim.phase_aligned ? 0 : fmod(vm->index * 0.6180339887498949, 1.0);
