@@ -60,7 +60,10 @@ struct qb_transport_ops {
                   void *owner, void **backend, char *errbuf, size_t errlen);
 
     /*
-     * Publishes msg (borrowed: copy what must outlive the call). Returns QB_OK
+     * Publishes msg. msg and everything it points to stay valid until the
+     * delivered() of this publish, or until the backend's close has completed
+     * when that comes first, so a backend may hand them to its library without
+     * copying; after a non-QB_OK return they are borrowed for the call only. Returns QB_OK
      * (then exactly one delivered(token) later), QB_EAGAIN when it cannot
      * take it now (no callback; wait for writable), or another negative code
      * for a message it can never send (no callback; counted as failed and
