@@ -16,6 +16,7 @@ struct qb_fair_reads {
     uv_check_t check;
     struct qb_fair_entry *head, *tail;
     size_t n;
+    size_t chunk; /* this turn's read size for a streaming session */
     bool running;
 };
 
@@ -39,7 +40,11 @@ static void fair_on_check(uv_check_t *h)
     struct qb_fair_reads *f = h->data;
     struct qb_fair_entry *e;
     size_t n = f->n;
+    size_t chunk = n ? QB_FAIR_TURN_BYTES / n : QB_FAIR_CHUNK_MAX;
 
+    f->chunk = chunk < QB_FAIR_CHUNK_MIN   ? QB_FAIR_CHUNK_MIN
+               : chunk > QB_FAIR_CHUNK_MAX ? QB_FAIR_CHUNK_MAX
+                                           : chunk;
     /* in park order, which is the order the poll phase served them */
     while (n-- > 0 && (e = f->head) != NULL) {
         fair_unlink(f, e);
@@ -59,6 +64,7 @@ int qb_fair_reads_new(uv_loop_t *loop, struct qb_fair_reads **out)
     if (!f)
         return QB_ENOMEM;
     uv_check_init(loop, &f->check); /* cannot fail */
+    f->chunk = QB_FAIR_CHUNK_MAX;
     f->check.data = f;
     *out = f;
     return QB_OK;
@@ -87,6 +93,11 @@ void qb_fair_reads_unpark(struct qb_fair_reads *f, struct qb_fair_entry *e)
 {
     if (e->parked)
         fair_unlink(f, e);
+}
+
+size_t qb_fair_reads_chunk(const struct qb_fair_reads *f)
+{
+    return f->chunk;
 }
 
 size_t qb_fair_reads_parked(const struct qb_fair_reads *f)

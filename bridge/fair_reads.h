@@ -11,6 +11,13 @@
  * session, so the next poll sees every other ready descriptor first and each
  * session gets one buffer per turn.
  *
+ * The buffer shrinks as more sessions are busy: a turn with N parked sessions
+ * sets the next turn's buffer to QB_FAIR_TURN_BYTES / N (between 4 KiB and
+ * 64 KiB), so a turn stays near 1 MiB of QMP input however many VMs stream.
+ * A session waiting for a reply (its handshake, its snapshot, a command) is
+ * neither bounded nor parked: the reply is behind whatever QEMU sent before
+ * it, and every turn it waits also keeps a connect slot or a command waiting.
+ *
  * One per loop, owned by the VM manager; sessions point to it through
  * struct qb_qmp_options. Nothing runs while nothing is parked.
  */
@@ -18,7 +25,13 @@
 #define QB_FAIR_READS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <uv.h>
+
+/* Aim for about this much QMP input per loop turn, over all busy sessions. */
+#define QB_FAIR_TURN_BYTES ((size_t)1024 * 1024)
+#define QB_FAIR_CHUNK_MIN ((size_t)4096)
+#define QB_FAIR_CHUNK_MAX ((size_t)65536)
 
 struct qb_fair_reads;
 
@@ -39,6 +52,9 @@ void qb_fair_reads_park(struct qb_fair_reads *f, struct qb_fair_entry *e);
 
 /* Takes e off the list without resuming it (its owner is closing); no-op if not parked. */
 void qb_fair_reads_unpark(struct qb_fair_reads *f, struct qb_fair_entry *e);
+
+/* How much a streaming session may read at once this turn (bytes). */
+size_t qb_fair_reads_chunk(const struct qb_fair_reads *f);
 
 /* Parked entries so far this turn (tests). */
 size_t qb_fair_reads_parked(const struct qb_fair_reads *f);

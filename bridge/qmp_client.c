@@ -563,6 +563,16 @@ out:
     return rc;
 }
 
+/*
+ * Whether fair reads bound this session now: only a READY session with no
+ * reply outstanding. One that waits for a reply reads on, since the reply sits
+ * behind everything QEMU sent before it (see fair_reads.h).
+ */
+static bool qb_qmp_fair_bounded(const struct qb_qmp_client *c)
+{
+    return c->fair && c->state == QB_QMP_READY && c->pending_head == NULL;
+}
+
 static void qb_qmp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct qb_qmp_client *c = h->data;
@@ -574,6 +584,8 @@ static void qb_qmp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         ptr = NULL;
         len = 0; /* libuv then reports UV_ENOBUFS to read_cb */
     }
+    if (qb_qmp_fair_bounded(c) && len > qb_fair_reads_chunk(c->fair))
+        len = qb_fair_reads_chunk(c->fair); /* a longer line is read over several turns */
     if (len > UINT32_MAX)
         len = UINT32_MAX;
     *buf = uv_buf_init(ptr, (unsigned)len);
@@ -607,7 +619,7 @@ static void qb_qmp_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         rc = qb_framer_commit(&c->framer, (size_t)nread, qb_qmp_on_line, c);
         if (rc == QB_ETOOBIG)
             qb_qmp_close(c, QB_ETOOBIG, "line longer than max_line_bytes %zu", c->framer.max_line);
-        else if (c->fair && c->reading && nread > 0 && (size_t)nread == buf->len)
+        else if (qb_qmp_fair_bounded(c) && c->reading && nread > 0 && (size_t)nread == buf->len)
             qb_qmp_yield(c); /* more is waiting: let every other descriptor go first */
         return;
     }

@@ -68,6 +68,39 @@ static void test_park_resume_unpark(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static void on_resume_quiet(struct qb_fair_entry *e)
+{
+    (void)e;
+}
+
+/* The next turn's read size: about 1 MiB over the sessions that were busy in this one. */
+static void test_chunk_follows_busy_sessions(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    struct qb_fair_reads *f;
+    static struct rec r[300];
+    const struct {
+        size_t parked, chunk;
+    } cases[] = {{1, 65536}, {32, 32768}, {100, 10485}, {300, 4096}, {0, 4096}, {2, 65536}};
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(qb_fair_reads_new(&loop, &f), QB_OK);
+    assert_int_equal(qb_fair_reads_chunk(f), QB_FAIR_CHUNK_MAX);
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        for (size_t i = 0; i < cases[c].parked; i++) {
+            r[i].e.resume = on_resume_quiet;
+            qb_fair_reads_park(f, &r[i].e);
+        }
+        uv_run(&loop, UV_RUN_NOWAIT);
+        /* a turn without parked sessions runs no check: the size stays until one parks */
+        assert_int_equal(qb_fair_reads_chunk(f), cases[c].chunk);
+    }
+    qb_fair_reads_close(f);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_close_null(void **state)
 {
     (void)state;
@@ -78,6 +111,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_park_resume_unpark),
+        cmocka_unit_test(test_chunk_follows_busy_sessions),
         cmocka_unit_test(test_close_null),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

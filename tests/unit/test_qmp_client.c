@@ -939,6 +939,51 @@ static void test_fair_reads_close_inside_event(void **state)
     assert_int_equal(json_array_size(fx->events), 1);
 }
 
+/*
+ * A reply sits behind everything QEMU sent before it. A session waiting for
+ * one (its snapshot, a command) reads on past the one-buffer-per-turn bound,
+ * or a flood ahead of the reply would hold its connect slot (or its command)
+ * for one loop turn per buffer.
+ */
+static void test_fair_reads_reply_reads_through(void **state)
+{
+    struct fx *fx = *state;
+    enum { N = 1800 }; /* about 165 KB: three 64 KiB buffers, and it fits the socket */
+    size_t line = strlen(stop_line) + 1;
+    char *blob = malloc(N * line + 64);
+    struct reply r = {fx};
+    size_t turns = 0;
+    json_int_t id;
+
+    assert_non_null(blob);
+    assert_int_equal(qb_fair_reads_new(&fx->loop, &fx->fair), QB_OK);
+    make_client(fx, 0, 0);
+    handshake(fx);
+    assert_int_equal(qb_qmp_client_execute(fx->c, "query-status", NULL, 0, on_reply, &r), QB_OK);
+    RUN_UNTIL(fx, json_array_size(fx->peer.received) == 2);
+    id = command_id(last_command(fx));
+    for (size_t i = 0; i < N; i++) {
+        memcpy(blob + i * line, stop_line, line - 1);
+        blob[i * line + line - 1] = '\n';
+    }
+    snprintf(blob + N * line, 64, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}", id);
+    peer_send(&fx->peer, blob);
+    free(blob);
+    fx->guard_fired = 0;
+    uv_timer_start(&fx->guard, guard_cb, 10000, 0);
+    while (r.called == 0 && !fx->guard_fired) {
+        size_t before = json_array_size(fx->events);
+        uv_run(&fx->loop, UV_RUN_ONCE);
+        if (json_array_size(fx->events) != before || r.called)
+            turns++;
+    }
+    uv_timer_stop(&fx->guard);
+    assert_int_equal(r.called, 1);
+    assert_int_equal(json_array_size(fx->events), N); /* every event before the reply, in order */
+    assert_true(turns <= 2); /* bounded to a buffer per turn it would take at least three */
+    reply_clear(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -967,6 +1012,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pause_and_resume, setup_unix, teardown),
         cmocka_unit_test_setup_teardown(test_fair_reads_one_buffer_per_turn, setup_unix, teardown),
         cmocka_unit_test_setup_teardown(test_fair_reads_close_inside_event, setup_unix, teardown),
+        cmocka_unit_test_setup_teardown(test_fair_reads_reply_reads_through, setup_unix, teardown),
     };
 
     /* Debug level so every log statement's formatting runs under the sanitizers too. */
