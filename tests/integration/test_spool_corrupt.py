@@ -8,7 +8,8 @@ crash or a bad disk would: the last record of the newest segment loses its end (
 write) and one record in the middle of a segment gets flipped bytes. Run 2 starts on that
 spool with a stdout transport (a new consumer, so it replays the whole spool): its log names
 both damaged records, and the stream it writes has every event of run 1 except exactly the
-two damaged ones (the stream checker finds those two gaps and nothing else), followed by
+damaged event records (a damaged state copy leaves no gap: its event, with the same sequence,
+is intact, and stdout prints no state copies), followed by
 run 2's own events numbered after the highest sequence run 1 ever assigned."""
 import os
 import struct
@@ -22,8 +23,12 @@ PER_VM = 300
 BRIDGE_ID = "spool-c"
 
 
-def records(path, live=False):
-    """Parses a segment file (format in bridge/spool.h): [(offset, length, vm, seq)].
+KIND_EVENT = 0  # enum qb_msg_kind; state copies (1) share their event's sequence
+
+
+def records(path, live=False, kinds=False):
+    """Parses a segment file (format in bridge/spool.h): [(offset, length, vm, seq)], with
+    the record kind appended when kinds is true.
     live: the bridge may be writing it right now (a segment just created may not have its
     header yet)."""
     with open(path, "rb") as f:
@@ -42,7 +47,7 @@ def records(path, live=False):
         seq = struct.unpack_from("<Q", body, p)[0]
         vlen = struct.unpack_from("<H", body, p + 8)[0]
         vm = body[p + 10:p + 10 + vlen].decode()
-        out.append((off, 12 + blen, vm, seq))
+        out.append((off, 12 + blen, vm, seq) + ((body[16],) if kinds else ()))
         off += 12 + blen
     return out
 
@@ -77,20 +82,23 @@ with check.Test("spool_corrupt") as t:
 
     t.section("damage: torn tail and flipped bytes")
     newest = os.path.join(spool, segs[-1])
-    recs = records(newest)
-    off, length, torn_vm, torn_seq = recs[-1]
+    recs = records(newest, kinds=True)
+    off, length, torn_vm, torn_seq, torn_kind = recs[-1]
     with open(newest, "r+b") as f:
         f.truncate(off + length - 7)
     middle_seg = os.path.join(spool, segs[len(segs) // 2])
-    mrecs = records(middle_seg)
-    moff, mlen, flip_vm, flip_seq = mrecs[len(mrecs) // 2]
+    # an event record: a damaged state copy leaves no gap (stdout prints no state copies, and
+    # its event, with the same sequence, is intact)
+    mrecs = [r for r in records(middle_seg, kinds=True) if r[4] == KIND_EVENT]
+    moff, mlen, flip_vm, flip_seq, _ = mrecs[len(mrecs) // 2]
     with open(middle_seg, "r+b") as f:
         f.seek(moff + mlen - 20)
         b = f.read(4)
         f.seek(moff + mlen - 20)
         f.write(bytes(x ^ 0x5A for x in b))
-    t.ok("torn: %s seq %d in %s; flipped: %s seq %d in %s"
-         % (torn_vm, torn_seq, segs[-1], flip_vm, flip_seq, os.path.basename(middle_seg)))
+    t.ok("torn: %s seq %d (%s) in %s; flipped: %s seq %d (event) in %s"
+         % (torn_vm, torn_seq, "event" if torn_kind == KIND_EVENT else "state copy", segs[-1],
+            flip_vm, flip_seq, os.path.basename(middle_seg)))
 
     t.section("run 2 recovers and replays the rest")
     run2 = bridge.Bridge(d, vms, bridge_id=BRIDGE_ID, log_level="info", stdout_path=True,
@@ -113,12 +121,12 @@ with check.Test("spool_corrupt") as t:
         return envs if all(last.get(n, 0) > PER_VM + 2 for n, _ in vms) else None
     envs = procs.wait_until(replayed, 30, "run 2 to replay the spool and publish its own events")
     rep = streamcheck.check(envs, expect_first={"vm0": 1, "vm1": 1})
-    lost = {(torn_vm, torn_seq), (flip_vm, flip_seq)}
+    lost = {(flip_vm, flip_seq)} | ({(torn_vm, torn_seq)} if torn_kind == KIND_EVENT else set())
     got = {(e["subject"], int(e["sequence"])) for e in envs}
     missing = set()
     for vm, info in rep.vms.items():
         missing |= {(vm, s) for s in range(1, info["last"] + 1) if (vm, s) not in got}
-    t.expect(missing == lost, "exactly the two damaged records are missing",
+    t.expect(missing == lost, "exactly the damaged event records are missing",
              "missing %s, damaged %s" % (sorted(missing), sorted(lost)))
     t.expect(run2.alive(), "run 2 keeps running")
     rc = run2.stop()
