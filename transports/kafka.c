@@ -379,12 +379,12 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
      */
     const char *val = value ? value : msg->payload;
     size_t val_len = value ? strlen(value) : msg->len;
+    int msgflags = value ? RD_KAFKA_MSG_F_FREE : 0; /* the macro casts its argument as is */
     rd_kafka_resp_err_t err = rd_kafka_producev(
         b->rk, RD_KAFKA_V_TOPIC(topic),
         RD_KAFKA_V_KEY((void *)msg->key, msg->key ? strlen(msg->key) : 0),
         RD_KAFKA_V_VALUE((void *)val, val_len), RD_KAFKA_V_HEADERS(hdrs),
-        RD_KAFKA_V_MSGFLAGS(value ? RD_KAFKA_MSG_F_FREE : 0), RD_KAFKA_V_OPAQUE(token),
-        RD_KAFKA_V_END);
+        RD_KAFKA_V_MSGFLAGS(msgflags), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         hdrs = NULL;  /* librdkafka owns them now */
         value = NULL; /* and this, if set */
