@@ -17,7 +17,6 @@ struct qb_fair_reads {
     struct qb_fair_entry *head, *tail;
     size_t n;
     size_t chunk; /* this turn's read size for a streaming session */
-    bool running;
 };
 
 static void fair_unlink(struct qb_fair_reads *f, struct qb_fair_entry *e)
@@ -50,10 +49,8 @@ static void fair_on_check(uv_check_t *h)
         fair_unlink(f, e);
         e->resume(e);
     }
-    if (!f->head) {
+    if (!f->head)
         uv_check_stop(&f->check);
-        f->running = false;
-    }
 }
 
 int qb_fair_reads_new(uv_loop_t *loop, struct qb_fair_reads **out)
@@ -83,10 +80,7 @@ void qb_fair_reads_park(struct qb_fair_reads *f, struct qb_fair_entry *e)
         f->head = e;
     f->tail = e;
     f->n++;
-    if (!f->running) {
-        uv_check_start(&f->check, fair_on_check);
-        f->running = true;
-    }
+    uv_check_start(&f->check, fair_on_check); /* no-op when already started */
 }
 
 void qb_fair_reads_unpark(struct qb_fair_reads *f, struct qb_fair_entry *e)

@@ -866,6 +866,29 @@ static void test_pause_and_resume(void **state)
 }
 
 /*
+ * Sends n STOP events in one write, then tail (a line, or NULL): a flood that
+ * sits in the socket before the client reads any of it.
+ */
+static void peer_send_stop_flood(struct peer *p, size_t n, const char *tail)
+{
+    size_t line = strlen(stop_line) + 1;
+    size_t tail_len = tail ? strlen(tail) + 1 : 0;
+    char *blob = malloc(n * line + tail_len + 1);
+
+    assert_non_null(blob);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(blob + i * line, stop_line, line - 1);
+        blob[i * line + line - 1] = '\n';
+    }
+    if (tail)
+        memcpy(blob + n * line, tail, tail_len); /* with its NUL */
+    else
+        blob[n * line - 1] = '\0'; /* peer_send adds the last newline */
+    peer_send(p, blob);
+    free(blob);
+}
+
+/*
  * A QEMU streaming events flat out fills the socket faster than the bridge
  * drains it. libuv would go on reading it (32 buffers per wake-up) while the
  * rest of the loop waits; with fair reads the session takes one buffer per
@@ -877,20 +900,12 @@ static void test_fair_reads_one_buffer_per_turn(void **state)
     enum { N = 2500 };
     size_t line = strlen(stop_line) + 1;
     size_t per_buffer = 65536 / line + 1; /* the read area is 64 KiB */
-    char *blob = malloc(N * line + 1);
-    size_t turns = 0, most = 0, parked_seen = 0;
+    size_t turns = 0, most = 0;
 
-    assert_non_null(blob);
     assert_int_equal(qb_fair_reads_new(&fx->loop, &fx->fair), QB_OK);
     make_client(fx, 0, 0);
     handshake(fx);
-    for (size_t i = 0; i < N; i++) {
-        memcpy(blob + i * line, stop_line, line - 1);
-        blob[i * line + line - 1] = '\n';
-    }
-    blob[N * line - 1] = '\0'; /* peer_send adds the last newline */
-    peer_send(&fx->peer, blob);
-    free(blob);
+    peer_send_stop_flood(&fx->peer, N, NULL);
     fx->guard_fired = 0;
     uv_timer_start(&fx->guard, guard_cb, 10000, 0);
     while (json_array_size(fx->events) < N && !fx->guard_fired) {
@@ -901,14 +916,12 @@ static void test_fair_reads_one_buffer_per_turn(void **state)
             most = got;
         if (got)
             turns++;
-        parked_seen += qb_fair_reads_parked(fx->fair);
     }
     uv_timer_stop(&fx->guard);
     assert_int_equal(json_array_size(fx->events), N);
     assert_true(most <= per_buffer); /* never more than one buffer in a turn */
     assert_true(turns >= (N * line) / 65536); /* so the stream took several turns */
     assert_int_equal(qb_fair_reads_parked(fx->fair), 0); /* parked ones resume in the same turn */
-    (void)parked_seen;
     for (size_t i = 0; i < N; i++)
         assert_string_equal(json_string_value(json_object_get(json_array_get(fx->events, i), "event")),
                             "STOP");
@@ -918,21 +931,11 @@ static void test_fair_reads_one_buffer_per_turn(void **state)
 static void test_fair_reads_close_inside_event(void **state)
 {
     struct fx *fx = *state;
-    enum { N = 2500 };
-    size_t line = strlen(stop_line) + 1;
-    char *blob = malloc(N * line + 1);
 
-    assert_non_null(blob);
     assert_int_equal(qb_fair_reads_new(&fx->loop, &fx->fair), QB_OK);
     make_client(fx, 0, 0);
     handshake(fx);
-    for (size_t i = 0; i < N; i++) {
-        memcpy(blob + i * line, stop_line, line - 1);
-        blob[i * line + line - 1] = '\n';
-    }
-    blob[N * line - 1] = '\0';
-    peer_send(&fx->peer, blob);
-    free(blob);
+    peer_send_stop_flood(&fx->peer, 2500, NULL);
     fx->on_event_action = ACT_DISCONNECT; /* closes inside the first event of the first buffer */
     RUN_UNTIL(fx, fx->closed == 1);
     assert_int_equal(qb_fair_reads_parked(fx->fair), 0);
@@ -949,26 +952,18 @@ static void test_fair_reads_reply_reads_through(void **state)
 {
     struct fx *fx = *state;
     enum { N = 1800 }; /* about 165 KB: three 64 KiB buffers, and it fits the socket */
-    size_t line = strlen(stop_line) + 1;
-    char *blob = malloc(N * line + 64);
     struct reply r = {fx};
     size_t turns = 0;
-    json_int_t id;
+    char reply_line[64];
 
-    assert_non_null(blob);
     assert_int_equal(qb_fair_reads_new(&fx->loop, &fx->fair), QB_OK);
     make_client(fx, 0, 0);
     handshake(fx);
     assert_int_equal(qb_qmp_client_execute(fx->c, "query-status", NULL, 0, on_reply, &r), QB_OK);
     RUN_UNTIL(fx, json_array_size(fx->peer.received) == 2);
-    id = command_id(last_command(fx));
-    for (size_t i = 0; i < N; i++) {
-        memcpy(blob + i * line, stop_line, line - 1);
-        blob[i * line + line - 1] = '\n';
-    }
-    snprintf(blob + N * line, 64, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}", id);
-    peer_send(&fx->peer, blob);
-    free(blob);
+    snprintf(reply_line, sizeof(reply_line), "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}",
+             command_id(last_command(fx)));
+    peer_send_stop_flood(&fx->peer, N, reply_line);
     fx->guard_fired = 0;
     uv_timer_start(&fx->guard, guard_cb, 10000, 0);
     while (r.called == 0 && !fx->guard_fired) {
