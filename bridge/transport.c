@@ -509,6 +509,8 @@ static void cb_delivered(void *owner, void *token, int status)
     }
     if (status == QB_OK) {
         t->stats.confirmed++;
+        if (m->msg.kind == QB_MSG_EVENT)
+            t->stats.confirmed_events++;
         if (m->msg.origin_usec) {
             struct timeval tv;
             uint64_t now;

@@ -72,6 +72,7 @@ struct qb_transport_stats {
     uint64_t queued;    /* accepted into the queue */
     uint64_t published; /* handed to the backend (retries count again) */
     uint64_t confirmed; /* delivery confirmed: released from the queue */
+    uint64_t confirmed_events; /* of those, kind EVENT (no state copies, no replies) */
     uint64_t retried;   /* failed delivery reports: each message is sent again, in order */
     uint64_t failed;    /* messages the backend can never send (refused outright): dropped */
     uint64_t dropped;   /* refused because the queue was full */

@@ -254,7 +254,9 @@ static void mgr_finish(struct qb_vm_manager *m)
         free(c->key);
         free(c);
     }
-    qb_fair_reads_close(m->qmp_opts.fair); /* every session is gone: nothing is parked */
+    qb_fair_reads_close(m->qmp_opts.fair);  /* every session is gone: nothing is parked */
+    qb_vm_state_cache_free(m->state_cache); /* every holder is gone with its VM */
+    qb_vm_state_copies_close(m->state_copies);
     free(m);
     if (done)
         done(arg);
@@ -263,6 +265,8 @@ static void mgr_finish(struct qb_vm_manager *m)
 static void vm_free_now(struct qb_vm *vm)
 {
     struct qb_vm_manager *m = vm->mgr;
+
+    qb_vm_state_copy_flush(vm); /* its last change still reaches the state topic */
 
     while (vm->cmd_head) {
         struct qb_vm_cmd *c = vm->cmd_head;
@@ -275,8 +279,6 @@ static void vm_free_now(struct qb_vm *vm)
     free(vm->backlog);
     qb_norm_event_clear(&vm->pending);
     qb_norm_vm_free(vm->norm);
-    if (vm->mgr->state_hot == vm)
-        vm->mgr->state_hot = NULL;
     qb_vm_state_free(vm->state);
     for (int i = 0; i < QB_VMQ_COUNT; i++)
         json_decref(vm->resync_replies[i]);
@@ -336,7 +338,11 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     *out = NULL;
     if (!m)
         return QB_ENOMEM;
-    if (qb_fair_reads_new(loop, &m->qmp_opts.fair) < 0) {
+    m->state_cache = qb_vm_state_cache_new(QB_VM_STATE_TREES_MAX);
+    if (!m->state_cache || qb_vm_state_copies_new(loop, &m->state_copies) < 0 ||
+        qb_fair_reads_new(loop, &m->qmp_opts.fair) < 0) {
+        qb_vm_state_cache_free(m->state_cache);
+        qb_vm_state_copies_close(m->state_copies);
         free(m);
         return QB_ENOMEM;
     }

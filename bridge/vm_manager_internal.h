@@ -4,6 +4,7 @@
  * The VM manager is one module split over several files, each with one job:
  *   vm_manager.c        the VM set, session lifecycle, creation and teardown, reload
  *   vm_publish.c        numbering and publishing envelopes for a VM
+ *   vm_state_copies.c   one state-topic copy per VM per loop turn
  *   vm_pipeline.c       the ordered event pipeline: backlog, queries events wait on
  *   vm_snapshot.c       the connect-time snapshot (resync) and identity check
  *   vm_commands.c       inbound commands: per-VM FIFO, execution, results
@@ -26,6 +27,16 @@
 #include <stdint.h>
 #include <uthash.h>
 #include <uv.h>
+
+struct qb_vm_state_cache;
+struct qb_vm_state_copies;
+
+/*
+ * How many VMs keep their state parsed between events (vm_state.h): enough
+ * for every VM of a storm-sized burst to parse its state once, at about 2.7 KB
+ * a tree (2.8 MB at most), while idle VMs keep only the text.
+ */
+#define QB_VM_STATE_TREES_MAX 1024
 
 /* The snapshot queries run on every READY, in this order (names in vm_snapshot.c). */
 enum qb_vm_query {
@@ -86,7 +97,8 @@ struct qb_vm {
     const char *last_event; /* a published type: static strings or interned in mgr->counts */
     uint64_t last_event_usec;
     uint64_t reconnects;
-    unsigned inflight; /* reply callbacks still to come */
+    unsigned inflight;        /* reply callbacks still to come */
+    uint32_t state_copy_slot; /* 1 + index of its pending state copy (vm_state_copies.c), or 0 */
 
     /* The ordered pipeline. */
     bool resyncing;
@@ -124,7 +136,8 @@ struct qb_vm_manager {
     struct qb_qmp_options qmp_opts;
     struct qb_vm *vms;
     size_t slots_since_trim; /* connect slots given back since the heap was last trimmed */
-    struct qb_vm *state_hot; /* the one VM whose state is held parsed (see vm_fold_state) */
+    struct qb_vm_state_cache *state_cache;   /* owned: the VMs' parsed states (vm_state.h) */
+    struct qb_vm_state_copies *state_copies; /* owned: state copies due this turn */
     struct qb_seq_memo *memos;
     struct qb_count *counts;
     struct qb_vm_manager_stats stats;
@@ -191,8 +204,28 @@ void qb_vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t seq,
 /* Publishes a bridge-made event (data borrowed) at the bridge's clock; returns its sequence. */
 uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data);
 
-/* Publishes a complete normalised event (borrowed) and, if it changed the state, the new state. */
+/*
+ * Publishes a complete normalised event (borrowed); if it changed the state,
+ * marks the state for a copy to the state topic at the end of the turn.
+ */
 void qb_vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev);
+
+/* ---- vm_state_copies.c --------------------------------------------------- */
+
+/* Creates the per-turn state copy list on loop. Returns QB_OK with *out, or QB_ENOMEM. */
+int qb_vm_state_copies_new(uv_loop_t *loop, struct qb_vm_state_copies **out);
+
+/* Closes c (freed from its handle's close callback); pending copies are dropped. */
+void qb_vm_state_copies_close(struct qb_vm_state_copies *c);
+
+/*
+ * Marks vm's state as changed by the event (seq, time): one copy goes to the
+ * state topic at the end of this loop turn, for the last event marked.
+ */
+void qb_vm_state_copy_mark(struct qb_vm *vm, uint64_t seq, int64_t ts_sec, int32_t ts_usec);
+
+/* Publishes vm's pending state copy now, if it has one (before its state is replaced). */
+void qb_vm_state_copy_flush(struct qb_vm *vm);
 
 /* ---- vm_pipeline.c ------------------------------------------------------- */
 

@@ -129,29 +129,34 @@ static void vm_publish(struct qb_vm *vm, enum qb_msg_kind kind, const char *type
     vm_publish_in(vm, kind, type, seq, id_suffix, ts_sec, ts_usec, data, NULL, 0);
 }
 
-/* Publishes the VM's held state text (kind STATE or EVENT) without serialising it again. */
+/*
+ * Publishes the VM's held state (kind STATE or EVENT) without serialising it
+ * twice: straight from its tree while it holds one, else its text.
+ */
 void qb_vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t seq,
                          const char *id_suffix, int64_t ts_sec, int32_t ts_usec)
 {
+    const json_t *tree = qb_vm_state_tree(vm->state);
     size_t len = 0;
-    const char *text = qb_vm_state_text(vm->state, &len);
+    const char *text = tree ? NULL : qb_vm_state_text(vm->state, &len);
 
-    vm_publish_in(vm, kind, "qmp.vm.state", seq, id_suffix, ts_sec, ts_usec, NULL, text, len);
+    if (!tree && !text) {
+        QB_LOG_ERR(vm->name, "state seq %llu not published: out of memory",
+                   (unsigned long long)seq);
+        return;
+    }
+    vm_publish_in(vm, kind, "qmp.vm.state", seq, id_suffix, ts_sec, ts_usec, tree, text, len);
 }
 
 /*
- * Folds ev into the VM's state. Only one VM per manager keeps its state parsed
- * between events: a burst from one VM (a mirror's io_errors) parses it once,
- * and 10,000 idle VMs hold ~370 bytes of text each instead of ~2.7 KB of tree.
+ * Folds ev into the VM's state. The manager's cache keeps the parsed state of
+ * the VMs that folded most recently (QB_VM_STATE_TREES_MAX): flat-out VMs
+ * whose reads interleave parse their state once, not once per read, while
+ * 10,000 idle VMs hold ~370 bytes of text each instead of ~2.7 KB of tree.
  */
 static bool vm_fold_state(struct qb_vm *vm, const struct qb_norm_event *ev)
 {
-    struct qb_vm_manager *m = vm->mgr;
-
-    if (m->state_hot && m->state_hot != vm)
-        qb_vm_state_idle(m->state_hot->state);
-    m->state_hot = vm;
-    return qb_vm_state_fold(vm->state, ev);
+    return qb_vm_state_fold(vm->state, vm->mgr->state_cache, ev);
 }
 
 /* Publishes one bridge-made event (connected, disconnected, snapshot) at the bridge's clock. */
@@ -163,12 +168,15 @@ uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const js
     return seq;
 }
 
-/* Publishes a complete normalised event and, when it changed the VM's state, the new state. */
+/*
+ * Publishes a complete normalised event and, when it changed the VM's state,
+ * marks the state for its copy on the state topic (vm_state_copies.c).
+ */
 void qb_vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev)
 {
     uint64_t seq = ++vm->seq;
 
     vm_publish(vm, QB_MSG_EVENT, ev->type, seq, NULL, ev->ts_sec, ev->ts_usec, ev->data);
     if (vm->state && vm_fold_state(vm, ev))
-        qb_vm_publish_state(vm, QB_MSG_STATE, seq, ".state", ev->ts_sec, ev->ts_usec);
+        qb_vm_state_copy_mark(vm, seq, ev->ts_sec, ev->ts_usec);
 }

@@ -93,8 +93,7 @@ static void vm_finish_resync(struct qb_vm *vm)
             qb_norm_vm_reset(vm->norm, snap);
             json_decref(snap);
             if (held) {
-                if (vm->mgr->state_hot == vm)
-                    vm->mgr->state_hot = NULL;
+                qb_vm_state_copy_flush(vm); /* the old state's copy goes first */
                 qb_vm_state_free(vm->state);
                 vm->state = held;
                 qb_vm_publish_state(vm, QB_MSG_EVENT, seq, NULL, sec, usec);

@@ -362,11 +362,64 @@ bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev)
 /* ---- the state as kept between events ---- */
 
 struct qb_vm_state {
-    char *text; /* owned: compact JSON, NUL-terminated */
+    char *text; /* owned: compact JSON, NUL-terminated; NULL while the tree is newer */
     size_t len;
-    json_t *tree;       /* owned: text parsed, only while events flow; NULL when idle */
+    json_t *tree;       /* owned: text parsed, only while in a cache; NULL otherwise */
     char run_state[32]; /* copy of run_state, so readers need no parse ("" when absent) */
+    struct qb_vm_state_cache *cache;   /* the cache holding the tree, or NULL */
+    struct qb_vm_state *newer, *older; /* links in cache's recency list */
 };
+
+struct qb_vm_state_cache {
+    struct qb_vm_state *newest, *oldest;
+    size_t count, cap;
+};
+
+struct qb_vm_state_cache *qb_vm_state_cache_new(size_t cap)
+{
+    struct qb_vm_state_cache *c = calloc(1, sizeof(*c));
+
+    if (c)
+        c->cap = cap;
+    return c;
+}
+
+size_t qb_vm_state_cache_count(const struct qb_vm_state_cache *c)
+{
+    return c ? c->count : 0;
+}
+
+static void qb_cache_unlink(struct qb_vm_state *s)
+{
+    struct qb_vm_state_cache *c = s->cache;
+
+    if (!c)
+        return;
+    if (s->newer)
+        s->newer->older = s->older;
+    else
+        c->newest = s->older;
+    if (s->older)
+        s->older->newer = s->newer;
+    else
+        c->oldest = s->newer;
+    s->newer = s->older = NULL;
+    s->cache = NULL;
+    c->count--;
+}
+
+static void qb_cache_push_newest(struct qb_vm_state_cache *c, struct qb_vm_state *s)
+{
+    s->cache = c;
+    s->older = c->newest;
+    s->newer = NULL;
+    if (c->newest)
+        c->newest->newer = s;
+    else
+        c->oldest = s;
+    c->newest = s;
+    c->count++;
+}
 
 /* Re-reads run_state from tree (or t) into s->run_state. */
 static void qb_vm_state_note_run_state(struct qb_vm_state *s, const json_t *t)
@@ -387,8 +440,35 @@ static bool qb_vm_state_set_text(struct qb_vm_state *s, const json_t *t)
     free(s->text);
     s->text = text;
     s->len = strlen(text);
-    qb_vm_state_note_run_state(s, t);
     return true;
+}
+
+void qb_vm_state_idle(struct qb_vm_state *s)
+{
+    if (!s || !s->tree)
+        return;
+    /* Without memory for the text the tree stays: it is the only copy of the state. */
+    if (!s->text && !qb_vm_state_set_text(s, s->tree)) {
+        QB_LOG_ERR(NULL, "vm state: out of memory serialising the state; keeping its tree");
+        return;
+    }
+    qb_cache_unlink(s);
+    json_decref(s->tree);
+    s->tree = NULL;
+}
+
+void qb_vm_state_cache_free(struct qb_vm_state_cache *c)
+{
+    if (!c)
+        return;
+    while (c->oldest) {
+        struct qb_vm_state *s = c->oldest;
+
+        qb_vm_state_idle(s);
+        if (s->cache == c) /* idle could not serialise: detach, the tree stays with s */
+            qb_cache_unlink(s);
+    }
+    free(c);
 }
 
 struct qb_vm_state *qb_vm_state_new(const json_t *snapshot)
@@ -401,6 +481,7 @@ struct qb_vm_state *qb_vm_state_new(const json_t *snapshot)
         free(s);
         return NULL;
     }
+    qb_vm_state_note_run_state(s, snapshot);
     return s;
 }
 
@@ -408,14 +489,33 @@ void qb_vm_state_free(struct qb_vm_state *s)
 {
     if (!s)
         return;
+    qb_cache_unlink(s);
     json_decref(s->tree);
     free(s->text);
     free(s);
 }
 
-bool qb_vm_state_fold(struct qb_vm_state *s, const struct qb_norm_event *ev)
+/* Makes s the newest of cache, giving up the oldest trees beyond its cap. */
+static void qb_vm_state_touch(struct qb_vm_state *s, struct qb_vm_state_cache *cache)
+{
+    if (s->cache == cache && cache->newest == s)
+        return;
+    qb_cache_unlink(s);
+    qb_cache_push_newest(cache, s);
+    while (cache->count > cache->cap && cache->oldest && cache->oldest != s) {
+        struct qb_vm_state *old = cache->oldest;
+
+        qb_vm_state_idle(old);
+        if (old->cache == cache) /* could not serialise: it keeps its tree, off the list */
+            qb_cache_unlink(old);
+    }
+}
+
+bool qb_vm_state_fold(struct qb_vm_state *s, struct qb_vm_state_cache *cache,
+                      const struct qb_norm_event *ev)
 {
     bool listed = false;
+    bool changed;
 
     if (!s || !ev || !ev->type)
         return false;
@@ -433,28 +533,30 @@ bool qb_vm_state_fold(struct qb_vm_state *s, const struct qb_norm_event *ev)
             return false;
         }
     }
-    if (!qb_vm_state_apply(s->tree, ev))
-        return false;
-    if (!qb_vm_state_set_text(s, s->tree)) {
-        /* The tree moved on but the text did not: re-read the text next time. */
-        json_decref(s->tree);
-        s->tree = NULL;
-        QB_LOG_ERR(NULL, "vm state: out of memory re-serialising the state");
-        return false;
+    changed = qb_vm_state_apply(s->tree, ev);
+    if (changed) {
+        /* the tree is the state now; the text is made again when needed */
+        free(s->text);
+        s->text = NULL;
+        s->len = 0;
+        qb_vm_state_note_run_state(s, s->tree);
     }
-    return true;
+    if (cache && cache->cap > 0)
+        qb_vm_state_touch(s, cache);
+    else
+        qb_vm_state_idle(s);
+    return changed;
 }
 
-void qb_vm_state_idle(struct qb_vm_state *s)
+const json_t *qb_vm_state_tree(const struct qb_vm_state *s)
 {
-    if (!s)
-        return;
-    json_decref(s->tree);
-    s->tree = NULL;
+    return s->tree;
 }
 
-const char *qb_vm_state_text(const struct qb_vm_state *s, size_t *len)
+const char *qb_vm_state_text(struct qb_vm_state *s, size_t *len)
 {
+    if (!s->text && s->tree && !qb_vm_state_set_text(s, s->tree))
+        QB_LOG_ERR(NULL, "vm state: out of memory serialising the state");
     *len = s->len;
     return s->text;
 }
@@ -468,5 +570,7 @@ json_t *qb_vm_state_json(const struct qb_vm_state *s)
 {
     json_error_t jerr;
 
+    if (s->tree)
+        return json_deep_copy(s->tree);
     return json_loadb(s->text, s->len, 0, &jerr);
 }

@@ -41,34 +41,63 @@ bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev);
  * The state of one VM as a bridge keeps it between events: its compact JSON
  * text (about 300 bytes for a VM with one disk) instead of the jansson tree
  * (about 2.7 KB: every object has its own hash table, every member its own
- * allocations). The tree is rebuilt from the text when an event that can
- * change the state arrives and kept while events flow, so a burst (a mirror's
- * hundreds of io_errors) parses the state once; qb_vm_state_idle drops it
- * again. The text is always current: a changed fold re-serialises it, so it
- * is what the state topic publishes (qb_envelope_in.data_json).
+ * allocations), so 10,000 idle VMs cost little. The tree is rebuilt from the
+ * text when an event that can change the state arrives, and kept while the VM
+ * stays among the cache's most recently folded: flat-out VMs whose events
+ * interleave read by read then parse their state once, not once per read.
+ * While a VM holds its tree, a changed fold does not re-serialise: the state
+ * envelope is written straight from the tree (qb_vm_state_tree), and the text
+ * is made again only when asked for or when the tree is given up.
  */
 struct qb_vm_state;
 
 /*
+ * The trees of one manager's VMs: at most cap holders keep theirs; folding
+ * one more gives up the tree of the least recently folded (serialised back to
+ * text first when it changed). Owned by the manager; free it after every
+ * holder that used it (qb_vm_state_cache_free detaches any left).
+ */
+struct qb_vm_state_cache;
+
+/* Returns a new cache for at most cap trees (cap 0: none kept), or NULL on allocation failure. */
+struct qb_vm_state_cache *qb_vm_state_cache_new(size_t cap);
+void qb_vm_state_cache_free(struct qb_vm_state_cache *c);
+
+/* Returns how many holders keep their tree in c now (for tests and metrics). */
+size_t qb_vm_state_cache_count(const struct qb_vm_state_cache *c);
+
+/*
  * Returns a new holder of snapshot (borrowed; as from qb_vm_state_from_queries),
- * or NULL on allocation failure. Free with qb_vm_state_free.
+ * or NULL on allocation failure. It starts as text, outside any cache.
+ * Free with qb_vm_state_free (which also leaves its cache).
  */
 struct qb_vm_state *qb_vm_state_new(const json_t *snapshot);
 void qb_vm_state_free(struct qb_vm_state *s);
 
 /*
  * Folds one complete normalised event (borrowed) into s, like
- * qb_vm_state_apply. Returns true when the state changed (the text is then
- * the new state). On an allocation failure the old state is kept and false
- * returned.
+ * qb_vm_state_apply, keeping s's tree in cache (may be NULL: the tree is
+ * dropped again at once). Returns true when the state changed. On an
+ * allocation failure the old state is kept and false returned.
  */
-bool qb_vm_state_fold(struct qb_vm_state *s, const struct qb_norm_event *ev);
+bool qb_vm_state_fold(struct qb_vm_state *s, struct qb_vm_state_cache *cache,
+                      const struct qb_norm_event *ev);
 
-/* Drops the parsed tree, keeping only the text; call when a VM's events pause (end of a read). */
+/* Gives up s's tree (serialised to text first when needed) and leaves its cache. */
 void qb_vm_state_idle(struct qb_vm_state *s);
 
-/* Returns the state's compact JSON text (borrowed, NUL-terminated, valid until the next fold). */
-const char *qb_vm_state_text(const struct qb_vm_state *s, size_t *len);
+/*
+ * Returns the state's tree (borrowed, valid until the next fold or idle) when s
+ * holds one, else NULL: then qb_vm_state_text is the state.
+ */
+const json_t *qb_vm_state_tree(const struct qb_vm_state *s);
+
+/*
+ * Returns the state's compact JSON text (borrowed, NUL-terminated, valid until
+ * the next fold), serialising the tree first when the text is out of date;
+ * NULL (len 0) only when that serialisation ran out of memory.
+ */
+const char *qb_vm_state_text(struct qb_vm_state *s, size_t *len);
 
 /* Returns run_state ("running", "io-error", ...; borrowed, valid until the next fold). */
 const char *qb_vm_state_run_state(const struct qb_vm_state *s);

@@ -94,13 +94,19 @@ with check.Test("status_api") as t:
     t.expect(value(samples, "qmp_bridge_qmp_events_total", type="bridge.vm.connected") == 2,
              "bridge.vm.connected counted once per VM")
 
+    # per VM: PER_VM QMP events + connected + the state snapshot are events; the
+    # state-topic copies (the snapshot's, and after STOP/RESUME) are not
     def confirmed():
         s, _ = parse_metrics(get(port, "/metrics")[2])
-        return s if (value(s, "qmp_bridge_envelopes_confirmed_total", transport="mqtt") or 0) \
-            >= 2 * (PER_VM + 2) else None
+        env = value(s, "qmp_bridge_envelopes_confirmed_total", transport="mqtt") or 0
+        ev = value(s, "qmp_bridge_events_confirmed_total", transport="mqtt") or 0
+        return s if env >= 2 * (PER_VM + 3) and ev >= 2 * (PER_VM + 2) else None
     samples = procs.wait_until(confirmed, 30, "MQTT confirmations to be counted")
-    t.ok("envelopes confirmed per transport",
-         value(samples, "qmp_bridge_envelopes_confirmed_total", transport="mqtt"))
+    env = value(samples, "qmp_bridge_envelopes_confirmed_total", transport="mqtt")
+    ev = value(samples, "qmp_bridge_events_confirmed_total", transport="mqtt")
+    t.ok("envelopes confirmed per transport", env)
+    t.expect(ev == 2 * (PER_VM + 2) and env >= ev + 2,
+             "events confirmed: every event, and none of the state-topic copies", (env, ev))
     lat = value(samples, "qmp_bridge_delivery_latency_seconds_count", transport="mqtt")
     t.expect(lat and lat >= 2 * PER_VM, "delivery latency observed for every confirmed event", lat)
     t.expect(value(samples, "qmp_bridge_transport_up", transport="mqtt") == 1, "mqtt link up")

@@ -30,6 +30,11 @@ had a moment to take its snapshot, acts out the mode:
              --reply-delay seconds and query-block reports io-status nospace,
              so the bridge must hold RESUME back until the STOP is complete
 
+  burst      --count events in cycles of BLOCK_IO_ERROR (virtio0, nospace,
+             action stop), STOP, RESUME, all in one write; then silent. Every
+             one of them changes the VM's state (query-block shows virtio0).
+  trickle    the same events, one per --interval; then silent
+
 Each connection is logged on stderr with its number; --once makes it act out
 the mode only on the first connection and behave like "events" afterwards.
 
@@ -70,6 +75,13 @@ REPLIES = {
     "cont": {},
 }
 
+CYCLE_MODES = ("burst", "trickle")
+# burst / trickle: what QEMU sends when a write hits ENOSPC on virtio0, then a cont
+CYCLE = [("BLOCK_IO_ERROR", {"device": "virtio0", "node-name": "#block123", "operation": "write",
+                             "action": "stop", "nospace": True,
+                             "reason": "No space left on device"}),
+         ("STOP", None),
+         ("RESUME", None)]
 SNAPSHOT_GRACE = 0.5  # seconds between negotiation and the act, for the snapshot
 HOSTILE_WAIT = 3.0  # hostile mode: how long a hostile line's connection may stay open
 
@@ -159,9 +171,11 @@ class Conn:
             self.delayed.append((time.monotonic() + self.args.reply_delay, reply))
             log(self.no, "holding the query-status reply for %.1fs" % self.args.reply_delay)
             return
-        if self.mode == "stop-query" and self.acted and cmd == "query-block":
+        if (self.mode == "stop-query" and self.acted or self.mode in CYCLE_MODES) \
+                and cmd == "query-block":
+            io_status = "nospace" if self.mode == "stop-query" else "ok"
             reply["return"] = [{"device": "virtio0", "qdev": "/machine/peripheral/disk0",
-                                "locked": False, "removable": False, "io-status": "nospace",
+                                "locked": False, "removable": False, "io-status": io_status,
                                 "type": "unknown",
                                 "inserted": {"node-name": "#block123", "file": "/images/vm.raw",
                                              "drv": "raw", "ro": False, "encrypted": False,
@@ -227,6 +241,21 @@ class Conn:
         elif mode == "hostile" and time.monotonic() - self.acted_at > HOSTILE_WAIT:
             log(self.no, "hostile: the bridge kept the connection %.0fs; closing it" % HOSTILE_WAIT)
             return False
+        elif mode in CYCLE_MODES and self.counter < (self.args.count or 0):
+            n = self.args.count if mode == "burst" else self.counter + 1
+            lines = []
+            while self.counter < n:
+                name, data = CYCLE[self.counter % len(CYCLE)]
+                ev = {"event": name, "timestamp": now_ts()}
+                if data is not None:
+                    ev["data"] = data
+                lines.append(_line(ev))
+                self.counter += 1
+            self.send(b"".join(lines))
+            if self.counter == self.args.count:
+                log(self.no, "%s: sent all %d events; silent from now on" % (mode, self.counter))
+            elif mode == "trickle":
+                time.sleep(self.args.interval)
         elif mode == "events" and self.progress is not None:
             self.counted_events()
         elif mode == "events":
@@ -301,7 +330,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--socket", required=True)
     ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events",
-                                                           "stop-query", "idle", "hostile"])
+                                                           "stop-query", "idle", "hostile",
+                                                           "burst", "trickle"])
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     ap.add_argument("--oversize", type=int, default=65536)
     ap.add_argument("--nest-depth", type=int, default=100000,
@@ -313,7 +343,7 @@ def main():
     ap.add_argument("--reply-delay", type=float, default=1.0,
                     help="stop-query: seconds before query-status is answered")
     ap.add_argument("--count", type=int, default=None,
-                    help="events: send this many QMP events in all, then fall silent")
+                    help="events, burst, trickle: send this many QMP events in all, then fall silent")
     ap.add_argument("--name", default=None,
                     help="events: put NAME into every RTC_CHANGE's qom-path")
     serve(ap.parse_args())

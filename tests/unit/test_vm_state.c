@@ -321,19 +321,26 @@ static void test_text_holder_follows_tree(void **state)
     };
     json_t *tree = build_state();
     struct qb_vm_state *holder = qb_vm_state_new(tree);
+    struct qb_vm_state_cache *cache = qb_vm_state_cache_new(1);
 
     (void)state;
     assert_non_null(holder);
+    assert_non_null(cache);
     for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
         struct qb_norm_event ev = {
             .type = events[i].type, .data = parse(events[i].data), .ts_sec = -1};
         bool tree_changed = qb_vm_state_apply(tree, &ev);
-        bool holder_changed = qb_vm_state_fold(holder, &ev);
+        /* every third event without a cache: the tree is given up at once */
+        bool holder_changed = qb_vm_state_fold(holder, i % 3 == 2 ? NULL : cache, &ev);
         char *want = json_dumps(tree, JSON_COMPACT);
         size_t len = 0;
-        const char *got = qb_vm_state_text(holder, &len);
+        const json_t *held = qb_vm_state_tree(holder);
+        const char *got;
 
         assert_int_equal(holder_changed, tree_changed);
+        if (held) /* what the state envelope is written from while the tree is held */
+            assert_true(json_equal((json_t *)held, tree));
+        got = qb_vm_state_text(holder, &len);
         assert_string_equal(got, want);
         assert_int_equal(len, strlen(want));
         assert_string_equal(qb_vm_state_run_state(holder),
@@ -351,6 +358,66 @@ static void test_text_holder_follows_tree(void **state)
         json_decref(copy);
     }
     qb_vm_state_free(holder);
+    qb_vm_state_cache_free(cache);
+    json_decref(tree);
+}
+
+static void fold_stopped(struct qb_vm_state *h, struct qb_vm_state_cache *c, const char *reason)
+{
+    char data[128];
+    struct qb_norm_event ev = {.type = "qmp.vm.stopped", .ts_sec = -1};
+
+    snprintf(data, sizeof(data), "{\"reason\": \"%s\"}", reason);
+    ev.data = parse(data);
+    assert_true(qb_vm_state_fold(h, c, &ev));
+    json_decref(ev.data);
+}
+
+/*
+ * The cache keeps the trees of the cap most recently folded holders: one more
+ * gives up the oldest, whose text then says what its tree said. Holders left
+ * in the cache when it is freed keep their state as text.
+ */
+static void test_state_cache_keeps_most_recent(void **state)
+{
+    json_t *tree = build_state();
+    struct qb_vm_state *h[3];
+    struct qb_vm_state_cache *cache = qb_vm_state_cache_new(2);
+    size_t len;
+
+    (void)state;
+    assert_non_null(cache);
+    for (int i = 0; i < 3; i++) {
+        h[i] = qb_vm_state_new(tree);
+        assert_non_null(h[i]);
+        assert_null(qb_vm_state_tree(h[i])); /* a new holder is text only */
+    }
+    fold_stopped(h[0], cache, "paused");
+    fold_stopped(h[1], cache, "io-error");
+    assert_int_equal(qb_vm_state_cache_count(cache), 2);
+    assert_non_null(qb_vm_state_tree(h[0]));
+    fold_stopped(h[2], cache, "shutdown");
+    assert_int_equal(qb_vm_state_cache_count(cache), 2);
+    assert_null(qb_vm_state_tree(h[0])); /* the oldest gave its tree up ... */
+    assert_non_null(strstr(qb_vm_state_text(h[0], &len), "\"run_state\":\"paused\""));
+    assert_string_equal(qb_vm_state_run_state(h[0]), "paused"); /* ... keeping its state */
+    assert_non_null(qb_vm_state_tree(h[1]));
+    assert_non_null(qb_vm_state_tree(h[2]));
+
+    fold_stopped(h[1], cache, "watchdog"); /* h[1] is the newest now, h[2] the oldest */
+    fold_stopped(h[0], cache, "debug");
+    assert_null(qb_vm_state_tree(h[2]));
+    assert_non_null(qb_vm_state_tree(h[0]));
+    assert_non_null(qb_vm_state_tree(h[1]));
+
+    qb_vm_state_free(h[1]); /* a freed holder leaves its cache */
+    assert_int_equal(qb_vm_state_cache_count(cache), 1);
+    qb_vm_state_cache_free(cache); /* h[0] keeps its state as text */
+    assert_null(qb_vm_state_tree(h[0]));
+    assert_non_null(strstr(qb_vm_state_text(h[0], &len), "\"run_state\":\"debug\""));
+    assert_non_null(strstr(qb_vm_state_text(h[2], &len), "\"run_state\":\"shutdown\""));
+    qb_vm_state_free(h[0]);
+    qb_vm_state_free(h[2]);
     json_decref(tree);
 }
 
@@ -394,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_jobs_and_colo),
         cmocka_unit_test(test_text_holder_follows_tree),
         cmocka_unit_test(test_text_holder_envelope),
+        cmocka_unit_test(test_state_cache_keeps_most_recent),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
