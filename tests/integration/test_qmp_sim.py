@@ -12,7 +12,10 @@ simulator against the real bridge before anyone trusts figures made with it:
    latency a benchmark computes from it is real.
 2. drop_all() (SIGUSR1) closes every session at once: every VM reconnects and is resynced (a
    second bridge.vm.connected and snapshot each), nothing is replayed, and the stats file
-   counts two sessions per VM and the commands the bridge sent.
+   counts two sessions per VM and the commands the bridge sent. The --handshake-log has
+   one +1 and one -1 per session, and replaying it gives the stats' peak; the benchmark's
+   merge of several such logs (handshake_peaks) finds the true peak of overlapping
+   simulators, not the sum of their peaks.
 3. Without the bridge, straight on one socket: the greeting, capabilities negotiation,
    commands in one write and split across writes, replies echoing any id, stop/cont with
    their events, block_resize visible in query-block, unknown commands, all in QEMU 7.2's
@@ -91,7 +94,9 @@ class Raw:
 
 with Test("qmp_sim") as t:
     t.section("50 simulated VMs with a script each, and the bridge")
-    sim = QmpSim(t.workdir, NVMS, rate=20, events=4, mix=MIX, trace=True)
+    hs_log = os.path.join(t.workdir, "handshakes")
+    sim = QmpSim(t.workdir, NVMS, rate=20, events=4, mix=MIX, trace=True,
+                 extra=["--handshake-log", hs_log])
     t.add_log("qmp_sim", sim.log)
     sim.start()
     t.ok("qmp_sim listens on %d sockets" % NVMS)
@@ -171,6 +176,30 @@ with Test("qmp_sim") as t:
     t.expect(1 <= st["pre_caps_max"] <= NVMS and st["pre_caps_max_since_drop"] >= 1,
              "stats: pre-capabilities concurrency recorded", (st["pre_caps_max"],
                                                               st["pre_caps_max_since_drop"]))
+    with open(hs_log) as f:
+        changes = [tuple(int(x) for x in line.split()) for line in f]
+    t.expect(sorted(d for _, d in changes) == [-1] * 2 * NVMS + [1] * 2 * NVMS,
+             "handshake log: +1 and -1 once per session", len(changes))
+    level, peak, low = 0, 0, 0
+    for _, delta in changes:
+        level += delta
+        peak, low = max(peak, level), min(low, level)
+    t.expect(low == 0, "handshake log: never below zero", low)
+    t.expect([c[0] for c in changes] == sorted(c[0] for c in changes) and level == 0
+             and peak == st["pre_caps_max"],
+             "handshake log: in time order, back to 0, its peak is the stats' pre_caps_max",
+             (level, peak, st["pre_caps_max"]))
+    from importlib.machinery import SourceFileLoader
+    bench = SourceFileLoader("bench_run", os.path.join(util.SOURCE_DIR, "tests", "bench",
+                                                       "run")).load_module()
+    a, b = os.path.join(t.workdir, "hs-a"), os.path.join(t.workdir, "hs-b")
+    with open(a, "w") as f:  # 3 at once during 10..20, then 1 during 50..60
+        f.write("10 +1\n11 +1\n12 +1\n20 -1\n20 -1\n21 -1\n50 +1\n60 -1\n")
+    with open(b, "w") as f:  # 3 at once during 30..40, 1 during 55..70
+        f.write("30 +1\n31 +1\n32 +1\n40 -1\n41 -1\n42 -1\n55 +1\n70 -1\n")
+    t.expect(bench.Bench.handshake_peaks([a, b], 45) == (3, 2),
+             "handshake_peaks: merged peaks 3 before the split and 2 after (sums: 6, 2)",
+             bench.Bench.handshake_peaks([a, b], 45))
     cmds = st["commands"]
     t.expect(cmds["qmp_capabilities"] == 2 * NVMS and cmds["query-status"] >= 2 * NVMS and
              cmds["query-block"] >= 2 * NVMS and cmds["query-colo-status"] >= 2 * NVMS,

@@ -111,6 +111,8 @@
     "  --stats FILE        JSON stats, written on SIGHUP and at exit\n"                            \
     "  --ready-file FILE   written (our pid) once every socket listens\n"                          \
     "  --trace FILE        every event line sent, as '<vm> <line>' (small runs only)\n"           \
+    "  --handshake-log FILE  '<monotonic ns> <+1|-1>' per session entering/leaving its\n"        \
+    "                      handshake (merge several simulators' logs for the true peak)\n"     \
     "  --log-level L       error | warn | info | debug (default info)\n"                           \
     "signals: USR1 drop all sessions, USR2 toggle stall, HUP write stats, TERM/INT exit\n"
 
@@ -196,7 +198,7 @@ struct sim_wreq {
 struct sim {
     uv_loop_t *loop;
     /* options */
-    const char *dir, *prefix, *stats_path, *ready_path, *trace_path;
+    const char *dir, *prefix, *stats_path, *ready_path, *trace_path, *handshake_log_path;
     uint32_t nvms;
     int tcp_port_base;
     double rate;
@@ -219,6 +221,7 @@ struct sim {
     struct sim_buf out;
     char rbuf[READ_BUF];
     FILE *trace;
+    FILE *handshake_log;
     /* stats */
     uint64_t accepted, pre_caps_max, pre_caps_max_drop, ready_max, events_sent, steps_sent,
         faults, bytes_in, bytes_out, parse_errors, drops, generation;
@@ -227,6 +230,20 @@ struct sim {
 };
 
 static struct sim g_sim; /* one per process: signal and libuv callbacks reach it here */
+
+/*
+ * A session entered (+1: accepted) or left (-1: qmp_capabilities, or closed
+ * before it) its handshake. With --handshake-log each change is one line
+ * '<CLOCK_MONOTONIC ns> <+1|-1>': the clock is the machine's, so the logs of
+ * several simulators merge into the client's true connect concurrency (one
+ * simulator's peak cannot see the others').
+ */
+static void sim_pre_caps_change(int delta)
+{
+    g_sim.pre_caps += (uint32_t)delta;
+    if (g_sim.handshake_log)
+        fprintf(g_sim.handshake_log, "%llu %+d\n", (unsigned long long)uv_hrtime(), delta);
+}
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
@@ -433,7 +450,7 @@ static void sess_close(struct sim_session *s, const char *why)
     if (s->ready)
         g_sim.ready--;
     else
-        g_sim.pre_caps--;
+        sim_pre_caps_change(-1);
     if (vm->sess == s)
         vm->sess = NULL;
     vm->write_blocked = false;
@@ -746,7 +763,7 @@ static void cmd_caps(struct sim_session *s, json_t *args, const char *id)
         return;
     }
     s->ready = true;
-    g_sim.pre_caps--;
+    sim_pre_caps_change(-1);
     if (++g_sim.ready > g_sim.ready_max)
         g_sim.ready_max = g_sim.ready;
     reply_ok(id, "{}");
@@ -1073,7 +1090,7 @@ static void vm_accept(struct sim_vm *vm)
     }
     s->io.h.data = s;
     g_sim.cur_sessions++;
-    g_sim.pre_caps++;
+    sim_pre_caps_change(+1);
     rc = uv_accept(&vm->listener.s, &s->io.s);
     if (rc < 0) {
         QB_LOG_WARN(name, "accept: %s", uv_strerror(rc));
@@ -1121,6 +1138,8 @@ static void sim_write_stats(void)
     FILE *f;
     uint32_t i;
 
+    if (g_sim.handshake_log)
+        fflush(g_sim.handshake_log); /* a reader of these stats sees the log up to now */
     if (!g_sim.stats_path)
         return;
     snprintf(tmp, sizeof tmp, "%s.tmp", g_sim.stats_path);
@@ -1334,6 +1353,7 @@ static int sim_parse_args(int argc, char **argv)
         {"stall-ms", required_argument, NULL, 'S'},   {"slow-ms", required_argument, NULL, 's'},
         {"disk-size", required_argument, NULL, 'z'},  {"stats", required_argument, NULL, 'o'},
         {"ready-file", required_argument, NULL, 'R'}, {"trace", required_argument, NULL, 'T'},
+        {"handshake-log", required_argument, NULL, 'H'},
         {"log-level", required_argument, NULL, 'l'},  {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1385,6 +1405,7 @@ static int sim_parse_args(int argc, char **argv)
         case 'o': g_sim.stats_path = optarg; break;
         case 'R': g_sim.ready_path = optarg; break;
         case 'T': g_sim.trace_path = optarg; break;
+        case 'H': g_sim.handshake_log_path = optarg; break;
         case 'l':
             if (qb_log_level_parse(optarg, &level) < 0) {
                 fprintf(stderr, "qmp_sim: unknown --log-level %s\n", optarg);
@@ -1451,6 +1472,14 @@ int main(int argc, char **argv)
         }
         setvbuf(g_sim.trace, NULL, _IOLBF, 0); /* readers see whole lines as they are sent */
     }
+    if (g_sim.handshake_log_path) {
+        /* fully buffered: flushed with every stats write (SIGHUP) and at exit */
+        g_sim.handshake_log = fopen(g_sim.handshake_log_path, "w");
+        if (!g_sim.handshake_log) {
+            QB_LOG_ERR(NULL, "cannot open %s: %s", g_sim.handshake_log_path, strerror(errno));
+            goto out;
+        }
+    }
     uv_timer_init(&loop, &g_sim.tick);
     uv_idle_init(&loop, &g_sim.idle);
     for (i = 0; i < sizeof signals / sizeof signals[0]; i++) {
@@ -1491,6 +1520,8 @@ out:
     }
     if (g_sim.trace)
         fclose(g_sim.trace);
+    if (g_sim.handshake_log)
+        fclose(g_sim.handshake_log);
     free(g_sim.vms);
     free(g_sim.out.p);
     return rc;
