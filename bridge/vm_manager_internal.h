@@ -219,12 +219,17 @@ int qb_vm_state_copies_new(uv_loop_t *loop, struct qb_vm_state_copies **out);
 void qb_vm_state_copies_close(struct qb_vm_state_copies *c);
 
 /*
- * Marks vm's state as changed by the event (seq, time): one copy goes to the
- * state topic at the end of this loop turn, for the last event marked.
+ * Marks vm's state as changed by an event of time ts: one copy goes to the
+ * state topic at the end of this loop turn, with the time of the last event
+ * marked and vm's sequence as it is then.
  */
-void qb_vm_state_copy_mark(struct qb_vm *vm, uint64_t seq, int64_t ts_sec, int32_t ts_usec);
+void qb_vm_state_copy_mark(struct qb_vm *vm, int64_t ts_sec, int32_t ts_usec);
 
-/* Publishes vm's pending state copy now, if it has one (before its state is replaced). */
+/*
+ * Publishes vm's pending state copy now, if it has one, under vm's current
+ * sequence: call it before the state is replaced and before a new sequence is
+ * taken for the replacement.
+ */
 void qb_vm_state_copy_flush(struct qb_vm *vm);
 
 /* ---- vm_pipeline.c ------------------------------------------------------- */

@@ -178,5 +178,5 @@ void qb_vm_publish_event(struct qb_vm *vm, const struct qb_norm_event *ev)
 
     vm_publish(vm, QB_MSG_EVENT, ev->type, seq, NULL, ev->ts_sec, ev->ts_usec, ev->data);
     if (vm->state && vm_fold_state(vm, ev))
-        qb_vm_state_copy_mark(vm, seq, ev->ts_sec, ev->ts_usec);
+        qb_vm_state_copy_mark(vm, ev->ts_sec, ev->ts_usec);
 }

@@ -86,14 +86,15 @@ static void vm_finish_resync(struct qb_vm *vm)
             uint64_t now = qb_vm_wall_clock_usec();
             int64_t sec = (int64_t)(now / 1000000u);
             int32_t usec = (int32_t)(now % 1000000u);
-            uint64_t seq = ++vm->seq;
-
             struct qb_vm_state *held = qb_vm_state_new(snap);
 
             qb_norm_vm_reset(vm->norm, snap);
             json_decref(snap);
+            /* the old state's pending copy goes first, under the old sequence */
+            qb_vm_state_copy_flush(vm);
             if (held) {
-                qb_vm_state_copy_flush(vm); /* the old state's copy goes first */
+                uint64_t seq = ++vm->seq;
+
                 qb_vm_state_free(vm->state);
                 vm->state = held;
                 qb_vm_publish_state(vm, QB_MSG_EVENT, seq, NULL, sec, usec);

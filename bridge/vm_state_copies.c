@@ -8,9 +8,15 @@
  * what the bridge sent (the benchmark: two envelopes per QMP event). So a
  * changed state is only marked here, and a check handle, which runs once per
  * loop turn right after the poll phase, publishes one copy per marked VM:
- * the state after the turn's last event, with that event's sequence and time.
- * An event whose turn brought no other event of its VM (the usual case) gets
- * its copy in the same turn, microseconds later.
+ * the state after the turn's last event, with the time of the last event
+ * that changed it and the VM's latest sequence when the copy is sent. Not
+ * the changing event's own sequence: events of the VM published after it in
+ * the same turn (an RTC_CHANGE, a command result, bridge.vm.disconnected) are
+ * already on the wire, and a copy numbered below them would go back in a
+ * consumer's per-VM order (a test run saw update 210 arrive after event 211).
+ * The state is true as of the latest sequence: the later events did not
+ * change it. An event whose turn brought no other event of its VM (the usual
+ * case) gets its copy in the same turn, microseconds later.
  *
  * The handle runs only while a copy is pending, so idle VMs cost nothing.
  */
@@ -23,7 +29,6 @@
 
 struct qb_vm_state_copy {
     struct qb_vm *vm; /* NULL once dropped */
-    uint64_t seq;
     int64_t ts_sec;
     int32_t ts_usec;
 };
@@ -75,7 +80,7 @@ static void copies_publish(const struct qb_vm_state_copy *e)
     struct qb_vm *vm = e->vm;
 
     if (vm->state)
-        qb_vm_publish_state(vm, QB_MSG_STATE, e->seq, ".state", e->ts_sec, e->ts_usec);
+        qb_vm_publish_state(vm, QB_MSG_STATE, vm->seq, ".state", e->ts_sec, e->ts_usec);
 }
 
 static void copies_on_check(uv_check_t *h)
@@ -108,7 +113,7 @@ static void copies_on_check(uv_check_t *h)
         uv_check_stop(&c->check);
 }
 
-void qb_vm_state_copy_mark(struct qb_vm *vm, uint64_t seq, int64_t ts_sec, int32_t ts_usec)
+void qb_vm_state_copy_mark(struct qb_vm *vm, int64_t ts_sec, int32_t ts_usec)
 {
     struct qb_vm_state_copies *c = vm->mgr->state_copies;
     struct qb_vm_state_copy *e;
@@ -122,7 +127,7 @@ void qb_vm_state_copy_mark(struct qb_vm *vm, uint64_t seq, int64_t ts_sec, int32
 
             if (!grown) {
                 /* no room to wait: publish this one now rather than lose it */
-                struct qb_vm_state_copy now = {vm, seq, ts_sec, ts_usec};
+                struct qb_vm_state_copy now = {vm, ts_sec, ts_usec};
 
                 QB_LOG_WARN(vm->name, "out of memory deferring the state copy: sent at once");
                 copies_publish(&now);
@@ -136,7 +141,6 @@ void qb_vm_state_copy_mark(struct qb_vm *vm, uint64_t seq, int64_t ts_sec, int32
         vm->state_copy_slot = (uint32_t)c->n;
         uv_check_start(&c->check, copies_on_check); /* no-op when already started */
     }
-    e->seq = seq;
     e->ts_sec = ts_sec;
     e->ts_usec = ts_usec;
 }

@@ -31,8 +31,9 @@ had a moment to take its snapshot, acts out the mode:
              so the bridge must hold RESUME back until the STOP is complete
 
   burst      --count events in cycles of BLOCK_IO_ERROR (virtio0, nospace,
-             action stop), STOP, RESUME, all in one write; then silent. Every
-             one of them changes the VM's state (query-block shows virtio0).
+             action stop), STOP, RESUME, RTC_CHANGE, all in one write; then
+             silent. The first three change the VM's state (query-block shows
+             virtio0), RTC_CHANGE does not.
   trickle    the same events, one per --interval; then silent
 
 Each connection is logged on stderr with its number; --once makes it act out
@@ -76,12 +77,14 @@ REPLIES = {
 }
 
 CYCLE_MODES = ("burst", "trickle")
-# burst / trickle: what QEMU sends when a write hits ENOSPC on virtio0, then a cont
+# burst / trickle: what QEMU sends when a write hits ENOSPC on virtio0, then a cont,
+# then an event that leaves the state alone
 CYCLE = [("BLOCK_IO_ERROR", {"device": "virtio0", "node-name": "#block123", "operation": "write",
                              "action": "stop", "nospace": True,
                              "reason": "No space left on device"}),
          ("STOP", None),
-         ("RESUME", None)]
+         ("RESUME", None),
+         ("RTC_CHANGE", {"offset": 1, "qom-path": "/machine/unattached/device[6]"})]
 SNAPSHOT_GRACE = 0.5  # seconds between negotiation and the act, for the snapshot
 HOSTILE_WAIT = 3.0  # hostile mode: how long a hostile line's connection may stay open
 
