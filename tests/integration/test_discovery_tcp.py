@@ -115,10 +115,22 @@ with check.Test("discovery_tcp") as t:
     evs = wait_type(br, "realvm", "qmp.vm.state")
     t.expect(evs[1]["data"]["qemu"]["version"].startswith("7."), "realvm discovered and snapshotted",
              evs[1]["data"]["qemu"])
-    real.stop()  # QEMU removes its socket files on a clean exit
+    rc = real.stop()  # QEMU removes its socket files on a clean exit
+    left = [f for f in ("realvm.qmp", "realvm.test.qmp") if os.path.exists(os.path.join(watch, f))]
+    if left:
+        # Seen once in a loaded CI run: both files stayed, the exit status was not
+        # recorded. Without a clean exit there is nothing to test here but what
+        # the earlier section did (a socket removed by someone else), so say so
+        # and remove them as an operator would after a crash; a clean exit that
+        # leaves them is a QEMU change this test must report.
+        t.expect(rc != 0, "QEMU's clean exit removed its socket files", (rc, left))
+        print("      note: QEMU did not exit cleanly (status %s): removing %s ourselves" % (rc, left))
+        for f in left:
+            os.unlink(os.path.join(watch, f))
     wait_type(br, "realvm", "bridge.vm.disconnected")
     br.wait_log("[realvm] removed: socket removed")
-    t.ok("realvm removed after QEMU exited and unlinked its socket")
+    t.ok("realvm removed after %s" % ("its socket files were removed by the test" if left
+                                      else "QEMU exited and unlinked its socket"))
     bad.close()
     rc = br.stop()
     t.expect(rc == 0, "bridge exits 0 on SIGTERM", rc)

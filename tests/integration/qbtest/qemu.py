@@ -19,6 +19,7 @@ second IDE disk; it writes the data disk forever.
 """
 import os
 import subprocess
+import time
 
 from . import guest as guest_mod
 from . import procs
@@ -165,13 +166,22 @@ class Qemu:
             procs.kill(self.proc)
             self.proc = None
 
-    def stop(self):
+    def stop(self, timeout=20.0):
+        """SIGTERM, SIGKILL after timeout. Returns QEMU's exit status (0: a clean
+        exit, which removes its socket files; -9: it had to be killed, and they
+        stay behind), or None if it was not running."""
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
+        rc = None
         if self.proc is not None:
-            procs.stop(self.proc)
+            started = time.monotonic()
+            rc = procs.stop(self.proc, timeout=timeout)
+            if rc != 0:
+                print("      note: QEMU %s exited with status %s after %.1f s" % (
+                    self.name, rc, time.monotonic() - started))
             self.proc = None
+        return rc
 
     def grow_tmpfs(self, size="64M"):
         """Remounts the VM's private tmpfs bigger (from inside its namespace)."""
