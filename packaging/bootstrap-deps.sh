@@ -7,7 +7,7 @@ packages=(
   # build
   build-essential cmake pkg-config
   librdkafka-dev libmosquitto-dev libjansson-dev libyaml-dev libuv1-dev
-  libssl-dev libsystemd-dev uthash-dev zlib1g-dev libmicrohttpd-dev
+  libssl-dev libsystemd-dev uthash-dev zlib1g-dev libmicrohttpd-dev libjemalloc-dev
   # tests and demo: real QEMU, real mosquitto, kcat, the schema validator, the guest assembler
   libcmocka-dev qemu-system-x86 qemu-utils mosquitto mosquitto-clients kcat
   python3 python3-jsonschema binutils util-linux

@@ -27,6 +27,8 @@ def valgrind_argv(workdir):
     return ["valgrind", "--tool=memcheck", "--error-exitcode=97", "--leak-check=full",
             "--errors-for-leak-kinds=definite,indirect", "--show-leak-kinds=definite,indirect",
             "--track-origins=no", "--num-callers=30",
+            # the daemon links jemalloc (QB_ALLOCATOR): memcheck must replace its malloc too
+            "--soname-synonyms=somalloc=*jemalloc*",
             "--suppressions=" + os.path.join(util.SOURCE_DIR, "tests", "valgrind.supp"),
             "--log-file=" + os.path.join(workdir, "valgrind.%p.log")]
 
