@@ -363,11 +363,21 @@ static size_t qb_format_id_raw(uint64_t epoch, uint64_t sequence, char *out)
 char *qb_envelope_format_id(uint64_t epoch, uint64_t sequence, const char *id_suffix, char *buf,
                             size_t buflen)
 {
+    /* by hand rather than snprintf: once per envelope; truncated and terminated like it */
     char raw[64];
     size_t len = qb_format_id_raw(epoch, sequence, raw);
+    size_t slen = id_suffix ? strlen(id_suffix) : 0;
 
-    raw[len] = '\0';
-    snprintf(buf, buflen, "%s%s", raw, id_suffix ? id_suffix : "");
+    if (buflen == 0)
+        return buf;
+    if (len > buflen - 1)
+        len = buflen - 1;
+    memcpy(buf, raw, len);
+    if (slen > buflen - 1 - len)
+        slen = buflen - 1 - len;
+    if (slen)
+        memcpy(buf + len, id_suffix, slen);
+    buf[len + slen] = '\0';
     return buf;
 }
 

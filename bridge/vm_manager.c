@@ -65,12 +65,20 @@ uint64_t qb_vm_wall_clock_usec(void)
 const char *qb_vm_mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, const char *key,
                             const char *key2)
 {
+    /* "<which><key>\0<key2>", built by hand: this runs once per event (snprintf was 2%) */
     char buf[256];
-    int n = snprintf(buf, sizeof(buf), "%c%s%c%s", '0' + (int)which, key, '\0', key2 ? key2 : "");
+    size_t klen = strlen(key), k2len = key2 ? strlen(key2) : 0;
+    size_t n = 1 + klen + 1 + k2len;
     struct qb_count *c = NULL;
 
-    if (n < 0 || (size_t)n >= sizeof(buf))
+    if (n >= sizeof(buf))
         return NULL;
+    buf[0] = (char)('0' + (int)which);
+    memcpy(buf + 1, key, klen);
+    buf[1 + klen] = '\0';
+    if (k2len)
+        memcpy(buf + 2 + klen, key2, k2len);
+    buf[n] = '\0';
     HASH_FIND(hh, m->counts, buf, (size_t)n, c);
     if (!c) {
         c = calloc(1, sizeof(*c));

@@ -280,6 +280,40 @@ static void test_time_cache(void **state)
     assert_string_equal(qb_envelope_format_time(0, 0, buf, 11), "1970-01-01");
 }
 
+/* Ids are composed by hand (once per envelope); compare with snprintf at every buffer size. */
+static void test_format_id(void **state)
+{
+    static const struct {
+        uint64_t epoch, seq;
+        const char *suffix;
+    } cases[] = {
+        {0x660d7f0856811ull, 2, NULL},
+        {0xabcdefull, UINT64_MAX, ".state"},
+        {UINT64_MAX, UINT64_MAX, ".state"},
+        {0, 0, ""},
+        {1, 10, ".a-much-longer-suffix-than-any-we-use"},
+    };
+    char got[96], want[96];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char hex[32];
+
+        snprintf(hex, sizeof(hex), "%llx", (unsigned long long)cases[i].epoch);
+        for (size_t n = 1; n <= sizeof(got); n++) {
+            snprintf(want, n, "%s-%llu%s", hex, (unsigned long long)cases[i].seq,
+                     cases[i].suffix ? cases[i].suffix : "");
+            memset(got, 'x', sizeof(got));
+            assert_ptr_equal(
+                qb_envelope_format_id(cases[i].epoch, cases[i].seq, cases[i].suffix, got, n), got);
+            assert_string_equal(got, want);
+        }
+    }
+    got[0] = 'x';
+    qb_envelope_format_id(1, 1, NULL, got, 0); /* no room: nothing written */
+    assert_int_equal(got[0], 'x');
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -287,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_time_format), cmocka_unit_test(test_sequence_and_suffix),
         cmocka_unit_test(test_invalid),     cmocka_unit_test(test_data_matches_json_dumps),
         cmocka_unit_test(test_data_cycle),  cmocka_unit_test(test_time_cache),
+        cmocka_unit_test(test_format_id),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
