@@ -79,15 +79,15 @@ const char *qb_vm_mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, con
     if (k2len)
         memcpy(buf + 2 + klen, key2, k2len);
     buf[n] = '\0';
-    HASH_FIND(hh, m->counts, buf, (size_t)n, c);
+    HASH_FIND(hh, m->counts, buf, n, c);
     if (!c) {
         c = calloc(1, sizeof(*c));
-        if (!c || !(c->key = malloc((size_t)n + 1))) {
+        if (!c || !(c->key = malloc(n + 1))) {
             free(c);
             return NULL;
         }
-        memcpy(c->key, buf, (size_t)n + 1);
-        c->keylen = (size_t)n;
+        memcpy(c->key, buf, n + 1);
+        c->keylen = n;
         c->which = which;
         HASH_ADD_KEYPTR(hh, m->counts, c->key, c->keylen, c);
     }
