@@ -4,7 +4,8 @@
  * The rules are the ones sshd applies to its keys and cron to its spool: a directory the bridge
  * writes belongs to the bridge's user and no one else may create names in it; a secret is not
  * readable by others. The group is left to the administrator (packages give the bridge's group
- * read access to /etc/qmp-bridge), so a group-readable secret is only a warning.
+ * read access to /etc/qmp-bridge), so a group-readable secret is only a warning, and none
+ * when that group is how the bridge itself reads a file another user owns.
  */
 #include "private_files.h"
 
@@ -73,13 +74,15 @@ int qb_secret_open(const char *what, const char *path, char *errbuf, size_t errl
         return fd;
     mode = (unsigned)st.st_mode & 07777;
     if (mode & (S_IROTH | S_IWOTH)) {
-        snprintf(errbuf, errlen, "%s %s: mode %04o lets other users %s it; chmod o-rwx", what,
-                 path, mode, mode & S_IROTH ? "read" : "change");
+        snprintf(errbuf, errlen, "'%s': mode %04o lets other users %s it; chmod o-rwx", path,
+                 mode, mode & S_IROTH ? "read" : "change");
         close(fd);
         return QB_ECONFIG;
     }
-    if (mode & S_IRGRP)
-        QB_LOG_WARN(NULL, "%s %s: mode %04o lets its group (gid %u) read it; chmod g-r unless "
+    /* root:qmp-bridge 0640 is how a package hands a root-owned secret to the bridge's
+     * user: group read is then the bridge's own way in, not an extra reader */
+    if ((mode & S_IRGRP) && !(st.st_uid != geteuid() && st.st_gid == getegid()))
+        QB_LOG_WARN(NULL, "%s '%s': mode %04o lets its group (gid %u) read it; chmod g-r unless "
                     "that group is meant to", what, path, mode, (unsigned)st.st_gid);
     return fd;
 }

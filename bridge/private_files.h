@@ -28,12 +28,14 @@ int qb_private_dir_check(const char *path, char *errbuf, size_t errlen);
 
 /*
  * Opens the secret file path read-only and checks the opened file's mode: refused when other
- * users may read or write it, a warning (logged once here) when its group may read it.
- * what names it in messages ("commands.hmac_key_file", "transport m1: password_file").
- * A directory is returned open and unchecked: reading it fails with its own error.
+ * users may read or write it, a warning logged here when its group may read it (unless the
+ * file belongs to another user and its group is the bridge's: root:qmp-bridge 0640). what names
+ * the secret in that warning ("commands.hmac_key_file", "transport m1: password_file"); the
+ * caller puts its own context before errbuf. A directory is returned open and unchecked:
+ * reading it fails with its own error.
  * Returns the fd (the caller closes it), or:
  *   QB_EIO      it cannot be opened (errbuf: "cannot read '<path>': <errno text>")
- *   QB_ECONFIG  other users may read it (errbuf: "<what> <path>: mode 0644 lets other users
+ *   QB_ECONFIG  others may read or change it (errbuf: "'<path>': mode 0644 lets other users
  *               read it; chmod o-rwx")
  */
 int qb_secret_open(const char *what, const char *path, char *errbuf, size_t errlen);
