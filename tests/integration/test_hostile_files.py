@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Files another local user can reach: the spool directory and the secrets.
+"""What other local users and slow clients can reach: the spool directory, the
+secrets, the status API.
 
 - a spool directory others may write (mode 0777, sticky or not) or that another
   user owns (chown 65534) stops the bridge at start-up with exit 3 and a line
@@ -9,16 +10,27 @@
 - commands.hmac_key_file and an MQTT password_file that other users can read:
   --check-config exits 1 with a line naming the key, the file and its mode; the
   bridge does not start either (exit 1); readable by the group: a warning, exit 0;
-  mode 0600: no word about it."""
+  mode 0600: no word about it;
+- the status API with 32 slow clients (from 32 addresses, one header line every
+  2 s, never idle long enough for the idle timeout): /healthz from another client
+  still answers 200 (5 s client timeout, a functional bound), and every slow client
+  is closed at the request head deadline, before it could finish; a ninth
+  connection from one address is closed unanswered while another address is
+  served."""
+import errno
+import http.client
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, procs  # noqa: E402
+from qbtest import bridge, check, procs, util  # noqa: E402
 
 BIN = bridge.binary()
 
@@ -135,3 +147,99 @@ with check.Test("hostile_files") as t:
         rc, out = run(conf, "--check-config")
         t.expect(rc == 0 and secret not in out, "%s mode 0600: accepted without a word" % what,
                  (rc, out[-600:]))
+
+    t.section("status API: slow clients")
+    port = util.free_port()
+    conf = config(d, "status", "metrics: { listen: \"127.0.0.1:%d\" }\n" % port)
+    blog = os.path.join(d, "status.log")
+    t.add_log("bridge (status)", blog)
+    proc = subprocess.Popen([BIN, "-c", conf], stdout=subprocess.DEVNULL, stderr=open(blog, "w"))
+
+    def healthz(source="127.0.0.1"):
+        """Status of GET /healthz from source, or the exception's text."""
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+        try:
+            c.request("GET", "/healthz")
+            return c.getresponse().status
+        except (OSError, http.client.HTTPException) as e:
+            return "%s: %s" % (type(e).__name__, e)
+        finally:
+            c.close()
+
+    def slow_client(source):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        s.setblocking(False)
+        return s
+
+    def closed_by_server(s):
+        """True once the server has closed s (EOF or reset), False while it is open."""
+        try:
+            return s.recv(4096) == b""
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            return e.errno in (errno.ECONNRESET, errno.EPIPE)
+
+    try:
+        procs.wait_until(lambda: healthz() == 200, 20, "/healthz answering")
+        SLOW, LINES = 32, 15  # one line every 2 s: 30 s, far past the deadline
+        slow = [slow_client("127.0.0.%d" % (10 + i)) for i in range(SLOW)]
+        cut_after = {}
+        stop = threading.Event()
+
+        def trickle():
+            for n in range(LINES):
+                for i, s in enumerate(slow):
+                    if i in cut_after:
+                        continue
+                    if closed_by_server(s):
+                        cut_after[i] = n
+                        continue
+                    try:
+                        s.send(b"X-Slow: %d\r\n" % n)
+                    except OSError:
+                        cut_after[i] = n
+                if len(cut_after) == SLOW or stop.wait(2):
+                    return
+
+        th = threading.Thread(target=trickle, daemon=True)
+        th.start()
+        time.sleep(0.5)  # let the server accept them all
+        st = healthz()
+        t.expect(st == 200, "/healthz from another client answers 200 while %d slow clients "
+                 "hold connections" % SLOW, st)
+        t.ok("/healthz with %d slow clients connected" % SLOW, st)
+        th.join(60)
+        stop.set()
+        t.expect(len(cut_after) == SLOW and max(cut_after.values()) < LINES,
+                 "every slow client was closed before it could finish its request head",
+                 (len(cut_after), sorted(set(cut_after.values()))))
+        t.ok("slow clients closed at the head deadline",
+             "after %s header lines" % sorted(set(cut_after.values())))
+        for s in slow:
+            s.close()
+
+        t.section("status API: per-client connection limit")
+        held = [slow_client("127.0.0.100") for _ in range(8)]
+        time.sleep(0.5)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                         source_address=("127.0.0.100", 0))
+        try:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = extra.recv(4096)
+        except OSError as e:
+            got = e.errno in (errno.ECONNRESET, errno.EPIPE) and b"" or repr(e).encode()
+        finally:
+            extra.close()
+        t.expect(got == b"", "a 9th connection from one address is closed unanswered", got[:80])
+        st = healthz("127.0.0.101")
+        t.expect(st == 200, "another address is served meanwhile", st)
+        t.ok("9th connection from 127.0.0.100 refused, 127.0.0.101 served")
+        for s in held:
+            s.close()
+        t.expect(proc.poll() is None, "the bridge is still running")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    t.expect(proc.returncode == 0, "SIGTERM exits 0", proc.returncode)
