@@ -1433,9 +1433,9 @@ static int check_transport_secrets(struct cfg_ctx *c, const struct ynode *map,
     for (size_t i = 0; mask == T_KAFKA && i < t->n_properties; i++) {
         if (strcmp(t->properties[i].key, "ssl.key.location") != 0)
             continue;
-        rc = check_secret(c, ynode_map_get(props, "ssl.key.location"),
-                          "properties.ssl.key.location", "kafka ssl.key.location",
-                          t->properties[i].value);
+        rc =
+            check_secret(c, ynode_map_get(props, "ssl.key.location"), "properties.ssl.key.location",
+                         "kafka ssl.key.location", t->properties[i].value);
         if (rc != QB_OK)
             return rc;
     }

@@ -73,9 +73,9 @@ struct qb_http_server {
     struct MHD_Daemon *mhd;
     uv_poll_t poll;
     uv_timer_t timer;
-    uv_timer_t head_timer;                 /* armed for wait_first's deadline */
+    uv_timer_t head_timer;                    /* armed for wait_first's deadline */
     struct http_conn *wait_first, *wait_last; /* waiting for a request head, deadline order */
-    uint64_t cut;                          /* connections shut down at the head deadline */
+    uint64_t cut;                             /* connections shut down at the head deadline */
     struct qb_http_route *routes;
     size_t nroutes;
     void *arg;
@@ -671,8 +671,8 @@ int qb_http_server_start(uv_loop_t *loop, const char *listen, const struct qb_ht
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)QB_HTTP_MAX_CONNECTIONS,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)QB_HTTP_MAX_PER_CLIENT,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)QB_HTTP_CONNECTION_TIMEOUT_S,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)QB_HTTP_CONNECTION_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
     if (!s->mhd) {
         /* MHD closes a listen socket it was given when it fails after taking it, but not on

@@ -74,16 +74,18 @@ int qb_secret_open(const char *what, const char *path, char *errbuf, size_t errl
         return fd;
     mode = (unsigned)st.st_mode & 07777;
     if (mode & (S_IROTH | S_IWOTH)) {
-        snprintf(errbuf, errlen, "'%s': mode %04o lets other users %s it; chmod o-rwx", path,
-                 mode, mode & S_IROTH ? "read" : "change");
+        snprintf(errbuf, errlen, "'%s': mode %04o lets other users %s it; chmod o-rwx", path, mode,
+                 mode & S_IROTH ? "read" : "change");
         close(fd);
         return QB_ECONFIG;
     }
     /* root:qmp-bridge 0640 is how a package hands a root-owned secret to the bridge's
      * user: group read is then the bridge's own way in, not an extra reader */
     if ((mode & S_IRGRP) && !(st.st_uid != geteuid() && st.st_gid == getegid()))
-        QB_LOG_WARN(NULL, "%s '%s': mode %04o lets its group (gid %u) read it; chmod g-r unless "
-                    "that group is meant to", what, path, mode, (unsigned)st.st_gid);
+        QB_LOG_WARN(NULL,
+                    "%s '%s': mode %04o lets its group (gid %u) read it; chmod g-r unless "
+                    "that group is meant to",
+                    what, path, mode, (unsigned)st.st_gid);
     return fd;
 }
 

@@ -631,8 +631,8 @@ int qb_spool_checkpoint(struct qb_spool *s)
      * planted symlink) is removed, never written through. */
     fd = openat(s->dirfd, STATE_TMP, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0 && errno == EEXIST && unlinkat(s->dirfd, STATE_TMP, 0) == 0)
-        fd = openat(s->dirfd, STATE_TMP, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                    0640);
+        fd =
+            openat(s->dirfd, STATE_TMP, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0)
         err = errno, what = "create the temporary file of";
     else if ((err = pwrite_all(fd, text, strlen(text), 0)) != 0)

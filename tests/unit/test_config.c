@@ -1068,8 +1068,8 @@ static void test_secret_file_modes(void **state)
         {"bridge: {id: b1}\ntransports:\n  - {type: mqtt, tls: {cert_file: c, key_file: ", "}}\n",
          "t.yaml:3:48: transports[0].tls.key_file"},
         {"bridge: {id: b1}\ntransports:\n  - {type: kafka, brokers: k, properties: "
-         "{ssl.key.location: ", "}}\n",
-         "t.yaml:3:62: transports[0].properties.ssl.key.location"},
+         "{ssl.key.location: ",
+         "}}\n", "t.yaml:3:62: transports[0].properties.ssl.key.location"},
     };
     char yaml[512], err[512], expected[512];
 
@@ -1117,8 +1117,8 @@ int main(void)
         cmocka_unit_test(test_load_file_errors),    cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration),      cmocka_unit_test(test_commands_defaults),
         cmocka_unit_test(test_commands_every_key),  cmocka_unit_test(test_commands_key_file),
-        cmocka_unit_test(test_secret_file_modes),
-        cmocka_unit_test(test_example_commands),    cmocka_unit_test(test_listen_name),
+        cmocka_unit_test(test_secret_file_modes),   cmocka_unit_test(test_example_commands),
+        cmocka_unit_test(test_listen_name),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -212,8 +212,9 @@ static int tcp_connect_from(const char *addr, const char *src)
 
     sa.sin_port = htons((uint16_t)atoi(colon + 1));
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (fd >= 0 && src && (inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
-                           bind(fd, (struct sockaddr *)&from, sizeof from) < 0)) {
+    if (fd >= 0 && src &&
+        (inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
+         bind(fd, (struct sockaddr *)&from, sizeof from) < 0)) {
         close(fd);
         return -1;
     }

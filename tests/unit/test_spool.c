@@ -1023,8 +1023,15 @@ static void test_symlink_segments(void **state)
     struct qb_spool *s;
     char victim[256], name[64], aside[96];
     uint64_t id = 0;
-    struct qb_message m = {.kind = QB_MSG_EVENT, .vm = "a", .type = "t", .id = "i", .key = "k",
-                           .epoch = 1, .sequence = 1, .payload = "x", .len = 1};
+    struct qb_message m = {.kind = QB_MSG_EVENT,
+                           .vm = "a",
+                           .type = "t",
+                           .id = "i",
+                           .key = "k",
+                           .epoch = 1,
+                           .sequence = 1,
+                           .payload = "x",
+                           .len = 1};
 
     assert_int_equal(mkdir(f->dir, 0700), 0);
     make_victim(f, "", victim, sizeof(victim));
