@@ -229,7 +229,7 @@ with check.Test("hostile_files") as t:
             extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             got = extra.recv(4096)
         except OSError as e:
-            got = e.errno in (errno.ECONNRESET, errno.EPIPE) and b"" or repr(e).encode()
+            got = b"" if e.errno in (errno.ECONNRESET, errno.EPIPE) else repr(e).encode()
         finally:
             extra.close()
         t.expect(got == b"", "a 9th connection from one address is closed unanswered", got[:80])
