@@ -217,6 +217,14 @@ with check.Test("hostile_files") as t:
                  (len(cut_after), sorted(set(cut_after.values()))))
         t.ok("slow clients closed at the head deadline",
              "after %s header lines" % sorted(set(cut_after.values())))
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/metrics")
+        metrics = c.getresponse().read().decode()
+        c.close()
+        cut = [float(ln.split()[1]) for ln in metrics.splitlines()
+               if ln.startswith("qmp_bridge_http_head_timeouts_total ")]
+        t.expect(cut and cut[0] >= SLOW, "/metrics counts them", cut)
+        t.ok("qmp_bridge_http_head_timeouts_total", cut[0])
         for s in slow:
             s.close()
 
