@@ -22,6 +22,7 @@
 
 #include "error.h"
 #include "http_server.h"
+#include "private_files.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1389,6 +1390,59 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
 }
 
 /*
+ * A secret file named at key (node at): refused when other users may read it
+ * (qb_secret_open). A file that cannot be opened is left to the code that
+ * reads it at start, which names it; the configuration may be checked on
+ * another host than the one it runs on.
+ */
+static int check_secret(struct cfg_ctx *c, const struct ynode *at, const char *key,
+                        const char *what, const char *file)
+{
+    char msg[512];
+    size_t mark;
+    int fd, rc;
+
+    if (!file)
+        return QB_OK;
+    fd = qb_secret_open(what, file, msg, sizeof(msg));
+    if (fd >= 0)
+        close(fd);
+    if (fd != QB_ECONFIG)
+        return QB_OK;
+    mark = path_push_key(c, key);
+    rc = cfg_error(c, at, "%s", msg);
+    path_pop(c, mark);
+    return rc;
+}
+
+/* The secret files of one transport: MQTT's password and TLS key, Kafka's TLS key. */
+static int check_transport_secrets(struct cfg_ctx *c, const struct ynode *map,
+                                   const struct qb_transport_config *t, unsigned mask)
+{
+    const struct ynode *props = ynode_map_get(map, "properties");
+    int rc;
+
+    if (mask == T_MQTT) {
+        rc = check_secret(c, ynode_map_get(map, "password_file"), "password_file",
+                          "mqtt password_file", t->password_file);
+        if (rc == QB_OK)
+            rc = check_secret(c, ynode_map_get(ynode_map_get(map, "tls"), "key_file"),
+                              "tls.key_file", "mqtt tls.key_file", t->tls_key_file);
+        return rc;
+    }
+    for (size_t i = 0; mask == T_KAFKA && i < t->n_properties; i++) {
+        if (strcmp(t->properties[i].key, "ssl.key.location") != 0)
+            continue;
+        rc =
+            check_secret(c, ynode_map_get(props, "ssl.key.location"), "properties.ssl.key.location",
+                         "kafka ssl.key.location", t->properties[i].value);
+        if (rc != QB_OK)
+            return rc;
+    }
+    return QB_OK;
+}
+
+/*
  * Checks across keys of one transport and fills defaults that depend on other
  * keys. map is the transport's mapping; c->path names it.
  */
@@ -1399,6 +1453,8 @@ static int finish_transport(struct cfg_ctx *c, const struct ynode *map,
     size_t mark;
     int rc;
 
+    if ((rc = check_transport_secrets(c, map, t, mask)) != QB_OK)
+        return rc;
     if (mask != T_MQTT)
         return QB_OK;
     at = ynode_map_get(map, "session_expiry");
@@ -1542,8 +1598,9 @@ static int finish_spool(struct cfg_ctx *c, const struct ynode *root, struct qb_c
 
 /*
  * commands: allow defaults to every command; hmac_key_file is read now, so a
- * missing or weak key stops the bridge at start-up rather than at the first
- * command. One trailing newline (what editors and echo add) is not key.
+ * missing, weak or world-readable key stops the bridge at start-up rather than
+ * at the first command. One trailing newline (what editors and echo add) is
+ * not key.
  */
 static int finish_commands(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
 {
@@ -1552,7 +1609,8 @@ static int finish_commands(struct cfg_ctx *c, const struct ynode *root, struct q
     unsigned char *key = NULL;
     size_t len = 0, mark;
     FILE *f = NULL;
-    int rc = QB_OK;
+    char msg[512];
+    int rc = QB_OK, fd;
 
     at = ynode_map_get(section, "allow");
     if (!at || ynode_is_null(at))
@@ -1566,8 +1624,13 @@ static int finish_commands(struct cfg_ctx *c, const struct ynode *root, struct q
         rc = cfg_oom(c);
         goto done;
     }
-    if (!(f = fopen(file, "rbe"))) {
-        rc = cfg_error(c, at, "cannot read '%s': %s", file, strerror(errno));
+    fd = qb_secret_open("commands.hmac_key_file", file, msg, sizeof(msg));
+    if (fd < 0 || !(f = fdopen(fd, "rb"))) {
+        if (fd >= 0) {
+            snprintf(msg, sizeof(msg), "cannot read '%s': %s", file, strerror(errno));
+            close(fd);
+        }
+        rc = cfg_error(c, at, "%s", msg);
         goto done;
     }
     len = fread(key, 1, QB_CONFIG_HMAC_KEY_MAX + 1, f);

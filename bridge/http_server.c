@@ -13,6 +13,17 @@
  * MHD_OPTION_LISTEN_SOCKET: that is the only way to listen on a Unix socket,
  * and it gives exact errno texts ("Address already in use") at start, which
  * MHD_start_daemon's bare NULL does not. MHD owns the fd from then on.
+ *
+ * MHD's connection timeout is an idle timeout: a client that sends one header
+ * byte now and then keeps its connection for ever, and enough of them hold every
+ * slot. So every connection also has an absolute deadline for its request head:
+ * MHD tells us when it accepts a connection (NOTIFY_CONNECTION), the access
+ * handler when a head is complete, NOTIFY_COMPLETED when a response is done and
+ * a kept-alive connection waits for its next head. Connections waiting for a
+ * head are kept in one list in deadline order (every deadline is "now + the same
+ * delay" when it is set, so appending keeps the order) and one timer, armed for
+ * the head of the list, shuts down those that miss it: shutdown(SHUT_RDWR) makes
+ * MHD read EOF and close the connection itself, so MHD's state stays its own.
  */
 #include "http_server.h"
 
@@ -49,11 +60,22 @@ struct listen_addr {
     socklen_t len;
 };
 
+/* One accepted connection, known from MHD's NOTIFY_CONNECTION until it closes. */
+struct http_conn {
+    struct http_conn *prev, *next; /* in the server's waiting list while waiting */
+    struct MHD_Connection *c;
+    uint64_t deadline; /* loop time (ms) by which the request head must be complete */
+    bool waiting;      /* in the waiting list: no complete request head yet */
+};
+
 struct qb_http_server {
     uv_loop_t *loop;
     struct MHD_Daemon *mhd;
     uv_poll_t poll;
     uv_timer_t timer;
+    uv_timer_t head_timer;                    /* armed for wait_first's deadline */
+    struct http_conn *wait_first, *wait_last; /* waiting for a request head, deadline order */
+    uint64_t cut;                             /* connections shut down at the head deadline */
     struct qb_http_route *routes;
     size_t nroutes;
     void *arg;
@@ -269,6 +291,141 @@ fail:
     return QB_EIO;
 }
 
+/* ---- request head deadline -------------------------------------------------------------- */
+
+static void wait_unlink(struct qb_http_server *s, struct http_conn *k)
+{
+    if (!k->waiting)
+        return;
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        s->wait_first = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    else
+        s->wait_last = k->prev;
+    k->prev = k->next = NULL;
+    k->waiting = false;
+}
+
+static void on_head_timer(uv_timer_t *t);
+
+/* Arms the deadline timer for the first waiting connection, or stops it. */
+static void head_timer_arm(struct qb_http_server *s)
+{
+    uint64_t now = uv_now(s->loop);
+
+    if (s->closing)
+        return;
+    if (!s->wait_first) {
+        uv_timer_stop(&s->head_timer);
+        return;
+    }
+    uv_timer_start(&s->head_timer, on_head_timer,
+                   s->wait_first->deadline > now ? s->wait_first->deadline - now : 0, 0);
+}
+
+/* Starts k's clock: its next request head is due QB_HTTP_HEAD_DEADLINE_S from now. */
+static void wait_append(struct qb_http_server *s, struct http_conn *k)
+{
+    k->deadline = uv_now(s->loop) + QB_HTTP_HEAD_DEADLINE_S * 1000ull;
+    k->waiting = true;
+    k->next = NULL;
+    k->prev = s->wait_last;
+    if (s->wait_last)
+        s->wait_last->next = k;
+    else
+        s->wait_first = k;
+    s->wait_last = k;
+    if (s->wait_first == k)
+        head_timer_arm(s);
+}
+
+static struct http_conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+    return info ? info->socket_context : NULL;
+}
+
+/* The access handler saw a complete head: the clock stops until the response is done. */
+static void conn_head_done(struct qb_http_server *s, struct MHD_Connection *c)
+{
+    struct http_conn *k = conn_of(c);
+
+    if (k)
+        wait_unlink(s, k);
+}
+
+/*
+ * MHD accepted or closed a connection. A connection whose record cannot be
+ * allocated is served without a head deadline (the idle timeout still holds).
+ */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct qb_http_server *s = cls;
+    struct http_conn *k = *socket_context;
+
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        k = calloc(1, sizeof *k);
+        if (!k)
+            return;
+        k->c = c;
+        *socket_context = k;
+        wait_append(s, k);
+        return;
+    }
+    if (!k)
+        return;
+    wait_unlink(s, k);
+    *socket_context = NULL;
+    free(k);
+}
+
+/* A response is done; a kept-alive connection now waits for its next head, on a new clock. */
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct qb_http_server *s = cls;
+    struct http_conn *k = conn_of(c);
+
+    (void)req_cls;
+    (void)toe;
+    if (k && !k->waiting)
+        wait_append(s, k);
+}
+
+static void drive(struct qb_http_server *s);
+
+/* Shuts down every connection past its head deadline; MHD then sees EOF and closes it. */
+static void on_head_timer(uv_timer_t *t)
+{
+    struct qb_http_server *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    unsigned n = 0;
+
+    while (s->wait_first && s->wait_first->deadline <= now) {
+        struct http_conn *k = s->wait_first;
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(k->c, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+        wait_unlink(s, k);
+        if (info && info->connect_fd != MHD_INVALID_SOCKET)
+            shutdown(info->connect_fd, SHUT_RDWR);
+        n++;
+    }
+    if (n) {
+        s->cut += n;
+        QB_LOG_DEBUG(NULL, "http %s: closed %u connection(s) without a complete request within %ds",
+                     s->listen, n, QB_HTTP_HEAD_DEADLINE_S);
+        drive(s);
+    }
+    head_timer_arm(s);
+}
+
 /* ---- request handling ------------------------------------------------------------------- */
 
 static enum MHD_Result send_response(struct MHD_Connection *c, int status, const char *content_type,
@@ -333,6 +490,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     (void)upload_data_size;
     (void)req_cls;
 
+    conn_head_done(s, c);
     req.method = method;
     req.path = url;
     req.head = !strcmp(method, MHD_HTTP_METHOD_HEAD);
@@ -512,7 +670,9 @@ int qb_http_server_start(uv_loop_t *loop, const char *listen, const struct qb_ht
         /* the logger first, or MHD prints option errors to stderr itself */
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)QB_HTTP_MAX_CONNECTIONS,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)QB_HTTP_CONNECTION_TIMEOUT_S,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)QB_HTTP_MAX_PER_CLIENT,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)QB_HTTP_CONNECTION_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
     if (!s->mhd) {
         /* MHD closes a listen socket it was given when it fails after taking it, but not on
@@ -532,9 +692,11 @@ int qb_http_server_start(uv_loop_t *loop, const char *listen, const struct qb_ht
         goto fail_socket;
     }
     uv_timer_init(loop, &s->timer);
+    uv_timer_init(loop, &s->head_timer);
     s->poll.data = s;
     s->timer.data = s;
-    s->open_handles = 2;
+    s->head_timer.data = s;
+    s->open_handles = 3;
     rc = uv_poll_start(&s->poll, UV_READABLE, on_poll);
     if (rc < 0) {
         snprintf(errbuf, errlen, "listen %s: uv_poll_start: %s", listen, uv_strerror(rc));
@@ -566,6 +728,11 @@ unsigned qb_http_server_connections(const struct qb_http_server *s)
     return s && s->mhd ? current_connections(s->mhd) : 0;
 }
 
+uint64_t qb_http_server_head_timeouts(const struct qb_http_server *s)
+{
+    return s ? s->cut : 0;
+}
+
 void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), void *done_arg)
 {
     struct stat st;
@@ -578,6 +745,7 @@ void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), voi
     /* libuv must stop watching the epoll fd before MHD closes it. */
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->head_timer, on_handle_closed);
     if (s->mhd) {
         MHD_stop_daemon(s->mhd); /* closes the connections, the listener and the epoll fd */
         s->mhd = NULL;

@@ -8,9 +8,19 @@
  *
  * The server is deliberately small: GET and HEAD only (405 with "Allow: GET,
  * HEAD" otherwise), exact path routes (404 otherwise), no request bodies
- * (413), at most QB_HTTP_MAX_CONNECTIONS connections, each closed after
- * QB_HTTP_CONNECTION_TIMEOUT_S idle seconds, request headers bounded by a
- * per-connection memory pool.
+ * (413), request headers bounded by a per-connection memory pool, and slow or
+ * greedy clients bounded so they cannot starve the others:
+ *   - a request head (request line and headers) must be complete within
+ *     QB_HTTP_HEAD_DEADLINE_S of the accept, or of the end of the previous
+ *     response on a kept-alive connection, however steadily it trickles in;
+ *     the connection is closed otherwise;
+ *   - at most QB_HTTP_MAX_PER_CLIENT connections per client IP address (TCP);
+ *     more are closed at once. On a Unix socket clients have no address, so
+ *     only the total applies there (the socket is mode 0660: its users are
+ *     the bridge's owner and group);
+ *   - at most QB_HTTP_MAX_CONNECTIONS connections in all; more wait in the
+ *     listen backlog;
+ *   - a connection idle for QB_HTTP_CONNECTION_TIMEOUT_S is closed.
  *
  * Listen addresses:
  *   "127.0.0.1:9464", "[::1]:9464", "0.0.0.0:9464", "[::]:9464"  IP literals
@@ -30,7 +40,10 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define QB_HTTP_MAX_CONNECTIONS 32
+/* Room for QB_HTTP_MAX_CONNECTIONS / QB_HTTP_MAX_PER_CLIENT clients at their limit. */
+#define QB_HTTP_MAX_CONNECTIONS 128
+#define QB_HTTP_MAX_PER_CLIENT 8
+#define QB_HTTP_HEAD_DEADLINE_S 5
 #define QB_HTTP_CONNECTION_TIMEOUT_S 10
 /* Largest body qb_http_get accepts. */
 #define QB_HTTP_GET_MAX_BODY (16u * 1024 * 1024)
@@ -98,6 +111,9 @@ uint16_t qb_http_server_port(const struct qb_http_server *s);
 
 /* Connections open right now (a gauge for /metrics). Loop thread only. */
 unsigned qb_http_server_connections(const struct qb_http_server *s);
+
+/* Connections closed so far for missing the request head deadline. Loop thread only. */
+uint64_t qb_http_server_head_timeouts(const struct qb_http_server *s);
 
 /*
  * Stops accepting, drops every connection and closes the listening socket at

@@ -18,6 +18,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "private_files.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -533,7 +534,7 @@ static int seg_start(struct qb_spool *s)
         return QB_ENOMEM;
     g->first_id = s->next_id;
     seg_name(g->name, sizeof(g->name), g->first_id);
-    fd = openat(s->dirfd, g->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    fd = openat(s->dirfd, g->name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0) {
         err = errno;
         goto fail;
@@ -626,9 +627,14 @@ int qb_spool_checkpoint(struct qb_spool *s)
         QB_LOG_ERR(NULL, "spool: cannot write %s/" STATE_FILE ": out of memory", s->dir);
         return QB_EIO;
     }
-    fd = openat(s->dirfd, STATE_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    /* Created exclusively: whatever sits under the temporary name (a file left by a crash, a
+     * planted symlink) is removed, never written through. */
+    fd = openat(s->dirfd, STATE_TMP, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+    if (fd < 0 && errno == EEXIST && unlinkat(s->dirfd, STATE_TMP, 0) == 0)
+        fd =
+            openat(s->dirfd, STATE_TMP, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0)
-        err = errno;
+        err = errno, what = "create the temporary file of";
     else if ((err = pwrite_all(fd, text, strlen(text), 0)) != 0)
         what = "write";
     else if (fsync(fd) < 0)
@@ -652,7 +658,7 @@ int qb_spool_checkpoint(struct qb_spool *s)
 /* Loads state.json if it is there and sane; anything else is logged and ignored. */
 static int state_load(struct qb_spool *s, bool have_segments)
 {
-    int fd = openat(s->dirfd, STATE_FILE, O_RDONLY | O_CLOEXEC);
+    int fd = openat(s->dirfd, STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     json_error_t jerr;
     json_t *root, *cursors, *vms, *val;
     const char *key;
@@ -720,7 +726,9 @@ static void seg_move_aside(struct qb_spool *s, const char *name, const char *why
             snprintf(target, sizeof(target), "%s.corrupt", name);
         else
             snprintf(target, sizeof(target), "%s.corrupt.%d", name, i);
-        if (faccessat(s->dirfd, target, F_OK, 0) == 0)
+        struct stat st;
+
+        if (fstatat(s->dirfd, target, &st, AT_SYMLINK_NOFOLLOW) == 0)
             continue;
         if (renameat(s->dirfd, name, s->dirfd, target) == 0) {
             QB_LOG_WARN(NULL, "spool: %s/%s: %s; moved aside as %s", s->dir, name, why, target);
@@ -741,12 +749,20 @@ static void seg_move_aside(struct qb_spool *s, const char *name, const char *why
 static int seg_scan(struct qb_spool *s, struct seg *g, bool newest, struct segbuf *b, char *errbuf,
                     size_t errlen)
 {
-    int fd = openat(s->dirfd, g->name, O_RDONLY | O_CLOEXEC);
+    int fd = openat(s->dirfd, g->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     struct stat stb;
     const uint8_t *p;
     uint64_t off = SEG_HEADER_LEN, prev_id = 0;
     int rc;
 
+    /* Only a regular file is a segment: a symlink or a FIFO under a segment's name is set aside
+     * (renamed, which never follows it), never read or repaired through. */
+    if ((fd < 0 && errno == ELOOP) || (fd >= 0 && fstat(fd, &stb) == 0 && !S_ISREG(stb.st_mode))) {
+        if (fd >= 0)
+            close(fd);
+        seg_move_aside(s, g->name, "not a regular file");
+        return QB_ENOTFOUND;
+    }
     if (fd < 0 || fstat(fd, &stb) < 0) {
         snprintf(errbuf, errlen, "%s/%s: %s", s->dir, g->name, strerror(errno));
         if (fd >= 0)
@@ -767,7 +783,7 @@ static int seg_scan(struct qb_spool *s, struct seg *g, bool newest, struct segbu
 
         close(fd);
         if (torn) {
-            int wfd = openat(s->dirfd, g->name, O_RDWR | O_CLOEXEC);
+            int wfd = openat(s->dirfd, g->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 
             if (wfd >= 0 && pwrite_all(wfd, SEG_HEADER, SEG_HEADER_LEN, 0) == 0) {
                 close(wfd);
@@ -932,7 +948,7 @@ static int recover(struct qb_spool *s, char *errbuf, size_t errlen)
     } else if (s->tail) {
         struct seg *g = s->tail;
 
-        s->fd = openat(s->dirfd, g->name, O_RDWR | O_CLOEXEC);
+        s->fd = openat(s->dirfd, g->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
         if (s->fd < 0) {
             snprintf(errbuf, errlen, "%s/%s: %s", s->dir, g->name, strerror(errno));
             rc = QB_EIO;
@@ -1048,9 +1064,16 @@ int qb_spool_open(uv_loop_t *loop, const struct qb_spool_options *opt, struct qb
         rc = QB_EIO;
         goto fail;
     }
-    if ((s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
-        (s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC, 0640)) < 0) {
-        snprintf(errbuf, errlen, "%s%s: %s", s->dir, s->dirfd < 0 ? "" : "/lock", strerror(errno));
+    if ((s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        snprintf(errbuf, errlen, "%s: %s", s->dir, strerror(errno));
+        rc = QB_EIO;
+        goto fail;
+    }
+    if ((rc = qb_private_dir_check_fd(s->dirfd, s->dir, errbuf, errlen)) < 0)
+        goto fail;
+    if ((s->lockfd = openat(s->dirfd, "lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640)) <
+        0) {
+        snprintf(errbuf, errlen, "%s/lock: %s", s->dir, strerror(errno));
         rc = QB_EIO;
         goto fail;
     }
@@ -1258,7 +1281,7 @@ void qb_spool_reader_close(struct qb_spool_reader *r)
 static int reader_enter(struct qb_spool_reader *r, struct seg *g)
 {
     struct qb_spool *s = r->s;
-    int fd = openat(s->dirfd, g->name, O_RDONLY | O_CLOEXEC);
+    int fd = openat(s->dirfd, g->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 
     if (fd < 0) {
         if (errno == ENOENT)
@@ -1447,7 +1470,7 @@ struct drop_range {
 /* Collects the per-VM ranges of segment g; unreadable parts are simply not reported. */
 static void drop_collect(struct qb_spool *s, const struct seg *g, struct drop_range **ranges)
 {
-    int fd = openat(s->dirfd, g->name, O_RDONLY | O_CLOEXEC);
+    int fd = openat(s->dirfd, g->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct segbuf b = {.fd = -1};
     uint64_t off = SEG_HEADER_LEN;
 

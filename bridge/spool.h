@@ -7,6 +7,9 @@
  * once every transport has confirmed them.
  *
  * Layout of the directory:
+ * The directory belongs to the bridge's user and no other user may write in
+ * it (checked at open); one the spool creates is mode 0750.
+ *
  *   lock                  flock()ed while a bridge uses the directory
  *   <first id, 16 hex>.seg  segment files, append-only, one active at a time
  *   state.json            checkpoint: next record id, per-consumer cursors,
@@ -78,7 +81,14 @@ struct qb_spool_reader;
  * Returns QB_OK with *out (owned by the caller, release with qb_spool_close),
  * QB_EBUSY when another process holds the directory's lock, QB_EIO when the
  * directory or a file cannot be created, read or written (errbuf names the
- * path and the errno text), QB_EINVAL for bad options, QB_ENOMEM.
+ * path and the errno text), QB_EINVAL for bad options or a directory that
+ * another user owns or others may write (qb_private_dir_check_fd: errbuf
+ * names the directory, its owner and mode), QB_ENOMEM.
+ *
+ * No file in the directory is opened through a symlink (O_NOFOLLOW); new
+ * files are created exclusively (O_EXCL), the checkpoint's temporary file
+ * after removing whatever had its name. A symlink or other non-regular file
+ * under a segment's name is moved aside as <name>.corrupt like a bad segment.
  */
 int qb_spool_open(uv_loop_t *loop, const struct qb_spool_options *opt, struct qb_spool **out,
                   char *errbuf, size_t errlen);

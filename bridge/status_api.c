@@ -229,6 +229,13 @@ static int handle_metrics(void *arg, const struct qb_http_request *req,
     collect_vms(w, *src->mgr);
     collect_transports(w, *src->transports, *src->n_transports);
     collect_spool(w, *src->spool, *src->outbox);
+    qb_prom_family(w, "qmp_bridge_http_connections", "gauge", "Open status API connections");
+    qb_prom_sample_u64(w, "qmp_bridge_http_connections", NULL,
+                       qb_http_server_connections(api->http));
+    qb_prom_family(w, "qmp_bridge_http_head_timeouts_total", "counter",
+                   "Status API connections closed without a complete request head in time");
+    qb_prom_sample_u64(w, "qmp_bridge_http_head_timeouts_total", NULL,
+                       qb_http_server_head_timeouts(api->http));
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
     return qb_prom_writer_finish(w, &resp->body, &resp->body_len);
 }

@@ -38,6 +38,7 @@
  */
 #include "error.h"
 #include "log.h"
+#include "private_files.h"
 #include "transport_ops.h"
 
 #include <errno.h>
@@ -46,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MQTT_MID_SLOTS 65536
 /* Bound on waiting for the broker to acknowledge the retained "offline" at close. */
@@ -580,10 +582,17 @@ static void schedule_reconnect(struct mqtt_backend *b)
 static int read_password(const char *path, char **out, char *errbuf, size_t errlen,
                          const char *name)
 {
-    FILE *fp = fopen(path, "r");
+    char what[160], msg[400];
+    snprintf(what, sizeof(what), "transport %s: password_file", name);
+    /* checked on the fd it reads, so the file read is the file checked */
+    int fd = qb_secret_open(what, path, msg, sizeof(msg));
+    FILE *fp = fd >= 0 ? fdopen(fd, "r") : NULL;
     if (!fp) {
-        snprintf(errbuf, errlen, "transport %s: cannot read password_file %s: %s", name, path,
-                 strerror(errno));
+        if (fd >= 0) {
+            snprintf(msg, sizeof(msg), "cannot read '%s': %s", path, strerror(errno));
+            close(fd);
+        }
+        snprintf(errbuf, errlen, "transport %s: password_file %s", name, msg);
         return QB_ECONFIG;
     }
     char *line = NULL;

@@ -32,7 +32,7 @@ with check.Test("command_rejections") as t:
                  "--command-log", qlog], "qmp_peer", stderr=os.path.join(d, "peer.log"))
     procs.wait_until(lambda: os.path.exists(sock), 10, "peer socket")
     keyfile = os.path.join(d, "hmac.key")
-    with open(keyfile, "wb") as f:
+    with open(os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(KEY + b"\n")
     br = bridge.Bridge(d, [("vm1", sock), ("vm2", os.path.join(d, "absent.qmp"))], broker=broker,
                        extra_yaml="commands: { enabled: true, allow: [resize-and-cont, cont, stop],\n"

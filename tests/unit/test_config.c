@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1049,6 +1050,61 @@ static void test_parse_duration(void **state)
     }
 }
 
+/*
+ * Secret files others can read or change are refused at their key, naming the file and its
+ * mode; a group-readable one loads (with a warning); a missing MQTT password file is left to
+ * the transport's start, which names it.
+ */
+static void test_secret_file_modes(void **state)
+{
+    static const struct {
+        const char *before, *after; /* the YAML around the file's path */
+        const char *where;          /* expected "t.yaml:L:C: key" */
+    } keys[] = {
+        {"bridge: {id: b1}\ncommands:\n  hmac_key_file: ", "\n",
+         "t.yaml:3:18: commands.hmac_key_file"},
+        {"bridge: {id: b1}\ntransports:\n  - {type: mqtt, password_file: ", "}\n",
+         "t.yaml:3:33: transports[0].password_file"},
+        {"bridge: {id: b1}\ntransports:\n  - {type: mqtt, tls: {cert_file: c, key_file: ", "}}\n",
+         "t.yaml:3:48: transports[0].tls.key_file"},
+        {"bridge: {id: b1}\ntransports:\n  - {type: kafka, brokers: k, properties: "
+         "{ssl.key.location: ",
+         "}}\n", "t.yaml:3:62: transports[0].properties.ssl.key.location"},
+    };
+    char yaml[512], err[512], expected[512];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        char path[] = "/tmp/qb-test-key-XXXXXX";
+        struct qb_config *cfg = NULL;
+
+        write_temp(path, "0123456789abcdef\n", 17);
+        snprintf(yaml, sizeof(yaml), "%s%s%s", keys[i].before, path, keys[i].after);
+        assert_int_equal(chmod(path, 0644), 0);
+        assert_int_equal(
+            qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+            QB_ECONFIG);
+        assert_null(cfg);
+        snprintf(expected, sizeof(expected),
+                 "%s: '%s': mode 0644 lets other users read it; chmod o-rwx", keys[i].where, path);
+        assert_string_equal(err, expected);
+        assert_int_equal(chmod(path, 0602), 0);
+        assert_int_equal(
+            qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)),
+            QB_ECONFIG);
+        assert_non_null(strstr(err, "mode 0602 lets other users change it"));
+        assert_int_equal(chmod(path, 0640), 0);
+        cfg = load_ok(yaml);
+        qb_config_free(cfg);
+        assert_int_equal(chmod(path, 0600), 0);
+        cfg = load_ok(yaml);
+        qb_config_free(cfg);
+        unlink(path);
+    }
+    snprintf(yaml, sizeof(yaml), "%s/nonexistent/password%s", keys[1].before, keys[1].after);
+    qb_config_free(load_ok(yaml));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1061,7 +1117,8 @@ int main(void)
         cmocka_unit_test(test_load_file_errors),    cmocka_unit_test(test_parse_size),
         cmocka_unit_test(test_parse_duration),      cmocka_unit_test(test_commands_defaults),
         cmocka_unit_test(test_commands_every_key),  cmocka_unit_test(test_commands_key_file),
-        cmocka_unit_test(test_example_commands),    cmocka_unit_test(test_listen_name),
+        cmocka_unit_test(test_secret_file_modes),   cmocka_unit_test(test_example_commands),
+        cmocka_unit_test(test_listen_name),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -52,6 +52,7 @@ struct fixture {
     char addr[256];
     void (*client)(struct fixture *f);
     unsigned conns_seen; /* qb_http_server_connections at the last /conns */
+    uint64_t cut_seen;   /* qb_http_server_head_timeouts at the last /conns */
 };
 
 /* ---- handlers --------------------------------------------------------------------------- */
@@ -90,6 +91,7 @@ static int h_conns(void *arg, const struct qb_http_request *req, struct qb_http_
 
     (void)req;
     f->conns_seen = qb_http_server_connections(f->srv);
+    f->cut_seen = qb_http_server_head_timeouts(f->srv);
     snprintf(buf, sizeof buf, "%u", f->conns_seen);
     resp->body = strdup(buf);
     resp->body_len = strlen(buf);
@@ -200,20 +202,33 @@ static void fixture_run(struct fixture *f, void (*client)(struct fixture *f))
 
 /* ---- raw client helpers (run in the client thread) -------------------------------------- */
 
-static int tcp_connect(const char *addr)
+/* Connects to the 127.0.0.1 port of addr from source address src (NULL: any). All of
+ * 127.0.0.0/8 is loopback, so 127.0.0.2, 127.0.0.3, ... are distinct clients. */
+static int tcp_connect_from(const char *addr, const char *src)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET};
+    struct sockaddr_in sa = {.sin_family = AF_INET}, from = {.sin_family = AF_INET};
     const char *colon = strrchr(addr, ':');
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     sa.sin_port = htons((uint16_t)atoi(colon + 1));
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd >= 0 && src &&
+        (inet_pton(AF_INET, src, &from.sin_addr) != 1 ||
+         bind(fd, (struct sockaddr *)&from, sizeof from) < 0)) {
+        close(fd);
+        return -1;
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         if (fd >= 0)
             close(fd);
         return -1;
     }
     return fd;
+}
+
+static int tcp_connect(const char *addr)
+{
+    return tcp_connect_from(addr, NULL);
 }
 
 /* Reads until EOF (or 5 s of silence); returns the byte count, -1 on error. */
@@ -462,11 +477,13 @@ static void test_ipv6_loopback(void **state)
 static void client_limit(struct fixture *f)
 {
     int idle[IDLE + 8], i, n = 0;
-    char *body = NULL;
+    char *body = NULL, src[32];
 
-    /* Fill every slot but one with a half-sent request. */
+    /* Fill every slot but one with a half-sent request, from as many sources as the
+     * per-client limit needs. */
     for (i = 0; i < IDLE; i++) {
-        idle[n] = tcp_connect(f->addr);
+        snprintf(src, sizeof src, "127.0.0.%d", 2 + i / QB_HTTP_MAX_PER_CLIENT);
+        idle[n] = tcp_connect_from(f->addr, src);
         if (idle[n] >= 0) {
             send(idle[n], "GET /hello HTTP/1.1\r\n", 21, MSG_NOSIGNAL);
             n++;
@@ -477,11 +494,11 @@ static void client_limit(struct fixture *f)
     res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
     /* Now the server is full while those idle ones stay open: one more can't be served.
      * Keep the last slot busy with another idle connection first. */
-    idle[n] = tcp_connect(f->addr);
+    idle[n] = tcp_connect_from(f->addr, "127.0.0.250");
     if (idle[n] >= 0)
         send(idle[n++], "GET /hello HTTP/1.1\r\n", 21, MSG_NOSIGNAL);
     for (i = 0; i < 4; i++) { /* a few more over the limit: refused or left waiting */
-        idle[n] = tcp_connect(f->addr);
+        idle[n] = tcp_connect_from(f->addr, "127.0.0.251");
         if (idle[n] >= 0)
             n++;
     }
@@ -505,7 +522,7 @@ static void test_connection_limit(void **state)
     fixture_run(&f, client_limit);
     assert_int_equal(res.rc[5], IDLE);
     assert_int_equal(res.rc[0], QB_OK);
-    assert_string_equal(res.body[0], "32");
+    assert_int_equal(atoi(res.body[0]), QB_HTTP_MAX_CONNECTIONS);
     print_message("over the limit, qb_http_get said: %s\n", qb_strerror(res.rc[1]));
     assert_true(res.rc[1] < 0); /* over the limit: refused or timed out, not served */
     assert_int_equal(res.rc[2], QB_OK);
@@ -728,12 +745,131 @@ static void test_client_parsing(void **state)
     assert_int_equal(qb_http_get("nonsense", "/vms", &body, &status, 2000), QB_EINVAL);
 }
 
+/* QB_HTTP_MAX_PER_CLIENT idle connections from one address: one more from there is closed at
+ * once, another address is served. */
+static void client_per_client(struct fixture *f)
+{
+    int idle[QB_HTTP_MAX_PER_CLIENT], extra, i, n = 0;
+    char buf[64];
+
+    for (i = 0; i < QB_HTTP_MAX_PER_CLIENT; i++) {
+        idle[n] = tcp_connect_from(f->addr, "127.0.0.2");
+        if (idle[n] >= 0)
+            send(idle[n++], "GET /hello HTTP/1.1\r\n", 21, MSG_NOSIGNAL);
+    }
+    res.rc[5] = n;
+    /* served from another address, so all the idle ones are in by now */
+    res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
+    extra = tcp_connect_from(f->addr, "127.0.0.2");
+    if (extra >= 0) {
+        send(extra, "GET /hello HTTP/1.1\r\n\r\n", 23, MSG_NOSIGNAL);
+        res.rawlen[0] = read_all(extra, buf, sizeof buf); /* 0: closed unanswered */
+        close(extra);
+    } else {
+        res.rawlen[0] = 0; /* refused outright is as good */
+    }
+    res.rc[1] = qb_http_get(f->addr, "/hello", &res.body[1], &res.status[1], 5000);
+    for (i = 0; i < n; i++)
+        close(idle[i]);
+}
+
+static void test_per_client_limit(void **state)
+{
+    struct fixture f;
+
+    (void)state;
+    memset(&res, 0, sizeof res);
+    fixture_init(&f);
+    fixture_start(&f, "127.0.0.1:0");
+    fixture_run(&f, client_per_client);
+    assert_int_equal(res.rc[5], QB_HTTP_MAX_PER_CLIENT);
+    assert_int_equal(res.rc[0], QB_OK);
+    assert_int_equal(atoi(res.body[0]), QB_HTTP_MAX_PER_CLIENT + 1);
+    assert_int_equal(res.rawlen[0], 0);
+    assert_int_equal(res.rc[1], QB_OK);
+    assert_int_equal(res.status[1], 200);
+    free(res.body[0]);
+    free(res.body[1]);
+}
+
+/* Lines a trickling client would send, one a second: far past the head deadline. */
+#define TRICKLE_LINES (3 * QB_HTTP_HEAD_DEADLINE_S)
+
+/*
+ * A client that sends its request head one line a second, never idle long enough for the
+ * idle timeout, is closed at the head deadline, before it could finish. After a first
+ * answered request, the connection does not stay open for a trickled second one either
+ * (libmicrohttpd closes it after the answer here; were it kept alive, the deadline would
+ * start again at the answer).
+ */
+static void client_trickle(struct fixture *f)
+{
+    for (int round = 0; round < 2; round++) {
+        char buf[4096];
+        int fd = tcp_connect_from(f->addr, "127.0.0.3"), sent = 0;
+
+        if (fd < 0)
+            break;
+        if (round == 1) {
+            /* a whole request first; read its answer, leave the connection open */
+            ssize_t r;
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+
+            send(fd, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", 32, MSG_NOSIGNAL);
+            r = poll(&p, 1, 5000) == 1 ? recv(fd, buf, sizeof buf - 1, 0) : -1;
+            res.rawlen[1] = r;
+            if (r > 0) {
+                buf[r] = '\0';
+                res.status[2] = strstr(buf, "hello world") ? 200 : 0;
+            }
+        }
+        send(fd, "GET /hello HTTP/1.1\r\n", 21, MSG_NOSIGNAL);
+        for (sent = 0; sent < TRICKLE_LINES; sent++) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+
+            if (poll(&p, 1, 1000) == 1)
+                break; /* the server closed (EOF) or answered */
+            if (send(fd, "X-Slow: 1\r\n", 11, MSG_NOSIGNAL) != 11)
+                break;
+        }
+        res.rc[2 + round] = sent;
+        if (sent == TRICKLE_LINES)
+            send(fd, "\r\n", 2, MSG_NOSIGNAL);
+        res.rawlen[2 + round] = read_all(fd, buf, sizeof buf); /* 0: closed unanswered */
+        close(fd);
+    }
+    res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
+}
+
+static void test_head_deadline(void **state)
+{
+    struct fixture f;
+
+    (void)state;
+    memset(&res, 0, sizeof res);
+    fixture_init(&f);
+    fixture_start(&f, "127.0.0.1:0");
+    fixture_run(&f, client_trickle);
+    print_message("closed after %d and %d header lines\n", res.rc[2], res.rc[3]);
+    assert_true(res.rc[2] < TRICKLE_LINES);
+    assert_int_equal(res.rawlen[2], 0);
+    assert_true(res.rawlen[1] > 0);
+    assert_int_equal(res.status[2], 200);
+    assert_true(res.rc[3] < TRICKLE_LINES);
+    assert_int_equal(res.rawlen[3], 0);
+    assert_int_equal(res.rc[0], QB_OK);
+    assert_int_equal(res.status[0], 200);
+    assert_true(f.cut_seen >= 1);
+    free(res.body[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_routes),       cmocka_unit_test(test_methods_and_head),
         cmocka_unit_test(test_unix_socket),      cmocka_unit_test(test_ipv6_loopback),
         cmocka_unit_test(test_connection_limit), cmocka_unit_test(test_close_with_client_connected),
+        cmocka_unit_test(test_per_client_limit), cmocka_unit_test(test_head_deadline),
         cmocka_unit_test(test_start_errors),     cmocka_unit_test(test_client_parsing),
     };
 

@@ -28,6 +28,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -930,6 +931,184 @@ static void test_batch_fsync_timer(void **state)
     assert_int_equal(qb_spool_open(&f->loop, &o, &s, NULL, 0), QB_EINVAL);
 }
 
+/* ---- planted symlinks and the directory's owner and mode ------------------------------------- */
+
+/* A file outside the spool that a planted symlink points at; returns its path in buf. */
+static void make_victim(const struct fixture *f, const char *content, char *buf, size_t len)
+{
+    int fd;
+
+    snprintf(buf, len, "%.*s/victim", (int)(strrchr(f->dir, '/') - f->dir), f->dir);
+    fd = open(buf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+    close(fd);
+}
+
+static void assert_victim(const char *path, const char *content)
+{
+    char buf[256];
+    int fd = open(path, O_RDONLY);
+    ssize_t n;
+
+    assert_true(fd >= 0);
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    assert_true(n >= 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, content);
+}
+
+static void plant(const struct fixture *f, const char *name, const char *target)
+{
+    char path[256];
+
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    unlink(path);
+    assert_int_equal(symlink(target, path), 0);
+}
+
+static bool is_symlink(const struct fixture *f, const char *name)
+{
+    char path[256];
+    struct stat st;
+
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    return lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
+}
+
+/* The checkpoint's temporary file: a symlink there is replaced, the file it names untouched. */
+static void test_symlink_state_tmp(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool *s = open_default(f);
+    char victim[256];
+
+    make_victim(f, "root-owned file\n", victim, sizeof(victim));
+    append(s, "a", 1, 1, "x");
+    plant(f, "state.json.tmp", victim);
+    assert_int_equal(qb_spool_checkpoint(s), QB_OK);
+    assert_victim(victim, "root-owned file\n");
+    assert_false(is_symlink(f, "state.json"));
+    assert_false(is_symlink(f, "state.json.tmp"));
+    qb_spool_close(s);
+}
+
+/* state.json itself: a symlink is not read (its next_id is not taken), and is replaced. */
+static void test_symlink_state_file(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool *s = open_default(f);
+    const char *fake = "{\"version\": 1, \"next_id\": 5000, \"cursors\": {}, \"vms\": {}}";
+    char victim[256];
+
+    append(s, "a", 1, 1, "x");
+    qb_spool_close(s);
+    make_victim(f, fake, victim, sizeof(victim));
+    plant(f, "state.json", victim);
+    s = open_default(f);
+    assert_int_equal(qb_spool_next_id(s), 2);
+    assert_int_equal(qb_spool_checkpoint(s), QB_OK);
+    assert_victim(victim, fake);
+    assert_false(is_symlink(f, "state.json"));
+    qb_spool_close(s);
+}
+
+/* A segment name: not read, not repaired through (a header prefix would be completed), set
+ * aside; and a symlink under the next segment's name is not written through. */
+static void test_symlink_segments(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool_options o = opts(f, 1 << 20, 100);
+    struct qb_spool *s;
+    char victim[256], name[64], aside[96];
+    uint64_t id = 0;
+    struct qb_message m = {.kind = QB_MSG_EVENT,
+                           .vm = "a",
+                           .type = "t",
+                           .id = "i",
+                           .key = "k",
+                           .epoch = 1,
+                           .sequence = 1,
+                           .payload = "x",
+                           .len = 1};
+
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    make_victim(f, "", victim, sizeof(victim));
+    snprintf(name, sizeof(name), "%016" PRIx64 ".seg", (uint64_t)1);
+    plant(f, name, victim);
+    s = open_ok(f, &o);
+    assert_victim(victim, "");
+    snprintf(aside, sizeof(aside), "%s.corrupt", name);
+    assert_true(is_symlink(f, aside));
+    {
+        struct qb_spool_stats st;
+
+        qb_spool_get_stats(s, &st);
+        assert_int_equal(st.records, 0);
+    }
+
+    /* the segment the next rollover creates */
+    append(s, "a", 1, 1, "a payload long enough for one record per segment");
+    snprintf(name, sizeof(name), "%016" PRIx64 ".seg", qb_spool_next_id(s));
+    plant(f, name, victim);
+    m.sequence = 2;
+    assert_true(qb_spool_append(s, &m, &id) < 0);
+    assert_victim(victim, "");
+    qb_spool_close(s);
+}
+
+/* The lock file is not opened through a symlink either. */
+static void test_symlink_lock(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool_options o = opts(f, 1 << 20, 1 << 16);
+    struct qb_spool *s = NULL;
+    char victim[256], err[256];
+
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    make_victim(f, "v", victim, sizeof(victim));
+    plant(f, "lock", victim);
+    assert_int_equal(qb_spool_open(&f->loop, &o, &s, err, sizeof(err)), QB_EIO);
+    assert_null(s);
+    assert_non_null(strstr(err, "/lock"));
+    assert_victim(victim, "v");
+}
+
+/* A directory others may write, or another user's, is refused naming owner and mode; one the
+ * spool creates is private. */
+static void test_private_directory(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool_options o = opts(f, 1 << 20, 1 << 16);
+    struct qb_spool *s = NULL;
+    struct stat st;
+    char err[512];
+
+    s = open_default(f);
+    qb_spool_close(s);
+    assert_int_equal(stat(f->dir, &st), 0);
+    assert_int_equal(st.st_mode & 0027, 0);
+
+    assert_int_equal(chmod(f->dir, 01777), 0);
+    assert_int_equal(qb_spool_open(&f->loop, &o, &s, err, sizeof(err)), QB_EINVAL);
+    assert_null(s);
+    if (!strstr(err, f->dir) || !strstr(err, "mode 1777"))
+        fail_msg("unexpected error: %s", err);
+    assert_int_equal(chmod(f->dir, 0750), 0);
+
+    if (geteuid() == 0) {
+        assert_int_equal(chown(f->dir, 65534, 65534), 0);
+        assert_int_equal(qb_spool_open(&f->loop, &o, &s, err, sizeof(err)), QB_EINVAL);
+        assert_null(s);
+        if (!strstr(err, f->dir) || !strstr(err, "owned by uid 65534"))
+            fail_msg("unexpected error: %s", err);
+        assert_int_equal(chown(f->dir, 0, 0), 0);
+    }
+    s = open_default(f);
+    qb_spool_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -947,6 +1126,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_second_open_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_fsync_timer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlink_state_tmp, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlink_state_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlink_segments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_symlink_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_private_directory, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
