@@ -165,9 +165,9 @@ static void test_time_bounds(void **state)
         {QB_ENVELOPE_TIME_MAX_SEC + 1, 0},
         {QB_ENVELOPE_TIME_MIN_SEC, -1},
         {QB_ENVELOPE_TIME_MAX_SEC, 1000000},
-        {INT64_MAX, INT32_MAX},   /* overflowed when carried into the seconds */
+        {INT64_MAX, INT32_MAX}, /* overflowed when carried into the seconds */
         {INT64_MAX, INT32_MIN},
-        {INT64_MIN, 0},           /* QB_ENVELOPE_TIME_NOW */
+        {INT64_MIN, 0},              /* QB_ENVELOPE_TIME_NOW */
         {INT64_C(1000000000000), 0}, /* year 33658 */
         {0, 1500000},
     };
