@@ -8,8 +8,8 @@
  * stop), SHUTDOWN, WATCHDOG or GUEST_PANICKED just before it, or else from
  * query-status and, for io-error, from query-block's io-status; when
  * query-status finds the VM running again, from the MIGRATION status before
- * the STOP (a COLO checkpoint or failover, a migration's switchover). Such an event
- * comes back with `need` set; the caller runs that query and hands the reply
+ * the STOP (a COLO checkpoint or failover, a migration's switchover). Such an
+ * event comes back with `need` set; the caller runs that query and hands the reply
  * to qb_normalize_resolve, holding back every later event of that VM so order
  * is kept.
  *
