@@ -79,7 +79,7 @@ with check.Test("colo_checkpoints") as t:
     def failed_over(name):
         types = [e["type"] for e in envelopes(br, name)]
         # QEMU sends the secondary's RESUME before or after its COLO_EXIT
-        return "qmp.colo.exit" in types and \
+        return "qmp.colo.exit" in types and "qmp.vm.stopped" in types and \
             types[::-1].index("qmp.vm.resumed") < types[::-1].index("qmp.vm.stopped")
     for name in ("primary", "secondary"):
         procs.wait_until(lambda: failed_over(name), 30,

@@ -49,8 +49,12 @@ with check.Test("colo_exit") as t:
         def failed_over():
             types = [m.type for m in check.vm_envelopes(sub, "test-host", name)
                      if not check.on_state_topic(m)]
-            # the failover's RESUME may come before or after COLO_EXIT
-            return "qmp.vm.stopped" in types and \
+            # The failover's RESUME may come before or after COLO_EXIT; a secondary failed
+            # over right after entering COLO may not stop at all (seen once in six runs; its
+            # STOP would come before the COLO_EXIT awaited above).
+            if "qmp.vm.stopped" not in types:
+                return True
+            return "qmp.vm.resumed" in types and \
                 types[::-1].index("qmp.vm.resumed") < types[::-1].index("qmp.vm.stopped")
         procs.wait_until(failed_over, 30, "a RESUME after the last STOP of " + name)
         envs = [m.json for m in check.vm_envelopes(sub, "test-host", name) if not check.on_state_topic(m)]
