@@ -3,7 +3,7 @@
 secondary QEMU 7.2 with -machine none (no vCPU: with -machine pc under TCG one
 of the first checkpoints deadlocks the primary, see qbtest.qemu.colo_pair)
 enter COLO; x-checkpoint-delay is lowered until the bridge has published at
-least CHECKPOINTS checkpoint pauses of the primary, then raised again, and
+least CHECKPOINTS (5) checkpoint pauses of the primary, then raised again, and
 x-colo-lost-heartbeat fails both over. Each checkpoint and the failover stop
 both QEMUs into run state colo and resume them within about 100 ms (the
 failover within a few), usually before the bridge's query-status is answered.
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from qbtest import bridge, check, colo_check, procs, qemu, schema, util  # noqa: E402
 
-CHECKPOINTS = 3
+CHECKPOINTS = 5
 
 
 def envelopes(br, name):
