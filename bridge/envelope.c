@@ -277,10 +277,16 @@ static void qb_buf_json(struct qb_buf *b, const json_t *v, int depth)
 
 /* The "YYYY-MM-DDTHH:MM:SS" of the last second formatted on this thread. */
 static _Thread_local struct {
-    int64_t sec; /* -1: nothing cached */
+    int64_t sec; /* QB_ENVELOPE_TIME_NOW: nothing cached (never a formatted second) */
     size_t len;
     char text[48];
-} qb_time_cache = {-1, 0, {0}};
+} qb_time_cache = {QB_ENVELOPE_TIME_NOW, 0, {0}};
+
+bool qb_envelope_time_valid(int64_t sec, int64_t usec)
+{
+    return sec >= QB_ENVELOPE_TIME_MIN_SEC && sec <= QB_ENVELOPE_TIME_MAX_SEC && usec >= 0 &&
+           usec <= 999999;
+}
 
 char *qb_envelope_format_time(int64_t ts_sec, int32_t ts_usec, char *buf, size_t buflen)
 {
@@ -288,21 +294,17 @@ char *qb_envelope_format_time(int64_t ts_sec, int32_t ts_usec, char *buf, size_t
     size_t len;
     int64_t usec = ts_usec;
 
-    if (ts_sec < 0) {
+    /*
+     * Out of range is never carried or wrapped: a year past 9999 (or before
+     * 0001) breaks the schema's date-time, and adding to seconds near
+     * INT64_MAX overflows.
+     */
+    if (!qb_envelope_time_valid(ts_sec, usec)) {
         struct timespec now;
 
         clock_gettime(CLOCK_REALTIME, &now);
         ts_sec = now.tv_sec;
         usec = now.tv_nsec / 1000;
-    }
-    /* QEMU never sends an out-of-range value, but a hand-made message might. */
-    if (usec < 0 || usec > 999999) {
-        ts_sec += usec / 1000000;
-        usec %= 1000000;
-        if (usec < 0) {
-            usec += 1000000;
-            ts_sec = ts_sec > 0 ? ts_sec - 1 : 0;
-        }
     }
     if (qb_time_cache.sec != ts_sec) {
         struct tm tm;

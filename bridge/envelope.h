@@ -19,8 +19,19 @@
 #define QB_ENVELOPE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/*
+ * The times an envelope can carry: RFC 3339 has four-digit years, so
+ * 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z, as seconds since the
+ * epoch and microseconds 0-999999. ts_sec QB_ENVELOPE_TIME_NOW (outside that
+ * range like any other value there) asks for the bridge's clock.
+ */
+#define QB_ENVELOPE_TIME_MIN_SEC INT64_C(-62135596800)
+#define QB_ENVELOPE_TIME_MAX_SEC INT64_C(253402300799)
+#define QB_ENVELOPE_TIME_NOW INT64_MIN
 
 struct qb_envelope_ctx {
     const char *bridge_id;       /* borrowed */
@@ -33,7 +44,7 @@ struct qb_envelope_in {
     uint64_t epoch;     /* see above */
     uint64_t sequence;
     const char *id_suffix; /* NULL, or appended to id (".state" for state-topic copies) */
-    int64_t ts_sec;     /* event time; ts_sec < 0 means "now" from the bridge's clock */
+    int64_t ts_sec;        /* event time; QB_ENVELOPE_TIME_NOW (or any time out of range): "now" */
     int32_t ts_usec;
     const json_t *data; /* borrowed; NULL is written as {} */
     /*
@@ -61,9 +72,15 @@ int qb_envelope_build(const struct qb_envelope_ctx *ctx, const struct qb_envelop
 char *qb_envelope_format_id(uint64_t epoch, uint64_t sequence, const char *id_suffix, char *buf,
                             size_t buflen);
 
+/* Returns true when (sec, usec) is a time an envelope can carry (see QB_ENVELOPE_TIME_MIN_SEC). */
+bool qb_envelope_time_valid(int64_t sec, int64_t usec);
+
 /*
  * Formats ts (seconds, microseconds) as RFC 3339 UTC with microseconds into
- * buf (at least 32 bytes): "2026-11-22T02:22:04.123456Z". Returns buf.
+ * buf (at least 32 bytes): "2026-11-22T02:22:04.123456Z". A time that
+ * qb_envelope_time_valid refuses (QB_ENVELOPE_TIME_NOW among them) is
+ * replaced by the bridge's clock, so the result always has a four-digit year;
+ * the normaliser logs the QMP timestamps this happens to. Returns buf.
  */
 char *qb_envelope_format_time(int64_t ts_sec, int32_t ts_usec, char *buf, size_t buflen);
 

@@ -17,6 +17,9 @@
  *   - why the next STOP happens (BLOCK_IO_ERROR action stop, SHUTDOWN,
  *     WATCHDOG or GUEST_PANICKED with action pause), because STOP carries no
  *     data in QEMU 7.2;
+ *   - what a STOP means that QEMU undoes before query-status answers (a COLO
+ *     checkpoint or failover, a migration's switchover), from the last
+ *     MIGRATION status, because query-status then only says "running";
  *   - per block job its type, status and how many BLOCK_JOB_ERRORs it raised
  *     since its last status change, because a mirror raises one error per
  *     in-flight request and BLOCK_JOB_ERROR carries no type.
@@ -47,8 +50,11 @@ struct qb_norm_vm {
     const char *name; /* borrowed, for log lines; NULL for none */
     struct qb_stop_cause stop_cause;
     const char *stop_reason; /* static "shutdown"/"watchdog"/"guest-panicked", or NULL */
+    const char *migration_stop;  /* static reason a STOP in the current MIGRATION status has */
+    const char *stop_if_running; /* migration_stop when the pending STOP came, for its query */
     json_t *jobs; /* job id -> {"type"?, "status"?, "errors": n, "asked"?: true}; NULL until the
                      first job, so an idle VM without jobs holds no hash table */
+    bool ts_logged; /* an unusable timestamp was logged: a peer sending only those logs once */
 };
 
 static void qb_stop_cause_clear(struct qb_stop_cause *c)
@@ -446,6 +452,7 @@ static void qb_norm_stop(struct qb_norm_vm *vm, const char *name, const json_t *
         qb_ob_set(ob, "reason", json_string(vm->stop_reason));
     } else {
         ev->need = QB_NORM_QUERY_STATUS;
+        vm->stop_if_running = vm->migration_stop;
     }
     vm->stop_reason = NULL;
 }
@@ -550,7 +557,8 @@ static void qb_norm_write_threshold(struct qb_norm_vm *vm, const char *name, con
 static void qb_norm_colo_exit(struct qb_norm_vm *vm, const char *name, const json_t *data,
                               struct qb_ob *ob, struct qb_norm_event *ev)
 {
-    (void)vm;
+    /* COLO is over: a later STOP is no checkpoint. */
+    vm->migration_stop = NULL;
     (void)name;
     (void)ev;
     qb_ob_str(ob, "mode", data, "mode");
@@ -580,6 +588,38 @@ static void qb_norm_pause_cause(struct qb_norm_vm *vm, const char *name, const j
         vm->stop_reason = strcmp(name, "WATCHDOG") == 0 ? "watchdog" : "guest-panicked";
 }
 
+/*
+ * The run state QEMU stops into in a MIGRATION status, for a STOP that
+ * query-status finds undone (the VM "running" again): migration_completion
+ * stops the source into finish-migrate while the status is still active (with
+ * x-colo QEMU resumes it in COLO about 100 ms later), and each COLO checkpoint
+ * and the failover (colo_do_failover) stop either side into colo. QEMU 7.2
+ * sends MIGRATION before the STOP it explains, and after the failover's STOP
+ * MIGRATION completed and COLO_EXIT, which leave no such reason. Statuses not
+ * listed explain no STOP.
+ */
+static const struct qb_migration_stop {
+    const char *status; /* MigrationStatus (qapi/migration.json) */
+    const char *reason; /* the qmp.vm.stopped reason */
+} qb_migration_stops[] = {
+    {"active", "finish-migrate"},
+    {"colo", "colo"},
+};
+
+/* MIGRATION stays a generic event; its status says what an undone STOP was. */
+static void qb_norm_migration(struct qb_norm_vm *vm, const char *name, const json_t *data,
+                              struct qb_ob *ob, struct qb_norm_event *ev)
+{
+    const char *status = qb_str(data, "status");
+
+    qb_norm_generic(vm, name, data, ob, ev);
+    vm->migration_stop = NULL;
+    for (size_t i = 0; status && i < sizeof(qb_migration_stops) / sizeof(qb_migration_stops[0]);
+         i++)
+        if (strcmp(qb_migration_stops[i].status, status) == 0)
+            vm->migration_stop = qb_migration_stops[i].reason;
+}
+
 struct qb_norm_entry {
     const char *event; /* QMP event name */
     const char *type;  /* normalised type */
@@ -601,6 +641,7 @@ static const struct qb_norm_entry qb_norm_table[] = {
     {"BLOCK_WRITE_THRESHOLD", "qmp.block.write_threshold", qb_norm_write_threshold,
      qb_fields_write_threshold},
     {"COLO_EXIT", "qmp.colo.exit", qb_norm_colo_exit, qb_fields_colo_exit},
+    {"MIGRATION", "qmp.event", qb_norm_migration, qb_fields_none},
     {"WATCHDOG", "qmp.event", qb_norm_pause_cause, qb_fields_none},
     {"GUEST_PANICKED", "qmp.event", qb_norm_pause_cause, qb_fields_none},
 };
@@ -650,6 +691,8 @@ void qb_norm_vm_reset(struct qb_norm_vm *vm, const json_t *snapshot)
 
     qb_stop_cause_clear(&vm->stop_cause);
     vm->stop_reason = NULL;
+    vm->migration_stop = NULL;
+    vm->stop_if_running = NULL;
     /* Dropped, not cleared: a VM without jobs keeps no table (see struct qb_norm_vm). */
     json_decref(vm->jobs);
     vm->jobs = NULL;
@@ -668,6 +711,54 @@ static bool qb_norm_excluded(const char *name, const char *const *exclude, size_
         if (exclude[i] && strcmp(exclude[i], name) == 0)
             return true;
     return false;
+}
+
+/* Returns why ts cannot be an envelope's time, or NULL when it can. */
+static const char *qb_norm_ts_problem(const json_t *ts)
+{
+    const json_t *sec = json_object_get(ts, "seconds");
+    const json_t *usec = json_object_get(ts, "microseconds");
+
+    if (!ts)
+        return "missing";
+    if (!json_is_object(ts))
+        return "not an object";
+    /* 1e12 is a JSON real: QEMU writes both members as integers. */
+    if (!json_is_integer(sec))
+        return sec ? "seconds not an integer" : "seconds missing";
+    if (!json_is_integer(usec))
+        return usec ? "microseconds not an integer" : "microseconds missing";
+    if (!qb_envelope_time_valid(json_integer_value(sec), 0))
+        return "seconds outside years 0001-9999";
+    if (!qb_envelope_time_valid(0, json_integer_value(usec)))
+        return "microseconds outside 0-999999";
+    return NULL;
+}
+
+/*
+ * Takes the event's time from ts (borrowed; NULL when absent). A time the
+ * envelope's date-time cannot carry is replaced by the bridge's clock, logged
+ * once per VM: a peer that sends only such timestamps must not flood the log.
+ */
+static void qb_norm_timestamp(struct qb_norm_vm *vm, const char *name, const json_t *ts,
+                              struct qb_norm_event *out)
+{
+    const char *problem = qb_norm_ts_problem(ts);
+
+    if (!problem) {
+        out->ts_sec = json_integer_value(json_object_get(ts, "seconds"));
+        out->ts_usec = (int32_t)json_integer_value(json_object_get(ts, "microseconds"));
+        return;
+    }
+    out->ts_sec = QB_ENVELOPE_TIME_NOW;
+    out->ts_usec = 0;
+    if (vm->ts_logged)
+        return;
+    vm->ts_logged = true;
+    QB_LOG_WARN(vm->name,
+                "normalize: %s timestamp unusable (%s): using the bridge's clock; later unusable "
+                "timestamps of this VM are not logged",
+                name, problem);
 }
 
 int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *const *exclude,
@@ -708,11 +799,7 @@ int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *con
         return QB_ENOMEM;
     }
     out->type = entry->type;
-    out->ts_sec = -1;
-    if (json_is_integer(json_object_get(ts, "seconds"))) {
-        out->ts_sec = json_integer_value(json_object_get(ts, "seconds"));
-        out->ts_usec = (int32_t)json_integer_value(json_object_get(ts, "microseconds"));
-    }
+    qb_norm_timestamp(vm, name, ts, out);
     /* Run the normaliser even for an excluded event: its memory (stop cause, jobs) still counts. */
     entry->fn(vm, name, clean, &ob, out);
     if (clean != data)
@@ -794,15 +881,22 @@ static void qb_resolve_status(struct qb_norm_vm *vm, struct qb_norm_event *ev, c
                               struct qb_ob *ob)
 {
     const char *run = qb_str(reply, "status");
+    const char *undone = vm->stop_if_running;
 
-    (void)vm;
+    vm->stop_if_running = NULL;
     /*
-     * "running" means the VM was resumed before we asked: why it stopped is
-     * lost, and saying "running" in a stopped event would be a lie. A state
-     * QEMU does not define is as good as no answer.
+     * "running" means the VM was resumed before we asked: saying "running" in
+     * a stopped event would be a lie, so the MIGRATION status before the STOP
+     * tells why (see qb_migration_stops), or else it is lost. A state QEMU
+     * does not define is as good as no answer.
      */
-    if (!qb_enum_has(qb_stopped_states, run))
+    if (run && strcmp(run, "running") == 0 && undone) {
+        QB_LOG_DEBUG(vm->name, "normalize: STOP already undone; reason %s from the migration",
+                     undone);
+        run = undone;
+    } else if (!qb_enum_has(qb_stopped_states, run)) {
         run = "unknown";
+    }
     qb_ob_set(ob, "reason", json_string(run));
     if (strcmp(run, "io-error") == 0)
         ev->need = QB_NORM_QUERY_BLOCK;

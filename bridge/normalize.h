@@ -6,8 +6,10 @@
  * config). Some events cannot be completed from the event alone: STOP carries
  * no reason in QEMU 7.2, so the reason comes from the BLOCK_IO_ERROR (action
  * stop), SHUTDOWN, WATCHDOG or GUEST_PANICKED just before it, or else from
- * query-status and, for io-error, from query-block's io-status. Such an event
- * comes back with `need` set; the caller runs that query and hands the reply
+ * query-status and, for io-error, from query-block's io-status; when
+ * query-status finds the VM running again, from the MIGRATION status before
+ * the STOP (a COLO checkpoint or failover, a migration's switchover). Such an
+ * event comes back with `need` set; the caller runs that query and hands the reply
  * to qb_normalize_resolve, holding back every later event of that VM so order
  * is kept.
  *
@@ -19,6 +21,8 @@
  */
 #ifndef QB_NORMALIZE_H
 #define QB_NORMALIZE_H
+
+#include "envelope.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -38,7 +42,7 @@ const char *qb_norm_query_command(enum qb_norm_query q);
 struct qb_norm_event {
     const char *type;  /* static string, e.g. "qmp.block.io_error" */
     json_t *data;      /* owned by the event (released by qb_norm_event_clear) */
-    int64_t ts_sec;    /* QEMU's timestamp; -1 when the message had none */
+    int64_t ts_sec;    /* QEMU's timestamp, or QB_ENVELOPE_TIME_NOW (see qb_normalize_event) */
     int32_t ts_usec;
     enum qb_norm_query need; /* != NONE: incomplete, see qb_normalize_resolve */
 };
@@ -76,6 +80,11 @@ void qb_norm_vm_reset(struct qb_norm_vm *vm, const json_t *snapshot);
  * event and, for a member, which one and what was expected. An optional
  * member of the wrong type is left out (logged too) and the event published.
  * Whatever is published validates against schema/v1/<type>.json.
+ * A timestamp that is missing, not {"seconds": integer, "microseconds":
+ * integer}, outside years 0001-9999 or with microseconds outside 0-999999
+ * gives ts_sec QB_ENVELOPE_TIME_NOW (the bridge's clock) and the event is
+ * still published; the first such timestamp of a VM is logged at warn level,
+ * later ones of that VM are not (for the life of vm, across sessions).
  */
 int qb_normalize_event(struct qb_norm_vm *vm, const json_t *msg, const char *const *exclude,
                        size_t n_exclude, struct qb_norm_event *out);

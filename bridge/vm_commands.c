@@ -58,7 +58,7 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
         .type = "bridge.command.result",
         .epoch = epoch,
         .sequence = seq,
-        .ts_sec = -1,
+        .ts_sec = QB_ENVELOPE_TIME_NOW,
         .data = result,
     };
     char id[96], *key = NULL, *payload = NULL;

@@ -164,7 +164,7 @@ uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const js
 {
     uint64_t seq = ++vm->seq;
 
-    vm_publish(vm, QB_MSG_EVENT, type, seq, NULL, -1, 0, data);
+    vm_publish(vm, QB_MSG_EVENT, type, seq, NULL, QB_ENVELOPE_TIME_NOW, 0, data);
     return seq;
 }
 

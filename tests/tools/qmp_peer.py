@@ -35,6 +35,9 @@ had a moment to take its snapshot, acts out the mode:
              silent. The first three change the VM's state (query-block shows
              virtio0), RTC_CHANGE does not.
   trickle    the same events, one per --interval; then silent
+  bad-timestamps  once per connection, one RTC_CHANGE per entry of BAD_TIMESTAMPS
+             (offset = its index + 1; hostile, absent and boundary timestamps),
+             then STOP and RESUME with hostile timestamps; then silent
 
 Each connection is logged on stderr with its number; --once makes it act out
 the mode only on the first connection and behave like "events" afterwards.
@@ -112,6 +115,36 @@ HOSTILE = [
                                      "data": {"device": 5, "operation": ["write"], "action": {},
                                               "nospace": "yes", "reason": None}})),
 ]
+
+# bad-timestamps mode: (label, the "timestamp" member as JSON text, None for none). The first
+# two are the last instants a timestamp may name; every other one must give the bridge's clock.
+BAD_TIMESTAMPS = [
+    ("first-instant", '{"seconds": -62135596800, "microseconds": 0}'),
+    ("last-instant", '{"seconds": 253402300799, "microseconds": 999999}'),
+    ("int64-max", '{"seconds": 9223372036854775807, "microseconds": 2147483647}'),
+    ("int64-min", '{"seconds": -9223372036854775808, "microseconds": -2147483648}'),
+    ("year-33658", '{"seconds": 1000000000000, "microseconds": 0}'),
+    ("real-1e12", '{"seconds": 1e12, "microseconds": 0}'),
+    ("before-year-1", '{"seconds": -62135596801, "microseconds": 999999}'),
+    ("after-year-9999", '{"seconds": 253402300800, "microseconds": 0}'),
+    ("usec-1000000", '{"seconds": 1732242124, "microseconds": 1000000}'),
+    ("usec-negative", '{"seconds": 1732242124, "microseconds": -1}'),
+    ("usec-missing", '{"seconds": 1732242124}'),
+    ("seconds-missing", '{"microseconds": 5}'),
+    ("seconds-string", '{"seconds": "1732242124", "microseconds": 0}'),
+    ("not-an-object", '[1732242124, 0]'),
+    ("absent", None),
+]
+
+
+def _ts_line(name, ts, data=None):
+    """An event line whose timestamp member is ts (JSON text, or None to leave it out)."""
+    body = '{"event": %s' % json.dumps(name)
+    if data is not None:
+        body += ', "data": %s' % json.dumps(data)
+    if ts is not None:
+        body += ', "timestamp": %s' % ts
+    return (body + "}\r\n").encode()
 
 
 def log(conn_no, msg):
@@ -216,6 +249,13 @@ class Conn:
             self.event("STOP")
             self.event("RESUME")
             self.event("RTC_CHANGE", {"offset": 1, "qom-path": "/machine/unattached/device[6]"})
+        elif mode == "bad-timestamps" and not self.acted:
+            log(self.no, "bad-timestamps: %d RTC_CHANGE, then STOP and RESUME" % len(BAD_TIMESTAMPS))
+            self.acted = True
+            lines = [_ts_line("RTC_CHANGE", ts, {"offset": i + 1, "qom-path": "/ts/" + label})
+                     for i, (label, ts) in enumerate(BAD_TIMESTAMPS)]
+            lines += [_ts_line("STOP", BAD_TIMESTAMPS[2][1]), _ts_line("RESUME", BAD_TIMESTAMPS[5][1])]
+            self.send(b"".join(lines))
         elif mode == "garbage" and not self.acted:
             log(self.no, "sending a non-JSON line")
             self.send(b"this is {not json at all\r\n")
@@ -334,7 +374,7 @@ def main():
     ap.add_argument("--socket", required=True)
     ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events",
                                                            "stop-query", "idle", "hostile",
-                                                           "burst", "trickle"])
+                                                           "burst", "trickle", "bad-timestamps"])
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     ap.add_argument("--oversize", type=int, default=65536)
     ap.add_argument("--nest-depth", type=int, default=100000,

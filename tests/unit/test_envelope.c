@@ -110,12 +110,12 @@ static void test_time_format(void **state)
     /* 2000-02-29 (leap day) 23:59:59 */
     assert_string_equal(qb_envelope_format_time(951868799, 120, buf, sizeof(buf)),
                         "2000-02-29T23:59:59.000120Z");
-    /* An out-of-range microsecond value carries into the seconds. */
-    assert_string_equal(qb_envelope_format_time(0, 1500000, buf, sizeof(buf)),
-                        "1970-01-01T00:00:01.500000Z");
+    /* Before 1970 is a time like any other. */
+    assert_string_equal(qb_envelope_format_time(-1, 0, buf, sizeof(buf)),
+                        "1969-12-31T23:59:59.000000Z");
 
-    /* Negative seconds mean "now". */
-    qb_envelope_format_time(-1, 0, buf, sizeof(buf));
+    /* QB_ENVELOPE_TIME_NOW means "now". */
+    qb_envelope_format_time(QB_ENVELOPE_TIME_NOW, 0, buf, sizeof(buf));
     assert_int_equal(regcomp(&re,
                              "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
                              REG_EXTENDED | REG_NOSUB),
@@ -128,6 +128,64 @@ static void test_time_format(void **state)
 
         gmtime_r(&before, &tm);
         assert_true(year >= tm.tm_year + 1900);
+    }
+}
+
+/* True when text is "YYYY-..." of the bridge's clock: a year between now - 1 and now + 1. */
+static bool is_now(const char *text)
+{
+    regex_t re;
+    struct tm tm;
+    time_t now = time(NULL);
+    int year = atoi(text);
+    bool shaped;
+
+    assert_int_equal(regcomp(&re,
+                             "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$",
+                             REG_EXTENDED | REG_NOSUB),
+                     0);
+    shaped = regexec(&re, text, 0, NULL, 0) == 0;
+    regfree(&re);
+    gmtime_r(&now, &tm);
+    return shaped && year >= tm.tm_year + 1900 - 1 && year <= tm.tm_year + 1900 + 1;
+}
+
+/*
+ * The first and last instants of years 0001-9999 are formatted; one second
+ * (or microsecond) outside, and values that would overflow, give the bridge's
+ * clock instead of a year the schema's date-time refuses.
+ */
+static void test_time_bounds(void **state)
+{
+    static const struct {
+        int64_t sec;
+        int32_t usec;
+    } outside[] = {
+        {QB_ENVELOPE_TIME_MIN_SEC - 1, 999999},
+        {QB_ENVELOPE_TIME_MAX_SEC + 1, 0},
+        {QB_ENVELOPE_TIME_MIN_SEC, -1},
+        {QB_ENVELOPE_TIME_MAX_SEC, 1000000},
+        {INT64_MAX, INT32_MAX}, /* overflowed when carried into the seconds */
+        {INT64_MAX, INT32_MIN},
+        {INT64_MIN, 0},              /* QB_ENVELOPE_TIME_NOW */
+        {INT64_C(1000000000000), 0}, /* year 33658 */
+        {0, 1500000},
+    };
+    char buf[40];
+
+    (void)state;
+    assert_string_equal(qb_envelope_format_time(QB_ENVELOPE_TIME_MIN_SEC, 0, buf, sizeof(buf)),
+                        "0001-01-01T00:00:00.000000Z");
+    assert_string_equal(qb_envelope_format_time(QB_ENVELOPE_TIME_MAX_SEC, 999999, buf, sizeof(buf)),
+                        "9999-12-31T23:59:59.999999Z");
+    assert_true(qb_envelope_time_valid(QB_ENVELOPE_TIME_MIN_SEC, 0));
+    assert_true(qb_envelope_time_valid(QB_ENVELOPE_TIME_MAX_SEC, 999999));
+    for (size_t i = 0; i < sizeof(outside) / sizeof(outside[0]); i++) {
+        assert_false(qb_envelope_time_valid(outside[i].sec, outside[i].usec));
+        qb_envelope_format_time(outside[i].sec, outside[i].usec, buf, sizeof(buf));
+        if (!is_now(buf))
+            fail_msg("(%lld, %d) gave %s, not the bridge's clock", (long long)outside[i].sec,
+                     (int)outside[i].usec, buf);
     }
 }
 
@@ -321,7 +379,7 @@ int main(void)
         cmocka_unit_test(test_time_format), cmocka_unit_test(test_sequence_and_suffix),
         cmocka_unit_test(test_invalid),     cmocka_unit_test(test_data_matches_json_dumps),
         cmocka_unit_test(test_data_cycle),  cmocka_unit_test(test_time_cache),
-        cmocka_unit_test(test_format_id),
+        cmocka_unit_test(test_format_id),   cmocka_unit_test(test_time_bounds),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "envelope.h"
@@ -286,7 +287,7 @@ static void test_wrong_field_types(void **state)
                 " \"nospace\": \"yes\", \"reason\": \"Input/output error\","
                 " \"operation\": \"read\", \"action\": \"stop\"}}");
     assert_int_equal(qb_normalize_event(vm, msg, NULL, 0, &ev), 1);
-    assert_int_equal(ev.ts_sec, -1);
+    assert_true(ev.ts_sec == QB_ENVELOPE_TIME_NOW);
     assert_null(json_object_get(ev.data, "node_name"));
     assert_true(json_is_false(json_object_get(ev.data, "nospace")));
     assert_string_equal(json_string_value(json_object_get(ev.data, "errno")), "eio");
@@ -952,6 +953,174 @@ static void test_refusal_logged(void **state)
     qb_norm_vm_free(vm);
 }
 
+/*
+ * QMP timestamps: the first and last instants of years 0001-9999 are kept;
+ * one second or microsecond outside, reals, wrong types and missing members
+ * give QB_ENVELOPE_TIME_NOW, so every envelope's time has a four-digit year.
+ */
+static void test_timestamps(void **state)
+{
+    static const struct {
+        const char *ts; /* the "timestamp" member's JSON, NULL for none */
+        const char *time; /* the envelope's time, NULL for the bridge's clock */
+    } cases[] = {
+        {"{\"seconds\": -62135596800, \"microseconds\": 0}", "0001-01-01T00:00:00.000000Z"},
+        {"{\"seconds\": 253402300799, \"microseconds\": 999999}", "9999-12-31T23:59:59.999999Z"},
+        {"{\"seconds\": -1, \"microseconds\": 5}", "1969-12-31T23:59:59.000005Z"},
+        {"{\"seconds\": 1732242124, \"microseconds\": 461517}", "2024-11-22T02:22:04.461517Z"},
+        {"{\"seconds\": -62135596801, \"microseconds\": 999999}", NULL},
+        {"{\"seconds\": 253402300800, \"microseconds\": 0}", NULL},
+        {"{\"seconds\": 1732242124, \"microseconds\": -1}", NULL},
+        {"{\"seconds\": 1732242124, \"microseconds\": 1000000}", NULL},
+        {"{\"seconds\": 9223372036854775807, \"microseconds\": 2147483647}", NULL},
+        {"{\"seconds\": -9223372036854775808, \"microseconds\": -2147483648}", NULL},
+        {"{\"seconds\": 1000000000000, \"microseconds\": 0}", NULL},
+        {"{\"seconds\": 1e12, \"microseconds\": 0}", NULL},
+        {"{\"seconds\": 1732242124.5, \"microseconds\": 0}", NULL},
+        {"{\"seconds\": 1732242124, \"microseconds\": 1.5}", NULL},
+        {"{\"seconds\": \"1732242124\", \"microseconds\": 0}", NULL},
+        {"{\"seconds\": 1732242124}", NULL},
+        {"{\"microseconds\": 0}", NULL},
+        {"{}", NULL},
+        {"[1732242124, 0]", NULL},
+        {"null", NULL},
+        {NULL, NULL},
+    };
+    const struct qb_envelope_ctx ctx = {"host-a", "file:///usr/share/qmp-bridge/schema/v1/"};
+    regex_t re;
+    time_t now = time(NULL);
+    struct tm tm;
+
+    (void)state;
+    gmtime_r(&now, &tm);
+    assert_int_equal(regcomp(&re, "\"time\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                                  "\\.[0-9]{6}Z\"",
+                             REG_EXTENDED | REG_NOSUB),
+                     0);
+    qb_log_set_level(QB_LOG_ERROR);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct qb_norm_vm *vm = qb_norm_vm_new();
+        char text[256], *bytes = NULL, *when;
+        struct qb_norm_event ev;
+        struct qb_envelope_in ein;
+        size_t len;
+        json_t *msg;
+
+        if (cases[i].ts)
+            snprintf(text, sizeof(text), "{\"event\": \"RESUME\", \"timestamp\": %s}", cases[i].ts);
+        else
+            snprintf(text, sizeof(text), "{\"event\": \"RESUME\"}");
+        msg = parse(text);
+        assert_int_equal(qb_normalize_event(vm, msg, NULL, 0, &ev), 1);
+        ein = (struct qb_envelope_in){.vm = "vm1", .type = ev.type, .epoch = 1, .sequence = 1,
+                                      .ts_sec = ev.ts_sec, .ts_usec = ev.ts_usec, .data = ev.data};
+        assert_int_equal(qb_envelope_build(&ctx, &ein, &bytes, &len), QB_OK);
+        if (regexec(&re, bytes, 0, NULL, 0) != 0)
+            fail_msg("timestamp %s: envelope time is not an RFC 3339 date-time: %s", text, bytes);
+        when = strstr(bytes, "\"time\":\"") + 8;
+        if (cases[i].time) {
+            if (strncmp(when, cases[i].time, strlen(cases[i].time)) != 0)
+                fail_msg("timestamp %s: want %s, got %s", text, cases[i].time, bytes);
+        } else {
+            if (ev.ts_sec != QB_ENVELOPE_TIME_NOW)
+                fail_msg("timestamp %s accepted as %lld.%06d", text, (long long)ev.ts_sec,
+                         (int)ev.ts_usec);
+            /* the bridge's clock: this year (give or take the new year's night) */
+            if (atoi(when) < tm.tm_year + 1900 - 1 || atoi(when) > tm.tm_year + 1900 + 1)
+                fail_msg("timestamp %s: envelope time not the bridge's clock: %s", text, bytes);
+        }
+        free(bytes);
+        qb_norm_event_clear(&ev);
+        json_decref(msg);
+        qb_norm_vm_free(vm);
+    }
+    qb_log_set_level(QB_LOG_INFO);
+    regfree(&re);
+}
+
+/* Runs fn(arg) with stderr captured into buf (NUL-terminated). */
+static void capture_stderr(void (*fn)(void *), void *arg, char *buf, size_t buflen)
+{
+    FILE *cap = tmpfile();
+    int saved = dup(2);
+    size_t got;
+
+    assert_non_null(cap);
+    assert_true(saved >= 0);
+    fflush(stderr);
+    assert_true(dup2(fileno(cap), 2) >= 0);
+    fn(arg);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(cap);
+    got = fread(buf, 1, buflen - 1, cap);
+    buf[got] = '\0';
+    fclose(cap);
+}
+
+static size_t count_substr(const char *s, const char *sub)
+{
+    size_t n = 0;
+
+    for (const char *p = strstr(s, sub); p; p = strstr(p + 1, sub))
+        n++;
+    return n;
+}
+
+struct two_vms {
+    struct qb_norm_vm *vm1, *vm2;
+};
+
+/* Bad timestamps on two VMs: three on vm1 (one of them after a new session), two on vm2. */
+static void send_bad_timestamps(void *arg)
+{
+    struct two_vms *t = arg;
+    static const char *const lines[] = {
+        "{\"event\": \"RESUME\", \"timestamp\": {\"seconds\": 9223372036854775807,"
+        " \"microseconds\": 2147483647}}",
+        "{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1e12, \"microseconds\": 0}}",
+        "{\"event\": \"RESUME\"}",
+    };
+    struct qb_norm_event ev;
+
+    for (size_t i = 0; i < 3; i++) {
+        json_t *msg = parse(lines[i]);
+
+        if (i == 2)
+            qb_norm_vm_reset(t->vm1, NULL);
+        assert_int_equal(qb_normalize_event(t->vm1, msg, NULL, 0, &ev), 1);
+        assert_true(ev.ts_sec == QB_ENVELOPE_TIME_NOW);
+        qb_norm_event_clear(&ev);
+        if (i < 2) {
+            assert_int_equal(qb_normalize_event(t->vm2, msg, NULL, 0, &ev), 1);
+            qb_norm_event_clear(&ev);
+        }
+        json_decref(msg);
+    }
+}
+
+/* An unusable timestamp is logged once per VM, naming the VM and what was wrong. */
+static void test_timestamp_logged_once(void **state)
+{
+    struct two_vms t = {qb_norm_vm_new(), qb_norm_vm_new()};
+    char buf[8192];
+
+    (void)state;
+    qb_norm_vm_set_name(t.vm1, "vm1");
+    qb_norm_vm_set_name(t.vm2, "vm2");
+    capture_stderr(send_bad_timestamps, &t, buf, sizeof(buf));
+    print_message("logged: %s", buf);
+    assert_int_equal(count_substr(buf, "timestamp unusable"), 2);
+    assert_int_equal(count_substr(buf, "[vm1] normalize: RESUME timestamp unusable (seconds "
+                                       "outside years 0001-9999): using the bridge's clock"),
+                     1);
+    assert_int_equal(count_substr(buf, "[vm2] normalize: RESUME timestamp unusable"), 1);
+    assert_int_equal(count_substr(buf, " warn "), 2);
+    qb_norm_vm_free(t.vm1);
+    qb_norm_vm_free(t.vm2);
+}
+
 /* A new session forgets the previous one's stop cause. */
 static void test_reset_forgets(void **state)
 {
@@ -996,6 +1165,8 @@ int main(void)
         cmocka_unit_test(test_refusal_logged),
         cmocka_unit_test(test_reset_forgets),
         cmocka_unit_test(test_query_names),
+        cmocka_unit_test(test_timestamps),
+        cmocka_unit_test(test_timestamp_logged_once),
     };
 
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -205,12 +205,14 @@ class Qemu:
 
 
 # -- COLO ---------------------------------------------------------------------
-def colo_pair(workdir):
+def colo_pair(workdir, machine="pc"):
     """A primary and a secondary QEMU (no disks, no NICs; -machine pc), the
-    secondary waiting for the migration on a free port. Both started."""
+    secondary waiting for the migration on a free port. Both started.
+    machine="none" (no vCPU) is the one on which COLO checkpoints complete
+    under TCG: with -machine pc one of the first few deadlocks the primary."""
     port = util.free_port()
-    primary = Qemu(workdir, "primary", guest=False, disk=None).start()
-    secondary = Qemu(workdir, "secondary", guest=False, disk=None,
+    primary = Qemu(workdir, "primary", machine=machine, guest=False, disk=None).start()
+    secondary = Qemu(workdir, "secondary", machine=machine, guest=False, disk=None,
                      incoming="tcp:127.0.0.1:%d" % port).start()
     primary.colo_port = port
     primary.wait_ready()
