@@ -57,7 +57,8 @@ static void assert_one_line(const char *out)
     assert_ptr_equal(strchr(out, '\n'), out + len - 1);
     assert_null(strchr(out, '\r'));
     assert_null(strchr(out, '\x1b'));
-    assert_int_equal(regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{12}Z (error|warn |info |debug) ",
+    assert_int_equal(regcomp(&re,
+                             "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{12}Z (error|warn |info |debug) ",
                              REG_EXTENDED | REG_NOSUB),
                      0);
     assert_int_equal(regexec(&re, out, 0, NULL, 0), 0);
@@ -70,7 +71,8 @@ static void test_plain_line_unchanged(void **state)
     char *out = capture(QB_LOG_INFO, "vm1", "command c-1 (stop) ok: run_state paused, 10% \\ done");
 
     assert_one_line(out);
-    assert_non_null(strstr(out, " info  [vm1] command c-1 (stop) ok: run_state paused, 10% \\ done\n"));
+    assert_non_null(
+        strstr(out, " info  [vm1] command c-1 (stop) ok: run_state paused, 10% \\ done\n"));
     free(out);
 }
 
@@ -81,8 +83,8 @@ static void test_forged_line_is_escaped(void **state)
                         "command x\n2026-12-06T15:00:00.000Z info  [vm2] command y ok rejected");
 
     assert_one_line(out);
-    assert_non_null(
-        strstr(out, "[vm1] command x\\x0A2026-12-06T15:00:00.000Z info  [vm2] command y ok rejected\n"));
+    assert_non_null(strstr(
+        out, "[vm1] command x\\x0A2026-12-06T15:00:00.000Z info  [vm2] command y ok rejected\n"));
     free(out);
 }
 
@@ -90,10 +92,13 @@ static void test_control_characters(void **state)
 {
     (void)state;
     /* CR, tab, ANSI colour, DEL, BEL, the C1 CSI (U+009B); é and 日本 stay as they are */
-    char *out = capture(QB_LOG_ERROR, NULL, "a\rb\tc\x1b[31mred\x1b[0m\x7f\a\xc2\x9b" "2J é 日本");
+    char *out = capture(QB_LOG_ERROR, NULL,
+                        "a\rb\tc\x1b[31mred\x1b[0m\x7f\a\xc2\x9b"
+                        "2J é 日本");
 
     assert_one_line(out);
-    assert_non_null(strstr(out, " error a\\x0Db\\x09c\\x1B[31mred\\x1B[0m\\x7F\\x07\\xC2\\x9B2J é 日本\n"));
+    assert_non_null(
+        strstr(out, " error a\\x0Db\\x09c\\x1B[31mred\\x1B[0m\\x7F\\x07\\xC2\\x9B2J é 日本\n"));
     free(out);
 }
 
@@ -143,9 +148,12 @@ static void test_escape_cuts_at_a_boundary(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plain_line_unchanged), cmocka_unit_test(test_forged_line_is_escaped),
-        cmocka_unit_test(test_control_characters),   cmocka_unit_test(test_vm_prefix_is_escaped),
-        cmocka_unit_test(test_all_controls_fit),     cmocka_unit_test(test_escape_cuts_at_a_boundary),
+        cmocka_unit_test(test_plain_line_unchanged),
+        cmocka_unit_test(test_forged_line_is_escaped),
+        cmocka_unit_test(test_control_characters),
+        cmocka_unit_test(test_vm_prefix_is_escaped),
+        cmocka_unit_test(test_all_controls_fit),
+        cmocka_unit_test(test_escape_cuts_at_a_boundary),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
