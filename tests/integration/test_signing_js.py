@@ -70,10 +70,7 @@ with check.Test("signing_js") as t:
                      "%-22s signature %s" % (v["name"], v["signature"][:16]), g["signature"])
 
     t.section("bridge: accepts a stop signed by node")
-    keyfile = os.path.join(t.workdir, "commands.key")
-    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, KEY + b"\n")
-    os.close(fd)
+    keyfile = cmdrig.write_key(t.workdir, KEY)
     rig = cmdrig.CommandRig(t, "commands: { enabled: true, allow: [stop], hmac_key_file: %s }\n"
                             % json.dumps(keyfile)).start()
     cmd = commands.make("stop", "vm1", source="js\u001f\n\u007f-\u00e9-\U0001F600")

@@ -66,10 +66,7 @@ def vectors_section(t, signers):
 
 
 def bridge_section(t, signers):
-    keyfile = os.path.join(t.workdir, "commands.key")
-    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, KEY + b"\n")
-    os.close(fd)
+    keyfile = cmdrig.write_key(t.workdir, KEY)
     rig = cmdrig.CommandRig(t, "commands: { enabled: true, allow: [stop, cont], hmac_key_file: %s }\n"
                             % json.dumps(keyfile)).start()
 

@@ -26,6 +26,20 @@
 #define VECTORS QB_TEST_DATA_DIR "/signing-vectors.json"
 #define VECTOR_TIME INT64_C(1796558400) /* 2026-12-06T12:00:00Z, every vector's time */
 
+/* Every command allowed, signed with key (borrowed). */
+static struct qb_command_policy keyed_policy(const char *key)
+{
+    return (struct qb_command_policy){
+        .enabled = true,
+        .allow_mask = (1u << QB_CMD__COUNT) - 1,
+        .max_age_ms = 300000,
+        .max_skew_ms = 60000,
+        .max_message_bytes = 65536,
+        .hmac_key = (const unsigned char *)key,
+        .hmac_key_len = strlen(key),
+    };
+}
+
 static json_t *load_vectors(void)
 {
     json_error_t jerr;
@@ -86,15 +100,7 @@ static void test_vectors_accepted(void **state)
 {
     json_t *root = load_vectors(), *v;
     const char *key = json_string_value(json_object_get(root, "key"));
-    struct qb_command_policy policy = {
-        .enabled = true,
-        .allow_mask = (1u << QB_CMD__COUNT) - 1,
-        .max_age_ms = 300000,
-        .max_skew_ms = 60000,
-        .max_message_bytes = 65536,
-        .hmac_key = (const unsigned char *)key,
-        .hmac_key_len = strlen(key),
-    };
+    struct qb_command_policy policy = keyed_policy(key);
     size_t i, accepted = 0;
 
     (void)state;
@@ -177,15 +183,7 @@ static void test_real_rejected_by_parser(void **state)
         "resize-and-cont\",\"subject\":\"vm1\",\"time\":\"2026-12-06T12:00:00Z\",\"data\":{"
         "\"device\":\"d\",\"grow_by\":1e9},\"signature\":"
         "\"0000000000000000000000000000000000000000000000000000000000000000\"}";
-    struct qb_command_policy policy = {
-        .enabled = true,
-        .allow_mask = (1u << QB_CMD__COUNT) - 1,
-        .max_age_ms = 300000,
-        .max_skew_ms = 60000,
-        .max_message_bytes = 65536,
-        .hmac_key = (const unsigned char *)key,
-        .hmac_key_len = strlen(key),
-    };
+    struct qb_command_policy policy = keyed_policy(key);
     struct qb_command_error err = {0};
     struct qb_command *cmd = NULL;
 

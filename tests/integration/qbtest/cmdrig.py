@@ -21,6 +21,15 @@ from . import bridge, commands, mqtt, procs, util
 PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
 
 
+def write_key(workdir, key):
+    """Writes key (bytes) and a newline to <workdir>/commands.key, mode 0600; returns its path."""
+    path = os.path.join(workdir, "commands.key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, key + b"\n")
+    os.close(fd)
+    return path
+
+
 class CommandRig:
     def __init__(self, t, extra_yaml, workdir=None, mqtt_protocol="5"):
         self.t = t
