@@ -32,7 +32,7 @@ def main(t):
     t.section("a command whose id and source forge log lines runs, logged on its own lines")
     cmd = commands.make("stop", "vm1", cmd_id="c-1" + NASTY, source="orch" + NASTY)
     rig.publish(cmd, reply="id")
-    res = rig.reply("id")["data"]
+    res = rig.result(cmd["id"])["data"]
     t.expect(res["status"] == "ok" and res["command_id"] == cmd["id"],
              "stop with the forged id ran: %s" % res["status"], res)
     br.wait_log("[vm1] command c-1" + ESCAPED + " (stop): ok")
@@ -42,12 +42,10 @@ def main(t):
 
     t.section("a command whose subject forges a log line is rejected, logged on one line")
     bad = commands.make("stop", "vm1" + NASTY, cmd_id="c-2")
-    rig.publish(bad, reply="subject")
-    res = rig.reply("subject")["data"]
-    t.expect(res["status"] == "rejected" and res["error"]["class"] == "invalid",
-             "rejected: %s" % res["error"]["message"], res)
-    t.expect(br.wait_log("[vm1" + ESCAPED + "] command c-2 rejected (invalid)"),
-             "the rejection's [vm] part is the subject, escaped")
+    rig.publish(bad)
+    # the log line is the point here (where its result goes is another test's business)
+    line = br.wait_log("[vm1" + ESCAPED + "] command c-2 rejected (invalid): subject:")[0]
+    t.ok("rejected, the [vm] part is the subject, escaped: ..." + line[-60:])
 
     t.section("the log holds no forged line and no raw control character")
     rc = br.stop()

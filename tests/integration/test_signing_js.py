@@ -76,8 +76,8 @@ with check.Test("signing_js") as t:
     cmd = commands.make("stop", "vm1", source="js\u001f\n\u007f-\u00e9-\U0001F600")
     signed = node("sign", keyfile, stdin=json.dumps(cmd).encode())
     t.ok("node signed it: %s" % signed.decode("utf-8", "replace")[-80:].encode("unicode_escape").decode())
-    rig.publish(signed, reply="js")
-    res = rig.reply("js")["data"]
+    rig.publish(signed, reply=cmd["id"])
+    res = rig.result(cmd["id"])["data"]
     t.expect(res["status"] == "ok", "signed stop -> %s" % res["status"], res)
     t.expect(rig.qmp_seen().count("stop") == 1, "QEMU got the stop")
     rc = rig.br.stop()

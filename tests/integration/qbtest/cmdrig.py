@@ -2,8 +2,7 @@
 
     rig = cmdrig.CommandRig(t, 'commands: { enabled: true, allow: [stop, cont] }\\n').start()
     rig.publish(cmd, reply="r1")          # MQTT 5, with a Response Topic orch/r/r1
-    rig.reply("r1")["data"]               # the bridge.command.result envelope
-    rig.result(cmd["id"])["data"]         # the same, found by command id on any result topic
+    rig.result(cmd["id"])["data"]         # its bridge.command.result, on whichever topic it came
     rig.qmp_seen()                        # every QMP command the fake QEMU received
 
 One private mosquitto, one VM "vm1" served by tests/tools/qmp_peer.py in idle mode
@@ -104,16 +103,9 @@ class CommandRig:
             out.append((tp, json.loads(bytes.fromhex(hx))))
         return out
 
-    def _find_reply(self, name):
-        return next((env for tp, env in self._recorded() if tp == "orch/r/" + name), None)
-
     def _find_result(self, cmd_id):
         return next((env for _tp, env in self._recorded()
                      if (env.get("data") or {}).get("command_id") == cmd_id), None)
-
-    def reply(self, name, timeout=15):
-        """The result envelope published on orch/r/<name>; waits for it."""
-        return procs.wait_until(lambda: self._find_reply(name), timeout, "a reply on orch/r/" + name)
 
     def result(self, cmd_id, timeout=15):
         """The result envelope of command cmd_id, on whichever topic it came; waits for it."""
