@@ -15,6 +15,7 @@
  * checked by the executor, which knows it.
  */
 #include "command.h"
+#include "command_canonical.h"
 #include "error.h"
 
 #include <openssl/crypto.h>
@@ -287,34 +288,35 @@ static bool valid_vm_name(const char *text)
 /* ------------------------------------------------------------------------ */
 /* Signing                                                                   */
 
-int qb_command_sign(const json_t *command, const unsigned char *key, size_t key_len, char *hex,
-                    size_t hexlen)
+/* HMAC-SHA256 of text as lower-case hex into hex (at least 65 bytes). */
+static int hmac_hex(const unsigned char *key, size_t key_len, const char *text, size_t len,
+                    char *hex)
 {
     static const unsigned char empty_key[1];
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
-    json_t *copy = NULL;
-    char *text = NULL;
-    int rc = QB_ENOMEM;
+
+    if (!HMAC(EVP_sha256(), key ? key : empty_key, (int)key_len, (const unsigned char *)text, len,
+              md, &md_len))
+        return QB_ENOMEM;
+    for (unsigned i = 0; i < md_len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return QB_OK;
+}
+
+int qb_command_sign(const json_t *command, const unsigned char *key, size_t key_len, char *hex,
+                    size_t hexlen)
+{
+    char *text;
+    size_t len;
+    int rc;
 
     if (!json_is_object(command) || !hex || hexlen < 65)
         return QB_EINVAL;
-    /* A shallow copy suffices: only the top-level "signature" member is dropped. */
-    if (!(copy = json_copy((json_t *)command)))
-        goto done;
-    json_object_del(copy, "signature");
-    if (!(text = json_dumps(copy, JSON_SORT_KEYS | JSON_COMPACT)))
-        goto done;
-    if (!HMAC(EVP_sha256(), key ? key : empty_key, (int)key_len, (const unsigned char *)text,
-              strlen(text), md, &md_len))
-        goto done;
-    for (unsigned i = 0; i < md_len; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
-    rc = QB_OK;
-
-done:
+    if ((rc = qb_command_canonical(command, &text, &len, NULL, 0)) != QB_OK)
+        return rc;
+    rc = hmac_hex(key, key_len, text, len, hex);
     free(text);
-    json_decref(copy);
     return rc;
 }
 
@@ -453,8 +455,11 @@ static int check_signature(const struct qb_command_policy *policy, json_t *root,
                            struct qb_command_error *err)
 {
     char expected[EVP_MAX_MD_SIZE * 2 + 1];
+    char why[sizeof(err->message)];
     json_t *v = json_object_get(root, "signature");
     const char *sig;
+    char *text;
+    size_t len;
     int rc;
 
     if (!policy->hmac_key)
@@ -466,8 +471,14 @@ static int check_signature(const struct qb_command_policy *policy, json_t *root,
     if (json_string_length(v) != 64 || strspn(sig, "0123456789abcdef") != 64)
         return reject(err, QB_CMD_ERR_UNAUTHENTICATED,
                       "signature: expected 64 lower-case hex digits");
-    if ((rc = qb_command_sign(root, policy->hmac_key, policy->hmac_key_len, expected,
-                              sizeof(expected))) != QB_OK)
+    rc = qb_command_canonical(root, &text, &len, why, sizeof(why));
+    if (rc == QB_EINVAL)
+        return reject(err, QB_CMD_ERR_INVALID, "%s", why);
+    if (rc != QB_OK)
+        return rc;
+    rc = hmac_hex(policy->hmac_key, policy->hmac_key_len, text, len, expected);
+    free(text);
+    if (rc != QB_OK)
         return rc;
     if (CRYPTO_memcmp(expected, sig, 64) != 0)
         return reject(err, QB_CMD_ERR_UNAUTHENTICATED, "signature: does not match");

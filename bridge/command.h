@@ -10,9 +10,9 @@
  * passthrough. Everything here is pure (no I/O, no loop) so it can be unit
  * tested and fuzzed: the clock is passed in.
  *
- * Signature: HMAC-SHA256 with the configured key over the canonical command,
- * which is the object without its "signature" member serialised by jansson
- * with sorted keys and no whitespace (JSON_SORT_KEYS | JSON_COMPACT), as
+ * Signature: HMAC-SHA256 with the configured key over the command's
+ * canonical text (command_canonical.h: the object without its "signature"
+ * member, sorted keys, no whitespace, fixed string escapes, no reals), as
  * lower-case hex in the "signature" attribute.
  */
 #ifndef QB_COMMAND_H
@@ -120,8 +120,9 @@ void qb_command_free(struct qb_command *cmd);
 
 /*
  * Computes the signature of a command object (borrowed; its "signature"
- * member, if any, is ignored) into hex (at least 65 bytes). Returns QB_OK or
- * QB_ENOMEM. Used by the parser and by tests/orchestrators that sign.
+ * member, if any, is ignored) into hex (at least 65 bytes). Returns QB_OK,
+ * QB_EINVAL (not an object, hexlen too small, or a value the canonical text
+ * refuses: a real number) or QB_ENOMEM. Used by the parser and by tests that sign.
  */
 int qb_command_sign(const json_t *command, const unsigned char *key, size_t key_len, char *hex,
                     size_t hexlen);

@@ -32,15 +32,25 @@ def log(msg):
     print("orchestrator: " + msg, flush=True)
 
 
+def canonical(cmd):
+    """The bytes a command's signature covers (README, Commands: signing): the command
+    without "signature", keys sorted, no whitespace, UTF-8, integers only (no floats)."""
+    body = {k: v for k, v in cmd.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def sign(cmd, key):
+    """cmd with "signature" set: hex HMAC-SHA256 of canonical(cmd) with key (the key file's bytes)."""
+    return dict(cmd, signature=hmac.new(key, canonical(cmd), hashlib.sha256).hexdigest())
+
+
 def command(vm, bridge, device, grow_by, key):
     cmd = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "example-orchestrator",
            "type": "qmp.command.resize-and-cont", "subject": vm, "bridge": bridge,
            "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
            "data": {"device": device, "grow_by": grow_by}}
-    if key:
-        body = json.dumps(cmd, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        cmd["signature"] = hmac.new(key, body, hashlib.sha256).hexdigest()
-    return cmd
+    return sign(cmd, key) if key else cmd
 
 
 class Bus:

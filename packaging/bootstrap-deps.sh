@@ -11,6 +11,8 @@ packages=(
   # tests and demo: real QEMU, real mosquitto, kcat, the schema validator, the guest assembler
   libcmocka-dev qemu-system-x86 qemu-utils mosquitto mosquitto-clients kcat
   python3 python3-jsonschema binutils util-linux
+  # the JavaScript signing recipe (examples/sign_command.js) against the test vectors
+  nodejs
   # fuzzing (libFuzzer comes with clang), the memcheck pass, the Debian package and its checks
   clang valgrind debhelper dpkg-dev fakeroot lintian
 )

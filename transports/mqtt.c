@@ -26,7 +26,7 @@
  *
  * Commands (after subscribe): <prefix>/<bridge>/+/command at QoS 1, subscribed
  * again on every CONNACK, in a persistent session so that commands sent while
- * the link is down wait at the broker. libmosquitto fixes the clean-session
+ * the link is down wait at the broker; retained ones are ignored. libmosquitto fixes the clean-session
  * flag in mosquitto_new, so subscribing before the first connection attempt
  * rebuilds the client with it off; a transport that never subscribes keeps a
  * clean session (no stale broker state for a publisher). MQTT 5 also needs the
@@ -237,9 +237,16 @@ static const char *mosq_err_text(int rc)
     return rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
 }
 
+/*
+ * MQTT 5 subscribes with Retain As Published: otherwise the broker clears the
+ * retain flag on a retained command it forwards to this live subscription (or
+ * queued for this session), and on_message could not tell it from any other.
+ * MQTT 3.1.1 has no such option (README, Commands).
+ */
 static void subscribe_commands(struct mqtt_backend *b)
 {
-    int rc = mosquitto_subscribe(b->mosq, NULL, b->command_topic, 1);
+    int options = b->cfg->protocol == QB_MQTT_V311 ? 0 : MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
+    int rc = mosquitto_subscribe_v5(b->mosq, NULL, b->command_topic, 1, options, NULL);
     if (rc != MOSQ_ERR_SUCCESS) /* a lost link: the next CONNACK subscribes again */
         QB_LOG_WARN(NULL, "mqtt %s: cannot subscribe to %s: %s", b->name, b->command_topic,
                     mosq_err_text(rc));
@@ -387,7 +394,7 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
         return;
     }
     if (msg->retain) {
-        /* a retained command would run again on every reconnect */
+        /* it stays on the broker and would come again with every subscribe */
         QB_LOG_WARN(vm_hint, "mqtt %s: ignoring a retained command on %s", b->name, msg->topic);
         free(vm_hint);
         return;

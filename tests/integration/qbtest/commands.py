@@ -2,9 +2,9 @@
 
 A command is a CloudEvents 1.0 object with type qmp.command.<name>. The signature
 (when the bridge has commands.hmac_key_file) is the hex HMAC-SHA256 of the canonical
-command: the object without "signature", keys sorted, no whitespace; for the strings,
-integers and booleans commands carry this is exactly
-json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+command, the recipe of the README (Commands: signing) that examples/orchestrator.py
+uses too: the object without "signature", keys sorted, no whitespace, UTF-8, integers
+only; tests/unit/data/signing-vectors.json holds what it must produce.
 """
 import datetime
 import hashlib
@@ -20,15 +20,15 @@ def now_rfc3339(offset_s=0.0):
 
 
 def canonical(cmd):
+    """The bytes a command's signature covers."""
     body = {k: v for k, v in cmd.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
 
 
 def sign(cmd, key):
-    """Returns cmd with its "signature" attribute set (key: bytes)."""
-    cmd = dict(cmd)
-    cmd["signature"] = hmac.new(key, canonical(cmd), hashlib.sha256).hexdigest()
-    return cmd
+    """cmd with "signature" set: hex HMAC-SHA256 of canonical(cmd) with key (bytes)."""
+    return dict(cmd, signature=hmac.new(key, canonical(cmd), hashlib.sha256).hexdigest())
 
 
 def make(name, vm, data=None, cmd_id=None, source="qbtest-orchestrator", time=None, key=None,
