@@ -120,7 +120,7 @@ json_t *qb_command_journal_interrupted_result(const char *id, const char *comman
 struct load_ctx {
     struct qb_command_journal *j;
     uint64_t window_usec, now_usec;
-    size_t loaded, expired, corrupt, over_capacity;
+    size_t expired, corrupt, over_capacity;
 };
 
 /* The key of a record, borrowed from rec; false when a member is missing or not a usable string. */
@@ -171,8 +171,6 @@ static const char *load_record(struct load_ctx *c, json_t *rec)
         rc = qb_command_cache_begin(c->j->cache, &key, &meta, c->now_usec);
         if (rc == QB_EBUSY)
             c->over_capacity++;
-        else if (rc == QB_OK)
-            c->loaded++;
         else if (rc == QB_ENOMEM)
             return "out of memory";
         return NULL;
@@ -210,31 +208,51 @@ static void load_finish_running(void *arg, const struct qb_command_key *key,
     json_decref(r);
 }
 
+/*
+ * Reads the next line of f into buf (cap bytes) with its newline. Returns its
+ * length, 0 at the end of the file, or cap when the line is longer than buf
+ * holds: the rest of it is skipped, so memory stays bounded whatever the file.
+ */
+static size_t read_line(FILE *f, char *buf, size_t cap)
+{
+    size_t len;
+    int ch;
+
+    if (!fgets(buf, (int)cap, f))
+        return 0;
+    len = strlen(buf);
+    if (len + 1 < cap || buf[len - 1] == '\n')
+        return len;
+    while ((ch = fgetc(f)) != EOF && ch != '\n')
+        ;
+    return cap;
+}
+
 /* Reads fd (the journal at path) into the cache. Returns QB_OK or QB_ENOMEM. */
 static int journal_load(struct qb_command_journal *j, int fd, uint64_t window_usec,
                         uint64_t now_usec)
 {
     struct load_ctx c = {.j = j, .window_usec = window_usec, .now_usec = now_usec};
-    FILE *f = fdopen(fd, "r");
-    char *line = NULL;
-    size_t cap = 0, lineno = 0;
-    ssize_t n;
+    size_t cap = JOURNAL_MAX_LINE + 2, lineno = 0, n;
+    char *line = malloc(cap);
+    FILE *f = line ? fdopen(fd, "r") : NULL;
 
     if (!f) {
+        free(line);
         close(fd);
         return QB_ENOMEM;
     }
-    while ((n = getline(&line, &cap, f)) >= 0) {
+    while ((n = read_line(f, line, cap)) > 0) {
         json_error_t jerr;
         const char *why = NULL;
         json_t *rec;
 
         lineno++;
-        if (n > JOURNAL_MAX_LINE) {
+        if (n == cap) {
             why = "line too long";
-        } else if (n == 0 || line[n - 1] != '\n') {
+        } else if (line[n - 1] != '\n') {
             why = "truncated (no end of line)";
-        } else if (!(rec = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr))) {
+        } else if (!(rec = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr))) {
             why = "invalid JSON";
         } else {
             why = load_record(&c, rec);
@@ -252,7 +270,8 @@ static int journal_load(struct qb_command_journal *j, int fd, uint64_t window_us
         QB_LOG_WARN(NULL, "%s: %zu commands still in their replay window did not fit "
                     "commands.cache_size and were dropped", j->path, c.over_capacity);
     QB_LOG_INFO(NULL, "%s: %zu command ids loaded, %zu past their replay window dropped, %zu "
-                "corrupt records skipped", j->path, c.loaded, c.expired, c.corrupt);
+                "corrupt records skipped", j->path, qb_command_cache_count(j->cache), c.expired,
+                c.corrupt);
     return QB_OK;
 }
 

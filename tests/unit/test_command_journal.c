@@ -199,7 +199,19 @@ static void test_corrupt_lines(void **state)
              "\"command\":\"stop\",\"time\":%llu}\n"
              "{\"op\":\"end\",\"source\":\"orch\",\"vm\":\"vm1\",\"id\":\"c\",\"resu",
              t, t);
-    write_file(f->path, text);
+    {
+        /* a 2 MiB line in the middle: skipped without holding it in memory */
+        FILE *fp = fopen(f->path, "w");
+        const char *mid = strstr(text, "[1,2]\n");
+
+        assert_non_null(fp);
+        fwrite(text, 1, (size_t)(mid - text), fp);
+        for (int i = 0; i < 2 * 1024 * 1024; i++)
+            fputc('x', fp);
+        fputc('\n', fp);
+        fputs(mid, fp);
+        fclose(fp);
+    }
     j = open_j(f, c, NOW + SEC);
     assert_string_equal(status_of(c, "a", NULL), "ok");
     assert_null(status_of(c, "b", NULL));
