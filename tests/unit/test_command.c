@@ -29,6 +29,9 @@
     "{\"specversion\":\"1.0\",\"id\":\"c-1\",\"source\":\"ops\",\"type\":\"" type "\","
 #define CMD(type, data) HEAD(type) "\"subject\":\"vm1\",\"time\":\"" T_NOW "\",\"data\":" data "}"
 
+/* 64 bytes, to build over-long strings */
+#define S64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 static struct qb_command_policy open_policy(void)
 {
     return (struct qb_command_policy){
@@ -129,6 +132,8 @@ static const struct rejection rejections[] = {
      "678901234567890123456789012345678901234567890123456789012345678901234567890\"}",
      "invalid", "id: longer than 128 bytes"},
     {"{\"specversion\":\"1.0\",\"id\":\"c\"}", "invalid", "source: required attribute is missing"},
+    {"{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"" S64 S64 S64 S64 "x\"}", "invalid",
+     "source: longer than 256 bytes"},
     {"{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"s\"}", "invalid",
      "type: required attribute is missing"},
     {"{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"s\",\"type\":\"qmp.block.io_error\"}",
