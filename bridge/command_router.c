@@ -51,6 +51,7 @@ struct qb_command_router {
     struct qb_command_journal *journal; /* NULL without bridge.state_directory */
     uint64_t start_usec;                /* wall clock when the router was made */
     struct router_waiter *waiters;
+    size_t n_waiters; /* bounded by commands.cache_size */
     struct qb_token_bucket unauth_bucket;
     struct qb_log_limit unauth_log, reply_topic_log;
     struct qb_command_router_stats stats;
@@ -98,14 +99,17 @@ static void router_waiter_free(struct router_waiter *w)
 
 /*
  * Parks a duplicate of the running command key (everything copied). Returns
- * QB_OK or QB_ENOMEM (the caller then acknowledges it at once, as before).
+ * QB_OK, QB_EAGAIN when commands.cache_size duplicates wait already (the
+ * bound of this list), or QB_ENOMEM (the caller then acknowledges it at once).
  */
 static int router_wait(struct qb_command_router *r, const struct qb_command_key *key,
                        const struct qb_command_origin *origin)
 {
-    struct router_waiter *w = calloc(1, sizeof(*w));
+    struct router_waiter *w;
 
-    if (!w)
+    if (r->n_waiters >= r->cfg->commands_cache_size)
+        return QB_EAGAIN;
+    if (!(w = calloc(1, sizeof(*w))))
         return QB_ENOMEM;
     w->source = strdup(key->source);
     w->id = strdup(key->id);
@@ -124,6 +128,7 @@ static int router_wait(struct qb_command_router *r, const struct qb_command_key 
     w->ack_token = origin->ack_token;
     w->next = r->waiters;
     r->waiters = w;
+    r->n_waiters++;
     return QB_OK;
 }
 
@@ -141,6 +146,7 @@ static void router_release_waiters(struct qb_command_router *r, const struct qb_
             continue;
         }
         *pp = w->next;
+        r->n_waiters--;
         struct qb_command_origin origin = {
             .transport = w->transport,
             .ack_token = w->ack_token,
@@ -470,11 +476,19 @@ void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct q
         goto reject;
     }
     if (rc == QB_EAGAIN) {
-        if (router_wait(r, &key, &origin) == QB_OK) {
+        rc = router_wait(r, &key, &origin);
+        if (rc == QB_OK) {
             QB_LOG_INFO(vm, "command %s is running already: the duplicate gets its result",
                         cmd->id);
             qb_command_free(cmd);
             return;
+        }
+        if (rc == QB_EAGAIN) {
+            err.cls = QB_CMD_ERR_BUSY;
+            snprintf(err.message, sizeof(err.message),
+                     "id: the command is running, and %zu duplicates wait for results already "
+                     "(commands.cache_size)", r->n_waiters);
+            goto reject;
         }
         QB_LOG_WARN(vm, "command %s is running already: duplicate dropped (out of memory)",
                     cmd->id);

@@ -10,7 +10,8 @@
  * (vm_manager). Every command that is not ignored gets exactly one
  * bridge.command.result; rejected ones never touch a QMP session. A duplicate
  * that arrives while its original runs waits for the original's result, and
- * is acknowledged only then.
+ * is acknowledged only then (at most commands.cache_size duplicates wait;
+ * further ones are rejected busy).
  *
  * A message is an authenticated command when qb_command_parse accepted it
  * (size, JSON, attributes, policy, age and, with a key, signature). Only such

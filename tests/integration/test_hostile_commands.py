@@ -17,12 +17,13 @@ Bridge A: signed commands (commands.hmac_key_file), bridge.state_directory, metr
 4. Restart: a signed `stop` rp-1 runs; SIGTERM; a new bridge on the same state directory
    answers the same message with the first result, and QEMU got that stop once.
 
-Bridge B: no state directory, commands.cache_size 2, vm1's QEMU holds `cont` replies 4 s.
+Bridge B: no state directory, commands.cache_size 2, vm1's QEMU holds `cont` replies 6 s.
 5. A command timed before the bridge started is refused "expired" (ids do not survive a
    restart without a state directory).
 6. A running command is never evicted: cont c-1 (held), stop on vm2 (done, still in its
-   replay window), a third command -> busy naming commands.cache_size; cont c-1 again ->
-   answered with the first result; QEMU got one cont."""
+   replay window), a third command -> busy naming commands.cache_size; cont c-1 three times
+   more: two copies wait and are answered with the first result, the third is refused busy
+   (waiting duplicates are bounded by cache_size too); QEMU got one cont."""
 import json
 import os
 import subprocess
@@ -268,7 +269,7 @@ with check.Test("hostile_commands") as t:
     # ---- bridge B ------------------------------------------------------------------------
     db = os.path.join(d, "b")
     os.makedirs(db)
-    sock1b, qlog1b = start_peer(db, "vm1", ["--delay", "cont:4"])
+    sock1b, qlog1b = start_peer(db, "vm1", ["--delay", "cont:6"])
     sock2b, qlog2b = start_peer(db, "vm2")
     brb = bridge.Bridge(db, [("vm1", sock1b), ("vm2", sock2b)], broker=broker, extra_yaml=(
         "commands: { enabled: true, allow: [stop, cont, query-state], hmac_key_file: %s,\n"
@@ -306,11 +307,19 @@ with check.Test("hostile_commands") as t:
              "commands.cache_size" in b1["error"]["message"],
              "a third command -> busy: " + b1.get("error", {}).get("message", ""), b1)
     commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-again")
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-third")
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-fourth")
+    fourth = reply("orch/r/c1-fourth")["data"]
+    t.expect(fourth["status"] == "rejected" and fourth["error"]["class"] == "busy" and
+             "duplicates wait" in fourth["error"]["message"],
+             "duplicates waiting for c-1 are bounded by cache_size: the third copy -> busy: "
+             + fourth.get("error", {}).get("message", ""), fourth)
     first = reply("orch/r/c1-first", timeout=30)["data"]
     again = reply("orch/r/c1-again", timeout=30)["data"]
-    t.expect(first["status"] == "ok" and again == first,
-             "c-1 again is answered with the first result", (first, again))
-    time.sleep(5)  # a second cont would have its reply held 4 s too
+    third = reply("orch/r/c1-third", timeout=30)["data"]
+    t.expect(first["status"] == "ok" and again == first and third == first,
+             "the two waiting copies of c-1 are answered with the first result", (first, again))
+    time.sleep(7)  # a second cont would have its reply held 6 s too
     t.expect(qmp_seen(qlog1b, "cont") == 1, "QEMU received one cont", qmp_seen(qlog1b))
     t.expect(brb.stop() == 0, "SIGTERM: exit 0")
     sub.stop()
