@@ -17,7 +17,8 @@ Bridge A: signed commands (commands.hmac_key_file), bridge.state_directory, metr
 4. Restart: a signed `stop` rp-1 runs; SIGTERM; a new bridge on the same state directory
    answers the same message with the first result, and QEMU got that stop once.
 
-Bridge B: no state directory, commands.cache_size 2, vm1's QEMU holds `cont` replies 6 s.
+Bridge B: no state directory, commands.cache_size 2, vm1's QEMU holds `cont` replies 6 s
+(times the suite's timeout scale).
 5. A command timed before the bridge started is refused "expired" (ids do not survive a
    restart without a state directory).
 6. A running command is never evicted: cont c-1 (held), stop on vm2 (done, still in its
@@ -270,11 +271,13 @@ with check.Test("hostile_commands") as t:
     # ---- bridge B ------------------------------------------------------------------------
     db = os.path.join(d, "b")
     os.makedirs(db)
-    sock1b, qlog1b = start_peer(db, "vm1", ["--delay", "cont:6"])
+    hold = 6 * util.TIMEOUT_SCALE  # long enough for everything below to happen while c-1 runs
+    sock1b, qlog1b = start_peer(db, "vm1", ["--delay", "cont:%g" % hold])
     sock2b, qlog2b = start_peer(db, "vm2")
-    brb = bridge.Bridge(db, [("vm1", sock1b), ("vm2", sock2b)], broker=broker, extra_yaml=(
+    brb = bridge.Bridge(db, [("vm1", sock1b), ("vm2", sock2b)], broker=broker,
+                        qmp_extra={"command_timeout": "%ds" % int(hold + 20)}, extra_yaml=(
         "commands: { enabled: true, allow: [stop, cont, query-state], hmac_key_file: %s,\n"
-        "  cache_size: 2 }\n") % json.dumps(keyfile))
+        "  cache_size: 2, timeout: %ds }\n") % (json.dumps(keyfile), int(hold + 60)))
     before_start = commands.now_rfc3339()
     time.sleep(0.2)
     brb.start()
@@ -320,7 +323,7 @@ with check.Test("hostile_commands") as t:
     third = reply("orch/r/c1-third", timeout=30)["data"]
     t.expect(first["status"] == "ok" and again == first and third == first,
              "the two waiting copies of c-1 are answered with the first result", (first, again))
-    time.sleep(7)  # a second cont would have its reply held 6 s too
+    time.sleep(hold + 1)  # a second cont would have its reply held as long
     t.expect(qmp_seen(qlog1b, "cont") == 1, "QEMU received one cont", qmp_seen(qlog1b))
     t.expect(brb.stop() == 0, "SIGTERM: exit 0")
     sub.stop()
