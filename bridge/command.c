@@ -21,6 +21,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +30,7 @@
 
 /* Commands are a few hundred bytes and three levels deep; a deeper message is hostile. */
 #define QB_CMD_MAX_DEPTH 8
-#define QB_CMD_MAX_ID 128
+#define QB_CMD_MAX_ID QB_CMD_ID_MAX
 #define QB_CMD_MAX_STRING 128
 #define QB_CMD_TYPE_PREFIX "qmp.command."
 /* How much of an offending value is quoted back in a message. */
@@ -230,13 +231,14 @@ static int days_in_month(int year, int month)
 
 /*
  * Strict RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+hh:mm|-hh:mm), T and
- * Z in either case (section 5.6). The fraction is read and dropped. A leap
+ * Z in either case (section 5.6). The fraction is kept to the microsecond. A leap
  * second (:60) is accepted and lands on the next second, as timegm does.
  */
-static bool parse_rfc3339(const char *text, int64_t *out)
+static bool parse_rfc3339(const char *text, int64_t *out, int32_t *out_usec)
 {
     const char *p = text;
     int year, month, day, hour, minute, second, off_h = 0, off_m = 0, sign = 0;
+    int32_t usec = 0, scale = 100000;
     struct tm tm = {0};
     time_t t;
 
@@ -249,8 +251,8 @@ static bool parse_rfc3339(const char *text, int64_t *out)
         p++;
         if (*p < '0' || *p > '9')
             return false;
-        while (*p >= '0' && *p <= '9')
-            p++;
+        for (; *p >= '0' && *p <= '9'; p++, scale /= 10)
+            usec += (*p - '0') * scale;
     }
     if (*p == 'Z' || *p == 'z') {
         p++;
@@ -274,6 +276,7 @@ static bool parse_rfc3339(const char *text, int64_t *out)
     t = timegm(&tm);
     /* local = UTC + offset, so UTC = local - offset */
     *out = (int64_t)t - sign * (int64_t)(off_h * 3600 + off_m * 60);
+    *out_usec = usec;
     return true;
 }
 
@@ -347,14 +350,18 @@ static const char *const known_attributes[] = {
 
 /*
  * Copies a string attribute into *dst (owned by the command) when it is one, so
- * a rejection can still name it; other types are judged later. Sets *nomem on
- * allocation failure.
+ * a rejection can still name it; other types are judged later. At most max
+ * bytes are kept (cut on a UTF-8 boundary): whatever is read may be echoed in
+ * a result or a log line, and its full length is judged from the JSON value.
+ * Sets *nomem on allocation failure.
  */
-static void read_string(json_t *obj, const char *key, char **dst, bool *nomem)
+static void read_string(json_t *obj, const char *key, size_t max, char **dst, bool *nomem)
 {
     json_t *v = json_object_get(obj, key);
+    const char *text = json_string_value(v);
 
-    if (json_is_string(v) && !(*dst = strndup(json_string_value(v), json_string_length(v))))
+    /* an embedded NUL ends the copy early; check_required_string refuses such values */
+    if (text && !(*dst = strndup(text, qb_command_utf8_cut(text, max))))
         *nomem = true;
 }
 
@@ -395,7 +402,7 @@ static int check_attributes(json_t *root, struct qb_command *cmd, struct qb_comm
     if (!json_is_string(v) || strcmp(json_string_value(v), "1.0") != 0)
         return reject(err, QB_CMD_ERR_INVALID, "specversion: expected \"1.0\"");
     if ((rc = check_required_string(err, root, "id", QB_CMD_MAX_ID)) != QB_OK ||
-        (rc = check_required_string(err, root, "source", 0)) != QB_OK ||
+        (rc = check_required_string(err, root, "source", QB_CMD_ECHO_MAX)) != QB_OK ||
         (rc = check_required_string(err, root, "type", 0)) != QB_OK)
         return rc;
     if (strncmp(cmd->type, QB_CMD_TYPE_PREFIX, strlen(QB_CMD_TYPE_PREFIX)) != 0)
@@ -408,7 +415,8 @@ static int check_attributes(json_t *root, struct qb_command *cmd, struct qb_comm
                       "subject: expected a VM name (1 to 64 characters from [A-Za-z0-9._-])");
     if ((rc = check_required_string(err, root, "time", 0)) != QB_OK)
         return rc;
-    if (!parse_rfc3339(json_string_value(json_object_get(root, "time")), &cmd->time_sec))
+    if (!parse_rfc3339(json_string_value(json_object_get(root, "time")), &cmd->time_sec,
+                       &cmd->time_usec))
         return reject(err, QB_CMD_ERR_INVALID, "time: expected an RFC 3339 date-time, got '%s'",
                       quote(quoted, json_string_value(json_object_get(root, "time"))));
     if ((v = json_object_get(root, "bridge")) && !json_is_string(v))
@@ -631,11 +639,11 @@ int qb_command_parse(const char *buf, size_t len, const struct qb_command_policy
         goto done;
     }
     /* Keep whatever names the command first, even if other attributes are wrong. */
-    read_string(root, "id", &cmd->id, &nomem);
-    read_string(root, "source", &cmd->source, &nomem);
-    read_string(root, "subject", &cmd->subject, &nomem);
-    read_string(root, "bridge", &cmd->bridge, &nomem);
-    read_string(root, "type", &cmd->type, &nomem);
+    read_string(root, "id", QB_CMD_ID_MAX, &cmd->id, &nomem);
+    read_string(root, "source", QB_CMD_ECHO_MAX, &cmd->source, &nomem);
+    read_string(root, "subject", QB_CMD_ID_MAX, &cmd->subject, &nomem);
+    read_string(root, "bridge", QB_CMD_ID_MAX, &cmd->bridge, &nomem);
+    read_string(root, "type", QB_CMD_ID_MAX, &cmd->type, &nomem);
     if (nomem) {
         rc = QB_ENOMEM;
         goto done;
@@ -658,13 +666,53 @@ done:
     return rc;
 }
 
+size_t qb_command_utf8_cut(const char *text, size_t max)
+{
+    size_t len = strnlen(text, max + 1);
+
+    if (len <= max)
+        return len;
+    /* step back over continuation bytes (10xxxxxx) to the start of the cut sequence */
+    len = max;
+    while (len > 0 && ((unsigned char)text[len] & 0xc0) == 0x80)
+        len--;
+    return len;
+}
+
+int qb_command_fingerprint(const struct qb_command *cmd, char *hex, size_t hexlen)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    json_t *obj;
+    char *text;
+
+    if (!cmd || !cmd->type || !cmd->subject || !hex || hexlen < 2 * SHA256_DIGEST_LENGTH + 1)
+        return QB_EINVAL;
+    /* "o" steals: a reference of our own to the data, or a new {} */
+    obj = json_pack("{s:s, s:s, s:o}", "type", cmd->type, "subject", cmd->subject, "data",
+                    cmd->data ? json_incref(cmd->data) : json_object());
+    if (!obj)
+        return QB_ENOMEM;
+    text = json_dumps(obj, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(obj);
+    if (!text)
+        return QB_ENOMEM;
+    SHA256((const unsigned char *)text, strlen(text), md);
+    free(text);
+    for (size_t i = 0; i < sizeof(md); i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return QB_OK;
+}
+
 json_t *qb_command_result_rejected(const struct qb_command *cmd, const struct qb_command_error *err)
 {
     const char *name = cmd && cmd->name_known ? qb_cmd_name_str(cmd->name) : NULL;
     json_t *result;
 
     result = json_pack("{s:o, s:o, s:s, s:{s:s, s:s}, s:[]}", "command_id",
-                       cmd && cmd->id ? json_string(cmd->id) : json_null(), "command",
+                       cmd && cmd->id
+                           ? json_stringn(cmd->id, qb_command_utf8_cut(cmd->id, QB_CMD_ID_MAX))
+                           : json_null(),
+                       "command",
                        name ? json_string(name) : json_null(), "status", "rejected", "error",
                        "class", err && err->cls ? err->cls : QB_CMD_ERR_INVALID, "message",
                        err ? err->message : "", "steps");

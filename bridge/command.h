@@ -72,6 +72,15 @@ struct qb_command_policy {
 #define QB_CMD_ERR_QMP "qmp"                     /* (exec) QEMU answered an error */
 #define QB_CMD_ERR_TIMEOUT "timeout"             /* (exec) a step or the command timed out */
 #define QB_CMD_ERR_DISCONNECTED "disconnected"   /* (exec) the session closed mid-command */
+#define QB_CMD_ERR_ID_REUSED "id-reused"         /* (router) the id ran before with other type,
+                                                    subject or data */
+#define QB_CMD_ERR_INTERRUPTED "interrupted"     /* (router) the id was running when the bridge
+                                                    stopped: outcome unknown, never run again */
+
+/* Bytes of an echoed command id (results, logs); longer ids are cut on a UTF-8 boundary. */
+#define QB_CMD_ID_MAX 128
+/* Bytes of any other string read from a command before it is judged (source, subject...). */
+#define QB_CMD_ECHO_MAX 256
 
 struct qb_command_error {
     const char *cls;   /* static, one of QB_CMD_ERR_* */
@@ -88,6 +97,7 @@ struct qb_command {
     enum qb_cmd_name name; /* valid only when name_known */
     bool name_known;
     int64_t time_sec;      /* parsed "time" */
+    int32_t time_usec;     /* its fraction, in microseconds (digits past the sixth dropped) */
     json_t *data;          /* the "data" object as sent (new reference), or NULL */
 
     /* Validated arguments (which are set depends on the command, see command.c's table). */
@@ -106,17 +116,33 @@ struct qb_command {
  * at time now_sec (seconds since the epoch).
  * Returns QB_OK with *out a valid, authorised command; or QB_EINVAL with *out
  * still set to what could be read (id, subject, type... possibly NULL, so the
- * rejection can name the command) and err filled; or QB_ENOMEM (*out NULL).
+ * rejection can name the command; each cut to QB_CMD_ID_MAX, source to
+ * QB_CMD_ECHO_MAX bytes) and err filled; or QB_ENOMEM (*out NULL).
  * The caller owns *out (qb_command_free).
  * Checks, in this order: size, JSON, CloudEvents attributes (specversion "1.0",
- * id non-empty string of at most 128 bytes, source, type "qmp.command.<name>",
- * subject a valid VM name, time RFC 3339), known command, enabled, allowed,
+ * id non-empty string of at most 128 bytes, source of at most QB_CMD_ECHO_MAX
+ * bytes, type "qmp.command.<name>", subject a valid VM name, time RFC 3339), known command, enabled, allowed,
  * age, signature, then the command's arguments.
  */
 int qb_command_parse(const char *buf, size_t len, const struct qb_command_policy *policy,
                      int64_t now_sec, struct qb_command **out, struct qb_command_error *err);
 
 void qb_command_free(struct qb_command *cmd);
+
+/*
+ * The fingerprint of what a command asks for: SHA-256 over the compact,
+ * key-sorted JSON of {"type", "subject", "data"} (absent data counts as {}),
+ * as 64 lower-case hex digits plus NUL in hex (at least 65 bytes). Two
+ * messages with one id but different fingerprints are different commands.
+ * Returns QB_OK, QB_EINVAL (cmd without type or subject) or QB_ENOMEM.
+ */
+int qb_command_fingerprint(const struct qb_command *cmd, char *hex, size_t hexlen);
+
+/*
+ * Returns how many bytes of text (NUL-terminated) fit in max bytes without
+ * splitting a UTF-8 sequence: strlen(text) when it is short enough.
+ */
+size_t qb_command_utf8_cut(const char *text, size_t max);
 
 /*
  * Computes the signature of a command object (borrowed; its "signature"
@@ -132,7 +158,8 @@ int qb_command_sign(const json_t *command, const unsigned char *key, size_t key_
  *   {"command_id", "command", "status": "rejected", "error": {"class","message"},
  *    "steps": []}
  * for a command rejected before any QMP step. cmd may be NULL (unreadable
- * message): command_id and command are then null.
+ * message): command_id and command are then null. command_id is cut to
+ * QB_CMD_ID_MAX bytes.
  */
 json_t *qb_command_result_rejected(const struct qb_command *cmd, const struct qb_command_error *err);
 

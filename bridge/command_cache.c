@@ -1,9 +1,11 @@
 /*
- * command_cache.c - bounded map of command id -> first result (see command_cache.h).
+ * command_cache.c - bounded map of (source, VM, id) -> first result (see command_cache.h).
  *
- * uthash keeps its items on a list in insertion order besides the hash, so
- * the head of the table is always the oldest entry: FIFO eviction is "delete
- * the head", with no second list to keep in step. uthash is built with
+ * The hash key is the three strings joined by NUL bytes (none of them holds a
+ * NUL, so the join is unambiguous) with an explicit length. uthash keeps its
+ * items on a list in insertion order besides the hash, so walking from the
+ * head visits entries oldest first: eviction takes the first evictable one
+ * on that walk, with no second list to keep in step. uthash is built with
  * HASH_NONFATAL_OOM so a failed bucket allocation becomes QB_ENOMEM instead of
  * exit().
  */
@@ -22,53 +24,90 @@ static bool cache_oom; /* set by uthash on a failed add; the bridge has one loop
 #include <uthash.h>
 
 struct cache_entry {
-    char *id;
-    json_t *result; /* NULL while in progress; else a reference the cache owns */
+    char *key; /* source NUL vm NUL id (key_len bytes, plus a final NUL) */
+    size_t key_len;
+    char *fp;      /* fingerprint, or NULL */
+    char *command; /* the command's name, or NULL */
+    uint64_t time_usec, expires_usec;
+    json_t *result;       /* NULL while running; else a reference the cache owns */
     UT_hash_handle hh;
 };
 
 struct qb_command_cache {
     struct cache_entry *entries; /* uthash head: the oldest entry */
     size_t capacity;
+    size_t running;
 };
+
+/* The joined key of k into a new buffer (*len without the final NUL), or NULL. */
+static char *key_join(const struct qb_command_key *k, size_t *len)
+{
+    size_t ls = strlen(k->source), lv = strlen(k->vm), li = strlen(k->id);
+    char *buf = malloc(ls + lv + li + 3);
+
+    if (!buf)
+        return NULL;
+    memcpy(buf, k->source, ls + 1);
+    memcpy(buf + ls + 1, k->vm, lv + 1);
+    memcpy(buf + ls + lv + 2, k->id, li + 1);
+    *len = ls + lv + li + 2;
+    return buf;
+}
+
+/* The parts of e's joined key (borrowed from e). */
+static struct qb_command_key key_split(const struct cache_entry *e)
+{
+    struct qb_command_key k = {.source = e->key};
+
+    k.vm = k.source + strlen(k.source) + 1;
+    k.id = k.vm + strlen(k.vm) + 1;
+    return k;
+}
 
 static void entry_free(struct cache_entry *e)
 {
     json_decref(e->result);
-    free(e->id);
+    free(e->fp);
+    free(e->command);
+    free(e->key);
     free(e);
 }
 
-static struct cache_entry *cache_find(const struct qb_command_cache *cache, const char *id)
+static struct cache_entry *cache_find(const struct qb_command_cache *cache,
+                                      const struct qb_command_key *k)
 {
     struct cache_entry *e = NULL;
+    size_t len;
+    char *joined = key_join(k, &len);
 
-    HASH_FIND_STR(cache->entries, id, e);
+    if (!joined)
+        return NULL; /* out of memory: looks like a miss, and begin then fails the same way */
+    HASH_FIND(hh, cache->entries, joined, len, e);
+    free(joined);
     return e;
 }
 
-/* Adds a new entry for id, evicting the oldest at capacity. Returns it, or NULL on ENOMEM. */
-static struct cache_entry *cache_add(struct qb_command_cache *cache, const char *id)
+static void cache_remove(struct qb_command_cache *cache, struct cache_entry *e)
 {
-    struct cache_entry *e = calloc(1, sizeof(*e));
+    if (!e->result)
+        cache->running--;
+    HASH_DEL(cache->entries, e);
+    entry_free(e);
+}
 
-    if (!e || !(e->id = strdup(id))) {
-        free(e);
-        return NULL;
-    }
-    if (HASH_COUNT(cache->entries) >= cache->capacity) {
-        struct cache_entry *oldest = cache->entries;
+/* Evicts the oldest entry that is finished and past its window. Returns false when none is. */
+static bool cache_evict_one(struct qb_command_cache *cache, uint64_t now_usec)
+{
+    struct cache_entry *e, *tmp;
 
-        HASH_DEL(cache->entries, oldest);
-        entry_free(oldest);
+    HASH_ITER(hh, cache->entries, e, tmp)
+    {
+        if (e->result && e->expires_usec < now_usec) {
+            cache_remove(cache, e);
+            return true;
+        }
     }
-    cache_oom = false;
-    HASH_ADD_KEYPTR(hh, cache->entries, e->id, strlen(e->id), e);
-    if (cache_oom) {
-        entry_free(e); /* uthash left the table as it was */
-        return NULL;
-    }
-    return e;
+    return false;
 }
 
 struct qb_command_cache *qb_command_cache_new(size_t capacity)
@@ -95,50 +134,108 @@ void qb_command_cache_free(struct qb_command_cache *cache)
     free(cache);
 }
 
-int qb_command_cache_lookup(const struct qb_command_cache *cache, const char *id, json_t **result)
+int qb_command_cache_lookup(const struct qb_command_cache *cache, const struct qb_command_key *key,
+                            const char *fp, json_t **result)
 {
-    struct cache_entry *e = cache_find(cache, id);
+    struct cache_entry *e = cache_find(cache, key);
 
     if (result)
-        *result = e ? e->result : NULL;
+        *result = NULL;
     if (!e)
         return QB_ENOTFOUND;
-    return e->result ? QB_OK : QB_EAGAIN;
-}
-
-int qb_command_cache_begin(struct qb_command_cache *cache, const char *id)
-{
-    if (cache_find(cache, id))
+    if (fp && e->fp && strcmp(fp, e->fp) != 0)
         return QB_EEXIST;
-    return cache_add(cache, id) ? QB_OK : QB_ENOMEM;
-}
-
-int qb_command_cache_finish(struct qb_command_cache *cache, const char *id, json_t *result)
-{
-    struct cache_entry *e = cache_find(cache, id);
-
-    if (!result)
-        return QB_EINVAL;
-    if (e && e->result)
-        return QB_EEXIST;
-    if (!e && !(e = cache_add(cache, id)))
-        return QB_ENOMEM;
-    e->result = json_incref(result);
+    if (!e->result)
+        return QB_EAGAIN;
+    if (result)
+        *result = e->result;
     return QB_OK;
 }
 
-int qb_command_cache_forget(struct qb_command_cache *cache, const char *id)
+int qb_command_cache_begin(struct qb_command_cache *cache, const struct qb_command_key *key,
+                           const struct qb_command_meta *meta, uint64_t now_usec)
 {
-    struct cache_entry *e = cache_find(cache, id);
+    struct cache_entry *e;
+
+    if (cache_find(cache, key))
+        return QB_EEXIST;
+    if (HASH_COUNT(cache->entries) >= cache->capacity && !cache_evict_one(cache, now_usec))
+        return QB_EBUSY;
+    if (!(e = calloc(1, sizeof(*e))) || !(e->key = key_join(key, &e->key_len)) ||
+        (meta->fp && !(e->fp = strdup(meta->fp))) ||
+        (meta->command && !(e->command = strdup(meta->command)))) {
+        if (e)
+            entry_free(e);
+        return QB_ENOMEM;
+    }
+    e->time_usec = meta->time_usec;
+    e->expires_usec = meta->expires_usec;
+    cache_oom = false;
+    HASH_ADD_KEYPTR(hh, cache->entries, e->key, e->key_len, e);
+    if (cache_oom) {
+        entry_free(e); /* uthash left the table as it was */
+        return QB_ENOMEM;
+    }
+    cache->running++;
+    return QB_OK;
+}
+
+int qb_command_cache_finish(struct qb_command_cache *cache, const struct qb_command_key *key,
+                            json_t *result)
+{
+    struct cache_entry *e;
+
+    if (!result)
+        return QB_EINVAL;
+    if (!(e = cache_find(cache, key)))
+        return QB_ENOTFOUND;
+    if (e->result)
+        return QB_EEXIST;
+    e->result = json_incref(result);
+    cache->running--;
+    return QB_OK;
+}
+
+int qb_command_cache_forget(struct qb_command_cache *cache, const struct qb_command_key *key)
+{
+    struct cache_entry *e = cache_find(cache, key);
 
     if (!e)
         return QB_ENOTFOUND;
-    HASH_DEL(cache->entries, e);
-    entry_free(e);
+    cache_remove(cache, e);
     return QB_OK;
 }
 
 size_t qb_command_cache_count(const struct qb_command_cache *cache)
 {
     return HASH_COUNT(cache->entries);
+}
+
+size_t qb_command_cache_capacity(const struct qb_command_cache *cache)
+{
+    return cache->capacity;
+}
+
+size_t qb_command_cache_running(const struct qb_command_cache *cache)
+{
+    return cache->running;
+}
+
+void qb_command_cache_foreach(const struct qb_command_cache *cache,
+                              void (*cb)(void *arg, const struct qb_command_key *key,
+                                         const struct qb_command_meta *meta,
+                                         const json_t *result),
+                              void *arg)
+{
+    for (const struct cache_entry *e = cache->entries; e; e = e->hh.next) {
+        struct qb_command_key k = key_split(e);
+        struct qb_command_meta meta = {
+            .fp = e->fp,
+            .command = e->command,
+            .time_usec = e->time_usec,
+            .expires_usec = e->expires_usec,
+        };
+
+        cb(arg, &k, &meta, e->result);
+    }
 }

@@ -10,12 +10,22 @@
 
 #include "command.h"
 #include "command_cache.h"
+#include "command_journal.h"
 #include "error.h"
 #include "log.h"
+#include "rate_limit.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
+
+/* Answers to messages that are not authenticated commands: 10 a second, bursts of 20. */
+#define ROUTER_UNAUTH_RATE 10.0
+#define ROUTER_UNAUTH_BURST 20.0
+/* Their log lines (and those of refused Response Topics): 10 a minute, then a count. */
+#define ROUTER_LOG_FIRST 10
+#define ROUTER_LOG_INTERVAL_MS 60000
 
 /*
  * A duplicate that arrived while its original was still running: it is
@@ -24,6 +34,7 @@
  */
 struct router_waiter {
     struct router_waiter *next;
+    char *source;
     char *id;
     char *vm;
     struct qb_transport *transport;
@@ -37,12 +48,48 @@ struct qb_command_router {
     const struct qb_config *cfg;
     struct qb_vm_manager *mgr;
     struct qb_command_cache *cache;
+    struct qb_command_journal *journal; /* NULL without bridge.state_directory */
+    uint64_t start_usec;                /* wall clock when the router was made */
     struct router_waiter *waiters;
+    size_t n_waiters; /* bounded by commands.cache_size */
+    struct qb_token_bucket unauth_bucket;
+    struct qb_log_limit unauth_log, reply_topic_log;
+    struct qb_command_router_stats stats;
     bool stopped;
 };
 
+static uint64_t wall_usec(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+/* The key of an authenticated command (every member set by the parser). */
+static struct qb_command_key router_key(const struct qb_command *cmd)
+{
+    return (struct qb_command_key){.source = cmd->source, .vm = cmd->subject, .id = cmd->id};
+}
+
+/*
+ * How long after its time a command's key must be kept: while a copy could
+ * still pass the age check. One second more because the check compares whole
+ * seconds.
+ */
+static uint64_t router_window_usec(const struct qb_config *cfg)
+{
+    return ((uint64_t)cfg->commands.max_age_ms + cfg->commands.max_skew_ms) * 1000u + 1000000u;
+}
+
+static uint64_t command_time_usec(const struct qb_command *cmd)
+{
+    return cmd->time_sec < 0 ? 0 : (uint64_t)cmd->time_sec * 1000000u + (uint64_t)cmd->time_usec;
+}
+
 static void router_waiter_free(struct router_waiter *w)
 {
+    free(w->source);
     free(w->id);
     free(w->vm);
     free(w->reply_topic);
@@ -51,21 +98,25 @@ static void router_waiter_free(struct router_waiter *w)
 }
 
 /*
- * Parks a duplicate of the running command id (everything copied). Returns
- * QB_OK or QB_ENOMEM (the caller then acknowledges it at once, as before).
+ * Parks a duplicate of the running command key (everything copied). Returns
+ * QB_OK, QB_EAGAIN when commands.cache_size duplicates wait already (the
+ * bound of this list), or QB_ENOMEM (the caller then acknowledges it at once).
  */
-static int router_wait(struct qb_command_router *r, const char *id, const char *vm,
+static int router_wait(struct qb_command_router *r, const struct qb_command_key *key,
                        const struct qb_command_origin *origin)
 {
-    struct router_waiter *w = calloc(1, sizeof(*w));
+    struct router_waiter *w;
 
-    if (!w)
+    if (r->n_waiters >= r->cfg->commands_cache_size)
+        return QB_EAGAIN;
+    if (!(w = calloc(1, sizeof(*w))))
         return QB_ENOMEM;
-    w->id = strdup(id);
-    w->vm = vm ? strdup(vm) : NULL;
+    w->source = strdup(key->source);
+    w->id = strdup(key->id);
+    w->vm = strdup(key->vm);
     w->reply_topic = origin->reply_topic ? strdup(origin->reply_topic) : NULL;
     w->correlation = origin->correlation_len ? malloc(origin->correlation_len) : NULL;
-    if (!w->id || (vm && !w->vm) || (origin->reply_topic && !w->reply_topic) ||
+    if (!w->source || !w->id || !w->vm || (origin->reply_topic && !w->reply_topic) ||
         (origin->correlation_len && !w->correlation)) {
         router_waiter_free(w);
         return QB_ENOMEM;
@@ -77,22 +128,25 @@ static int router_wait(struct qb_command_router *r, const char *id, const char *
     w->ack_token = origin->ack_token;
     w->next = r->waiters;
     r->waiters = w;
+    r->n_waiters++;
     return QB_OK;
 }
 
-/* Answers (and acknowledges) every duplicate parked for id with result. */
-static void router_release_waiters(struct qb_command_router *r, const char *id,
+/* Answers (and acknowledges) every duplicate parked for key with result. */
+static void router_release_waiters(struct qb_command_router *r, const struct qb_command_key *key,
                                    const json_t *result)
 {
     struct router_waiter **pp = &r->waiters;
 
     while (*pp) {
         struct router_waiter *w = *pp;
-        if (strcmp(w->id, id) != 0) {
+        if (strcmp(w->id, key->id) != 0 || strcmp(w->vm, key->vm) != 0 ||
+            strcmp(w->source, key->source) != 0) {
             pp = &w->next;
             continue;
         }
         *pp = w->next;
+        r->n_waiters--;
         struct qb_command_origin origin = {
             .transport = w->transport,
             .ack_token = w->ack_token,
@@ -101,7 +155,7 @@ static void router_release_waiters(struct qb_command_router *r, const char *id,
             .correlation_len = w->correlation_len,
         };
         QB_LOG_INFO(w->vm, "command %s finished: answering its duplicate with the same result",
-                    id);
+                    key->id);
         qb_vm_manager_publish_result(r->mgr, w->vm, result, &origin);
         router_waiter_free(w);
     }
@@ -117,16 +171,33 @@ int qb_command_router_new(const struct qb_config *cfg, struct qb_vm_manager *mgr
                           struct qb_command_router **out)
 {
     struct qb_command_router *r = calloc(1, sizeof(*r));
+    char err[512];
+    int rc;
 
     *out = NULL;
     if (!r)
         return QB_ENOMEM;
     r->cfg = cfg;
     r->mgr = mgr;
+    r->start_usec = wall_usec();
+    qb_token_bucket_init(&r->unauth_bucket, ROUTER_UNAUTH_RATE, ROUTER_UNAUTH_BURST,
+                         qb_monotonic_ms());
+    qb_log_limit_init(&r->unauth_log, ROUTER_LOG_FIRST, ROUTER_LOG_INTERVAL_MS);
+    qb_log_limit_init(&r->reply_topic_log, ROUTER_LOG_FIRST, ROUTER_LOG_INTERVAL_MS);
     r->cache = qb_command_cache_new(cfg->commands_cache_size);
     if (!r->cache) {
         free(r);
         return QB_ENOMEM;
+    }
+    if (cfg->state_directory) {
+        rc = qb_command_journal_open(cfg->state_directory, r->cache, router_window_usec(cfg),
+                                     r->start_usec, &r->journal, err, sizeof(err));
+        if (rc < 0) {
+            QB_LOG_ERR(NULL, "cannot open the command journal: %s", err);
+            qb_command_cache_free(r->cache);
+            free(r);
+            return rc;
+        }
     }
     *out = r;
     return QB_OK;
@@ -142,8 +213,15 @@ void qb_command_router_free(struct qb_command_router *r)
         r->waiters = w->next;
         router_waiter_free(w);
     }
+    qb_command_journal_close(r->journal);
     qb_command_cache_free(r->cache);
     free(r);
+}
+
+void qb_command_router_get_stats(const struct qb_command_router *r,
+                                 struct qb_command_router_stats *out)
+{
+    *out = r ? r->stats : (struct qb_command_router_stats){0};
 }
 
 /*
@@ -155,18 +233,22 @@ static void router_done(void *arg, const struct qb_command *cmd, const json_t *r
 {
     struct qb_command_router *r = arg;
     const char *status = json_string_value(json_object_get(result, "status"));
+    struct qb_command_key key = router_key(cmd);
 
-    if (!cmd->id)
-        return;
-    if (status && strcmp(status, "rejected") == 0)
-        qb_command_cache_forget(r->cache, cmd->id);
-    else
-        qb_command_cache_finish(r->cache, cmd->id, (json_t *)result);
+    if (status && strcmp(status, "rejected") == 0) {
+        qb_command_cache_forget(r->cache, &key);
+        if (r->journal)
+            qb_command_journal_forget(r->journal, &key);
+    } else {
+        qb_command_cache_finish(r->cache, &key, (json_t *)result);
+        if (r->journal)
+            qb_command_journal_finish(r->journal, &key, result);
+    }
     if (!r->stopped)
-        router_release_waiters(r, cmd->id, result);
+        router_release_waiters(r, &key, result);
 }
 
-/* Answers cmd (may be NULL) with a rejection, on vm's stream and as a reply. */
+/* Answers an authenticated cmd with a rejection, on vm's stream and as a reply. */
 static void router_reject(struct qb_command_router *r, const char *vm,
                           const struct qb_command *cmd, const struct qb_command_error *err,
                           const struct qb_command_origin *origin)
@@ -182,6 +264,141 @@ static void router_reject(struct qb_command_router *r, const char *vm,
     json_decref(result);
 }
 
+/* vm when it is a valid VM name (it came from a topic or key anyone may choose), else NULL. */
+static const char *router_vm_name(const char *vm)
+{
+    static const char ok[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+    size_t len = vm ? strlen(vm) : 0;
+
+    return len >= 1 && len <= 64 && strspn(vm, ok) == len ? vm : NULL;
+}
+
+/*
+ * Answers a message that is not an authenticated command (cmd may be NULL).
+ * Anyone who can publish on the command topic can send these, so they cost
+ * the bridge as little as possible: never a VM's event stream or sequence,
+ * never the spool, never a Response Topic; a reply on the default result
+ * topic while the token bucket allows, else dropped; counted, and logged
+ * within the log limit.
+ */
+static void router_reject_unauthenticated(struct qb_command_router *r, const char *vm,
+                                          const struct qb_command *cmd,
+                                          const struct qb_command_error *err,
+                                          struct qb_transport *t, uint64_t ack_token)
+{
+    struct qb_command_origin origin = {.transport = t, .ack_token = ack_token};
+    uint64_t now = qb_monotonic_ms(), suppressed;
+    bool answer = qb_transport_has_reply_channel(t) &&
+                  qb_token_bucket_take(&r->unauth_bucket, now);
+    json_t *result = answer ? qb_command_result_rejected(cmd, err) : NULL;
+    const char *name = router_vm_name(vm);
+
+    if (qb_log_limit_allow(&r->unauth_log, now, &suppressed))
+        QB_LOG_WARN(name, "command %s rejected (%s): %s%s", cmd && cmd->id ? cmd->id : "(no id)",
+                    err->cls, err->message,
+                    result ? "" : " (not answered: over the rate limit or no reply channel)");
+    if (suppressed)
+        QB_LOG_WARN(NULL, "%llu more rejections of unauthenticated messages were not logged",
+                    (unsigned long long)suppressed);
+    if (result) {
+        r->stats.unauthenticated_answered++;
+        qb_vm_manager_publish_reply(r->mgr, name, result, &origin);
+        json_decref(result);
+        return;
+    }
+    r->stats.unauthenticated_dropped++;
+    qb_transport_ack(t, ack_token);
+}
+
+/*
+ * The Response Topic of an authenticated command is honoured unless it lies
+ * in the bridges' own namespace; then the reply goes to the default result
+ * topic (logged within the limit).
+ */
+static void router_check_reply_topic(struct qb_command_router *r, const char *vm,
+                                     const struct qb_command *cmd, struct qb_transport *t,
+                                     struct qb_command_origin *origin)
+{
+    uint64_t now, suppressed;
+
+    if (!origin->reply_topic || qb_transport_reply_topic_allowed(t, origin->reply_topic))
+        return;
+    now = qb_monotonic_ms();
+    if (qb_log_limit_allow(&r->reply_topic_log, now, &suppressed))
+        QB_LOG_WARN(vm, "command %s: its Response Topic lies under the bridges' own topics: "
+                    "answering on the default result topic instead", cmd->id);
+    if (suppressed)
+        QB_LOG_WARN(NULL, "%llu more refused Response Topics were not logged",
+                    (unsigned long long)suppressed);
+    origin->reply_topic = NULL;
+}
+
+/*
+ * Without a journal, nothing tells a command that ran before a restart from a
+ * new one: only commands timed after the start are accepted. Returns true
+ * (err filled) when cmd must be refused for that.
+ */
+static bool router_before_start(const struct qb_command_router *r, const struct qb_command *cmd,
+                                struct qb_command_error *err)
+{
+    if (r->journal || command_time_usec(cmd) >= r->start_usec)
+        return false;
+    err->cls = QB_CMD_ERR_EXPIRED;
+    snprintf(err->message, sizeof(err->message),
+             "time: before the bridge started; without bridge.state_directory the ids of "
+             "commands run before a restart are not kept, so older commands are refused");
+    return true;
+}
+
+/*
+ * Runs an authenticated command that is not in the cache: remembers its key
+ * (on disk first, with a journal), then queues it on its VM.
+ */
+static void router_run(struct qb_command_router *r, const char *vm, struct qb_command *cmd,
+                       const char *fp, const struct qb_command_origin *origin)
+{
+    struct qb_command_key key = router_key(cmd);
+    struct qb_command_error err = {.cls = QB_CMD_ERR_BUSY};
+    struct qb_command_meta meta = {
+        .fp = fp,
+        .command = qb_cmd_name_str(cmd->name),
+        .time_usec = command_time_usec(cmd),
+    };
+    uint64_t now = wall_usec();
+    int rc;
+
+    meta.expires_usec = meta.time_usec + router_window_usec(r->cfg);
+    /* Remembered before queueing: its result may be reported at once. */
+    rc = qb_command_cache_begin(r->cache, &key, &meta, now);
+    if (rc == QB_EBUSY || rc == QB_ENOMEM) {
+        snprintf(err.message, sizeof(err.message),
+                 rc == QB_EBUSY ? "%zu commands are running or inside their replay window "
+                                  "(commands.cache_size): try again later"
+                                : "out of memory (%zu commands held)",
+                 qb_command_cache_count(r->cache));
+        router_reject(r, vm, cmd, &err, origin);
+        qb_command_free(cmd);
+        return;
+    }
+    if (r->journal && qb_command_journal_begin(r->journal, &key, &meta) != QB_OK) {
+        qb_command_cache_forget(r->cache, &key);
+        snprintf(err.message, sizeof(err.message),
+                 "cannot record the command in bridge.state_directory: try again later");
+        router_reject(r, vm, cmd, &err, origin);
+        qb_command_free(cmd);
+        return;
+    }
+    rc = qb_vm_manager_submit_command(r->mgr, cmd, origin, router_done, r, &err);
+    if (rc < 0) {
+        /* Not run: nothing to protect from a retry with the same key. */
+        qb_command_cache_forget(r->cache, &key);
+        if (r->journal)
+            qb_command_journal_forget(r->journal, &key);
+        router_reject(r, vm, cmd, &err, origin);
+        qb_command_free(cmd);
+    }
+}
+
 void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct qb_inbound *in,
                                uint64_t ack_token)
 {
@@ -195,6 +412,8 @@ void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct q
     };
     struct qb_command_error err = {.cls = QB_CMD_ERR_INVALID};
     struct qb_command *cmd = NULL;
+    struct qb_command_key key;
+    char fp[65];
     const char *vm;
     json_t *first = NULL;
     int rc;
@@ -204,64 +423,83 @@ void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct q
     rc = qb_command_parse(in->payload, in->len, &r->cfg->commands, (int64_t)time(NULL), &cmd,
                           &err);
     if (rc == QB_ENOMEM || (rc < 0 && !cmd && rc != QB_EINVAL)) {
-        QB_LOG_ERR(in->vm_hint, "command from %s dropped: %s", qb_transport_name(t),
-                   qb_strerror(rc));
+        QB_LOG_ERR(NULL, "command from %s dropped: %s", qb_transport_name(t), qb_strerror(rc));
         qb_transport_ack(t, ack_token);
         return;
     }
     vm = cmd && cmd->subject ? cmd->subject : in->vm_hint;
 
     if (cmd && cmd->bridge && strcmp(cmd->bridge, r->cfg->bridge_id) != 0) {
-        QB_LOG_DEBUG(vm, "command %s is for bridge %s: ignored", cmd->id ? cmd->id : "?",
-                     cmd->bridge);
+        QB_LOG_DEBUG(rc == QB_OK ? vm : NULL, "command %s is for bridge %s: ignored",
+                     cmd->id ? cmd->id : "?", cmd->bridge);
         goto ignore;
     }
     if (!qb_transport_has_reply_channel(t) && vm && !qb_vm_manager_has_vm(r->mgr, vm)) {
         /* A shared commands topic: another bridge owns this VM. */
-        QB_LOG_DEBUG(vm, "command %s for a VM of another bridge: ignored",
+        QB_LOG_DEBUG(rc == QB_OK ? vm : NULL, "command %s for a VM of another bridge: ignored",
                      cmd && cmd->id ? cmd->id : "?");
         goto ignore;
     }
-    if (rc == QB_OK && in->vm_hint && strcmp(in->vm_hint, cmd->subject) != 0) {
-        rc = QB_EINVAL;
-        err.cls = QB_CMD_ERR_INVALID;
-        snprintf(err.message, sizeof(err.message), "subject: '%s' is not the topic's VM '%s'",
-                 cmd->subject, in->vm_hint);
-    }
     if (rc < 0) {
-        router_reject(r, vm, cmd, &err, &origin);
+        /* Not an authenticated command: it chooses nothing, not even its VM's stream. */
+        router_reject_unauthenticated(r, in->vm_hint, cmd, &err, t, ack_token);
         qb_command_free(cmd);
         return;
     }
+    router_check_reply_topic(r, vm, cmd, t, &origin);
+    if (in->vm_hint && strcmp(in->vm_hint, cmd->subject) != 0) {
+        err.cls = QB_CMD_ERR_INVALID;
+        snprintf(err.message, sizeof(err.message), "subject: '%s' is not the topic's VM '%s'",
+                 cmd->subject, in->vm_hint);
+        goto reject;
+    }
+    if (router_before_start(r, cmd, &err))
+        goto reject;
 
-    rc = qb_command_cache_lookup(r->cache, cmd->id, &first);
+    key = router_key(cmd);
+    if ((rc = qb_command_fingerprint(cmd, fp, sizeof(fp))) != QB_OK) {
+        QB_LOG_ERR(vm, "command %s dropped: %s", cmd->id, qb_strerror(rc));
+        goto ignore;
+    }
+    rc = qb_command_cache_lookup(r->cache, &key, fp, &first);
     if (rc == QB_OK) {
         QB_LOG_INFO(vm, "command %s ran before: its first result is published again", cmd->id);
         qb_vm_manager_publish_result(r->mgr, vm, first, &origin);
         qb_command_free(cmd);
         return;
     }
+    if (rc == QB_EEXIST) {
+        err.cls = QB_CMD_ERR_ID_REUSED;
+        snprintf(err.message, sizeof(err.message),
+                 "id: already used by source '%.64s' for another command on VM '%s' (type, "
+                 "subject or data differ): not run", cmd->source, cmd->subject);
+        goto reject;
+    }
     if (rc == QB_EAGAIN) {
-        if (router_wait(r, cmd->id, vm, &origin) == QB_OK) {
+        rc = router_wait(r, &key, &origin);
+        if (rc == QB_OK) {
             QB_LOG_INFO(vm, "command %s is running already: the duplicate gets its result",
                         cmd->id);
             qb_command_free(cmd);
             return;
         }
+        if (rc == QB_EAGAIN) {
+            err.cls = QB_CMD_ERR_BUSY;
+            snprintf(err.message, sizeof(err.message),
+                     "id: the command is running, and %zu duplicates wait for results already "
+                     "(commands.cache_size)", r->n_waiters);
+            goto reject;
+        }
         QB_LOG_WARN(vm, "command %s is running already: duplicate dropped (out of memory)",
                     cmd->id);
         goto ignore;
     }
+    router_run(r, vm, cmd, fp, &origin);
+    return;
 
-    /* Remember the id before queueing: its result may be reported at once. */
-    qb_command_cache_begin(r->cache, cmd->id);
-    rc = qb_vm_manager_submit_command(r->mgr, cmd, &origin, router_done, r, &err);
-    if (rc < 0) {
-        /* Not run: nothing to protect from a retry with the same id. */
-        qb_command_cache_forget(r->cache, cmd->id);
-        router_reject(r, vm, cmd, &err, &origin);
-        qb_command_free(cmd);
-    }
+reject:
+    router_reject(r, vm, cmd, &err, &origin);
+    qb_command_free(cmd);
     return;
 
 ignore:

@@ -3,12 +3,27 @@
  *
  * For every message a transport receives on its command channel: parse and
  * check it (command.c), drop it when it names another bridge, answer a
- * duplicate id with its first result instead of running it again (bounded
- * cache, kept across QMP reconnects), and queue the rest on their VM
+ * duplicate (same source, VM and id) with its first result instead of running
+ * it again (bounded cache, kept across QMP reconnects and, with
+ * bridge.state_directory, across restarts: command_journal.h), refuse an id
+ * reused for a different command, and queue the rest on their VM
  * (vm_manager). Every command that is not ignored gets exactly one
  * bridge.command.result; rejected ones never touch a QMP session. A duplicate
  * that arrives while its original runs waits for the original's result, and
- * is acknowledged only then.
+ * is acknowledged only then (at most commands.cache_size duplicates wait;
+ * further ones are rejected busy).
+ *
+ * A message is an authenticated command when qb_command_parse accepted it
+ * (size, JSON, attributes, policy, age and, with a key, signature). Only such
+ * a command may choose where its answer goes (the MQTT 5 Response Topic, and
+ * then only outside the bridges' own topics) or appear on a VM's event stream.
+ * Anything else is answered on the default result topic alone, at most
+ * ROUTER_UNAUTH_RATE a second (bursts of ROUTER_UNAUTH_BURST), with no
+ * correlation data, or dropped; both are counted (qb_command_router_get_stats)
+ * and their log lines limited.
+ *
+ * Without bridge.state_directory the cache starts empty at every start, so
+ * commands timed before the start are refused (expired).
  *
  * Ignored rather than rejected (logged at debug, acknowledged): a command
  * whose "bridge" attribute names another bridge, and, on a transport without
@@ -25,8 +40,10 @@
 struct qb_command_router;
 
 /*
- * Creates a router for cfg's policy over mgr (both borrowed, must outlive it).
- * Returns QB_OK with *out (free with qb_command_router_free) or QB_ENOMEM.
+ * Creates a router for cfg's policy over mgr (both borrowed, must outlive it),
+ * loading the command journal from cfg->state_directory when set. Returns
+ * QB_OK with *out (free with qb_command_router_free), QB_ENOMEM, or the
+ * journal's error (logged with the file).
  */
 int qb_command_router_new(const struct qb_config *cfg, struct qb_vm_manager *mgr,
                           struct qb_command_router **out);
@@ -43,6 +60,16 @@ void qb_command_router_inbound(void *router, struct qb_transport *t, const struc
 void qb_command_router_stop(struct qb_command_router *r);
 
 void qb_command_router_free(struct qb_command_router *r);
+
+/* Counters since start, for /metrics. */
+struct qb_command_router_stats {
+    uint64_t unauthenticated_answered; /* rejections of non-commands published as a reply */
+    uint64_t unauthenticated_dropped;  /* ...dropped: over the rate limit, or no reply channel */
+};
+
+/* Fills out; r may be NULL (commands off): all zero. */
+void qb_command_router_get_stats(const struct qb_command_router *r,
+                                 struct qb_command_router_stats *out);
 
 /*
  * Configuration reload: the policy (allow list, limits, HMAC key, bridge id)

@@ -1076,6 +1076,7 @@ static const struct field bridge_fields[] = {
     FIELD(C, "log_level", F_ENUM, log_level, .def = "info", .enums = log_levels),
     FIELD(C, "schema_base_uri", F_STRING, schema_base_uri,
           .def = "file:///usr/share/qmp-bridge/schema/v1/", .check = check_nonempty),
+    FIELD(C, "state_directory", F_STRING, state_directory, .check = check_nonempty),
     {0},
 };
 

@@ -132,6 +132,8 @@ struct qb_config {
     enum qb_log_level log_level;  /* log_level, default info */
     char *schema_base_uri;        /* schema_base_uri, default
                                      "file:///usr/share/qmp-bridge/schema/v1/" */
+    char *state_directory;        /* state_directory: the command journal; default NULL (ids
+                                     of executed commands live in memory only) */
 
     /* qmp: */
     size_t qmp_max_line_bytes;       /* max_line_bytes, default 16MiB */

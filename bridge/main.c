@@ -216,6 +216,7 @@ static int main_start_status(struct qb_main *q)
         .n_transports = &q->n_transports,
         .outbox = &q->outbox,
         .spool = &q->spool,
+        .router = &q->router,
         .shutting_down = &q->shutting_down,
     };
     rc = qb_status_api_start(q->loop, q->cfg->metrics_listen, &src, &q->status, err, sizeof(err));

@@ -177,6 +177,7 @@ static const struct fixed_key {
     {"qmp.listen_name_template", FX_STR, offsetof(struct qb_config, qmp_listen_name_template)},
     {"commands.enabled", FX_BOOL, offsetof(struct qb_config, commands.enabled)},
     {"commands.cache_size", FX_SIZE, offsetof(struct qb_config, commands_cache_size)},
+    {"bridge.state_directory", FX_STR, offsetof(struct qb_config, state_directory)},
 };
 
 /* Copies old's value of k into nc when they differ. Returns 1 (copied), 0 (equal), QB_ENOMEM. */

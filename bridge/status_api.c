@@ -110,6 +110,23 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
     qb_prom_sample_u64(w, "qmp_bridge_vms_waiting_to_connect", NULL, st.slot_waiting);
 }
 
+static void collect_router(struct qb_prom_writer *w, const struct qb_command_router *r)
+{
+    struct qb_command_router_stats st;
+    static const char *const answered[] = {"outcome", "answered", NULL};
+    static const char *const dropped[] = {"outcome", "dropped", NULL};
+
+    qb_command_router_get_stats(r, &st);
+    qb_prom_family(w, "qmp_bridge_commands_unauthenticated_total", "counter",
+                   "Messages on the command channel that were not authenticated commands: "
+                   "rejection answered on the result topic, or dropped (rate limit, no reply "
+                   "channel)");
+    qb_prom_sample_u64(w, "qmp_bridge_commands_unauthenticated_total", answered,
+                       st.unauthenticated_answered);
+    qb_prom_sample_u64(w, "qmp_bridge_commands_unauthenticated_total", dropped,
+                       st.unauthenticated_dropped);
+}
+
 /* One table row per transport counter: name, help, and where it is in the stats. */
 static const struct {
     const char *name, *type, *help;
@@ -227,6 +244,7 @@ static int handle_metrics(void *arg, const struct qb_http_request *req,
                                              NULL},
                        1);
     collect_vms(w, *src->mgr);
+    collect_router(w, src->router ? *src->router : NULL);
     collect_transports(w, *src->transports, *src->n_transports);
     collect_spool(w, *src->spool, *src->outbox);
     qb_prom_family(w, "qmp_bridge_http_connections", "gauge", "Open status API connections");

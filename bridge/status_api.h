@@ -4,7 +4,8 @@
  *   /metrics  Prometheus text format: VMs by session state, QMP events by type,
  *             envelopes published/confirmed/retried/failed/dropped per transport,
  *             queue and spool depth (messages, bytes, age of the oldest), commands
- *             by name and status, reconnects, and two latency histograms (QMP
+ *             by name and status, rejections of unauthenticated messages answered
+ *             and dropped, reconnects, and two latency histograms (QMP
  *             event to transport confirmation; command received to result).
  *   /healthz  200 {"status":"ok"} whenever the loop answers at all.
  *   /readyz   200 {"ready":true}, or 503 {"ready":false,"reasons":[...]} while
@@ -20,6 +21,7 @@
 #ifndef QB_STATUS_API_H
 #define QB_STATUS_API_H
 
+#include "command_router.h"
 #include "config.h"
 #include "outbox.h"
 #include "spool.h"
@@ -41,6 +43,7 @@ struct qb_status_sources {
     const size_t *n_transports;
     struct qb_outbox **outbox;
     struct qb_spool **spool;
+    struct qb_command_router **router; /* NULL or *router NULL: commands off */
     const bool *shutting_down;
 };
 

@@ -188,6 +188,13 @@ bool qb_transport_has_reply_channel(const struct qb_transport *t)
     return (t->ops->caps & QB_TRANSPORT_CAP_REPLY) != 0;
 }
 
+bool qb_transport_reply_topic_allowed(const struct qb_transport *t, const char *topic)
+{
+    if (!topic || !qb_transport_has_reply_channel(t))
+        return false;
+    return !t->ops->reply_topic_allowed || t->ops->reply_topic_allowed(t->backend, topic);
+}
+
 static const struct qb_transport_ops *ops_lookup(const char *type)
 {
     if (!type)

@@ -137,6 +137,14 @@ int qb_transport_subscribe(struct qb_transport *t, qb_inbound_cb cb, void *arg);
  */
 bool qb_transport_has_reply_channel(const struct qb_transport *t);
 
+/*
+ * True when a reply may be published to topic (borrowed), the Response Topic
+ * an authenticated command named: false for a transport without a reply
+ * channel, and for a topic inside the bridges' own namespace (MQTT: the
+ * topic_prefix, where every bridge's events, state and status live).
+ */
+bool qb_transport_reply_topic_allowed(const struct qb_transport *t, const char *topic);
+
 /* Done with an inbound message (see qb_inbound_cb). Unknown tokens are ignored. */
 void qb_transport_ack(struct qb_transport *t, uint64_t ack_token);
 

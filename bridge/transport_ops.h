@@ -77,6 +77,14 @@ struct qb_transport_ops {
      */
     int (*subscribe)(void *backend);
 
+    /*
+     * Optional, for backends with QB_TRANSPORT_CAP_REPLY. False when a reply
+     * must not go to topic (borrowed), a requester's Response Topic: the
+     * backend's own namespace, where consumers read the bridges' events,
+     * state and status. NULL: every topic is allowed.
+     */
+    bool (*reply_topic_allowed)(void *backend, const char *topic);
+
     /* Optional. The core is done with the inbound message ack_token (Kafka: commit). */
     void (*ack)(void *backend, uint64_t ack_token);
 

@@ -42,17 +42,27 @@ void qb_vm_cmd_free(struct qb_vm_cmd *c)
     free(c);
 }
 
+/* Where a result goes besides the reply (see mgr_publish_result). */
+enum result_route {
+    ROUTE_STREAM,     /* the VM's event stream too, numbered by the VM, when vm is not NULL */
+    ROUTE_REPLY_ONLY, /* the reply alone, numbered by the bridge, neither counted nor logged */
+};
+
 /*
  * Publishes a bridge.command.result (borrowed): on vm's stream when vm is not
- * NULL, as a reply on transport t when t is not NULL (sequence 0 without a
- * VM), then acks the inbound message.
+ * NULL and route is ROUTE_STREAM, as a reply on transport t when t is not
+ * NULL, then acks the inbound message. An envelope that is on no VM's stream
+ * takes the bridge's own numbering, so its id is unique too.
  */
 static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const char *vm_name,
                                const json_t *result, struct qb_transport *t, uint64_t ack,
-                               const char *reply_topic, const void *corr, size_t corr_len)
+                               const char *reply_topic, const void *corr, size_t corr_len,
+                               enum result_route route)
 {
     const char *name = vm ? vm->name : (vm_name && qb_vm_name_valid(vm_name) ? vm_name : "unknown");
-    uint64_t epoch = vm ? vm->epoch : 0, seq = vm ? ++vm->seq : 0;
+    bool on_stream = vm && route == ROUTE_STREAM;
+    uint64_t epoch = on_stream ? vm->epoch : m->bridge_epoch;
+    uint64_t seq = on_stream ? ++vm->seq : ++m->bridge_seq;
     struct qb_envelope_in in = {
         .vm = name,
         .type = "bridge.command.result",
@@ -79,7 +89,7 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
             .len = len,
         };
         qb_envelope_format_id(epoch, seq, NULL, id, sizeof(id));
-        if (vm)
+        if (on_stream)
             qb_vm_mgr_send(m, NULL, &msg);
         if (t) {
             msg.kind = QB_MSG_REPLY;
@@ -88,10 +98,13 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
             msg.correlation_len = corr_len;
             qb_vm_mgr_send(m, t, &msg);
         }
-        qb_vm_mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
+        if (route == ROUTE_STREAM) {
+            qb_vm_mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
+                            json_str_or(result, "status", "?"));
+            QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
+                        json_str_or(result, "command_id", "?"),
                         json_str_or(result, "status", "?"));
-        QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
-                    json_str_or(result, "command_id", "?"), json_str_or(result, "status", "?"));
+        }
     } else {
         QB_LOG_ERR(name, "cannot build the command result envelope: out of memory");
     }
@@ -109,7 +122,7 @@ static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *resul
     qb_histogram_observe_usec(&vm->mgr->cmd_latency,
                               now > c->received_usec ? now - c->received_usec : 0);
     mgr_publish_result(vm->mgr, vm, vm->name, result, c->transport, c->ack_token, c->reply_topic,
-                       c->correlation, c->correlation_len);
+                       c->correlation, c->correlation_len, ROUTE_STREAM);
     if (c->done)
         c->done(c->done_arg, c->cmd, result);
     json_decref(result);
@@ -296,5 +309,14 @@ void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm_name,
         HASH_FIND_STR(m->vms, vm_name, vm);
     mgr_publish_result(m, vm, vm_name, result, origin ? origin->transport : NULL,
                        origin ? origin->ack_token : 0, origin ? origin->reply_topic : NULL,
-                       origin ? origin->correlation : NULL, origin ? origin->correlation_len : 0);
+                       origin ? origin->correlation : NULL, origin ? origin->correlation_len : 0,
+                       ROUTE_STREAM);
+}
+
+void qb_vm_manager_publish_reply(struct qb_vm_manager *m, const char *vm_name,
+                                 const json_t *result, const struct qb_command_origin *origin)
+{
+    mgr_publish_result(m, NULL, vm_name, result, origin->transport, origin->ack_token,
+                       origin->reply_topic, origin->correlation, origin->correlation_len,
+                       ROUTE_REPLY_ONLY);
 }

@@ -365,6 +365,7 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
     m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
     m->rng = qb_vm_wall_clock_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    m->bridge_epoch = qb_vm_wall_clock_usec();
     qb_outbox_set_pressure_cb(outbox, mgr_on_pressure, m);
     m->pressure = qb_outbox_under_pressure(outbox);
     *out = m;
@@ -414,6 +415,9 @@ int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
                     (unsigned long long)vm->seq + 1);
     } else {
         vm->epoch = qb_vm_wall_clock_usec();
+        /* never the bridge's own epoch: its envelopes for no VM must not share an id */
+        if (vm->epoch <= m->bridge_epoch)
+            vm->epoch = m->bridge_epoch + 1;
     }
     HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
     m->n_alive++;

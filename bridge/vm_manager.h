@@ -116,11 +116,22 @@ int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd
  * Publishes a bridge.command.result (data borrowed) for a command that did not
  * run now (rejected, or a duplicate whose first result is repeated): on the
  * VM's event stream when vm names a VM of this bridge, and as a reply on the
- * origin's transport (with sequence 0 when there is no such VM); then acks
- * the origin. vm may be NULL.
+ * origin's transport (numbered by the bridge, not a VM, when there is no such
+ * VM); then acks the origin. vm may be NULL.
  */
 void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm, const json_t *result,
                                   const struct qb_command_origin *origin);
+
+/*
+ * Publishes a bridge.command.result (data borrowed) as a reply on the origin's
+ * transport only, never on a VM's event stream, numbered by the bridge (so it
+ * takes no VM's sequence); vm (may be NULL or invalid: "unknown") only names
+ * the subject and the default result topic. Then acks the origin. Not counted
+ * in qmp_bridge_commands_total nor logged: for answers to messages that are
+ * not authenticated commands, which the caller rate-limits, counts and logs.
+ */
+void qb_vm_manager_publish_reply(struct qb_vm_manager *m, const char *vm, const json_t *result,
+                                 const struct qb_command_origin *origin);
 
 /*
  * Directory discovery's callbacks (qb_discovery_callbacks), arg being the

@@ -142,6 +142,9 @@ struct qb_vm_manager {
     struct qb_count *counts;
     struct qb_vm_manager_stats stats;
     struct qb_histogram cmd_latency;
+    /* Numbering of envelopes that belong to no VM's stream (results for an unknown VM,
+       replies to unauthenticated messages): ids "<bridge_epoch hex>-<bridge_seq>". */
+    uint64_t bridge_epoch, bridge_seq;
     uint64_t rng;
     bool pressure;                       /* the outbox wants QMP reading paused */
     size_t n_connecting;                 /* VMs holding a connect slot */

@@ -838,6 +838,21 @@ static int reply_props(const struct qb_message *msg, mosquitto_property **out)
     return QB_OK;
 }
 
+/*
+ * A Response Topic under topic_prefix (the prefix itself, or below it) would
+ * let a requester publish into the namespace where consumers read the
+ * bridges' events, state and status as the bridge's own; replies go to
+ * <prefix>/<bridge>/<vm>/result instead.
+ */
+static bool mqtt_reply_topic_allowed(void *backend, const char *topic)
+{
+    const struct mqtt_backend *b = backend;
+    const char *prefix = b->cfg->topic_prefix;
+    size_t n = strlen(prefix);
+
+    return !(strncmp(topic, prefix, n) == 0 && (topic[n] == '\0' || topic[n] == '/'));
+}
+
 static int mqtt_publish(void *backend, const struct qb_message *msg, void *token)
 {
     struct mqtt_backend *b = backend;
@@ -1022,5 +1037,6 @@ const struct qb_transport_ops qb_transport_mqtt_ops = {
     .create = mqtt_create,
     .publish = mqtt_publish,
     .subscribe = mqtt_subscribe,
+    .reply_topic_allowed = mqtt_reply_topic_allowed,
     .close = mqtt_close,
 };

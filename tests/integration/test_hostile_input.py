@@ -13,8 +13,9 @@ events published; every one of good's events arrives on the stdout transport,
 in order, with no gap, over a single connection.
 
 Commands (MQTT): oversized, deeply nested, non-UTF-8 and truncated JSON
-commands each get a rejection result naming the problem, and a valid command
-afterwards still runs.
+commands each get a rejection result naming the problem, on the default result
+topic (they are not authenticated commands, so their Response Topic is not
+used), and a valid command afterwards still runs.
 
 Config: non-UTF-8, truncated mid-mapping, 100000-deep nesting, a 10 MB scalar,
 a scalar just under the file cap and an alias bomb: `--check-config -c f`
@@ -226,11 +227,22 @@ def command_section(t):
         ("truncated", good[:len(good) // 2], "invalid", r"invalid JSON|premature|end of"),
     ]
     baseline = len(qmp_seen())
+    def results_on(topic):
+        try:
+            with open(replies) as f:
+                return [json.loads(bytes.fromhex(l.rstrip("\n").split("\t", 1)[1]))
+                        for l in f if l.split("\t", 1)[0] == topic]
+        except FileNotFoundError:
+            return []
+
+    result_topic = "qmp/test-host/vm1/result"
     t.section("commands: hostile payloads are rejected with a result")
     for case, payload, cls, reason in cases:
+        seen = len(results_on(result_topic))
         commands.mqtt_publish(broker.port, "test-host", "vm1", payload,
                               response_topic="orch/r/" + case, correlation=case)
-        env = reply_for("orch/r/" + case)
+        env = procs.wait_until(lambda: results_on(result_topic)[seen:seen + 1], 15,
+                               "a reply on " + result_topic)[0]
         mqtt.validate_envelope(env)
         res = env["data"]
         t.expect(res["status"] == "rejected" and res["error"]["class"] == cls and

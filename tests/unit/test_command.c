@@ -29,6 +29,9 @@
     "{\"specversion\":\"1.0\",\"id\":\"c-1\",\"source\":\"ops\",\"type\":\"" type "\","
 #define CMD(type, data) HEAD(type) "\"subject\":\"vm1\",\"time\":\"" T_NOW "\",\"data\":" data "}"
 
+/* 64 bytes, to build over-long strings */
+#define S64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 static struct qb_command_policy open_policy(void)
 {
     return (struct qb_command_policy){
@@ -129,6 +132,8 @@ static const struct rejection rejections[] = {
      "678901234567890123456789012345678901234567890123456789012345678901234567890\"}",
      "invalid", "id: longer than 128 bytes"},
     {"{\"specversion\":\"1.0\",\"id\":\"c\"}", "invalid", "source: required attribute is missing"},
+    {"{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"" S64 S64 S64 S64 "x\"}", "invalid",
+     "source: longer than 256 bytes"},
     {"{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"s\"}", "invalid",
      "type: required attribute is missing"},
     {"{\"specversion\":\"1.0\",\"id\":\"c\",\"source\":\"s\",\"type\":\"qmp.block.io_error\"}",
@@ -653,6 +658,94 @@ static void test_result_rejected(void **state)
     json_decref(result);
 }
 
+/* A 65,000-byte id is refused, and what the rejection echoes of it is cut to 128 bytes. */
+static void test_long_strings_cut(void **state)
+{
+    struct qb_command_policy p = open_policy();
+    struct qb_command_error err = {0};
+    struct qb_command *cmd = NULL;
+    size_t n = 65000;
+    char *buf = malloc(n + 512), *dumped;
+    json_t *res;
+    size_t used;
+
+    (void)state;
+    /* the id: "é" (2 bytes) then 'x's, so byte 128 falls inside no sequence only if cut right */
+    used = (size_t)sprintf(buf, "{\"specversion\":\"1.0\",\"id\":\"x\xc3\xa9");
+    memset(buf + used, 'x', n);
+    used += n;
+    used += (size_t)sprintf(buf + used, "\",\"source\":\"%s\",\"type\":\"qmp.command.stop\","
+                                        "\"subject\":\"vm1\",\"time\":\"" T_NOW "\"}",
+                            "ops");
+    p.max_message_bytes = 1 << 20;
+    assert_int_equal(qb_command_parse(buf, used, &p, NOW, &cmd, &err), QB_EINVAL);
+    assert_string_equal(err.message, "id: longer than 128 bytes");
+    assert_non_null(cmd->id);
+    assert_true(strlen(cmd->id) <= QB_CMD_ID_MAX);
+    res = qb_command_result_rejected(cmd, &err);
+    assert_true(json_string_length(json_object_get(res, "command_id")) <= QB_CMD_ID_MAX);
+    dumped = json_dumps(res, JSON_COMPACT);
+    assert_true(strlen(dumped) < 600);
+    free(dumped);
+    json_decref(res);
+    qb_command_free(cmd);
+    free(buf);
+
+    /* cut on a UTF-8 boundary: never half of "é" */
+    assert_int_equal(qb_command_utf8_cut("ab\xc3\xa9", 3), 2);
+    assert_int_equal(qb_command_utf8_cut("ab\xc3\xa9", 4), 4);
+    assert_int_equal(qb_command_utf8_cut("ab\xe2\x82\xac", 4), 2);
+    assert_int_equal(qb_command_utf8_cut("short", 128), 5);
+}
+
+/* The fingerprint changes with type, subject or data, and not with anything else. */
+static void test_fingerprint(void **state)
+{
+    struct qb_command *a = parse_ok(CMD("qmp.command.set-write-threshold",
+                                        "{\"node_name\":\"n\",\"threshold\":5}"));
+    struct qb_command *b = parse_ok(CMD("qmp.command.set-write-threshold",
+                                        "{\"threshold\":5,\"node_name\":\"n\"}"));
+    struct qb_command *c = parse_ok(CMD("qmp.command.set-write-threshold",
+                                        "{\"node_name\":\"n\",\"threshold\":6}"));
+    struct qb_command *d = parse_ok(CMD("qmp.command.stop", "{}"));
+    struct qb_command *e = parse_ok(HEAD("qmp.command.stop") "\"subject\":\"vm1\",\"time\":\"" T_NOW "\"}");
+    char fa[65], fb[65], fc[65], fd[65], fe[65];
+
+    (void)state;
+    assert_int_equal(qb_command_fingerprint(a, fa, sizeof(fa)), QB_OK);
+    assert_int_equal(qb_command_fingerprint(b, fb, sizeof(fb)), QB_OK);
+    assert_int_equal(qb_command_fingerprint(c, fc, sizeof(fc)), QB_OK);
+    assert_int_equal(qb_command_fingerprint(d, fd, sizeof(fd)), QB_OK);
+    assert_int_equal(qb_command_fingerprint(e, fe, sizeof(fe)), QB_OK);
+    assert_int_equal(strlen(fa), 64);
+    assert_string_equal(fa, fb); /* member order does not matter */
+    assert_string_not_equal(fa, fc);
+    assert_string_not_equal(fa, fd);
+    assert_string_equal(fd, fe); /* no data is {} */
+    assert_int_equal(qb_command_fingerprint(a, fa, 64), QB_EINVAL);
+    qb_command_free(a);
+    qb_command_free(b);
+    qb_command_free(c);
+    qb_command_free(d);
+    qb_command_free(e);
+}
+
+/* The time keeps its fraction (the start-time check compares microseconds). */
+static void test_time_fraction(void **state)
+{
+    struct qb_command *a = parse_ok(HEAD("qmp.command.stop")
+                                    "\"subject\":\"vm1\",\"time\":\"2025-11-22T03:00:00.25Z\"}");
+    struct qb_command *b = parse_ok(HEAD("qmp.command.stop")
+                                    "\"subject\":\"vm1\",\"time\":\"2025-11-22T03:00:00.1234567Z\"}");
+
+    (void)state;
+    assert_int_equal(a->time_sec, NOW);
+    assert_int_equal(a->time_usec, 250000);
+    assert_int_equal(b->time_usec, 123456);
+    qb_command_free(a);
+    qb_command_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -669,6 +762,9 @@ int main(void)
         cmocka_unit_test(test_seeds_signed_elsewhere),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_result_rejected),
+        cmocka_unit_test(test_long_strings_cut),
+        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_time_fraction),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -181,6 +181,7 @@ static void test_example_file(void **state)
     assert_string_equal(cfg->bridge_id, "host-a");
     assert_int_equal(cfg->log_level, QB_LOG_INFO);
     assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
+    assert_null(cfg->state_directory); /* documented, commented out */
     assert_int_equal(cfg->qmp_max_line_bytes, 16 * 1024 * 1024);
     assert_int_equal(cfg->qmp_command_timeout_ms, 10000);
     assert_int_equal(cfg->qmp_connect_timeout_ms, 5000);
@@ -1105,9 +1106,23 @@ static void test_secret_file_modes(void **state)
     qb_config_free(load_ok(yaml));
 }
 
+/* bridge.state_directory: off by default, a path when set. */
+static void test_state_directory(void **state)
+{
+    struct qb_config *cfg = load_ok("bridge: { id: h }\n");
+
+    (void)state;
+    assert_null(cfg->state_directory);
+    qb_config_free(cfg);
+    cfg = load_ok("bridge: { id: h, state_directory: /var/lib/qmp-bridge }\n");
+    assert_string_equal(cfg->state_directory, "/var/lib/qmp-bridge");
+    qb_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_state_directory),
         cmocka_unit_test(test_full_inline),         cmocka_unit_test(test_example_file),
         cmocka_unit_test(test_minimal_file),        cmocka_unit_test(test_transport_defaults),
         cmocka_unit_test(test_transport_names),     cmocka_unit_test(test_name_limits),
