@@ -24,11 +24,12 @@ after a session older than 10 s (slow); the STOP is published; the listen peer i
 closed again on every connection and nothing is published for it; and every one of good's
 events arrives, in order, with a contiguous sequence.
 
-Part 2, listen-mode growth (a second bridge with MQTT, qmp.listen_max_vms 50,
-qmp.listen_forget_after 3s):
+Part 2, listen-mode growth (a second bridge with MQTT and the Kafka mock cluster,
+qmp.listen_max_vms 50, qmp.listen_forget_after 3s):
   - a VM that connects, takes its snapshot (retained state on <prefix>/<bridge>/<vm>/state)
     and goes away is forgotten after 3 s: gone from /vms, counted, and its retained state
-    is cleared (a fresh subscriber gets no retained message);
+    is cleared (a fresh subscriber gets no retained message; on Kafka's state topic, read
+    with kcat -Z, its key's last record is a tombstone: NULL value, no ce_ headers);
   - 1,000 connections answering query-name with 1,000 different names: replaying the
     log's "added" and "forgotten" lines never finds more than 50 entries at once, the rest
     are refused with a log line (counted as reason listen_max_vms) and nothing is
@@ -44,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, mqtt, procs, streamcheck, util  # noqa: E402
+from qbtest import bridge, check, kafka, mqtt, procs, streamcheck, util  # noqa: E402
 
 PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
 GOOD_COUNT = 3000
@@ -248,12 +249,15 @@ def part2(t, top):
     os.mkdir(d)
     broker = mqtt.Broker(d).start()
     t.add_log("mosquitto", broker.log)
+    mock = kafka.KafkaMock(d, topics=[("qmp.events", 3, 3), ("qmp.state", 3, 3)]).start()
+    t.add_log("kafka_mock", mock.log)
     listen = os.path.join(d, "churn.sock")
     status = os.path.join(d, "churn-status.sock")
     br = bridge.Bridge(d, [], broker=broker, bridge_id="churn",
                        qmp_extra={"listen": json.dumps("unix:" + listen),
                                   "listen_max_vms": CAP, "listen_forget_after": "3s"},
-                       extra_yaml="metrics: { listen: %s }\n" % json.dumps("unix:" + status))
+                       extra_yaml="  - { type: kafka, brokers: %s }\nmetrics: { listen: %s }\n"
+                       % (json.dumps(mock.bootstrap), json.dumps("unix:" + status)))
     t.add_log("churn bridge", br.log)
     br.start()
     br.wait_log("listen mode: QEMUs connect to unix:" + listen)
@@ -277,6 +281,17 @@ def part2(t, top):
     t.ok("no retained message on %s any more" % topic)
     t.expect(metric(status, "qmp_bridge_listen_vms_forgotten_total") == 1,
              "qmp_bridge_listen_vms_forgotten_total is 1")
+    kc = kafka.KcatConsumer(mock.bootstrap, "qmp.state", d, name="kcat-state", extra=["-Z"]).start()
+    t.add_log("kcat qmp.state", kc.out)
+    recs = kc.wait_count(1, 30 * util.TIMEOUT_SCALE,
+                         lambda r: r.key == "churn/gone-1" and r.payload == "NULL")
+    mine = [r for r in kc.records if r.key == "churn/gone-1"]
+    t.expect(mine[0].payload != "NULL" and mine[0].json()["type"] == "qmp.vm.state",
+             "Kafka: gone-1's state was on qmp.state", mine[0])
+    t.expect(mine[-1] is recs[-1] and not [h for h in recs[-1].headers if h.startswith("ce_")],
+             "Kafka: then a tombstone (key churn/gone-1, NULL value, no CloudEvents headers), "
+             "the last record of that key", mine[-1])
+    kc.stop()
 
     t.section("%d connections with %d names: at most %d entries" % (CHURN, CHURN, CAP))
     churn = spawn_peer(d, "churn", "--connect", listen, "--mode", "name-churn", "--count", str(CHURN),
