@@ -57,20 +57,6 @@ CAP = 50
 CHURN = 1000
 
 
-def rss(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def instrumented():
-    exe = bridge.binary()
-    with open(exe, "rb") as f:
-        return util.VALGRIND or "asan" in exe or b"__asan_init" in f.read()
-
-
 def http_unix(path, url):
     """GET url from the status API on unix socket path; returns (status, body)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -155,7 +141,7 @@ def part1(t, d):
     t.add_log("bridge", br.log)
     br.start()
     br.wait_log("[good] state resynced")
-    base = rss(br.proc.pid)
+    base = procs.rss(br.proc.pid)
     logs["listen"] = spawn_peer(d, "listen", "--connect", listen, "--mode", "withhold-flood",
                                 "--withhold", "query-name", "--flood-line-bytes", "4096",
                                 "--reconnect", "0.2")
@@ -166,13 +152,13 @@ def part1(t, d):
     deadline = time.monotonic() + 90 * util.TIMEOUT_SCALE
     want = {"bad": 5, "stopper": 4, "slow": 3, "listen": 4}
     while time.monotonic() < deadline and br.alive():
-        peak = max(peak, rss(br.proc.pid))
+        peak = max(peak, procs.rss(br.proc.pid))
         if all(connections(logs[n]) >= k for n, k in want.items()):
             break
         time.sleep(0.05)
-    peak = max(peak, rss(br.proc.pid))
+    peak = max(peak, procs.rss(br.proc.pid))
     growth = peak - base
-    if instrumented():
+    if bridge.instrumented():
         t.ok("resident memory %d -> %d bytes (not bounded under ASan/valgrind: reported only)"
              % (base, peak))
     else:

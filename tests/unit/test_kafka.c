@@ -412,7 +412,8 @@ static size_t find_msg(struct harness *h, const rd_kafka_message_t *rm)
  * want messages arrived, checking each against what was sent and that each
  * key's messages come in the order they were published.
  */
-static void consume_and_check(struct harness *h, size_t want, bool binary, bool check_order)
+/* A plain consumer of the mock cluster that commits nothing; the caller assigns partitions. */
+static rd_kafka_t *checker_new(struct harness *h)
 {
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -426,6 +427,12 @@ static void consume_and_check(struct harness *h, size_t want, bool binary, bool 
     rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
     assert_non_null(c);
     rd_kafka_poll_set_consumer(c);
+    return c;
+}
+
+static void consume_and_check(struct harness *h, size_t want, bool binary, bool check_order)
+{
+    rd_kafka_t *c = checker_new(h);
 
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(16);
     for (size_t i = 0; i < h->n_msgs; i++) {
@@ -625,16 +632,7 @@ static void test_publish_refused(void **state)
 static size_t consume_topic(struct harness *h, const char *topic, size_t want, long *vlen,
                             bool *has_id)
 {
-    char errstr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    assert_int_equal(
-        rd_kafka_conf_set(conf, "bootstrap.servers", h->cfg.brokers, errstr, sizeof(errstr)),
-        RD_KAFKA_CONF_OK);
-    assert_int_equal(rd_kafka_conf_set(conf, "group.id", "tomb", errstr, sizeof(errstr)),
-                     RD_KAFKA_CONF_OK);
-    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-    assert_non_null(c);
-    rd_kafka_poll_set_consumer(c);
+    rd_kafka_t *c = checker_new(h);
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(PARTITIONS);
     for (int p = 0; p < PARTITIONS; p++)
         rd_kafka_topic_partition_list_add(parts, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
