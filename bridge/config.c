@@ -1093,8 +1093,7 @@ static const struct field qmp_fields[] = {
     FIELD(C, "listen_name", F_ENUM, qmp_listen_name, .def = "query-name", .enums = listen_names),
     FIELD(C, "listen_name_template", F_STRING, qmp_listen_name_template, .def = "vm-{pid}",
           .check = check_name_template),
-    FIELD(C, "listen_max_vms", F_UINT, qmp_listen_max_vms, .def = "1024", .min = 1,
-          .max = 1000000),
+    FIELD(C, "listen_max_vms", F_UINT, qmp_listen_max_vms, .def = "1024", .min = 1, .max = 1000000),
     FIELD(C, "listen_forget_after", F_DURATION, qmp_listen_forget_after_ms, .def = "1h"),
     {0},
 };

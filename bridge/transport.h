@@ -26,8 +26,8 @@
 /* Where a message goes within a transport. */
 enum qb_msg_kind {
     QB_MSG_EVENT = 0, /* the event stream (mqtt: <prefix>/<bridge>/<vm>/event/<type>; kafka: events topic) */
-    QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state topic);
-                         with len 0 it clears the VM's state (qb_message_clears_state) */
+    QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state
+                         topic); with len 0 it clears the VM's state (qb_message_clears_state) */
     QB_MSG_REPLY = 2, /* a command result sent back on the transport the command came on, only
                          (mqtt: reply_topic with correlation data, else <prefix>/<bridge>/<vm>/result;
                          backends without a reply channel ignore it: results are events too) */

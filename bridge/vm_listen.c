@@ -190,10 +190,9 @@ static void nc_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
     int rc = line ? qb_held_events_push(&nc->events, line, len, &lim) : QB_ENOMEM;
 
     if (rc == QB_ETOOBIG) {
-        const char *why =
-            qb_vm_held_overflow(nc->mgr, nc->address, "query-name",
-                                qb_held_events_count(&nc->events) + 1,
-                                qb_held_events_bytes(&nc->events) + len);
+        const char *why = qb_vm_held_overflow(nc->mgr, nc->address, "query-name",
+                                              qb_held_events_count(&nc->events) + 1,
+                                              qb_held_events_bytes(&nc->events) + len);
 
         qb_held_events_clear(&nc->events);
         qb_qmp_client_disconnect(c, why);
