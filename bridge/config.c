@@ -1088,10 +1088,15 @@ static const struct field qmp_fields[] = {
     FIELD(C, "reconnect_max", F_DURATION, qmp_reconnect_max_ms, .def = "30s", .min = 1),
     FIELD(C, "max_connecting", F_UINT, qmp_max_connecting, .def = "64", .min = 1,
           .max = 100000),
+    FIELD(C, "max_held_events", F_UINT, qmp_max_held_events, .def = "8192", .min = 16,
+          .max = 1000000),
+    FIELD(C, "max_held_bytes", F_SIZE, qmp_max_held_bytes, .def = "2MiB", .min = 4096),
     FIELD(C, "listen", F_STRING, qmp_listen, .check = check_listen_unix),
     FIELD(C, "listen_name", F_ENUM, qmp_listen_name, .def = "query-name", .enums = listen_names),
     FIELD(C, "listen_name_template", F_STRING, qmp_listen_name_template, .def = "vm-{pid}",
           .check = check_name_template),
+    FIELD(C, "listen_max_vms", F_UINT, qmp_listen_max_vms, .def = "1024", .min = 1, .max = 1000000),
+    FIELD(C, "listen_forget_after", F_DURATION, qmp_listen_forget_after_ms, .def = "1h"),
     {0},
 };
 

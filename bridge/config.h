@@ -143,11 +143,18 @@ struct qb_config {
     uint32_t qmp_reconnect_max_ms;   /* reconnect_max, default 30s */
     size_t qmp_max_connecting;       /* max_connecting: sessions connecting, negotiating or
                                         taking their snapshot at once; default 64 */
+    size_t qmp_max_held_events;      /* max_held_events: events one VM may hold back while it
+                                        waits for a reply; default 8192 */
+    size_t qmp_max_held_bytes;       /* max_held_bytes: their raw QMP line bytes; default 2MiB */
     char *qmp_listen;                /* listen: "unix:/path" QEMUs connect to (listen mode);
                                         default NULL (off) */
     enum qb_listen_name qmp_listen_name; /* listen_name: query-name (default) or pid */
     char *qmp_listen_name_template;  /* listen_name_template: placeholders {pid}, {uid},
                                         {comm}; default "vm-{pid}" */
+    size_t qmp_listen_max_vms;       /* listen_max_vms: listen-mode VM entries at most;
+                                        default 1024 */
+    uint32_t qmp_listen_forget_after_ms; /* listen_forget_after: a listen VM not back within
+                                            this is forgotten; default 1h, 0 never */
 
     /* vms: */
     struct qb_vm_config *vms;

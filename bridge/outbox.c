@@ -239,7 +239,8 @@ static struct ob_held *ob_held_new(const struct qb_message *msg)
     h->msg.type = str_put(&p, msg->type);
     h->msg.id = str_put(&p, msg->id);
     h->msg.key = str_put(&p, msg->key);
-    memcpy(p, msg->payload, msg->len);
+    if (msg->len)
+        memcpy(p, msg->payload, msg->len);
     p[msg->len] = '\0';
     h->msg.payload = p;
     h->msg.len = msg->len;

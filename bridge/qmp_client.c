@@ -78,6 +78,8 @@ struct qb_qmp_client {
     uint64_t handshake_deadline;
 
     struct qb_framer framer;
+    const char *line; /* the line being dispatched (borrowed from the framer), or NULL */
+    size_t line_len;
     struct qb_qmp_pending *pending_head;
     struct qb_qmp_pending *pending_tail;
     uint64_t next_id;
@@ -551,7 +553,11 @@ static int qb_qmp_on_line(void *arg, const char *line, size_t len)
                          qb_qmp_messages[i].key, qb_qmp_state_name(c->state));
             goto out;
         }
+        c->line = line;
+        c->line_len = len;
         rc = qb_qmp_messages[i].handler(c, msg, value);
+        c->line = NULL;
+        c->line_len = 0;
         if (rc == QB_OK && !qb_qmp_session_active(c))
             rc = QB_ECLOSED;
         goto out;
@@ -894,6 +900,12 @@ json_t *qb_qmp_client_greeting(const struct qb_qmp_client *c)
 const char *qb_qmp_client_version(const struct qb_qmp_client *c)
 {
     return c->version;
+}
+
+const char *qb_qmp_client_event_line(const struct qb_qmp_client *c, size_t *len)
+{
+    *len = c->line ? c->line_len : 0;
+    return c->line;
 }
 
 void qb_qmp_client_free(struct qb_qmp_client *c)

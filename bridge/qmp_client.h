@@ -139,6 +139,13 @@ json_t *qb_qmp_client_greeting(const struct qb_qmp_client *c);
 const char *qb_qmp_client_version(const struct qb_qmp_client *c);
 
 /*
+ * Inside on_event: the raw text of the event being delivered, without its
+ * line ending, and its length in *len (borrowed, valid until on_event
+ * returns). NULL (and *len 0) outside on_event.
+ */
+const char *qb_qmp_client_event_line(const struct qb_qmp_client *c, size_t *len);
+
+/*
  * Releases the client. If it is not IDLE it is disconnected first; on_closed
  * is NOT called and pending command callbacks get QB_ECLOSED. Memory is
  * returned once libuv has closed the handles (asynchronously): the loop must

@@ -71,6 +71,24 @@ static void emit_command_count(void *arg, const char *key, const char *key2, uin
     qb_prom_sample_u64(arg, "qmp_bridge_commands_total", labels, n);
 }
 
+/* One sample per reason, zeros included, so a dashboard sees every reason from the start. */
+static void emit_sessions_closed(struct qb_prom_writer *w, const struct qb_vm_manager_stats *st)
+{
+    const struct {
+        const char *reason;
+        uint64_t n;
+    } closed[] = {
+        {"held_events", st->held_over_events},
+        {"held_bytes", st->held_over_bytes},
+        {"listen_max_vms", st->listen_refused},
+    };
+
+    for (size_t i = 0; i < sizeof(closed) / sizeof(closed[0]); i++) {
+        const char *labels[] = {"reason", closed[i].reason, NULL};
+        qb_prom_sample_u64(w, "qmp_bridge_qmp_sessions_closed_total", labels, closed[i].n);
+    }
+}
+
 static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
 {
     struct vm_tally t = {{0}};
@@ -92,6 +110,11 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
                    "VMs waiting for a connect slot");
     qb_prom_family(w, "qmp_bridge_command_latency_seconds", "histogram",
                    "Command received to its result published");
+    qb_prom_family(w, "qmp_bridge_qmp_sessions_closed_total", "counter",
+                   "QMP sessions the bridge closed to protect itself, by reason");
+    qb_prom_family(w, "qmp_bridge_listen_vms_forgotten_total", "counter",
+                   "Listen-mode VMs forgotten after qmp.listen_forget_after (retained state "
+                   "cleared)");
     if (mgr) {
         qb_vm_manager_foreach(mgr, tally_vm, &t);
         qb_vm_manager_foreach_count(mgr, QB_VM_COUNT_EVENTS, emit_event_count, w);
@@ -108,6 +131,8 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
     qb_prom_sample_u64(w, "qmp_bridge_connect_failures_total", NULL, st.connect_failed);
     qb_prom_sample_u64(w, "qmp_bridge_vms_connecting", NULL, st.connecting);
     qb_prom_sample_u64(w, "qmp_bridge_vms_waiting_to_connect", NULL, st.slot_waiting);
+    emit_sessions_closed(w, &st);
+    qb_prom_sample_u64(w, "qmp_bridge_listen_vms_forgotten_total", NULL, st.listen_forgotten);
 }
 
 static void collect_router(struct qb_prom_writer *w, const struct qb_command_router *r)

@@ -26,7 +26,8 @@
 /* Where a message goes within a transport. */
 enum qb_msg_kind {
     QB_MSG_EVENT = 0, /* the event stream (mqtt: <prefix>/<bridge>/<vm>/event/<type>; kafka: events topic) */
-    QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state topic) */
+    QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state
+                         topic); with len 0 it clears the VM's state (qb_message_clears_state) */
     QB_MSG_REPLY = 2, /* a command result sent back on the transport the command came on, only
                          (mqtt: reply_topic with correlation data, else <prefix>/<bridge>/<vm>/result;
                          backends without a reply channel ignore it: results are events too) */
@@ -51,6 +52,17 @@ struct qb_message {
     const void *correlation;
     size_t correlation_len;
 };
+
+/*
+ * True for the message that deletes a VM's retained state (the VM is gone):
+ * kind STATE with no payload. MQTT publishes an empty retained message,
+ * Kafka a tombstone (the VM's key, a NULL value); transports without a
+ * retained channel never see state messages.
+ */
+static inline bool qb_message_clears_state(const struct qb_message *msg)
+{
+    return msg->kind == QB_MSG_STATE && msg->len == 0;
+}
 
 /* One inbound command message as a transport received it; everything borrowed for the call. */
 struct qb_inbound {

@@ -36,8 +36,8 @@ struct qb_vm_newcomer {
     struct qb_qmp_client *qmp;
     pid_t pid;
     uid_t uid;
-    char *address;  /* "listen:<path> pid <pid>" */
-    json_t *events; /* read between READY and the name, in order */
+    char *address;                /* "listen:<path> pid <pid>" */
+    struct qb_held_events events; /* read between READY and the name, in order; bounded */
 };
 
 /* Unlinks and frees nc (and its session, if it still has one); says when there is room again. */
@@ -57,7 +57,7 @@ static void nc_free(struct qb_vm_newcomer *nc)
         m->room_cb(m->room_arg, true);
     if (nc->qmp)
         qb_qmp_client_free(nc->qmp);
-    json_decref(nc->events);
+    qb_held_events_clear(&nc->events);
     free(nc->address);
     free(nc);
 }
@@ -104,7 +104,7 @@ static void nc_attach(struct qb_vm_newcomer *nc, const char *name)
     struct qb_vm_manager *m = nc->mgr;
     struct qb_vm *vm = NULL;
     struct qb_qmp_client *old;
-    size_t i;
+    size_t n_held;
 
     HASH_FIND_STR(m->vms, name, vm);
     if (vm && (!vm->listen || qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)) {
@@ -114,16 +114,30 @@ static void nc_attach(struct qb_vm_newcomer *nc, const char *name)
         qb_qmp_client_disconnect(nc->qmp, "refused: a VM of that name is already served");
         return;
     }
-    if (!vm && qb_vm_create(m, name, nc->address, &vm) < 0) {
-        QB_LOG_ERR(name, "out of memory adding the VM of pid %d", (int)nc->pid);
-        qb_qmp_client_disconnect(nc->qmp, "out of memory");
+    if (!vm && m->n_listen >= m->cfg->qmp_listen_max_vms) {
+        /* every name QEMU reports would otherwise cost an entry and a retained topic */
+        m->stats.listen_refused++;
+        QB_LOG_WARN(name,
+                    "refusing the QMP connection from pid %d: %zu listen VMs exist "
+                    "(qmp.listen_max_vms %zu); nothing is published for it",
+                    (int)nc->pid, m->n_listen, m->cfg->qmp_listen_max_vms);
+        qb_qmp_client_disconnect(nc->qmp, "refused: qmp.listen_max_vms listen VMs exist");
         return;
+    }
+    if (!vm) {
+        if (qb_vm_create(m, name, nc->address, &vm) < 0) {
+            QB_LOG_ERR(name, "out of memory adding the VM of pid %d", (int)nc->pid);
+            qb_qmp_client_disconnect(nc->qmp, "out of memory");
+            return;
+        }
+        vm->listen = true;
+        m->n_listen++;
     }
     if (qb_qmp_client_set_owner(nc->qmp, name, &qb_vm_qmp_callbacks, vm) < 0) {
         qb_qmp_client_disconnect(nc->qmp, "out of memory");
         return;
     }
-    vm->listen = true;
+    uv_timer_stop(&vm->reconnect_timer); /* its forget timer: QEMU is back */
     vm->read_paused = false; /* the new session reads; qb_vm_apply_pause decides from here */
     old = vm->qmp;
     vm->qmp = nc->qmp;
@@ -133,9 +147,9 @@ static void nc_attach(struct qb_vm_newcomer *nc, const char *name)
     vm->address = nc->address;
     nc->address = NULL;
     /* Events that came before the name go first, after the snapshot like any others. */
-    for (i = 0; i < json_array_size(nc->events); i++)
-        if (qb_vm_backlog_push(vm, json_array_get(nc->events, i)) < 0)
-            QB_LOG_ERR(vm->name, "out of memory: event lost");
+    n_held = qb_held_events_count(&nc->events);
+    if (qb_held_events_move(&vm->backlog, &nc->events) < 0)
+        QB_LOG_ERR(vm->name, "out of memory: %zu events read before the name lost", n_held);
     nc_free(nc);
     qb_vm_on_ready(vm->qmp, vm);
 }
@@ -166,13 +180,26 @@ static void nc_on_ready(struct qb_qmp_client *c, void *arg)
         qb_qmp_client_disconnect(c, "cannot send query-name");
 }
 
+/* Holds an event read before the name, within the same bounds as a VM's backlog. */
 static void nc_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
 {
     struct qb_vm_newcomer *nc = arg;
+    struct qb_held_limits lim = qb_vm_held_limits(nc->mgr);
+    size_t len = 0;
+    const char *line = qb_qmp_client_event_line(c, &len);
+    int rc = line ? qb_held_events_push(&nc->events, line, len, &lim) : QB_ENOMEM;
 
-    (void)c;
-    if (json_array_append(nc->events, msg) < 0)
-        QB_LOG_ERR(nc->address, "out of memory: event lost");
+    if (rc == QB_ETOOBIG) {
+        const char *why = qb_vm_held_overflow(nc->mgr, nc->address, "query-name",
+                                              qb_held_events_count(&nc->events) + 1,
+                                              qb_held_events_bytes(&nc->events) + len);
+
+        qb_held_events_clear(&nc->events);
+        qb_qmp_client_disconnect(c, why);
+    } else if (rc < 0) {
+        QB_LOG_ERR(nc->address, "out of memory: event %s lost",
+                   json_string_value(json_object_get(msg, "event")));
+    }
 }
 
 static void nc_on_closed(struct qb_qmp_client *c, int err, const char *reason, void *arg)
@@ -208,8 +235,7 @@ int qb_vm_manager_adopt(struct qb_vm_manager *m, int fd, pid_t pid, uid_t uid)
         return m->closing ? QB_ECLOSED : QB_EBUSY;
     }
     nc = calloc(1, sizeof(*nc));
-    if (!nc || asprintf(&nc->address, "listen:%s pid %d", path, (int)pid) < 0 ||
-        !(nc->events = json_array())) {
+    if (!nc || asprintf(&nc->address, "listen:%s pid %d", path, (int)pid) < 0) {
         if (nc)
             nc->address = NULL; /* asprintf leaves it undefined on failure */
         goto fail;
@@ -236,10 +262,8 @@ int qb_vm_manager_adopt(struct qb_vm_manager *m, int fd, pid_t pid, uid_t uid)
 fail:
     QB_LOG_ERR(NULL, "out of memory accepting the QMP connection of pid %d", (int)pid);
     close(fd);
-    if (nc) {
-        json_decref(nc->events);
+    if (nc)
         free(nc->address);
-    }
     free(nc);
     return rc;
 }
@@ -248,4 +272,33 @@ void qb_vm_listen_drop_all(struct qb_vm_manager *m)
 {
     while (m->newcomers)
         nc_free(m->newcomers);
+}
+
+/*
+ * The forget timer of a listen VM (its reconnect timer, which a listen VM
+ * has no other use for): QEMU has not come back, so the entry and its
+ * retained state go, instead of staying until the bridge restarts.
+ */
+static void listen_forget_cb(uv_timer_t *t)
+{
+    struct qb_vm *vm = t->data;
+    struct qb_vm_manager *m = vm->mgr;
+
+    if (qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)
+        return; /* a session attached meanwhile (it stops this timer; this is a safety net) */
+    QB_LOG_INFO(vm->name,
+                "forgotten: QEMU has not connected again within qmp.listen_forget_after "
+                "(%u ms); its retained state is cleared",
+                m->cfg->qmp_listen_forget_after_ms);
+    m->stats.listen_forgotten++;
+    qb_vm_publish_state_clear(vm);
+    qb_vm_forget(vm, "not connected again within qmp.listen_forget_after");
+}
+
+void qb_vm_listen_closed(struct qb_vm *vm)
+{
+    uint32_t after = vm->mgr->cfg->qmp_listen_forget_after_ms;
+
+    if (after > 0)
+        uv_timer_start(&vm->reconnect_timer, listen_forget_cb, after, 0);
 }

@@ -146,6 +146,32 @@ uint32_t qb_vm_backoff_ms(struct qb_vm *vm)
     return (uint32_t)(delay / 2 + (delay > 1 ? mgr_random(vm->mgr) % (delay / 2 + 1) : 0));
 }
 
+struct qb_held_limits qb_vm_held_limits(const struct qb_vm_manager *m)
+{
+    return (struct qb_held_limits){.max_events = m->cfg->qmp_max_held_events,
+                                   .max_bytes = m->cfg->qmp_max_held_bytes};
+}
+
+const char *qb_vm_held_overflow(struct qb_vm_manager *m, const char *who, const char *what,
+                                size_t count, size_t bytes)
+{
+    const struct qb_config *cfg = m->cfg;
+    bool by_count = count > cfg->qmp_max_held_events;
+
+    if (by_count)
+        m->stats.held_over_events++;
+    else
+        m->stats.held_over_bytes++;
+    QB_LOG_WARN(who,
+                "closing the QMP session: %zu events (%zu bytes) held back while waiting for %s, "
+                "over qmp.%s (max_held_events %zu, max_held_bytes %zu); they are dropped, the "
+                "snapshot of the next session gives the state",
+                count, bytes, what, by_count ? "max_held_events" : "max_held_bytes",
+                cfg->qmp_max_held_events, cfg->qmp_max_held_bytes);
+    return by_count ? "more events held back than qmp.max_held_events"
+                    : "more event bytes held back than qmp.max_held_bytes";
+}
+
 void qb_vm_reconnect_timer_cb(uv_timer_t *t)
 {
     qb_vm_connect(t->data);
@@ -171,7 +197,8 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
             vm->reconnects++;
             vm->mgr->stats.reconnects++;
         }
-        if (now - vm->ready_at >= QB_VM_STABLE_MS)
+        /* A session closed for holding too much was no success, however long it ran. */
+        if (now - vm->ready_at >= QB_VM_STABLE_MS && !vm->held_over)
             vm->attempts = 0;
     } else if (vm->attempts == 0) {
         vm->mgr->stats.connect_failed++;
@@ -184,6 +211,7 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
     }
     vm->was_ready = false;
     vm->ready_at = 0;
+    vm->held_over = false;
     qb_vm_slot_release(vm);
     qb_vm_cmd_flush(vm, QB_CMD_ERR_NOT_CONNECTED,
                     vm->removing ? "the VM was removed before the command ran"
@@ -196,12 +224,13 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
     if (vm->listen) {
         /* Nothing to connect to: QEMU's chardev reconnects to qmp.listen by itself. */
         QB_LOG_INFO(vm->name, "waiting for QEMU to connect again");
+        qb_vm_listen_closed(vm);
         return;
     }
     uint32_t delay = qb_vm_backoff_ms(vm);
     if (vm->attempts < 32)
         vm->attempts++;
-    QB_LOG_DEBUG(vm->name, "reconnecting in %u ms", delay);
+    QB_LOG_DEBUG(vm->name, "reconnecting in %u ms (attempt %u)", delay, vm->attempts);
     uv_timer_start(&vm->reconnect_timer, qb_vm_reconnect_timer_cb, delay, 0);
 }
 
@@ -282,9 +311,7 @@ static void vm_free_now(struct qb_vm *vm)
         qb_vm_cmd_free(c);
     }
 
-    for (size_t i = vm->backlog_head; i < vm->backlog_len; i++)
-        json_decref(vm->backlog[i]);
-    free(vm->backlog);
+    qb_held_events_clear(&vm->backlog);
     qb_norm_event_clear(&vm->pending);
     qb_norm_vm_free(vm->norm);
     qb_vm_state_free(vm->state);
@@ -468,12 +495,14 @@ static void mgr_remember_seq(struct qb_vm_manager *m, const struct qb_vm *vm)
     HASH_ADD_KEYPTR(hh, m->memos, memo->name, strlen(memo->name), memo);
 }
 
-static void vm_begin_removal(struct qb_vm *vm, const char *why)
+static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember)
 {
     struct qb_vm_manager *m = vm->mgr;
 
     HASH_DEL(m->vms, vm);
-    if (!m->closing)
+    if (vm->listen)
+        m->n_listen--;
+    if (!m->closing && remember)
         mgr_remember_seq(m, vm);
     vm->removing = true;
     qb_vm_slot_unqueue(vm);
@@ -494,8 +523,14 @@ int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *
     if (!vm)
         return QB_ENOTFOUND;
     QB_LOG_INFO(vm->name, "removed: %s", why);
-    vm_begin_removal(vm, why);
+    vm_begin_removal(vm, why, true);
     return QB_OK;
+}
+
+void qb_vm_forget(struct qb_vm *vm, const char *why)
+{
+    QB_LOG_INFO(vm->name, "removed: %s", why);
+    vm_begin_removal(vm, why, false);
 }
 
 /* ---- the VM set: discovery, lookups, statistics, close ------------------- */
@@ -627,7 +662,7 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
         uv_close((uv_handle_t *)idle, mgr_finish_async);
         return;
     }
-    HASH_ITER(hh, m->vms, vm, tmp) vm_begin_removal(vm, "bridge shutting down");
+    HASH_ITER(hh, m->vms, vm, tmp) vm_begin_removal(vm, "bridge shutting down", true);
 }
 
 /* ---- configuration reload (reload.c) -------------------------------------- */

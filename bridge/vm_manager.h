@@ -177,6 +177,10 @@ struct qb_vm_manager_stats {
     uint64_t connect_failed; /* connect attempts that never reached ready */
     uint64_t connecting;     /* VMs holding a connect slot now */
     uint64_t slot_waiting;   /* VMs waiting for one */
+    uint64_t held_over_events; /* sessions closed: more than qmp.max_held_events held back */
+    uint64_t held_over_bytes;  /* sessions closed: more than qmp.max_held_bytes held back */
+    uint64_t listen_refused;   /* listen connections refused: qmp.listen_max_vms entries exist */
+    uint64_t listen_forgotten; /* listen VMs forgotten (qmp.listen_forget_after) */
 };
 void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager_stats *out);
 

@@ -17,6 +17,7 @@
 #define QB_VM_MANAGER_INTERNAL_H
 
 #include "envelope.h"
+#include "held_events.h"
 #include "normalize.h"
 #include "prom.h"
 #include "qmp_client.h"
@@ -105,9 +106,9 @@ struct qb_vm {
     json_t *resync_replies[QB_VMQ_COUNT];
     unsigned resync_left;
     struct qb_norm_event pending; /* pending.type != NULL: waiting for a query */
-    json_t **backlog;
-    size_t backlog_head, backlog_len, backlog_cap;
+    struct qb_held_events backlog; /* bounded by qmp.max_held_events and max_held_bytes */
     bool draining;
+    bool held_over; /* this session was closed for holding too much: no stable-session reset */
 
     /* Commands: a FIFO, one running at a time. */
     struct qb_vm_cmd *cmd_head, *cmd_tail;
@@ -153,6 +154,7 @@ struct qb_vm_manager {
     size_t n_alive;                   /* VM structs not yet freed, including ones being removed */
     struct qb_vm_newcomer *newcomers; /* listen mode: accepted, not named yet */
     size_t n_newcomers;
+    size_t n_listen; /* listen-mode entries in vms (bounded by qmp.listen_max_vms) */
     void (*room_cb)(void *arg, bool room); /* listen mode: may another connection come? */
     void *room_arg;
     void (*done)(void *arg);
@@ -179,6 +181,13 @@ bool qb_vm_name_valid(const char *name);
 int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
                  struct qb_vm **out);
 
+/*
+ * Takes vm out of the set for good, without remembering its numbering (a VM of
+ * that name later is a new entry; with a spool it continues the spooled
+ * numbering). why is logged. vm is freed later (qb_vm_maybe_free).
+ */
+void qb_vm_forget(struct qb_vm *vm, const char *why);
+
 /* Frees a removed VM once its session is IDLE, its timer closed and no callback is due. */
 void qb_vm_maybe_free(struct qb_vm *vm);
 
@@ -203,6 +212,13 @@ void qb_vm_mgr_send(struct qb_vm_manager *m, struct qb_transport *only,
 /* Publishes the VM's held state text as kind (STATE or EVENT) with sequence seq. */
 void qb_vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t seq,
                          const char *id_suffix, int64_t ts_sec, int32_t ts_usec);
+
+/*
+ * Clears vm's retained state in every transport: a QB_MSG_STATE message with
+ * no payload (MQTT: an empty retained message; Kafka: a tombstone). A state
+ * copy still pending goes first; vm holds no state afterwards.
+ */
+void qb_vm_publish_state_clear(struct qb_vm *vm);
 
 /* Publishes a bridge-made event (data borrowed) at the bridge's clock; returns its sequence. */
 uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data);
@@ -237,8 +253,17 @@ void qb_vm_state_copy_flush(struct qb_vm *vm);
 
 /* ---- vm_pipeline.c ------------------------------------------------------- */
 
-/* Takes a new reference to msg into vm's backlog. Returns QB_OK or QB_ENOMEM. */
-int qb_vm_backlog_push(struct qb_vm *vm, json_t *msg);
+/* The held-event bounds the configuration sets now (qmp.max_held_events, max_held_bytes). */
+struct qb_held_limits qb_vm_held_limits(const struct qb_vm_manager *m);
+
+/*
+ * Logs and counts that vm's session (or a listen-mode connection not named
+ * yet, vm NULL and who its address) held too much while waiting for what:
+ * events (count) held events of bytes line bytes, the one that did not fit
+ * included. Returns the reason for the disconnect (static text).
+ */
+const char *qb_vm_held_overflow(struct qb_vm_manager *m, const char *who, const char *what,
+                                size_t count, size_t bytes);
 
 /* Processes held-back events in order until the backlog is empty or the VM blocks again. */
 void qb_vm_drain(struct qb_vm *vm);
@@ -280,5 +305,11 @@ void qb_vm_slots_grant(struct qb_vm_manager *m);
 
 /* Frees every newcomer (accepted, not named yet) with its session; used on close. */
 void qb_vm_listen_drop_all(struct qb_vm_manager *m);
+
+/*
+ * A listen VM's session closed: arms its forget timer (qmp.listen_forget_after)
+ * unless that is 0. A session that attaches to the entry stops it.
+ */
+void qb_vm_listen_closed(struct qb_vm *vm);
 
 #endif /* QB_VM_MANAGER_INTERNAL_H */

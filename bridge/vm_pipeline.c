@@ -22,39 +22,59 @@
 /*
  * Events wait in the backlog while the snapshot or a query is outstanding, and
  * under back-pressure: pausing the socket stops the next read, but the chunk
- * already read may hold hundreds of events, so those wait here (bounded by one
- * read per VM) instead of overflowing the transports' queues.
+ * already read may hold hundreds of events, so those wait here (one read per
+ * VM) instead of overflowing the transports' queues. The backlog is bounded
+ * (held_events.h): a reply that never comes must not let it grow for ever.
  */
 static bool vm_blocked(const struct qb_vm *vm)
 {
     return vm->resyncing || vm->pending.type != NULL || vm->mgr->pressure;
 }
 
-/* Takes a new reference to msg into the backlog. Returns QB_OK or QB_ENOMEM. */
-int qb_vm_backlog_push(struct qb_vm *vm, json_t *msg)
+/* What a blocked VM waits for, for the log line when it held too much (static text). */
+static const char *vm_waiting_for(const struct qb_vm *vm)
 {
-    if (vm->backlog_head > 0 && vm->backlog_head == vm->backlog_len) {
-        vm->backlog_head = 0;
-        vm->backlog_len = 0;
+    if (vm->resyncing)
+        return "its snapshot";
+    if (vm->pending.type != NULL)
+        return qb_norm_query_command(vm->pending.need);
+    return "back-pressure to end";
+}
+
+/*
+ * Holds msg back as its raw line. Past qmp.max_held_events or max_held_bytes
+ * the session is closed and what it held is dropped: the snapshot of the next
+ * session tells consumers the state, and a peer that never answers cannot
+ * make the bridge hold more than the bounds.
+ */
+static void vm_hold(struct qb_vm *vm, struct qb_qmp_client *c, json_t *msg)
+{
+    struct qb_held_limits lim = qb_vm_held_limits(vm->mgr);
+    size_t len = 0;
+    const char *line = qb_qmp_client_event_line(c, &len);
+    char *own = NULL;
+    int rc;
+
+    if (!line) {
+        /* not from a read (nothing does that today): hold its serialised form */
+        own = json_dumps(msg, JSON_COMPACT);
+        line = own;
+        len = own ? strlen(own) : 0;
     }
-    if (vm->backlog_len == vm->backlog_cap) {
-        size_t live = vm->backlog_len - vm->backlog_head;
-        if (vm->backlog_head > 0) {
-            memmove(vm->backlog, vm->backlog + vm->backlog_head, live * sizeof(*vm->backlog));
-            vm->backlog_head = 0;
-            vm->backlog_len = live;
-        }
-        if (vm->backlog_len == vm->backlog_cap) {
-            size_t cap = vm->backlog_cap ? vm->backlog_cap * 2 : 8;
-            json_t **grown = realloc(vm->backlog, cap * sizeof(*grown));
-            if (!grown)
-                return QB_ENOMEM;
-            vm->backlog = grown;
-            vm->backlog_cap = cap;
-        }
+    rc = line ? qb_held_events_push(&vm->backlog, line, len, &lim) : QB_ENOMEM;
+    free(own);
+    if (rc == QB_ETOOBIG) {
+        const char *why = qb_vm_held_overflow(vm->mgr, vm->name, vm_waiting_for(vm),
+                                              qb_held_events_count(&vm->backlog) + 1,
+                                              qb_held_events_bytes(&vm->backlog) + len);
+
+        qb_held_events_clear(&vm->backlog);
+        vm->held_over = true;
+        qb_qmp_client_disconnect(c, why);
+    } else if (rc < 0) {
+        QB_LOG_ERR(vm->name, "out of memory: event %s lost",
+                   json_string_value(json_object_get(msg, "event")));
     }
-    vm->backlog[vm->backlog_len++] = json_incref(msg);
-    return QB_OK;
 }
 
 static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg);
@@ -133,14 +153,16 @@ void qb_vm_drain(struct qb_vm *vm)
     if (vm->draining)
         return;
     vm->draining = true;
-    while (!vm_blocked(vm) && vm->backlog_head < vm->backlog_len) {
-        json_t *msg = vm->backlog[vm->backlog_head++];
+    while (!vm_blocked(vm) && qb_held_events_count(&vm->backlog) > 0) {
+        int lost = 0;
+        json_t *msg = qb_held_events_pop(&vm->backlog, &lost);
+
+        if (!msg) {
+            QB_LOG_ERR(vm->name, "out of memory: a held-back event was lost");
+            continue;
+        }
         vm_process(vm, msg);
         json_decref(msg);
-    }
-    if (vm->backlog_head == vm->backlog_len) {
-        vm->backlog_head = 0;
-        vm->backlog_len = 0;
     }
     vm->draining = false;
 }
@@ -149,11 +171,8 @@ void qb_vm_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
 {
     struct qb_vm *vm = arg;
 
-    (void)c;
-    if (vm_blocked(vm) || vm->backlog_head < vm->backlog_len) {
-        if (qb_vm_backlog_push(vm, msg) < 0)
-            QB_LOG_ERR(vm->name, "out of memory: event %s lost",
-                       json_string_value(json_object_get(msg, "event")));
+    if (vm_blocked(vm) || qb_held_events_count(&vm->backlog) > 0) {
+        vm_hold(vm, c, msg);
         return;
     }
     vm_process(vm, msg);

@@ -159,6 +159,36 @@ static bool vm_fold_state(struct qb_vm *vm, const struct qb_norm_event *ev)
     return qb_vm_state_fold(vm->state, vm->mgr->state_cache, ev);
 }
 
+/*
+ * The generic "forget this VM's state" message: kind STATE with an empty
+ * payload. The outbox and the spool carry it like any state copy; each
+ * backend with a retained channel turns it into its own way of deleting.
+ */
+void qb_vm_publish_state_clear(struct qb_vm *vm)
+{
+    char id[96];
+
+    qb_vm_state_copy_flush(vm);
+    qb_envelope_format_id(vm->epoch, vm->seq, ".clear", id, sizeof(id));
+    struct qb_message msg = {
+        .kind = QB_MSG_STATE,
+        .vm = vm->name,
+        .type = "qmp.vm.state",
+        .id = id,
+        .key = vm->key,
+        .sequence = vm->seq,
+        .epoch = vm->epoch,
+        .payload = "",
+        .len = 0,
+        .origin_usec = qb_vm_wall_clock_usec(),
+    };
+    qb_vm_mgr_send(vm->mgr, NULL, &msg);
+    QB_LOG_DEBUG(vm->name, "published the clearing of its retained state (after seq %llu)",
+                 (unsigned long long)vm->seq);
+    qb_vm_state_free(vm->state);
+    vm->state = NULL;
+}
+
 /* Publishes one bridge-made event (connected, disconnected, snapshot) at the bridge's clock. */
 uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data)
 {

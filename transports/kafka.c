@@ -364,7 +364,10 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
         goto out;
     }
     hdrs = rd_kafka_headers_new(N_ELEMS(kafka_ce_attrs) + 1);
-    if (b->cfg->content_mode == QB_KAFKA_BINARY)
+    bool tombstone = qb_message_clears_state(msg);
+    if (tombstone)
+        rc = QB_OK; /* the key and a NULL value: compaction deletes the VM's state; no event */
+    else if (b->cfg->content_mode == QB_KAFKA_BINARY)
         rc = binary_encode(b, msg, hdrs, &value);
     else
         rc = structured_headers(msg, hdrs);
@@ -377,8 +380,8 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
      * (rd_kafka_destroy comes before our close completes). A binary-mode value
      * is ours alone, so librdkafka frees it (F_FREE) after the report.
      */
-    const char *val = value ? value : msg->payload;
-    size_t val_len = value ? strlen(value) : msg->len;
+    const char *val = tombstone ? NULL : value ? value : msg->payload;
+    size_t val_len = tombstone ? 0 : value ? strlen(value) : msg->len;
     int msgflags = value ? RD_KAFKA_MSG_F_FREE : 0; /* the macro casts its argument as is */
     rd_kafka_resp_err_t err = rd_kafka_producev(
         b->rk, RD_KAFKA_V_TOPIC(topic),

@@ -879,7 +879,8 @@ static int mqtt_publish(void *backend, const struct qb_message *msg, void *token
     if (!topic)
         return QB_ENOMEM;
     mosquitto_property *own_props = NULL;
-    const mosquitto_property *props = b->props;
+    /* an empty retained message deletes the state topic: it is not a CloudEvent */
+    const mosquitto_property *props = qb_message_clears_state(msg) ? NULL : b->props;
     if (b->props && msg->kind == QB_MSG_REPLY && msg->correlation) {
         if (msg->correlation_len > UINT16_MAX) {
             QB_LOG_WARN(msg->vm, "mqtt %s: correlation data of %zu bytes dropped from a reply",

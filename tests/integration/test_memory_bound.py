@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import bridge, check, mqtt, peers, procs, streamcheck, util  # noqa: E402
+from qbtest import bridge, check, mqtt, peers, procs, streamcheck  # noqa: E402
 
 VMS = 8
 PER_VM = 3000
@@ -27,19 +27,6 @@ QUEUE_BYTES = 1024 * 1024
 # jansson, libmosquitto's own buffers, the per-VM read buffers and malloc's arenas: the
 # allowance over the queue bound. Under ASan or valgrind the bound is not meaningful.
 ALLOWANCE = 12 * 1024 * 1024
-
-
-def rss(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def instrumented():
-    exe = bridge.binary()
-    return util.VALGRIND or "asan" in exe or b"__asan_init" in open(exe, "rb").read()
 
 
 def run(t, d, spool):
@@ -58,18 +45,18 @@ def run(t, d, spool):
     t.add_log("bridge", br.log)
     br.start()
     procs.wait_until(lambda: len(br.log_lines("state resynced")) >= VMS, 30, "all VMs resynced")
-    base = rss(br.proc.pid)
+    base = procs.rss(br.proc.pid)
     os.kill(broker.proc.pid, signal.SIGSTOP)
     peak = base
     end = time.monotonic() + 12.0
     while time.monotonic() < end:
-        peak = max(peak, rss(br.proc.pid))
+        peak = max(peak, procs.rss(br.proc.pid))
         time.sleep(0.1)
     os.kill(broker.proc.pid, signal.SIGCONT)
     t.expect(br.alive(), "bridge alive after the freeze")
     growth = peak - base
     bound = QUEUE_BYTES + ALLOWANCE
-    if instrumented():
+    if bridge.instrumented():
         t.ok("resident memory %d -> %d bytes (not bounded under ASan/valgrind: reported only)"
              % (base, peak))
     else:

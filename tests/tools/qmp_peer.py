@@ -39,8 +39,26 @@ had a moment to take its snapshot, acts out the mode:
              (offset = its index + 1; hostile, absent and boundary timestamps),
              then STOP and RESUME with hostile timestamps; then silent
 
+  withhold-flood
+             never answers --withhold (default query-status, the snapshot's
+             first query; query-name for a listen-mode newcomer) nor anything
+             after it; once it has arrived, waits --flood-after seconds and
+             sends --flood-bytes of RTC_CHANGE lines (each padded to
+             --flood-line-bytes) as fast as the socket takes them, then stays
+             silent until the bridge closes
+  stop-flood answers the snapshot, then sends a STOP with no error event before
+             it and never answers query-status again; floods like
+             withhold-flood once the query-status is there
+  name-churn (with --connect only) --count connections one after another, the
+             i-th answering query-name with --name-prefix<i>; each ends when the
+             bridge closes it or has asked query-uuid (the snapshot's last query)
+
 Each connection is logged on stderr with its number; --once makes it act out
 the mode only on the first connection and behave like "events" afterwards.
+
+--connect PATH plays QEMU's `-chardev socket,path=PATH,reconnect=N` instead of
+a server: it connects to the bridge's qmp.listen socket, and again --reconnect
+seconds after each connection ends (every mode but name-churn).
 
 For load tests, events mode takes two more options: --count N sends N QMP
 events in all (STOP and RESUME included) and then falls silent but keeps
@@ -50,7 +68,7 @@ an event twice. --name NAME puts NAME into every RTC_CHANGE's qom-path, so a
 consumer can tell which peer an event came from by its payload. Every
 RTC_CHANGE offset is the peer's running count of RTC_CHANGE events (1, 2, ...).
 
-Usage: qmp_peer.py --socket PATH --mode MODE [--interval 0.02] [--oversize N]
+Usage: qmp_peer.py (--socket PATH | --connect PATH) --mode MODE [--interval 0.02] [--oversize N]
                    [--count N] [--name NAME] [--nest-depth N]
 """
 import argparse
@@ -147,6 +165,17 @@ def _ts_line(name, ts, data=None):
     return (body + "}\r\n").encode()
 
 
+FLOOD_MODES = ("withhold-flood", "stop-flood")
+
+
+def flood_chunk(line_bytes):
+    """About 1 MiB of RTC_CHANGE lines, each padded (in its qom-path) to line_bytes if longer."""
+    head = b'{"event": "RTC_CHANGE", "data": {"offset": 1, "qom-path": "/machine/unattached/device[6]'
+    tail = b'"}, "timestamp": {"seconds": 1700000000, "microseconds": 1}}\r\n'
+    line = head + b"x" * max(0, line_bytes - len(head) - len(tail)) + tail
+    return line * max(1, 1024 * 1024 // len(line))
+
+
 def log(conn_no, msg):
     sys.stderr.write("qmp_peer[%d]: %s\n" % (conn_no, msg))
     sys.stderr.flush()
@@ -170,6 +199,9 @@ class Conn:
         self.delayed = []  # (due, reply) answers held back in stop-query mode
         self.progress = None  # events mode with --count: shared {"sent", "rtc"} across connections
         self.acted_at = None  # hostile mode: when the hostile line went out
+        self.withheld_at = None  # flood modes: when the withheld command arrived
+        self.flooded = 0  # flood modes: bytes sent so far
+        self.finished = False  # name-churn: this connection did its part
 
     def send(self, obj_or_bytes):
         data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode() + b"\r\n"
@@ -196,6 +228,17 @@ class Conn:
             reply["id"] = msg["id"]
         if cmd == "qmp_capabilities" and self.ready_at is None:
             self.ready_at = time.monotonic()
+        if self.withholding(cmd):
+            if self.withheld_at is None:
+                self.withheld_at = time.monotonic()
+                log(self.no, "withholding the reply to %s (and every later one)" % cmd)
+            return
+        if self.mode == "name-churn" and cmd == "query-name":
+            reply["return"] = {"name": "%s%d" % (self.args.name_prefix, self.no)}
+            self.send(reply)
+            return
+        if self.mode == "name-churn" and cmd == "query-uuid":
+            self.finished = True
         delay = dict(d.split(":", 1) for d in self.args.delay).get(cmd)
         if delay is not None and cmd in REPLIES:
             reply["return"] = REPLIES[cmd]
@@ -224,6 +267,28 @@ class Conn:
             reply["error"] = {"class": "CommandNotFound", "desc": "The command %s has not been found" % cmd}
         self.send(reply)
 
+    def withholding(self, cmd):
+        """Flood modes: whether cmd's reply is held back for ever."""
+        if self.withheld_at is not None:
+            return True
+        if self.mode == "withhold-flood":
+            return cmd == self.args.withhold
+        return self.mode == "stop-flood" and self.acted and cmd == "query-status"
+
+    def flood(self):
+        """Sends the next MiB of the flood, if the withheld command is there and the wait is over."""
+        if self.withheld_at is None or self.flooded >= self.args.flood_bytes or \
+                time.monotonic() - self.withheld_at < self.args.flood_after:
+            return
+        if self.flooded == 0:
+            log(self.no, "flooding %d bytes of RTC_CHANGE" % self.args.flood_bytes)
+        if self.args.chunk is None:
+            self.args.chunk = flood_chunk(self.args.flood_line_bytes)
+        self.send(self.args.chunk)
+        self.flooded += len(self.args.chunk)
+        if self.flooded >= self.args.flood_bytes:
+            log(self.no, "flood done (%d bytes); silent from now on" % self.flooded)
+
     def read(self):
         chunk = self.sock.recv(65536)
         if not chunk:
@@ -237,13 +302,21 @@ class Conn:
 
     def tick(self):
         """Acts out the mode. Returns False when the connection should close."""
+        if self.mode == "name-churn":
+            return not self.finished
+        if self.mode in FLOOD_MODES:
+            self.flood()  # the withheld command may come before the grace is over
         if self.ready_at is None or time.monotonic() - self.ready_at < SNAPSHOT_GRACE:
             return True
         mode = self.mode
         for item in [d for d in self.delayed if d[0] <= time.monotonic()]:
             self.delayed.remove(item)
             self.send(item[1])
-        if mode == "stop-query" and not self.acted:
+        if mode == "stop-flood" and not self.acted:
+            log(self.no, "sending STOP (no error event before it); query-status is never answered")
+            self.acted = True
+            self.event("STOP")
+        elif mode == "stop-query" and not self.acted:
             log(self.no, "sending STOP (no error event before it), RESUME, RTC_CHANGE")
             self.acted = True
             self.event("STOP")
@@ -333,6 +406,51 @@ class Conn:
             p["sent"] += 1
 
 
+def run_conn(sock, no, mode, args, progress):
+    """Plays one connection until it ends."""
+    log(no, "client connected, mode %s" % mode)
+    c = Conn(sock, no, mode, args)
+    c.progress = progress
+    try:
+        c.send(GREETING)
+        alive = True
+        while alive:
+            wait = 0 if mode in FLOOD_MODES and c.withheld_at is not None and \
+                c.flooded < args.flood_bytes else args.interval
+            r, _, _ = select.select([sock], [], [], wait)
+            if r and not c.read():
+                log(no, "client closed the connection")
+                break
+            alive = c.tick()
+    except OSError as e:
+        log(no, "connection error: %s" % e)
+    sock.close()
+    log(no, "connection closed")
+
+
+def connect_loop(args):
+    """--connect: plays QEMU connecting to the bridge, reconnecting like reconnect=N."""
+    no = 0
+    progress = {"sent": 0, "rtc": 0} if args.count is not None and args.mode == "events" else None
+    while args.mode != "name-churn" or no < (args.count or 0):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(args.connect)
+        except OSError as e:
+            sock.close()
+            if args.mode != "name-churn":
+                time.sleep(args.reconnect)
+            else:
+                log(no + 1, "cannot connect: %s; retrying" % e)
+                time.sleep(0.05)
+            continue
+        no += 1
+        run_conn(sock, no, args.mode, args, progress)
+        if args.mode != "name-churn":
+            time.sleep(args.reconnect)
+    log(no, "name-churn: all %d connections done" % no)
+
+
 def serve(args):
     path = args.socket
     try:
@@ -351,30 +469,31 @@ def serve(args):
         mode = args.mode if (no == 1 or not args.once) else "events"
         if mode == "hostile" and no > len(HOSTILE):
             mode = "events"  # every case was acted out; behave from now on
-        log(no, "client connected, mode %s" % mode)
-        c = Conn(sock, no, mode, args)
-        c.progress = progress
-        try:
-            c.send(GREETING)
-            alive = True
-            while alive:
-                r, _, _ = select.select([sock], [], [], args.interval)
-                if r and not c.read():
-                    log(no, "client closed the connection")
-                    break
-                alive = c.tick()
-        except OSError as e:
-            log(no, "connection error: %s" % e)
-        sock.close()
-        log(no, "connection closed")
+        run_conn(sock, no, mode, args, progress)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--socket", required=True)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="listen on this unix socket (the bridge connects)")
+    where.add_argument("--connect", help="connect to the bridge's qmp.listen socket")
     ap.add_argument("--mode", required=True, choices=["garbage", "half", "oversized", "events",
                                                            "stop-query", "idle", "hostile",
-                                                           "burst", "trickle", "bad-timestamps"])
+                                                           "burst", "trickle", "bad-timestamps",
+                                                           "withhold-flood",
+                                                           "stop-flood", "name-churn"])
+    ap.add_argument("--reconnect", type=float, default=0.2,
+                    help="--connect: seconds between the end of a connection and the next")
+    ap.add_argument("--withhold", default="query-status",
+                    help="withhold-flood: the command never answered")
+    ap.add_argument("--flood-bytes", type=int, default=32 * 1024 * 1024,
+                    help="flood modes: RTC_CHANGE bytes sent per connection")
+    ap.add_argument("--flood-after", type=float, default=0.0,
+                    help="flood modes: seconds between the withheld command and the flood")
+    ap.add_argument("--flood-line-bytes", type=int, default=0,
+                    help="flood modes: pad each RTC_CHANGE line to about this many bytes")
+    ap.add_argument("--name-prefix", default="churn-",
+                    help="name-churn: query-name answers are PREFIX<connection number>")
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between events")
     ap.add_argument("--oversize", type=int, default=65536)
     ap.add_argument("--nest-depth", type=int, default=100000,
@@ -389,7 +508,14 @@ def main():
                     help="events, burst, trickle: send this many QMP events in all, then fall silent")
     ap.add_argument("--name", default=None,
                     help="events: put NAME into every RTC_CHANGE's qom-path")
-    serve(ap.parse_args())
+    args = ap.parse_args()
+    args.chunk = None  # flood modes: made on first use
+    if args.mode == "name-churn" and not args.connect:
+        ap.error("--mode name-churn needs --connect")
+    if args.connect:
+        connect_loop(args)
+    else:
+        serve(args)
 
 
 if __name__ == "__main__":

@@ -188,9 +188,13 @@ static void test_example_file(void **state)
     assert_int_equal(cfg->qmp_reconnect_initial_ms, 250);
     assert_int_equal(cfg->qmp_reconnect_max_ms, 30000);
     assert_int_equal(cfg->qmp_max_connecting, 64);
+    assert_int_equal(cfg->qmp_max_held_events, 8192);
+    assert_int_equal(cfg->qmp_max_held_bytes, 2 * 1024 * 1024);
     assert_null(cfg->qmp_listen);
     assert_int_equal(cfg->qmp_listen_name, QB_LISTEN_NAME_QUERY);
     assert_string_equal(cfg->qmp_listen_name_template, "vm-{pid}");
+    assert_int_equal(cfg->qmp_listen_max_vms, 1024);
+    assert_int_equal(cfg->qmp_listen_forget_after_ms, 3600000);
     /* the example documents the spool with its defaults and the directory commented out */
     assert_null(cfg->spool_directory);
     assert_int_equal(cfg->spool_max_bytes, (size_t)1 << 30);
@@ -419,6 +423,12 @@ static const struct bad_config {
      "t.yaml:2:19: spool.max_size: expected a size of at least 1048576 bytes, got '1000'"},
     {"bridge: {id: a}\nqmp: {max_connecting: 0}\n",
      "t.yaml:2:23: qmp.max_connecting: expected an integer from 1 to 100000, got '0'"},
+    {"bridge: {id: a}\nqmp: {max_held_events: 8}\n",
+     "t.yaml:2:24: qmp.max_held_events: expected an integer from 16 to 1000000, got '8'"},
+    {"bridge: {id: a}\nqmp: {max_held_bytes: 1k}\n",
+     "t.yaml:2:23: qmp.max_held_bytes: expected a size of at least 4096 bytes, got '1k'"},
+    {"bridge: {id: a}\nqmp: {listen_max_vms: 0}\n",
+     "t.yaml:2:23: qmp.listen_max_vms: expected an integer from 1 to 1000000, got '0'"},
     {"bridge: {id: a}\nqmp: {listen: /run/q.sock}\n",
      "t.yaml:2:15: qmp.listen: expected 'unix:/absolute/path' (at most 107 bytes of path), got "
      "'/run/q.sock'"},

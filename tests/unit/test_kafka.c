@@ -412,7 +412,8 @@ static size_t find_msg(struct harness *h, const rd_kafka_message_t *rm)
  * want messages arrived, checking each against what was sent and that each
  * key's messages come in the order they were published.
  */
-static void consume_and_check(struct harness *h, size_t want, bool binary, bool check_order)
+/* A plain consumer of the mock cluster that commits nothing; the caller assigns partitions. */
+static rd_kafka_t *checker_new(struct harness *h)
 {
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -426,6 +427,12 @@ static void consume_and_check(struct harness *h, size_t want, bool binary, bool 
     rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
     assert_non_null(c);
     rd_kafka_poll_set_consumer(c);
+    return c;
+}
+
+static void consume_and_check(struct harness *h, size_t want, bool binary, bool check_order)
+{
+    rd_kafka_t *c = checker_new(h);
 
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(16);
     for (size_t i = 0; i < h->n_msgs; i++) {
@@ -615,6 +622,82 @@ static void test_publish_refused(void **state)
     assert_int_equal(h->ok + h->eio + h->eclosed + h->other, 1);
     close_backend(h);
     assert_int_equal(h->ok + h->eio + h->eclosed + h->other, 1);
+}
+
+/*
+ * Reads every partition of topic from the beginning until want records came;
+ * stores each record's value length (-1 for a NULL value) and whether it has
+ * a ce_id header, in arrival order per key (one key here, so one partition).
+ */
+static size_t consume_topic(struct harness *h, const char *topic, size_t want, long *vlen,
+                            bool *has_id)
+{
+    rd_kafka_t *c = checker_new(h);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(PARTITIONS);
+    for (int p = 0; p < PARTITIONS; p++)
+        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    assert_int_equal(rd_kafka_assign(c, parts), 0);
+    rd_kafka_topic_partition_list_destroy(parts);
+    size_t got = 0;
+    for (int idle = 0; got < want && idle < 200;) {
+        rd_kafka_message_t *rm = rd_kafka_consumer_poll(c, 100);
+        if (!rm) {
+            idle++;
+            continue;
+        }
+        idle = 0;
+        if (!rm->err) {
+            char buf[64];
+            vlen[got] = rm->payload ? (long)rm->len : -1;
+            has_id[got] = header(rm, "ce_id", buf, sizeof(buf)) != NULL;
+            got++;
+        }
+        rd_kafka_message_destroy(rm);
+    }
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    return got;
+}
+
+/*
+ * The clear-state message (kind STATE, no payload) becomes a tombstone on the
+ * state topic: the VM's key with a NULL value (not an empty one, which
+ * compaction would keep), and no CloudEvents headers: it is not an event.
+ */
+static void tombstone_after_state(struct harness *h)
+{
+    make_msgs(h, 4); /* msgs[3] is vm3's state */
+    struct test_msg *st = &h->msgs[3];
+    assert_int_equal(st->kind, QB_MSG_STATE);
+    h->msgs[0] = *st; /* the state, then its clearing, both for vm3 */
+    h->msgs[1] = *st;
+    h->msgs[1].len = 0;
+    h->msgs[1].payload[0] = '\0';
+    h->n_msgs = 2;
+    create_backend(h);
+    pump(h);
+    run_until(h, all_ok);
+    assert_int_equal(h->eio + h->eclosed + h->other, 0);
+    close_backend(h);
+    long vlen[4];
+    bool has_id[4];
+    assert_int_equal(consume_topic(h, st->topic, 2, vlen, has_id), 2);
+    assert_true(vlen[0] > 0);
+    assert_true(has_id[0]);
+    assert_int_equal(vlen[1], -1);
+    assert_false(has_id[1]);
+}
+
+static void test_state_tombstone(void **state)
+{
+    tombstone_after_state(*state);
+}
+
+static void test_state_tombstone_binary(void **state)
+{
+    struct harness *h = *state;
+    h->cfg.content_mode = QB_KAFKA_BINARY;
+    tombstone_after_state(h);
 }
 
 static void expect_invalid(struct harness *h, const char *needle)
@@ -990,6 +1073,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_produce_and_consume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_binary_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_tombstone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_tombstone_binary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_moves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_down_and_close, setup, teardown),

@@ -558,17 +558,23 @@ static void test_events_qos2(void **state)
     run_basic(30);
 }
 
-static bool has_topics(void *arg)
+/* True when s has received something on each of the n topics. */
+static bool sub_has_topics(struct sub *s, const char *const *topics, size_t n)
 {
-    struct sub *s = arg;
-    const char *topics[] = {"qmp/br1/vm1/state", "qmp/br1/vm2/state", "qmp/br1/status"};
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < n; i++) {
         char *p = sub_last(s, topics[i], NULL);
         if (!p)
             return false;
         free(p);
     }
     return true;
+}
+
+static bool has_topics(void *arg)
+{
+    static const char *const topics[] = {"qmp/br1/vm1/state", "qmp/br1/vm2/state",
+                                         "qmp/br1/status"};
+    return sub_has_topics(arg, topics, 3);
 }
 
 static void test_state_retained_and_status(void **state)
@@ -614,6 +620,52 @@ static void test_state_retained_and_status(void **state)
     assert_string_equal(p, "offline");
     assert_true(retain);
     free(p);
+}
+
+static bool has_vm2_and_status(void *arg)
+{
+    static const char *const topics[] = {"qmp/br1/vm2/state", "qmp/br1/status"};
+    return sub_has_topics(arg, topics, 2);
+}
+
+static bool has_event(void *arg)
+{
+    char *p = sub_last(arg, "qmp/br1/vm1/event/t.ev", NULL);
+    bool seen = p != NULL;
+    free(p);
+    return seen;
+}
+
+/* The clear-state message (kind STATE, no payload) deletes the VM's retained state. */
+static void test_state_cleared(void **state)
+{
+    (void)state;
+    broker_start();
+    tr_create();
+    send_state("vm1", "{\"s\":1}");
+    send_state("vm2", "{\"s\":3}");
+    struct qb_message clear = {.kind = QB_MSG_STATE,
+                               .vm = "vm1",
+                               .type = "t.state",
+                               .id = "x.clear",
+                               .key = "br1/vm1",
+                               .payload = "",
+                               .len = 0};
+    assert_true(qb_message_clears_state(&clear));
+    assert_int_equal(qb_transport_send(tr, &clear), QB_OK);
+    uint64_t want = 3;
+    assert_true(run_until(confirmed_at_least, &want));
+
+    /* a late subscriber still gets vm2's state and the status, but nothing for vm1 */
+    struct sub *s = sub_start(0, "late");
+    assert_true(run_until(has_vm2_and_status, s));
+    /* retained messages come at subscription time: once a newer event is here, all are */
+    send_event(9);
+    assert_true(run_until(has_event, s));
+    char *p = sub_last(s, "qmp/br1/vm1/state", NULL);
+    if (p)
+        fail_msg("vm1's state is still retained: '%s'", p);
+    tr_close();
 }
 
 static void test_broker_starts_late(void **state)
@@ -987,6 +1039,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_events_qos0, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_qos2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_retained_and_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_cleared, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_starts_late, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_killed_mid_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commands_and_replies, setup, teardown),

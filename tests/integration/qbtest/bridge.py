@@ -20,6 +20,14 @@ def binary():
     return os.environ.get("QB_BIN") or os.path.join(util.SOURCE_DIR, "build", "qmp-bridge")
 
 
+def instrumented():
+    """True when the bridge runs under valgrind or is an ASan build: its memory use is then
+    no measure of the real one (a bound on resident memory is reported, not asserted)."""
+    exe = binary()
+    with open(exe, "rb") as f:
+        return util.VALGRIND or "asan" in exe or b"__asan_init" in f.read()
+
+
 def valgrind_argv(workdir):
     """The memcheck prefix for a bridge command line (QB_VALGRIND=1), else []."""
     if not util.VALGRIND:

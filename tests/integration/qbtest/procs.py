@@ -125,3 +125,12 @@ def wait_until(predicate, timeout, what, interval=0.05, on_fail=None):
                 on_fail()
             raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+def rss(pid):
+    """Resident memory of process pid in bytes (VmRSS of /proc/<pid>/status), 0 if unknown."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
