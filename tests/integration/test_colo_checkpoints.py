@@ -109,11 +109,5 @@ with check.Test("colo_checkpoints") as t:
     t.expect(br.alive(), "bridge still running")
     rc = br.stop()
     t.expect(rc == 0, "SIGTERM: exit 0", rc)
-    bad = []
-    for e in util.read_jsonl(br.events_path):
-        try:
-            schema.validate_envelope(e)
-        except Exception as ex:  # jsonschema.ValidationError, imported lazily by qbtest.schema
-            bad.append("%s seq %s %s: %s" % (e.get("subject"), e.get("sequence"), e.get("type"),
-                                             str(ex).splitlines()[0]))
+    bad = schema.invalid_envelopes(util.read_jsonl(br.events_path))
     t.expect(not bad, "all envelopes valid against schema/v1", "\n".join(bad[:10]))

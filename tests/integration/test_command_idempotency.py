@@ -55,12 +55,7 @@ with check.Test("command_idempotency") as t:
 
     def replies_on(topic, n, timeout=15):
         def find():
-            try:
-                with open(replies) as f:
-                    got = [json.loads(bytes.fromhex(l.rstrip("\n").split("\t", 1)[1]))
-                           for l in f if l.split("\t", 1)[0] == topic]
-            except FileNotFoundError:
-                got = []
+            got = mqtt.hex_messages_on(replies, topic)
             return got if len(got) >= n else None
         return procs.wait_until(find, timeout, "%d replies on %s" % (n, topic))
 

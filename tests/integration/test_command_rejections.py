@@ -72,12 +72,7 @@ with check.Test("command_rejections") as t:
         return commands.make(name, vm, data, key=KEY, **kw)
 
     def replies_on(topic):
-        try:
-            with open(replies) as f:
-                return [json.loads(bytes.fromhex(l.rstrip("\n").split("\t", 1)[1]))
-                        for l in f if l.split("\t", 1)[0] == topic]
-        except FileNotFoundError:
-            return []
+        return mqtt.hex_messages_on(replies, topic)
 
     def next_reply_on(topic, seen, timeout=10):
         def find():
