@@ -152,13 +152,27 @@ def part1(t, d):
                                "--withhold", "query-status", "--reconnect", "0.2")
     t.add_log("qmp_peer named", logs["named"])
 
+    me = "[listen:%s pid " % listen
+
+    def listen_closes():
+        return br.log_lines(me, "closing the QMP session", "waiting for query-name",
+                            "over qmp.max_held_bytes")
+
+    def named_closes():
+        return [l for l in br.log_lines("closing the QMP session", "waiting for its snapshot",
+                                        "over qmp.max_held_events") if "] closing" in l and "[vm-" in l]
+
     t.section("hostile peers are closed again and again; memory stays bounded")
     peak = base
     deadline = time.monotonic() + 90 * util.TIMEOUT_SCALE
     want = {"bad": 5, "stopper": 4, "slow": 3, "listen": 4, "named": 3}
+    # A connection may also end before its flood reaches the bound (a handshake timeout
+    # under valgrind): wait for the closes at the bound that are checked below, too.
     while time.monotonic() < deadline and br.alive():
         peak = max(peak, procs.rss(br.proc.pid))
-        if all(connections(logs[n]) >= k for n, k in want.items()):
+        if all(connections(logs[n]) >= k for n, k in want.items()) and \
+                len(listen_closes()) >= 3 and len(named_closes()) >= 2 and \
+                len(br.log_lines("closing the QMP session", "over qmp.max_held_events")) >= 11:
             break
         time.sleep(0.05)
     peak = max(peak, procs.rss(br.proc.pid))
@@ -182,27 +196,28 @@ def part1(t, d):
                  br.log_lines("[%s]" % vm)[-5:])
     t.expect(br.log_lines("[slow] closing the QMP session", "over qmp.max_held_events"),
              "slow: closed for the bound after its quiet 11 s")
-    me = "[listen:%s pid " % listen
-    lines = br.log_lines(me, "closing the QMP session", "waiting for query-name",
-                         "over qmp.max_held_bytes")
+    lines = listen_closes()
     t.expect(len(lines) >= 3, "the listen connection is closed each time, naming itself and "
              "qmp.max_held_bytes", lines[:2])
-    named = [l for l in br.log_lines("closing the QMP session", "waiting for its snapshot",
-                                     "over qmp.max_held_events") if "] closing" in l and "[vm-" in l]
+    named = named_closes()
     t.expect(len(named) >= 2, "a named listen VM (vm-<pid>) that withholds its snapshot is closed "
              "each time its QEMU comes back (QEMU's reconnect= sets the pace)", named[:2])
     check_backoff(t, br, "bad", 4)
     check_backoff(t, br, "stopper", 3)
     check_backoff(t, br, "slow", 2)
+    # The peers go on reconnecting: count the log lines before and after the scrape.
+    def held_closes():
+        return len(br.log_lines("closing the QMP session", "over qmp.max_held_events"))
+    before, bytes_before = held_closes(), len(listen_closes())
     n_events = metric(status, "qmp_bridge_qmp_sessions_closed_total", reason="held_events")
     n_bytes = metric(status, "qmp_bridge_qmp_sessions_closed_total", reason="held_bytes")
-    closes = len(br.log_lines("closing the QMP session", "over qmp.max_held_events"))
-    t.expect(n_events is not None and n_events == closes and n_events >= 11,
+    after, bytes_after = held_closes(), len(listen_closes())
+    t.expect(n_events is not None and before <= n_events <= after and n_events >= 11,
              "qmp_bridge_qmp_sessions_closed_total{reason=\"held_events\"} counts every close",
-             (n_events, closes))
-    t.expect(n_bytes is not None and n_bytes == len(lines),
+             (n_events, before, after))
+    t.expect(n_bytes is not None and bytes_before <= n_bytes <= bytes_after,
              "qmp_bridge_qmp_sessions_closed_total{reason=\"held_bytes\"} counts the listen closes",
-             (n_bytes, len(lines)))
+             (n_bytes, bytes_before, bytes_after))
 
     t.section("what was published")
     procs.wait_until(lambda: sum(1 for e in util.read_jsonl(br.events_path)
