@@ -181,7 +181,7 @@ static void test_example_file(void **state)
     if (rc != QB_OK)
         fail_msg("%s", err);
     assert_string_equal(cfg->path, QB_SOURCE_DIR "/conf/qmp-bridge.example.yaml");
-    assert_string_equal(cfg->bridge_id, "host-a");
+    assert_non_null(cfg->bridge_id); /* documented, commented out: the host name */
     assert_int_equal(cfg->log_level, QB_LOG_INFO);
     assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
     assert_null(cfg->state_directory); /* documented, commented out */
@@ -218,9 +218,13 @@ static void test_example_file(void **state)
     t = find_transport(cfg, "stdout");
     assert_string_equal(t->path, "/tmp/qmp-bridge.jsonl");
     assert_common_defaults(t);
+    assert_int_equal(t->n_include + t->n_exclude, 0);
 
     t = find_transport(cfg, "mybus");
     assert_string_equal(t->type, "mqtt");
+    assert_int_equal(t->n_include, 3);
+    assert_string_equal(t->include[0], "qmp.block.io_error");
+    assert_int_equal(t->n_exclude, 0);
     assert_string_equal(t->host, "127.0.0.1");
     assert_int_equal(t->port, 8883);
     assert_string_equal(t->topic_prefix, "qmp");
