@@ -1802,6 +1802,7 @@ static int finish_bridge_id(struct cfg_ctx *c, const struct ynode *root, struct 
     if (!check_name(host)) {
         if (!(cfg->bridge_id = strdup(host)))
             return cfg_oom(c);
+        cfg->bridge_id_from_host = true;
         return QB_OK;
     }
     at = ynode_map_get(at, "id") ? ynode_map_get(at, "id") : at ? at : root;

@@ -136,6 +136,7 @@ struct qb_config {
     /* bridge: */
     char *bridge_id;              /* id: [A-Za-z0-9._-]{1,64}; default the host name (a host
                                      name the rule refuses is a configuration error) */
+    bool bridge_id_from_host;     /* bridge_id is that default */
     enum qb_log_level log_level;  /* log_level, default info */
     char *schema_base_uri;        /* schema_base_uri, default
                                      "file:///usr/share/qmp-bridge/schema/v1/" */

@@ -13,8 +13,19 @@ size_t qb_config_warnings(const struct qb_config *cfg, qb_config_warning_fn emit
     char line[512];
     size_t n = 0;
 
+    /* what a host that was never given a name calls itself: many others do too */
+    if (cfg->bridge_id_from_host && (strcmp(cfg->bridge_id, "localhost") == 0 ||
+                                     strncmp(cfg->bridge_id, "localhost.", 10) == 0)) {
+        snprintf(line, sizeof(line),
+                 "bridge.id is the host name '%s', which other hosts are likely to share: their "
+                 "bridges would take each other's topics and broker sessions; set bridge.id or "
+                 "the host name",
+                 cfg->bridge_id);
+        emit(arg, line);
+        n++;
+    }
     if (!cfg->commands.enabled)
-        return 0;
+        return n;
     if (!cfg->commands_hmac_key_file) {
         emit(arg, "commands are enabled without commands.hmac_key_file: whoever can publish to "
                   "the command topics can stop, resume and resize VMs; set "

@@ -14,6 +14,7 @@ typedef void (*qb_config_warning_fn)(void *arg, const char *line);
 
 /*
  * Calls emit(arg, line) for each risky setting of cfg (borrowed):
+ * - bridge.id left to a host name such as localhost, which other hosts share;
  * - commands enabled without commands.hmac_key_file;
  * - commands received on an MQTT transport without TLS and without a username.
  * Returns how many there were.

@@ -5,7 +5,8 @@ broker took the session over for another client with the same client id, naming
 that client id and the bridge id. A bridge without bridge.id takes the host name
 (run in a UTS namespace with a host name of the test's choosing): its status
 topic, its VMs' topics and its MQTT client id carry it. A host name that is not a
-valid bridge id is refused by --check-config, naming the host name and the rule.
+valid bridge id is refused by --check-config, naming the host name and the rule;
+"localhost", which many hosts share, is a warning.
 Against a scripted broker that sends MQTT 5 DISCONNECT 0x8E (mosquitto 2.0.11
 only closes the connection), the warning quotes that reason."""
 import os
@@ -139,4 +140,10 @@ with check.Test("identity") as t:
     r = subprocess.run(with_hostname("good-host") + [bridge.binary(), "-c", conf, "--check-config"],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
     out = r.stdout.decode()
-    t.expect(r.returncode == 0 and "bridge good-host" in out, "a valid host name is the id", (r.returncode, out))
+    t.expect(r.returncode == 0 and "bridge good-host" in out and "warning" not in r.stderr.decode(),
+             "a valid host name is the id, without a warning", (r.returncode, out, r.stderr.decode()))
+    r = subprocess.run(with_hostname("localhost") + [bridge.binary(), "-c", conf, "--check-config"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    err = r.stderr.decode()
+    t.expect(r.returncode == 0 and "qmp-bridge: warning: bridge.id is the host name 'localhost'" in err
+             and "set bridge.id" in err, "host name localhost: a warning, exit 0", (r.returncode, err))
