@@ -1066,13 +1066,16 @@ _Static_assert(sizeof(bool) == 1 && sizeof(int) == 4 && sizeof(size_t) == 8,
 static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_include_types(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_exclude_types(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base);
 static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, void *base);
 
 #define C struct qb_config
 static const struct field bridge_fields[] = {
-    FIELD(C, "id", F_STRING, bridge_id, .required = true, .check = check_name),
+    /* default: the host name (finish_bridge_id) */
+    FIELD(C, "id", F_STRING, bridge_id, .check = check_name),
     FIELD(C, "log_level", F_ENUM, log_level, .def = "info", .enums = log_levels),
     FIELD(C, "schema_base_uri", F_STRING, schema_base_uri,
           .def = "file:///usr/share/qmp-bridge/schema/v1/", .check = check_nonempty),
@@ -1147,7 +1150,7 @@ static const struct field commands_fields[] = {
 };
 
 static const struct field root_fields[] = {
-    SECTION("bridge", bridge_fields, .required = true),
+    SECTION("bridge", bridge_fields),
     SECTION("qmp", qmp_fields),
     CUSTOM("vms", parse_vms),
     SECTION("discovery", discovery_fields),
@@ -1185,6 +1188,8 @@ static const struct field transport_fields[] = {
     FIELD(T, "queue_max_bytes", F_SIZE, queue_max_bytes, .def = "64MiB", .min = 1),
     FIELD(T, "shutdown_timeout", F_DURATION, shutdown_timeout_ms, .def = "5s"),
     FIELD(T, "on_full", F_ENUM, on_full, .def = "backpressure", .enums = full_policies),
+    CUSTOM("include", parse_include_types),
+    CUSTOM("exclude", parse_exclude_types),
     /* stdout */
     FIELD(T, "path", F_STRING, path, .types = T_STDOUT, .check = check_nonempty),
     /* mqtt; port and client_id defaults depend on other keys: see finish_transport */
@@ -1239,33 +1244,83 @@ static const struct {
 
 /* ---- custom fields ---- */
 
-/* events.exclude: a list of non-empty strings. */
-static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base)
+/*
+ * A list of non-empty strings into *out / *n (owned by the config). what names
+ * an item in the error ("an event name"); check (may be NULL) says what a bad
+ * item should have been; empty: an empty list is an error too (it would mean
+ * something else than leaving the key out).
+ */
+static int parse_string_list(struct cfg_ctx *c, const struct ynode *node, char ***out, size_t *n,
+                             const char *what, const char *(*check)(const char *text), bool empty)
 {
-    struct qb_config *cfg = base;
     char buf[QB_CONFIG_QUOTE_MAX + 8];
     int rc;
 
     if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
         return rc;
-    if (!(cfg->events_exclude = calloc(node->n ? node->n : 1, sizeof(char *))))
+    if (!empty && node->n == 0)
+        return cfg_error(c, node, "an empty list: leave the key out instead");
+    if (!(*out = calloc(node->n ? node->n : 1, sizeof(char *))))
         return cfg_oom(c);
     for (size_t i = 0; i < node->n; i++) {
         const struct ynode *item = node->items[i];
+        const char *bad = NULL;
 
-        if (item->kind != YN_SCALAR || item->len == 0 || ynode_is_null(item)) {
+        if (item->kind != YN_SCALAR || item->len == 0 || ynode_is_null(item) ||
+            (check && (bad = check(item->text)))) {
             size_t mark = path_push_index(c, i);
 
-            rc = cfg_error(c, item, "expected an event name, got %s",
-                           describe_node(buf, sizeof(buf), item));
+            if (bad)
+                rc = cfg_error(c, item, "expected %s, got %s", bad,
+                               describe_node(buf, sizeof(buf), item));
+            else
+                rc = cfg_error(c, item, "expected %s, got %s", what,
+                               describe_node(buf, sizeof(buf), item));
             path_pop(c, mark);
             return rc;
         }
-        if (!(cfg->events_exclude[i] = strdup(item->text)))
+        if (!((*out)[i] = strdup(item->text)))
             return cfg_oom(c);
-        cfg->n_events_exclude = i + 1;
+        *n = i + 1;
     }
     return QB_OK;
+}
+
+/* events.exclude: QMP event names. */
+static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_config *cfg = base;
+
+    return parse_string_list(c, node, &cfg->events_exclude, &cfg->n_events_exclude, "an event name",
+                             NULL, true);
+}
+
+/* A transport's include / exclude: CloudEvents type patterns. */
+static const char *check_type_pattern(const char *text)
+{
+    size_t len = strlen(text);
+
+    if (len > 128 || strspn(text, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                  "0123456789._-*?[]!") != len)
+        return "an event type pattern (1 to 128 characters from [A-Za-z0-9._-] and the "
+               "wildcards * ? [...])";
+    return NULL;
+}
+
+static int parse_include_types(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_transport_config *t = base;
+
+    return parse_string_list(c, node, &t->include, &t->n_include, "an event type pattern",
+                             check_type_pattern, false);
+}
+
+static int parse_exclude_types(struct cfg_ctx *c, const struct ynode *node, void *base)
+{
+    struct qb_transport_config *t = base;
+
+    return parse_string_list(c, node, &t->exclude, &t->n_exclude, "an event type pattern",
+                             check_type_pattern, false);
 }
 
 /* kafka properties: a mapping of name -> scalar, kept in order as strings. */
@@ -1726,11 +1781,46 @@ static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
     return QB_OK;
 }
 
+/*
+ * bridge.id defaults to the host name, as gethostname() reports it (short or
+ * fully qualified, whatever the host is set to). A host name the id rules do
+ * not accept is refused rather than rewritten: a derived id could equal
+ * another host's, and two bridges sharing an id share topics and sessions.
+ */
+static int finish_bridge_id(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+{
+    const struct ynode *at = ynode_map_get(root, "bridge");
+    char host[256], quoted[QB_CONFIG_QUOTE_MAX + 4];
+    size_t mark;
+    int rc;
+
+    if (cfg->bridge_id)
+        return QB_OK;
+    if (gethostname(host, sizeof(host)) != 0)
+        host[0] = '\0';
+    host[sizeof(host) - 1] = '\0';
+    if (!check_name(host)) {
+        if (!(cfg->bridge_id = strdup(host)))
+            return cfg_oom(c);
+        cfg->bridge_id_from_host = true;
+        return QB_OK;
+    }
+    at = ynode_map_get(at, "id") ? ynode_map_get(at, "id") : at ? at : root;
+    mark = path_push_key(c, "bridge");
+    path_push_key(c, "id");
+    rc = cfg_error(c, at,
+                   "not set, and the host name '%s' is not a valid bridge id (%s): set bridge.id",
+                   quote_value(quoted, host), check_name(host));
+    path_pop(c, mark);
+    return rc;
+}
+
 static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
 {
     int rc;
 
-    if ((rc = finish_qmp(c, root, cfg)) != QB_OK || (rc = finish_spool(c, root, cfg)) != QB_OK ||
+    if ((rc = finish_bridge_id(c, root, cfg)) != QB_OK ||
+        (rc = finish_qmp(c, root, cfg)) != QB_OK || (rc = finish_spool(c, root, cfg)) != QB_OK ||
         (rc = finish_commands(c, root, cfg)) != QB_OK)
         return rc;
     if (!cfg->transports) {
@@ -1817,6 +1907,12 @@ void qb_config_free(struct qb_config *cfg)
         struct qb_transport_config *t = &cfg->transports[i];
 
         free_fields(transport_fields, t);
+        for (size_t j = 0; j < t->n_include; j++)
+            free(t->include[j]);
+        free(t->include);
+        for (size_t j = 0; j < t->n_exclude; j++)
+            free(t->exclude[j]);
+        free(t->exclude);
         for (size_t j = 0; j < t->n_properties; j++) {
             free(t->properties[j].key);
             free(t->properties[j].value);
@@ -1852,8 +1948,7 @@ int qb_config_load_string(const char *name, const char *yaml, size_t len, struct
     if ((rc = tree_build(&c, yaml, len, &root)) != QB_OK)
         goto done;
     if (!root || ynode_is_null(root)) {
-        rc = cfg_error_at(&c, root ? root->line : 1, root ? root->column : 1,
-                          "the file is empty (at least bridge.id is required)");
+        rc = cfg_error_at(&c, root ? root->line : 1, root ? root->column : 1, "the file is empty");
         goto done;
     }
     if ((rc = apply_defaults(root_fields, cfg, 0)) != QB_OK) {

@@ -83,6 +83,12 @@ struct qb_transport_config {
     size_t queue_max_messages; /* queue_max_messages, default 100000 */
     size_t queue_max_bytes;    /* queue_max_bytes, default 64MiB */
     enum qb_queue_full_policy on_full; /* on_full: backpressure (default) or drop */
+    /* include / exclude: fnmatch patterns on the CloudEvents type of each message (events,
+       qmp.vm.state, bridge.*); default none: everything passes (see transport_filter.h) */
+    char **include;
+    size_t n_include;
+    char **exclude;
+    size_t n_exclude;
 
     /* stdout */
     char *path; /* path: write JSON lines to this file instead of stdout; default NULL */
@@ -128,7 +134,9 @@ struct qb_config {
     char *path; /* the file this came from */
 
     /* bridge: */
-    char *bridge_id;              /* id, required; [A-Za-z0-9._-]{1,64} */
+    char *bridge_id;              /* id: [A-Za-z0-9._-]{1,64}; default the host name (a host
+                                     name the rule refuses is a configuration error) */
+    bool bridge_id_from_host;     /* bridge_id is that default */
     enum qb_log_level log_level;  /* log_level, default info */
     char *schema_base_uri;        /* schema_base_uri, default
                                      "file:///usr/share/qmp-bridge/schema/v1/" */

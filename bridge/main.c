@@ -11,6 +11,7 @@
  */
 #include "command_router.h"
 #include "config.h"
+#include "config_warnings.h"
 #include "discovery.h"
 #include "error.h"
 #include "log.h"
@@ -388,6 +389,18 @@ static int main_check_transports(const struct qb_config *cfg)
     return QB_OK;
 }
 
+static void main_warn_check(void *arg, const char *line)
+{
+    (void)arg;
+    fprintf(stderr, "qmp-bridge: warning: %s\n", line);
+}
+
+static void main_warn_log(void *arg, const char *line)
+{
+    (void)arg;
+    QB_LOG_WARN(NULL, "%s", line);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -452,6 +465,7 @@ int main(int argc, char **argv)
         return status;
     }
     if (check_only) {
+        qb_config_warnings(q.cfg, main_warn_check, NULL);
         printf("%s: configuration OK (bridge %s, %zu VMs, %zu transports%s)\n", config_path,
                q.cfg->bridge_id, q.cfg->n_vms, q.cfg->n_transports,
                q.cfg->discovery_directory ? ", discovery on" : "");
@@ -464,6 +478,7 @@ int main(int argc, char **argv)
     q.loop = uv_default_loop();
     QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s", QB_VERSION,
                 q.cfg->bridge_id, config_path);
+    qb_config_warnings(q.cfg, main_warn_log, NULL);
 
     main_start_signals(&q);
     rc = main_start_transports(&q);

@@ -46,6 +46,16 @@ static const char *tc_name(const struct qb_transport_config *c)
     return c->name ? c->name : c->type;
 }
 
+static bool str_list_eq(char *const *a, size_t na, char *const *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return true;
+}
+
 bool qb_reload_transport_equal(const struct qb_transport_config *a,
                                const struct qb_transport_config *b)
 {
@@ -66,7 +76,9 @@ bool qb_reload_transport_equal(const struct qb_transport_config *a,
         !str_eq(a->commands_topic, b->commands_topic) || a->content_mode != b->content_mode ||
         a->n_properties != b->n_properties || a->shutdown_timeout_ms != b->shutdown_timeout_ms ||
         a->commands != b->commands || a->session_expiry_s != b->session_expiry_s ||
-        !str_eq(a->group_id, b->group_id))
+        !str_eq(a->group_id, b->group_id) ||
+        !str_list_eq(a->include, a->n_include, b->include, b->n_include) ||
+        !str_list_eq(a->exclude, a->n_exclude, b->exclude, b->n_exclude))
         return false;
     for (size_t i = 0; i < a->n_properties; i++)
         if (!str_eq(a->properties[i].key, b->properties[i].key) ||

@@ -23,6 +23,7 @@
 #include "error.h"
 #include "log.h"
 #include "prom.h"
+#include "transport_filter.h"
 #include "transport_ops.h"
 
 #include <inttypes.h>
@@ -352,6 +353,15 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
 {
     if (t->state != TR_OPEN)
         return QB_ECLOSED;
+    /*
+     * Filtered out: taken and done at once, like a state copy on a plain
+     * stream; with a spool the outbox sees nothing of it left in the queue and
+     * moves this transport's cursor past it.
+     */
+    if (!qb_transport_filter_pass(t->cfg, t->ops->caps, msg)) {
+        t->stats.filtered++;
+        return QB_OK;
+    }
     /* The state channel is a "latest value" store; a plain stream would only repeat events. */
     if (msg->kind == QB_MSG_STATE && !(t->ops->caps & QB_TRANSPORT_CAP_RETAINED))
         return QB_OK;

@@ -88,6 +88,7 @@ struct qb_transport_stats {
     uint64_t retried;   /* failed delivery reports: each message is sent again, in order */
     uint64_t failed;    /* messages the backend can never send (refused outright): dropped */
     uint64_t dropped;   /* refused because the queue was full */
+    uint64_t filtered;  /* left out by the transport's include / exclude lists */
     uint64_t depth;     /* messages in the queue now (including in flight) */
     uint64_t depth_bytes;
     uint64_t oldest_age_ms; /* how long the oldest queued message has waited, 0 when empty */
@@ -121,8 +122,11 @@ int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
                         char *errbuf, size_t errlen);
 
 /*
- * Queues a copy of msg. Returns QB_OK, or QB_EAGAIN when the queue is full
- * (the message is counted as dropped and logged), or QB_ECLOSED while closing.
+ * Queues a copy of msg. Returns QB_OK, also for a message the transport takes
+ * without queueing (its include / exclude lists leave it out, counted as
+ * filtered; a state copy on a transport without a retained channel; a reply
+ * on one without a reply channel), or QB_EAGAIN when the queue is full (the
+ * message is counted as dropped and logged), or QB_ECLOSED while closing.
  */
 int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
 

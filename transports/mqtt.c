@@ -39,6 +39,7 @@
 #include "error.h"
 #include "log.h"
 #include "private_files.h"
+#include "rate_limit.h"
 #include "transport_ops.h"
 
 #include <errno.h>
@@ -53,6 +54,10 @@
 /* Bound on waiting for the broker to acknowledge the retained "offline" at close. */
 #define MQTT_OFFLINE_WAIT_MS 1000
 #define MQTT_CONTENT_TYPE "application/cloudevents+json"
+/* "session taken over" lines: the first of each interval, then a count of the rest. */
+#define MQTT_TAKEOVER_LOG_INTERVAL_MS (60 * 1000)
+/* Closes of freshly accepted connections in a row read as a takeover the broker did not name. */
+#define MQTT_TAKEOVER_QUICK_CLOSES 3
 
 enum mqtt_state {
     MQTT_IDLE,       /* no socket; a reconnect timer may be running */
@@ -93,6 +98,10 @@ struct mqtt_backend {
     uv_timer_t close_timer;
     uv_idle_t idle;
     unsigned reconnect_attempt;
+    unsigned takeovers;    /* sessions taken over in a row: the back-off keeps growing meanwhile */
+    unsigned quick_closes; /* accepted connections the broker closed soon after, in a row */
+    uint64_t connected_at; /* uv_now() of the last CONNACK */
+    struct qb_log_limit takeover_log;
 
     void **tokens; /* indexed by mid */
     uint32_t inflight;
@@ -269,7 +278,13 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     if (b->state == MQTT_CLOSING)
         return;
     b->state = MQTT_CONNECTED;
-    b->reconnect_attempt = 0;
+    /*
+     * Not after a takeover: two clients with one id would otherwise take the
+     * session from each other at the initial back-off, for ever.
+     */
+    if (!b->takeovers)
+        b->reconnect_attempt = 0;
+    b->connected_at = uv_now(b->loop);
     /*
      * Every time: a clean session, or a persistent one the broker expired, has
      * no subscription. Before "online": the broker handles one connection's
@@ -291,22 +306,100 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     wake(b);
 }
 
-static void on_disconnect(struct mosquitto *mosq, void *obj, int rc)
+/*
+ * Another client with the same client id: another bridge with the same
+ * bridge.id (or client_id). The broker says so with MQTT 5's DISCONNECT 0x8E;
+ * brokers that do not (MQTT 3.1.1, mosquitto before 2.0.15) just close the
+ * connection, so a run of closes of freshly accepted connections is read as
+ * the same thing. Either way the line is a warning at most once a minute
+ * (with the count of the others), and the back-off keeps growing across
+ * reconnects instead of starting again at reconnect_initial after each
+ * CONNACK: the two clients stop taking the session from each other twice a
+ * second.
+ */
+static void log_takeover(struct mqtt_backend *b, bool said)
+{
+    uint64_t suppressed = 0;
+
+    if (!qb_log_limit_allow(&b->takeover_log, uv_now(b->loop), &suppressed))
+        return;
+    if (said)
+        QB_LOG_WARN(NULL,
+                    "mqtt %s: %s:%d took the session over for another client with the same "
+                    "client id '%s' (MQTT 5 'session taken over'): two bridges share bridge.id "
+                    "'%s' (or client_id); give each bridge its own. Reconnecting with a growing "
+                    "back-off, up to %ums",
+                    b->name, b->cfg->host, b->cfg->port, b->client_id, b->bridge_id,
+                    b->cfg->reconnect_max_ms);
+    else
+        QB_LOG_WARN(NULL,
+                    "mqtt %s: %s:%d closed the session %u times in a row soon after accepting "
+                    "it, without a reason: most likely another client with the same client id "
+                    "'%s' took it over (the broker does not report 'session taken over'): two "
+                    "bridges share bridge.id '%s' (or client_id); give each bridge its own. "
+                    "Reconnecting with a growing back-off, up to %ums",
+                    b->name, b->cfg->host, b->cfg->port, b->quick_closes, b->client_id,
+                    b->bridge_id, b->cfg->reconnect_max_ms);
+    if (suppressed)
+        QB_LOG_WARN(NULL, "mqtt %s: session taken over %llu more times since the last report",
+                    b->name, (unsigned long long)suppressed);
+}
+
+/*
+ * How long another client's back-off can keep it away from a session it
+ * fights over: a connection closed sooner than this counts as a quick close.
+ */
+static uint64_t takeover_window_ms(const struct mqtt_backend *b)
+{
+    return 2 * (uint64_t)b->cfg->reconnect_max_ms + 1000;
+}
+
+/*
+ * Classifies the end of an accepted connection (rc as the disconnect
+ * callback got it). Returns true when it looks like, or is, a takeover.
+ */
+static bool note_takeover(struct mqtt_backend *b, int rc)
+{
+    bool said = b->cfg->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER;
+    bool quick =
+        rc == MOSQ_ERR_CONN_LOST && uv_now(b->loop) - b->connected_at < takeover_window_ms(b);
+
+    b->quick_closes = said || quick ? b->quick_closes + 1 : 0;
+    if (!said && b->quick_closes < MQTT_TAKEOVER_QUICK_CLOSES) {
+        b->takeovers = 0;
+        return false;
+    }
+    b->takeovers++;
+    log_takeover(b, said);
+    return true;
+}
+
+static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
+                          const mosquitto_property *props)
 {
     (void)mosq;
+    (void)props;
     struct mqtt_backend *b = obj;
     /* the socket is still open here in the read/write paths: stop watching it first */
     drop_poll(b);
     if (b->state == MQTT_CLOSING || b->state == MQTT_CLOSED)
         return;
-    const char *why = mosq_err_text(rc);
+    /* libmosquitto passes the broker's DISCONNECT reason code as rc */
+    const char *why = b->cfg->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER
+                          ? "session taken over"
+                          : mosq_err_text(rc);
     if (b->state == MQTT_CONNECTED) {
-        QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->cfg->host,
-                    b->cfg->port, why);
+        if (!note_takeover(b, rc)) {
+            QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->cfg->host,
+                        b->cfg->port, why);
+            b->reconnect_attempt = 0;
+        }
         b->cb->link(b->owner, false, why);
-    } else if (!b->attempt_logged) {
-        QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
-                    b->cfg->port, why);
+    } else {
+        b->quick_closes = 0; /* the broker refused or could not be reached: another story */
+        if (!b->attempt_logged)
+            QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
+                        b->cfg->port, why);
     }
     b->state = MQTT_IDLE;
     if (b->cfg->qos == 0) {
@@ -660,7 +753,7 @@ static int mosq_build(struct mqtt_backend *b, bool clean, const char **what)
         return QB_ECONFIG;
     }
     mosquitto_connect_v5_callback_set(b->mosq, on_connect);
-    mosquitto_disconnect_callback_set(b->mosq, on_disconnect);
+    mosquitto_disconnect_v5_callback_set(b->mosq, on_disconnect);
     mosquitto_publish_v5_callback_set(b->mosq, on_publish);
     mosquitto_message_v5_callback_set(b->mosq, on_message);
     mosquitto_subscribe_v5_callback_set(b->mosq, on_subscribe);
@@ -714,6 +807,7 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
         lib_ready = true;
     }
     b->loop = loop;
+    qb_log_limit_init(&b->takeover_log, 1, MQTT_TAKEOVER_LOG_INTERVAL_MS);
     b->cfg = cfg;
     b->cb = cb;
     b->owner = owner;

@@ -20,7 +20,10 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "config_warnings.h"
 #include "error.h"
+
+#include <unistd.h>
 
 static struct qb_config *load_ok(const char *yaml)
 {
@@ -178,7 +181,7 @@ static void test_example_file(void **state)
     if (rc != QB_OK)
         fail_msg("%s", err);
     assert_string_equal(cfg->path, QB_SOURCE_DIR "/conf/qmp-bridge.example.yaml");
-    assert_string_equal(cfg->bridge_id, "host-a");
+    assert_non_null(cfg->bridge_id); /* documented, commented out: the host name */
     assert_int_equal(cfg->log_level, QB_LOG_INFO);
     assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
     assert_null(cfg->state_directory); /* documented, commented out */
@@ -215,9 +218,13 @@ static void test_example_file(void **state)
     t = find_transport(cfg, "stdout");
     assert_string_equal(t->path, "/tmp/qmp-bridge.jsonl");
     assert_common_defaults(t);
+    assert_int_equal(t->n_include + t->n_exclude, 0);
 
     t = find_transport(cfg, "mybus");
     assert_string_equal(t->type, "mqtt");
+    assert_int_equal(t->n_include, 3);
+    assert_string_equal(t->include[0], "qmp.block.io_error");
+    assert_int_equal(t->n_exclude, 0);
     assert_string_equal(t->host, "127.0.0.1");
     assert_int_equal(t->port, 8883);
     assert_string_equal(t->topic_prefix, "qmp");
@@ -361,6 +368,106 @@ static void test_name_limits(void **state)
 }
 
 /* Empty sections and null values keep defaults; quoted "null" is a string. */
+/* Without bridge.id (no bridge section, or id: ~) the id is the host name, in client ids too. */
+static void test_bridge_id_default(void **state)
+{
+    const char *yamls[] = {"transports:\n  - {type: mqtt}\n",
+                           "bridge: {id: ~, log_level: info}\ntransports:\n  - {type: mqtt}\n"};
+    char host[256] = "", client[300];
+
+    (void)state;
+    assert_int_equal(gethostname(host, sizeof(host)), 0);
+    if (strlen(host) < 1 || strlen(host) > 64 ||
+        strspn(host, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+            strlen(host))
+        skip(); /* the refusal is covered by integration_identity, in a UTS namespace */
+    snprintf(client, sizeof(client), "qmp-bridge-%s", host);
+    for (size_t i = 0; i < sizeof(yamls) / sizeof(yamls[0]); i++) {
+        struct qb_config *cfg = load_ok(yamls[i]);
+
+        assert_string_equal(cfg->bridge_id, host);
+        assert_string_equal(cfg->transports[0].client_id, client);
+        qb_config_free(cfg);
+    }
+}
+
+/* include / exclude: lists of patterns per transport, absent by default. */
+static void test_transport_filters(void **state)
+{
+    struct qb_config *cfg = load_ok("bridge: {id: b1}\n"
+                                    "transports:\n"
+                                    "  - {type: kafka, brokers: k}\n"
+                                    "  - type: mqtt\n"
+                                    "    include: [qmp.block.io_error, qmp.vm.stopped, "
+                                    "qmp.vm.state]\n"
+                                    "  - type: stdout\n"
+                                    "    exclude: [\"qmp.vm.*\", \"bridge.*\"]\n");
+
+    (void)state;
+    assert_int_equal(cfg->transports[0].n_include, 0);
+    assert_int_equal(cfg->transports[0].n_exclude, 0);
+    assert_int_equal(cfg->transports[1].n_include, 3);
+    assert_string_equal(cfg->transports[1].include[2], "qmp.vm.state");
+    assert_int_equal(cfg->transports[1].n_exclude, 0);
+    assert_int_equal(cfg->transports[2].n_exclude, 2);
+    assert_string_equal(cfg->transports[2].exclude[0], "qmp.vm.*");
+    qb_config_free(cfg);
+}
+
+static void collect_warning(void *arg, const char *line)
+{
+    char *buf = arg;
+
+    strncat(buf, line, 4095 - strlen(buf));
+    strncat(buf, "\n", 4095 - strlen(buf));
+}
+
+/* Each start-up warning appears when its setting is risky, and not otherwise. */
+static void test_config_warnings(void **state)
+{
+    static const struct {
+        const char *yaml;
+        size_t n;
+        const char *needle;
+    } cases[] = {
+        /* commands off: nothing to say, whatever the transports */
+        {"bridge: {id: b}\ntransports:\n  - {type: mqtt}\n", 0, NULL},
+        /* unsigned commands on stdout only */
+        {"bridge: {id: b}\ncommands: {enabled: true}\n", 1, "without commands.hmac_key_file"},
+        /* unsigned, over an MQTT link without TLS and username */
+        {"bridge: {id: b}\ncommands: {enabled: true}\ntransports:\n  - {type: mqtt, host: m}\n", 2,
+         "transport mqtt: commands are received from m:1883 without TLS and without a username"},
+        /* a username is enough to silence the transport warning */
+        {"bridge: {id: b}\ncommands: {enabled: true}\ntransports:\n"
+         "  - {type: mqtt, username: u}\n",
+         1, "without commands.hmac_key_file"},
+        /* TLS too */
+        {"bridge: {id: b}\ncommands: {enabled: true}\ntransports:\n"
+         "  - {type: mqtt, tls: {ca_file: /ca}}\n",
+         1, "without commands.hmac_key_file"},
+        /* a transport that does not take commands */
+        {"bridge: {id: b}\ncommands: {enabled: true}\ntransports:\n"
+         "  - {type: mqtt, commands: false}\n",
+         1, "without commands.hmac_key_file"},
+        /* Kafka is not MQTT */
+        {"bridge: {id: b}\ncommands: {enabled: true}\ntransports:\n"
+         "  - {type: kafka, brokers: k}\n",
+         1, "without commands.hmac_key_file"},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct qb_config *cfg = load_ok(cases[i].yaml);
+        char lines[4096] = "";
+        size_t n = qb_config_warnings(cfg, collect_warning, lines);
+
+        if (n != cases[i].n || (cases[i].needle && !strstr(lines, cases[i].needle)))
+            fail_msg("case %zu: %zu warnings, want %zu with '%s':\n%s", i, n, cases[i].n,
+                     cases[i].needle ? cases[i].needle : "", lines);
+        qb_config_free(cfg);
+    }
+}
+
 static void test_nulls_keep_defaults(void **state)
 {
     struct qb_config *cfg = load_ok("bridge:\n  id: b1\n  log_level: ~\n"
@@ -389,9 +496,8 @@ static const struct bad_config {
     const char *message;
 } bad_configs[] = {
     /* document shape */
-    {"", "t.yaml:1:1: (root): the file is empty (at least bridge.id is required)"},
-    {"# only a comment\n",
-     "t.yaml:1:1: (root): the file is empty (at least bridge.id is required)"},
+    {"", "t.yaml:1:1: (root): the file is empty"},
+    {"# only a comment\n", "t.yaml:1:1: (root): the file is empty"},
     {"- a\n- b\n", "t.yaml:1:1: (root): expected a mapping, got a list"},
     {"hello\n", "t.yaml:1:1: (root): expected a mapping, got 'hello'"},
     {"bridge: {id: a}\n---\nbridge: {id: b}\n",
@@ -454,9 +560,6 @@ static const struct bad_config {
     {"bridge:\n  id: a\n  id: b\n", "t.yaml:3:3: bridge.id: duplicate key (first at 2:3)"},
     {"bridge: {id: a}\nqmp: {}\nqmp: {}\n", "t.yaml:3:1: qmp: duplicate key (first at 2:1)"},
     /* required values */
-    {"qmp: {}\n", "t.yaml:1:1: bridge: missing required key"},
-    {"bridge:\n  log_level: info\n", "t.yaml:2:3: bridge.id: missing required key"},
-    {"bridge: {id: ~}\n", "t.yaml:1:14: bridge.id: missing required value"},
     {"bridge: {id: a}\nvms:\n  - {qmp: 'unix:/a'}\n",
      "t.yaml:3:5: vms[0].name: missing required key"},
     {"bridge: {id: a}\nvms:\n  - {name: v}\n", "t.yaml:3:5: vms[0].qmp: missing required key"},
@@ -482,6 +585,19 @@ static const struct bad_config {
      "t.yaml:2:19: events.exclude: expected a list, got 'RTC_CHANGE'"},
     {"bridge: {id: a}\nevents: {exclude: [[a]]}\n",
      "t.yaml:2:20: events.exclude[0]: expected an event name, got a list"},
+    /* per-transport filters */
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, include: []}\n",
+     "t.yaml:3:29: transports[0].include: an empty list: leave the key out instead"},
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, exclude: []}\n",
+     "t.yaml:3:29: transports[0].exclude: an empty list: leave the key out instead"},
+    {"bridge: {id: a}\ntransports:\n  - {type: stdout, include: qmp.*}\n",
+     "t.yaml:3:29: transports[0].include: expected a list, got 'qmp.*'"},
+    {"bridge: {id: a}\ntransports:\n  - type: mqtt\n    exclude:\n      - qmp.vm.*\n"
+     "      - [qmp.block.io_error]\n",
+     "t.yaml:6:9: transports[0].exclude[1]: expected an event type pattern, got a list"},
+    {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: k, include: [\"qmp vm\"]}\n",
+     "t.yaml:3:41: transports[0].include[0]: expected an event type pattern (1 to 128 "
+     "characters from [A-Za-z0-9._-] and the wildcards * ? [...]), got 'qmp vm'"},
     {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, properties: {a: [1]}}\n",
      "t.yaml:3:47: transports[0].properties.a: expected a scalar value, got a list"},
     {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, properties: {a: 1, a: 2}}\n",
@@ -1132,18 +1248,19 @@ static void test_state_directory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_state_directory),
-        cmocka_unit_test(test_full_inline),         cmocka_unit_test(test_example_file),
-        cmocka_unit_test(test_minimal_file),        cmocka_unit_test(test_transport_defaults),
-        cmocka_unit_test(test_transport_names),     cmocka_unit_test(test_name_limits),
-        cmocka_unit_test(test_nulls_keep_defaults), cmocka_unit_test(test_bad_configs),
-        cmocka_unit_test(test_billion_laughs),      cmocka_unit_test(test_errbuf_truncation),
-        cmocka_unit_test(test_message_sanitised),   cmocka_unit_test(test_too_large),
-        cmocka_unit_test(test_load_file_errors),    cmocka_unit_test(test_parse_size),
-        cmocka_unit_test(test_parse_duration),      cmocka_unit_test(test_commands_defaults),
-        cmocka_unit_test(test_commands_every_key),  cmocka_unit_test(test_commands_key_file),
-        cmocka_unit_test(test_secret_file_modes),   cmocka_unit_test(test_example_commands),
-        cmocka_unit_test(test_listen_name),
+        cmocka_unit_test(test_state_directory),    cmocka_unit_test(test_full_inline),
+        cmocka_unit_test(test_example_file),       cmocka_unit_test(test_minimal_file),
+        cmocka_unit_test(test_transport_defaults), cmocka_unit_test(test_transport_names),
+        cmocka_unit_test(test_name_limits),        cmocka_unit_test(test_nulls_keep_defaults),
+        cmocka_unit_test(test_bad_configs),        cmocka_unit_test(test_billion_laughs),
+        cmocka_unit_test(test_errbuf_truncation),  cmocka_unit_test(test_message_sanitised),
+        cmocka_unit_test(test_too_large),          cmocka_unit_test(test_load_file_errors),
+        cmocka_unit_test(test_parse_size),         cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_commands_defaults),  cmocka_unit_test(test_commands_every_key),
+        cmocka_unit_test(test_commands_key_file),  cmocka_unit_test(test_secret_file_modes),
+        cmocka_unit_test(test_example_commands),   cmocka_unit_test(test_listen_name),
+        cmocka_unit_test(test_bridge_id_default),  cmocka_unit_test(test_transport_filters),
+        cmocka_unit_test(test_config_warnings),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -180,6 +180,18 @@ static const struct qb_transport_ops tb_cmd_ops = {
     .close = tb_close,
 };
 
+/* The same backend as a Kafka would announce it: retained state, commands, no reply channel. */
+static const struct qb_transport_ops tb_stream_ops = {
+    .name = "test-stream",
+    .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_SUBSCRIBE,
+    .validate = tb_validate,
+    .create = tb_create,
+    .publish = tb_publish,
+    .subscribe = tb_subscribe,
+    .ack = tb_ack,
+    .close = tb_close,
+};
+
 /* ---- fixture ---- */
 
 static uv_loop_t loop;
@@ -233,6 +245,12 @@ static int setup_cmd(void **state)
 {
     (void)state;
     return setup_ops(&tb_cmd_ops);
+}
+
+static int setup_stream(void **state)
+{
+    (void)state;
+    return setup_ops(&tb_stream_ops);
 }
 
 /* Closes the transport (if the test did not), runs the loop dry and checks nothing leaked. */
@@ -722,6 +740,119 @@ static void test_reply_skipped_without_reply_cap(void **state)
     tb_deliver(2, QB_OK);
 }
 
+/* ---- include / exclude ---- */
+
+static int send_typed(enum qb_msg_kind kind, const char *type, uint64_t seq, const char *payload)
+{
+    struct qb_message m = {
+        .kind = kind,
+        .vm = "vm1",
+        .type = type,
+        .id = "id",
+        .key = "br1/vm1",
+        .sequence = seq,
+        .payload = payload,
+        .len = strlen(payload),
+    };
+    return qb_transport_send(tr, &m);
+}
+
+static void assert_filtered(uint64_t n)
+{
+    struct qb_transport_stats st;
+
+    qb_transport_get_stats(tr, &st);
+    assert_int_equal(st.filtered, n);
+}
+
+static void deliver_all(void)
+{
+    while (tb->n_inflight)
+        tb_deliver(tb->inflight[0].seq, QB_OK);
+}
+
+/*
+ * include: only the listed types (globs) pass; the state and its clearing pass
+ * together; on a stream that takes commands without a reply channel the result
+ * event always passes. Filtered messages are taken (QB_OK) but never queued.
+ */
+static void test_filter_include(void **state)
+{
+    static char *include[] = {"qmp.block.*", "qmp.vm.st?pped", "qmp.vm.state"};
+
+    (void)state;
+    cfg.include = include;
+    cfg.n_include = 3;
+    cfg.commands = true;
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.block.io_error", 1, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.resumed", 2, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_STATE, "qmp.vm.state", 3, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_STATE, "qmp.vm.state", 4, ""), QB_OK); /* clears */
+    assert_int_equal(send_typed(QB_MSG_EVENT, "bridge.vm.connected", 5, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "bridge.command.result", 6, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.stopped", 7, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.stopped.not", 8, "{}"), QB_OK);
+    const uint64_t want[] = {1, 3, 4, 6, 7};
+    assert_published(want, 5);
+    assert_filtered(3);
+    deliver_all();
+
+    /* without commands on this transport the result is an event like any other */
+    cfg.commands = false;
+    assert_int_equal(send_typed(QB_MSG_EVENT, "bridge.command.result", 9, "{}"), QB_OK);
+    assert_int_equal(tb->n_published, 5);
+    assert_filtered(4);
+    cfg.include = NULL;
+    cfg.n_include = 0;
+}
+
+/* exclude wins over include; excluding the state excludes its clearing too. */
+static void test_filter_exclude(void **state)
+{
+    static char *include[] = {"qmp.*"};
+    static char *exclude[] = {"qmp.vm.state", "qmp.vm.resumed"};
+
+    (void)state;
+    cfg.exclude = exclude;
+    cfg.n_exclude = 2;
+    assert_int_equal(send_typed(QB_MSG_STATE, "qmp.vm.state", 1, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_STATE, "qmp.vm.state", 2, ""), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.resumed", 3, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "bridge.vm.connected", 4, "{}"), QB_OK);
+    cfg.include = include;
+    cfg.n_include = 1;
+    assert_int_equal(send_typed(QB_MSG_EVENT, "bridge.vm.connected", 5, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.stopped", 6, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.resumed", 7, "{}"), QB_OK);
+    const uint64_t want[] = {4, 6};
+    assert_published(want, 2);
+    assert_filtered(5);
+    deliver_all();
+    cfg.include = cfg.exclude = NULL;
+    cfg.n_include = cfg.n_exclude = 0;
+}
+
+/* With a reply channel, the reply always passes; the result event is filtered like others. */
+static void test_filter_reply_passes(void **state)
+{
+    static char *exclude[] = {"*"};
+
+    (void)state;
+    cfg.exclude = exclude;
+    cfg.n_exclude = 1;
+    cfg.commands = true;
+    assert_int_equal(send_typed(QB_MSG_EVENT, "bridge.command.result", 1, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_REPLY, "bridge.command.result", 2, "{}"), QB_OK);
+    assert_int_equal(send_typed(QB_MSG_EVENT, "qmp.vm.stopped", 3, "{}"), QB_OK);
+    const uint64_t want[] = {2};
+    assert_published(want, 1);
+    assert_int_equal(tb->last_kind, QB_MSG_REPLY);
+    assert_filtered(2);
+    deliver_all();
+    cfg.exclude = NULL;
+    cfg.n_exclude = 0;
+}
+
 /* ---- registry and the stdout backend ---- */
 
 static void test_validate_unknown_type(void **state)
@@ -824,6 +955,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_subscribe_failure, setup_cmd, teardown),
         cmocka_unit_test_setup_teardown(test_reply_copied, setup_cmd, teardown),
         cmocka_unit_test_setup_teardown(test_reply_skipped_without_reply_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_filter_include, setup_stream, teardown),
+        cmocka_unit_test_setup_teardown(test_filter_exclude, setup_stream, teardown),
+        cmocka_unit_test_setup_teardown(test_filter_reply_passes, setup_cmd, teardown),
         cmocka_unit_test_setup_teardown(test_validate_unknown_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_bad_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stdout_writes_lines, setup, teardown),

@@ -140,13 +140,15 @@ class Bridge:
         with open(self.conf, "w") as f:
             f.write(self.yaml)
 
-    def start(self):
+    def start(self, prefix=()):
+        """prefix: argv put before the bridge's own (e.g. a namespace wrapper)."""
         exe = binary()
         if not os.access(exe, os.X_OK):
             raise RuntimeError("qmp-bridge binary %s is missing (set QB_BIN)" % exe)
         with open(self.log, "a") as f:
             f.write("### qbtest: %s -c %s\n" % (exe, self.conf))
-        self.proc = procs.spawn(valgrind_argv(self.workdir) + [exe, "-c", self.conf], "qmp-bridge",
+        self.proc = procs.spawn(list(prefix) + valgrind_argv(self.workdir) + [exe, "-c", self.conf],
+                                "qmp-bridge",
                                 stdout=os.path.join(self.workdir, "bridge.stdout"), stderr=self.log)
         if util.VALGRIND:
             _valgrind_runs.append((self, self.proc))
