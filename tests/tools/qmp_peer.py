@@ -194,6 +194,7 @@ class Conn:
         self.args = args
         self.buf = b""
         self.ready_at = None  # when qmp_capabilities succeeded
+        self.snapshot_answered = False  # query-uuid, the snapshot's last query, was answered
         self.acted = False
         self.counter = 0
         self.delayed = []  # (due, reply) answers held back in stop-query mode
@@ -239,6 +240,8 @@ class Conn:
             return
         if self.mode == "name-churn" and cmd == "query-uuid":
             self.finished = True
+        if cmd == "query-uuid":
+            self.snapshot_answered = True
         delay = dict(d.split(":", 1) for d in self.args.delay).get(cmd)
         if delay is not None and cmd in REPLIES:
             reply["return"] = REPLIES[cmd]
@@ -357,6 +360,8 @@ class Conn:
         elif mode == "hostile" and time.monotonic() - self.acted_at > HOSTILE_WAIT:
             log(self.no, "hostile: the bridge kept the connection %.0fs; closing it" % HOSTILE_WAIT)
             return False
+        elif mode == "trickle" and not self.snapshot_answered:
+            pass  # one event per loop turn of the bridge: none may wait behind its snapshot
         elif mode in CYCLE_MODES and self.counter < (self.args.count or 0):
             n = self.args.count if mode == "burst" else self.counter + 1
             lines = []
