@@ -211,6 +211,10 @@ static const struct {
      offsetof(struct qb_transport_stats, depth)},
     {"qmp_bridge_queue_bytes", "gauge", "Payload bytes in the transport queue",
      offsetof(struct qb_transport_stats, depth_bytes)},
+    {"qmp_bridge_queue_max_messages", "gauge", "The transport queue's bound in messages",
+     offsetof(struct qb_transport_stats, max_messages)},
+    {"qmp_bridge_queue_max_bytes", "gauge", "The transport queue's bound in payload bytes",
+     offsetof(struct qb_transport_stats, max_bytes)},
 };
 
 static void collect_transports(struct qb_prom_writer *w, struct qb_transport **tr, size_t n)
@@ -239,7 +243,8 @@ static void collect_transports(struct qb_prom_writer *w, struct qb_transport **t
     }
 }
 
-static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, struct qb_outbox *ob)
+static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, struct qb_outbox *ob,
+                          const struct qb_config *cfg)
 {
     struct qb_spool_stats st = {0};
     struct qb_outbox_stats os = {0};
@@ -263,6 +268,8 @@ static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, stru
     qb_spool_get_stats(spool, &st);
     qb_prom_family(w, "qmp_bridge_spool_records", "gauge", "Records stored, not yet released");
     qb_prom_family(w, "qmp_bridge_spool_bytes", "gauge", "Bytes of all spool segments");
+    qb_prom_family(w, "qmp_bridge_spool_max_bytes", "gauge",
+                   "spool.max_size: at 90% of it QMP reads pause (or the oldest records go)");
     qb_prom_family(w, "qmp_bridge_spool_segments", "gauge", "Spool segment files");
     qb_prom_family(w, "qmp_bridge_spool_oldest_age_seconds", "gauge",
                    "Age of the oldest stored record");
@@ -276,6 +283,7 @@ static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, stru
                    "Appends that failed (file system full, I/O error)");
     qb_prom_sample_u64(w, "qmp_bridge_spool_records", NULL, st.records);
     qb_prom_sample_u64(w, "qmp_bridge_spool_bytes", NULL, st.bytes);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_max_bytes", NULL, cfg->spool_max_bytes);
     qb_prom_sample_u64(w, "qmp_bridge_spool_segments", NULL, st.segments);
     qb_prom_sample_double(w, "qmp_bridge_spool_oldest_age_seconds", NULL,
                           st.oldest_usec ? (double)(now_usec() - st.oldest_usec) / 1e6 : 0.0);
@@ -310,7 +318,7 @@ void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_
     collect_vms(w, *src->mgr);
     collect_router(w, src->router ? *src->router : NULL);
     collect_transports(w, *src->transports, *src->n_transports);
-    collect_spool(w, *src->spool, *src->outbox);
+    collect_spool(w, *src->spool, *src->outbox, src->cfg);
     collect_reload(w, src->reload);
     qb_process_metrics_collect(w);
 }

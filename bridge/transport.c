@@ -684,6 +684,8 @@ void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_st
 {
     *out = t->stats;
     out->oldest_age_ms = t->head ? uv_now(t->loop) - t->head->queued_at : 0;
+    out->max_messages = queue_max_messages(t);
+    out->max_bytes = queue_max_bytes(t);
 }
 
 const struct qb_histogram *qb_transport_latency(const struct qb_transport *t)

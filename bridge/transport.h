@@ -91,6 +91,8 @@ struct qb_transport_stats {
     uint64_t depth;     /* messages in the queue now (including in flight) */
     uint64_t depth_bytes;
     uint64_t oldest_age_ms; /* how long the oldest queued message has waited, 0 when empty */
+    uint64_t max_messages;  /* the queue's bounds in force (defaults applied) */
+    uint64_t max_bytes;
     bool link_up;
 };
 
