@@ -217,6 +217,20 @@ static const struct {
      offsetof(struct qb_transport_stats, max_bytes)},
 };
 
+struct rtt_ctx {
+    struct qb_prom_writer *w;
+    const char *transport;
+};
+
+static void emit_broker_rtt(void *arg, const char *broker, double avg_s, double p99_s)
+{
+    const struct rtt_ctx *c = arg;
+    const char *labels[] = {"transport", c->transport, "broker", broker, NULL};
+
+    qb_prom_sample_double(c->w, "qmp_bridge_broker_rtt_seconds", labels, avg_s);
+    qb_prom_sample_double(c->w, "qmp_bridge_broker_rtt_p99_seconds", labels, p99_s);
+}
+
 static void collect_transports(struct qb_prom_writer *w, struct qb_transport **tr, size_t n)
 {
     for (size_t k = 0; k < sizeof(transport_metrics) / sizeof(transport_metrics[0]); k++)
@@ -227,6 +241,11 @@ static void collect_transports(struct qb_prom_writer *w, struct qb_transport **t
     qb_prom_family(w, "qmp_bridge_transport_up", "gauge", "1 while the transport's link is up");
     qb_prom_family(w, "qmp_bridge_delivery_latency_seconds", "histogram",
                    "QMP event time to delivery confirmation");
+    qb_prom_family(w, "qmp_bridge_broker_rtt_seconds", "gauge",
+                   "Average request round trip to each broker over the client library's last "
+                   "statistics window (Kafka; libmosquitto measures none)");
+    qb_prom_family(w, "qmp_bridge_broker_rtt_p99_seconds", "gauge",
+                   "99th percentile of the same round trips");
     for (size_t i = 0; tr && i < n; i++) {
         struct qb_transport_stats st;
         const char *labels[] = {"transport", qb_transport_name(tr[i]), NULL};
@@ -240,6 +259,8 @@ static void collect_transports(struct qb_prom_writer *w, struct qb_transport **t
         qb_prom_sample_u64(w, "qmp_bridge_transport_up", labels, st.link_up ? 1 : 0);
         qb_prom_histogram(w, "qmp_bridge_delivery_latency_seconds", labels,
                           qb_transport_latency(tr[i]));
+        qb_transport_foreach_broker_rtt(tr[i], emit_broker_rtt,
+                                        &(struct rtt_ctx){w, qb_transport_name(tr[i])});
     }
 }
 
