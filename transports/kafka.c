@@ -468,16 +468,28 @@ static bool broker_name_ok(const char *s)
     return s && i > 0;
 }
 
+/* The round trip b last kept for broker, or NULL. */
+static const struct kafka_rtt *rtt_kept(const struct kafka_backend *b, const char *broker)
+{
+    for (size_t i = 0; i < b->n_rtt; i++)
+        if (strcmp(b->rtt[i].broker, broker) == 0)
+            return &b->rtt[i];
+    return NULL;
+}
+
 /*
  * Served from rd_kafka_poll on the loop (statistics.interval.ms): keeps each
- * known broker's round trip of the report's window (microseconds in the JSON).
- * Bootstrap and internal brokers (nodeid -1) and brokers without a request in
- * the window are left out. Returns 0: librdkafka frees json.
+ * known broker's round trip (microseconds in the JSON). A broker without a
+ * request in the report's window (an idle producer) keeps its last measured
+ * value; bootstrap and internal brokers (nodeid -1), and brokers the report no
+ * longer lists, are left out. Returns 0: librdkafka frees json.
  */
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
     struct kafka_backend *b = opaque;
     json_t *doc = json_loadb(json, len, 0, NULL), *br;
+    struct kafka_rtt next[KAFKA_MAX_RTT_BROKERS];
+    size_t n = 0;
     const char *key;
 
     (void)rk;
@@ -485,25 +497,29 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
         QB_LOG_DEBUG(NULL, "kafka %s: statistics that are not JSON ignored", cfg_name(b->cfg));
         return 0;
     }
-    b->n_rtt = 0;
     json_object_foreach(json_object_get(doc, "brokers"), key, br)
     {
         const json_t *rtt = json_object_get(br, "rtt");
         const char *name = json_string_value(json_object_get(br, "name"));
-        struct kafka_rtt *r = &b->rtt[b->n_rtt];
+        const struct kafka_rtt *old;
 
         (void)key;
-        if (b->n_rtt == KAFKA_MAX_RTT_BROKERS)
+        if (n == KAFKA_MAX_RTT_BROKERS)
             break;
-        if (json_integer_value(json_object_get(br, "nodeid")) < 0 || !broker_name_ok(name) ||
-            json_integer_value(json_object_get(rtt, "cnt")) <= 0)
+        if (json_integer_value(json_object_get(br, "nodeid")) < 0 || !broker_name_ok(name))
             continue;
-        snprintf(r->broker, sizeof(r->broker), "%s", name);
-        r->avg_s = (double)json_integer_value(json_object_get(rtt, "avg")) / 1e6;
-        r->p99_s = (double)json_integer_value(json_object_get(rtt, "p99")) / 1e6;
-        b->n_rtt++;
+        if (json_integer_value(json_object_get(rtt, "cnt")) > 0) {
+            snprintf(next[n].broker, sizeof(next[n].broker), "%s", name);
+            next[n].avg_s = (double)json_integer_value(json_object_get(rtt, "avg")) / 1e6;
+            next[n].p99_s = (double)json_integer_value(json_object_get(rtt, "p99")) / 1e6;
+            n++;
+        } else if ((old = rtt_kept(b, name)) != NULL) {
+            next[n++] = *old;
+        }
     }
     json_decref(doc);
+    memcpy(b->rtt, next, n * sizeof(next[0]));
+    b->n_rtt = n;
     return 0;
 }
 
