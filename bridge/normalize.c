@@ -137,10 +137,9 @@ static const char *const qb_colo_modes[] = {"none", "primary", "secondary", NULL
 static const char *const qb_colo_reasons[] = {"none", "request", "error", "processing", NULL};
 /* RunState (qapi/run-state.json), "running" first. */
 const char *const qb_run_states[QB_N_RUN_STATES + 1] = {
-    "running",   "debug",          "inmigrate",      "internal-error", "io-error",
-    "paused",    "postmigrate",    "prelaunch",      "finish-migrate", "restore-vm",
-    "save-vm",   "shutdown",       "suspended",      "watchdog",       "guest-panicked",
-    "colo",      NULL,
+    "running",     "debug",     "inmigrate",      "internal-error", "io-error", "paused",
+    "postmigrate", "prelaunch", "finish-migrate", "restore-vm",     "save-vm",  "shutdown",
+    "suspended",   "watchdog",  "guest-panicked", "colo",           NULL,
 };
 /* RunState without "running": the states a STOP can leave the VM in. */
 static const char *const *const qb_stopped_states = qb_run_states + 1;

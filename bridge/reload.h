@@ -98,8 +98,8 @@ int qb_reload_keep_fixed(const struct qb_config *old, struct qb_config *new_cfg,
  * Prometheus names its own). The load at start-up counts as a successful one.
  */
 struct qb_reload_outcome {
-    bool successful;          /* the last reload put its file in force */
-    uint64_t success_usec;    /* when the last successful one did, µs since the epoch */
+    bool successful;       /* the last reload put its file in force */
+    uint64_t success_usec; /* when the last successful one did, µs since the epoch */
 };
 
 /* Records the start-up load: successful, now. */

@@ -688,8 +688,7 @@ void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_st
     out->max_bytes = queue_max_bytes(t);
 }
 
-void qb_transport_foreach_broker_rtt(const struct qb_transport *t, qb_broker_rtt_cb cb,
-                                     void *arg)
+void qb_transport_foreach_broker_rtt(const struct qb_transport *t, qb_broker_rtt_cb cb, void *arg)
 {
     if (t->ops->broker_rtt && (t->state == TR_OPEN || t->state == TR_DRAINING))
         t->ops->broker_rtt(t->backend, cb, arg);

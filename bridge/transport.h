@@ -240,8 +240,7 @@ typedef void (*qb_broker_rtt_cb)(void *arg, const char *broker, double avg_s, do
  * library measured a round trip to (see qb_transport_ops.broker_rtt); nothing
  * for backends that measure none, or once the backend is closing.
  */
-void qb_transport_foreach_broker_rtt(const struct qb_transport *t, qb_broker_rtt_cb cb,
-                                     void *arg);
+void qb_transport_foreach_broker_rtt(const struct qb_transport *t, qb_broker_rtt_cb cb, void *arg);
 
 /* The configuration t runs with (borrowed, as given to qb_transport_create). */
 const struct qb_transport_config *qb_transport_config(const struct qb_transport *t);

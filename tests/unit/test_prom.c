@@ -730,7 +730,7 @@ static void test_many_samples(void **state)
 
 /* A real /proc/<pid>/stat line of a process whose name holds ") (" and spaces. */
 #define STAT_LINE                                                                                  \
-    "4242 (qb ) (x 1 2) S 1 4242 4242 0 -1 4194560 1234 0 5 0 250 130 0 0 20 0 3 0 987654 "       \
+    "4242 (qb ) (x 1 2) S 1 4242 4242 0 -1 4194560 1234 0 5 0 250 130 0 0 20 0 3 0 987654 "        \
     "123456789 2048 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0\n"
 
 static void test_process_stat_parse(void **state)
@@ -738,8 +738,8 @@ static void test_process_stat_parse(void **state)
     struct qb_process_stat st;
     static const char *const bad[] = {
         "",
-        "4242 qb S 1",                 /* no command name in parentheses */
-        "4242 (qb) S 1 2 3",           /* cut short */
+        "4242 qb S 1",       /* no command name in parentheses */
+        "4242 (qb) S 1 2 3", /* cut short */
         "4242 (qb) S 1 4242 4242 0 -1 4194560 1234 0 5 0 x 130 0 0 20 0 3 0 987654 1 2\n",
         "4242 (qb)  S 1 4242 4242 0 -1 4194560 1234 0 5 0 250 130 0 0 20 0 3 0 987654 1 2\n",
     };
@@ -898,9 +898,9 @@ static void test_reload_failure_reported(void **state)
     assert_int_equal(outcome.success_usec, first);
     text = collect_idle(&outcome, p);
     assert_string_equal(find_value(p, "qmp_bridge_config_last_reload_successful", NULL, NULL), "0");
-    assert_true(strtod(find_value(p, "qmp_bridge_config_last_reload_success_timestamp_seconds",
-                                  NULL, NULL),
-                       NULL) == (double)first / 1e6);
+    assert_true(
+        strtod(find_value(p, "qmp_bridge_config_last_reload_success_timestamp_seconds", NULL, NULL),
+               NULL) == (double)first / 1e6);
     free(text);
     free(p);
     qb_config_free(cfg);
