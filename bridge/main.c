@@ -51,6 +51,7 @@ struct qb_main {
     uv_signal_t sig_int, sig_term, sig_hup;
     bool shutting_down;
     size_t transports_cap; /* room in transports (set at the first SIGHUP; reload.c may grow it) */
+    struct qb_reload_outcome reload_outcome; /* for the status API's reload metrics */
 };
 
 static void usage(FILE *f)
@@ -175,6 +176,7 @@ static void main_reload(struct qb_main *q)
         .mgr = q->mgr,
         .router = q->router,
         .discovery = &q->discovery,
+        .outcome = &q->reload_outcome,
     };
     qb_service_notify_reloading();
     QB_LOG_INFO(NULL, "SIGHUP: reloading %s", q->cfg->path);
@@ -219,6 +221,7 @@ static int main_start_status(struct qb_main *q)
         .spool = &q->spool,
         .router = &q->router,
         .shutting_down = &q->shutting_down,
+        .reload = &q->reload_outcome,
     };
     rc = qb_status_api_start(q->loop, q->cfg->metrics_listen, &src, &q->status, err, sizeof(err));
     if (rc < 0)
@@ -454,6 +457,7 @@ int main(int argc, char **argv)
         qb_config_free(q.cfg);
         return 1;
     }
+    qb_reload_outcome_init(&q.reload_outcome);
     if (status_only) {
         if (!q.cfg->metrics_listen) {
             fprintf(stderr, "qmp-bridge: --status needs metrics.listen in %s\n", config_path);

@@ -135,12 +135,14 @@ static const char *const qb_job_statuses[] = {
 static const char *const qb_colo_modes[] = {"none", "primary", "secondary", NULL};
 /* COLOExitReason */
 static const char *const qb_colo_reasons[] = {"none", "request", "error", "processing", NULL};
-/* RunState without "running": the states a STOP can leave the VM in. */
-static const char *const qb_stopped_states[] = {
-    "debug",     "inmigrate",      "internal-error", "io-error", "paused",   "postmigrate",
-    "prelaunch", "finish-migrate", "restore-vm",     "save-vm",  "shutdown", "suspended",
-    "watchdog",  "guest-panicked", "colo",           NULL,
+/* RunState (qapi/run-state.json), "running" first. */
+const char *const qb_run_states[QB_N_RUN_STATES + 1] = {
+    "running",     "debug",     "inmigrate",      "internal-error", "io-error", "paused",
+    "postmigrate", "prelaunch", "finish-migrate", "restore-vm",     "save-vm",  "shutdown",
+    "suspended",   "watchdog",  "guest-panicked", "colo",           NULL,
 };
+/* RunState without "running": the states a STOP can leave the VM in. */
+static const char *const *const qb_stopped_states = qb_run_states + 1;
 /* BlockDeviceIoStatus without "ok": the states that explain an io-error pause. */
 static const char *const qb_io_error_statuses[] = {"failed", "nospace", NULL};
 

@@ -36,6 +36,10 @@ enum qb_norm_query {
     QB_NORM_QUERY_BLOCK_JOBS, /* "query-block-jobs" */
 };
 
+/* QEMU's RunState values ("running", "io-error", ...), NULL-terminated. */
+#define QB_N_RUN_STATES 16
+extern const char *const qb_run_states[QB_N_RUN_STATES + 1];
+
 /* Returns the QMP command name of a query ("query-status"), or NULL for NONE. */
 const char *qb_norm_query_command(enum qb_norm_query q);
 

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- the pure part ------------------------------------------------------- */
 
@@ -605,7 +606,8 @@ static void rl_discovery(struct rl *x)
         QB_LOG_INFO(NULL, "reload: watching %s for VM sockets", x->nc->discovery_directory);
 }
 
-int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statuslen)
+/* qb_reload_run without the bookkeeping of its outcome. */
+static int reload_apply(const struct qb_reload_target *t, char *status, size_t statuslen)
 {
     struct rl x = {.t = t, .old = *t->cfg};
     struct qb_reload_diff d;
@@ -661,4 +663,30 @@ int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statusl
     free(x.next);
     qb_reload_diff_free(&d);
     return QB_OK;
+}
+
+static uint64_t wall_usec(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void qb_reload_outcome_init(struct qb_reload_outcome *o)
+{
+    o->successful = true;
+    o->success_usec = wall_usec();
+}
+
+int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statuslen)
+{
+    int rc = reload_apply(t, status, statuslen);
+
+    if (t->outcome) {
+        t->outcome->successful = rc == QB_OK;
+        if (rc == QB_OK)
+            t->outcome->success_usec = wall_usec();
+    }
+    return rc;
 }

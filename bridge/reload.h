@@ -37,6 +37,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 enum qb_reload_change {
@@ -90,6 +91,20 @@ bool qb_reload_transport_equal(const struct qb_transport_config *a,
 int qb_reload_keep_fixed(const struct qb_config *old, struct qb_config *new_cfg, char *names,
                          size_t nameslen);
 
+/*
+ * How the last load of the configuration went, for
+ * qmp_bridge_config_last_reload_successful and
+ * qmp_bridge_config_last_reload_success_timestamp_seconds (named as
+ * Prometheus names its own). The load at start-up counts as a successful one.
+ */
+struct qb_reload_outcome {
+    bool successful;       /* the last reload put its file in force */
+    uint64_t success_usec; /* when the last successful one did, µs since the epoch */
+};
+
+/* Records the start-up load: successful, now. */
+void qb_reload_outcome_init(struct qb_reload_outcome *o);
+
 /* The running objects a reload changes; main's, borrowed for the call. */
 struct qb_reload_target {
     uv_loop_t *loop;
@@ -103,6 +118,7 @@ struct qb_reload_target {
     struct qb_vm_manager *mgr;
     struct qb_command_router *router;  /* NULL when commands are disabled */
     struct qb_discovery **discovery;   /* *discovery NULL when discovery is off */
+    struct qb_reload_outcome *outcome; /* updated by every qb_reload_run; may be NULL */
 };
 
 /*

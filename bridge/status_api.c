@@ -13,6 +13,8 @@
 #include "error.h"
 #include "http_server.h"
 #include "log.h"
+#include "normalize.h"
+#include "process_metrics.h"
 #include "prom.h"
 #include "qmp_client.h"
 
@@ -45,15 +47,42 @@ static const enum qb_qmp_state all_states[] = {QB_QMP_IDLE,        QB_QMP_CONNEC
 
 struct vm_tally {
     uint64_t by_state[N_STATES];
+    uint64_t by_run_state[QB_N_RUN_STATES + 1]; /* the last one is "unknown" */
 };
+
+const char *qb_status_run_state_label(const char *session, const char *run_state)
+{
+    if (!session || !run_state || strcmp(session, qb_qmp_state_name(QB_QMP_READY)) != 0)
+        return "unknown";
+    for (size_t i = 0; qb_run_states[i]; i++)
+        if (strcmp(run_state, qb_run_states[i]) == 0)
+            return qb_run_states[i];
+    return "unknown";
+}
 
 static void tally_vm(void *arg, const struct qb_vm_info *info)
 {
     struct vm_tally *t = arg;
+    const char *run = qb_status_run_state_label(info->session, info->run_state);
+    size_t i;
 
-    for (size_t i = 0; i < N_STATES; i++)
+    for (i = 0; i < N_STATES; i++)
         if (strcmp(info->session, qb_qmp_state_name(all_states[i])) == 0)
             t->by_state[i]++;
+    /* the label is one of qb_run_states or else "unknown", which lands on the last slot */
+    for (i = 0; i < QB_N_RUN_STATES && qb_run_states[i] != run; i++)
+        ;
+    t->by_run_state[i]++;
+}
+
+/* Every run state gets a sample, zeros included: an alert's expression then always has a series. */
+static void emit_run_states(struct qb_prom_writer *w, const struct vm_tally *t)
+{
+    for (size_t i = 0; i <= QB_N_RUN_STATES; i++) {
+        const char *labels[] = {"run_state", i < QB_N_RUN_STATES ? qb_run_states[i] : "unknown",
+                                NULL};
+        qb_prom_sample_u64(w, "qmp_bridge_vms_by_run_state", labels, t->by_run_state[i]);
+    }
 }
 
 static void emit_event_count(void *arg, const char *key, const char *key2, uint64_t n)
@@ -91,10 +120,13 @@ static void emit_sessions_closed(struct qb_prom_writer *w, const struct qb_vm_ma
 
 static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
 {
-    struct vm_tally t = {{0}};
+    struct vm_tally t = {{0}, {0}};
     struct qb_vm_manager_stats st = {0};
 
     qb_prom_family(w, "qmp_bridge_vms", "gauge", "VMs by QMP session state");
+    qb_prom_family(w, "qmp_bridge_vms_by_run_state", "gauge",
+                   "VMs by QEMU run state (query-status and the events since); \"unknown\" while "
+                   "the QMP session is not ready");
     qb_prom_family(w, "qmp_bridge_qmp_events_total", "counter",
                    "Events published, by CloudEvents type (bridge events included)");
     qb_prom_family(w, "qmp_bridge_commands_total", "counter",
@@ -127,6 +159,7 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
         const char *labels[] = {"state", qb_qmp_state_name(all_states[i]), NULL};
         qb_prom_sample_u64(w, "qmp_bridge_vms", labels, t.by_state[i]);
     }
+    emit_run_states(w, &t);
     qb_prom_sample_u64(w, "qmp_bridge_reconnects_total", NULL, st.reconnects);
     qb_prom_sample_u64(w, "qmp_bridge_connect_failures_total", NULL, st.connect_failed);
     qb_prom_sample_u64(w, "qmp_bridge_vms_connecting", NULL, st.connecting);
@@ -181,7 +214,25 @@ static const struct {
      offsetof(struct qb_transport_stats, depth)},
     {"qmp_bridge_queue_bytes", "gauge", "Payload bytes in the transport queue",
      offsetof(struct qb_transport_stats, depth_bytes)},
+    {"qmp_bridge_queue_max_messages", "gauge", "The transport queue's bound in messages",
+     offsetof(struct qb_transport_stats, max_messages)},
+    {"qmp_bridge_queue_max_bytes", "gauge", "The transport queue's bound in payload bytes",
+     offsetof(struct qb_transport_stats, max_bytes)},
 };
+
+struct rtt_ctx {
+    struct qb_prom_writer *w;
+    const char *transport;
+};
+
+static void emit_broker_rtt(void *arg, const char *broker, double avg_s, double p99_s)
+{
+    const struct rtt_ctx *c = arg;
+    const char *labels[] = {"transport", c->transport, "broker", broker, NULL};
+
+    qb_prom_sample_double(c->w, "qmp_bridge_broker_rtt_seconds", labels, avg_s);
+    qb_prom_sample_double(c->w, "qmp_bridge_broker_rtt_p99_seconds", labels, p99_s);
+}
 
 static void collect_transports(struct qb_prom_writer *w, struct qb_transport **tr, size_t n)
 {
@@ -193,6 +244,11 @@ static void collect_transports(struct qb_prom_writer *w, struct qb_transport **t
     qb_prom_family(w, "qmp_bridge_transport_up", "gauge", "1 while the transport's link is up");
     qb_prom_family(w, "qmp_bridge_delivery_latency_seconds", "histogram",
                    "QMP event time to delivery confirmation");
+    qb_prom_family(w, "qmp_bridge_broker_rtt_seconds", "gauge",
+                   "Average request round trip to each broker over the client library's last "
+                   "statistics window (Kafka; libmosquitto measures none)");
+    qb_prom_family(w, "qmp_bridge_broker_rtt_p99_seconds", "gauge",
+                   "99th percentile of the same round trips");
     for (size_t i = 0; tr && i < n; i++) {
         struct qb_transport_stats st;
         const char *labels[] = {"transport", qb_transport_name(tr[i]), NULL};
@@ -206,10 +262,13 @@ static void collect_transports(struct qb_prom_writer *w, struct qb_transport **t
         qb_prom_sample_u64(w, "qmp_bridge_transport_up", labels, st.link_up ? 1 : 0);
         qb_prom_histogram(w, "qmp_bridge_delivery_latency_seconds", labels,
                           qb_transport_latency(tr[i]));
+        qb_transport_foreach_broker_rtt(tr[i], emit_broker_rtt,
+                                        &(struct rtt_ctx){w, qb_transport_name(tr[i])});
     }
 }
 
-static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, struct qb_outbox *ob)
+static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, struct qb_outbox *ob,
+                          const struct qb_config *cfg)
 {
     struct qb_spool_stats st = {0};
     struct qb_outbox_stats os = {0};
@@ -233,6 +292,8 @@ static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, stru
     qb_spool_get_stats(spool, &st);
     qb_prom_family(w, "qmp_bridge_spool_records", "gauge", "Records stored, not yet released");
     qb_prom_family(w, "qmp_bridge_spool_bytes", "gauge", "Bytes of all spool segments");
+    qb_prom_family(w, "qmp_bridge_spool_max_bytes", "gauge",
+                   "spool.max_size: at 90% of it QMP reads pause (or the oldest records go)");
     qb_prom_family(w, "qmp_bridge_spool_segments", "gauge", "Spool segment files");
     qb_prom_family(w, "qmp_bridge_spool_oldest_age_seconds", "gauge",
                    "Age of the oldest stored record");
@@ -246,6 +307,7 @@ static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, stru
                    "Appends that failed (file system full, I/O error)");
     qb_prom_sample_u64(w, "qmp_bridge_spool_records", NULL, st.records);
     qb_prom_sample_u64(w, "qmp_bridge_spool_bytes", NULL, st.bytes);
+    qb_prom_sample_u64(w, "qmp_bridge_spool_max_bytes", NULL, cfg->spool_max_bytes);
     qb_prom_sample_u64(w, "qmp_bridge_spool_segments", NULL, st.segments);
     qb_prom_sample_double(w, "qmp_bridge_spool_oldest_age_seconds", NULL,
                           st.oldest_usec ? (double)(now_usec() - st.oldest_usec) / 1e6 : 0.0);
@@ -256,16 +318,22 @@ static void collect_spool(struct qb_prom_writer *w, struct qb_spool *spool, stru
     qb_prom_sample_u64(w, "qmp_bridge_spool_write_errors_total", NULL, st.write_errors);
 }
 
-static int handle_metrics(void *arg, const struct qb_http_request *req,
-                          struct qb_http_response *resp)
+static void collect_reload(struct qb_prom_writer *w, const struct qb_reload_outcome *o)
 {
-    struct qb_status_api *api = arg;
-    const struct qb_status_sources *src = &api->src;
-    struct qb_prom_writer *w = qb_prom_writer_new();
+    if (!o)
+        return;
+    qb_prom_family(w, "qmp_bridge_config_last_reload_successful", "gauge",
+                   "Whether the last configuration reload attempt was successful (start-up "
+                   "counts as one)");
+    qb_prom_family(w, "qmp_bridge_config_last_reload_success_timestamp_seconds", "gauge",
+                   "Timestamp of the last successful configuration reload");
+    qb_prom_sample_u64(w, "qmp_bridge_config_last_reload_successful", NULL, o->successful);
+    qb_prom_sample_double(w, "qmp_bridge_config_last_reload_success_timestamp_seconds", NULL,
+                          (double)o->success_usec / 1e6);
+}
 
-    (void)req;
-    if (!w)
-        return QB_ENOMEM;
+void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_sources *src)
+{
     qb_prom_family(w, "qmp_bridge_info", "gauge", "Constant 1, labelled with version and bridge id");
     qb_prom_sample_u64(w, "qmp_bridge_info",
                        (const char *const[]){"version", QB_VERSION, "bridge", src->cfg->bridge_id,
@@ -274,7 +342,21 @@ static int handle_metrics(void *arg, const struct qb_http_request *req,
     collect_vms(w, *src->mgr);
     collect_router(w, src->router ? *src->router : NULL);
     collect_transports(w, *src->transports, *src->n_transports);
-    collect_spool(w, *src->spool, *src->outbox);
+    collect_spool(w, *src->spool, *src->outbox, src->cfg);
+    collect_reload(w, src->reload);
+    qb_process_metrics_collect(w);
+}
+
+static int handle_metrics(void *arg, const struct qb_http_request *req,
+                          struct qb_http_response *resp)
+{
+    struct qb_status_api *api = arg;
+    struct qb_prom_writer *w = qb_prom_writer_new();
+
+    (void)req;
+    if (!w)
+        return QB_ENOMEM;
+    qb_status_metrics_collect(w, &api->src);
     qb_prom_family(w, "qmp_bridge_http_connections", "gauge", "Open status API connections");
     qb_prom_sample_u64(w, "qmp_bridge_http_connections", NULL,
                        qb_http_server_connections(api->http));

@@ -1,12 +1,15 @@
 /*
  * status_api.h - what the bridge says about itself over HTTP (metrics.listen):
  *
- *   /metrics  Prometheus text format: VMs by session state, QMP events by type,
+ *   /metrics  Prometheus text format: VMs by session state and by QEMU run
+ *             state, QMP events by type,
  *             envelopes published/confirmed/retried/failed/dropped per transport,
  *             queue and spool depth (messages, bytes, age of the oldest), commands
  *             by name and status, rejections of unauthenticated messages answered
  *             and dropped, reconnects, and two latency histograms (QMP
- *             event to transport confirmation; command received to result).
+ *             event to transport confirmation; command received to result), the
+ *             last reload's outcome, the standard process_* metrics, and the
+ *             broker round trip where the transport's library reports one.
  *   /healthz  200 {"status":"ok"} whenever the loop answers at all.
  *   /readyz   200 {"ready":true}, or 503 {"ready":false,"reasons":[...]} while
  *             shutting down, while a transport's link is down, or while the
@@ -24,6 +27,8 @@
 #include "command_router.h"
 #include "config.h"
 #include "outbox.h"
+#include "prom.h"
+#include "reload.h"
 #include "spool.h"
 #include "transport.h"
 #include "vm_manager.h"
@@ -45,6 +50,7 @@ struct qb_status_sources {
     struct qb_spool **spool;
     struct qb_command_router **router; /* NULL or *router NULL: commands off */
     const bool *shutting_down;
+    const struct qb_reload_outcome *reload; /* NULL: no reload metrics */
 };
 
 struct qb_status_api;
@@ -56,6 +62,21 @@ struct qb_status_api;
  */
 int qb_status_api_start(uv_loop_t *loop, const char *listen, const struct qb_status_sources *src,
                         struct qb_status_api **out, char *errbuf, size_t errlen);
+
+/*
+ * Adds every /metrics family but the HTTP server's own to w, read from src
+ * now (both borrowed). Errors stay in w (see prom.h).
+ */
+void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_sources *src);
+
+/*
+ * The run_state label qmp_bridge_vms_by_run_state counts a VM under: its run
+ * state when its QMP session is ready and the state is one of QEMU's
+ * RunState values, "unknown" otherwise (no session: whatever was last seen
+ * may no longer be true). Both arguments borrowed, NULL allowed. Returns a
+ * static string.
+ */
+const char *qb_status_run_state_label(const char *session, const char *run_state);
 
 /* Closes the server; done(arg) runs from the loop once it is gone. NULL api is fine. */
 void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), void *arg);

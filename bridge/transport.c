@@ -694,6 +694,14 @@ void qb_transport_get_stats(const struct qb_transport *t, struct qb_transport_st
 {
     *out = t->stats;
     out->oldest_age_ms = t->head ? uv_now(t->loop) - t->head->queued_at : 0;
+    out->max_messages = queue_max_messages(t);
+    out->max_bytes = queue_max_bytes(t);
+}
+
+void qb_transport_foreach_broker_rtt(const struct qb_transport *t, qb_broker_rtt_cb cb, void *arg)
+{
+    if (t->ops->broker_rtt && (t->state == TR_OPEN || t->state == TR_DRAINING))
+        t->ops->broker_rtt(t->backend, cb, arg);
 }
 
 const struct qb_histogram *qb_transport_latency(const struct qb_transport *t)

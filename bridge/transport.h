@@ -92,6 +92,8 @@ struct qb_transport_stats {
     uint64_t depth;     /* messages in the queue now (including in flight) */
     uint64_t depth_bytes;
     uint64_t oldest_age_ms; /* how long the oldest queued message has waited, 0 when empty */
+    uint64_t max_messages;  /* the queue's bounds in force (defaults applied) */
+    uint64_t max_bytes;
     bool link_up;
 };
 
@@ -233,6 +235,16 @@ size_t qb_transport_take_queue(struct qb_transport *from, struct qb_transport *t
  * one client id). What is still in flight is given up.
  */
 void qb_transport_close_now(struct qb_transport *t, void (*done)(void *arg), void *arg);
+
+/* A broker's round trip as the client library measured it, in seconds (broker borrowed). */
+typedef void (*qb_broker_rtt_cb)(void *arg, const char *broker, double avg_s, double p99_s);
+
+/*
+ * Calls cb(arg, broker, avg_s, p99_s) for each broker the backend's client
+ * library measured a round trip to (see qb_transport_ops.broker_rtt); nothing
+ * for backends that measure none, or once the backend is closing.
+ */
+void qb_transport_foreach_broker_rtt(const struct qb_transport *t, qb_broker_rtt_cb cb, void *arg);
 
 /* The configuration t runs with (borrowed, as given to qb_transport_create). */
 const struct qb_transport_config *qb_transport_config(const struct qb_transport *t);

@@ -89,6 +89,14 @@ struct qb_transport_ops {
     void (*ack)(void *backend, uint64_t ack_token);
 
     /*
+     * Optional, for client libraries that measure it (librdkafka does; libmosquitto
+     * does not). Calls cb once per broker with the round trip the library saw in
+     * its last reporting window: the broker's name (checked printable, borrowed
+     * for the call), average and 99th percentile in seconds. Never blocks.
+     */
+    void (*broker_rtt)(void *backend, qb_broker_rtt_cb cb, void *arg);
+
+    /*
      * Closes the backend: gives up on what is still in flight (each gets
      * delivered(QB_ECLOSED)), says goodbye where the protocol has one
      * (MQTT's retained "offline"), and calls closed(arg) from the loop once

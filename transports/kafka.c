@@ -93,6 +93,14 @@ struct kafka_consumer {
     char group[160]; /* group.id, for the log */
 };
 
+/* Brokers whose round trip is kept: a cluster has a handful; the rest are not reported. */
+#define KAFKA_MAX_RTT_BROKERS 64
+
+struct kafka_rtt {
+    char broker[128]; /* "host:port/nodeid", as librdkafka names it */
+    double avg_s, p99_s;
+};
+
 struct kafka_backend {
     const struct qb_transport_config *cfg;
     const struct qb_bridge_info *bridge;
@@ -112,6 +120,8 @@ struct kafka_backend {
     void *closed_arg;
     uv_loop_t *loop;
     struct kafka_consumer *cons; /* NULL until subscribe */
+    struct kafka_rtt rtt[KAFKA_MAX_RTT_BROKERS]; /* from the last statistics report */
+    size_t n_rtt;
 };
 
 /* Defaults before the user's properties, so each can be overridden. */
@@ -124,6 +134,9 @@ static const struct {
        (the benchmark's p99 target is 5 ms end to end; 5 ms of linger alone would eat it). */
     {"linger.ms", "1"},
     {"socket.nagle.disable", "true"}, /* a produce request must not wait for the previous ACK */
+    /* The broker round trip for /metrics. One report costs librdkafka a JSON document of a few
+       KiB per broker and topic, and us one parse, every 30 s: nothing next to the events. */
+    {"statistics.interval.ms", "30000"},
 };
 
 /* What a refused produce means for the generic layer; anything else is QB_EIO. */
@@ -442,6 +455,80 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         status = QB_EIO;
     }
     b->cb->delivered(b->owner, m->_private, status);
+}
+
+/* True when s is a name fit for a label and a log line: printable ASCII, no blank. */
+static bool broker_name_ok(const char *s)
+{
+    size_t i;
+
+    for (i = 0; s && s[i]; i++)
+        if (s[i] <= ' ' || s[i] > '~' || i + 1 >= sizeof(((struct kafka_rtt *)0)->broker))
+            return false;
+    return s && i > 0;
+}
+
+/* The round trip b last kept for broker, or NULL. */
+static const struct kafka_rtt *rtt_kept(const struct kafka_backend *b, const char *broker)
+{
+    for (size_t i = 0; i < b->n_rtt; i++)
+        if (strcmp(b->rtt[i].broker, broker) == 0)
+            return &b->rtt[i];
+    return NULL;
+}
+
+/*
+ * Served from rd_kafka_poll on the loop (statistics.interval.ms): keeps each
+ * known broker's round trip (microseconds in the JSON). A broker without a
+ * request in the report's window (an idle producer) keeps its last measured
+ * value; bootstrap and internal brokers (nodeid -1), and brokers the report no
+ * longer lists, are left out. Returns 0: librdkafka frees json.
+ */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    struct kafka_backend *b = opaque;
+    json_t *doc = json_loadb(json, len, 0, NULL), *br;
+    struct kafka_rtt next[KAFKA_MAX_RTT_BROKERS];
+    size_t n = 0;
+    const char *key;
+
+    (void)rk;
+    if (!doc) {
+        QB_LOG_DEBUG(NULL, "kafka %s: statistics that are not JSON ignored", cfg_name(b->cfg));
+        return 0;
+    }
+    json_object_foreach(json_object_get(doc, "brokers"), key, br)
+    {
+        const json_t *rtt = json_object_get(br, "rtt");
+        const char *name = json_string_value(json_object_get(br, "name"));
+        const struct kafka_rtt *old;
+
+        (void)key;
+        if (n == KAFKA_MAX_RTT_BROKERS)
+            break;
+        if (json_integer_value(json_object_get(br, "nodeid")) < 0 || !broker_name_ok(name))
+            continue;
+        if (json_integer_value(json_object_get(rtt, "cnt")) > 0) {
+            snprintf(next[n].broker, sizeof(next[n].broker), "%s", name);
+            next[n].avg_s = (double)json_integer_value(json_object_get(rtt, "avg")) / 1e6;
+            next[n].p99_s = (double)json_integer_value(json_object_get(rtt, "p99")) / 1e6;
+            n++;
+        } else if ((old = rtt_kept(b, name)) != NULL) {
+            next[n++] = *old;
+        }
+    }
+    json_decref(doc);
+    memcpy(b->rtt, next, n * sizeof(next[0]));
+    b->n_rtt = n;
+    return 0;
+}
+
+static void kafka_broker_rtt(void *backend, qb_broker_rtt_cb cb, void *arg)
+{
+    struct kafka_backend *b = backend;
+
+    for (size_t i = 0; i < b->n_rtt; i++)
+        cb(arg, b->rtt[i].broker, b->rtt[i].avg_s, b->rtt[i].p99_s);
 }
 
 /* Served from rd_kafka_poll on the loop. */
@@ -1208,6 +1295,7 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
     b->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, rderr, sizeof(rderr));
     if (!b->rk) {
         snprintf(errbuf, errlen, "kafka %s: %s", cfg_name(cfg), rderr);
@@ -1251,5 +1339,6 @@ const struct qb_transport_ops qb_transport_kafka_ops = {
     .publish = kafka_publish,
     .subscribe = kafka_subscribe,
     .ack = kafka_ack,
+    .broker_rtt = kafka_broker_rtt,
     .close = kafka_close,
 };

@@ -93,12 +93,14 @@ with check.Test("debian_package") as t:
               "/usr/lib/sysusers.d/qmp-bridge.conf", "/usr/lib/tmpfiles.d/qmp-bridge.conf",
               "/etc/qmp-bridge/qmp-bridge.yaml", "/usr/share/man/man8/qmp-bridge.8.gz",
               "/usr/share/man/man5/qmp-bridge.yaml.5.gz",
-              "/usr/share/doc/qmp-bridge/examples/qmp-bridge.example.yaml"]
+              "/usr/share/doc/qmp-bridge/examples/qmp-bridge.example.yaml",
+              "/usr/share/qmp-bridge/prometheus/qmp-bridge-rules.yml",
+              "/usr/share/qmp-bridge/grafana/qmp-bridge-dashboard.json"]
     for name in sorted(glob.glob(os.path.join(SRC, "schema", "v1", "*.json"))):
         wanted.append("/usr/share/qmp-bridge/schema/v1/" + os.path.basename(name))
     missing = [w for w in wanted if w not in files]
-    t.expect(not missing, "the package holds the binary, unit, sysusers/tmpfiles, conffile, man pages "
-             "and all %d schemas" % (len(wanted) - 8), missing)
+    t.expect(not missing, "the package holds the binary, unit, sysusers/tmpfiles, conffile, man pages, "
+             "alert rules, dashboard and all %d schemas" % (len(wanted) - 10), missing)
     rc, conffiles, _ = run(["dpkg-deb", "--info", deb, "conffiles"])
     t.expect(conffiles.split() == ["/etc/qmp-bridge/qmp-bridge.yaml"], "the config is a conffile", conffiles)
     rc, depends, _ = run(["dpkg-deb", "--field", deb, "Depends"])

@@ -700,6 +700,58 @@ static void test_state_tombstone_binary(void **state)
     tombstone_after_state(h);
 }
 
+struct rtt_seen {
+    size_t n;
+    char broker[4][128];
+    double avg_s[4], p99_s[4];
+};
+
+static void note_rtt(void *arg, const char *broker, double avg_s, double p99_s)
+{
+    struct rtt_seen *r = arg;
+
+    if (r->n < 4) {
+        snprintf(r->broker[r->n], sizeof(r->broker[0]), "%s", broker);
+        r->avg_s[r->n] = avg_s;
+        r->p99_s[r->n] = p99_s;
+    }
+    r->n++;
+}
+
+/*
+ * The broker round trip librdkafka measures reaches the core: one entry per
+ * broker that answered requests, named "host:port/id", in seconds; the
+ * bootstrap broker (nodeid -1) is not one of them.
+ */
+static void test_broker_rtt(void **state)
+{
+    struct harness *h = *state;
+    struct rtt_seen seen = {0};
+
+    h->props[2] = (struct qb_config_kv){.key = "statistics.interval.ms", .value = "100"};
+    h->cfg.n_properties = 3;
+    make_msgs(h, 8);
+    create_backend(h);
+    qb_transport_kafka_ops.broker_rtt(h->backend, note_rtt, &seen);
+    assert_int_equal(seen.n, 0); /* no report yet */
+    pump(h);
+    run_until(h, all_ok);
+    /* statistics come every 100 ms; the guard timer bounds the wait */
+    while (seen.n == 0) {
+        run_for(h, 100);
+        qb_transport_kafka_ops.broker_rtt(h->backend, note_rtt, &seen);
+    }
+    assert_true(seen.n >= 1 && seen.n <= 3); /* the mock cluster has 3 brokers */
+    for (size_t i = 0; i < seen.n && i < 4; i++) {
+        const char *slash = strrchr(seen.broker[i], '/');
+        if (!slash || slash[1] < '1' || slash[1] > '3' || !strchr(seen.broker[i], ':'))
+            fail_msg("broker name '%s' is not host:port/nodeid", seen.broker[i]);
+        assert_true(seen.avg_s[i] > 0 && seen.avg_s[i] < 60);
+        assert_true(seen.p99_s[i] >= 0 && seen.p99_s[i] < 60);
+    }
+    close_backend(h);
+}
+
 static void expect_invalid(struct harness *h, const char *needle)
 {
     char err[512] = "";
@@ -1074,6 +1126,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_binary_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_tombstone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broker_rtt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_tombstone_binary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leader_moves, setup, teardown),

@@ -10,6 +10,11 @@
  * available (QB_PROMTOOL=/path/to/promtool, or promtool on PATH) a realistic
  * exposition is also checked with `promtool check metrics`; otherwise that
  * test is skipped.
+ *
+ * The collectors of /metrics (status_api.c, process_metrics.c) and the reload
+ * outcome they report (reload.c) are tested here too, without a server: the
+ * families the alert rules and the dashboard rely on must be there, with every
+ * bounded label value, even when there is nothing to count.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,8 +31,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "error.h"
+#include "normalize.h"
+#include "process_metrics.h"
 #include "prom.h"
+#include "reload.h"
+#include "status_api.h"
+
+#include <sys/time.h>
 
 /* ---- a strict reader of the text format ------------------------------------------------- */
 
@@ -714,6 +726,186 @@ static void test_many_samples(void **state)
     free(p);
 }
 
+/* ---- the collectors ------------------------------------------------------------------- */
+
+/* A real /proc/<pid>/stat line of a process whose name holds ") (" and spaces. */
+#define STAT_LINE                                                                                  \
+    "4242 (qb ) (x 1 2) S 1 4242 4242 0 -1 4194560 1234 0 5 0 250 130 0 0 20 0 3 0 987654 "        \
+    "123456789 2048 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0\n"
+
+static void test_process_stat_parse(void **state)
+{
+    struct qb_process_stat st;
+    static const char *const bad[] = {
+        "",
+        "4242 qb S 1",       /* no command name in parentheses */
+        "4242 (qb) S 1 2 3", /* cut short */
+        "4242 (qb) S 1 4242 4242 0 -1 4194560 1234 0 5 0 x 130 0 0 20 0 3 0 987654 1 2\n",
+        "4242 (qb)  S 1 4242 4242 0 -1 4194560 1234 0 5 0 250 130 0 0 20 0 3 0 987654 1 2\n",
+    };
+
+    (void)state;
+    assert_int_equal(qb_process_stat_parse(STAT_LINE, 100, 4096, &st), QB_OK);
+    assert_float_equal(st.cpu_seconds, 3.8, 1e-9); /* (250 + 130) / 100 */
+    assert_float_equal(st.start_seconds, 9876.54, 1e-9);
+    assert_int_equal(st.vsize_bytes, 123456789);
+    assert_int_equal(st.rss_bytes, 2048u * 4096u);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (qb_process_stat_parse(bad[i], 100, 4096, &st) != QB_EPARSE)
+            fail_msg("accepted bad stat line #%zu: %s", i, bad[i]);
+    assert_int_equal(qb_process_stat_parse(NULL, 100, 4096, &st), QB_EPARSE);
+    assert_int_equal(qb_process_stat_parse(STAT_LINE, 0, 4096, &st), QB_EPARSE);
+}
+
+static void test_process_boot_time_parse(void **state)
+{
+    uint64_t bt = 0;
+
+    (void)state;
+    assert_int_equal(qb_process_boot_time_parse("cpu  1 2 3\nintr 5\nbtime 1700000000\n"
+                                                "processes 9\n",
+                                                &bt),
+                     QB_OK);
+    assert_int_equal(bt, 1700000000u);
+    assert_int_equal(qb_process_boot_time_parse("btime 17\n", &bt), QB_OK);
+    assert_int_equal(bt, 17u);
+    assert_int_equal(qb_process_boot_time_parse("cpu 1\nxbtime 5\n", &bt), QB_EPARSE);
+    assert_int_equal(qb_process_boot_time_parse("btime \n", &bt), QB_EPARSE);
+    assert_int_equal(qb_process_boot_time_parse("btime 12x\n", &bt), QB_EPARSE);
+    assert_int_equal(qb_process_boot_time_parse("", &bt), QB_EPARSE);
+}
+
+static void test_run_state_label(void **state)
+{
+    (void)state;
+    assert_string_equal(qb_status_run_state_label("ready", "io-error"), "io-error");
+    assert_string_equal(qb_status_run_state_label("ready", "running"), "running");
+    assert_string_equal(qb_status_run_state_label("ready", "guest-panicked"), "guest-panicked");
+    /* the label set stays QEMU's RunState: anything else, or no live session, is unknown */
+    assert_string_equal(qb_status_run_state_label("ready", "io-error\n"), "unknown");
+    assert_string_equal(qb_status_run_state_label("ready", "vm-42-special"), "unknown");
+    assert_string_equal(qb_status_run_state_label("ready", ""), "unknown");
+    assert_string_equal(qb_status_run_state_label("ready", NULL), "unknown");
+    assert_string_equal(qb_status_run_state_label("connecting", "io-error"), "unknown");
+    assert_string_equal(qb_status_run_state_label("idle", "paused"), "unknown");
+    assert_string_equal(qb_status_run_state_label(NULL, "paused"), "unknown");
+    for (size_t i = 0; i < QB_N_RUN_STATES; i++)
+        assert_ptr_equal(qb_status_run_state_label("ready", qb_run_states[i]), qb_run_states[i]);
+    assert_null(qb_run_states[QB_N_RUN_STATES]);
+}
+
+static double wall_seconds(void)
+{
+    struct timeval tv;
+
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+/* /metrics of a bridge with nothing running yet, read by the strict checker. */
+static char *collect_idle(const struct qb_reload_outcome *outcome, struct parsed *p)
+{
+    static struct qb_config cfg = {.bridge_id = "unit"};
+    static struct qb_vm_manager *mgr;
+    static struct qb_transport **transports;
+    static size_t n_transports;
+    static struct qb_outbox *outbox;
+    static struct qb_spool *spool;
+    static bool shutting_down;
+    const struct qb_status_sources src = {
+        .cfg = &cfg,
+        .mgr = &mgr,
+        .transports = &transports,
+        .n_transports = &n_transports,
+        .outbox = &outbox,
+        .spool = &spool,
+        .router = NULL,
+        .shutting_down = &shutting_down,
+        .reload = outcome,
+    };
+    struct qb_prom_writer *w = qb_prom_writer_new();
+
+    qb_status_metrics_collect(w, &src);
+    return finish_checked(w, p);
+}
+
+static void test_metrics_run_states_process_reload(void **state)
+{
+    struct qb_reload_outcome outcome;
+    struct parsed *p = new_parsed();
+    double before = wall_seconds(), v;
+    const char *val;
+    char *text;
+    int n = 0;
+
+    (void)state;
+    qb_reload_outcome_init(&outcome);
+    text = collect_idle(&outcome, p);
+
+    /* every RunState and "unknown", each 0, and nothing else under that family */
+    for (size_t i = 0; i < QB_N_RUN_STATES; i++) {
+        val = find_value(p, "qmp_bridge_vms_by_run_state", "run_state", qb_run_states[i]);
+        if (!val || strcmp(val, "0"))
+            fail_msg("run_state=%s: %s\n%s", qb_run_states[i], val ? val : "missing", text);
+    }
+    assert_string_equal(find_value(p, "qmp_bridge_vms_by_run_state", "run_state", "unknown"), "0");
+    assert_non_null(find_value(p, "qmp_bridge_vms_by_run_state", "run_state", "io-error"));
+    for (int i = 0; i < p->n; i++)
+        n += !strcmp(p->s[i].name, "qmp_bridge_vms_by_run_state");
+    assert_int_equal(n, QB_N_RUN_STATES + 1);
+
+    /* the start-up load counts as a successful reload, now */
+    assert_string_equal(find_value(p, "qmp_bridge_config_last_reload_successful", NULL, NULL), "1");
+    v = strtod(find_value(p, "qmp_bridge_config_last_reload_success_timestamp_seconds", NULL, NULL),
+               NULL);
+    assert_true(v >= before - 1 && v <= wall_seconds() + 1);
+
+    /* this very process, as client_golang would report it */
+    assert_true(strtod(find_value(p, "process_cpu_seconds_total", NULL, NULL), NULL) >= 0);
+    assert_true(strtod(find_value(p, "process_resident_memory_bytes", NULL, NULL), NULL) > 0);
+    assert_true(strtod(find_value(p, "process_virtual_memory_bytes", NULL, NULL), NULL) >=
+                strtod(find_value(p, "process_resident_memory_bytes", NULL, NULL), NULL));
+    v = strtod(find_value(p, "process_open_fds", NULL, NULL), NULL);
+    assert_true(v >= 3); /* stdin, stdout, stderr at least */
+    assert_true(strtod(find_value(p, "process_max_fds", NULL, NULL), NULL) >= v);
+    v = strtod(find_value(p, "process_start_time_seconds", NULL, NULL), NULL);
+    assert_true(v > 1e9 && v <= wall_seconds() + 1);
+    free(text);
+    free(p);
+}
+
+/* A reload whose file cannot be read changes nothing and is reported as failed. */
+static void test_reload_failure_reported(void **state)
+{
+    static const char yaml[] = "bridge: { id: unit }\n";
+    struct qb_config *cfg = NULL;
+    struct qb_reload_outcome outcome;
+    struct qb_reload_target t = {0};
+    struct parsed *p = new_parsed();
+    char err[512], status[512], *text;
+    uint64_t first;
+
+    (void)state;
+    assert_int_equal(qb_config_load_string("/nonexistent/qb-unit/qmp-bridge.yaml", yaml,
+                                           strlen(yaml), &cfg, err, sizeof(err)),
+                     QB_OK);
+    qb_reload_outcome_init(&outcome);
+    first = outcome.success_usec;
+    t.cfg = &cfg;
+    t.outcome = &outcome;
+    assert_int_equal(qb_reload_run(&t, status, sizeof(status)), QB_ECONFIG);
+    assert_false(outcome.successful);
+    assert_int_equal(outcome.success_usec, first);
+    text = collect_idle(&outcome, p);
+    assert_string_equal(find_value(p, "qmp_bridge_config_last_reload_successful", NULL, NULL), "0");
+    assert_true(
+        strtod(find_value(p, "qmp_bridge_config_last_reload_success_timestamp_seconds", NULL, NULL),
+               NULL) == (double)first / 1e6);
+    free(text);
+    free(p);
+    qb_config_free(cfg);
+}
+
 static const char *promtool_path(void)
 {
     static char found[4096];
@@ -805,6 +997,11 @@ int main(void)
         cmocka_unit_test(test_histogram_init_checks),
         cmocka_unit_test(test_histogram_quantile),
         cmocka_unit_test(test_many_samples),
+        cmocka_unit_test(test_process_stat_parse),
+        cmocka_unit_test(test_process_boot_time_parse),
+        cmocka_unit_test(test_run_state_label),
+        cmocka_unit_test(test_metrics_run_states_process_reload),
+        cmocka_unit_test(test_reload_failure_reported),
         cmocka_unit_test(test_promtool_accepts),
     };
 
