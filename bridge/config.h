@@ -130,6 +130,7 @@ struct qb_config {
     /* bridge: */
     char *bridge_id;              /* id, required; [A-Za-z0-9._-]{1,64} */
     enum qb_log_level log_level;  /* log_level, default info */
+    enum qb_log_format log_format; /* log_format: auto|text|json|journal, default auto */
     char *schema_base_uri;        /* schema_base_uri, default
                                      "file:///usr/share/qmp-bridge/schema/v1/" */
     char *state_directory;        /* state_directory: the command journal; default NULL (ids

@@ -460,6 +460,7 @@ int main(int argc, char **argv)
     }
 
     qb_log_set_level(q.cfg->log_level);
+    qb_log_set_format(q.cfg->log_format);
     signal(SIGPIPE, SIG_IGN);
     q.loop = uv_default_loop();
     QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s", QB_VERSION,
