@@ -348,7 +348,7 @@ static void log_drop(struct qb_transport *t, const struct qb_message *msg)
     t->drops_unlogged = 0;
 }
 
-int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
+static int enqueue(struct qb_transport *t, const struct qb_message *msg)
 {
     if (t->state != TR_OPEN)
         return QB_ECLOSED;
@@ -389,6 +389,16 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
     update_pressure(t);
     pump(t);
     return QB_OK;
+}
+
+int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
+{
+    /* its lines (queue full, back-pressure) name the transport in their fields too */
+    const char *scope = qb_log_transport_begin(t->name);
+    int rc = enqueue(t, msg);
+
+    qb_log_transport_end(scope);
+    return rc;
 }
 
 /*
@@ -470,6 +480,7 @@ static void close_backend(struct qb_transport *t)
     t->state = TR_BACKEND_CLOSING;
     uv_timer_stop(&t->close_timer);
     uv_timer_stop(&t->retry_timer);
+    const char *scope = qb_log_transport_begin(t->name);
     if (t->drops_unlogged)
         QB_LOG_WARN(NULL, "transport %s: %" PRIu64 " more messages dropped (queue full)", t->name,
                     t->drops_unlogged);
@@ -479,6 +490,7 @@ static void close_backend(struct qb_transport *t)
     else
         QB_LOG_INFO(NULL, "transport %s: closed, 0 messages undelivered", t->name);
     t->ops->close(t->backend, on_backend_closed, t);
+    qb_log_transport_end(scope);
 }
 
 static void on_close_timer(uv_timer_t *timer)
