@@ -1037,8 +1037,11 @@ static const struct enum_value log_levels[] = {
     {"info", QB_LOG_INFO},   {"debug", QB_LOG_DEBUG}, {NULL, 0},
 };
 static const struct enum_value log_formats[] = {
-    {"auto", QB_LOG_FORMAT_AUTO}, {"text", QB_LOG_FORMAT_TEXT},       {"json", QB_LOG_FORMAT_JSON},
-    {"journal", QB_LOG_FORMAT_JOURNAL}, {NULL, 0},
+    {"auto", QB_LOG_FORMAT_AUTO},
+    {"text", QB_LOG_FORMAT_TEXT},
+    {"json", QB_LOG_FORMAT_JSON},
+    {"journal", QB_LOG_FORMAT_JOURNAL},
+    {NULL, 0},
 };
 static const struct enum_value qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
 static const struct enum_value mqtt_protocols[] = {

@@ -630,8 +630,7 @@ int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statusl
     if (x.nc->log_format != x.old->log_format) {
         qb_log_set_format(x.nc->log_format);
         QB_LOG_WARN(NULL, "reload: log format %s -> %s (%s)", qb_log_format_name(x.old->log_format),
-                    qb_log_format_name(x.nc->log_format),
-                    qb_log_format_name(qb_log_get_format()));
+                    qb_log_format_name(x.nc->log_format), qb_log_format_name(qb_log_get_format()));
     }
     qb_vm_manager_set_config(t->mgr, x.nc);
     qb_outbox_set_config(t->outbox, x.nc);

@@ -483,7 +483,8 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 static void serve_queue(struct kafka_backend *b)
 {
     uint64_t reports = b->reports;
-    const char *scope = qb_log_transport_begin(cfg_name(b->cfg)); /* librdkafka's callbacks run here */
+    /* librdkafka's callbacks run in here */
+    const char *scope = qb_log_transport_begin(cfg_name(b->cfg));
     int polls = 0;
     do {
         rd_kafka_poll(b->rk, 0);

@@ -190,7 +190,8 @@ static void test_json_fields(void **state)
     qb_log_transport_end(previous);
     obj = json_line(out);
     assert_int_equal(json_object_size(obj), 6);
-    assert_int_equal(regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
+    assert_int_equal(regcomp(&re,
+                             "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
                              REG_EXTENDED | REG_NOSUB),
                      0);
     assert_int_equal(regexec(&re, jstr(obj, "time"), 0, NULL, 0), 0);
@@ -296,6 +297,28 @@ static void test_text_has_no_fields(void **state)
 
 /* ---- the context ---- */
 
+/* Logs text in the JSON format and checks the line's transport and command_id (NULL: absent). */
+static void assert_context(const char *text, const char *transport, const char *command_id)
+{
+    char *out;
+    json_t *obj;
+
+    qb_log_set_format(QB_LOG_FORMAT_JSON);
+    out = capture(QB_LOG_INFO, NULL, text);
+    obj = json_line(out);
+    if (transport)
+        assert_string_equal(jstr(obj, "transport"), transport);
+    else
+        assert_null(json_object_get(obj, "transport"));
+    if (command_id)
+        assert_string_equal(jstr(obj, "command_id"), command_id);
+    else
+        assert_null(json_object_get(obj, "command_id"));
+    json_decref(obj);
+    free(out);
+    qb_log_set_format(QB_LOG_FORMAT_TEXT);
+}
+
 static void test_scopes_nest(void **state)
 {
     (void)state;
@@ -303,10 +326,7 @@ static void test_scopes_nest(void **state)
     const char *t1, *t2;
     char *id = strdup("c-outer");
     char long_id[300];
-    json_t *obj;
-    char *out;
 
-    qb_log_set_format(QB_LOG_FORMAT_JSON);
     t1 = qb_log_transport_begin("mqtt");
     t2 = qb_log_transport_begin("kafka");
     assert_null(t1);
@@ -314,41 +334,24 @@ static void test_scopes_nest(void **state)
     qb_log_command_begin(&outer, id);
     free(id); /* the scope keeps its own copy */
     qb_log_command_begin(&inner, "c-inner");
-    out = capture(QB_LOG_INFO, NULL, "inner");
-    obj = json_line(out);
-    assert_string_equal(jstr(obj, "transport"), "kafka");
-    assert_string_equal(jstr(obj, "command_id"), "c-inner");
-    json_decref(obj);
-    free(out);
+    assert_context("inner", "kafka", "c-inner");
     qb_log_command_end(&inner);
     qb_log_transport_end(t2);
-    out = capture(QB_LOG_INFO, NULL, "outer");
-    obj = json_line(out);
-    assert_string_equal(jstr(obj, "transport"), "mqtt");
-    assert_string_equal(jstr(obj, "command_id"), "c-outer");
-    json_decref(obj);
-    free(out);
+    assert_context("outer", "mqtt", "c-outer");
 
-    /* set names the command of the scope begun without one; the end restores */
+    /* set names the command of the scope begun without one (cut to the maximum); the end
+       restores */
     qb_log_command_begin(&inner, NULL);
     memset(long_id, 'i', sizeof(long_id) - 1);
     long_id[sizeof(long_id) - 1] = '\0';
     qb_log_command_set(long_id);
-    out = capture(QB_LOG_INFO, NULL, "long");
-    obj = json_line(out);
-    assert_int_equal(strlen(jstr(obj, "command_id")), QB_LOG_COMMAND_ID_MAX);
-    json_decref(obj);
-    free(out);
+    long_id[QB_LOG_COMMAND_ID_MAX] = '\0';
+    assert_context("long", "mqtt", long_id);
     qb_log_command_end(&inner);
+    assert_context("outer again", "mqtt", "c-outer");
     qb_log_command_end(&outer);
     qb_log_transport_end(t1);
-    out = capture(QB_LOG_INFO, NULL, "none");
-    obj = json_line(out);
-    assert_null(json_object_get(obj, "transport"));
-    assert_null(json_object_get(obj, "command_id"));
-    json_decref(obj);
-    free(out);
-    qb_log_set_format(QB_LOG_FORMAT_TEXT);
+    assert_context("none", NULL, NULL);
 }
 
 static int evaluated;
@@ -378,8 +381,7 @@ static void test_level_checked_first(void **state)
  * Runs qb_log_stderr_is_journal() with fd 2 on a scratch file and JOURNAL_STREAM
  * "<before><dev><colon><ino + add_to_ino><after>".
  */
-static bool journal_check(const char *before, const char *colon, const char *after,
-                          long add_to_ino)
+static bool journal_check(const char *before, const char *colon, const char *after, long add_to_ino)
 {
     char path[] = "/tmp/qb-test-log-XXXXXX", value[64];
     int fd = mkstemp(path), saved = dup(2);
@@ -420,6 +422,18 @@ static void test_stderr_is_journal(void **state)
     assert_string_equal(qb_log_format_name(QB_LOG_FORMAT_AUTO), "auto");
 }
 
+/* A failed case leaves no JSON format or scope behind for the next one. */
+static int back_to_text(void **state)
+{
+    (void)state;
+    qb_log_set_format(QB_LOG_FORMAT_TEXT);
+    qb_log_set_level(QB_LOG_INFO);
+    qb_log_transport_end(NULL);
+    qb_log_command_set(NULL);
+    unsetenv("JOURNAL_STREAM");
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -429,13 +443,13 @@ int main(void)
         cmocka_unit_test(test_vm_prefix_is_escaped),
         cmocka_unit_test(test_all_controls_fit),
         cmocka_unit_test(test_escape_cuts_at_a_boundary),
-        cmocka_unit_test(test_json_fields),
-        cmocka_unit_test(test_json_escaping),
-        cmocka_unit_test(test_json_longest_line),
-        cmocka_unit_test(test_text_has_no_fields),
-        cmocka_unit_test(test_scopes_nest),
-        cmocka_unit_test(test_level_checked_first),
-        cmocka_unit_test(test_stderr_is_journal),
+        cmocka_unit_test_teardown(test_json_fields, back_to_text),
+        cmocka_unit_test_teardown(test_json_escaping, back_to_text),
+        cmocka_unit_test_teardown(test_json_longest_line, back_to_text),
+        cmocka_unit_test_teardown(test_text_has_no_fields, back_to_text),
+        cmocka_unit_test_teardown(test_scopes_nest, back_to_text),
+        cmocka_unit_test_teardown(test_level_checked_first, back_to_text),
+        cmocka_unit_test_teardown(test_stderr_is_journal, back_to_text),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
