@@ -16,7 +16,9 @@ Checked:
 - fields: VM=vm1 on the VM's lines (and no "[vm1]" in MESSAGE), TRANSPORT=mqtt on the MQTT
   transport's lines, COMMAND_ID on the lines of a command being queued, run and answered;
 - a command id carrying a newline and a forged line stays in its field, escaped (\\x0A):
-  no value needed the binary form that journald uses for values with newlines.
+  no value needed the binary form that journald uses for values with newlines;
+- an invalid configuration at start-up is reported as an entry of PRIORITY=3 (the service
+  did not start: `journalctl -p warning` says why), not as a plain stderr line.
 """
 import os
 import re
@@ -30,7 +32,7 @@ from qbtest import journal  # noqa: E402
 
 journal.reexec_in_mount_namespace()
 
-from qbtest import bridge, check, cmdrig, commands  # noqa: E402
+from qbtest import bridge, check, cmdrig, commands, procs  # noqa: E402
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 FORGED = "\n2026-12-06T15:00:00.000Z info  [vm2] command c-9 (stop): ok"
@@ -127,6 +129,22 @@ def main(t):
     with open(br.log) as f:
         rest = [l for l in f.read().splitlines() if not l.startswith("### qbtest")]
     t.expect(not rest, "stderr got nothing (no line fell back to text)", rest[:5])
+
+    t.section("a configuration error at start-up is an error entry too")
+    with open(br.conf, "w") as f:
+        f.write(good.replace("qmp: {", "qmp: { no_such_key: 1,", 1))
+    with open(br.log, "a") as f:
+        f.write("### qbtest: invalid configuration\n")
+    env = dict(os.environ, JOURNAL_STREAM=journal.stream_of(br.log))
+    p = procs.spawn([bridge.binary(), "-c", br.conf], "qmp-bridge-bad-config", stderr=br.log,
+                    env=env)
+    t.expect(p.wait(timeout=30) == 1, "exit 1 (configuration error)")
+    bad = first(j, "the configuration error", lambda e: "no_such_key" in e.get("MESSAGE", ""))
+    t.expect(bad.get("PRIORITY") == "3" and bad["MESSAGE"].startswith(br.conf + ":2:"),
+             "PRIORITY=3, MESSAGE names file:line:col: " + bad["MESSAGE"], bad)
+    with open(br.log) as f:
+        rest = [l for l in f.read().splitlines() if not l.startswith("### qbtest")]
+    t.expect(not rest, "and stderr got nothing", rest[:5])
 
 
 with check.Test("journal_log") as t:
