@@ -18,7 +18,11 @@ Checked:
 - a command id carrying a newline and a forged line stays in its field, escaped (\\x0A):
   no value needed the binary form that journald uses for values with newlines;
 - an invalid configuration at start-up is reported as an entry of PRIORITY=3 (the service
-  did not start: `journalctl -p warning` says why), not as a plain stderr line.
+  did not start: `journalctl -p warning` says why), not as a plain stderr line;
+- then, where Debian's systemd-journald is installed, the real journald (started in the
+  namespace with its journal on a tmpfs): `journalctl -p warning` lists a rejected command
+  with its VM, COMMAND_ID and TRANSPORT fields and none of the info or debug lines, and
+  `journalctl VM=vm1 COMMAND_ID=c-3` finds it.
 """
 import os
 import re
@@ -145,6 +149,43 @@ def main(t):
     with open(br.log) as f:
         rest = [l for l in f.read().splitlines() if not l.startswith("### qbtest")]
     t.expect(not rest, "and stderr got nothing", rest[:5])
+
+    t.section("the real journald: journalctl -p warning shows the warnings, not the rest")
+    j.close()
+    jd = journal.start_journald(t.workdir)
+    if jd is None:
+        t.ok("skipped: no systemd-journald or journalctl here")
+        return
+    t.add_log("journald", os.path.join(t.workdir, "journald.log"))
+    with open(br.conf, "w") as f:
+        f.write(good)
+    os.environ["JOURNAL_STREAM"] = journal.stream_of(br.log)
+    br.start()
+    del os.environ["JOURNAL_STREAM"]
+    mine = "SYSLOG_IDENTIFIER=qmp-bridge"
+    procs.wait_until(lambda: [e for e in journal.journalctl(mine)
+                              if e.get("MESSAGE", "").startswith("mqtt mqtt: receiving commands")],
+                     20, "the bridge's command subscription in the journal")
+    time.sleep(0.5)  # the subscription reaches the broker
+    rig.publish(commands.make("colo-lost-heartbeat", "vm1", cmd_id="c-3"))
+    warned = procs.wait_until(lambda: [e for e in journal.journalctl("-p", "warning", mine)
+                                       if "c-3 rejected" in e.get("MESSAGE", "")],
+                              20, "c-3's rejection in journalctl -p warning")[0]
+    t.expect(warned.get("PRIORITY") == "4" and warned.get("VM") == "vm1"
+             and warned.get("COMMAND_ID") == "c-3" and warned.get("TRANSPORT") == "mqtt",
+             "journalctl -p warning: c-3's rejection, PRIORITY 4, VM=vm1, COMMAND_ID=c-3, "
+             "TRANSPORT=mqtt", warned)
+    t.expect(journal.journalctl(mine, "VM=vm1", "COMMAND_ID=c-3"),
+             "journalctl VM=vm1 COMMAND_ID=c-3 finds it")
+    rc = br.stop()
+    t.expect(rc == 0, "SIGTERM: exit 0", rc)
+    everything = journal.journalctl(mine)
+    shown = journal.journalctl("-p", "warning", mine)
+    t.expect(any(e.get("MESSAGE") == "shutdown complete" for e in everything)
+             and not [e for e in shown if int(e.get("PRIORITY", "9")) > 4],
+             "%d entries in all, %d of them warnings or errors: -p warning leaves out info and "
+             "debug" % (len(everything), len(shown)), [e.get("MESSAGE") for e in shown][:5])
+    procs.stop(jd)
 
 
 with check.Test("journal_log") as t:

@@ -5,6 +5,8 @@
     j = journal.Receiver(workdir)         # binds /run/systemd/journal/socket
     env JOURNAL_STREAM = journal.stream_of(path_of_the_bridge_stderr)
     j.entries()                           # [Entry], each datagram parsed
+    j.close(); journal.start_journald(workdir)   # or the real journald, where there is one
+    journal.journalctl("-p", "warning")   # what the user would see
 
 libsystemd's sd_journal_sendv() always sends to /run/systemd/journal/socket, so the
 test takes that path over in a private mount namespace (it must run as root); the host's
@@ -14,6 +16,7 @@ docs/JOURNAL_NATIVE_PROTOCOL.md): "KEY=value\\n", or for a value that may hold a
 datagram comes as a memfd passed with SCM_RIGHTS; that is read too.
 """
 import array
+import json
 import os
 import re
 import shutil
@@ -58,11 +61,15 @@ def reexec_in_mount_namespace():
     os.execvpe(argv[0], argv + [sys.executable] + sys.argv, env)
 
 
+def private_run_check():
+    if os.environ.get(_NS_FLAG) != "1":
+        raise RuntimeError("mounting outside the private mount namespace")
+
+
 def private_run():
     """Mounts a tmpfs on /run/systemd (or /run/systemd/journal, or /run: the deepest that
     exists) in this private namespace and creates /run/systemd/journal in it."""
-    if os.environ.get(_NS_FLAG) != "1":
-        raise RuntimeError("private_run() outside the private mount namespace")
+    private_run_check()
     for target in ("/run/systemd/journal", "/run/systemd", "/run"):
         if os.path.isdir(target):
             subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "qbtest-journal", target],
@@ -181,6 +188,14 @@ class Receiver:
                 out.write("%s %s%s\n" % (entry.get("PRIORITY", "?"), entry.text(), extra))
                 out.flush()
 
+    def close(self):
+        """Stops receiving and frees the socket's path (for a real journald)."""
+        self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+        self._sock.close()
+        if os.path.exists(SOCKET):
+            os.unlink(SOCKET)
+
     def entries(self):
         with self._lock:
             return list(self._entries)
@@ -192,3 +207,32 @@ class Receiver:
     def wait(self, predicate, what, timeout=20.0):
         """The entries that satisfy predicate, once there is at least one."""
         return procs.wait_until(lambda: [e for e in self.entries() if predicate(e)], timeout, what)
+
+
+JOURNALD = "/lib/systemd/systemd-journald"
+
+
+def start_journald(workdir):
+    """Starts the real systemd-journald in this private namespace, keeping its journal in
+    a tmpfs on /run/log (and one on /var/log/journal where that exists), so nothing of the
+    host's is read or written; returns its Popen once its socket is there, or None when
+    there is no journald or journalctl to use."""
+    if not os.access(JOURNALD, os.X_OK) or not shutil.which("journalctl"):
+        return None
+    private_run_check()
+    for target in ("/run/log", "/var/log/journal"):
+        if os.path.isdir(target):
+            subprocess.run(["mount", "-t", "tmpfs", "qbtest-journal", target], check=True,
+                           timeout=30)
+    os.makedirs("/run/log/journal", exist_ok=True)
+    p = procs.spawn([JOURNALD], "systemd-journald", stdout=os.path.join(workdir, "journald.log"),
+                    stderr=os.path.join(workdir, "journald.log"))
+    procs.wait_until(lambda: os.path.exists(SOCKET), 20, "journald's socket")
+    return p
+
+
+def journalctl(*args):
+    """Entries of the private journal that journalctl selects with args, as dicts (-o json)."""
+    out = subprocess.run(["journalctl", "-q", "--no-pager", "-D", "/run/log/journal", "-o", "json"]
+                         + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    return [json.loads(line) for line in out.stdout.decode("utf-8").splitlines() if line]
