@@ -380,9 +380,12 @@ static void qb_exec_complete(struct qb_command_exec *e)
     json_t *result = qb_exec_result(e);
     const char *id = e->cmd->id ? e->cmd->id : "-";
     const char *name = e->plan != NULL ? qb_cmd_name_str(e->cmd->name) : e->cmd->type;
+    struct qb_log_command_scope scope;
 
     if (name == NULL)
         name = "?";
+    /* only the outcome: done may go on to the VM's next command */
+    qb_log_command_begin(&scope, e->cmd->id);
     if (result == NULL)
         QB_LOG_ERR(qb_exec_vm(e), "command %s: out of memory building its result", id);
     else if (e->err_cls == NULL)
@@ -390,6 +393,7 @@ static void qb_exec_complete(struct qb_command_exec *e)
     else
         QB_LOG_WARN(qb_exec_vm(e), "command %s (%s): %s: %s: %s", id, name, qb_exec_status(e),
                     e->err_cls, e->err_msg);
+    qb_log_command_end(&scope);
     e->done(e->arg, result);
 }
 
@@ -532,10 +536,13 @@ int qb_command_exec_start(uv_loop_t *loop, struct qb_qmp_client *c, const struct
                           qb_command_done_cb done, void *arg)
 {
     struct qb_command_exec *e = calloc(1, sizeof(*e));
+    struct qb_log_command_scope scope;
 
+    qb_log_command_begin(&scope, cmd->id);
     if (e == NULL || (e->steps = json_array()) == NULL) {
         free(e);
         QB_LOG_ERR(cmd->subject, "command %s: out of memory starting it", cmd->id ? cmd->id : "-");
+        qb_log_command_end(&scope);
         return QB_ENOMEM;
     }
     e->loop = loop;
@@ -562,5 +569,6 @@ int qb_command_exec_start(uv_loop_t *loop, struct qb_qmp_client *c, const struct
     }
     /* e may already be waiting on its deferral timer: only the flag is touched, never freed. */
     e->starting = false;
+    qb_log_command_end(&scope);
     return QB_OK;
 }

@@ -399,8 +399,8 @@ static void router_run(struct qb_command_router *r, const char *vm, struct qb_co
     }
 }
 
-void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct qb_inbound *in,
-                               uint64_t ack_token)
+static void router_inbound(void *arg, struct qb_transport *t, const struct qb_inbound *in,
+                           uint64_t ack_token)
 {
     struct qb_command_router *r = arg;
     struct qb_command_origin origin = {
@@ -428,6 +428,7 @@ void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct q
         return;
     }
     vm = cmd && cmd->subject ? cmd->subject : in->vm_hint;
+    qb_log_command_set(cmd ? cmd->id : NULL);
 
     if (cmd && cmd->bridge && strcmp(cmd->bridge, r->cfg->bridge_id) != 0) {
         QB_LOG_DEBUG(rc == QB_OK ? vm : NULL, "command %s is for bridge %s: ignored",
@@ -505,6 +506,17 @@ reject:
 ignore:
     qb_transport_ack(t, ack_token);
     qb_command_free(cmd);
+}
+
+/* Every line logged while an inbound command is handled carries its id (log.h). */
+void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct qb_inbound *in,
+                               uint64_t ack_token)
+{
+    struct qb_log_command_scope scope;
+
+    qb_log_command_begin(&scope, NULL);
+    router_inbound(arg, t, in, ack_token);
+    qb_log_command_end(&scope);
 }
 
 /* ---- reload ---- */

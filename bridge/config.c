@@ -1036,6 +1036,13 @@ static const struct enum_value log_levels[] = {
     {"error", QB_LOG_ERROR}, {"warn", QB_LOG_WARN},   {"warning", QB_LOG_WARN},
     {"info", QB_LOG_INFO},   {"debug", QB_LOG_DEBUG}, {NULL, 0},
 };
+static const struct enum_value log_formats[] = {
+    {"auto", QB_LOG_FORMAT_AUTO},
+    {"text", QB_LOG_FORMAT_TEXT},
+    {"json", QB_LOG_FORMAT_JSON},
+    {"journal", QB_LOG_FORMAT_JOURNAL},
+    {NULL, 0},
+};
 static const struct enum_value qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
 static const struct enum_value mqtt_protocols[] = {
     {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
@@ -1054,6 +1061,7 @@ static const struct enum_value content_modes[] = {
     {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
 
 _Static_assert(sizeof(enum qb_log_level) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_log_format) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "F_ENUM stores an int");
@@ -1077,6 +1085,7 @@ static const struct field bridge_fields[] = {
     /* default: the host name (finish_bridge_id) */
     FIELD(C, "id", F_STRING, bridge_id, .check = check_name),
     FIELD(C, "log_level", F_ENUM, log_level, .def = "info", .enums = log_levels),
+    FIELD(C, "log_format", F_ENUM, log_format, .def = "auto", .enums = log_formats),
     FIELD(C, "schema_base_uri", F_STRING, schema_base_uri,
           .def = "file:///usr/share/qmp-bridge/schema/v1/", .check = check_nonempty),
     FIELD(C, "state_directory", F_STRING, state_directory, .check = check_nonempty),

@@ -138,6 +138,7 @@ struct qb_config {
                                      name the rule refuses is a configuration error) */
     bool bridge_id_from_host;     /* bridge_id is that default */
     enum qb_log_level log_level;  /* log_level, default info */
+    enum qb_log_format log_format; /* log_format: auto|text|json|journal, default auto */
     char *schema_base_uri;        /* schema_base_uri, default
                                      "file:///usr/share/qmp-bridge/schema/v1/" */
     char *state_directory;        /* state_directory: the command journal; default NULL (ids

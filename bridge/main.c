@@ -26,6 +26,7 @@
 
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -378,14 +379,36 @@ static int main_start_commands(struct qb_main *q)
 }
 
 /* Validates what the loader cannot: each transport's own settings. Returns QB_OK or QB_ECONFIG. */
+/*
+ * Reports a configuration error: "qmp-bridge: <error>" on a terminal; where stderr is
+ * the journal (the service, and its ExecReload check) an entry of error priority, so
+ * that `journalctl -p warning` says why the service did not start or reload.
+ */
+static void main_config_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void main_config_error(const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!qb_log_stderr_is_journal()) {
+        fprintf(stderr, "qmp-bridge: %s\n", msg);
+        return;
+    }
+    qb_log_set_format(QB_LOG_FORMAT_JOURNAL);
+    QB_LOG_ERR(NULL, "%s", msg);
+}
+
 static int main_check_transports(const struct qb_config *cfg)
 {
     char err[512];
 
     for (size_t i = 0; i < cfg->n_transports; i++) {
         if (qb_transport_validate(&cfg->transports[i], err, sizeof(err)) < 0) {
-            fprintf(stderr, "qmp-bridge: %s:%d:%d: transports[%zu]: %s\n", cfg->path,
-                    cfg->transports[i].line, cfg->transports[i].column, i, err);
+            main_config_error("%s:%d:%d: transports[%zu]: %s", cfg->path, cfg->transports[i].line,
+                              cfg->transports[i].column, i, err);
             return QB_ECONFIG;
         }
     }
@@ -450,7 +473,7 @@ int main(int argc, char **argv)
 
     rc = qb_config_load_file(config_path, &q.cfg, err, sizeof(err));
     if (rc < 0) {
-        fprintf(stderr, "qmp-bridge: %s\n", err);
+        main_config_error("%s", err);
         return 1;
     }
     if (main_check_transports(q.cfg) < 0) {
@@ -478,6 +501,7 @@ int main(int argc, char **argv)
     }
 
     qb_log_set_level(q.cfg->log_level);
+    qb_log_set_format(q.cfg->log_format);
     signal(SIGPIPE, SIG_IGN);
     q.loop = uv_default_loop();
     QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s", QB_VERSION,

@@ -641,6 +641,11 @@ static int reload_apply(const struct qb_reload_target *t, char *status, size_t s
         QB_LOG_WARN(NULL, "reload: log level %s -> %s", qb_log_level_name(x.old->log_level),
                     qb_log_level_name(x.nc->log_level));
     qb_log_set_level(x.nc->log_level);
+    if (x.nc->log_format != x.old->log_format) {
+        qb_log_set_format(x.nc->log_format);
+        QB_LOG_WARN(NULL, "reload: log format %s -> %s (%s)", qb_log_format_name(x.old->log_format),
+                    qb_log_format_name(x.nc->log_format), qb_log_format_name(qb_log_get_format()));
+    }
     qb_vm_manager_set_config(t->mgr, x.nc);
     qb_outbox_set_config(t->outbox, x.nc);
     qb_command_router_set_config(t->router, x.nc);

@@ -14,7 +14,7 @@
  *     is replaced by a new one without losing what it had queued (see
  *     qb_outbox_replace_transport); added ones start with new messages only;
  *     removed ones close with their bounded drain;
- *   - everything else is in effect at once: log level, events.exclude, the
+ *   - everything else is in effect at once: log level and format, events.exclude, the
  *     command policy, qmp timeouts/back-off/max_connecting, spool.on_full and
  *     memory_max_messages, discovery (restarted when directory or suffix
  *     changed; VMs found under the old directory are removed).

@@ -349,7 +349,7 @@ static void log_drop(struct qb_transport *t, const struct qb_message *msg)
     t->drops_unlogged = 0;
 }
 
-int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
+static int enqueue(struct qb_transport *t, const struct qb_message *msg)
 {
     if (t->state != TR_OPEN)
         return QB_ECLOSED;
@@ -401,6 +401,16 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
     return QB_OK;
 }
 
+int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
+{
+    /* its lines (queue full, back-pressure) name the transport in their fields too */
+    const char *scope = qb_log_transport_begin(t->name);
+    int rc = enqueue(t, msg);
+
+    qb_log_transport_end(scope);
+    return rc;
+}
+
 /*
  * Hands messages from the cursor on to the backend until it refuses. The
  * cursor moves before publish is called, so a (forbidden but tolerated)
@@ -414,6 +424,7 @@ static void pump(struct qb_transport *t)
         return;
     }
     t->pumping = true;
+    const char *scope = qb_log_transport_begin(t->name);
     do {
         t->pump_again = false;
         while (t->cursor && !t->blocked && !t->backoff &&
@@ -443,6 +454,7 @@ static void pump(struct qb_transport *t)
             msg_release(t, m);
         }
     } while (t->pump_again);
+    qb_log_transport_end(scope);
     t->pumping = false;
 }
 
@@ -478,6 +490,7 @@ static void close_backend(struct qb_transport *t)
     t->state = TR_BACKEND_CLOSING;
     uv_timer_stop(&t->close_timer);
     uv_timer_stop(&t->retry_timer);
+    const char *scope = qb_log_transport_begin(t->name);
     if (t->drops_unlogged)
         QB_LOG_WARN(NULL, "transport %s: %" PRIu64 " more messages dropped (queue full)", t->name,
                     t->drops_unlogged);
@@ -487,6 +500,7 @@ static void close_backend(struct qb_transport *t)
     else
         QB_LOG_INFO(NULL, "transport %s: closed, 0 messages undelivered", t->name);
     t->ops->close(t->backend, on_backend_closed, t);
+    qb_log_transport_end(scope);
 }
 
 static void on_close_timer(uv_timer_t *timer)
@@ -516,9 +530,8 @@ static void on_retry_timer(uv_timer_t *timer)
     pump(t);
 }
 
-static void cb_delivered(void *owner, void *token, int status)
+static void delivered(struct qb_transport *t, void *token, int status)
 {
-    struct qb_transport *t = owner;
     struct tmsg *m = token;
     if (!m->in_flight) {
         QB_LOG_ERR(NULL, "transport %s: backend reported a message that is not in flight", t->name);
@@ -561,6 +574,19 @@ static void cb_delivered(void *owner, void *token, int status)
     pump(t);
 }
 
+/*
+ * What a backend calls runs in its transport's log scope, so every line it
+ * leads to (in this file, the outbox, a command's handling) names the transport.
+ */
+static void cb_delivered(void *owner, void *token, int status)
+{
+    struct qb_transport *t = owner;
+    const char *scope = qb_log_transport_begin(t->name);
+
+    delivered(t, token, status);
+    qb_log_transport_end(scope);
+}
+
 static void cb_writable(void *owner)
 {
     struct qb_transport *t = owner;
@@ -576,9 +602,12 @@ static void cb_writable(void *owner)
 static void cb_link(void *owner, bool up, const char *why)
 {
     struct qb_transport *t = owner;
+    const char *scope = qb_log_transport_begin(t->name);
+
     t->stats.link_up = up;
     QB_LOG_DEBUG(NULL, "transport %s: link %s%s%s", t->name, up ? "up" : "down", why ? ": " : "",
                  why ? why : "");
+    qb_log_transport_end(scope);
 }
 
 static void cb_inbound(void *owner, const struct qb_inbound *in, uint64_t ack_token)
@@ -590,7 +619,9 @@ static void cb_inbound(void *owner, const struct qb_inbound *in, uint64_t ack_to
                      t->inbound_cb ? "closing" : "not subscribed");
         return;
     }
+    const char *scope = qb_log_transport_begin(t->name);
     t->inbound_cb(t->inbound_arg, t, in, ack_token);
+    qb_log_transport_end(scope);
 }
 
 static const struct qb_transport_backend_cb backend_cb = {
@@ -614,7 +645,9 @@ int qb_transport_subscribe(struct qb_transport *t, qb_inbound_cb cb, void *arg)
     /* set first: a backend may report messages as soon as it is subscribed */
     t->inbound_cb = cb;
     t->inbound_arg = arg;
+    const char *scope = qb_log_transport_begin(t->name);
     int rc = t->ops->subscribe(t->backend);
+    qb_log_transport_end(scope);
     if (rc != QB_OK) {
         t->inbound_cb = NULL;
         t->inbound_arg = NULL;
@@ -651,7 +684,9 @@ int qb_transport_create_with_ops(const struct qb_transport_ops *ops, uv_loop_t *
     rc = ops->validate(cfg, errbuf, errlen);
     if (rc != QB_OK)
         goto fail;
+    const char *scope = qb_log_transport_begin(t->name);
     rc = ops->create(loop, cfg, bridge, &backend_cb, t, &t->backend, errbuf, errlen);
+    qb_log_transport_end(scope);
     if (rc != QB_OK)
         goto fail;
     /* handles only once nothing can fail any more: their release is asynchronous */

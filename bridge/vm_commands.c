@@ -118,6 +118,9 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
 static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *result)
 {
     uint64_t now = qb_vm_wall_clock_usec();
+    struct qb_log_command_scope scope;
+
+    qb_log_command_begin(&scope, c->cmd->id);
 
     qb_histogram_observe_usec(&vm->mgr->cmd_latency,
                               now > c->received_usec ? now - c->received_usec : 0);
@@ -125,6 +128,7 @@ static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *resul
                        c->correlation, c->correlation_len, ROUTE_STREAM);
     if (c->done)
         c->done(c->done_arg, c->cmd, result);
+    qb_log_command_end(&scope);
     json_decref(result);
     qb_vm_cmd_free(c);
 }

@@ -570,6 +570,8 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 static void serve_queue(struct kafka_backend *b)
 {
     uint64_t reports = b->reports;
+    /* librdkafka's callbacks run in here */
+    const char *scope = qb_log_transport_begin(cfg_name(b->cfg));
     int polls = 0;
     do {
         rd_kafka_poll(b->rk, 0);
@@ -581,6 +583,7 @@ static void serve_queue(struct kafka_backend *b)
         b->want_writable = false;
         b->cb->writable(b->owner);
     }
+    qb_log_transport_end(scope);
 }
 
 static void on_readable(uv_poll_t *handle, int status, int events)
@@ -816,6 +819,7 @@ static void consume_one(struct kafka_backend *b, const rd_kafka_message_t *rm)
 static void serve_consumer(struct kafka_backend *b)
 {
     struct kafka_consumer *c = b->cons;
+    const char *scope = qb_log_transport_begin(cfg_name(b->cfg));
     for (int n = 0; n < KAFKA_MSGS_PER_WAKEUP && !b->closing; n++) {
         rd_kafka_message_t *rm = rd_kafka_consumer_poll(c->rk, 0);
         if (!rm)
@@ -825,6 +829,7 @@ static void serve_consumer(struct kafka_backend *b)
     }
     if (!b->closing && rd_kafka_queue_length(c->queue) > 0)
         wake_fd(b, c->fds[1]);
+    qb_log_transport_end(scope);
 }
 
 static void on_consumer_readable(uv_poll_t *handle, int status, int events)

@@ -536,6 +536,7 @@ static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str
 static void on_poll(uv_poll_t *poll, int status, int events)
 {
     struct mqtt_backend *b = poll->data;
+    const char *scope = qb_log_transport_begin(b->name); /* libmosquitto's callbacks run here */
     int rc = MOSQ_ERR_SUCCESS;
     if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT)))
         rc = mosquitto_loop_read(b->mosq, 1);
@@ -544,6 +545,7 @@ static void on_poll(uv_poll_t *poll, int status, int events)
         mosquitto_loop_write(b->mosq, 1);
     }
     sync_poll(b);
+    qb_log_transport_end(scope);
 }
 
 /* Brings the uv_poll in line with libmosquitto's socket and write interest. */
@@ -581,9 +583,11 @@ static void on_misc_timer(uv_timer_t *timer)
     struct mqtt_backend *b = timer->data;
     if (b->connect_in_thread)
         return;
+    const char *scope = qb_log_transport_begin(b->name);
     if (mosquitto_socket(b->mosq) >= 0)
         mosquitto_loop_misc(b->mosq);
     sync_poll(b);
+    qb_log_transport_end(scope);
 }
 
 /* ---- connecting ---- */
@@ -603,8 +607,10 @@ static void connect_attempted(struct mqtt_backend *b, int rc, int err)
         return;
     }
     errno = err;
+    const char *scope = qb_log_transport_begin(b->name);
     QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host, b->cfg->port,
                 mosq_err_text(rc));
+    qb_log_transport_end(scope);
     b->state = MQTT_IDLE;
     b->connect_pending = false;
     sync_poll(b);

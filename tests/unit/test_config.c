@@ -62,7 +62,8 @@ static void assert_common_defaults(const struct qb_transport_config *t)
 static void test_full_inline(void **state)
 {
     static const char yaml[] =
-        "bridge: { id: host-a, log_level: debug, schema_base_uri: \"file:///s/\" }\n"
+        "bridge: { id: host-a, log_level: debug, log_format: json, schema_base_uri: \"file:///s/\" "
+        "}\n"
         "qmp: { max_line_bytes: 1MiB, command_timeout: 2s, connect_timeout: 3s,\n"
         "       reconnect_initial: 100ms, reconnect_max: 1m, listen: \"unix:/run/q.sock\", "
         "listen_name: pid, listen_name_template: \"q-{comm}.{uid}-{pid}\" }\n"
@@ -89,6 +90,7 @@ static void test_full_inline(void **state)
     assert_string_equal(cfg->path, "t.yaml");
     assert_string_equal(cfg->bridge_id, "host-a");
     assert_int_equal(cfg->log_level, QB_LOG_DEBUG);
+    assert_int_equal(cfg->log_format, QB_LOG_FORMAT_JSON);
     assert_string_equal(cfg->schema_base_uri, "file:///s/");
     assert_int_equal(cfg->qmp_max_line_bytes, 1024 * 1024);
     assert_int_equal(cfg->qmp_command_timeout_ms, 2000);
@@ -183,6 +185,7 @@ static void test_example_file(void **state)
     assert_string_equal(cfg->path, QB_SOURCE_DIR "/conf/qmp-bridge.example.yaml");
     assert_non_null(cfg->bridge_id); /* documented, commented out: the host name */
     assert_int_equal(cfg->log_level, QB_LOG_INFO);
+    assert_int_equal(cfg->log_format, QB_LOG_FORMAT_AUTO);
     assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
     assert_null(cfg->state_directory); /* documented, commented out */
     assert_int_equal(cfg->qmp_max_line_bytes, 16 * 1024 * 1024);
@@ -270,6 +273,7 @@ static void test_minimal_file(void **state)
         fail_msg("%s", err);
     assert_string_equal(cfg->bridge_id, "host-a");
     assert_int_equal(cfg->log_level, QB_LOG_INFO);
+    assert_int_equal(cfg->log_format, QB_LOG_FORMAT_AUTO);
     assert_string_equal(cfg->schema_base_uri, "file:///usr/share/qmp-bridge/schema/v1/");
     assert_int_equal(cfg->qmp_max_line_bytes, 16 * 1024 * 1024);
     assert_int_equal(cfg->qmp_command_timeout_ms, 10000);
@@ -634,6 +638,8 @@ static const struct bad_config {
     /* enums */
     {"bridge: {id: a, log_level: loud}\n",
      "t.yaml:1:28: bridge.log_level: expected error, warn, warning, info or debug, got 'loud'"},
+    {"bridge: {id: a, log_format: syslog}\n",
+     "t.yaml:1:29: bridge.log_format: expected auto, text, json or journal, got 'syslog'"},
     {"bridge: {id: a}\ntransports:\n  - {type: mqtt, qos: three}\n",
      "t.yaml:3:23: transports[0].qos: expected 0, 1 or 2, got 'three'"},
     {"bridge: {id: a}\ntransports:\n  - {type: mqtt, qos: 3}\n",
