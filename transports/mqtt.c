@@ -102,6 +102,7 @@ struct mqtt_backend {
     enum mqtt_state state;
     bool ever_connected; /* first attempt uses connect_async, later ones reconnect_async */
     bool attempt_logged; /* the current attempt's failure was logged already */
+    bool attempt_lib_error; /* libmosquitto logged an error or warning in the current attempt */
 
     uv_poll_t *poll; /* heap: its memory must outlive uv_close of a stale handle */
     int poll_fd;
@@ -365,21 +366,20 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc)
         b->gave_up = true;
         return;
     }
-    if (b->state == MQTT_CONNECTING && rc == MOSQ_ERR_CONN_LOST && b->cfg->protocol == QB_MQTT_V5) {
-        QB_LOG_WARN(NULL,
-                    "mqtt %s: %s:%d closed the connection after CONNECT without an answer: a "
-                    "broker that does not speak MQTT 5 does this (RabbitMQ's MQTT plugin): try "
-                    "protocol: \"3.1.1\"",
-                    b->name, b->cfg->host, b->cfg->port);
-        b->attempt_logged = true;
-    }
+    /* closed on us, before any CONNACK, and not by TLS (libmosquitto says so when it is) */
+    bool v5_dropped = b->state == MQTT_CONNECTING && rc == MOSQ_ERR_CONN_LOST &&
+                      b->cfg->protocol == QB_MQTT_V5 && !b->attempt_lib_error;
     if (b->state == MQTT_CONNECTED) {
         QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->cfg->host,
                     b->cfg->port, why);
         b->cb->link(b->owner, false, why);
     } else if (!b->attempt_logged) {
-        QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
-                    b->cfg->port, why);
+        QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s%s", b->name, b->cfg->host,
+                    b->cfg->port, why,
+                    v5_dropped ? " (closed after CONNECT without an answer, as a broker that does "
+                                 "not speak MQTT 5 does, e.g. RabbitMQ's MQTT plugin: try "
+                                 "protocol: \"3.1.1\")"
+                               : "");
     }
     b->state = MQTT_IDLE;
     if (b->cfg->qos == 0) {
@@ -519,9 +519,11 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 /*
  * libmosquitto's own errors and warnings carry the reason a connection failed
  * ("OpenSSL Error: ... certificate required") that the return codes lose, so
- * they are logged at warn; its chatter stays at debug. This may run on the
- * connect worker thread: the logger writes each line with one fprintf, which
- * stdio locks, and reads only the immutable name.
+ * they are logged at warn, and remembered for the attempt (a TLS failure is
+ * no MQTT 5 problem); its chatter stays at debug, where a PUBACK for one of our
+ * QoS 2 packets shows. This may run on the connect worker thread: the logger
+ * writes each line with one fprintf, which stdio locks, and the flag it sets
+ * is read on the loop after the work is done.
  */
 static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str)
 {
@@ -534,10 +536,12 @@ static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str
         if (mid > 0 && mid < MQTT_MID_SLOTS && b->tokens[mid])
             b->qos2_puback = true;
     }
-    if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING))
+    if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING)) {
+        b->attempt_lib_error = true;
         QB_LOG_WARN(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
-    else
+    } else {
         QB_LOG_DEBUG(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
+    }
 }
 
 /* ---- socket watching ---- */
@@ -650,6 +654,7 @@ static void on_reconnect_timer(uv_timer_t *timer)
         return;
     drop_poll(b); /* the new socket may get the old descriptor number */
     b->attempt_logged = false;
+    b->attempt_lib_error = false;
     b->state = MQTT_CONNECTING;
     b->connect_pending = true;
     b->connect_started = true;
