@@ -305,6 +305,7 @@ static void learn_levels(struct mqtt_backend *b, const char *vm)
         if (b->subscribed && b->state == MQTT_CONNECTED)
             subscribe_level(b, b->cmd_levels);
     }
+    sync_poll(b); /* the SUBSCRIBE may wait to be written */
 }
 
 static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,

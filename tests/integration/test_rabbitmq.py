@@ -5,7 +5,8 @@ One private RabbitMQ node for the whole file (qbtest.rabbitmq: its own node name
 data, logs and ports, stopped by PID with its epmd). The plugin turns every '.' of a
 topic into a level, so a dotted bridge id and dotted VM names are the hard case:
 
-  bridge cmp1.example.org with broker: rabbitmq, VMs web.1 and vm1 (scripted peers):
+  bridge cmp1.example.org with broker: rabbitmq, VMs web.1 and vm1 (scripted peers),
+  logged in as a user with only the permissions the README's RabbitMQ section grants:
     events reach an exact-topic subscriber (delivered under the topic with dots as
     levels) and a qmp/# one, while qmp/+/+/event/+ gets nothing of them; the retained
     state reaches a later exact-topic subscriber; commands for web.1 and vm1 run and
@@ -92,9 +93,25 @@ with check.Test("rabbitmq") as t:
     for s in (exact, wild, plus):
         t.add_log("subscriber " + s.out, s.out)
 
+    t.section("a user with the README's permissions (RabbitMQ section)")
+    rabbit.ctl("add_user", "qmp-bridge-cmp1", "qbtest-password")
+    rabbit.ctl("set_permissions", "-p", "/", "qmp-bridge-cmp1",
+               r"^mqtt-subscription-qmp-bridge-cmp1\.example\.org",
+               r"^(amq\.topic|mqtt-subscription-qmp-bridge-cmp1\.example\.org.*)$",
+               r"^(amq\.topic|mqtt-subscription-qmp-bridge-cmp1\.example\.org.*)$")
+    rabbit.ctl("set_topic_permissions", "-p", "/", "qmp-bridge-cmp1", "amq.topic",
+               r"^qmp\.cmp1\.example\.org\.", r"^qmp\.cmp1\.example\.org\.[^#]*\.command$")
+    password = os.path.join(t.workdir, "mqtt.password")
+    with open(password, "w") as f:
+        f.write("qbtest-password\n")
+    os.chmod(password, 0o600)
+    t.ok("user qmp-bridge-cmp1: queue and topic permissions set")
+
     t.section("bridge %s (broker: rabbitmq), VMs web.1 and vm1" % BRIDGE)
     vms = peers.start_event_peers(t.workdir, ["web.1", "vm1"], 3, interval=0.2)
-    br = make_bridge(t, rabbit, "main", BRIDGE, vms, "broker: rabbitmq", commands_on=True)
+    br = make_bridge(t, rabbit, "main", BRIDGE, vms,
+                     "broker: rabbitmq, username: qmp-bridge-cmp1, password_file: %s"
+                     % json.dumps(password), commands_on=True)
     br.start()
     br.wait_log("receiving commands on qmp/%s/+/command" % BRIDGE)
     # learnt from web.1's first publish: its name takes two levels on RabbitMQ

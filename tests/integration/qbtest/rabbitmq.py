@@ -117,6 +117,15 @@ class Broker:
             procs.stop(self.epmd)
             self.epmd = None
 
+    def ctl(self, *args):
+        """rabbitmqctl against this node (its name, cookie and epmd); returns its stdout."""
+        r = subprocess.run([os.path.join(SBIN, "rabbitmqctl"), "-n", self.node] + list(args),
+                           env=self.env(), cwd=self.workdir, capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("rabbitmqctl %s: %s%s" % (" ".join(args), r.stdout, r.stderr))
+        return r.stdout
+
     def log_text(self):
         try:
             with open(self.log, "rb") as f:
