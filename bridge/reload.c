@@ -68,6 +68,8 @@ bool qb_reload_transport_equal(const struct qb_transport_config *a,
         a->commands != b->commands || a->session_expiry_s != b->session_expiry_s ||
         !str_eq(a->group_id, b->group_id))
         return false;
+    if (a->broker != b->broker)
+        return false;
     for (size_t i = 0; i < a->n_properties; i++)
         if (!str_eq(a->properties[i].key, b->properties[i].key) ||
             !str_eq(a->properties[i].value, b->properties[i].value))
