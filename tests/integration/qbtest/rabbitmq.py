@@ -71,6 +71,8 @@ class Broker:
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.amqp_port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
+            # the distribution listener on loopback too (it binds every address by default)
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "RABBITMQ_CONF_ENV_FILE": os.path.join(d, "rabbitmq-env.conf"),  # none: /etc's not read
             "RABBITMQ_CONFIG_FILE": os.path.join(d, "rabbitmq.conf"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(d, "advanced.config"),
