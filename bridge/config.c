@@ -1046,6 +1046,8 @@ static const struct enum_value log_formats[] = {
 static const struct enum_value qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
 static const struct enum_value mqtt_protocols[] = {
     {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
+static const struct enum_value mqtt_brokers[] = {
+    {"generic", QB_MQTT_BROKER_GENERIC}, {"rabbitmq", QB_MQTT_BROKER_RABBITMQ}, {NULL, 0}};
 static const struct enum_value full_policies[] = {
     {"backpressure", QB_ON_FULL_BACKPRESSURE}, {"drop", QB_ON_FULL_DROP}, {NULL, 0}};
 static const struct enum_value fsync_policies[] = {{"batch", QB_SPOOL_FSYNC_BATCH},
@@ -1063,6 +1065,7 @@ static const struct enum_value content_modes[] = {
 _Static_assert(sizeof(enum qb_log_level) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_log_format) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_mqtt_broker) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "F_ENUM stores an int");
 _Static_assert(sizeof(enum qb_spool_fsync) == sizeof(int), "F_ENUM stores an int");
@@ -1208,6 +1211,7 @@ static const struct field transport_fields[] = {
           .check = check_nonempty),
     FIELD(T, "qos", F_ENUM, qos, .types = T_MQTT, .def = "1", .enums = qos_values),
     FIELD(T, "protocol", F_ENUM, protocol, .types = T_MQTT, .def = "5", .enums = mqtt_protocols),
+    FIELD(T, "broker", F_ENUM, broker, .types = T_MQTT, .def = "generic", .enums = mqtt_brokers),
     FIELD(T, "client_id", F_STRING, client_id, .types = T_MQTT, .check = check_nonempty),
     /* MQTT carries the keepalive as 16-bit seconds */
     FIELD(T, "keepalive", F_DURATION, keepalive_ms, .types = T_MQTT, .def = "30s",
@@ -1513,6 +1517,39 @@ static int check_transport_secrets(struct cfg_ctx *c, const struct ynode *map,
 }
 
 /*
+ * broker: rabbitmq. Its MQTT plugin speaks 3.1.1 only (an MQTT 5 CONNECT is
+ * dropped unanswered, for ever) and answers a QoS 2 publish with PUBACK, so
+ * nothing sent at QoS 2 is ever confirmed: both are refused here.
+ */
+static int finish_rabbitmq(struct cfg_ctx *c, const struct ynode *map,
+                           struct qb_transport_config *t)
+{
+    const struct ynode *at = ynode_map_get(map, "protocol");
+    const char *key = NULL, *why = NULL;
+    size_t mark;
+    int rc;
+
+    if (!at || ynode_is_null(at))
+        t->protocol = QB_MQTT_V311;
+    if (t->protocol != QB_MQTT_V311) {
+        key = "protocol";
+        why = "RabbitMQ's MQTT plugin speaks MQTT 3.1.1 only: use \"3.1.1\" (the default with "
+              "broker: rabbitmq)";
+    } else if (t->qos == 2) {
+        key = "qos";
+        why = "RabbitMQ's MQTT plugin does not honour QoS 2 (it answers PUBACK and never "
+              "confirms): use 1";
+    } else {
+        return QB_OK;
+    }
+    at = ynode_map_get(map, key);
+    mark = path_push_key(c, key);
+    rc = cfg_error(c, at ? at : map, "%s", why);
+    path_pop(c, mark);
+    return rc;
+}
+
+/*
  * Checks across keys of one transport and fills defaults that depend on other
  * keys. map is the transport's mapping; c->path names it.
  */
@@ -1532,6 +1569,8 @@ static int finish_transport(struct cfg_ctx *c, const struct ynode *map,
         t->session_expiry_s = 3600;
     if (t->port == 0)
         t->port = t->tls_ca_file ? 8883 : 1883;
+    if (t->broker == QB_MQTT_BROKER_RABBITMQ && (rc = finish_rabbitmq(c, map, t)) != QB_OK)
+        return rc;
     if (t->reconnect_initial_ms > t->reconnect_max_ms) {
         at = ynode_map_get(map, "reconnect_initial");
         mark = path_push_key(c, "reconnect_initial");

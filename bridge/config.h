@@ -36,6 +36,8 @@ struct qb_config_kv {
 };
 
 enum qb_mqtt_protocol { QB_MQTT_V5 = 5, QB_MQTT_V311 = 4 };
+/* What the MQTT broker is (mqtt broker:); rabbitmq: see README, RabbitMQ. */
+enum qb_mqtt_broker { QB_MQTT_BROKER_GENERIC = 0, QB_MQTT_BROKER_RABBITMQ = 1 };
 enum qb_kafka_content_mode { QB_KAFKA_STRUCTURED = 0, QB_KAFKA_BINARY = 1 };
 
 /*
@@ -98,7 +100,8 @@ struct qb_transport_config {
     int port;                /* default 1883 (8883 when tls.ca_file is set) */
     char *topic_prefix;      /* default "qmp" */
     int qos;                 /* 0, 1, 2; default 1 */
-    enum qb_mqtt_protocol protocol; /* "5" or "3.1.1"; default 5 */
+    enum qb_mqtt_protocol protocol; /* "5" or "3.1.1"; default 5 (3.1.1 for rabbitmq) */
+    enum qb_mqtt_broker broker;     /* "generic" (default) or "rabbitmq" */
     char *client_id;         /* default "qmp-bridge-<bridge id>" */
     uint32_t keepalive_ms;   /* keepalive, default 30s */
     char *username;          /* default NULL */

@@ -81,6 +81,8 @@ bool qb_reload_transport_equal(const struct qb_transport_config *a,
         !str_list_eq(a->include, a->n_include, b->include, b->n_include) ||
         !str_list_eq(a->exclude, a->n_exclude, b->exclude, b->n_exclude))
         return false;
+    if (a->broker != b->broker)
+        return false;
     for (size_t i = 0; i < a->n_properties; i++)
         if (!str_eq(a->properties[i].key, b->properties[i].key) ||
             !str_eq(a->properties[i].value, b->properties[i].value))

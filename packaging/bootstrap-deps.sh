@@ -13,6 +13,8 @@ packages=(
   python3 python3-jsonschema binutils util-linux
   # the JavaScript signing recipe (examples/sign_command.js) against the test vectors
   nodejs
+  # RabbitMQ's MQTT plugin (integration_rabbitmq starts a private node; no service is left running)
+  rabbitmq-server
   # fuzzing (libFuzzer comes with clang), the memcheck pass, the Debian package and its checks
   clang valgrind debhelper dpkg-dev fakeroot lintian
 )
@@ -32,5 +34,27 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+
+# rabbitmq-server's postinst starts the system node (and erlang-base's starts epmd) through
+# invoke-rc.d / deb-systemd-invoke; the tests run a node of their own. A policy-rc.d that
+# answers 101 ("not now") keeps them from starting during this install, where the machine has
+# none of its own (a container usually has one that does the same); on a systemd host the units
+# this install enabled are disabled again, so nothing starts at the next boot either.
+had_erlang=""
+dpkg-query -W -f='${Status}' erlang-base 2>/dev/null | grep -q "install ok installed" && had_erlang=1
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# bootstrap-deps.sh: no service starts while test packages are installed\nexit 101\n' \
+    | $sudo tee "$policy" >/dev/null
+  $sudo chmod 755 "$policy"
+  trap '$sudo rm -f "$policy"' EXIT
+fi
+
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx rabbitmq-server; then
+  units=(rabbitmq-server.service)
+  [ -n "$had_erlang" ] || units+=(epmd.socket epmd.service)
+  $sudo systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
+fi

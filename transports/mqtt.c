@@ -35,9 +35,24 @@
  * those connects run on a libuv worker thread, and the loop leaves the
  * mosquitto object alone until the work is done. QoS 1 acks are sent by
  * libmosquitto itself, so inbound messages need no ack of ours (token 0).
+ *
+ * broker: rabbitmq. The plugin delivers every '.' of a topic as a level of its
+ * own (mqtt_topic.h): commands are placed with dots read as levels, and one
+ * more filter is subscribed for each number of levels the VM names take, learnt
+ * from the VMs this transport publishes for (so the bridge never subscribes to
+ * its own events, as "<prefix>/<bridge>/#" would). A topic that cannot be
+ * placed is logged at warn, a few lines a minute.
+ *
+ * Brokers that do not speak what the bridge asks: one that closes the
+ * connection after an MQTT 5 CONNECT without a CONNACK gets a hint to use
+ * 3.1.1 on every such attempt; one that answers a QoS 2 publish with PUBACK
+ * (libmosquitto then drops the link as a protocol error, and the resend after
+ * each reconnect meets the same PUBACK) is an error, and the transport stops
+ * reconnecting instead of looping.
  */
 #include "error.h"
 #include "log.h"
+#include "mqtt_topic.h"
 #include "private_files.h"
 #include "rate_limit.h"
 #include "transport_ops.h"
@@ -58,6 +73,10 @@
 #define MQTT_TAKEOVER_LOG_INTERVAL_MS (60 * 1000)
 /* Closes of freshly accepted connections in a row read as a takeover the broker did not name. */
 #define MQTT_TAKEOVER_QUICK_CLOSES 3
+/* Unplaceable topics: this many log lines a minute; topics are cut in them. */
+#define MQTT_UNPLACED_LOG_FIRST 5
+#define MQTT_UNPLACED_LOG_INTERVAL_MS 60000
+#define MQTT_LOG_TOPIC_MAX 200
 
 enum mqtt_state {
     MQTT_IDLE,       /* no socket; a reconnect timer may be running */
@@ -87,6 +106,7 @@ struct mqtt_backend {
     enum mqtt_state state;
     bool ever_connected; /* first attempt uses connect_async, later ones reconnect_async */
     bool attempt_logged; /* the current attempt's failure was logged already */
+    bool attempt_lib_error; /* libmosquitto logged an error or warning in the current attempt */
 
     uv_poll_t *poll; /* heap: its memory must outlive uv_close of a stale handle */
     int poll_fd;
@@ -122,6 +142,11 @@ struct mqtt_backend {
     bool connect_started; /* a connection was attempted: too late to rebuild the client */
     char *command_topic;  /* <prefix>/<bridge>/+/command */
     char *command_head;   /* "<prefix>/<bridge>/": what every command topic starts with */
+    size_t cmd_levels;    /* '+' levels subscribed for commands: 1, more on rabbitmq */
+    int level_mid[QB_MQTT_TOPIC_LEVELS_MAX + 1]; /* SUBSCRIBE mid of each level's filter */
+    struct qb_log_limit unplaced_log;
+    bool qos2_puback; /* the broker answered a QoS 2 publish of ours with PUBACK */
+    bool gave_up;     /* a broker that cannot serve this config: no more reconnects */
     mosquitto_property *connect_props; /* v5 CONNECT: session-expiry-interval */
     uv_work_t connect_work;            /* a blocking v5 connect on the thread pool */
     bool connect_in_thread;            /* the loop must not touch mosq until the work is done */
@@ -252,13 +277,43 @@ static const char *mosq_err_text(int rc)
  * queued for this session), and on_message could not tell it from any other.
  * MQTT 3.1.1 has no such option (README, Commands).
  */
-static void subscribe_commands(struct mqtt_backend *b)
+static void subscribe_level(struct mqtt_backend *b, size_t levels)
 {
     int options = b->cfg->protocol == QB_MQTT_V311 ? 0 : MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
-    int rc = mosquitto_subscribe_v5(b->mosq, NULL, b->command_topic, 1, options, NULL);
+    char *filter = qb_mqtt_topic_command_filter(b->command_head, levels);
+    int rc = filter
+                 ? mosquitto_subscribe_v5(b->mosq, &b->level_mid[levels], filter, 1, options, NULL)
+                 : MOSQ_ERR_NOMEM;
     if (rc != MOSQ_ERR_SUCCESS) /* a lost link: the next CONNACK subscribes again */
-        QB_LOG_WARN(NULL, "mqtt %s: cannot subscribe to %s: %s", b->name, b->command_topic,
-                    mosq_err_text(rc));
+        QB_LOG_WARN(NULL, "mqtt %s: cannot subscribe to %s: %s", b->name,
+                    filter ? filter : b->command_topic, mosq_err_text(rc));
+    free(filter);
+}
+
+static void subscribe_commands(struct mqtt_backend *b)
+{
+    for (size_t levels = 1; levels <= b->cmd_levels; levels++)
+        subscribe_level(b, levels);
+}
+
+/*
+ * rabbitmq: the first publish for a VM whose name takes more levels than any
+ * before subscribes the filters down to that depth (they stay for the
+ * transport's lifetime and are subscribed again on every CONNACK).
+ */
+static void learn_levels(struct mqtt_backend *b, const char *vm)
+{
+    size_t levels = qb_mqtt_topic_levels(vm);
+
+    if (b->cfg->broker != QB_MQTT_BROKER_RABBITMQ || levels <= b->cmd_levels ||
+        levels > QB_MQTT_TOPIC_LEVELS_MAX)
+        return;
+    while (b->cmd_levels < levels) {
+        b->cmd_levels++;
+        if (b->subscribed && b->state == MQTT_CONNECTED)
+            subscribe_level(b, b->cmd_levels);
+    }
+    sync_poll(b); /* the SUBSCRIBE may wait to be written */
 }
 
 static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
@@ -388,6 +443,20 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     const char *why = b->cfg->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER
                           ? "session taken over"
                           : mosq_err_text(rc);
+    if (b->qos2_puback) {
+        QB_LOG_ERR(NULL,
+                   "mqtt %s: %s:%d does not honour QoS 2: it answered a QoS 2 publish with PUBACK "
+                   "(RabbitMQ's MQTT plugin grants at most QoS 1); set qos: 1. Not reconnecting",
+                   b->name, b->cfg->host, b->cfg->port);
+        if (b->state == MQTT_CONNECTED)
+            b->cb->link(b->owner, false, "the broker does not honour qos 2");
+        b->state = MQTT_IDLE;
+        b->gave_up = true;
+        return;
+    }
+    /* closed on us, before any CONNACK, and not by TLS (libmosquitto says so when it is) */
+    bool v5_dropped = b->state == MQTT_CONNECTING && rc == MOSQ_ERR_CONN_LOST &&
+                      b->cfg->protocol == QB_MQTT_V5 && !b->attempt_lib_error;
     if (b->state == MQTT_CONNECTED) {
         if (!note_takeover(b, rc)) {
             QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->cfg->host,
@@ -398,8 +467,12 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     } else {
         b->quick_closes = 0; /* the broker refused or could not be reached: another story */
         if (!b->attempt_logged)
-            QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host,
-                        b->cfg->port, why);
+            QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s%s", b->name, b->cfg->host,
+                        b->cfg->port, why,
+                        v5_dropped ? " (closed after CONNECT without an answer, as a broker that "
+                                     "does not speak MQTT 5 does, e.g. RabbitMQ's MQTT plugin: "
+                                     "try protocol: \"3.1.1\")"
+                                   : "");
     }
     b->state = MQTT_IDLE;
     if (b->cfg->qos == 0) {
@@ -454,14 +527,37 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int n, cons
                          const mosquitto_property *props)
 {
     (void)mosq;
-    (void)mid;
     (void)props;
     struct mqtt_backend *b = obj;
+    size_t levels = 1;
+    for (size_t l = 2; l <= b->cmd_levels; l++)
+        if (b->level_mid[l] == mid)
+            levels = l;
+    char *filter = qb_mqtt_topic_command_filter(b->command_head, levels);
+    const char *topic = filter ? filter : b->command_topic;
     if (n < 1 || granted[0] >= 0x80)
-        QB_LOG_ERR(NULL, "mqtt %s: broker refused the subscription to %s: %s", b->name,
-                   b->command_topic, n < 1 ? "empty SUBACK" : mosquitto_reason_string(granted[0]));
+        QB_LOG_ERR(NULL, "mqtt %s: broker refused the subscription to %s: %s", b->name, topic,
+                   n < 1 ? "empty SUBACK" : mosquitto_reason_string(granted[0]));
     else
-        QB_LOG_INFO(NULL, "mqtt %s: receiving commands on %s", b->name, b->command_topic);
+        QB_LOG_INFO(NULL, "mqtt %s: receiving commands on %s", b->name, topic);
+    free(filter);
+}
+
+/* A topic no command of ours can have: a few lines a minute, the topic cut. */
+static void log_unplaced(struct mqtt_backend *b, const char *topic)
+{
+    uint64_t suppressed;
+
+    if (qb_log_limit_allow(&b->unplaced_log, qb_monotonic_ms(), &suppressed))
+        QB_LOG_WARN(NULL, "mqtt %s: ignoring a message on '%.*s%s': not %s<vm>/command%s", b->name,
+                    MQTT_LOG_TOPIC_MAX, topic, strlen(topic) > MQTT_LOG_TOPIC_MAX ? "..." : "",
+                    b->command_head,
+                    b->cfg->broker == QB_MQTT_BROKER_RABBITMQ
+                        ? ""
+                        : " (RabbitMQ splits dotted names into levels: set broker: rabbitmq)");
+    if (suppressed)
+        QB_LOG_WARN(NULL, "mqtt %s: %llu more messages on unknown topics were not logged", b->name,
+                    (unsigned long long)suppressed);
 }
 
 /*
@@ -474,16 +570,15 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 {
     (void)mosq;
     struct mqtt_backend *b = obj;
-    size_t head = strlen(b->command_head);
-    const char *vm = msg->topic + head;
-    const char *end = strncmp(msg->topic, b->command_head, head) == 0 ? strchr(vm, '/') : NULL;
-    if (!end || end == vm || strcmp(end, "/command") != 0) {
-        QB_LOG_DEBUG(NULL, "mqtt %s: ignoring a message on %s", b->name, msg->topic);
-        return;
-    }
-    char *vm_hint = strndup(vm, (size_t)(end - vm));
+    bool oom;
+    char *vm_hint = qb_mqtt_topic_command_vm(b->command_head, msg->topic,
+                                             b->cfg->broker == QB_MQTT_BROKER_RABBITMQ, &oom);
     if (!vm_hint) {
-        QB_LOG_ERR(NULL, "mqtt %s: out of memory, command on %s lost", b->name, msg->topic);
+        if (oom)
+            QB_LOG_ERR(NULL, "mqtt %s: out of memory, command on %.*s lost", b->name,
+                       MQTT_LOG_TOPIC_MAX, msg->topic);
+        else
+            log_unplaced(b, msg->topic);
         return;
     }
     if (msg->retain) {
@@ -517,18 +612,29 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
 /*
  * libmosquitto's own errors and warnings carry the reason a connection failed
  * ("OpenSSL Error: ... certificate required") that the return codes lose, so
- * they are logged at warn; its chatter stays at debug. This may run on the
- * connect worker thread: the logger writes each line with one fprintf, which
- * stdio locks, and reads only the immutable name.
+ * they are logged at warn, and remembered for the attempt (a TLS failure is
+ * no MQTT 5 problem); its chatter stays at debug, where a PUBACK for one of our
+ * QoS 2 packets shows. This may run on the connect worker thread: the logger
+ * writes each line with one fprintf, which stdio locks, and the flag it sets
+ * is read on the loop after the work is done.
  */
 static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str)
 {
     (void)mosq;
     struct mqtt_backend *b = obj;
-    if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING))
+    const char *puback = b->cfg->qos == 2 ? strstr(str, " received PUBACK (Mid: ") : NULL;
+    if (puback) {
+        /* every publish of ours but the status is QoS 2: a PUBACK for one of them */
+        long mid = strtol(puback + strlen(" received PUBACK (Mid: "), NULL, 10);
+        if (mid > 0 && mid < MQTT_MID_SLOTS && b->tokens[mid])
+            b->qos2_puback = true;
+    }
+    if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING)) {
+        b->attempt_lib_error = true;
         QB_LOG_WARN(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
-    else
+    } else {
         QB_LOG_DEBUG(NULL, "mqtt %s: libmosquitto: %s", b->name, str);
+    }
 }
 
 /* ---- socket watching ---- */
@@ -643,10 +749,11 @@ static void on_connect_work_done(uv_work_t *work, int status)
 static void on_reconnect_timer(uv_timer_t *timer)
 {
     struct mqtt_backend *b = timer->data;
-    if (b->state != MQTT_IDLE)
+    if (b->state != MQTT_IDLE || b->gave_up)
         return;
     drop_poll(b); /* the new socket may get the old descriptor number */
     b->attempt_logged = false;
+    b->attempt_lib_error = false;
     b->state = MQTT_CONNECTING;
     b->connect_pending = true;
     b->connect_started = true;
@@ -820,6 +927,8 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     b->name = name;
     b->early_mid = -1;
     b->offline_mid = -1;
+    b->cmd_levels = 1;
+    qb_log_limit_init(&b->unplaced_log, MQTT_UNPLACED_LOG_FIRST, MQTT_UNPLACED_LOG_INTERVAL_MS);
     b->bridge_id = strdup(bridge && bridge->id ? bridge->id : "bridge");
     b->tokens = calloc(MQTT_MID_SLOTS, sizeof(*b->tokens));
     if (!b->bridge_id || !b->tokens)
@@ -975,6 +1084,8 @@ static int mqtt_publish(void *backend, const struct qb_message *msg, void *token
     }
     if (msg->len > (size_t)MQTT_MAX_PAYLOAD)
         return QB_ETOOBIG;
+    if (msg->vm)
+        learn_levels(b, msg->vm);
     char *topic = publish_topic(b, msg);
     if (!topic)
         return QB_ENOMEM;

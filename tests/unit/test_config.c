@@ -302,7 +302,8 @@ static void test_transport_defaults(void **state)
                                     "transports:\n"
                                     "  - type: mqtt\n"
                                     "  - {type: mqtt, tls: {ca_file: /ca}, protocol: 5}\n"
-                                    "  - {type: kafka, brokers: k:9092}\n");
+                                    "  - {type: kafka, brokers: k:9092}\n"
+                                    "  - {type: mqtt, broker: rabbitmq}\n");
     const struct qb_transport_config *t;
 
     (void)state;
@@ -326,6 +327,13 @@ static void test_transport_defaults(void **state)
     t = find_transport(cfg, "mqtt#2");
     assert_int_equal(t->port, 8883);
     assert_int_equal(t->protocol, QB_MQTT_V5);
+    assert_int_equal(t->broker, QB_MQTT_BROKER_GENERIC);
+
+    /* RabbitMQ's MQTT plugin speaks 3.1.1 only */
+    t = find_transport(cfg, "mqtt#3");
+    assert_int_equal(t->broker, QB_MQTT_BROKER_RABBITMQ);
+    assert_int_equal(t->protocol, QB_MQTT_V311);
+    assert_int_equal(t->qos, 1);
 
     t = find_transport(cfg, "kafka");
     assert_string_equal(t->events_topic, "qmp.events");
@@ -646,6 +654,14 @@ static const struct bad_config {
      "t.yaml:3:23: transports[0].qos: expected 0, 1 or 2, got '3'"},
     {"bridge: {id: a}\ntransports:\n  - {type: mqtt, protocol: 4}\n",
      "t.yaml:3:28: transports[0].protocol: expected 5 or 3.1.1, got '4'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, broker: activemq}\n",
+     "t.yaml:3:26: transports[0].broker: expected generic or rabbitmq, got 'activemq'"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, broker: rabbitmq, qos: 2}\n",
+     "t.yaml:3:41: transports[0].qos: RabbitMQ's MQTT plugin does not honour QoS 2 (it answers "
+     "PUBACK and never confirms): use 1"},
+    {"bridge: {id: a}\ntransports:\n  - {type: mqtt, broker: rabbitmq, protocol: '5'}\n",
+     "t.yaml:3:46: transports[0].protocol: RabbitMQ's MQTT plugin speaks MQTT 3.1.1 only: use "
+     "\"3.1.1\" (the default with broker: rabbitmq)"},
     {"bridge: {id: a}\ntransports:\n  - {type: stdout, on_full: block}\n",
      "t.yaml:3:29: transports[0].on_full: expected backpressure or drop, got 'block'"},
     {"bridge: {id: a}\ntransports:\n  - {type: kafka, brokers: x, content_mode: avro}\n",

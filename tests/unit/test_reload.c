@@ -151,6 +151,20 @@ static void test_transport_equal_keys(void **state)
     qb_config_free(a);
 }
 
+/* broker: rabbitmq changes how commands are placed: a transport to rebuild, not the same. */
+static void test_transport_equal_broker(void **state)
+{
+    (void)state;
+    struct qb_config *a = load("bridge: { id: h }\ntransports:\n"
+                               "  - { type: mqtt, protocol: \"3.1.1\" }\n");
+    struct qb_config *b = load("bridge: { id: h }\ntransports:\n"
+                               "  - { type: mqtt, protocol: \"3.1.1\", broker: rabbitmq }\n");
+
+    assert_false(qb_reload_transport_equal(&a->transports[0], &b->transports[0]));
+    qb_config_free(a);
+    qb_config_free(b);
+}
+
 /* Where a transport is defined in the file does not make it a different transport. */
 static void test_transport_equal_ignores_position(void **state)
 {
@@ -227,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_diff_vms_and_transports),
         cmocka_unit_test(test_diff_identical),
         cmocka_unit_test(test_transport_equal_keys),
+        cmocka_unit_test(test_transport_equal_broker),
         cmocka_unit_test(test_transport_equal_ignores_position),
         cmocka_unit_test(test_keep_fixed),
         cmocka_unit_test(test_discovery_changed),

@@ -102,12 +102,14 @@ class Message:
 class Subscriber:
     """mosquitto_sub on qmp/# (MQTT v5, QoS 1) recording to a file."""
 
-    def __init__(self, broker, topic="qmp/#", name="sub", client_id=None):
+    def __init__(self, broker, topic="qmp/#", name="sub", client_id=None, version="mqttv5"):
         """client_id: a persistent session (-c -i client_id): the broker queues QoS 1
-        messages while the subscriber is away, and mosquitto_sub reconnects by itself."""
+        messages while the subscriber is away, and mosquitto_sub reconnects by itself.
+        topic: a filter, or a list of them (one of them must match qmp/_probe)."""
         self.broker = broker
         self.client_id = client_id
         self.topic = topic
+        self.version = version
         self.out = os.path.join(broker.workdir, name + ".out")
         self.log = os.path.join(broker.workdir, name + ".log")
         self.proc = None
@@ -118,8 +120,10 @@ class Subscriber:
 
     def start(self):
         self.proc = procs.spawn(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.broker.port), "-V", "mqttv5",
-             "-q", "1", "-t", self.topic, "-F", "%t\t%r\t%x"]
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.broker.port), "-V", self.version,
+             "-q", "1", "-F", "%t\t%r\t%x"]
+            + [a for t in ([self.topic] if isinstance(self.topic, str) else self.topic)
+               for a in ("-t", t)]
             + (["-c", "-i", self.client_id] if self.client_id else []),
             "mosquitto_sub", stdout=self.out, stderr=self.log)
         self.wait_subscribed()
