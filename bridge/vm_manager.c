@@ -125,8 +125,8 @@ void qb_vm_on_ready(struct qb_qmp_client *c, void *arg)
     /* published when query-uuid answers (qb_vm_publish_connected), with the UUID */
     data = json_pack("{s:{s:s, s:s}, s:o, s:s, s:n}", "qemu", "version", qb_qmp_client_version(c),
                      "package", package ? package : "", "capabilities",
-                     json_is_array(caps) ? json_incref(caps) : json_array(), "address",
-                     vm->address, "uuid");
+                     json_is_array(caps) ? json_incref(caps) : json_array(), "address", vm->address,
+                     "uuid");
     json_decref(vm->connected_data);
     vm->connected_data = data;
     qb_vm_start_resync(vm);

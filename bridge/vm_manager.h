@@ -201,8 +201,8 @@ size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready);
 /*
  * Disconnects every VM (publishing bridge.vm.disconnected and the state with
  * connected: false for connected ones; a shutdown is not a removal, so no
- * retained state is cleared) and frees the manager once libuv has released every handle; done(arg) is
- * called then, from the loop.
+ * retained state is cleared) and frees the manager once libuv has released
+ * every handle; done(arg) is called then, from the loop.
  */
 void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void *arg);
 

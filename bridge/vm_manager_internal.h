@@ -85,8 +85,8 @@ struct qb_vm {
     uv_timer_t reconnect_timer;
     uint32_t attempts; /* failed connects since the last stable session */
     uint64_t ready_at; /* uv_now when READY was reached, 0 when not ready */
-    bool was_ready;    /* this session reached READY: bridge.vm.connected is (or is to be) published */
-    json_t *connected_data; /* bridge.vm.connected of this session, held until query-uuid answers */
+    bool was_ready;    /* this session reached READY: its bridge.vm.connected is due or out */
+    json_t *connected_data; /* that bridge.vm.connected, held until query-uuid answers */
     bool read_paused;  /* reading stopped for back-pressure */
     bool removing;
     bool clear_on_free; /* removed for good: its retained state is cleared when it is freed */

@@ -147,11 +147,8 @@ static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, 
 
     (void)c;
     vm->inflight--;
-    if (status == QB_OK)
-        vm->resync_replies[q->which] = json_incref(reply);
-    if (q->which == QB_VMQ_UUID)
-        qb_vm_publish_connected(vm, vm->resync_replies[QB_VMQ_UUID]);
     if (status == QB_OK) {
+        vm->resync_replies[q->which] = json_incref(reply);
     } else if (status != QB_ECLOSED &&
                !((q->which == QB_VMQ_COLO || q->which == QB_VMQ_NAME || q->which == QB_VMQ_UUID) &&
                  status == QB_EQMP)) {
@@ -159,6 +156,8 @@ static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, 
         QB_LOG_WARN(vm->name, "%s failed during resync: %s", qb_vm_query_names[q->which],
                     qb_strerror(status));
     }
+    if (q->which == QB_VMQ_UUID)
+        qb_vm_publish_connected(vm, vm->resync_replies[QB_VMQ_UUID]);
     free(q);
     if (--vm->resync_left == 0)
         vm_finish_resync(vm);

@@ -151,9 +151,9 @@ json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, c
     if (!running)
         json_object_set_new(state, "reason", json_string(run ? run : "unknown"));
     json_object_set_new(state, "connected", json_true());
-    json_object_set_new(state, "uuid", qb_vm_uuid_from_reply(uuid, uuid_text)
-                                           ? json_string(uuid_text)
-                                           : json_null());
+    json_object_set_new(state, "uuid",
+                        qb_vm_uuid_from_reply(uuid, uuid_text) ? json_string(uuid_text)
+                                                               : json_null());
     if (run && strcmp(run, "io-error") == 0) {
         json_array_foreach(block, i, v)
         {
@@ -380,10 +380,14 @@ struct qb_apply_entry {
  * it is. bridge.vm.disconnected is the bridge's own: the session ended.
  */
 static const struct qb_apply_entry qb_apply_table[] = {
-    {"qmp.vm.stopped", qb_apply_stopped},           {"qmp.vm.resumed", qb_apply_resumed},
-    {"qmp.block.io_error", qb_apply_io_error},      {"qmp.job.status", qb_apply_job_status},
-    {"qmp.block.job_completed", qb_apply_job_gone}, {"qmp.block.job_cancelled", qb_apply_job_gone},
-    {"qmp.colo.exit", qb_apply_colo_exit},          {"bridge.vm.disconnected", qb_apply_disconnected},
+    {"qmp.vm.stopped", qb_apply_stopped},
+    {"qmp.vm.resumed", qb_apply_resumed},
+    {"qmp.block.io_error", qb_apply_io_error},
+    {"qmp.job.status", qb_apply_job_status},
+    {"qmp.block.job_completed", qb_apply_job_gone},
+    {"qmp.block.job_cancelled", qb_apply_job_gone},
+    {"qmp.colo.exit", qb_apply_colo_exit},
+    {"bridge.vm.disconnected", qb_apply_disconnected},
 };
 
 bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev)

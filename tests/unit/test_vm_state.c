@@ -171,13 +171,15 @@ static void test_from_failed_queries(void **state)
 
     (void)state;
     expect_equal(s, "{\"run_state\": \"unknown\", \"running\": false, \"reason\": \"unknown\","
-                    " \"connected\": true, \"uuid\": null, \"qemu\": {}, \"disks\": [], \"jobs\": [], \"colo\": null}");
+                    " \"connected\": true, \"uuid\": null, \"qemu\": {}, \"disks\": [], \"jobs\": "
+                    "[], \"colo\": null}");
     expect_schema_valid(s);
     json_decref(s);
 
     s = qb_vm_state_from_queries(NULL, running, NULL, NULL, NULL, NULL);
     expect_equal(s, "{\"run_state\": \"running\", \"running\": true,"
-                    " \"connected\": true, \"uuid\": null, \"qemu\": {}, \"disks\": [], \"jobs\": [], \"colo\": null}");
+                    " \"connected\": true, \"uuid\": null, \"qemu\": {}, \"disks\": [], \"jobs\": "
+                    "[], \"colo\": null}");
     json_decref(s);
     json_decref(running);
 }
