@@ -291,7 +291,6 @@ static void listen_forget_cb(uv_timer_t *t)
                 "(%u ms); its retained state is cleared",
                 m->cfg->qmp_listen_forget_after_ms);
     m->stats.listen_forgotten++;
-    qb_vm_publish_state_clear(vm);
     qb_vm_forget(vm, "not connected again within qmp.listen_forget_after");
 }
 

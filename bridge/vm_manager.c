@@ -122,14 +122,13 @@ void qb_vm_on_ready(struct qb_qmp_client *c, void *arg)
     const char *package =
         json_string_value(json_object_get(json_object_get(greeting, "version"), "package"));
 
-    data =
-        json_pack("{s:{s:s, s:s}, s:o, s:s}", "qemu", "version", qb_qmp_client_version(c),
-                  "package", package ? package : "", "capabilities",
-                  json_is_array(caps) ? json_incref(caps) : json_array(), "address", vm->address);
-    if (data) {
-        qb_vm_publish_bridge_event(vm, "bridge.vm.connected", data);
-        json_decref(data);
-    }
+    /* published when query-uuid answers (qb_vm_publish_connected), with the UUID */
+    data = json_pack("{s:{s:s, s:s}, s:o, s:s, s:n}", "qemu", "version", qb_qmp_client_version(c),
+                     "package", package ? package : "", "capabilities",
+                     json_is_array(caps) ? json_incref(caps) : json_array(), "address", vm->address,
+                     "uuid");
+    json_decref(vm->connected_data);
+    vm->connected_data = data;
     qb_vm_start_resync(vm);
 }
 
@@ -188,10 +187,16 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
     if (vm->was_ready) {
         json_t *data =
             json_pack("{s:s, s:s}", "reason", reason ? reason : "", "error", qb_strerror(err));
+        struct qb_norm_event ev = {.type = "bridge.vm.disconnected", .data = data};
+
+        qb_vm_publish_connected(vm, NULL); /* still due only if query-uuid never ran */
         if (data) {
             qb_vm_publish_bridge_event(vm, "bridge.vm.disconnected", data);
             json_decref(data);
         }
+        /* The last known state, marked connected: false: consumers hold off until it is back. */
+        if (vm->state && qb_vm_state_fold(vm->state, vm->mgr->state_cache, &ev))
+            qb_vm_publish_state_event(vm);
         QB_LOG_INFO(vm->name, "disconnected: %s", reason ? reason : qb_strerror(err));
         if (!vm->removing && !vm->mgr->closing) {
             vm->reconnects++;
@@ -299,11 +304,34 @@ static void mgr_finish(struct qb_vm_manager *m)
         done(arg);
 }
 
+/*
+ * A VM removed for good (socket gone, removed by reload, listen VM forgotten)
+ * clears its retained state as its last message, unless a VM of that name is
+ * on the bridge again by now (a changed address, a socket back at once): that
+ * entry's snapshot replaces the state, and a clearing after it would erase it.
+ */
+static void vm_clear_retained(struct qb_vm *vm)
+{
+    struct qb_vm *live = NULL;
+
+    HASH_FIND_STR(vm->mgr->vms, vm->name, live);
+    if (live) {
+        QB_LOG_DEBUG(vm->name, "retained state not cleared: the VM is back with a new entry");
+        qb_vm_state_copy_flush(vm);
+        return;
+    }
+    QB_LOG_INFO(vm->name, "clearing its retained state: the VM is gone");
+    qb_vm_publish_state_clear(vm);
+}
+
 static void vm_free_now(struct qb_vm *vm)
 {
     struct qb_vm_manager *m = vm->mgr;
 
-    qb_vm_state_copy_flush(vm); /* its last change still reaches the state topic */
+    if (vm->clear_on_free)
+        vm_clear_retained(vm); /* after its last state copy, which goes first */
+    else
+        qb_vm_state_copy_flush(vm); /* its last change still reaches the state topic */
 
     while (vm->cmd_head) {
         struct qb_vm_cmd *c = vm->cmd_head;
@@ -317,6 +345,7 @@ static void vm_free_now(struct qb_vm *vm)
     qb_vm_state_free(vm->state);
     for (int i = 0; i < QB_VMQ_COUNT; i++)
         json_decref(vm->resync_replies[i]);
+    json_decref(vm->connected_data);
     free(vm->identity);
     free(vm->name);
     free(vm->address);
@@ -495,11 +524,16 @@ static void mgr_remember_seq(struct qb_vm_manager *m, const struct qb_vm *vm)
     HASH_ADD_KEYPTR(hh, m->memos, memo->name, strlen(memo->name), memo);
 }
 
-static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember)
+/*
+ * Starts removing vm: remember keeps its numbering for a VM of that name
+ * later; clear (a removal for good, not a shutdown) clears its retained state.
+ */
+static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember, bool clear)
 {
     struct qb_vm_manager *m = vm->mgr;
 
     HASH_DEL(m->vms, vm);
+    vm->clear_on_free = clear;
     if (vm->listen)
         m->n_listen--;
     if (!m->closing && remember)
@@ -523,14 +557,14 @@ int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *
     if (!vm)
         return QB_ENOTFOUND;
     QB_LOG_INFO(vm->name, "removed: %s", why);
-    vm_begin_removal(vm, why, true);
+    vm_begin_removal(vm, why, true, true);
     return QB_OK;
 }
 
 void qb_vm_forget(struct qb_vm *vm, const char *why)
 {
     QB_LOG_INFO(vm->name, "removed: %s", why);
-    vm_begin_removal(vm, why, false);
+    vm_begin_removal(vm, why, false, true);
 }
 
 /* ---- the VM set: discovery, lookups, statistics, close ------------------- */
@@ -662,7 +696,8 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
         uv_close((uv_handle_t *)idle, mgr_finish_async);
         return;
     }
-    HASH_ITER(hh, m->vms, vm, tmp) vm_begin_removal(vm, "bridge shutting down", true);
+    /* not a removal: the retained state stays, connected: false, until the next start */
+    HASH_ITER(hh, m->vms, vm, tmp) vm_begin_removal(vm, "bridge shutting down", true, false);
 }
 
 /* ---- configuration reload (reload.c) -------------------------------------- */

@@ -4,10 +4,13 @@
  * For each VM the manager owns one QMP session and decides when to
  * (re)connect: exponential back-off with full jitter between the configured
  * initial and maximum delays, reset after a successful handshake. On every
- * READY it publishes bridge.vm.connected, then runs query-status, query-block,
- * query-block-jobs and query-colo-status, and publishes the result as a
- * qmp.vm.state snapshot before any qmp.* event of that session, so a late
- * consumer or a VM that was already paused is never left guessing.
+ * READY it runs query-status, query-block, query-block-jobs, query-colo-status,
+ * query-name and query-uuid, publishes bridge.vm.connected (with the UUID)
+ * when query-uuid answers, and the result as a qmp.vm.state snapshot before
+ * any qmp.* event of that session, so a late consumer or a VM that was
+ * already paused is never left guessing. When a session ends, the state is
+ * published again with connected: false; when a VM is removed for good its
+ * retained state is cleared (qb_vm_manager_remove).
  *
  * Events are normalised in arrival order. When one needs a query to be
  * complete (STOP without a known reason), every later event of that VM waits
@@ -77,9 +80,12 @@ void qb_vm_manager_set_room_cb(struct qb_vm_manager *m, void (*cb)(void *arg, bo
                                void *arg);
 
 /*
- * Disconnects and forgets a VM (bridge.vm.disconnected is published if it was
- * connected). Its sequence counter is remembered, so a VM of the same name that
- * comes back continues numbering. Returns QB_OK or QB_ENOTFOUND.
+ * Disconnects and forgets a VM (bridge.vm.disconnected and its state with
+ * connected: false are published if it was connected), then clears its
+ * retained state (an empty retained message, a tombstone) unless a VM of that
+ * name is back by the time it is freed. Its sequence counter is remembered,
+ * so a VM of the same name that comes back continues numbering. Returns QB_OK
+ * or QB_ENOTFOUND.
  */
 int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why);
 
@@ -193,9 +199,10 @@ const struct qb_histogram *qb_vm_manager_command_latency(const struct qb_vm_mana
 size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready);
 
 /*
- * Disconnects every VM (publishing bridge.vm.disconnected for connected ones)
- * and frees the manager once libuv has released every handle; done(arg) is
- * called then, from the loop.
+ * Disconnects every VM (publishing bridge.vm.disconnected and the state with
+ * connected: false for connected ones; a shutdown is not a removal, so no
+ * retained state is cleared) and frees the manager once libuv has released
+ * every handle; done(arg) is called then, from the loop.
  */
 void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void *arg);
 

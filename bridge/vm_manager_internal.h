@@ -85,9 +85,11 @@ struct qb_vm {
     uv_timer_t reconnect_timer;
     uint32_t attempts; /* failed connects since the last stable session */
     uint64_t ready_at; /* uv_now when READY was reached, 0 when not ready */
-    bool was_ready;    /* bridge.vm.connected was published for this session */
+    bool was_ready;    /* this session reached READY: its bridge.vm.connected is due or out */
+    json_t *connected_data; /* that bridge.vm.connected, held until query-uuid answers */
     bool read_paused;  /* reading stopped for back-pressure */
     bool removing;
+    bool clear_on_free; /* removed for good: its retained state is cleared when it is freed */
     bool timer_closed;
     bool has_slot;     /* counts against qmp.max_connecting until resynced or closed */
     bool listen;       /* sessions come from qmp.listen: never connects, waits for QEMU */
@@ -184,14 +186,18 @@ int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
 /*
  * Takes vm out of the set for good, without remembering its numbering (a VM of
  * that name later is a new entry; with a spool it continues the spooled
- * numbering). why is logged. vm is freed later (qb_vm_maybe_free).
+ * numbering), and clears its retained state when it is freed. why is logged.
+ * vm is freed later (qb_vm_maybe_free).
  */
 void qb_vm_forget(struct qb_vm *vm, const char *why);
 
 /* Frees a removed VM once its session is IDLE, its timer closed and no callback is due. */
 void qb_vm_maybe_free(struct qb_vm *vm);
 
-/* The on_ready of a VM session: publishes bridge.vm.connected and starts the snapshot. */
+/*
+ * The on_ready of a VM session: starts the snapshot; bridge.vm.connected goes
+ * out when query-uuid answers (qb_vm_publish_connected), before the snapshot.
+ */
 void qb_vm_on_ready(struct qb_qmp_client *c, void *arg);
 
 /* The next reconnect delay of vm: exponential back-off with equal jitter. */
@@ -219,6 +225,13 @@ void qb_vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t seq,
  * copy still pending goes first; vm holds no state afterwards.
  */
 void qb_vm_publish_state_clear(struct qb_vm *vm);
+
+/*
+ * Publishes the VM's held state as a qmp.vm.state event under a new sequence,
+ * and the same envelope (same id, same time) to the state channel. A state
+ * copy still pending goes first, under the old sequence.
+ */
+void qb_vm_publish_state_event(struct qb_vm *vm);
 
 /* Publishes a bridge-made event (data borrowed) at the bridge's clock; returns its sequence. */
 uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data);
@@ -275,6 +288,13 @@ void qb_vm_on_event(struct qb_qmp_client *c, json_t *msg, void *arg);
 
 /* Sends the snapshot queries; the VM is blocked (resyncing) until all have answered. */
 void qb_vm_start_resync(struct qb_vm *vm);
+
+/*
+ * Publishes the session's bridge.vm.connected (vm->connected_data, then
+ * freed) if it is still due, with the UUID of uuid_reply (borrowed query-uuid
+ * "return", NULL when the query failed or did not run: uuid null).
+ */
+void qb_vm_publish_connected(struct qb_vm *vm, const json_t *uuid_reply);
 
 /* ---- vm_commands.c ------------------------------------------------------- */
 

@@ -189,6 +189,20 @@ void qb_vm_publish_state_clear(struct qb_vm *vm)
     vm->state = NULL;
 }
 
+void qb_vm_publish_state_event(struct qb_vm *vm)
+{
+    /* One timestamp for both copies: they are the same event. */
+    uint64_t now = qb_vm_wall_clock_usec();
+    int64_t sec = (int64_t)(now / 1000000u);
+    int32_t usec = (int32_t)(now % 1000000u);
+    uint64_t seq;
+
+    qb_vm_state_copy_flush(vm);
+    seq = ++vm->seq;
+    qb_vm_publish_state(vm, QB_MSG_EVENT, seq, NULL, sec, usec);
+    qb_vm_publish_state(vm, QB_MSG_STATE, seq, NULL, sec, usec);
+}
+
 /* Publishes one bridge-made event (connected, disconnected, snapshot) at the bridge's clock. */
 uint64_t qb_vm_publish_bridge_event(struct qb_vm *vm, const char *type, const json_t *data)
 {

@@ -5,7 +5,8 @@
  * snapshot queries run; their replies become one qmp.vm.state, published
  * before any event of the session, so a late consumer or a VM that was
  * already paused is never left guessing. query-name and query-uuid also tell
- * whether the socket is now served by another QEMU. Kept in its own file:
+ * whether the socket is now served by another QEMU, and bridge.vm.connected
+ * is published when query-uuid answers, with the UUID. Kept in its own file:
  * it is the one place that turns query replies into a full state.
  */
 #include "vm_manager_internal.h"
@@ -73,19 +74,42 @@ static void vm_check_identity(struct qb_vm *vm, const json_t *name_reply, const 
     vm->identity = identity;
 }
 
+/*
+ * bridge.vm.connected waits for the answer to query-uuid (sent with the other
+ * snapshot queries, in one round trip) so it can carry the UUID. The VM is
+ * blocked (resyncing) meanwhile, so the order stays connected, snapshot, then
+ * the session's events; a session that closes first still gets its connected
+ * (uuid null) before its disconnected.
+ */
+void qb_vm_publish_connected(struct qb_vm *vm, const json_t *uuid_reply)
+{
+    json_t *data = vm->connected_data;
+    char uuid[QB_VM_UUID_SIZE];
+    const char *raw = json_string_value(json_object_get(uuid_reply, "UUID"));
+
+    if (!data)
+        return;
+    vm->connected_data = NULL;
+    if (qb_vm_uuid_from_reply(uuid_reply, uuid))
+        json_object_set_new(data, "uuid", json_string(uuid));
+    else if (raw && strspn(raw, "0-") != strlen(raw))
+        QB_LOG_WARN(vm->name, "query-uuid answered '%.64s', not a UUID: published as null", raw);
+    qb_vm_publish_bridge_event(vm, "bridge.vm.connected", data);
+    json_decref(data);
+}
+
 static void vm_finish_resync(struct qb_vm *vm)
 {
     json_t **r = vm->resync_replies;
 
+    qb_vm_publish_connected(vm, r[QB_VMQ_UUID]); /* due only when query-uuid was not sent */
     if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY) {
         json_t *snap = qb_vm_state_from_queries(qb_qmp_client_greeting(vm->qmp), r[QB_VMQ_STATUS],
-                                                r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO]);
+                                                r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO],
+                                                r[QB_VMQ_UUID]);
+
         vm_check_identity(vm, r[QB_VMQ_NAME], r[QB_VMQ_UUID]);
         if (snap) {
-            /* One timestamp for both copies: they are the same event. */
-            uint64_t now = qb_vm_wall_clock_usec();
-            int64_t sec = (int64_t)(now / 1000000u);
-            int32_t usec = (int32_t)(now % 1000000u);
             struct qb_vm_state *held = qb_vm_state_new(snap);
 
             qb_norm_vm_reset(vm->norm, snap);
@@ -93,12 +117,9 @@ static void vm_finish_resync(struct qb_vm *vm)
             /* the old state's pending copy goes first, under the old sequence */
             qb_vm_state_copy_flush(vm);
             if (held) {
-                uint64_t seq = ++vm->seq;
-
                 qb_vm_state_free(vm->state);
                 vm->state = held;
-                qb_vm_publish_state(vm, QB_MSG_EVENT, seq, NULL, sec, usec);
-                qb_vm_publish_state(vm, QB_MSG_STATE, seq, NULL, sec, usec);
+                qb_vm_publish_state_event(vm);
                 QB_LOG_INFO(vm->name, "state resynced: %s", qb_vm_state_run_state(held));
             } else {
                 QB_LOG_ERR(vm->name, "out of memory holding the state snapshot");
@@ -135,6 +156,8 @@ static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, 
         QB_LOG_WARN(vm->name, "%s failed during resync: %s", qb_vm_query_names[q->which],
                     qb_strerror(status));
     }
+    if (q->which == QB_VMQ_UUID)
+        qb_vm_publish_connected(vm, vm->resync_replies[QB_VMQ_UUID]);
     free(q);
     if (--vm->resync_left == 0)
         vm_finish_resync(vm);

@@ -11,6 +11,7 @@
 #include "error.h"
 #include "log.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,9 +109,33 @@ static json_t *qb_qemu_from_greeting(const json_t *greeting)
     return qemu;
 }
 
-json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, const json_t *block,
-                                 const json_t *block_jobs, const json_t *colo)
+bool qb_vm_uuid_from_reply(const json_t *uuid_reply, char out[QB_VM_UUID_SIZE])
 {
+    const char *u = qb_str(uuid_reply, "UUID");
+    bool nonzero = false;
+
+    out[0] = '\0';
+    if (!u || strlen(u) != QB_VM_UUID_SIZE - 1)
+        return false;
+    for (size_t i = 0; i < QB_VM_UUID_SIZE - 1; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        char c = u[i];
+
+        if (dash ? c != '-' : !isxdigit((unsigned char)c))
+            return false;
+        nonzero |= !dash && c != '0';
+    }
+    if (!nonzero)
+        return false;
+    for (size_t i = 0; i < QB_VM_UUID_SIZE; i++)
+        out[i] = (char)tolower((unsigned char)u[i]);
+    return true;
+}
+
+json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, const json_t *block,
+                                 const json_t *block_jobs, const json_t *colo, const json_t *uuid)
+{
+    char uuid_text[QB_VM_UUID_SIZE];
     json_t *state = json_object();
     json_t *disks = json_array();
     json_t *jobs = json_array();
@@ -125,6 +150,10 @@ json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, c
     json_object_set_new(state, "running", json_boolean(running));
     if (!running)
         json_object_set_new(state, "reason", json_string(run ? run : "unknown"));
+    json_object_set_new(state, "connected", json_true());
+    json_object_set_new(state, "uuid",
+                        qb_vm_uuid_from_reply(uuid, uuid_text) ? json_string(uuid_text)
+                                                               : json_null());
     if (run && strcmp(run, "io-error") == 0) {
         json_array_foreach(block, i, v)
         {
@@ -335,17 +364,30 @@ static bool qb_apply_colo_exit(json_t *state, const json_t *data)
     return true;
 }
 
+static bool qb_apply_disconnected(json_t *state, const json_t *data)
+{
+    (void)data;
+    return qb_set_bool(state, "connected", false);
+}
+
 struct qb_apply_entry {
     const char *type;
     qb_apply_fn fn;
 };
 
-/* Event types not listed (shutdown, reset, job errors, ...) leave the state as it is. */
+/*
+ * Event types not listed (shutdown, reset, job errors, ...) leave the state as
+ * it is. bridge.vm.disconnected is the bridge's own: the session ended.
+ */
 static const struct qb_apply_entry qb_apply_table[] = {
-    {"qmp.vm.stopped", qb_apply_stopped},           {"qmp.vm.resumed", qb_apply_resumed},
-    {"qmp.block.io_error", qb_apply_io_error},      {"qmp.job.status", qb_apply_job_status},
-    {"qmp.block.job_completed", qb_apply_job_gone}, {"qmp.block.job_cancelled", qb_apply_job_gone},
+    {"qmp.vm.stopped", qb_apply_stopped},
+    {"qmp.vm.resumed", qb_apply_resumed},
+    {"qmp.block.io_error", qb_apply_io_error},
+    {"qmp.job.status", qb_apply_job_status},
+    {"qmp.block.job_completed", qb_apply_job_gone},
+    {"qmp.block.job_cancelled", qb_apply_job_gone},
     {"qmp.colo.exit", qb_apply_colo_exit},
+    {"bridge.vm.disconnected", qb_apply_disconnected},
 };
 
 bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev)

@@ -1,12 +1,14 @@
 /*
  * vm_state.h - the current state of one VM, as published in qmp.vm.state.
  *
- * Built on every (re)connect from query-status, query-block, query-block-jobs
- * and query-colo-status, then kept current by the normalised events
+ * Built on every (re)connect from query-status, query-block, query-block-jobs,
+ * query-colo-status and query-uuid, then kept current by the normalised events
  * (stopped/resumed/io_error/job events/colo exit) so the retained state topic
- * always says what a fresh query would say. The JSON shape is
+ * always says what a fresh query would say; the end of a session folds in as
+ * connected: false (the rest is the last known state). The JSON shape is
  * schema/v1/qmp.vm.state.json:
  *   { "run_state": "io-error", "running": false, "reason": "io-error",
+ *     "connected": true, "uuid": "0f8fad5b-d9cb-469f-a165-70867728950e" | null,
  *     "cause": {"device","node_name","errno","io_status"} | null,
  *     "qemu": {"version": "7.2.22", "package": "..."},
  *     "disks": [ {"device","node_name","io_status","size","filename","driver","read_only"} ],
@@ -21,18 +23,31 @@
 #include <jansson.h>
 #include <stdbool.h>
 
-/*
- * Returns a new snapshot object (caller owns the reference) from the query
- * replies (each borrowed, the "return" value; any may be NULL when the query
- * failed or does not exist, e.g. query-colo-status without COLO) and the
- * greeting's "QMP" object (borrowed, may be NULL). Returns NULL only on
- * allocation failure.
- */
-json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, const json_t *block,
-                                 const json_t *block_jobs, const json_t *colo);
+/* Size of a UUID in its canonical text form, with the NUL. */
+#define QB_VM_UUID_SIZE 37
 
 /*
- * Folds one complete normalised event into state (modified in place).
+ * Reads query-uuid's reply (borrowed, the "return" value; may be NULL) into
+ * out: the UUID in canonical form (8-4-4-4-12 hex digits), lower case.
+ * Returns true for such a UUID; false (out "") when there is none: no reply,
+ * not in canonical form, or all zeros (QEMU's answer when started without
+ * -uuid: it names no VM, and consumers keying by UUID must not merge such VMs).
+ */
+bool qb_vm_uuid_from_reply(const json_t *uuid_reply, char out[QB_VM_UUID_SIZE]);
+
+/*
+ * Returns a new snapshot object (caller owns the reference) of a connected
+ * VM from the query replies (each borrowed, the "return" value; any may be
+ * NULL when the query failed or does not exist, e.g. query-colo-status
+ * without COLO) and the greeting's "QMP" object (borrowed, may be NULL).
+ * Returns NULL only on allocation failure.
+ */
+json_t *qb_vm_state_from_queries(const json_t *greeting, const json_t *status, const json_t *block,
+                                 const json_t *block_jobs, const json_t *colo, const json_t *uuid);
+
+/*
+ * Folds one complete normalised event into state (modified in place); the
+ * bridge's own bridge.vm.disconnected (data ignored) sets connected to false.
  * Returns true when the state changed and should be re-published.
  */
 bool qb_vm_state_apply(json_t *state, const struct qb_norm_event *ev);

@@ -11,7 +11,10 @@ Watches the bus for VMs paused on a full disk and fixes them:
   3. sends resize-and-cont (grow_by --grow-by bytes) to the bridge that owns the
      VM, signed when --hmac-key-file is given;
   4. prints the bridge.command.result.
-One command per VM at a time. Talks MQTT through mosquitto_sub/mosquitto_pub and
+One command per VM at a time. A state with connected: false (the VM's QMP session ended;
+the rest is the last state known) is never acted on: the VM may be gone or back in another
+state, so it waits for the next session's snapshot (connected: true). A cleared state (an
+empty retained MQTT message, a Kafka tombstone: the VM was removed) forgets the VM. Talks MQTT through mosquitto_sub/mosquitto_pub and
 Kafka through kcat, so it needs nothing beyond Debian's packages.
 
   orchestrator.py --mqtt 127.0.0.1:1883 --grow 'lvextend -L+1G /dev/vg/$VM'
@@ -65,7 +68,7 @@ class Bus:
                 ["mosquitto_sub", "-h", host, "-p", port, "-V", "mqttv5", "-q", "1",
                  "-t", args.prefix + "/+/+/event/qmp.vm.stopped",
                  "-t", args.prefix + "/+/+/event/bridge.command.result",
-                 "-t", args.prefix + "/+/+/state", "-F", "%x"],
+                 "-t", args.prefix + "/+/+/state", "-F", "%t %x"],
                 stdout=subprocess.PIPE, text=True)
         else:
             # Live events from now on; the compacted state topic tells what happened before.
@@ -74,30 +77,43 @@ class Bus:
                  "-t", args.events_topic], stdout=subprocess.PIPE, text=True)
 
     def initial_states(self):
-        """Kafka: the latest qmp.vm.state of every VM, read once from the compacted topic."""
+        """Kafka: the latest qmp.vm.state of every VM, read once from the compacted topic
+        (keyed <bridge>/<vm>; a tombstone, printed as NULL with -Z, means the VM is gone)."""
         if self.args.mqtt:
             return []  # MQTT delivers the retained state topics on subscribe
-        r = subprocess.run(["kcat", "-b", self.args.kafka, "-C", "-q", "-E", "-e", "-o", "beginning",
-                            "-f", "%s\n", "-t", self.args.state_topic],
+        r = subprocess.run(["kcat", "-b", self.args.kafka, "-C", "-q", "-E", "-e", "-Z", "-o",
+                            "beginning", "-f", "%k\t%s\n", "-t", self.args.state_topic],
                            stdout=subprocess.PIPE, text=True, timeout=60)
         latest = {}
         for line in r.stdout.splitlines():
+            key, _, value = line.partition("\t")
+            if value == "NULL":
+                latest.pop(key, None)
+                continue
             try:
-                env = json.loads(line)
+                latest[key] = json.loads(value)
             except ValueError:
                 continue
-            latest[(env.get("bridge"), env.get("subject"))] = env
         return list(latest.values())
 
     def envelopes(self):
+        """Envelopes as dicts; a cleared retained state as {"cleared": True, bridge, subject}."""
         yield from self.initial_states()
         for line in self.reader.stdout:
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(bytes.fromhex(line) if self.args.mqtt else line)
-            except ValueError:
+                if not self.args.mqtt:
+                    yield json.loads(line)
+                    continue
+                topic, _, payload = line.partition(" ")
+                if not payload:  # an empty retained message on <prefix>/<bridge>/<vm>/state
+                    parts = topic.split("/")
+                    yield {"cleared": True, "bridge": parts[-3], "subject": parts[-2]}
+                    continue
+                yield json.loads(bytes.fromhex(payload))
+            except (ValueError, IndexError):
                 continue
 
     def send(self, cmd):
@@ -121,7 +137,8 @@ def enospc_cause(env):
     d = env.get("data") or {}
     if env.get("type") == "qmp.vm.stopped" and d.get("reason") == "io-error":
         cause = d.get("cause") or {}
-    elif env.get("type") == "qmp.vm.state" and d.get("run_state") == "io-error":
+    elif env.get("type") == "qmp.vm.state" and d.get("run_state") == "io-error" \
+            and d.get("connected") is not False:
         cause = d.get("cause") or {}
     else:
         return None
@@ -157,6 +174,13 @@ def main():
     try:
         for env in b.envelopes():
             who = (env.get("bridge"), env.get("subject"))
+            if env.get("cleared"):
+                # removed from its bridge: a VM of that name later starts afresh
+                if who in seen_seq or who in busy:
+                    log("%s/%s is gone: forgetting it" % who)
+                seen_seq.pop(who, None)
+                busy.pop(who, None)
+                continue
             if env.get("type") == "bridge.command.result":
                 d = env["data"]
                 if busy.get(who) == d.get("command_id"):

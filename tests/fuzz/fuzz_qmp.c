@@ -42,7 +42,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Connect-time queries, in the order the client sends them; a reply's id picks its slot. */
-enum { FZ_Q_STATUS, FZ_Q_BLOCK, FZ_Q_JOBS, FZ_Q_COLO, FZ_Q__COUNT };
+enum { FZ_Q_STATUS, FZ_Q_BLOCK, FZ_Q_JOBS, FZ_Q_COLO, FZ_Q_UUID, FZ_Q__COUNT };
 
 /* A query never needs more answers than this; more means resolve would loop forever. */
 #define FZ_MAX_RESOLVE_STEPS 16
@@ -180,7 +180,8 @@ static void fz_snapshot(struct fz_session *s)
 {
     json_t *state = qb_vm_state_from_queries(
         s->greeting ? json_object_get(s->greeting, "QMP") : NULL, s->replies[FZ_Q_STATUS],
-        s->replies[FZ_Q_BLOCK], s->replies[FZ_Q_JOBS], s->replies[FZ_Q_COLO]);
+        s->replies[FZ_Q_BLOCK], s->replies[FZ_Q_JOBS], s->replies[FZ_Q_COLO],
+        s->replies[FZ_Q_UUID]);
 
     if (state == NULL)
         return;
@@ -289,7 +290,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (!(s.vm = qb_norm_vm_new()))
         return 0;
-    s.state = qb_vm_state_from_queries(NULL, NULL, NULL, NULL, NULL);
+    s.state = qb_vm_state_from_queries(NULL, NULL, NULL, NULL, NULL, NULL);
     qb_norm_vm_reset(s.vm, NULL);
     qb_framer_init(&framer, reads.max_line);
 

@@ -108,8 +108,9 @@ with check.Test("kafka_config_errors") as t:
              "no sanitizer report in the bridge log")
     und = [l for l in br.log_lines("transport kafka: closed,") if "undelivered" in l]
     m = re.search(r"closed, (\d+) messages undelivered", und[0]) if und else None
-    # every event, the shutdown's bridge.vm.disconnected and the snapshot on qmp.state
-    t.expect(m and int(m.group(1)) == COUNT + 4,
-             "the log says %d Kafka messages stayed undelivered" % (COUNT + 4), und)
+    # every event, the shutdown's bridge.vm.disconnected, the state it leaves (connected:
+    # false, on both topics) and the snapshot on qmp.state
+    t.expect(m and int(m.group(1)) == COUNT + 6,
+             "the log says %d Kafka messages stayed undelivered" % (COUNT + 6), und)
     t.expect(br.log_lines("transport stdout: closed, 0 messages undelivered"),
              "the stdout transport delivered everything")

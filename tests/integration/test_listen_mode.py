@@ -42,11 +42,11 @@ def listen_qemu(d, name, sock, guest_name=None):
 
 def wait_connected(br, vm, start, what):
     """Waits for connected then the snapshot of vm in the stream from index start; returns both."""
-    procs.wait_until(lambda: "qmp.vm.state" in types(stream(br, vm, start)), 30, what,
+    procs.wait_until(lambda: any(check.is_snapshot(e) for e in stream(br, vm, start)), 30, what,
                      on_fail=lambda: print(br.tail()))
     envs = stream(br, vm, start)
     first = lambda ty: [e for e in envs if e["type"] == ty][0]  # noqa: E731
-    return first("bridge.vm.connected"), first("qmp.vm.state"), envs
+    return first("bridge.vm.connected"), [e for e in envs if check.is_snapshot(e)][0], envs
 
 
 def stop_cont(t, br, vm, q):
@@ -131,8 +131,10 @@ with check.Test("listen_mode") as t:
     t.expect(rc == 0, "bridge exits 0 on SIGTERM", rc)
     t.expect(not os.path.exists(sock), "the socket file is removed at shutdown")
     for vm in ("guest-l", name_p):
-        t.expect(types(stream(br, vm))[-1] == "bridge.vm.disconnected",
-                 "%s: bridge.vm.disconnected at shutdown" % vm, types(stream(br, vm))[-3:])
+        t.expect(types(stream(br, vm))[-2:] == ["bridge.vm.disconnected", "qmp.vm.state"] and
+                 stream(br, vm)[-1]["data"]["connected"] is False,
+                 "%s: bridge.vm.disconnected (and the state, connected: false) at shutdown" % vm,
+                 types(stream(br, vm))[-3:])
     rep = streamcheck.check(stream(br), expect_first={"guest-l": 1, name_p: 1})
     t.expect(rep.ok(), "first run: every stream contiguous from 1", str(rep))
     run1 = len(stream(br))
@@ -159,8 +161,9 @@ with check.Test("listen_mode") as t:
     ql2.wait_ready()
     conn, snap, envs = wait_connected(br, "guest-l", n, "guest-l back")
     i = types(envs).index("bridge.vm.disconnected")  # after qmp.vm.shutdown (SIGTERM) if any
-    t.expect(types(envs)[i:i + 3] == ["bridge.vm.disconnected", "bridge.vm.connected", "qmp.vm.state"],
-             "guest-l: disconnected, connected, snapshot", types(envs))
+    t.expect(types(envs)[i:i + 4] == ["bridge.vm.disconnected", "qmp.vm.state", "bridge.vm.connected",
+                                      "qmp.vm.state"] and check.is_snapshot(envs[i + 3]),
+             "guest-l: disconnected (state connected: false), connected, snapshot", types(envs))
     t.expect([int(e["sequence"]) for e in envs] == list(range(last + 1, last + 1 + len(envs))),
              "guest-l: the same entry, its sequence continues from %d" % last,
              [e["sequence"] for e in envs])

@@ -45,14 +45,14 @@ with check.Test("qemu_restart") as t:
 
     t.section("restart QEMU on the same socket")
     vm.start().wait_ready()
-    procs.wait_until(lambda: types(check.vm_envelopes(sub, "test-host", "vm1")[n_before:]).count("qmp.vm.state")
-                     >= 1, 30, "second snapshot",
+    procs.wait_until(lambda: any(check.is_snapshot(m) for m in check.vm_envelopes(sub, "test-host", "vm1")[n_before:]),
+                     30, "second snapshot",
                      on_fail=lambda: print(br.tail()))
     env = check.vm_envelopes(sub, "test-host", "vm1")
     after = env[n_before:]
     i_disc = check.first_index(after, lambda m: m.type == "bridge.vm.disconnected")
     i_conn = check.first_index(after, lambda m: m.type == "bridge.vm.connected")
-    i_state = check.first_index(after, lambda m: m.type == "qmp.vm.state", max(i_conn, 0))
+    i_state = check.first_index(after, check.is_snapshot, max(i_conn, 0))
     t.expect(0 <= i_disc < i_conn < i_state, "disconnected, connected, state in that order", types(after))
     t.expect(not any(m.type.startswith("qmp.") for m in after[i_conn + 1:i_state]),
              "no qmp.* envelope between connected and the fresh state", types(after))

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import procs, util  # noqa: E402
+from qbtest import check, procs, util  # noqa: E402
 from qbtest.bridge import Bridge  # noqa: E402
 from qbtest.check import Test  # noqa: E402
 from qbtest.sim import QmpSim  # noqa: E402
@@ -61,7 +61,7 @@ def qmp_time(ts):
 
 def snapshots(evs):
     # The snapshot may be written once per message kind; its sequence tells copies apart.
-    return sorted({e["sequence"] for e in evs if e["type"] == "qmp.vm.state"})
+    return sorted({e["sequence"] for e in evs if check.is_snapshot(e)})
 
 
 class Raw:

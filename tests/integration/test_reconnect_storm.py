@@ -23,9 +23,11 @@ MAX_CONNECTING = 32
 
 
 def count_types(br):
+    """Envelopes per (VM, type); a state with connected: false (a session ended) is no snapshot."""
     c = collections.Counter()
     for e in util.read_jsonl(br.events_path):
-        c[(e["subject"], e["type"])] += 1
+        c[(e["subject"], e["type"] if e["type"] != "qmp.vm.state" or check.is_snapshot(e)
+           else "qmp.vm.state disconnected")] += 1
     return c
 
 

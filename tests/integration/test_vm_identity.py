@@ -61,9 +61,10 @@ with check.Test("vm_identity") as t:
     a2 = qemu.Qemu(d, "a", disk="plain", extra=["-name", "guest-a", "-uuid", UUID_A])
     a2.start().wait_ready()
     t.add_log("qemu a (restarted)", a2.log)
-    procs.wait_until(lambda: "qmp.vm.state" in types(stream(br, "a")[n:]), 30, "a's fresh snapshot")
+    procs.wait_until(lambda: any(check.is_snapshot(e) for e in stream(br, "a")[n:]), 30,
+                     "a's fresh snapshot")
     after = stream(br, "a")[n:]
-    snap = [e for e in after if e["type"] == "qmp.vm.state"][0]
+    snap = [e for e in after if check.is_snapshot(e)][0]
     t.expect(snap["data"]["run_state"] == "running", "fresh state: running, not io-error",
              snap["data"]["run_state"])
     t.expect(all(dk.get("io_status", "ok") == "ok" for dk in snap["data"].get("disks", [])),
@@ -79,11 +80,12 @@ with check.Test("vm_identity") as t:
     c = qemu.Qemu(d, "a", disk="plain", extra=["-name", "guest-c", "-uuid", UUID_C])
     c.start().wait_ready()
     t.add_log("qemu c on a's socket", c.log)
-    procs.wait_until(lambda: "qmp.vm.state" in types(stream(br, "a")[n:]), 30, "the new snapshot")
+    procs.wait_until(lambda: any(check.is_snapshot(e) for e in stream(br, "a")[n:]), 30,
+                     "the new snapshot")
     after = stream(br, "a")[n:]
     ty = types(after)
     t.expect("bridge.vm.identity_changed" in ty and
-             ty.index("bridge.vm.identity_changed") < ty.index("qmp.vm.state"),
+             ty.index("bridge.vm.identity_changed") < [check.is_snapshot(e) for e in after].index(True),
              "identity_changed comes before the new QEMU's snapshot", ty)
     ch = [e for e in after if e["type"] == "bridge.vm.identity_changed"][0]["data"]
     t.expect(ch["previous"] == {"name": "guest-a", "uuid": UUID_A} and

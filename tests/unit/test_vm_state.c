@@ -69,8 +69,12 @@ static const char *jobs_text = "[{\"auto-finalize\": true, \"io-status\": \"ok\"
 static const char *colo_text =
     "{\"mode\": \"none\", \"last-mode\": \"none\", \"reason\": \"none\"}";
 
+/* query-uuid of a QEMU started with -uuid (QEMU writes it in lower case). */
+static const char *uuid_text = "{\"UUID\": \"6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90\"}";
+
 static const char *expected_text =
     "{\"run_state\": \"io-error\", \"running\": false, \"reason\": \"io-error\","
+    " \"connected\": true, \"uuid\": \"6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90\","
     " \"cause\": {\"device\": \"\", \"node_name\": \"#block146\", \"errno\": \"enospc\","
     "   \"io_status\": \"nospace\"},"
     " \"qemu\": {\"version\": \"7.2.22\", \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"},"
@@ -89,9 +93,10 @@ static const char *expected_text =
 static json_t *build_state(void)
 {
     json_t *g = parse(greeting_text), *s = parse(status_ioerr_text), *b = parse(block_text);
-    json_t *j = parse(jobs_text), *c = parse(colo_text);
-    json_t *state = qb_vm_state_from_queries(g, s, b, j, c);
+    json_t *j = parse(jobs_text), *c = parse(colo_text), *u = parse(uuid_text);
+    json_t *state = qb_vm_state_from_queries(g, s, b, j, c, u);
 
+    json_decref(u);
     json_decref(g);
     json_decref(s);
     json_decref(b);
@@ -162,17 +167,19 @@ static void test_from_queries(void **state)
 static void test_from_failed_queries(void **state)
 {
     json_t *running = parse("{\"status\": \"running\", \"singlestep\": false, \"running\": true}");
-    json_t *s = qb_vm_state_from_queries(NULL, NULL, NULL, NULL, NULL);
+    json_t *s = qb_vm_state_from_queries(NULL, NULL, NULL, NULL, NULL, NULL);
 
     (void)state;
     expect_equal(s, "{\"run_state\": \"unknown\", \"running\": false, \"reason\": \"unknown\","
-                    " \"qemu\": {}, \"disks\": [], \"jobs\": [], \"colo\": null}");
+                    " \"connected\": true, \"uuid\": null, \"qemu\": {}, \"disks\": [], \"jobs\": "
+                    "[], \"colo\": null}");
     expect_schema_valid(s);
     json_decref(s);
 
-    s = qb_vm_state_from_queries(NULL, running, NULL, NULL, NULL);
+    s = qb_vm_state_from_queries(NULL, running, NULL, NULL, NULL, NULL);
     expect_equal(s, "{\"run_state\": \"running\", \"running\": true,"
-                    " \"qemu\": {}, \"disks\": [], \"jobs\": [], \"colo\": null}");
+                    " \"connected\": true, \"uuid\": null, \"qemu\": {}, \"disks\": [], \"jobs\": "
+                    "[], \"colo\": null}");
     json_decref(s);
     json_decref(running);
 }
@@ -218,6 +225,7 @@ static void test_resume_and_errors(void **state)
     assert_false(apply(s, "qmp.vm.reset", "{\"guest\": true, \"reason\": \"guest-reset\"}"));
     expect_equal(
         s, "{\"run_state\": \"io-error\", \"running\": false, \"reason\": \"io-error\","
+           " \"connected\": true, \"uuid\": \"6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90\","
            " \"cause\": {\"device\": \"\", \"node_name\": \"#block146\", \"errno\": \"enospc\","
            "   \"io_status\": \"nospace\"},"
            " \"qemu\": {\"version\": \"7.2.22\", \"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"},"
@@ -421,6 +429,83 @@ static void test_state_cache_keeps_most_recent(void **state)
     json_decref(tree);
 }
 
+/*
+ * query-uuid: a canonical UUID is kept (in lower case); QEMU without -uuid
+ * answers all zeros, which names no VM: null, like a failed query or an
+ * answer that is not a UUID.
+ */
+static void test_uuid_from_reply(void **state)
+{
+    static const struct {
+        const char *reply;
+        const char *want; /* NULL: no UUID */
+    } cases[] = {
+        {"{\"UUID\": \"6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90\"}",
+         "6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90"},
+        {"{\"UUID\": \"6C3A5A3E-8B1F-4A52-9D3E-0B5F1C2D7E90\"}",
+         "6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90"},
+        {"{\"UUID\": \"00000000-0000-0000-0000-000000000000\"}", NULL},
+        {"{\"UUID\": \"6c3a5a3e8b1f4a529d3e0b5f1c2d7e90\"}", NULL},
+        {"{\"UUID\": \"6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e9g\"}", NULL},
+        {"{\"UUID\": \"6c3a5a3e-8b1f-4a52-9d3e-0b5f1c2d7e90 \"}", NULL},
+        {"{\"UUID\": 7}", NULL},
+        {"{}", NULL},
+        {"null", NULL},
+    };
+    char out[QB_VM_UUID_SIZE];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *reply = parse(cases[i].reply);
+        json_t *st = qb_vm_state_from_queries(NULL, NULL, NULL, NULL, NULL, reply);
+        bool ok = qb_vm_uuid_from_reply(reply, out);
+
+        assert_int_equal(ok, cases[i].want != NULL);
+        assert_string_equal(out, cases[i].want ? cases[i].want : "");
+        if (cases[i].want)
+            assert_string_equal(json_string_value(json_object_get(st, "uuid")), cases[i].want);
+        else
+            assert_true(json_is_null(json_object_get(st, "uuid")));
+        expect_schema_valid(st);
+        json_decref(st);
+        json_decref(reply);
+    }
+    assert_false(qb_vm_uuid_from_reply(NULL, out));
+}
+
+/*
+ * The end of a session folds in as connected: false; the rest stays the last
+ * known state (a consumer must not act on it until the VM is back). Once
+ * disconnected, another disconnect changes nothing.
+ */
+static void test_disconnected(void **state)
+{
+    json_t *tree = build_state();
+    json_t *want = json_deep_copy(tree);
+    struct qb_vm_state *holder = qb_vm_state_new(tree);
+    struct qb_norm_event ev = {.type = "bridge.vm.disconnected", .ts_sec = -1};
+    size_t len = 0;
+
+    (void)state;
+    assert_true(json_is_true(json_object_get(tree, "connected")));
+    ev.data = parse("{\"reason\": \"end of file\", \"error\": \"connection closed\"}");
+    assert_true(qb_vm_state_apply(tree, &ev));
+    json_object_set_new(want, "connected", json_false());
+    assert_true(json_equal(tree, want));
+    assert_false(qb_vm_state_apply(tree, &ev));
+    expect_schema_valid(tree);
+
+    /* the held state (text, no cache) says the same */
+    assert_true(qb_vm_state_fold(holder, NULL, &ev));
+    assert_non_null(strstr(qb_vm_state_text(holder, &len), "\"connected\":false"));
+    assert_string_equal(qb_vm_state_run_state(holder), "io-error");
+    assert_false(qb_vm_state_fold(holder, NULL, &ev));
+    json_decref(ev.data);
+    qb_vm_state_free(holder);
+    json_decref(want);
+    json_decref(tree);
+}
+
 /* The state topic publishes the held text verbatim: same bytes as publishing the tree. */
 static void test_text_holder_envelope(void **state)
 {
@@ -457,6 +542,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_from_queries),
         cmocka_unit_test(test_from_failed_queries),
+        cmocka_unit_test(test_uuid_from_reply),
+        cmocka_unit_test(test_disconnected),
         cmocka_unit_test(test_resume_and_errors),
         cmocka_unit_test(test_jobs_and_colo),
         cmocka_unit_test(test_text_holder_follows_tree),

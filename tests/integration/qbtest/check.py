@@ -137,6 +137,13 @@ def assert_increasing(msgs, what, consecutive=False):
         prev = s
 
 
+def is_snapshot(env):
+    """True for a qmp.vm.state envelope (a dict, or an mqtt.Message) of a live session: a
+    snapshot or an update, not the state published when a session ended (connected: false)."""
+    env = env if isinstance(env, dict) else env.json
+    return env["type"] == "qmp.vm.state" and env["data"].get("connected") is not False
+
+
 def first_index(msgs, pred, start=0):
     for i in range(start, len(msgs)):
         if pred(msgs[i]):
