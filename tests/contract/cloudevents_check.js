@@ -33,8 +33,9 @@ function count(key) {
   counts[key] = (counts[key] || 0) + 1;
 }
 
-// The SDK fills in a missing id, time or specversion, so they are checked on the raw message.
-const REQUIRED = ['specversion', 'id', 'source', 'type'];
+// The SDK fills in a missing id, time or specversion, so they are checked on the raw message
+// (time is optional in CloudEvents, never missing from the bridge's envelopes).
+const REQUIRED = ['specversion', 'id', 'source', 'type', 'time'];
 
 // The attributes of the message itself, as a consumer without the SDK would read them.
 function rawAttributes(c) {
