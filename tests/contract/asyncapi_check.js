@@ -1,11 +1,13 @@
 'use strict';
 // asyncapi_check.js - docs/asyncapi.yaml through the AsyncAPI project's own parser.
 //
-//   node asyncapi_check.js doc DOC SCHEMA_DIR
-//       parses and validates DOC (its relative $refs resolved from its folder); any
+//   node asyncapi_check.js doc DOC SCHEMA_DIR [DOC SCHEMA_DIR ...]
+//       parses and validates each DOC (its relative $refs resolved from its folder); any
 //       diagnostic of severity error or warning fails (exit 1), infos are printed. Then
 //       checks that every SCHEMA_DIR/*.json is used by some message, and that each
 //       channel that carries CloudEvents has a message for every type its operation sends.
+//       Each document's findings follow a line "DOC <path>" (one process for several
+//       documents: loading the parser takes seconds).
 //   node asyncapi_check.js messages DOC CAPTURES
 //       CAPTURES: JSON lines of messages seen on the brokers (see
 //       tests/integration/qbtest/contract.py). Each must fit one message of the channel
@@ -180,19 +182,26 @@ function checkMessages(document, capturesPath) {
 }
 
 async function main() {
-  const [cmd, docPath, arg] = process.argv.slice(2);
-  if (!['doc', 'messages'].includes(cmd) || !docPath || !arg) {
-    console.error('usage: asyncapi_check.js doc DOC SCHEMA_DIR | messages DOC CAPTURES');
+  const [cmd, ...args] = process.argv.slice(2);
+  const pairs = [];
+  for (let i = 0; i + 1 < args.length; i += 2) pairs.push([args[i], args[i + 1]]);
+  if (!['doc', 'messages'].includes(cmd) || !pairs.length || args.length % 2 ||
+      (cmd === 'messages' && pairs.length !== 1)) {
+    console.error('usage: asyncapi_check.js doc DOC SCHEMA_DIR [DOC SCHEMA_DIR ...] | messages DOC CAPTURES');
     process.exit(2);
   }
-  const document = await parse(path.resolve(docPath));
   let summary = {};
-  if (document && cmd === 'doc') {
-    checkDoc(document, docPath, arg);
-    summary = { channels: document.channels().all().length, operations: document.operations().all().length,
-                messages: document.components().messages().all().length };
-  } else if (document) {
-    summary = checkMessages(document, arg);
+  for (const [docPath, arg] of pairs) {
+    console.log(`DOC ${docPath}`);
+    const document = await parse(path.resolve(docPath));
+    if (document && cmd === 'doc') {
+      checkDoc(document, docPath, arg);
+      summary = { channels: document.channels().all().length,
+                  operations: document.operations().all().length,
+                  messages: document.components().messages().all().length };
+    } else if (document) {
+      summary = checkMessages(document, arg);
+    }
   }
   console.log(JSON.stringify({ failures, summary }));
   process.exit(failures ? 1 : 0);
