@@ -12,7 +12,8 @@
 //       CAPTURES: JSON lines of messages seen on the brokers (see
 //       tests/integration/qbtest/contract.py). Each must fit one message of the channel
 //       whose address matches its topic (or of the reply of the operation it names):
-//       payload and headers valid against that message's schemas, and its content type.
+//       payload and headers valid against that message's schemas, and its content type; a
+//       retained MQTT message only on a channel whose operation retains.
 //
 // Prints one line per finding, "OK ..." or "FAIL ...", and a last line with the counts
 // as JSON; exits 1 on any FAIL, 2 on a usage error. Ownership: none, a script.
@@ -143,6 +144,16 @@ function checkMessages(document, capturesPath) {
       }
       candidates = hits[0].ch.messages().all();
       where = hits[0].ch.id();
+      // a retained message must be on a channel whose operation retains (a live subscription
+      // sees the flag cleared, so only a set flag says something)
+      const retains = hits[0].ch.operations().all().some((op) => {
+        const b = op.bindings().get('mqtt');
+        return b && b.value().retain === true;
+      });
+      if (c.retained && !retains) {
+        fail(`capture ${i + 1} (${c.transport} ${c.topic}) is retained, ${where} is not`);
+        continue;
+      }
     }
     let payload = c.payload;
     if (payload !== null && c.json) payload = JSON.parse(payload);

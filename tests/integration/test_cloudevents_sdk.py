@@ -16,11 +16,13 @@ new CloudEvent(event, true): it must validate and hold exactly the message's att
 data. The status messages must not pass for CloudEvents. Every event type of the run must
 have come through each of the three encodings. tests/contract/asyncapi_check.js then checks
 every message against the channel of docs/asyncapi.yaml that its topic matches (payload and
-headers against the message schemas, the content type). The published examples of
+headers against the message schemas, the content type, the retain flag: a fresh subscriber
+after the run collects what the broker kept retained). The published examples of
 docs/events.md (one per type) go through new CloudEvent(env, true) too.
 
 Last, altered copies of real messages (no content type, a binary record without ce_id, an
-empty id, an extension name the spec forbids, data of another type) must be refused, so
+empty id, a time that is no time, an extension name the spec forbids, data of another
+type, a retained event) must be refused, so
 neither check can pass everything.
 
 Without node or npm the test says SKIP and exits 77 (ctest: skipped, never passed)."""
@@ -69,26 +71,33 @@ class MqttCapture:
     def read(self, probes=False):
         """Every message so far as a capture (see qbtest.contract), probes left out unless
         probes."""
-        out = []
         with open(self.out, encoding="utf-8") as f:
             lines = f.read().split("\n")[:-1]
-        for line in lines:
-            topic, retained, ctype, hexpayload = line.split("\t", 3)
-            if topic.startswith("probe/") and not probes:
-                continue
-            payload = bytes.fromhex(hexpayload).decode("utf-8")
-            parts = topic.split("/")
-            kind = parts[-1] if parts[-1] in ("status", "state", "result", "command") else "event"
-            if parts[-2:-1] == ["event"]:
-                kind = "event"
-            c = {"transport": "mqtt", "topic": topic, "retained": retained == "1",
-                 "content_type": ctype or None, "payload": payload,
-                 "json": kind != "status" and payload != "", "kind": kind,
-                 "event": kind in ("event", "state", "result") and payload != ""}
-            if topic.startswith("orch/r/"):
-                c.update(kind="reply", event=True, json=True, reply_of="receiveCommands")
-            out.append(c)
-        return out
+        return [c for c in map(mqtt_capture, lines) if probes or not c["topic"].startswith("probe/")]
+
+
+def mqtt_capture(line):
+    """A capture of one line of mosquitto_sub -F MqttCapture.FORMAT."""
+    topic, retained, ctype, hexpayload = line.split("\t", 3)
+    payload = bytes.fromhex(hexpayload).decode("utf-8")
+    parts = topic.split("/")
+    kind = "event" if parts[-2:-1] == ["event"] else parts[-1]  # status, state, ...
+    c = {"transport": "mqtt", "topic": topic, "retained": retained == "1",
+         "content_type": ctype or None, "payload": payload,
+         "json": kind != "status" and payload != "", "kind": kind,
+         "event": kind in ("event", "state", "result") and payload != ""}
+    if topic.startswith("orch/r/"):
+        c.update(kind="reply", event=True, json=True, reply_of="receiveCommands")
+    return c
+
+
+def mqtt_retained(broker):
+    """The retained messages on qmp/# as captures: a new subscription gets them flagged (a
+    live one does not: the broker clears the flag on what it forwards)."""
+    r = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5",
+                        "-q", "1", "-t", "qmp/#", "-F", MqttCapture.FORMAT, "--retained-only",
+                        "-W", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    return [mqtt_capture(line) for line in r.stdout.decode("utf-8").splitlines()]
 
 
 def kafka_records(mock, topic, mode):
@@ -159,6 +168,9 @@ def altered(captures):
     c["payload"] = io["payload"]
     out.append(("a qmp.vm.stopped record carrying io_error data", c, "asyncapi_check.js",
                 "fits no message"))
+    c = first(lambda c: c["transport"] == "mqtt" and c["kind"] == "event")
+    c["retained"] = True
+    out.append(("a retained MQTT event", c, "asyncapi_check.js", "is retained"))
     return out
 
 
@@ -231,7 +243,11 @@ with check.Test("cloudevents_sdk") as t:
     procs.wait_until(kafka_complete, 30, "bridge.vm.disconnected on both Kafka clusters")
     rc = br.stop()
     t.expect(rc == 0, "the bridge exits 0", rc)
-    captures = cap.read() + kafka_captures()
+    retained = mqtt_retained(broker)
+    t.expect(sorted(c["topic"] for c in retained if c["retained"])
+             == ["qmp/test-host/status", "qmp/test-host/vm1/state"],
+             "retained on the broker: the status and the VM's state", [c["topic"] for c in retained])
+    captures = cap.read() + retained + kafka_captures()
     path = contract.write_captures(os.path.join(d, "captures.jsonl"), captures)
     t.ok("%d messages captured" % len(captures), path)
     # the commands are the test's own, sent without a content type: the SDK would not see them
