@@ -11,7 +11,8 @@ packages=(
   # tests and demo: real QEMU, real mosquitto, kcat, the schema validator, the guest assembler
   libcmocka-dev qemu-system-x86 qemu-utils mosquitto mosquitto-clients kcat
   python3 python3-jsonschema binutils util-linux
-  # the JavaScript signing recipe (examples/sign_command.js) against the test vectors
+  # the JavaScript signing recipe (examples/sign_command.js) against the test vectors; the
+  # contract tests (docs/asyncapi.yaml, the CloudEvents SDK) under node, npm below
   nodejs
   # RabbitMQ's MQTT plugin (integration_rabbitmq starts a private node; no service is left running)
   rabbitmq-server
@@ -25,6 +26,12 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+# npm installs the contract tests' packages (tests/contract, pinned by its lock file) into the
+# build. Debian's package only when there is no npm at all: a nodejs from elsewhere that
+# brings its own npm conflicts with it.
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "bootstrap: installing missing Debian packages: ${missing[*]}" >&2
