@@ -380,7 +380,7 @@ static int main_check_transports(const struct qb_config *cfg)
 
     for (size_t i = 0; i < cfg->n_transports; i++) {
         if (qb_transport_validate(&cfg->transports[i], err, sizeof(err)) < 0) {
-            fprintf(stderr, "qmp-bridge: %s:%d:%d: transports[%zu]: %s\n", cfg->path,
+            fprintf(stderr, "qmp-bridge: %s:%d:%d: transports[%zu]: %s\n", cfg->transports[i].file,
                     cfg->transports[i].line, cfg->transports[i].column, i, err);
             return QB_ECONFIG;
         }

@@ -319,7 +319,7 @@ static int rl_load(const char *path, struct qb_config **out, char *err, size_t e
         const struct qb_transport_config *tc = &(*out)->transports[i];
 
         if (qb_transport_validate(tc, terr, sizeof(terr)) < 0) {
-            snprintf(err, errlen, "%s:%d:%d: transports[%zu]: %s", (*out)->path, tc->line,
+            snprintf(err, errlen, "%s:%d:%d: transports[%zu]: %s", tc->file, tc->line,
                      tc->column, i, terr);
             qb_config_free(*out);
             *out = NULL;
