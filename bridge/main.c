@@ -60,9 +60,11 @@ static void usage(FILE *f)
                "Keeps a QMP session to each QEMU VM of this host and publishes their events\n"
                "as CloudEvents to MQTT, Kafka or stdout.\n"
                "\n"
-               "  -c, --config FILE   configuration file (default " QB_DEFAULT_CONFIG ")\n"
-               "      --check-config  load and validate the configuration, then exit\n"
-               "                      (0 valid, 1 invalid)\n"
+               "  -c, --config FILE   configuration file (default " QB_DEFAULT_CONFIG ");\n"
+               "                      its drop-ins (conf.d/*.yaml beside qmp-bridge.yaml,\n"
+               "                      NAME.d/*.yaml beside NAME.yaml) are merged over it\n"
+               "      --check-config  load and validate the configuration and its drop-ins,\n"
+               "                      list the drop-ins, then exit (0 valid, 1 invalid)\n"
                "      --status        ask the running daemon (at metrics.listen of FILE) for\n"
                "                      its readiness and VMs and print them (0 ready,\n"
                "                      1 not ready, 3 unreachable or metrics.listen not set)\n"
@@ -455,6 +457,9 @@ int main(int argc, char **argv)
         printf("%s: configuration OK (bridge %s, %zu VMs, %zu transports%s)\n", config_path,
                q.cfg->bridge_id, q.cfg->n_vms, q.cfg->n_transports,
                q.cfg->discovery_directory ? ", discovery on" : "");
+        /* the result is the merge: say which files made it, in merge order */
+        for (size_t i = 1; i < q.cfg->n_files; i++)
+            printf("  drop-in %s\n", q.cfg->files[i]);
         qb_config_free(q.cfg);
         return 0;
     }
