@@ -49,7 +49,7 @@ static const char *tc_name(const struct qb_transport_config *c)
 bool qb_reload_transport_equal(const struct qb_transport_config *a,
                                const struct qb_transport_config *b)
 {
-    /* every key of struct qb_transport_config but line/column, in its order */
+    /* every key of struct qb_transport_config but file/line/column, in its order */
     if (!str_eq(a->type, b->type) || !str_eq(a->name, b->name) ||
         a->queue_max_messages != b->queue_max_messages ||
         a->queue_max_bytes != b->queue_max_bytes || a->on_full != b->on_full ||
