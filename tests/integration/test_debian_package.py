@@ -199,7 +199,7 @@ with check.Test("debian_package") as t:
     for src in glob.glob(os.path.join(SRC, "bridge", "*.c")) + glob.glob(os.path.join(SRC, "transports", "*.c")):
         with open(src) as f:
             exported |= set(re.findall(r'"(qmp_bridge_[a-z0-9_]+)"', f.read()))
-    listed = set(re.findall(r"(?m)^\.BR? (qmp_bridge_[a-z0-9_]+)", page8))
+    listed = set(re.findall(r"(?m)^\.BR? (qmp_bridge_[a-z0-9_]+)(?=\s|$)", page8))
     t.expect(exported and exported == listed, "qmp-bridge(8) lists the %d metrics the code exports, no other"
              % len(exported), (sorted(exported - listed), sorted(listed - exported)))
 
