@@ -134,15 +134,15 @@ struct cfg_ctx {
     size_t ref_budget;          /* bytes references may still add (config_ref.h) */
 };
 
-static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column,
-                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column, const char *fmt,
+                        ...) __attribute__((format(printf, 5, 6)));
 
 /*
  * Formats "file:line:column: path: message" into errbuf, truncating safely. file NULL means
  * the file being read. Always returns QB_ECONFIG.
  */
-static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column,
-                        const char *fmt, ...)
+static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column, const char *fmt,
+                        ...)
 {
     va_list ap;
     int n;
@@ -590,7 +590,7 @@ struct field {
     const char *def; /* default as YAML text, or NULL (member stays zero/NULL) */
     unsigned types;  /* transport types accepting the key; 0 = all */
     bool required;
-    bool append;     /* F_CUSTOM lists a drop-in adds to rather than replaces (vms, transports) */
+    bool append;       /* F_CUSTOM lists a drop-in adds to rather than replaces (vms, transports) */
     uint64_t min, max; /* F_UINT/F_SIZE/F_DURATION bounds; max 0 = the member's limit */
     const struct enum_value *enums;         /* F_ENUM, terminated by a NULL name */
     const struct field *sub;                /* F_SECTION, terminated by a NULL key */
@@ -1949,7 +1949,8 @@ static int config_from_tree(struct cfg_ctx *c, struct ynode *root, struct qb_con
         return cfg_error(c, root, "expected a mapping, got %s",
                          describe_node(buf, sizeof(buf), root));
     c->ref_budget = QB_CONFIG_MAX_BYTES;
-    if ((rc = tree_expand(c, root)) != QB_OK || (rc = walk_map(c, root, root_fields, cfg, 0)) != QB_OK)
+    if ((rc = tree_expand(c, root)) != QB_OK ||
+        (rc = walk_map(c, root, root_fields, cfg, 0)) != QB_OK)
         return rc;
     return finish_config(c, root, cfg);
 }
@@ -2005,8 +2006,8 @@ static int read_capped(const char *path, char **buf, size_t *len, char *errbuf, 
     free(*buf);
     *buf = NULL;
     if (errbuf && errlen)
-        snprintf(errbuf, errlen, err == ENOMEM ? "%s: out of memory" : "%s: cannot read: %s",
-                 path, strerror(err));
+        snprintf(errbuf, errlen, err == ENOMEM ? "%s: out of memory" : "%s: cannot read: %s", path,
+                 strerror(err));
     return err == ENOMEM ? QB_ENOMEM : QB_EIO;
 }
 

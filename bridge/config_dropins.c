@@ -33,7 +33,7 @@ int qb_config_dropin_dir(const char *main_path, char **out, char *errbuf, size_t
     *out = NULL;
     if (strcmp(base, "qmp-bridge.yaml") == 0)
         return asprintf(out, "%.*sconf.d", dirlen, main_path) < 0 ? (*out = NULL, QB_ENOMEM)
-                                                                   : QB_OK;
+                                                                  : QB_OK;
     if (ends_with(base, stem, ".yaml"))
         stem -= 5;
     else if (ends_with(base, stem, ".yml"))
@@ -64,8 +64,7 @@ void qb_config_dropin_list_free(char **paths, size_t n)
     free(paths);
 }
 
-int qb_config_dropin_list(const char *dir, char ***paths, size_t *n, char *errbuf,
-                          size_t errlen)
+int qb_config_dropin_list(const char *dir, char ***paths, size_t *n, char *errbuf, size_t errlen)
 {
     char **list = NULL;
     size_t count = 0;
@@ -79,8 +78,7 @@ int qb_config_dropin_list(const char *dir, char ***paths, size_t *n, char *errbu
     if (!(d = opendir(dir))) {
         if (errno == ENOENT)
             return QB_OK;
-        snprintf(errbuf, errlen, "%s: cannot read the drop-in directory: %s", dir,
-                 strerror(errno));
+        snprintf(errbuf, errlen, "%s: cannot read the drop-in directory: %s", dir, strerror(errno));
         return QB_ECONFIG;
     }
     if (!(list = calloc(QB_CONFIG_MAX_DROPINS, sizeof(*list)))) {
@@ -107,8 +105,7 @@ int qb_config_dropin_list(const char *dir, char ***paths, size_t *n, char *errbu
         errno = 0;
     }
     if (rc == QB_OK && errno) {
-        snprintf(errbuf, errlen, "%s: cannot read the drop-in directory: %s", dir,
-                 strerror(errno));
+        snprintf(errbuf, errlen, "%s: cannot read the drop-in directory: %s", dir, strerror(errno));
         rc = QB_ECONFIG;
     }
     closedir(d);

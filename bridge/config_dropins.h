@@ -33,8 +33,7 @@ int qb_config_dropin_dir(const char *main_path, char **out, char *errbuf, size_t
  * the directory or file: dir is not a directory or cannot be read, an entry named *.yaml is
  * not a regular file, or there are more than QB_CONFIG_MAX_DROPINS.
  */
-int qb_config_dropin_list(const char *dir, char ***paths, size_t *n, char *errbuf,
-                          size_t errlen);
+int qb_config_dropin_list(const char *dir, char ***paths, size_t *n, char *errbuf, size_t errlen);
 
 /* Frees what qb_config_dropin_list returned. */
 void qb_config_dropin_list_free(char **paths, size_t n);

@@ -64,8 +64,8 @@ static bool name_ok(const char *name, size_t len, const char *first, const char 
 #define QB_REF_ALNUM QB_REF_ALPHA "0123456789"
 
 /* ${env:NAME}: the variable's value, charged to the budget. */
-static int ref_env(const char *ref, const char *name, size_t len, struct ref_out *o,
-                   size_t *budget, char *why, size_t wl)
+static int ref_env(const char *ref, const char *name, size_t len, struct ref_out *o, size_t *budget,
+                   char *why, size_t wl)
 {
     char var[256];
     const char *value;
@@ -161,8 +161,8 @@ static int ref_read_file(const char *ref, const char *path, struct ref_out *o, s
 }
 
 /* ${file:/absolute/path} */
-static int ref_file(const char *ref, const char *arg, size_t len, struct ref_out *o,
-                    size_t *budget, char *why, size_t wl)
+static int ref_file(const char *ref, const char *arg, size_t len, struct ref_out *o, size_t *budget,
+                    char *why, size_t wl)
 {
     char *path;
     int rc;
@@ -225,15 +225,17 @@ static int ref_one(const char *p, size_t *used, struct ref_out *o, size_t *budge
     char ref[QB_REF_QUOTE_MAX + 8];
 
     if (!end) {
-        snprintf(why, wl, "'%.*s': unterminated reference (no closing '}'; write $${ for a "
-                 "literal ${)", QB_REF_QUOTE_MAX, p);
+        snprintf(why, wl,
+                 "'%.*s': unterminated reference (no closing '}'; write $${ for a "
+                 "literal ${)",
+                 QB_REF_QUOTE_MAX, p);
         return QB_ECONFIG;
     }
     *used = (size_t)(end - p) + 1;
-    snprintf(ref, sizeof(ref), "${%.*s}", (int)((size_t)(end - body) < QB_REF_QUOTE_MAX
-                                                    ? (size_t)(end - body)
-                                                    : QB_REF_QUOTE_MAX),
-             body);
+    snprintf(
+        ref, sizeof(ref), "${%.*s}",
+        (int)((size_t)(end - body) < QB_REF_QUOTE_MAX ? (size_t)(end - body) : QB_REF_QUOTE_MAX),
+        body);
     for (size_t i = 0; i < sizeof(ref_kinds) / sizeof(ref_kinds[0]); i++) {
         size_t k = strlen(ref_kinds[i].kind);
 

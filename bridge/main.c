@@ -467,8 +467,10 @@ int main(int argc, char **argv)
     qb_log_set_level(q.cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
     q.loop = uv_default_loop();
-    QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s", QB_VERSION,
-                q.cfg->bridge_id, config_path);
+    QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s with %zu drop-ins", QB_VERSION,
+                q.cfg->bridge_id, config_path, q.cfg->n_files - 1);
+    for (size_t i = 1; i < q.cfg->n_files; i++)
+        QB_LOG_INFO(NULL, "drop-in %s", q.cfg->files[i]);
 
     main_start_signals(&q);
     rc = main_start_transports(&q);

@@ -319,8 +319,8 @@ static int rl_load(const char *path, struct qb_config **out, char *err, size_t e
         const struct qb_transport_config *tc = &(*out)->transports[i];
 
         if (qb_transport_validate(tc, terr, sizeof(terr)) < 0) {
-            snprintf(err, errlen, "%s:%d:%d: transports[%zu]: %s", tc->file, tc->line,
-                     tc->column, i, terr);
+            snprintf(err, errlen, "%s:%d:%d: transports[%zu]: %s", tc->file, tc->line, tc->column,
+                     i, terr);
             qb_config_free(*out);
             *out = NULL;
             return QB_ECONFIG;

@@ -130,6 +130,9 @@ with check.Test("config_fleet") as t:
     finally:
         del os.environ["CREDENTIALS_DIRECTORY"]
     t.add_log("bridge", br.log)
+    t.expect(br.wait_log("starting:", "with 1 drop-ins") and br.wait_log("drop-in %s/10-more.yaml"
+                                                                           % dropins),
+             "the start-up log names the drop-in")
     for vm in ("vm-main", "vm-dropin"):
         state = retained_state(broker, vm)
         t.expect("qmp.vm.state" in state,

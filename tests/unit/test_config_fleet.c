@@ -7,6 +7,7 @@
  * qb_config_load_file, so directory listing, name order and file modes are the real ones.
  * Every error is compared in full: the message must name the drop-in and its line:column.
  */
+#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,7 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <ftw.h>
 
 #include <cmocka.h>
 
@@ -247,9 +247,9 @@ static void test_load_string_has_no_dropins(void **state)
 
     (void)state;
     put("conf.d/10.yaml", "bridge: {id: dropin}\n", 0600);
-    assert_int_equal(qb_config_load_string(at("qmp-bridge.yaml"), yaml, strlen(yaml), &cfg, err,
-                                           sizeof(err)),
-                     QB_OK);
+    assert_int_equal(
+        qb_config_load_string(at("qmp-bridge.yaml"), yaml, strlen(yaml), &cfg, err, sizeof(err)),
+        QB_OK);
     assert_string_equal(cfg->bridge_id, "s");
     assert_int_equal(cfg->n_files, 1);
     qb_config_free(cfg);
