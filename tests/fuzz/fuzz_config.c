@@ -184,6 +184,8 @@ static size_t fz_walk(const struct qb_config *cfg)
 
 #define FZ_LEN(s) (n += (s) ? strlen(s) : 0)
     FZ_LEN(cfg->path);
+    for (size_t i = 0; i < cfg->n_files; i++)
+        FZ_LEN(cfg->files[i]);
     FZ_LEN(cfg->bridge_id);
     FZ_LEN(cfg->schema_base_uri);
     FZ_LEN(cfg->discovery_directory);
@@ -198,6 +200,7 @@ static size_t fz_walk(const struct qb_config *cfg)
     for (size_t i = 0; i < cfg->n_transports; i++) {
         const struct qb_transport_config *t = &cfg->transports[i];
 
+        FZ_LEN(t->file);
         FZ_LEN(t->type);
         FZ_LEN(t->name);
         FZ_LEN(t->path);
