@@ -20,6 +20,8 @@
  */
 #include "config.h"
 
+#include "config_dropins.h"
+#include "config_ref.h"
 #include "error.h"
 #include "http_server.h"
 #include "private_files.h"
@@ -40,6 +42,8 @@
 #define QB_CONFIG_MAX_DEPTH 16
 /* How much of an offending value is quoted back in a message. */
 #define QB_CONFIG_QUOTE_MAX 64
+/* What describe_node writes at most: a quoted value with "the value of " before it. */
+#define QB_CONFIG_DESCRIBE_MAX (QB_CONFIG_QUOTE_MAX + 24)
 
 /* ------------------------------------------------------------------------ */
 /* The tree                                                                  */
@@ -53,8 +57,11 @@ enum ynode_kind { YN_SCALAR, YN_SEQ, YN_MAP };
 struct ynode {
     enum ynode_kind kind;
     int line, column; /* 1-based */
+    const char *file; /* the file it was read from (borrowed from the load) */
     bool plain;       /* unquoted scalar: only these can mean null */
     char *text;       /* scalar text, NUL-terminated (embedded NULs are refused) */
+    char *raw;        /* the text as written when it held references; text is then their
+                         expansion, which may be a secret and is never quoted back */
     size_t len;
     struct ynode **items;
     size_t n, cap;
@@ -67,7 +74,10 @@ static void ynode_free(struct ynode *node)
     for (size_t i = 0; i < node->n; i++)
         ynode_free(node->items[i]);
     free(node->items);
+    if (node->raw && node->text)
+        explicit_bzero(node->text, node->len);
     free(node->text);
+    free(node->raw);
     free(node);
 }
 
@@ -95,30 +105,51 @@ static const struct ynode *ynode_map_get(const struct ynode *map, const char *ke
     return NULL;
 }
 
+/* Appends node to parent's items, taking it; on QB_ENOMEM the caller still owns node. */
+static int ynode_push(struct ynode *parent, struct ynode *node)
+{
+    if (parent->n == parent->cap) {
+        size_t cap = parent->cap ? parent->cap * 2 : 8;
+        struct ynode **items = realloc(parent->items, cap * sizeof(*items));
+
+        if (!items)
+            return QB_ENOMEM;
+        parent->items = items;
+        parent->cap = cap;
+    }
+    parent->items[parent->n++] = node;
+    return QB_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Context and error messages                                                */
 
 struct cfg_ctx {
-    const char *name; /* file name for messages */
+    const char *name; /* file being read, for messages before there is a node to name */
     char *errbuf;
     size_t errlen;
     char path[256]; /* key path of the node being looked at; "" at the root */
     size_t path_len;
     const char *transport_type; /* while walking a transport, for "unknown key" hints */
+    size_t ref_budget;          /* bytes references may still add (config_ref.h) */
 };
 
-static int cfg_error_at(struct cfg_ctx *c, int line, int column, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column, const char *fmt,
+                        ...) __attribute__((format(printf, 5, 6)));
 
-/* Formats the message into errbuf, truncating safely. Always returns QB_ECONFIG. */
-static int cfg_error_at(struct cfg_ctx *c, int line, int column, const char *fmt, ...)
+/*
+ * Formats "file:line:column: path: message" into errbuf, truncating safely. file NULL means
+ * the file being read. Always returns QB_ECONFIG.
+ */
+static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column, const char *fmt,
+                        ...)
 {
     va_list ap;
     int n;
 
     if (!c->errbuf || c->errlen == 0)
         return QB_ECONFIG;
-    n = snprintf(c->errbuf, c->errlen, "%s:%d:%d: %s: ", c->name, line, column,
+    n = snprintf(c->errbuf, c->errlen, "%s:%d:%d: %s: ", file ? file : c->name, line, column,
                  c->path_len ? c->path : "(root)");
     if (n < 0 || (size_t)n >= c->errlen)
         return QB_ECONFIG;
@@ -128,7 +159,10 @@ static int cfg_error_at(struct cfg_ctx *c, int line, int column, const char *fmt
     return QB_ECONFIG;
 }
 
-#define cfg_error(c, node, ...) cfg_error_at((c), (node)->line, (node)->column, __VA_ARGS__)
+/* At a position of the file being read; at a node, in the file the node came from. */
+#define cfg_error_at(c, line, column, ...) cfg_error_in((c), NULL, (line), (column), __VA_ARGS__)
+#define cfg_error(c, node, ...)                                                                    \
+    cfg_error_in((c), (node)->file, (node)->line, (node)->column, __VA_ARGS__)
 
 static int cfg_oom(struct cfg_ctx *c)
 {
@@ -190,7 +224,10 @@ static const char *describe_node(char *buf, size_t len, const struct ynode *node
         return "a list";
     if (ynode_is_null(node))
         return "null";
-    snprintf(buf, len, "'%s'", quote_value(quoted, node->text));
+    if (node->raw)
+        snprintf(buf, len, "the value of '%s'", quote_value(quoted, node->raw));
+    else
+        snprintf(buf, len, "'%s'", quote_value(quoted, node->text));
     return buf;
 }
 
@@ -244,23 +281,14 @@ static int builder_add(struct cfg_ctx *c, struct tree_builder *b, const yaml_eve
     if (!node)
         return cfg_oom(c);
     node->kind = kind;
+    node->file = c->name;
     node->line = (int)ev->start_mark.line + 1;
     node->column = (int)ev->start_mark.column + 1;
     if (!parent) {
         b->root = node;
-    } else {
-        if (parent->n == parent->cap) {
-            size_t cap = parent->cap ? parent->cap * 2 : 8;
-            struct ynode **items = realloc(parent->items, cap * sizeof(*items));
-
-            if (!items) {
-                free(node);
-                return cfg_oom(c);
-            }
-            parent->items = items;
-            parent->cap = cap;
-        }
-        parent->items[parent->n++] = node;
+    } else if (ynode_push(parent, node) != QB_OK) {
+        free(node);
+        return cfg_oom(c);
     }
     *out = node;
     return QB_OK;
@@ -562,6 +590,7 @@ struct field {
     const char *def; /* default as YAML text, or NULL (member stays zero/NULL) */
     unsigned types;  /* transport types accepting the key; 0 = all */
     bool required;
+    bool append;       /* F_CUSTOM lists a drop-in adds to rather than replaces (vms, transports) */
     uint64_t min, max; /* F_UINT/F_SIZE/F_DURATION bounds; max 0 = the member's limit */
     const struct enum_value *enums;         /* F_ENUM, terminated by a NULL name */
     const struct field *sub;                /* F_SECTION, terminated by a NULL key */
@@ -930,7 +959,7 @@ static int check_map_keys(struct cfg_ctx *c, const struct ynode *map)
 /* Accepts a mapping, or null meaning an empty one (e.g. "qmp:" with nothing under it). */
 static int expect_map(struct cfg_ctx *c, const struct ynode *node)
 {
-    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    char buf[QB_CONFIG_DESCRIBE_MAX];
 
     if (node->kind == YN_MAP)
         return check_map_keys(c, node);
@@ -942,7 +971,7 @@ static int expect_map(struct cfg_ctx *c, const struct ynode *node)
 /* Accepts a list, or null meaning an empty one. */
 static int expect_list(struct cfg_ctx *c, const struct ynode *node)
 {
-    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    char buf[QB_CONFIG_DESCRIBE_MAX];
 
     if (node->kind == YN_SEQ || ynode_is_null(node))
         return QB_OK;
@@ -956,7 +985,7 @@ static int walk_map(struct cfg_ctx *c, const struct ynode *map, const struct fie
 static int field_apply(struct cfg_ctx *c, const struct field *f, const struct ynode *value,
                        void *base, unsigned type_mask)
 {
-    char why[160], buf[QB_CONFIG_QUOTE_MAX + 8], quoted[QB_CONFIG_QUOTE_MAX + 4];
+    char why[160], buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
 
     if (f->type == F_SECTION)
@@ -977,7 +1006,8 @@ static int field_apply(struct cfg_ctx *c, const struct field *f, const struct yn
     if (rc == QB_ENOMEM)
         return cfg_oom(c);
     if (rc != QB_OK)
-        return cfg_error(c, value, "expected %s, got '%s'", why, quote_value(quoted, value->text));
+        return cfg_error(c, value, "expected %s, got %s", why,
+                         describe_node(buf, sizeof(buf), value));
     return QB_OK;
 }
 
@@ -1164,13 +1194,13 @@ static const struct field commands_fields[] = {
 static const struct field root_fields[] = {
     SECTION("bridge", bridge_fields),
     SECTION("qmp", qmp_fields),
-    CUSTOM("vms", parse_vms),
+    CUSTOM("vms", parse_vms, .append = true),
     SECTION("discovery", discovery_fields),
     SECTION("events", events_fields),
     SECTION("commands", commands_fields),
     SECTION("spool", spool_fields),
     SECTION("metrics", metrics_fields),
-    CUSTOM("transports", parse_transports),
+    CUSTOM("transports", parse_transports, .append = true),
     {0},
 };
 #undef C
@@ -1266,7 +1296,7 @@ static const struct {
 static int parse_string_list(struct cfg_ctx *c, const struct ynode *node, char ***out, size_t *n,
                              const char *what, const char *(*check)(const char *text), bool empty)
 {
-    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
 
     if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
@@ -1340,7 +1370,7 @@ static int parse_exclude_types(struct cfg_ctx *c, const struct ynode *node, void
 static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base)
 {
     struct qb_transport_config *t = base;
-    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
 
     if ((rc = expect_map(c, node)) != QB_OK || node->kind != YN_MAP)
@@ -1375,7 +1405,7 @@ static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *b
 static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base)
 {
     struct qb_config *cfg = base;
-    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
 
     if ((rc = expect_list(c, node)) != QB_OK || node->kind != YN_SEQ)
@@ -1404,7 +1434,7 @@ static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, voi
     static const struct field seconds = {
         .key = "session_expiry", .type = F_DURATION, .size = sizeof(uint32_t)};
     struct qb_transport_config *t = base;
-    char why[160], buf[QB_CONFIG_QUOTE_MAX + 8], quoted[QB_CONFIG_QUOTE_MAX + 4];
+    char why[160], buf[QB_CONFIG_DESCRIBE_MAX];
     uint32_t ms;
 
     if (ynode_is_null(node))
@@ -1413,10 +1443,11 @@ static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, voi
         return cfg_error(c, node, "expected a duration, got %s",
                          describe_node(buf, sizeof(buf), node));
     if (conv_duration(&seconds, node->text, &ms, why, sizeof(why)) != QB_OK)
-        return cfg_error(c, node, "expected %s, got '%s'", why, quote_value(quoted, node->text));
+        return cfg_error(c, node, "expected %s, got %s", why,
+                         describe_node(buf, sizeof(buf), node));
     if (ms % 1000 != 0)
-        return cfg_error(c, node, "expected a whole number of seconds, got '%s'",
-                         quote_value(quoted, node->text));
+        return cfg_error(c, node, "expected a whole number of seconds, got %s",
+                         describe_node(buf, sizeof(buf), node));
     t->session_expiry_s = ms / 1000;
     return QB_OK;
 }
@@ -1438,6 +1469,7 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
         size_t mark = path_push_index(c, i);
 
         cfg->vms[i].line = node->items[i]->line;
+        cfg->vms[i].file = node->items[i]->file;
         rc = walk_map(c, node->items[i], vm_fields, &cfg->vms[i], 0);
         path_pop(c, mark);
         if (rc != QB_OK)
@@ -1455,8 +1487,11 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
         size_t mark = path_push_index(c, dup);
 
         path_push_key(c, "name");
+        const struct ynode *orig = ynode_map_get(node->items[first], "name");
+
         rc = cfg_error(c, ynode_map_get(node->items[dup], "name"),
-                       "duplicate VM name '%s' (also vms[%zu])", cfg->vms[dup].name, first);
+                       "duplicate VM name '%s' (also vms[%zu] at %s:%d:%d)", cfg->vms[dup].name,
+                       first, orig->file, orig->line, orig->column);
         path_pop(c, mark);
         return rc;
     }
@@ -1594,12 +1629,13 @@ static int finish_transport(struct cfg_ctx *c, const struct ynode *map,
 static int parse_transport(struct cfg_ctx *c, const struct ynode *map,
                            struct qb_transport_config *t)
 {
-    char buf[QB_CONFIG_QUOTE_MAX + 8];
+    char buf[QB_CONFIG_DESCRIBE_MAX];
     const struct ynode *type;
     unsigned mask = 0;
     size_t mark;
     int rc;
 
+    t->file = map->file;
     t->line = map->line;
     t->column = map->column;
     if (map->kind != YN_MAP)
@@ -1796,14 +1832,15 @@ static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
         return cfg_oom(c);
     /* "" stands for "not named" above, and those may repeat */
     if (dup != SIZE_MAX && cfg->transports[dup].name) {
-        const struct ynode *item = ynode_map_get(root, "transports")->items[dup];
+        const struct ynode *list = ynode_map_get(root, "transports");
+        const struct ynode *orig = ynode_map_get(list->items[first], "name");
         size_t mark = path_push_key(c, "transports");
 
         path_push_index(c, dup);
         path_push_key(c, "name");
-        rc = cfg_error(c, ynode_map_get(item, "name"),
-                       "duplicate transport name '%s' (also transports[%zu])",
-                       cfg->transports[dup].name, first);
+        rc = cfg_error(c, ynode_map_get(list->items[dup], "name"),
+                       "duplicate transport name '%s' (also transports[%zu] at %s:%d:%d)",
+                       cfg->transports[dup].name, first, orig->file, orig->line, orig->column);
         path_pop(c, mark);
         return rc;
     }
@@ -1877,6 +1914,7 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
         cfg->n_transports = 1;
         if (!(cfg->transports[0].type = strdup("stdout")))
             return cfg_oom(c);
+        cfg->transports[0].file = cfg->path;
         if (apply_defaults(transport_fields, &cfg->transports[0], T_STDOUT) != QB_OK)
             return cfg_oom(c);
     }
@@ -1895,6 +1933,258 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
         }
     }
     return finish_transport_names(c, root, cfg);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Drop-ins and references                                                   */
+
+/*
+ * Merges the mapping src, read from a drop-in, into the mapping dst, taking src's nodes (src
+ * keeps NULL items, for the caller to free). table describes dst's keys: a section is merged
+ * key by key, a list marked append (vms, transports) gets src's items after its own, anything
+ * else (a scalar, any other list, a key the table does not know) is replaced by src's value.
+ * A null in src adds nothing to a section or an append list, and sets anything else back to
+ * its default. Keys are checked first on both sides, so a drop-in's duplicate key is reported
+ * at the drop-in instead of being merged twice.
+ */
+static int tree_merge(struct cfg_ctx *c, struct ynode *dst, struct ynode *src,
+                      const struct field *table)
+{
+    int rc;
+
+    if ((rc = check_map_keys(c, dst)) != QB_OK || (rc = check_map_keys(c, src)) != QB_OK)
+        return rc;
+    for (size_t i = 0; rc == QB_OK && i + 1 < src->n; i += 2) {
+        struct ynode *key = src->items[i], *value = src->items[i + 1], *old;
+        const struct field *f = table ? field_find(table, key->text) : NULL;
+        bool section = f && f->type == F_SECTION, append = f && f->append;
+        size_t j = 0, mark;
+
+        while (j + 1 < dst->n && strcmp(dst->items[j]->text, key->text) != 0)
+            j += 2;
+        if (j + 1 >= dst->n) { /* a new key: the pair moves over */
+            if (ynode_push(dst, key) != QB_OK)
+                return cfg_oom(c);
+            src->items[i] = NULL;
+            if (ynode_push(dst, value) != QB_OK)
+                return cfg_oom(c);
+            src->items[i + 1] = NULL;
+            continue;
+        }
+        old = dst->items[j + 1];
+        mark = path_push_key(c, key->text);
+        if ((section || append) && ynode_is_null(value)) {
+            /* nothing to add */
+        } else if (section && old->kind == YN_MAP && value->kind == YN_MAP) {
+            rc = tree_merge(c, old, value, f->sub);
+        } else if (append && old->kind == YN_SEQ && value->kind == YN_SEQ) {
+            for (size_t k = 0; rc == QB_OK && k < value->n; k++) {
+                if (ynode_push(old, value->items[k]) != QB_OK)
+                    rc = cfg_oom(c);
+                else
+                    value->items[k] = NULL;
+            }
+        } else { /* the drop-in's key and value, so messages point there */
+            ynode_free(dst->items[j]);
+            ynode_free(old);
+            dst->items[j] = key;
+            dst->items[j + 1] = value;
+            src->items[i] = src->items[i + 1] = NULL;
+        }
+        path_pop(c, mark);
+    }
+    return rc;
+}
+
+/* Merges the drop-in tree src (taken) over *root; an empty drop-in changes nothing. */
+static int tree_merge_root(struct cfg_ctx *c, struct ynode **root, struct ynode *src)
+{
+    char buf[QB_CONFIG_DESCRIBE_MAX];
+    int rc = QB_OK;
+
+    if (!src || ynode_is_null(src)) {
+        ynode_free(src);
+        return QB_OK;
+    }
+    if (src->kind != YN_MAP)
+        rc = cfg_error(c, src, "expected a mapping, got %s", describe_node(buf, sizeof(buf), src));
+    else if (*root && (*root)->kind != YN_MAP && !ynode_is_null(*root))
+        rc = cfg_error(c, *root, "expected a mapping, got %s",
+                       describe_node(buf, sizeof(buf), *root));
+    if (rc == QB_OK && (!*root || ynode_is_null(*root))) {
+        ynode_free(*root);
+        *root = src;
+        return QB_OK;
+    }
+    if (rc == QB_OK)
+        rc = tree_merge(c, *root, src, root_fields);
+    ynode_free(src);
+    return rc;
+}
+
+/*
+ * Expands the references (config_ref.h) in every scalar value under node; keys are left
+ * alone. An expanded value is a quoted string from then on: an empty expansion is "", not
+ * null, so a required key cannot silently fall back to its default.
+ */
+static int tree_expand(struct cfg_ctx *c, struct ynode *node)
+{
+    char why[512];
+    char *text;
+    int rc;
+
+    if (node->kind == YN_SCALAR) {
+        if (!qb_config_ref_present(node->text))
+            return QB_OK;
+        rc = qb_config_ref_expand(node->text, &text, &c->ref_budget, why, sizeof(why));
+        if (rc == QB_ENOMEM)
+            return cfg_oom(c);
+        if (rc != QB_OK)
+            return cfg_error(c, node, "%s", why);
+        node->raw = node->text;
+        node->text = text;
+        node->len = strlen(text);
+        node->plain = false;
+        return QB_OK;
+    }
+    for (size_t i = node->kind == YN_MAP ? 1 : 0; i < node->n; i += node->kind == YN_MAP ? 2 : 1) {
+        const struct ynode *key = node->kind == YN_MAP ? node->items[i - 1] : NULL;
+        size_t mark = key ? path_push_key(c, key->kind == YN_SCALAR ? key->text : "?")
+                          : path_push_index(c, i);
+
+        rc = tree_expand(c, node->items[i]);
+        path_pop(c, mark);
+        if (rc != QB_OK)
+            return rc;
+    }
+    return QB_OK;
+}
+
+/* Parses one file's text (c->name names it) into *out, held to the engine's bounds. */
+static int tree_parse(struct cfg_ctx *c, const char *buf, size_t len, struct ynode **out)
+{
+    *out = NULL;
+    if (len > QB_CONFIG_MAX_BYTES)
+        return cfg_error_at(c, 1, 1, "the file is larger than %d bytes", QB_CONFIG_MAX_BYTES);
+    if (!buf) /* libyaml asserts on a NULL input */
+        buf = "", len = 0;
+    return tree_build(c, buf, len, out);
+}
+
+/* Walks the tree of the main file, with its drop-ins merged in, into cfg. */
+static int config_from_tree(struct cfg_ctx *c, struct ynode *root, struct qb_config *cfg)
+{
+    char buf[QB_CONFIG_DESCRIBE_MAX];
+    int rc;
+
+    c->name = cfg->path;
+    if (!root || ynode_is_null(root))
+        return cfg_error_at(c, root ? root->line : 1, root ? root->column : 1,
+                            "the file is empty");
+    if (apply_defaults(root_fields, cfg, 0) != QB_OK)
+        return cfg_oom(c);
+    if (root->kind != YN_MAP)
+        return cfg_error(c, root, "expected a mapping, got %s",
+                         describe_node(buf, sizeof(buf), root));
+    c->ref_budget = QB_CONFIG_MAX_BYTES;
+    if ((rc = tree_expand(c, root)) != QB_OK ||
+        (rc = walk_map(c, root, root_fields, cfg, 0)) != QB_OK)
+        return rc;
+    return finish_config(c, root, cfg);
+}
+
+/* A new config owning a copy of name as its path and first file; NULL when out of memory. */
+static struct qb_config *config_new(const char *name, size_t n_dropins)
+{
+    struct qb_config *cfg = calloc(1, sizeof(*cfg));
+
+    if (!cfg)
+        return NULL;
+    cfg->files = calloc(n_dropins + 1, sizeof(*cfg->files));
+    cfg->path = strdup(name);
+    if (cfg->files && (cfg->files[0] = strdup(name)))
+        cfg->n_files = 1;
+    if (!cfg->path || !cfg->n_files) {
+        qb_config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+/*
+ * Reads the file at path into a new buffer (*buf, *len), one byte past the size cap at most,
+ * so "too big" is told without trusting st_size. Returns QB_OK, QB_ENOMEM or QB_EIO (errbuf
+ * names the file).
+ */
+static int read_capped(const char *path, char **buf, size_t *len, char *errbuf, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC), err = 0;
+
+    *buf = NULL;
+    *len = 0;
+    if (fd < 0)
+        err = errno;
+    else if (!(*buf = malloc(QB_CONFIG_MAX_BYTES + 1)))
+        err = ENOMEM;
+    while (!err && *len < QB_CONFIG_MAX_BYTES + 1) {
+        ssize_t n = read(fd, *buf + *len, QB_CONFIG_MAX_BYTES + 1 - *len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            err = errno;
+        if (n <= 0)
+            break;
+        *len += (size_t)n;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (!err)
+        return QB_OK;
+    free(*buf);
+    *buf = NULL;
+    if (errbuf && errlen)
+        snprintf(errbuf, errlen, err == ENOMEM ? "%s: out of memory" : "%s: cannot read: %s", path,
+                 strerror(err));
+    return err == ENOMEM ? QB_ENOMEM : QB_EIO;
+}
+
+/*
+ * Reads the drop-ins of cfg->path (config_dropins.h) into cfg->files and merges each over
+ * *root in name order. Errors name the drop-in and its line:column.
+ */
+static int merge_dropins(struct cfg_ctx *c, struct qb_config *cfg, struct ynode **root)
+{
+    char **paths = NULL, *dir = NULL, *buf = NULL, **files;
+    size_t n = 0, len;
+    struct ynode *tree;
+    int rc;
+
+    rc = qb_config_dropin_dir(cfg->path, &dir, c->errbuf, c->errlen);
+    if (rc == QB_OK)
+        rc = qb_config_dropin_list(dir, &paths, &n, c->errbuf, c->errlen);
+    free(dir);
+    if (rc != QB_OK || n == 0)
+        return rc == QB_ENOMEM ? cfg_oom(c) : rc;
+    if (!(files = realloc(cfg->files, (n + 1) * sizeof(*files)))) {
+        qb_config_dropin_list_free(paths, n);
+        return cfg_oom(c);
+    }
+    cfg->files = files;
+    for (size_t i = 0; i < n; i++)
+        cfg->files[cfg->n_files++] = paths[i]; /* the config owns them from here */
+    free(paths);
+    for (size_t i = 1; rc == QB_OK && i < cfg->n_files; i++) {
+        c->name = cfg->files[i];
+        if ((rc = read_capped(c->name, &buf, &len, c->errbuf, c->errlen)) != QB_OK)
+            break;
+        rc = tree_parse(c, buf, len, &tree);
+        free(buf);
+        if (rc == QB_OK)
+            rc = tree_merge_root(c, root, tree);
+    }
+    c->name = cfg->path;
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1968,6 +2258,9 @@ void qb_config_free(struct qb_config *cfg)
         free(t->properties);
     }
     free(cfg->transports);
+    for (size_t i = 0; i < cfg->n_files; i++)
+        free(cfg->files[i]);
+    free(cfg->files);
     free(cfg->path);
     free(cfg);
 }
@@ -1983,38 +2276,11 @@ int qb_config_load_string(const char *name, const char *yaml, size_t len, struct
     *out = NULL;
     if (errbuf && errlen)
         errbuf[0] = '\0';
-    if (!yaml) /* libyaml asserts on a NULL input */
-        yaml = "", len = 0;
-    if (len > QB_CONFIG_MAX_BYTES) {
-        rc = cfg_error_at(&c, 1, 1, "the file is larger than %d bytes", QB_CONFIG_MAX_BYTES);
-        goto done;
-    }
-    if (!(cfg = calloc(1, sizeof(*cfg))) || !(cfg->path = strdup(c.name))) {
-        rc = cfg_oom(&c);
-        goto done;
-    }
-    if ((rc = tree_build(&c, yaml, len, &root)) != QB_OK)
-        goto done;
-    if (!root || ynode_is_null(root)) {
-        rc = cfg_error_at(&c, root ? root->line : 1, root ? root->column : 1, "the file is empty");
-        goto done;
-    }
-    if ((rc = apply_defaults(root_fields, cfg, 0)) != QB_OK) {
-        rc = cfg_oom(&c);
-        goto done;
-    }
-    if (root->kind != YN_MAP) {
-        char buf[QB_CONFIG_QUOTE_MAX + 8];
-
-        rc = cfg_error(&c, root, "expected a mapping, got %s",
-                       describe_node(buf, sizeof(buf), root));
-        goto done;
-    }
-    if ((rc = walk_map(&c, root, root_fields, cfg, 0)) != QB_OK)
-        goto done;
-    rc = finish_config(&c, root, cfg);
-
-done:
+    if (!(cfg = config_new(c.name, 0)))
+        return cfg_oom(&c);
+    c.name = cfg->path;
+    if ((rc = tree_parse(&c, yaml, len, &root)) == QB_OK)
+        rc = config_from_tree(&c, root, cfg);
     ynode_free(root);
     if (rc != QB_OK)
         qb_config_free(cfg);
@@ -2025,46 +2291,33 @@ done:
 
 int qb_config_load_file(const char *path, struct qb_config **out, char *errbuf, size_t errlen)
 {
+    struct cfg_ctx c = {.name = path, .errbuf = errbuf, .errlen = errlen};
+    struct qb_config *cfg = NULL;
+    struct ynode *root = NULL;
     char *buf = NULL;
     size_t len = 0;
-    int fd, err = 0, rc;
+    int rc;
 
     *out = NULL;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        err = errno;
-        goto done;
-    }
-    /* Read one byte past the cap so "too big" is detected without trusting st_size. */
-    if (!(buf = malloc(QB_CONFIG_MAX_BYTES + 1))) {
-        close(fd);
-        if (errbuf && errlen)
-            snprintf(errbuf, errlen, "%s: out of memory", path);
-        return QB_ENOMEM;
-    }
-    while (len < QB_CONFIG_MAX_BYTES + 1) {
-        ssize_t n = read(fd, buf + len, QB_CONFIG_MAX_BYTES + 1 - len);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            err = errno;
-            break;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    close(fd);
-
-done:
-    if (err) {
-        if (errbuf && errlen)
-            snprintf(errbuf, errlen, "%s: cannot read: %s", path, strerror(err));
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if ((rc = read_capped(path, &buf, &len, errbuf, errlen)) != QB_OK)
+        return rc;
+    if (!(cfg = config_new(path, 0))) {
         free(buf);
-        return QB_EIO;
+        return cfg_oom(&c);
     }
-    rc = qb_config_load_string(path, buf, len, out, errbuf, errlen);
+    c.name = cfg->path;
+    rc = tree_parse(&c, buf, len, &root);
     free(buf);
+    if (rc == QB_OK)
+        rc = merge_dropins(&c, cfg, &root);
+    if (rc == QB_OK)
+        rc = config_from_tree(&c, root, cfg);
+    ynode_free(root);
+    if (rc != QB_OK)
+        qb_config_free(cfg);
+    else
+        *out = cfg;
     return rc;
 }

@@ -1,11 +1,17 @@
 /*
- * config.h - the bridge's configuration, loaded from one YAML file.
+ * config.h - the bridge's configuration, loaded from one YAML file and its drop-ins.
  *
  * The loader (config.c) walks the YAML with libyaml and fills these structs
  * through field tables (key, type, default, offset). Every error names
  * file:line:column and the key, e.g.
  *   "qmp-bridge.yaml:7:5: transports[1].qos: expected 0, 1 or 2, got 'three'".
  * Every key and its default is documented in conf/qmp-bridge.example.yaml.
+ *
+ * Drop-ins (config_dropins.h says where they live) are merged over the main file in name
+ * order: mappings merge key by key, the lists vms and transports append, anything else (a
+ * scalar, any other list such as events.exclude or commands.allow) takes the last file's
+ * value. String values may hold references (config_ref.h): ${env:NAME}, ${file:/path},
+ * ${cred:NAME}, and $${ for a literal ${.
  *
  * Value syntax: sizes accept a plain byte count or a suffix (B, KiB, MiB, GiB,
  * also k/K, M, G meaning the binary units); durations accept milliseconds as a
@@ -25,7 +31,8 @@
 struct qb_vm_config {
     char *name; /* unique; [A-Za-z0-9._-]{1,64}, used in topics and sources */
     char *qmp;  /* "unix:/path" or "tcp:host:port" */
-    int line;   /* where it was defined, for later error messages */
+    const char *file; /* where it was defined (one of the config's files, borrowed) */
+    int line;
 };
 
 /* One key/value pair of a pass-through map (kafka properties:). */
@@ -79,6 +86,7 @@ enum qb_listen_name { QB_LISTEN_NAME_QUERY = 0, QB_LISTEN_NAME_PID = 1 };
 struct qb_transport_config {
     char *type; /* "stdout", "mqtt", "kafka" */
     char *name; /* label in logs and metrics; default: the type, or type#N if repeated */
+    const char *file; /* where it was defined (one of the config's files, borrowed) */
     int line, column;
 
     /* Common to all: the bounded in-memory queue in front of the backend. */
@@ -134,7 +142,9 @@ struct qb_transport_config {
 };
 
 struct qb_config {
-    char *path; /* the file this came from */
+    char *path;   /* the main file this came from */
+    char **files; /* files[0] is path, then the drop-ins merged over it, in order */
+    size_t n_files;
 
     /* bridge: */
     char *bridge_id;              /* id: [A-Za-z0-9._-]{1,64}; default the host name (a host
@@ -210,7 +220,7 @@ struct qb_config {
 };
 
 /*
- * Loads and validates the YAML file at path.
+ * Loads and validates the YAML file at path, with its drop-ins merged over it.
  * On success returns QB_OK and *out is a new config owned by the caller
  * (free with qb_config_free). On failure returns QB_ECONFIG (or QB_ENOMEM,
  * QB_EIO), leaves *out NULL, and writes a one-line message with
@@ -220,7 +230,8 @@ int qb_config_load_file(const char *path, struct qb_config **out, char *errbuf, 
 
 /*
  * Same as qb_config_load_file but from a string in memory; name is used as
- * the file name in messages. Used by tests, fuzzing and the embedded demo.
+ * the file name in messages. No drop-ins are read; references are expanded.
+ * Used by tests, fuzzing and the embedded demo.
  */
 int qb_config_load_string(const char *name, const char *yaml, size_t len, struct qb_config **out,
                           char *errbuf, size_t errlen);

@@ -63,9 +63,11 @@ static void usage(FILE *f)
                "Keeps a QMP session to each QEMU VM of this host and publishes their events\n"
                "as CloudEvents to MQTT, Kafka or stdout.\n"
                "\n"
-               "  -c, --config FILE   configuration file (default " QB_DEFAULT_CONFIG ")\n"
-               "      --check-config  load and validate the configuration, then exit\n"
-               "                      (0 valid, 1 invalid)\n"
+               "  -c, --config FILE   configuration file (default " QB_DEFAULT_CONFIG ");\n"
+               "                      its drop-ins (conf.d/*.yaml beside qmp-bridge.yaml,\n"
+               "                      NAME.d/*.yaml beside NAME.yaml) are merged over it\n"
+               "      --check-config  load and validate the configuration and its drop-ins,\n"
+               "                      list the drop-ins, then exit (0 valid, 1 invalid)\n"
                "      --status        ask the running daemon (at metrics.listen of FILE) for\n"
                "                      its readiness and VMs and print them (0 ready,\n"
                "                      1 not ready, 3 unreachable or metrics.listen not set)\n"
@@ -407,8 +409,8 @@ static int main_check_transports(const struct qb_config *cfg)
 
     for (size_t i = 0; i < cfg->n_transports; i++) {
         if (qb_transport_validate(&cfg->transports[i], err, sizeof(err)) < 0) {
-            main_config_error("%s:%d:%d: transports[%zu]: %s", cfg->path, cfg->transports[i].line,
-                              cfg->transports[i].column, i, err);
+            main_config_error("%s:%d:%d: transports[%zu]: %s", cfg->transports[i].file,
+                              cfg->transports[i].line, cfg->transports[i].column, i, err);
             return QB_ECONFIG;
         }
     }
@@ -496,6 +498,9 @@ int main(int argc, char **argv)
         printf("%s: configuration OK (bridge %s, %zu VMs, %zu transports%s)\n", config_path,
                q.cfg->bridge_id, q.cfg->n_vms, q.cfg->n_transports,
                q.cfg->discovery_directory ? ", discovery on" : "");
+        /* the result is the merge: say which files made it, in merge order */
+        for (size_t i = 1; i < q.cfg->n_files; i++)
+            printf("  drop-in %s\n", q.cfg->files[i]);
         qb_config_free(q.cfg);
         return 0;
     }
@@ -504,8 +509,10 @@ int main(int argc, char **argv)
     qb_log_set_format(q.cfg->log_format);
     signal(SIGPIPE, SIG_IGN);
     q.loop = uv_default_loop();
-    QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s", QB_VERSION,
-                q.cfg->bridge_id, config_path);
+    QB_LOG_INFO(NULL, "qmp-bridge %s starting: bridge %s, config %s with %zu drop-ins", QB_VERSION,
+                q.cfg->bridge_id, config_path, q.cfg->n_files - 1);
+    for (size_t i = 1; i < q.cfg->n_files; i++)
+        QB_LOG_INFO(NULL, "drop-in %s", q.cfg->files[i]);
     qb_config_warnings(q.cfg, main_warn_log, NULL);
 
     main_start_signals(&q);

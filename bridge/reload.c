@@ -60,7 +60,7 @@ static bool str_list_eq(char *const *a, size_t na, char *const *b, size_t nb)
 bool qb_reload_transport_equal(const struct qb_transport_config *a,
                                const struct qb_transport_config *b)
 {
-    /* every key of struct qb_transport_config but line/column, in its order */
+    /* every key of struct qb_transport_config but file/line/column, in its order */
     if (!str_eq(a->type, b->type) || !str_eq(a->name, b->name) ||
         a->queue_max_messages != b->queue_max_messages ||
         a->queue_max_bytes != b->queue_max_bytes || a->on_full != b->on_full ||
@@ -334,8 +334,8 @@ static int rl_load(const char *path, struct qb_config **out, char *err, size_t e
         const struct qb_transport_config *tc = &(*out)->transports[i];
 
         if (qb_transport_validate(tc, terr, sizeof(terr)) < 0) {
-            snprintf(err, errlen, "%s:%d:%d: transports[%zu]: %s", (*out)->path, tc->line,
-                     tc->column, i, terr);
+            snprintf(err, errlen, "%s:%d:%d: transports[%zu]: %s", tc->file, tc->line, tc->column,
+                     i, terr);
             qb_config_free(*out);
             *out = NULL;
             return QB_ECONFIG;

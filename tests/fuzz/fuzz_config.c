@@ -6,12 +6,15 @@
  * an ASan error. Short inputs are also given to qb_config_parse_size and
  * qb_config_parse_duration_ms, whose results must round-trip as plain numbers.
  *
- * The loader reads files the config names (commands.hmac_key_file). A fuzzer
- * must not open arbitrary paths (a FIFO or /dev/tty would hang it, /proc is
- * nobody's business), so fopen/open are wrapped at link time (-Wl,--wrap, see
- * CMakeLists.txt). While a config is loading, a plain file name (no '/') opened
- * for reading is looked up in a private temporary directory holding a few key
- * files (good, short, empty, oversized); every other open fails with EACCES.
+ * The loader reads files the config names (commands.hmac_key_file, ${file:} and
+ * ${cred:} references). A fuzzer must not open arbitrary paths (a FIFO or
+ * /dev/tty would hang it, /proc is nobody's business), so fopen/open are wrapped
+ * at link time (-Wl,--wrap, see CMakeLists.txt). While a config is loading, a
+ * plain file name (no '/') opened for reading is looked up in a private
+ * temporary directory holding a few key files (good, short, empty, oversized),
+ * and so is that directory's own path followed by such a name (what ${cred:NAME}
+ * opens: $CREDENTIALS_DIRECTORY is set to the directory); every other open fails
+ * with EACCES. ${env:QB_FUZZ_ENV} is set, ${env:} of anything else is not.
  * Outside a load the wrappers pass through, so libFuzzer itself is unaffected
  * (and relative corpus paths keep working: the working directory is not changed).
  */
@@ -69,6 +72,8 @@ static const char *fz_path(const char *path, bool write, char *buf)
 {
     if (!fz_sandboxed)
         return path;
+    if (path && strncmp(path, fz_dir, strlen(fz_dir)) == 0 && path[strlen(fz_dir)] == '/')
+        path += strlen(fz_dir) + 1;
     if (write || path == NULL || strchr(path, '/') != NULL) {
         errno = EACCES;
         return NULL;
@@ -164,7 +169,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         if (fz_files[i].len > 0)
             fputc('\n', f);
         fclose(f);
+        chmod(path, 0600); /* a secret others can read is refused before it is read */
     }
+    setenv("CREDENTIALS_DIRECTORY", fz_dir, 1);
+    setenv("QB_FUZZ_ENV", "from-the-environment", 1);
     atexit(fz_cleanup);
     return 0;
 }
@@ -176,6 +184,8 @@ static size_t fz_walk(const struct qb_config *cfg)
 
 #define FZ_LEN(s) (n += (s) ? strlen(s) : 0)
     FZ_LEN(cfg->path);
+    for (size_t i = 0; i < cfg->n_files; i++)
+        FZ_LEN(cfg->files[i]);
     FZ_LEN(cfg->bridge_id);
     FZ_LEN(cfg->schema_base_uri);
     FZ_LEN(cfg->discovery_directory);
@@ -190,6 +200,7 @@ static size_t fz_walk(const struct qb_config *cfg)
     for (size_t i = 0; i < cfg->n_transports; i++) {
         const struct qb_transport_config *t = &cfg->transports[i];
 
+        FZ_LEN(t->file);
         FZ_LEN(t->type);
         FZ_LEN(t->name);
         FZ_LEN(t->path);

@@ -7,7 +7,14 @@ both man pages; its maintainer scripts create the user before the socket directo
 Unpacked with `dpkg -x` into a scratch root (never installed on this machine), its binary
 prints the changelog's version and accepts the shipped configuration with --check-config.
 The man pages render without a groff warning (and the check does catch a broken page),
-and qmp-bridge.yaml(5) documents every section and key of conf/qmp-bridge.example.yaml."""
+and qmp-bridge.yaml(5) documents every section and key of conf/qmp-bridge.example.yaml.
+qmp-bridge(8) lists --status, the HTTP endpoints and every metric the code exports, and
+each path in the FILES sections of both pages is in the package (dpkg -c) or created by
+its unit, sysusers.d or tmpfiles.d files. The package carries the template unit and the
+drop-in directory; its postinst makes the conffile and conf.d root:qmp-bridge 0640/0750
+once sysusers has created the group. The licence is Apache-2.0: LICENSE is the text in
+/usr/share/common-licenses/Apache-2.0 and debian/copyright points there; the changelog's
+latest entry carries the Maintainer of debian/control."""
 import glob
 import gzip
 import os
@@ -89,18 +96,21 @@ with check.Test("debian_package") as t:
     t.section("contents (dpkg -c) and control data")
     rc, out, _ = run(["dpkg", "-c", deb])
     files = {re.sub(r"^\./", "/", l.split()[5]) for l in out.splitlines() if len(l.split()) >= 6}
+    files_in_deb = files
     wanted = ["/usr/bin/qmp-bridge", "/lib/systemd/system/qmp-bridge.service",
               "/usr/lib/sysusers.d/qmp-bridge.conf", "/usr/lib/tmpfiles.d/qmp-bridge.conf",
               "/etc/qmp-bridge/qmp-bridge.yaml", "/usr/share/man/man8/qmp-bridge.8.gz",
               "/usr/share/man/man5/qmp-bridge.yaml.5.gz",
               "/usr/share/doc/qmp-bridge/examples/qmp-bridge.example.yaml",
               "/usr/share/qmp-bridge/prometheus/qmp-bridge-rules.yml",
-              "/usr/share/qmp-bridge/grafana/qmp-bridge-dashboard.json"]
+              "/usr/share/qmp-bridge/grafana/qmp-bridge-dashboard.json",
+              "/lib/systemd/system/qmp-bridge@.service", "/etc/qmp-bridge/conf.d/",
+              "/usr/share/doc/qmp-bridge/copyright"]
     for name in sorted(glob.glob(os.path.join(SRC, "schema", "v1", "*.json"))):
         wanted.append("/usr/share/qmp-bridge/schema/v1/" + os.path.basename(name))
     missing = [w for w in wanted if w not in files]
-    t.expect(not missing, "the package holds the binary, unit, sysusers/tmpfiles, conffile, man pages, "
-             "alert rules, dashboard and all %d schemas" % (len(wanted) - 10), missing)
+    t.expect(not missing, "the package holds the binary, units, sysusers/tmpfiles, conffile, man pages, "
+             "alert rules, dashboard and all %d schemas" % (len(wanted) - 13), missing)
     rc, conffiles, _ = run(["dpkg-deb", "--info", deb, "conffiles"])
     t.expect(conffiles.split() == ["/etc/qmp-bridge/qmp-bridge.yaml"], "the config is a conffile", conffiles)
     rc, depends, _ = run(["dpkg-deb", "--field", deb, "Depends"])
@@ -111,6 +121,12 @@ with check.Test("debian_package") as t:
              "postinst creates the user before the directory of its group", postinst[:600])
     t.expect("deb-systemd-helper" in postinst and "try-restart" in postinst,
              "postinst registers the unit (not enabled, not started) and try-restarts on upgrade")
+    sysusers_at = postinst.find("systemd-sysusers")
+    t.expect(0 <= sysusers_at < postinst.find("chown root:qmp-bridge")
+             and "/etc/qmp-bridge/qmp-bridge.yaml:0640" in postinst
+             and "/etc/qmp-bridge/conf.d:0750" in postinst and "dpkg-statoverride" in postinst,
+             "postinst gives the conffile and conf.d to root:qmp-bridge 0640/0750 after sysusers, "
+             "unless overridden", postinst[-900:])
     rc, prerm, _ = run(["dpkg-deb", "--info", deb, "prerm"])
     t.expect("deb-systemd-invoke stop qmp-bridge.service" in prerm, "prerm stops the service on remove")
 
@@ -134,6 +150,21 @@ with check.Test("debian_package") as t:
     with open(os.path.join(root, "lib", "systemd", "system", "qmp-bridge.service")) as a, \
             open(os.path.join(PKG, "systemd", "qmp-bridge.service")) as b:
         t.expect(a.read() == b.read(), "the packaged unit is packaging/systemd/qmp-bridge.service")
+
+    t.section("licence, maintainer, changelog")
+    with open(os.path.join(SRC, "LICENSE")) as a, open("/usr/share/common-licenses/Apache-2.0") as b:
+        t.expect(a.read() == b.read(), "LICENSE is the Apache License 2.0 text")
+    with open(os.path.join(root, "usr", "share", "doc", "qmp-bridge", "copyright")) as f:
+        copyright_text = f.read()
+    t.expect(re.search(r"(?m)^Files: \*\nCopyright: .+\nLicense: Apache-2\.0$", copyright_text)
+             and "/usr/share/common-licenses/Apache-2.0" in copyright_text
+             and "TBD" not in copyright_text,
+             "the packaged copyright: Files: * under Apache-2.0, pointing at common-licenses")
+    rc, maintainer, _ = run(["dpkg-deb", "--field", deb, "Maintainer"])
+    rc, latest, _ = run(["dpkg-parsechangelog", "-l", os.path.join(PKG, "debian", "changelog"),
+                         "-S", "Maintainer"])
+    t.expect(maintainer.strip() and maintainer.strip() == latest.strip(),
+             "the latest changelog entry is signed by the package's Maintainer", (maintainer, latest))
 
     t.section("man pages")
     broken = os.path.join(t.workdir, "broken.8")
@@ -159,3 +190,41 @@ with check.Test("debian_package") as t:
              missing)
     undocumented = sorted(k for k in keys - set(sections) if not re.search(r"(?m)^\.BI? %s:" % re.escape(k), page5))
     t.expect(not undocumented, "qmp-bridge.yaml(5) documents all %d keys of the example" % len(keys), undocumented)
+
+    with gzip.open(os.path.join(root, "usr", "share", "man", "man8", "qmp-bridge.8.gz"), "rt") as f:
+        page8 = f.read()
+    t.expect(re.search(r"(?m)^\.B \\-\\-status$", page8), "qmp-bridge(8) documents --status")
+    endpoints = ("/metrics", "/healthz", "/readyz", "/vms")
+    t.expect(all(re.search(r"(?m)^\.B %s$" % e, page8) for e in endpoints),
+             "qmp-bridge(8) has an entry for each HTTP endpoint %s" % ", ".join(endpoints))
+    exported = set()
+    for src in glob.glob(os.path.join(SRC, "bridge", "*.c")) + glob.glob(os.path.join(SRC, "transports", "*.c")):
+        with open(src) as f:
+            exported |= set(re.findall(r'"(qmp_bridge_[a-z0-9_]+)"', f.read()))
+    listed = set(re.findall(r"(?m)^\.BR? (qmp_bridge_[a-z0-9_]+)(?=\s|$)", page8))
+    t.expect(exported and exported == listed, "qmp-bridge(8) lists the %d metrics the code exports, no other"
+             % len(exported), (sorted(exported - listed), sorted(listed - exported)))
+
+    # FILES: every path is shipped, or made by the unit / sysusers / tmpfiles at run time.
+    made = ""
+    for name in ("qmp-bridge.service", "qmp-bridge@.service", "qmp-bridge.sysusers", "qmp-bridge.tmpfiles"):
+        with open(os.path.join(PKG, "systemd", name)) as f:
+            made += f.read()
+    unlisted = []
+    for page in (page8, page5):
+        files = page[page.index("\n.SH FILES\n"):]
+        files = files[:files.index("\n.SH ", 1)]
+        for line in re.findall(r"(?m)^\.IR? /.*$", files):
+            if " NAME " in line:  # an instance's paths: the template unit's, checked in test_systemd_unit
+                continue
+            path = line.split()[1]
+            if path.startswith(("/var/lib/", "/run/")):
+                name = path.split("/")[3] if path.startswith("/var/lib/") else path.split("/")[2]
+                ok = re.search(r"(Directory=|^d /run/|^u .* /var/lib/)\S*%s" % re.escape(name), made, re.M) \
+                    or ("/" + name) in made
+            else:
+                ok = path in files_in_deb or path.rstrip("/") + "/" in files_in_deb
+            if not ok:
+                unlisted.append(path)
+    t.expect(not unlisted, "every path in the man pages' FILES sections is installed or made by the unit",
+             unlisted)

@@ -28,6 +28,7 @@ from qbtest import bridge, check, procs, util  # noqa: E402
 BIN = os.path.abspath(bridge.binary())
 PKG = os.path.join(util.SOURCE_DIR, "packaging")
 UNIT = os.path.join(PKG, "systemd", "qmp-bridge.service")
+TEMPLATE = os.path.join(PKG, "systemd", "qmp-bridge@.service")
 SYSUSERS = os.path.join(PKG, "systemd", "qmp-bridge.sysusers")
 TMPFILES = os.path.join(PKG, "systemd", "qmp-bridge.tmpfiles")
 MAN = os.path.join(PKG, "man")
@@ -164,6 +165,29 @@ with check.Test("systemd_unit") as t:
     t.expect(d.get("SystemCallFilter") == ["@system-service", "~@privileged @resources"],
              "SystemCallFilter=@system-service minus @privileged @resources", d.get("SystemCallFilter"))
     t.expect("SupplementaryGroups=kvm" in unit_text, "SupplementaryGroups= for foreign QMP sockets is documented")
+
+    t.section("the template unit qmp-bridge@.service")
+    with open(TEMPLATE) as f:
+        template_text = f.read()
+    inst = unit_copy(t, "qmp-bridge@fleet-a.service", template_text)
+    rc, out, err = verify(inst, man_root)
+    t.expect(rc == 0 and not err.strip() and not out.strip(),
+             "an instance (qmp-bridge@fleet-a) verifies without a single diagnostic", (rc, out, err))
+    rc, out, err = run(["systemd-analyze", "security", "--offline=true", "--no-pager", inst],
+                       env=dict(os.environ, SYSTEMD_COLORS="0"))
+    m = re.search(r"Overall exposure level for qmp-bridge@fleet-a\.service: ([0-9.]+)", out)
+    t.expect(m is not None and float(m.group(1)) <= EXPOSURE_MAX,
+             "the instance's exposure is at most %.1f" % EXPOSURE_MAX, (m and m.group(1), err))
+    td = directives(template_text)
+    per_instance = {"Description": [d["Description"][0].replace("event bridge", "event bridge %i")],
+                    "ExecStart": ["/usr/bin/qmp-bridge -c /etc/qmp-bridge/%i.yaml"],
+                    "ExecReload": ["/usr/bin/qmp-bridge --check-config -c /etc/qmp-bridge/%i.yaml",
+                                   "/bin/kill -HUP $MAINPID"],
+                    "StateDirectory": ["qmp-bridge@%i qmp-bridge@%i/spool"],
+                    "RuntimeDirectory": ["qmp-bridge@%i"]}
+    for key in sorted(set(d) | set(td)):
+        want = per_instance.get(key, d.get(key))
+        t.expect(td.get(key) == want, "template %s= is %s" % (key, want), td.get(key))
 
     t.section("user, state directory and socket directory agree")
     with open(SYSUSERS) as f:

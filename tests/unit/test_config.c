@@ -689,7 +689,7 @@ static const struct bad_config {
      "t.yaml:3:12: vms[0].name: expected 1 to 64 characters from [A-Za-z0-9._-], got "
      "'x123456789012345678901234567890123456789012345678901234567890123...'"},
     {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'unix:/a'}\n  - {name: vm1, qmp: 'unix:/b'}\n",
-     "t.yaml:4:12: vms[1].name: duplicate VM name 'vm1' (also vms[0])"},
+     "t.yaml:4:12: vms[1].name: duplicate VM name 'vm1' (also vms[0] at t.yaml:3:12)"},
     {"bridge: {id: a}\nvms:\n  - {name: vm1, qmp: 'unix:'}\n",
      "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
      "'unix:'"},
@@ -706,7 +706,8 @@ static const struct bad_config {
      "t.yaml:3:22: vms[0].qmp: expected 'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535), got "
      "'/run/x'"},
     {"bridge: {id: a}\ntransports:\n  - {type: stdout, name: x}\n  - {type: mqtt, name: x}\n",
-     "t.yaml:4:24: transports[1].name: duplicate transport name 'x' (also transports[0])"},
+     "t.yaml:4:24: transports[1].name: duplicate transport name 'x' (also transports[0] at "
+     "t.yaml:3:26)"},
     /* commands: */
     {"bridge: {id: a}\ncommands: {enabled: maybe}\n",
      "t.yaml:2:21: commands.enabled: expected true or false, got 'maybe'"},
