@@ -239,7 +239,8 @@ void qb_log_time(char *out, size_t outlen)
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, outlen, "%s.%03ldZ", stamp, (long)(tv.tv_usec / 1000));
+    /* % 1000 bounds the field to three digits for the compiler too */
+    snprintf(out, outlen, "%s.%03uZ", stamp, (unsigned)(tv.tv_usec / 1000) % 1000u);
 }
 
 static void text_write(const struct qb_log_line *line)
