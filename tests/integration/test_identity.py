@@ -21,7 +21,7 @@ from qbtest import bridge, check, mqtt, peers, procs, util  # noqa: E402
 
 FAKE_BROKER = os.path.join(util.SOURCE_DIR, "tests", "tools", "mqtt_takeover_broker.py")
 SETHOST = ("import os, socket, sys; socket.sethostname(sys.argv[1]); "
-           "os.execv(sys.argv[2], sys.argv[2:])")
+           "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
 def with_hostname(name):
