@@ -151,7 +151,9 @@ with check.Test("hostile_commands") as t:
              "vm2's result is vm2's own run", env2)
     t.expect(qmp_seen(qlog1, "stop") == 1 and qmp_seen(qlog2, "stop") == 1,
              "each QEMU received its stop", (qmp_seen(qlog1), qmp_seen(qlog2)))
-    before = (len(qmp_seen(qlog1)), len(qmp_seen(qlog2)))
+    # Only what the reused id asked for counts: the resync that follows each stop may still be
+    # reaching QEMU with its queries (under valgrind it does).
+    before = (qmp_seen(qlog1, "cont"), qmp_seen(qlog2, "cont"))
     commands.mqtt_publish(broker.port, BRIDGE, "vm1", signed("cont", "vm1", cmd_id="j-1"),
                           response_topic="orch/r/j1-reused")
     r3 = reply("orch/r/j1-reused")["data"]
@@ -160,8 +162,8 @@ with check.Test("hostile_commands") as t:
              "j-1 as cont on vm1 -> rejected id-reused: " + r3.get("error", {}).get("message", ""),
              r3)
     time.sleep(0.5)
-    t.expect((len(qmp_seen(qlog1)), len(qmp_seen(qlog2))) == before,
-             "no QEMU received anything for it", (qmp_seen(qlog1), qmp_seen(qlog2)))
+    t.expect((qmp_seen(qlog1, "cont"), qmp_seen(qlog2, "cont")) == before == (0, 0),
+             "no QEMU received a cont for it", (qmp_seen(qlog1), qmp_seen(qlog2)))
 
     # ---- 2. unique ids for results that belong to no VM ----------------------------------
     t.section("results for unknown VMs have unique ids")
