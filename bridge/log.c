@@ -230,7 +230,8 @@ static const char *escaped(const char *text, char *buf, size_t buflen, bool utf8
 
 /* ---- writing ---- */
 
-void qb_log_time(char *out, size_t outlen)
+/* Writes "2026-12-06T16:00:00.123Z" (UTC, milliseconds) into out (at least 32 bytes). */
+static void log_time(char *out, size_t outlen)
 {
     char stamp[32];
     struct timeval tv;
@@ -245,14 +246,11 @@ void qb_log_time(char *out, size_t outlen)
 
 static void text_write(const struct qb_log_line *line)
 {
-    char stamp[40];
-
-    qb_log_time(stamp, sizeof(stamp));
     if (line->vm)
-        fprintf(stderr, "%s %-5s [%s] %s\n", stamp, qb_log_level_name(line->level), line->vm,
+        fprintf(stderr, "%s %-5s [%s] %s\n", line->time, line->level_name, line->vm,
                 line->message);
     else
-        fprintf(stderr, "%s %-5s %s\n", stamp, qb_log_level_name(line->level), line->message);
+        fprintf(stderr, "%s %-5s %s\n", line->time, line->level_name, line->message);
 }
 
 void qb_log_write(enum qb_log_level level, const char *vm, const char *fmt, ...)
@@ -261,9 +259,10 @@ void qb_log_write(enum qb_log_level level, const char *vm, const char *fmt, ...)
     char msg_escaped[4 * sizeof(msg)]; /* every byte may become \xNN */
     char vm_escaped[256], transport_escaped[256];
     char command_escaped[4 * QB_LOG_COMMAND_ID_MAX + 1];
+    char stamp[40];
     /* the text format keeps other UTF-8 as it is; JSON and the journal need it well-formed */
     bool utf8 = log_format != QB_LOG_FORMAT_TEXT;
-    struct qb_log_line line = {.level = level};
+    struct qb_log_line line = {.level = level, .level_name = qb_log_level_name(level)};
     va_list ap;
 
     va_start(ap, fmt);
@@ -272,6 +271,10 @@ void qb_log_write(enum qb_log_level level, const char *vm, const char *fmt, ...)
     line.message = escaped(msg, msg_escaped, sizeof(msg_escaped), utf8);
     if (vm)
         line.vm = escaped(vm, vm_escaped, sizeof(vm_escaped), utf8);
+    if (log_format != QB_LOG_FORMAT_JOURNAL) {
+        log_time(stamp, sizeof(stamp));
+        line.time = stamp;
+    }
     if (log_format == QB_LOG_FORMAT_TEXT) {
         text_write(&line);
         return;
@@ -282,6 +285,9 @@ void qb_log_write(enum qb_log_level level, const char *vm, const char *fmt, ...)
         line.command_id = escaped(ctx_command, command_escaped, sizeof(command_escaped), true);
     if (log_format == QB_LOG_FORMAT_JSON)
         qb_log_json_write(&line);
-    else if (qb_log_journal_write(&line) != QB_OK)
-        text_write(&line); /* the journal refused it: stderr still reaches someone */
+    else if (qb_log_journal_write(&line) != QB_OK) {
+        log_time(stamp, sizeof(stamp)); /* the journal refused it: stderr still reaches someone */
+        line.time = stamp;
+        text_write(&line);
+    }
 }

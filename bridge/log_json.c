@@ -67,13 +67,12 @@ static void field(struct jbuf *b, const char *key, const char *value)
 
 void qb_log_json_write(const struct qb_log_line *line)
 {
-    char out[16 * 1024], stamp[40];
+    char out[16 * 1024];
     struct jbuf b = {.p = out, .cap = sizeof(out)};
 
-    qb_log_time(stamp, sizeof(stamp));
     put(&b, "{", 1);
-    field(&b, "time", stamp);
-    field(&b, "level", qb_log_level_name(line->level));
+    field(&b, "time", line->time);
+    field(&b, "level", line->level_name);
     field(&b, "vm", line->vm);
     field(&b, "transport", line->transport);
     field(&b, "command_id", line->command_id);

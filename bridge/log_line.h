@@ -16,14 +16,14 @@
 
 struct qb_log_line {
     enum qb_log_level level;
+    const char *level_name; /* static: qb_log_level_name(level) */
+    const char *time;       /* "2026-12-06T16:00:00.123Z" (UTC, ms), or NULL for the journal,
+                               which keeps its own */
     const char *vm;         /* borrowed, NULL when the line concerns no VM */
     const char *transport;  /* borrowed, NULL when none */
     const char *command_id; /* borrowed, NULL when none */
     const char *message;    /* borrowed, never NULL */
 };
-
-/* Writes "2026-12-06T16:00:00.123Z" (UTC, milliseconds) into out (at least 32 bytes). */
-void qb_log_time(char *out, size_t outlen);
 
 /* One JSON object and a newline on stderr, in one write. */
 void qb_log_json_write(const struct qb_log_line *line);
