@@ -20,6 +20,7 @@
  */
 #include "config.h"
 
+#include "address.h"
 #include "config_dropins.h"
 #include "config_ref.h"
 #include "error.h"
@@ -667,28 +668,19 @@ static const char *check_listen(const char *text)
 /* "unix:<path>" or "tcp:<host>:<port>"; the host may be a bracketed IPv6 address. */
 static const char *check_qmp_address(const char *text)
 {
-    static const char *const expected = "'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535)";
-    const char *colon;
-    uint64_t port;
+    struct qb_address a;
 
-    if (strncmp(text, "unix:", 5) == 0)
-        return text[5] ? NULL : expected;
-    if (strncmp(text, "tcp:", 4) != 0)
-        return expected;
-    colon = strrchr(text + 4, ':');
-    if (!colon || colon == text + 4)
-        return expected;
-    if (parse_number(colon + 1, plain_units, 1, 65535, &port) != NUM_OK || port == 0)
-        return expected;
+    if (qb_address_parse(text, QB_ADDRESS_QMP, &a) != QB_OK)
+        return "'unix:<path>' or 'tcp:<host>:<port>' (port 1-65535)";
     return NULL;
 }
 
 /* qmp.listen: only a Unix socket, with a path that fits sun_path (108 bytes with its NUL). */
 static const char *check_listen_unix(const char *text)
 {
-    size_t len = strlen(text);
+    struct qb_address a;
 
-    if (strncmp(text, "unix:", 5) != 0 || text[5] != '/' || len - 5 >= 108)
+    if (qb_address_parse(text, QB_ADDRESS_UNIX_ABSOLUTE, &a) != QB_OK || strlen(a.path) >= 108)
         return "'unix:/absolute/path' (at most 107 bytes of path)";
     return NULL;
 }

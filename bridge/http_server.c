@@ -27,6 +27,8 @@
  */
 #include "http_server.h"
 
+#include "address.h"
+
 #include "error.h"
 #include "log.h"
 
@@ -92,24 +94,6 @@ struct qb_http_server {
 
 /* ---- addresses -------------------------------------------------------------------------- */
 
-static int parse_port(const char *s, uint16_t *port)
-{
-    unsigned long v = 0;
-    size_t i;
-
-    if (!*s || strlen(s) > 5)
-        return QB_EINVAL;
-    for (i = 0; s[i]; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return QB_EINVAL;
-        v = v * 10 + (unsigned long)(s[i] - '0');
-    }
-    if (v > 65535)
-        return QB_EINVAL;
-    *port = (uint16_t)v;
-    return QB_OK;
-}
-
 /*
  * Parses "unix:/path", "[v6]:port", "v4:port" or "localhost:port" into a
  * socket address. No name resolution: a metrics listener should not depend on
@@ -117,87 +101,34 @@ static int parse_port(const char *s, uint16_t *port)
  */
 static int parse_address(const char *text, struct listen_addr *a, char *errbuf, size_t errlen)
 {
-    char host[INET6_ADDRSTRLEN + 2];
-    const char *port_text;
-    uint16_t port;
-    size_t hlen;
+    struct qb_address addr;
 
     memset(a, 0, sizeof *a);
     if (!text || !*text) {
         snprintf(errbuf, errlen, "empty listen address");
         return QB_EINVAL;
     }
-    if (!strncmp(text, "unix:", 5)) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
-        const char *path = text + 5;
-
-        if (!*path || strlen(path) >= sizeof un->sun_path) {
+    if (qb_address_parse(text, QB_ADDRESS_HTTP, &addr) != QB_OK) {
+        if (!strncmp(text, "unix:", 5))
             snprintf(errbuf, errlen, "'%s': the socket path must be 1 to %zu bytes", text,
-                     sizeof un->sun_path - 1);
-            return QB_EINVAL;
-        }
-        un->sun_family = AF_UNIX;
-        strcpy(un->sun_path, path);
-        a->is_unix = true;
-        a->len = (socklen_t)sizeof *un;
-        return QB_OK;
-    }
-    if (text[0] == '[') {
-        const char *end = strchr(text, ']');
-        if (!end || end[1] != ':') {
-            snprintf(errbuf, errlen, "'%s': expected [ipv6]:port", text);
-            return QB_EINVAL;
-        }
-        hlen = (size_t)(end - text - 1);
-        port_text = end + 2;
-        if (hlen >= sizeof host) {
-            snprintf(errbuf, errlen, "'%s': bad IPv6 address", text);
-            return QB_EINVAL;
-        }
-        memcpy(host, text + 1, hlen);
-        host[hlen] = '\0';
-    } else {
-        const char *colon = strrchr(text, ':');
-        if (!colon || memchr(text, ':', (size_t)(colon - text))) {
-            snprintf(errbuf, errlen, "'%s': expected host:port (IPv6 in brackets) or unix:/path",
+                     sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+        else
+            snprintf(errbuf, errlen,
+                     "'%s': expected host:port (IPv6 in brackets, port 0-65535) or unix:/path",
                      text);
-            return QB_EINVAL;
-        }
-        hlen = (size_t)(colon - text);
-        port_text = colon + 1;
-        if (hlen >= sizeof host) {
-            snprintf(errbuf, errlen, "'%s': bad IPv4 address", text);
-            return QB_EINVAL;
-        }
-        memcpy(host, text, hlen);
-        host[hlen] = '\0';
-    }
-    if (parse_port(port_text, &port) < 0) {
-        snprintf(errbuf, errlen, "'%s': bad port '%s' (0-65535)", text, port_text);
         return QB_EINVAL;
     }
-    if (text[0] == '[') {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&a->ss;
-        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1) {
-            snprintf(errbuf, errlen, "'%s': bad IPv6 address '%s'", text, host);
-            return QB_EINVAL;
-        }
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons(port);
-        a->len = (socklen_t)sizeof *in6;
-    } else {
-        struct sockaddr_in *in4 = (struct sockaddr_in *)&a->ss;
-        if (!strcmp(host, "localhost"))
-            strcpy(host, "127.0.0.1");
-        if (inet_pton(AF_INET, host, &in4->sin_addr) != 1) {
-            snprintf(errbuf, errlen, "'%s': bad IPv4 address '%s' (literal or localhost)", text,
-                     host);
-            return QB_EINVAL;
-        }
-        in4->sin_family = AF_INET;
-        in4->sin_port = htons(port);
-        a->len = (socklen_t)sizeof *in4;
+    if (qb_address_sockaddr(&addr, &a->ss, &a->len) != QB_OK) {
+        if (addr.is_unix)
+            snprintf(errbuf, errlen, "'%s': the socket path must be 1 to %zu bytes", text,
+                     sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+        else
+            snprintf(errbuf, errlen, "'%s': bad %s address '%.*s'%s", text,
+                     addr.bracketed ? "IPv6" : "IPv4", (int)addr.host_len, addr.host,
+                     addr.bracketed ? "" : " (literal or localhost)");
+        return QB_EINVAL;
     }
+    a->is_unix = addr.is_unix;
     return QB_OK;
 }
 

@@ -16,6 +16,8 @@
  *   do anything, including failing every other command through free().
  */
 #include "qmp_client.h"
+
+#include "address.h"
 #include "error.h"
 #include "log.h"
 #include "qmp_framer.h"
@@ -671,43 +673,6 @@ static void qb_qmp_connect_cb(uv_connect_t *req, int status)
 
 /* ---- addresses --------------------------------------------------------- */
 
-/*
- * Parses "tcp:host:port" into *sa. The port follows the last ':' so bare IPv6
- * ("tcp:::1:4444") works as well as "[::1]". Returns QB_OK or QB_EINVAL.
- */
-static int qb_qmp_parse_tcp(const char *spec, struct sockaddr_storage *sa)
-{
-    const char *colon = strrchr(spec, ':');
-    char host[64];
-    size_t host_len;
-    char *end;
-    unsigned long port;
-
-    if (colon == NULL || colon == spec)
-        return QB_EINVAL;
-    host_len = (size_t)(colon - spec);
-    if (spec[0] == '[' && colon[-1] == ']') {
-        spec++;
-        host_len -= 2;
-    }
-    if (host_len == 0 || host_len >= sizeof(host))
-        return QB_EINVAL;
-    memcpy(host, spec, host_len);
-    host[host_len] = '\0';
-    if (colon[1] < '0' || colon[1] > '9')
-        return QB_EINVAL;
-    port = strtoul(colon + 1, &end, 10);
-    if (*end != '\0' || port == 0 || port > 65535)
-        return QB_EINVAL;
-    if (strcmp(host, "localhost") == 0)
-        strcpy(host, "127.0.0.1");
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)sa) == 0)
-        return QB_OK;
-    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)sa) == 0)
-        return QB_OK;
-    return QB_EINVAL;
-}
-
 /* ---- public API -------------------------------------------------------- */
 
 int qb_qmp_client_new(uv_loop_t *loop, const char *vm_name, const struct qb_qmp_options *opts,
@@ -744,26 +709,26 @@ int qb_qmp_client_new(uv_loop_t *loop, const char *vm_name, const struct qb_qmp_
 int qb_qmp_client_connect(struct qb_qmp_client *c, const char *address)
 {
     struct sockaddr_storage sa;
+    struct qb_address addr;
+    socklen_t salen;
     char *copy;
-    int is_unix = strncmp(address, "unix:", 5) == 0;
+    bool is_unix;
     int rc;
 
     if (c->state != QB_QMP_IDLE || c->freeing)
         return QB_EAGAIN;
-    if (is_unix) {
-        size_t plen = strlen(address + 5);
-
+    if (qb_address_parse(address, QB_ADDRESS_QMP, &addr) != QB_OK ||
+        qb_address_sockaddr(&addr, &sa, &salen) != QB_OK) {
         /* libuv would silently truncate a long path and connect somewhere else. */
-        if (plen == 0 || plen >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        if (addr.is_unix)
             QB_LOG_ERR(c->vm_name, "bad QMP address %s: path empty or too long", address);
-            return QB_EINVAL;
-        }
-    } else if (strncmp(address, "tcp:", 4) != 0 || qb_qmp_parse_tcp(address + 4, &sa) < 0) {
-        QB_LOG_ERR(c->vm_name,
-                   "bad QMP address %s: want unix:/path or tcp:host:port with a numeric host",
-                   address);
+        else
+            QB_LOG_ERR(c->vm_name,
+                       "bad QMP address %s: want unix:/path or tcp:host:port with a numeric host",
+                       address);
         return QB_EINVAL;
     }
+    is_unix = addr.is_unix;
     copy = strdup(address);
     if (copy == NULL)
         return QB_ENOMEM;
@@ -788,7 +753,7 @@ int qb_qmp_client_connect(struct qb_qmp_client *c, const char *address)
     qb_qmp_timer_arm(c);
 
     if (is_unix) {
-        uv_pipe_connect(&c->connect_req, &c->sock.pipe, address + 5, qb_qmp_connect_cb);
+        uv_pipe_connect(&c->connect_req, &c->sock.pipe, addr.path, qb_qmp_connect_cb);
         return QB_OK;
     }
     rc = uv_tcp_connect(&c->connect_req, &c->sock.tcp, (const struct sockaddr *)&sa,

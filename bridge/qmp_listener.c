@@ -9,6 +9,8 @@
  */
 #include "qmp_listener.h"
 
+#include "address.h"
+
 #include "error.h"
 #include "log.h"
 
@@ -184,17 +186,18 @@ int qb_qmp_listener_start(uv_loop_t *loop, const char *address, qb_qmp_listener_
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     struct qb_qmp_listener *l;
+    struct qb_address addr;
     struct stat st;
     int rc;
 
     *out = NULL;
-    if (strncmp(address, "unix:", 5) != 0 || address[5] != '/' ||
-        strlen(address + 5) >= sizeof(sa.sun_path)) {
+    if (qb_address_parse(address, QB_ADDRESS_UNIX_ABSOLUTE, &addr) != QB_OK ||
+        strlen(addr.path) >= sizeof(sa.sun_path)) {
         snprintf(errbuf, errlen, "listen %s: want unix:/absolute/path (at most %zu bytes)", address,
                  sizeof(sa.sun_path) - 1);
         return QB_EINVAL;
     }
-    strcpy(sa.sun_path, address + 5);
+    strcpy(sa.sun_path, addr.path);
     l = calloc(1, sizeof(*l));
     if (!l || !(l->path = strdup(sa.sun_path))) {
         free(l);

@@ -21,6 +21,7 @@
 #include "vm_manager.h"
 #include "vm_manager_internal.h"
 
+#include "address.h"
 #include "error.h"
 #include "log.h"
 #include "normalize.h"
@@ -492,6 +493,7 @@ fail:
 
 int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address)
 {
+    struct qb_address addr;
     struct qb_vm *vm;
     int rc;
 
@@ -499,7 +501,7 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
         return QB_ECLOSED;
     if (!qb_vm_name_valid(name))
         return QB_EINVAL;
-    if (strncmp(address, "unix:", 5) != 0 && strncmp(address, "tcp:", 4) != 0)
+    if (qb_address_parse(address, QB_ADDRESS_QMP, &addr) != QB_OK)
         return QB_EINVAL;
     HASH_FIND_STR(m->vms, name, vm);
     if (vm)
