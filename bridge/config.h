@@ -22,6 +22,7 @@
 
 #include "command.h"
 #include "log.h"
+#include "spool.h" /* enum qb_spool_fsync */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -55,13 +56,6 @@ enum qb_kafka_content_mode { QB_KAFKA_STRUCTURED = 0, QB_KAFKA_BINARY = 1 };
  * bridge; what does not fit is refused, counted and logged.
  */
 enum qb_queue_full_policy { QB_ON_FULL_BACKPRESSURE = 0, QB_ON_FULL_DROP = 1 };
-
-/* When appended spool records reach the disk (spool.fsync:). */
-enum qb_spool_fsync {
-    QB_SPOOL_FSYNC_BATCH = 0,  /* fdatasync at most every fsync_interval (default) */
-    QB_SPOOL_FSYNC_ALWAYS = 1, /* fdatasync after every record */
-    QB_SPOOL_FSYNC_OFF = 2,    /* leave it to the kernel: survives kill -9, not power loss */
-};
 
 /*
  * What the bridge does when the spool is full (spool.on_full:). backpressure:

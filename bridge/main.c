@@ -520,7 +520,7 @@ int main(int argc, char **argv)
     if (rc == QB_OK)
         rc = main_start_outbox(&q);
     if (rc == QB_OK)
-        rc = qb_vm_manager_new(q.loop, q.cfg, q.transports, q.n_transports, q.outbox, &q.mgr);
+        rc = qb_vm_manager_new(q.loop, q.cfg, q.outbox, &q.mgr);
     for (size_t i = 0; rc == QB_OK && i < q.cfg->n_vms; i++) {
         rc = qb_vm_manager_add(q.mgr, q.cfg->vms[i].name, q.cfg->vms[i].qmp);
         if (rc < 0)

@@ -520,6 +520,14 @@ int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
     return rc;
 }
 
+int qb_outbox_send_reply(struct qb_outbox *o, struct qb_transport *t, const struct qb_message *msg)
+{
+    (void)o;
+    if (msg->kind != QB_MSG_REPLY)
+        return QB_EINVAL;
+    return qb_transport_send(t, msg);
+}
+
 bool qb_outbox_recall_sequence(const struct qb_outbox *o, const char *vm, uint64_t *epoch,
                                uint64_t *seq)
 {

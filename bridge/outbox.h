@@ -63,9 +63,16 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
  * Sends msg (borrowed; kind QB_MSG_EVENT or QB_MSG_STATE) to every
  * transport. Returns QB_OK when it was spooled or queued (or held in memory
  * for the spool), QB_EAGAIN when it was dropped (already counted and logged),
- * QB_EINVAL for a REPLY (send those with qb_transport_send).
+ * QB_EINVAL for a REPLY (send those with qb_outbox_send_reply).
  */
 int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg);
+
+/*
+ * Sends a command's reply (msg borrowed, kind QB_MSG_REPLY) to transport t
+ * only, the one the command came on: replies are never spooled (the result
+ * event is). Returns what qb_transport_send returns.
+ */
+int qb_outbox_send_reply(struct qb_outbox *o, struct qb_transport *t, const struct qb_message *msg);
 
 /* Sets the pressure callback (cb NULL clears it). arg is borrowed. */
 void qb_outbox_set_pressure_cb(struct qb_outbox *o, qb_outbox_pressure_cb cb, void *arg);

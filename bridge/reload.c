@@ -499,7 +499,6 @@ static int rl_transports(struct rl *x)
     for (size_t i = x->n_next; i < *t->transports_cap; i++)
         arr[i] = NULL;
     *t->n_transports = x->n_next;
-    qb_vm_manager_set_transports(t->mgr, arr, x->n_next);
     return QB_OK;
 }
 

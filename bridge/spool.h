@@ -35,14 +35,19 @@
 #ifndef QB_SPOOL_H
 #define QB_SPOOL_H
 
-#include "transport.h"
+#include "message.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
-/* enum qb_spool_fsync (when appended records reach the disk) is defined in config.h. */
+/* When appended records reach the disk (spool.fsync). */
+enum qb_spool_fsync {
+    QB_SPOOL_FSYNC_BATCH = 0,  /* fdatasync at most every fsync_interval (default) */
+    QB_SPOOL_FSYNC_ALWAYS = 1, /* fdatasync after every record */
+    QB_SPOOL_FSYNC_OFF = 2,    /* leave it to the kernel: survives kill -9, not power loss */
+};
 
 struct qb_spool_options {
     const char *dir;            /* created (mode 0750) if missing; borrowed during open */

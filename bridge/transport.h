@@ -1,6 +1,6 @@
 /*
  * transport.h - what the core sees of a transport: a bounded, ordered queue in
- * front of one backend (stdout, mqtt, kafka), plus the message it carries.
+ * front of one backend (stdout, mqtt, kafka). The message it carries is in message.h.
  *
  * qb_transport_send copies the message into the transport's queue and returns
  * at once. The queue hands messages to the backend in order while the backend
@@ -17,52 +17,12 @@
 #define QB_TRANSPORT_H
 
 #include "config.h"
+#include "message.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
-
-/* Where a message goes within a transport. */
-enum qb_msg_kind {
-    QB_MSG_EVENT = 0, /* the event stream (mqtt: <prefix>/<bridge>/<vm>/event/<type>; kafka: events topic) */
-    QB_MSG_STATE = 1, /* the latest state, retained/compacted (mqtt: .../<vm>/state; kafka: state
-                         topic); with len 0 it clears the VM's state (qb_message_clears_state) */
-    QB_MSG_REPLY = 2, /* a command result sent back on the transport the command came on, only
-                         (mqtt: reply_topic with correlation data, else <prefix>/<bridge>/<vm>/result;
-                         backends without a reply channel ignore it: results are events too) */
-};
-
-/* One message; every pointer is borrowed for the duration of the call that takes it. */
-struct qb_message {
-    enum qb_msg_kind kind;
-    const char *vm;      /* subject */
-    const char *type;    /* CloudEvents type */
-    const char *id;      /* CloudEvents id */
-    const char *key;     /* "<bridge>/<vm>": ordering key */
-    uint64_t sequence;   /* for drop accounting in logs */
-    uint64_t epoch;      /* the VM's numbering epoch (the first part of id); kept by the spool */
-    uint64_t spool_id;   /* the spool record this came from, 0 when not spooled */
-    uint64_t origin_usec; /* when the event happened (QMP timestamp, else when the bridge made
-                             it), µs since the epoch; 0 = unknown. Measures delivery latency */
-    const char *payload; /* structured-mode CloudEvents JSON */
-    size_t len;
-    /* QB_MSG_REPLY only: where the command asked for its answer (both may be NULL). */
-    const char *reply_topic;
-    const void *correlation;
-    size_t correlation_len;
-};
-
-/*
- * True for the message that deletes a VM's retained state (the VM is gone):
- * kind STATE with no payload. MQTT publishes an empty retained message,
- * Kafka a tombstone (the VM's key, a NULL value); transports without a
- * retained channel never see state messages.
- */
-static inline bool qb_message_clears_state(const struct qb_message *msg)
-{
-    return msg->kind == QB_MSG_STATE && msg->len == 0;
-}
 
 /* One inbound command message as a transport received it; everything borrowed for the call. */
 struct qb_inbound {

@@ -394,9 +394,8 @@ bool qb_vm_name_valid(const char *name)
     return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
-int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
-                      struct qb_transport *const *transports, size_t n_transports,
-                      struct qb_outbox *outbox, struct qb_vm_manager **out)
+int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
+                      struct qb_vm_manager **out)
 {
     struct qb_vm_manager *m = calloc(1, sizeof(*m));
 
@@ -413,8 +412,6 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
     }
     m->loop = loop;
     m->cfg = cfg;
-    m->transports = transports;
-    m->n_transports = n_transports;
     m->outbox = outbox;
     qb_histogram_init_latency(&m->cmd_latency);
     m->env.bridge_id = cfg->bridge_id;
@@ -714,13 +711,6 @@ void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *c
     m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
     /* a raised max_connecting lets VMs that wait for a slot go now, from a 0 ms timer */
     qb_vm_slots_grant(m);
-}
-
-void qb_vm_manager_set_transports(struct qb_vm_manager *m, struct qb_transport *const *transports,
-                                  size_t n_transports)
-{
-    m->transports = transports;
-    m->n_transports = n_transports;
 }
 
 void qb_vm_manager_forget_transport(struct qb_vm_manager *m, const struct qb_transport *t)

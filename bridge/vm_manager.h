@@ -38,14 +38,12 @@
 struct qb_vm_manager;
 
 /*
- * Creates a manager. cfg, the transports array (used for command replies)
- * and outbox (events and state go there; the manager takes its pressure
- * callback) are borrowed and must outlive it. Static VMs are not added here:
+ * Creates a manager. cfg and outbox (events, state and replies go there; the
+ * manager takes its pressure callback) are borrowed and must outlive it. Static VMs are not added here:
  * call qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
  */
-int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg,
-                      struct qb_transport *const *transports, size_t n_transports,
-                      struct qb_outbox *outbox, struct qb_vm_manager **out);
+int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
+                      struct qb_vm_manager **out);
 
 /*
  * Adds a VM and starts connecting to address ("unix:/path" or
@@ -215,10 +213,6 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
  * VMs added afterwards. VMs are added and removed by the caller.
  */
 void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *cfg);
-
-/* The transports array changed (reload); borrowed like the one given to qb_vm_manager_new. */
-void qb_vm_manager_set_transports(struct qb_vm_manager *m, struct qb_transport *const *transports,
-                                  size_t n_transports);
 
 /*
  * Transport t is being closed (reload): commands that came on it still run

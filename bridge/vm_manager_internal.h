@@ -132,8 +132,6 @@ struct qb_seq_memo {
 struct qb_vm_manager {
     uv_loop_t *loop;
     const struct qb_config *cfg;
-    struct qb_transport *const *transports;
-    size_t n_transports;
     struct qb_outbox *outbox;
     struct qb_envelope_ctx env;
     struct qb_qmp_options qmp_opts;

@@ -26,7 +26,7 @@ void qb_vm_mgr_send(struct qb_vm_manager *m, struct qb_transport *only,
                     const struct qb_message *msg)
 {
     if (only) {
-        qb_transport_send(only, msg);
+        qb_outbox_send_reply(m->outbox, only, msg);
         return;
     }
     qb_outbox_send(m->outbox, msg);
