@@ -1,15 +1,16 @@
 /*
  * test_command_exec.c - command plans against a scripted fake QEMU on the same loop.
  *
- * The fake QEMU listens on a unix socket in a fresh temporary directory,
- * greets like QEMU 7.2, accepts qmp_capabilities, and answers every other
- * command from the test's script: a table of (execute, what to do) rows used
- * in order, so a plan that queries the status twice gets two rows. A row can
- * return a value, answer a QEMU error, stay silent (for timeouts) or hang up.
- * Each test then compares two things with whole JSON documents, so the test
- * reads as the specification: what QEMU received (execute + arguments, ids
- * left out) and the result the executor handed to done.
- * done must never run inside qb_command_exec_start; every test checks it.
+ * The fake QEMU (fake_qmp_peer.c, scripted) listens on a unix socket in a
+ * fresh temporary directory, greets like QEMU 7.2, accepts qmp_capabilities,
+ * and answers every other command from the test's script: a table of
+ * (execute, what to do) rows used in order, so a plan that queries the status
+ * twice gets two rows. A row can return a value, answer a QEMU error, stay
+ * silent (for timeouts) or hang up. Each test then compares two things with
+ * whole JSON documents, so the test reads as the specification: what QEMU
+ * received (execute + arguments, ids left out) and the result the executor
+ * handed to done. done must never run inside qb_command_exec_start; every
+ * test checks it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,13 +30,10 @@
 #include "command.h"
 #include "command_exec.h"
 #include "error.h"
+#include "fake_qmp_peer.h"
 #include "log.h"
 #include "qmp_client.h"
 #include "qmp_framer.h"
-
-static const char greeting_line[] =
-    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "
-    "\"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}";
 
 /* Real QEMU 7.2 replies. */
 #define ST_IO_ERROR "{\"status\": \"io-error\", \"singlestep\": false, \"running\": false}"
@@ -65,165 +63,6 @@ static const char greeting_line[] =
 
 #define MIB (1024ull * 1024ull)
 
-/* ---- fake QEMU ---------------------------------------------------------- */
-
-enum peer_act {
-    P_RETURN, /* {"return": text} */
-    P_ERROR,  /* {"error": text} */
-    P_SILENT, /* no answer at all */
-    P_CLOSE,  /* hang up on receipt */
-};
-
-struct script_row {
-    const char *execute;
-    enum peer_act act;
-    const char *text;
-};
-
-struct peer {
-    uv_loop_t *loop;
-    uv_pipe_t server;
-    uv_pipe_t conn;
-    int conn_open;
-    struct qb_framer fr;
-    const struct script_row *script; /* terminated by a row with execute NULL */
-    unsigned char used[32];
-    json_t *received; /* every command but qmp_capabilities, without its id */
-    int unscripted;   /* commands no row was left for */
-};
-
-static void peer_write_cb(uv_write_t *req, int status)
-{
-    (void)status;
-    free(req);
-}
-
-/* Sends text plus "\n" to the bridge. */
-static void peer_send(struct peer *p, const char *text)
-{
-    size_t len = strlen(text);
-    uv_write_t *req = malloc(sizeof(*req) + len + 1);
-    char *data = (char *)(req + 1);
-    uv_buf_t buf;
-
-    assert_non_null(req);
-    memcpy(data, text, len);
-    data[len] = '\n';
-    buf = uv_buf_init(data, (unsigned)len + 1);
-    assert_int_equal(uv_write(req, (uv_stream_t *)&p->conn, &buf, 1, peer_write_cb), 0);
-}
-
-/* Sends {key: value-text, "id": id}. */
-static void peer_answer(struct peer *p, const char *key, const char *value_text, json_t *id)
-{
-    json_t *reply = json_object();
-    json_t *value = json_loads(value_text, 0, NULL);
-    char *text;
-
-    assert_non_null(value);
-    json_object_set_new(reply, key, value);
-    json_object_set(reply, "id", id);
-    text = json_dumps(reply, JSON_COMPACT);
-    peer_send(p, text);
-    free(text);
-    json_decref(reply);
-}
-
-static void peer_close_conn(struct peer *p)
-{
-    if (!p->conn_open)
-        return;
-    p->conn_open = 0;
-    uv_close((uv_handle_t *)&p->conn, NULL);
-}
-
-/* The first unused row for execute, or NULL. */
-static const struct script_row *peer_row(struct peer *p, const char *execute)
-{
-    for (size_t i = 0; p->script != NULL && p->script[i].execute != NULL; i++) {
-        assert_true(i < sizeof(p->used));
-        if (!p->used[i] && strcmp(p->script[i].execute, execute) == 0) {
-            p->used[i] = 1;
-            return &p->script[i];
-        }
-    }
-    return NULL;
-}
-
-static int peer_on_line(void *arg, const char *line, size_t len)
-{
-    struct peer *p = arg;
-    json_t *msg = json_loadb(line, len, 0, NULL);
-    const char *exec = json_string_value(json_object_get(msg, "execute"));
-    json_t *id = json_object_get(msg, "id");
-    const struct script_row *row;
-    json_t *seen;
-
-    assert_non_null(msg);
-    assert_non_null(exec);
-    if (strcmp(exec, "qmp_capabilities") == 0) {
-        peer_answer(p, "return", "{}", id);
-        json_decref(msg);
-        return 0;
-    }
-    seen = json_deep_copy(msg);
-    json_object_del(seen, "id");
-    json_array_append_new(p->received, seen);
-    row = peer_row(p, exec);
-    if (row == NULL) {
-        p->unscripted++;
-        peer_answer(p, "error", "{\"class\": \"CommandNotFound\", \"desc\": \"not scripted\"}", id);
-    } else if (row->act == P_RETURN) {
-        peer_answer(p, "return", row->text, id);
-    } else if (row->act == P_ERROR) {
-        peer_answer(p, "error", row->text, id);
-    } else if (row->act == P_CLOSE) {
-        json_decref(msg);
-        peer_close_conn(p);
-        return -1; /* stop reading this connection's buffer */
-    }
-    json_decref(msg);
-    return 0;
-}
-
-static void peer_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct peer *p = h->data;
-    char *ptr = NULL;
-    size_t len = 0;
-
-    if (qb_framer_space(&p->fr, suggested, &ptr, &len) < 0)
-        len = 0;
-    *buf = uv_buf_init(ptr, (unsigned)len);
-}
-
-static void peer_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    struct peer *p = s->data;
-
-    (void)buf;
-    if (nread >= 0) {
-        if (qb_framer_commit(&p->fr, (size_t)nread, peer_on_line, p) < 0)
-            qb_framer_reset(&p->fr);
-        return;
-    }
-    peer_close_conn(p);
-}
-
-static void peer_on_connection(uv_stream_t *server, int status)
-{
-    struct peer *p = server->data;
-
-    assert_int_equal(status, 0);
-    assert_false(p->conn_open);
-    assert_int_equal(uv_pipe_init(p->loop, &p->conn, 0), 0);
-    p->conn.data = p;
-    assert_int_equal(uv_accept(server, (uv_stream_t *)&p->conn), 0);
-    p->conn_open = 1;
-    assert_int_equal(uv_read_start((uv_stream_t *)&p->conn, peer_alloc_cb, peer_read_cb), 0);
-    peer_send(p, greeting_line);
-}
-
 /* ---- the bridge side ---------------------------------------------------- */
 
 struct fx {
@@ -233,7 +72,7 @@ struct fx {
     char dir[64];
     char path[128];
     char addr[160];
-    struct peer peer;
+    struct fake_qmp_peer peer;
     struct qb_qmp_client *c;
     int ready;
     int closed;
@@ -346,13 +185,9 @@ static int setup(void **state)
     assert_non_null(mkdtemp(fx->dir));
     snprintf(fx->path, sizeof(fx->path), "%s/qmp.sock", fx->dir);
     snprintf(fx->addr, sizeof(fx->addr), "unix:%s", fx->path);
-    fx->peer.loop = &fx->loop;
-    fx->peer.received = json_array();
-    qb_framer_init(&fx->peer.fr, 1 << 20);
-    assert_int_equal(uv_pipe_init(&fx->loop, &fx->peer.server, 0), 0);
-    fx->peer.server.data = &fx->peer;
-    assert_int_equal(uv_pipe_bind(&fx->peer.server, fx->path), 0);
-    assert_int_equal(uv_listen((uv_stream_t *)&fx->peer.server, 4, peer_on_connection), 0);
+    fake_qmp_peer_init(&fx->peer, &fx->loop);
+    fx->peer.scripted = 1;
+    fake_qmp_peer_listen_unix(&fx->peer, fx->path);
     assert_int_equal(qb_qmp_client_new(&fx->loop, "vm1", &opts, &callbacks, fx, &fx->c), QB_OK);
     fx->policy.enabled = true;
     fx->policy.allow_mask = ~0u;
@@ -365,15 +200,13 @@ static int teardown(void **state)
     struct fx *fx = *state;
 
     qb_qmp_client_free(fx->c);
-    peer_close_conn(&fx->peer);
-    uv_close((uv_handle_t *)&fx->peer.server, NULL);
+    fake_qmp_peer_close(&fx->peer);
     uv_close((uv_handle_t *)&fx->guard, NULL);
     /* Closing handles (the executor's deferral timer too) finish within a few iterations. */
     for (int i = 0; i < 100; i++)
         uv_run(&fx->loop, UV_RUN_NOWAIT);
     assert_int_equal(uv_loop_close(&fx->loop), 0);
-    qb_framer_reset(&fx->peer.fr);
-    json_decref(fx->peer.received);
+    fake_qmp_peer_free(&fx->peer);
     json_decref(fx->result);
     cmd_free(fx->cmd);
     unlink(fx->path);
@@ -382,7 +215,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static void connect_peer(struct fx *fx, const struct script_row *script)
+static void connect_peer(struct fx *fx, const struct fake_qmp_row *script)
 {
     fx->peer.script = script;
     assert_int_equal(qb_qmp_client_connect(fx->c, fx->addr), QB_OK);
@@ -433,7 +266,7 @@ static void assert_json(json_t *actual, const char *expected_text)
 
 static void check(struct fx *fx, const char *received, const char *result)
 {
-    assert_json(fx->peer.received, received);
+    assert_json(fx->peer.commands, received);
     assert_json(fx->result, result);
     assert_int_equal(fx->peer.unscripted, 0);
 }
@@ -450,12 +283,12 @@ static struct qb_command *resize_cmd(struct fx *fx, const char *device, const ch
 
 /* One row per line reads like the conversation. */
 /* clang-format off */
-static const struct script_row resize_ok[] = {
-    {"query-status", P_RETURN, ST_IO_ERROR},
-    {"query-block", P_RETURN, QUERY_BLOCK},
-    {"block_resize", P_RETURN, "{}"},
-    {"cont", P_RETURN, "{}"},
-    {"query-status", P_RETURN, ST_RUNNING},
+static const struct fake_qmp_row resize_ok[] = {
+    {"query-status", FAKE_QMP_RETURN, ST_IO_ERROR},
+    {"query-block", FAKE_QMP_RETURN, QUERY_BLOCK},
+    {"block_resize", FAKE_QMP_RETURN, "{}"},
+    {"cont", FAKE_QMP_RETURN, "{}"},
+    {"query-status", FAKE_QMP_RETURN, ST_RUNNING},
     {NULL, 0, NULL},
 };
 /* clang-format on */
@@ -517,12 +350,12 @@ static void test_resize_same_size_is_allowed(void **state)
     connect_peer(fx, resize_ok);
     run_cmd(fx, 5000);
     assert_string_equal(json_string_value(json_object_get(fx->result, "status")), "ok");
-    assert_json(json_object_get(json_array_get(fx->peer.received, 2), "arguments"),
+    assert_json(json_object_get(json_array_get(fx->peer.commands, 2), "arguments"),
                 "{\"device\":\"disk0\",\"size\":67108864}");
 }
 
-static const struct script_row running_vm[] = {
-    {"query-status", P_RETURN, ST_RUNNING},
+static const struct fake_qmp_row running_vm[] = {
+    {"query-status", FAKE_QMP_RETURN, ST_RUNNING},
     {NULL, 0, NULL},
 };
 
@@ -546,12 +379,12 @@ static void test_resize_force_skips_io_error_check(void **state)
 {
     struct fx *fx = *state;
     /* clang-format off */
-    static const struct script_row script[] = {
-        {"query-status", P_RETURN, ST_PAUSED},
-        {"query-block", P_RETURN, QUERY_BLOCK},
-        {"block_resize", P_RETURN, "{}"},
-        {"cont", P_RETURN, "{}"},
-        {"query-status", P_RETURN, ST_RUNNING},
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_RETURN, ST_PAUSED},
+        {"query-block", FAKE_QMP_RETURN, QUERY_BLOCK},
+        {"block_resize", FAKE_QMP_RETURN, "{}"},
+        {"cont", FAKE_QMP_RETURN, "{}"},
+        {"query-status", FAKE_QMP_RETURN, ST_RUNNING},
         {NULL, 0, NULL},
     };
     /* clang-format on */
@@ -562,8 +395,8 @@ static void test_resize_force_skips_io_error_check(void **state)
     connect_peer(fx, script);
     run_cmd(fx, 5000);
     assert_string_equal(json_string_value(json_object_get(fx->result, "status")), "ok");
-    assert_int_equal(json_array_size(fx->peer.received), 5);
-    assert_json(json_object_get(json_array_get(fx->peer.received, 2), "arguments"),
+    assert_int_equal(json_array_size(fx->peer.commands), 5);
+    assert_json(json_object_get(json_array_get(fx->peer.commands, 2), "arguments"),
                 "{\"device\":\"disk0\",\"size\":68157440}");
 }
 
@@ -661,18 +494,18 @@ static void test_resize_empty_drive(void **state)
     assert_json(json_object_get(fx->result, "error"),
                 "{\"class\":\"precondition\",\"message\":\"disk with device 'cd0' has no medium "
                 "or no known size\"}");
-    assert_int_equal(json_array_size(fx->peer.received), 2);
+    assert_int_equal(json_array_size(fx->peer.commands), 2);
 }
 
 static void test_resize_block_resize_error(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"query-status", P_RETURN, ST_IO_ERROR},
-        {"query-block", P_RETURN, QUERY_BLOCK},
-        {"block_resize", P_ERROR,
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_RETURN, ST_IO_ERROR},
+        {"query-block", FAKE_QMP_RETURN, QUERY_BLOCK},
+        {"block_resize", FAKE_QMP_ERROR,
          "{\"class\": \"GenericError\", \"desc\": \"Could not resize: Permission denied\"}"},
-        {"cont", P_RETURN, "{}"},
+        {"cont", FAKE_QMP_RETURN, "{}"},
         {NULL, 0, NULL},
     };
 
@@ -697,11 +530,11 @@ static void test_resize_ok_cont_refused(void **state)
 {
     struct fx *fx = *state;
     /* With force, a VM that powered off can be resized, but QEMU refuses cont from shutdown. */
-    static const struct script_row script[] = {
-        {"query-status", P_RETURN, ST_SHUTDOWN},
-        {"query-block", P_RETURN, QUERY_BLOCK},
-        {"block_resize", P_RETURN, "{}"},
-        {"cont", P_ERROR,
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_RETURN, ST_SHUTDOWN},
+        {"query-block", FAKE_QMP_RETURN, QUERY_BLOCK},
+        {"block_resize", FAKE_QMP_RETURN, "{}"},
+        {"cont", FAKE_QMP_ERROR,
          "{\"class\": \"GenericError\", \"desc\": \"Resetting the Virtual Machine is required\"}"},
         {NULL, 0, NULL},
     };
@@ -744,9 +577,9 @@ static void test_resize_invalid_arguments(void **state)
 static void test_cont(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"cont", P_RETURN, "{}"},
-        {"query-status", P_RETURN, ST_RUNNING},
+    static const struct fake_qmp_row script[] = {
+        {"cont", FAKE_QMP_RETURN, "{}"},
+        {"query-status", FAKE_QMP_RETURN, ST_RUNNING},
         {NULL, 0, NULL},
     };
 
@@ -762,9 +595,9 @@ static void test_cont(void **state)
 static void test_stop(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"stop", P_RETURN, "{}"},
-        {"query-status", P_RETURN, ST_PAUSED},
+    static const struct fake_qmp_row script[] = {
+        {"stop", FAKE_QMP_RETURN, "{}"},
+        {"query-status", FAKE_QMP_RETURN, ST_PAUSED},
         {NULL, 0, NULL},
     };
 
@@ -780,9 +613,9 @@ static void test_stop(void **state)
 static void test_cont_final_query_fails_still_ok(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"cont", P_RETURN, "{}"},
-        {"query-status", P_ERROR, "{\"class\": \"GenericError\", \"desc\": \"oops\"}"},
+    static const struct fake_qmp_row script[] = {
+        {"cont", FAKE_QMP_RETURN, "{}"},
+        {"query-status", FAKE_QMP_ERROR, "{\"class\": \"GenericError\", \"desc\": \"oops\"}"},
         {NULL, 0, NULL},
     };
 
@@ -799,8 +632,8 @@ static void test_cont_final_query_fails_still_ok(void **state)
 static void test_block_job_cancel(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"block-job-cancel", P_RETURN, "{}"},
+    static const struct fake_qmp_row script[] = {
+        {"block-job-cancel", FAKE_QMP_RETURN, "{}"},
         {NULL, 0, NULL},
     };
 
@@ -817,8 +650,8 @@ static void test_block_job_cancel(void **state)
 static void test_block_jobs_unknown_job(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"block-job-resume", P_ERROR,
+    static const struct fake_qmp_row script[] = {
+        {"block-job-resume", FAKE_QMP_ERROR,
          "{\"class\": \"DeviceNotActive\", \"desc\": \"Block job 'nojob' not found\"}"},
         {NULL, 0, NULL},
     };
@@ -839,9 +672,9 @@ static void test_block_jobs_unknown_job(void **state)
 static void test_block_job_pause_complete(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"block-job-pause", P_RETURN, "{}"},
-        {"block-job-complete", P_RETURN, "{}"},
+    static const struct fake_qmp_row script[] = {
+        {"block-job-pause", FAKE_QMP_RETURN, "{}"},
+        {"block-job-complete", FAKE_QMP_RETURN, "{}"},
         {NULL, 0, NULL},
     };
 
@@ -856,7 +689,7 @@ static void test_block_job_pause_complete(void **state)
     fx->done_calls = 0;
     run_cmd(fx, 5000);
     assert_string_equal(json_string_value(json_object_get(fx->result, "status")), "ok");
-    assert_json(fx->peer.received,
+    assert_json(fx->peer.commands,
                 "[{\"execute\":\"block-job-pause\",\"arguments\":{\"device\":\"job-a\"}},"
                 "{\"execute\":\"block-job-complete\",\"arguments\":{\"device\":\"job-b\"}}]");
 }
@@ -864,8 +697,8 @@ static void test_block_job_pause_complete(void **state)
 static void test_set_write_threshold(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"block-set-write-threshold", P_RETURN, "{}"},
+    static const struct fake_qmp_row script[] = {
+        {"block-set-write-threshold", FAKE_QMP_RETURN, "{}"},
         {NULL, 0, NULL},
     };
 
@@ -885,8 +718,8 @@ static void test_set_write_threshold(void **state)
 static void test_colo_lost_heartbeat(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"x-colo-lost-heartbeat", P_RETURN, "{}"},
+    static const struct fake_qmp_row script[] = {
+        {"x-colo-lost-heartbeat", FAKE_QMP_RETURN, "{}"},
         {NULL, 0, NULL},
     };
 
@@ -914,8 +747,8 @@ static void test_query_state_has_no_steps(void **state)
 static void test_timeout_before_change_rejects(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"query-status", P_SILENT, NULL},
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_SILENT, NULL},
         {NULL, 0, NULL},
     };
 
@@ -932,11 +765,11 @@ static void test_timeout_before_change_rejects(void **state)
 static void test_timeout_after_change_fails(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"query-status", P_RETURN, ST_IO_ERROR},
-        {"query-block", P_RETURN, QUERY_BLOCK},
-        {"block_resize", P_RETURN, "{}"},
-        {"cont", P_SILENT, NULL},
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_RETURN, ST_IO_ERROR},
+        {"query-block", FAKE_QMP_RETURN, QUERY_BLOCK},
+        {"block_resize", FAKE_QMP_RETURN, "{}"},
+        {"cont", FAKE_QMP_SILENT, NULL},
         {NULL, 0, NULL},
     };
 
@@ -944,7 +777,7 @@ static void test_timeout_after_change_fails(void **state)
     fx->cmd->has_grow_by = true;
     connect_peer(fx, script);
     run_cmd(fx, 50);
-    assert_int_equal(json_array_size(fx->peer.received), 4);
+    assert_int_equal(json_array_size(fx->peer.commands), 4);
     assert_json(json_object_get(fx->result, "status"), "\"failed\"");
     assert_json(json_object_get(fx->result, "error"),
                 "{\"class\":\"timeout\",\"message\":\"cont: no reply within 50 ms\"}");
@@ -958,10 +791,10 @@ static void test_timeout_after_change_fails(void **state)
 static void test_peer_closes_mid_command(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"query-status", P_RETURN, ST_IO_ERROR},
-        {"query-block", P_RETURN, QUERY_BLOCK},
-        {"block_resize", P_CLOSE, NULL},
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_RETURN, ST_IO_ERROR},
+        {"query-block", FAKE_QMP_RETURN, QUERY_BLOCK},
+        {"block_resize", FAKE_QMP_CLOSE, NULL},
         {NULL, 0, NULL},
     };
 
@@ -985,8 +818,8 @@ static void test_peer_closes_mid_command(void **state)
 static void test_peer_closes_before_change_rejects(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"query-status", P_CLOSE, NULL},
+    static const struct fake_qmp_row script[] = {
+        {"query-status", FAKE_QMP_CLOSE, NULL},
         {NULL, 0, NULL},
     };
 
@@ -1018,8 +851,8 @@ static void test_no_session_is_never_synchronous(void **state)
 static void test_free_client_mid_command(void **state)
 {
     struct fx *fx = *state;
-    static const struct script_row script[] = {
-        {"stop", P_SILENT, NULL},
+    static const struct fake_qmp_row script[] = {
+        {"stop", FAKE_QMP_SILENT, NULL},
         {NULL, 0, NULL},
     };
 
@@ -1027,7 +860,7 @@ static void test_free_client_mid_command(void **state)
     connect_peer(fx, script);
     assert_int_equal(
         qb_command_exec_start(&fx->loop, fx->c, fx->cmd, &fx->policy, 5000, on_done, fx), QB_OK);
-    RUN_UNTIL(fx, json_array_size(fx->peer.received) == 1);
+    RUN_UNTIL(fx, json_array_size(fx->peer.commands) == 1);
     assert_int_equal(fx->done_calls, 0);
     /* The VM manager drops the session: the pending step ends, so does the command. */
     qb_qmp_client_free(fx->c);
