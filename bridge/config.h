@@ -2,7 +2,8 @@
  * config.h - the bridge's configuration, loaded from one YAML file and its drop-ins.
  *
  * The loader (config.c) walks the YAML with libyaml and fills these structs
- * through field tables (key, type, default, offset). Every error names
+ * through key tables (config_map.h: key, type, default, offset); a transport's
+ * own keys come from its backend's table (transport_ops.h). Every error names
  * file:line:column and the key, e.g.
  *   "qmp-bridge.yaml:7:5: transports[1].qos: expected 0, 1 or 2, got 'three'".
  * Every key and its default is documented in conf/qmp-bridge.example.yaml.
@@ -21,6 +22,7 @@
 #define QB_CONFIG_H
 
 #include "command.h"
+#include "config_map.h"
 #include "log.h"
 #include "spool.h" /* enum qb_spool_fsync */
 
@@ -34,13 +36,6 @@ struct qb_vm_config {
     char *qmp;  /* "unix:/path" or "tcp:host:port" */
     const char *file; /* where it was defined (one of the config's files, borrowed) */
     int line;
-};
-
-/* One key/value pair of a pass-through map (kafka properties:). */
-struct qb_config_kv {
-    char *key;
-    char *value;
-    int line, column;
 };
 
 enum qb_mqtt_protocol { QB_MQTT_V5 = 5, QB_MQTT_V311 = 4 };
@@ -212,6 +207,13 @@ struct qb_config {
     struct qb_transport_config *transports;
     size_t n_transports;
 };
+
+/*
+ * The keys every transport accepts (type, name, queue bounds, on_full, include,
+ * exclude, shutdown_timeout, commands), describing struct qb_transport_config; each
+ * backend's own keys are in its ops' config map (transport_ops.h).
+ */
+extern const struct qb_config_key qb_config_transport_keys[];
 
 /*
  * Loads and validates the YAML file at path, with its drop-ins merged over it.

@@ -169,6 +169,36 @@ static const char *cfg_name(const struct qb_transport_config *cfg)
     return cfg->name ? cfg->name : "kafka";
 }
 
+/* ---- configuration: the keys of a kafka transport ---- */
+
+static const struct qb_config_enum content_modes[] = {
+    {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
+
+_Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "QB_CFG_ENUM stores an int");
+
+#define K struct qb_transport_config
+static const struct qb_config_key kafka_config_keys[] = {
+    QB_CONFIG_KEY(K, "brokers", QB_CFG_STRING, brokers, .required = true,
+                  .check = qb_config_check_nonempty, .desc = "bootstrap brokers, host:port,..."),
+    QB_CONFIG_KEY(K, "events_topic", QB_CFG_STRING, events_topic, .def = "qmp.events",
+                  .check = qb_config_check_nonempty,
+                  .desc = "topic of events; <bridge>/<vm>/<type> placeholders"),
+    QB_CONFIG_KEY(K, "state_topic", QB_CFG_STRING, state_topic, .def = "qmp.state",
+                  .check = qb_config_check_nonempty, .desc = "topic of state copies"),
+    QB_CONFIG_KEY(K, "commands_topic", QB_CFG_STRING, commands_topic, .def = "qmp.commands",
+                  .check = qb_config_check_nonempty, .desc = "topic commands are read from"),
+    QB_CONFIG_KEY(K, "content_mode", QB_CFG_ENUM, content_mode, .def = "structured",
+                  .enums = content_modes, .desc = "CloudEvents structured or binary mode"),
+    QB_CONFIG_PAIRS(K, "properties", properties, n_properties, .secret = "kafka ssl.key.location",
+                    .secret_item = "ssl.key.location",
+                    .desc = "librdkafka properties, passed verbatim"),
+    QB_CONFIG_KEY(K, "group_id", QB_CFG_STRING, group_id, .check = qb_config_check_nonempty,
+                  .id_prefix = "qmp-bridge.",
+                  .desc = "consumer group of the commands; default qmp-bridge.<id>"),
+    {0},
+};
+#undef K
+
 /*
  * Builds a producer configuration from cfg: bootstrap.servers, our defaults,
  * then cfg->properties verbatim. client_id may be NULL (validate has no
@@ -1339,6 +1369,7 @@ fail:
 const struct qb_transport_ops qb_transport_kafka_ops = {
     .name = "kafka",
     .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_KEYED | QB_TRANSPORT_CAP_SUBSCRIBE,
+    .config_keys = kafka_config_keys,
     .validate = kafka_validate,
     .create = kafka_create,
     .publish = kafka_publish,

@@ -182,6 +182,125 @@ static void drop_poll(struct mqtt_backend *b)
     b->poll_events = 0;
 }
 
+/* ---- configuration: the keys of an mqtt transport ---- */
+
+static const struct qb_config_enum qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
+static const struct qb_config_enum mqtt_protocols[] = {
+    {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
+static const struct qb_config_enum mqtt_brokers[] = {
+    {"generic", QB_MQTT_BROKER_GENERIC}, {"rabbitmq", QB_MQTT_BROKER_RABBITMQ}, {NULL, 0}};
+
+_Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_mqtt_broker) == sizeof(int), "QB_CFG_ENUM stores an int");
+
+#define M struct qb_transport_config
+static const struct qb_config_key mqtt_tls_keys[] = {
+    QB_CONFIG_KEY(M, "ca_file", QB_CFG_STRING, tls_ca_file, .check = qb_config_check_nonempty,
+                  .desc = "CA certificates to verify the broker with; turns TLS on"),
+    QB_CONFIG_KEY(M, "cert_file", QB_CFG_STRING, tls_cert_file, .check = qb_config_check_nonempty,
+                  .desc = "client certificate (with key_file)"),
+    QB_CONFIG_KEY(M, "key_file", QB_CFG_STRING, tls_key_file, .check = qb_config_check_nonempty,
+                  .secret = "mqtt tls.key_file", .desc = "client key (with cert_file)"),
+    QB_CONFIG_KEY(M, "insecure", QB_CFG_BOOL, tls_insecure, .def = "false",
+                  .desc = "skip the broker's host name check"),
+    {0},
+};
+
+/* port and protocol defaults depend on other keys: see mqtt_config_finish */
+static const struct qb_config_key mqtt_config_keys[] = {
+    QB_CONFIG_KEY(M, "host", QB_CFG_STRING, host, .def = "127.0.0.1",
+                  .check = qb_config_check_nonempty, .desc = "the broker's host"),
+    QB_CONFIG_KEY(M, "port", QB_CFG_UINT, port, .min = 1, .max = 65535,
+                  .desc = "the broker's port; default 1883, 8883 with tls.ca_file"),
+    QB_CONFIG_KEY(M, "topic_prefix", QB_CFG_STRING, topic_prefix, .def = "qmp",
+                  .check = qb_config_check_nonempty, .desc = "first level of every topic"),
+    QB_CONFIG_KEY(M, "qos", QB_CFG_ENUM, qos, .def = "1", .enums = qos_values,
+                  .desc = "QoS of every publish"),
+    QB_CONFIG_KEY(M, "protocol", QB_CFG_ENUM, protocol, .enums = mqtt_protocols,
+                  .desc = "MQTT version; default 5, 3.1.1 with broker: rabbitmq"),
+    QB_CONFIG_KEY(M, "broker", QB_CFG_ENUM, broker, .def = "generic", .enums = mqtt_brokers,
+                  .desc = "what the broker is: generic or rabbitmq"),
+    QB_CONFIG_KEY(M, "client_id", QB_CFG_STRING, client_id, .check = qb_config_check_nonempty,
+                  .id_prefix = "qmp-bridge-", .desc = "MQTT client id; default qmp-bridge-<id>"),
+    /* MQTT carries the keepalive as 16-bit seconds */
+    QB_CONFIG_KEY(M, "keepalive", QB_CFG_DURATION, keepalive_ms, .def = "30s", .max = 65535 * 1000,
+                  .desc = "MQTT keepalive"),
+    QB_CONFIG_KEY(M, "username", QB_CFG_STRING, username, .desc = "user name at the broker"),
+    QB_CONFIG_KEY(M, "password_file", QB_CFG_STRING, password_file,
+                  .check = qb_config_check_nonempty, .secret = "mqtt password_file",
+                  .desc = "file whose first line is the password"),
+    QB_CONFIG_SECTION("tls", mqtt_tls_keys, .desc = "TLS to the broker"),
+    /* MQTT 5 receive-maximum is 16-bit and must not be 0 */
+    QB_CONFIG_KEY(M, "max_inflight", QB_CFG_UINT, max_inflight, .def = "100", .min = 1,
+                  .max = 65535, .desc = "unacknowledged publishes at once"),
+    QB_CONFIG_KEY(M, "reconnect_initial", QB_CFG_DURATION, reconnect_initial_ms, .def = "500ms",
+                  .min = 1, .desc = "first wait before reconnecting"),
+    QB_CONFIG_KEY(M, "reconnect_max", QB_CFG_DURATION, reconnect_max_ms, .def = "30s", .min = 1,
+                  .desc = "longest wait before reconnecting"),
+    QB_CONFIG_KEY(M, "session_expiry", QB_CFG_SECONDS, session_expiry_s, .def = "1h",
+                  .desc = "how long the broker keeps our session (and QoS 1 commands) across a "
+                          "disconnect"),
+    {0},
+};
+#undef M
+
+/*
+ * Defaults that depend on other keys, and checks across keys. broker: rabbitmq: its
+ * MQTT plugin speaks 3.1.1 only (an MQTT 5 CONNECT is dropped unanswered, for ever) and
+ * answers a QoS 2 publish with PUBACK, so nothing sent at QoS 2 is ever confirmed: both
+ * are refused.
+ */
+static int mqtt_config_finish(void *bcfg, struct qb_config_problem *p)
+{
+    struct qb_transport_config *t = bcfg;
+
+    if (t->port == 0)
+        t->port = t->tls_ca_file ? 8883 : 1883;
+    if (t->protocol == 0) /* not set */
+        t->protocol = t->broker == QB_MQTT_BROKER_RABBITMQ ? QB_MQTT_V311 : QB_MQTT_V5;
+    if (t->broker == QB_MQTT_BROKER_RABBITMQ && t->protocol != QB_MQTT_V311) {
+        p->key = p->at = "protocol";
+        snprintf(p->msg, sizeof(p->msg),
+                 "RabbitMQ's MQTT plugin speaks MQTT 3.1.1 only: use \"3.1.1\" (the default "
+                 "with broker: rabbitmq)");
+    } else if (t->broker == QB_MQTT_BROKER_RABBITMQ && t->qos == 2) {
+        p->key = p->at = "qos";
+        snprintf(p->msg, sizeof(p->msg),
+                 "RabbitMQ's MQTT plugin does not honour QoS 2 (it answers PUBACK and never "
+                 "confirms): use 1");
+    } else if (t->reconnect_initial_ms > t->reconnect_max_ms) {
+        p->key = p->at = "reconnect_initial";
+        snprintf(p->msg, sizeof(p->msg), "must not be greater than reconnect_max (%ums > %ums)",
+                 t->reconnect_initial_ms, t->reconnect_max_ms);
+    } else if (!t->tls_cert_file != !t->tls_key_file) {
+        p->key = t->tls_cert_file ? "tls.key_file" : "tls.cert_file";
+        p->at = "tls";
+        snprintf(p->msg, sizeof(p->msg),
+                 "missing required key (cert_file and key_file go together)");
+    } else {
+        return QB_OK;
+    }
+    return QB_ECONFIG;
+}
+
+/* Commands received without TLS and without a user name come from anyone on the network. */
+static size_t mqtt_config_warn_commands(const struct qb_transport_config *cfg,
+                                        void (*emit)(void *arg, const char *line), void *arg)
+{
+    const struct qb_transport_config *t = cfg;
+    char line[512];
+
+    if (t->tls_ca_file || t->tls_cert_file || t->username)
+        return 0;
+    snprintf(line, sizeof(line),
+             "transport %s: commands are received from %s:%d without TLS and without a "
+             "username: anyone who can reach the broker can send them; set tls.ca_file and "
+             "username (with password_file), or commands: false on this transport",
+             cfg->name ? cfg->name : cfg->type, t->host ? t->host : "?", t->port);
+    emit(arg, line);
+    return 1;
+}
+
 /* ---- validation ---- */
 
 static int mqtt_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
@@ -1245,6 +1364,9 @@ static void mqtt_close(void *backend, void (*closed)(void *arg), void *arg)
 const struct qb_transport_ops qb_transport_mqtt_ops = {
     .name = "mqtt",
     .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_SUBSCRIBE | QB_TRANSPORT_CAP_REPLY,
+    .config_keys = mqtt_config_keys,
+    .config_finish = mqtt_config_finish,
+    .config_warn_commands = mqtt_config_warn_commands,
     .validate = mqtt_validate,
     .create = mqtt_create,
     .publish = mqtt_publish,

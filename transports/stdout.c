@@ -41,6 +41,15 @@ static const char *out_name(const struct stdout_backend *b)
     return b->cfg->path ? b->cfg->path : "stdout";
 }
 
+/* ---- configuration: the keys of a stdout transport ---- */
+
+static const struct qb_config_key stdout_config_keys[] = {
+    QB_CONFIG_KEY(struct qb_transport_config, "path", QB_CFG_STRING, path,
+                  .check = qb_config_check_nonempty,
+                  .desc = "write JSON lines to this file instead of stdout"),
+    {0},
+};
+
 static int stdout_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
 {
     if (cfg->path && !cfg->path[0]) {
@@ -184,6 +193,7 @@ static void stdout_close(void *backend, void (*closed)(void *arg), void *arg)
 const struct qb_transport_ops qb_transport_stdout_ops = {
     .name = "stdout",
     .caps = 0,
+    .config_keys = stdout_config_keys,
     .validate = stdout_validate,
     .create = stdout_create,
     .publish = stdout_publish,
