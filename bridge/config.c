@@ -1526,7 +1526,7 @@ static int finish_transport(struct qb_config_walk *c, const struct qb_config_nod
     size_t mark;
     int rc;
 
-    if ((rc = check_secrets(c, map, ops->config_keys, bcfg, "")) != QB_OK)
+    if (bcfg && (rc = check_secrets(c, map, ops->config_keys, bcfg, "")) != QB_OK)
         return rc;
     if (!ops->config_finish || (rc = ops->config_finish(bcfg, &p)) == QB_OK)
         return QB_OK;
@@ -1557,21 +1557,18 @@ static void transport_type_names(char *buf, size_t len)
 }
 
 /*
- * The backend's part of a transport config: in step with the flat struct for now,
- * the backend's keys live in struct qb_transport_config itself.
+ * Gives t the backend's config struct (ops->config_size bytes, freed by qb_config_free)
+ * and sets the defaults of the common keys and of ops' keys. Returns QB_OK or QB_ENOMEM.
  */
-static void *transport_backend(struct qb_transport_config *t)
-{
-    return t;
-}
-
-/* Sets the defaults of the common keys and of ops' keys in t. */
 static int transport_defaults(struct qb_transport_config *t, const struct qb_transport_ops *ops)
 {
-    int rc = apply_defaults(qb_config_transport_keys, t, ops->caps);
+    int rc;
 
-    if (rc == QB_OK)
-        rc = apply_defaults(ops->config_keys, transport_backend(t), CAPS_ALL);
+    if (ops->config_size && !(t->backend = calloc(1, ops->config_size)))
+        return QB_ENOMEM;
+    rc = apply_defaults(qb_config_transport_keys, t, ops->caps);
+    if (rc == QB_OK && t->backend)
+        rc = apply_defaults(ops->config_keys, t->backend, CAPS_ALL);
     return rc;
 }
 
@@ -1618,10 +1615,10 @@ static int parse_transport(struct qb_config_walk *c, const struct qb_config_node
     if ((rc = transport_defaults(t, ops)) != QB_OK)
         return rc == QB_ENOMEM ? cfg_oom(c) : rc;
     layers[0] = (struct key_layer){qb_config_transport_keys, t};
-    layers[1] = (struct key_layer){ops->config_keys, transport_backend(t)};
+    layers[1] = (struct key_layer){t->backend ? ops->config_keys : NULL, t->backend};
     if ((rc = walk_layers(c, map, layers, 2, true)) != QB_OK)
         return rc;
-    return finish_transport(c, map, ops, transport_backend(t));
+    return finish_transport(c, map, ops, t->backend);
 }
 
 static int parse_transports(struct qb_config_walk *c, const struct qb_config_node *node, void *base)
@@ -1898,8 +1895,7 @@ static int finish_config(struct qb_config_walk *c, const struct qb_config_node *
         struct qb_transport_config *t = &cfg->transports[i];
         const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);
 
-        if ((rc = finish_id_defaults(ops->config_keys, transport_backend(t), cfg->bridge_id)) !=
-            QB_OK)
+        if (t->backend && finish_id_defaults(ops->config_keys, t->backend, cfg->bridge_id) != QB_OK)
             return cfg_oom(c);
     }
     return finish_transport_names(c, root, cfg);
@@ -2218,8 +2214,9 @@ void qb_config_free(struct qb_config *cfg)
         struct qb_transport_config *t = &cfg->transports[i];
         const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);
 
-        if (ops)
-            qb_config_map_free(ops->config_keys, transport_backend(t));
+        if (ops && t->backend)
+            qb_config_map_free(ops->config_keys, t->backend);
+        free(t->backend);
         qb_config_map_free(qb_config_transport_keys, t);
         for (size_t j = 0; j < t->n_include; j++)
             free(t->include[j]);

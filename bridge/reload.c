@@ -64,10 +64,13 @@ bool qb_reload_transport_equal(const struct qb_transport_config *a,
     const struct qb_transport_ops *ops = qb_transport_ops_find(a->type);
 
     /* every key of the common table and of the backend's config map; not file/line/column */
-    return str_eq(a->type, b->type) && qb_config_map_equal(qb_config_transport_keys, a, b) &&
-           str_list_eq(a->include, a->n_include, b->include, b->n_include) &&
-           str_list_eq(a->exclude, a->n_exclude, b->exclude, b->n_exclude) &&
-           (!ops || qb_config_map_equal(ops->config_keys, a, b));
+    if (!str_eq(a->type, b->type) || !qb_config_map_equal(qb_config_transport_keys, a, b) ||
+        !str_list_eq(a->include, a->n_include, b->include, b->n_include) ||
+        !str_list_eq(a->exclude, a->n_exclude, b->exclude, b->n_exclude))
+        return false;
+    if (!a->backend || !b->backend)
+        return a->backend == b->backend;
+    return ops && qb_config_map_equal(ops->config_keys, a->backend, b->backend);
 }
 
 static const struct qb_vm_config *find_vm(const struct qb_config *c, const char *name, size_t *i)
