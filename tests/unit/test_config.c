@@ -329,6 +329,33 @@ static void test_minimal_file(void **state)
 }
 
 /* mqtt and kafka defaults, including the ones that depend on other keys. */
+/*
+ * Every registered backend's config map: a struct to fill exactly when there are keys,
+ * one line saying what each key is for, no key that shadows a common transport key (the
+ * common one would win), and room in the loader's seen-bits (64 keys a table).
+ */
+static void test_backend_config_maps(void **state)
+{
+    const struct qb_transport_ops *ops;
+
+    (void)state;
+    for (size_t i = 0; (ops = qb_transport_ops_at(i)); i++) {
+        size_t n = 0;
+
+        assert_ptr_equal(qb_transport_ops_find(ops->name), ops);
+        assert_int_equal(ops->config_keys != NULL, ops->config_size != 0);
+        for (const struct qb_config_key *k = ops->config_keys; k && k->key; k++, n++) {
+            if (!k->desc || !k->desc[0])
+                fail_msg("%s key %s has no description", ops->name, k->key);
+            for (const struct qb_config_key *c = qb_config_transport_keys; c->key; c++)
+                if (strcmp(c->key, k->key) == 0)
+                    fail_msg("%s key %s shadows a common transport key", ops->name, k->key);
+        }
+        assert_true(n < 64);
+    }
+    assert_null(qb_transport_ops_find("carrier-pigeon"));
+}
+
 static void test_transport_defaults(void **state)
 {
     struct qb_config *cfg = load_ok("bridge: {id: b1}\n"
@@ -1316,7 +1343,7 @@ int main(void)
         cmocka_unit_test(test_commands_key_file),  cmocka_unit_test(test_secret_file_modes),
         cmocka_unit_test(test_example_commands),   cmocka_unit_test(test_listen_name),
         cmocka_unit_test(test_bridge_id_default),  cmocka_unit_test(test_transport_filters),
-        cmocka_unit_test(test_config_warnings),
+        cmocka_unit_test(test_config_warnings),    cmocka_unit_test(test_backend_config_maps),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
