@@ -566,9 +566,6 @@ int qb_config_parse_duration_ms(const char *text, uint32_t *out)
 /* ------------------------------------------------------------------------ */
 /* Field tables                                                              */
 
-/* A QB_CFG_CUSTOM key's function (config_map.h): the walk context and the YAML node. */
-typedef int (*custom_fn)(struct qb_config_walk *c, const struct qb_config_node *node, void *base);
-
 /* Walking a common section (not a transport): every capability-limited key is accepted. */
 #define CAPS_ALL (~0u)
 
