@@ -7,11 +7,13 @@
  * aliases outright (its document shares an aliased node, and walking it visits
  * that node once per alias: the "billion laughs" blow-up) and cap the nesting
  * depth so freeing and walking can recurse safely. Then the tree is walked
- * against static field tables: each entry names a key, its value type, where
- * it lives in the struct (offsetof), its default as text (parsed by the same
- * code as the file's value, so a default can never disagree with the
- * documented syntax) and which transport types accept it. Adding a key is one
- * table line.
+ * against key tables (config_map.h): each entry names a key, its value type,
+ * where it lives in the struct (offsetof), its default as text (parsed by the
+ * same code as the file's value, so a default can never disagree with the
+ * documented syntax). This file holds the tables of the common sections and of
+ * the keys every transport has; a transport's own keys come from its backend's
+ * table, found through the transport registry by its type (transport_ops.h),
+ * so no backend is named here. Adding a key is one table line.
  *
  * Every error is written as "<file>:<line>:<column>: <key path>: <what>" into
  * the caller's errbuf; the walk keeps the key path ("transports[1].qos") in a
@@ -20,12 +22,15 @@
  */
 #include "config.h"
 
+#include "config_map.h"
+
 #include "address.h"
 #include "config_dropins.h"
 #include "config_ref.h"
 #include "error.h"
 #include "http_server.h"
 #include "private_files.h"
+#include "transport_ops.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,7 +60,7 @@ enum ynode_kind { YN_SCALAR, YN_SEQ, YN_MAP };
  * One YAML node. A mapping keeps keys and values interleaved in items
  * (key0, value0, key1, value1, ...) so document order survives.
  */
-struct ynode {
+struct qb_config_node {
     enum ynode_kind kind;
     int line, column; /* 1-based */
     const char *file; /* the file it was read from (borrowed from the load) */
@@ -64,11 +69,11 @@ struct ynode {
     char *raw;        /* the text as written when it held references; text is then their
                          expansion, which may be a secret and is never quoted back */
     size_t len;
-    struct ynode **items;
+    struct qb_config_node **items;
     size_t n, cap;
 };
 
-static void ynode_free(struct ynode *node)
+static void ynode_free(struct qb_config_node *node)
 {
     if (!node)
         return;
@@ -83,7 +88,7 @@ static void ynode_free(struct ynode *node)
 }
 
 /* "~", "null" and an empty unquoted value are YAML's null; quoted, they are strings. */
-static bool ynode_is_null(const struct ynode *node)
+static bool ynode_is_null(const struct qb_config_node *node)
 {
     static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
 
@@ -96,7 +101,7 @@ static bool ynode_is_null(const struct ynode *node)
 }
 
 /* Returns the value node of key in map (borrowed), or NULL. */
-static const struct ynode *ynode_map_get(const struct ynode *map, const char *key)
+static const struct qb_config_node *ynode_map_get(const struct qb_config_node *map, const char *key)
 {
     if (!map || map->kind != YN_MAP)
         return NULL;
@@ -107,11 +112,11 @@ static const struct ynode *ynode_map_get(const struct ynode *map, const char *ke
 }
 
 /* Appends node to parent's items, taking it; on QB_ENOMEM the caller still owns node. */
-static int ynode_push(struct ynode *parent, struct ynode *node)
+static int ynode_push(struct qb_config_node *parent, struct qb_config_node *node)
 {
     if (parent->n == parent->cap) {
         size_t cap = parent->cap ? parent->cap * 2 : 8;
-        struct ynode **items = realloc(parent->items, cap * sizeof(*items));
+        struct qb_config_node **items = realloc(parent->items, cap * sizeof(*items));
 
         if (!items)
             return QB_ENOMEM;
@@ -125,25 +130,26 @@ static int ynode_push(struct ynode *parent, struct ynode *node)
 /* ------------------------------------------------------------------------ */
 /* Context and error messages                                                */
 
-struct cfg_ctx {
+struct qb_config_walk {
     const char *name; /* file being read, for messages before there is a node to name */
     char *errbuf;
     size_t errlen;
     char path[256]; /* key path of the node being looked at; "" at the root */
     size_t path_len;
     const char *transport_type; /* while walking a transport, for "unknown key" hints */
+    unsigned caps;              /* the transport's backend capabilities; CAPS_ALL elsewhere */
     size_t ref_budget;          /* bytes references may still add (config_ref.h) */
 };
 
-static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column, const char *fmt,
-                        ...) __attribute__((format(printf, 5, 6)));
+static int cfg_error_in(struct qb_config_walk *c, const char *file, int line, int column,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /*
  * Formats "file:line:column: path: message" into errbuf, truncating safely. file NULL means
  * the file being read. Always returns QB_ECONFIG.
  */
-static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int column, const char *fmt,
-                        ...)
+static int cfg_error_in(struct qb_config_walk *c, const char *file, int line, int column,
+                        const char *fmt, ...)
 {
     va_list ap;
     int n;
@@ -165,7 +171,7 @@ static int cfg_error_in(struct cfg_ctx *c, const char *file, int line, int colum
 #define cfg_error(c, node, ...)                                                                    \
     cfg_error_in((c), (node)->file, (node)->line, (node)->column, __VA_ARGS__)
 
-static int cfg_oom(struct cfg_ctx *c)
+static int cfg_oom(struct qb_config_walk *c)
 {
     if (c->errbuf && c->errlen)
         snprintf(c->errbuf, c->errlen, "%s: out of memory", c->name);
@@ -173,7 +179,7 @@ static int cfg_oom(struct cfg_ctx *c)
 }
 
 /* Appends ".key" (or "key" at the root) to the path; returns the length to restore. */
-static size_t path_push_key(struct cfg_ctx *c, const char *key)
+static size_t path_push_key(struct qb_config_walk *c, const char *key)
 {
     size_t mark = c->path_len;
 
@@ -183,7 +189,7 @@ static size_t path_push_key(struct cfg_ctx *c, const char *key)
     return mark;
 }
 
-static size_t path_push_index(struct cfg_ctx *c, size_t index)
+static size_t path_push_index(struct qb_config_walk *c, size_t index)
 {
     size_t mark = c->path_len;
 
@@ -192,7 +198,7 @@ static size_t path_push_index(struct cfg_ctx *c, size_t index)
     return mark;
 }
 
-static void path_pop(struct cfg_ctx *c, size_t mark)
+static void path_pop(struct qb_config_walk *c, size_t mark)
 {
     c->path[mark] = '\0';
     c->path_len = mark;
@@ -215,7 +221,7 @@ static const char *quote_value(char *buf, const char *text)
 }
 
 /* Describes what a node is, for "expected X, got Y". buf as for quote_value plus quotes. */
-static const char *describe_node(char *buf, size_t len, const struct ynode *node)
+static const char *describe_node(char *buf, size_t len, const struct qb_config_node *node)
 {
     char quoted[QB_CONFIG_QUOTE_MAX + 4];
 
@@ -236,9 +242,9 @@ static const char *describe_node(char *buf, size_t len, const struct ynode *node
 /* Pass 1: libyaml events -> tree                                            */
 
 struct tree_builder {
-    struct ynode *stack[QB_CONFIG_MAX_DEPTH]; /* open lists and mappings */
+    struct qb_config_node *stack[QB_CONFIG_MAX_DEPTH]; /* open lists and mappings */
     size_t depth;
-    struct ynode *root;
+    struct qb_config_node *root;
     int documents;
     bool done;
 };
@@ -248,11 +254,11 @@ struct tree_builder {
  * An outer container's last item is the open child; the innermost one's next item
  * is the node that failed (for a mapping, the key just read, if any).
  */
-static void builder_path(struct cfg_ctx *c, const struct tree_builder *b)
+static void builder_path(struct qb_config_walk *c, const struct tree_builder *b)
 {
     path_pop(c, 0);
     for (size_t i = 0; i < b->depth; i++) {
-        const struct ynode *open = b->stack[i];
+        const struct qb_config_node *open = b->stack[i];
         size_t child = i + 1 < b->depth ? open->n - 1 : open->n;
 
         if (open->kind == YN_SEQ) {
@@ -265,19 +271,19 @@ static void builder_path(struct cfg_ctx *c, const struct tree_builder *b)
     }
 }
 
-static int builder_error(struct cfg_ctx *c, const struct tree_builder *b, const yaml_mark_t *mark,
-                         const char *what)
+static int builder_error(struct qb_config_walk *c, const struct tree_builder *b,
+                         const yaml_mark_t *mark, const char *what)
 {
     builder_path(c, b);
     return cfg_error_at(c, (int)mark->line + 1, (int)mark->column + 1, "%s", what);
 }
 
 /* Makes a node at the event's position and links it into its parent (or as root). */
-static int builder_add(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev,
-                       enum ynode_kind kind, struct ynode **out)
+static int builder_add(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev,
+                       enum ynode_kind kind, struct qb_config_node **out)
 {
-    struct ynode *node = calloc(1, sizeof(*node));
-    struct ynode *parent = b->depth ? b->stack[b->depth - 1] : NULL;
+    struct qb_config_node *node = calloc(1, sizeof(*node));
+    struct qb_config_node *parent = b->depth ? b->stack[b->depth - 1] : NULL;
 
     if (!node)
         return cfg_oom(c);
@@ -296,7 +302,7 @@ static int builder_add(struct cfg_ctx *c, struct tree_builder *b, const yaml_eve
 }
 
 /* Anchors are refused as well as aliases: an anchor is only ever there to be aliased. */
-static int builder_check_anchor(struct cfg_ctx *c, const struct tree_builder *b,
+static int builder_check_anchor(struct qb_config_walk *c, const struct tree_builder *b,
                                 const yaml_event_t *ev, const yaml_char_t *anchor)
 {
     if (anchor)
@@ -304,36 +310,37 @@ static int builder_check_anchor(struct cfg_ctx *c, const struct tree_builder *b,
     return QB_OK;
 }
 
-static int on_nothing(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_nothing(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev)
 {
     (void)c, (void)b, (void)ev;
     return QB_OK;
 }
 
-static int on_stream_end(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_stream_end(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev)
 {
     (void)c, (void)ev;
     b->done = true;
     return QB_OK;
 }
 
-static int on_document_start(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_document_start(struct qb_config_walk *c, struct tree_builder *b,
+                             const yaml_event_t *ev)
 {
     if (b->documents++ > 0)
         return builder_error(c, b, &ev->start_mark, "only one YAML document is allowed");
     return QB_OK;
 }
 
-static int on_alias(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_alias(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev)
 {
     return builder_error(c, b, &ev->start_mark, "anchors and aliases are not supported");
 }
 
-static int on_scalar(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_scalar(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev)
 {
     const char *value = (const char *)ev->data.scalar.value;
     size_t len = ev->data.scalar.length;
-    struct ynode *node = NULL; /* set by builder_add on QB_OK; -O3 cannot see that */
+    struct qb_config_node *node = NULL; /* set by builder_add on QB_OK; -O3 cannot see that */
     int rc;
 
     if ((rc = builder_check_anchor(c, b, ev, ev->data.scalar.anchor)) != QB_OK)
@@ -349,10 +356,10 @@ static int on_scalar(struct cfg_ctx *c, struct tree_builder *b, const yaml_event
     return node->text ? QB_OK : cfg_oom(c);
 }
 
-static int builder_open(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev,
+static int builder_open(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev,
                         enum ynode_kind kind, const yaml_char_t *anchor)
 {
-    struct ynode *node = NULL; /* set by builder_add on QB_OK; -O3 cannot see that */
+    struct qb_config_node *node = NULL; /* set by builder_add on QB_OK; -O3 cannot see that */
     int rc;
 
     if ((rc = builder_check_anchor(c, b, ev, anchor)) != QB_OK)
@@ -365,24 +372,26 @@ static int builder_open(struct cfg_ctx *c, struct tree_builder *b, const yaml_ev
     return QB_OK;
 }
 
-static int on_sequence_start(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_sequence_start(struct qb_config_walk *c, struct tree_builder *b,
+                             const yaml_event_t *ev)
 {
     return builder_open(c, b, ev, YN_SEQ, ev->data.sequence_start.anchor);
 }
 
-static int on_mapping_start(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_mapping_start(struct qb_config_walk *c, struct tree_builder *b,
+                            const yaml_event_t *ev)
 {
     return builder_open(c, b, ev, YN_MAP, ev->data.mapping_start.anchor);
 }
 
-static int on_close(struct cfg_ctx *c, struct tree_builder *b, const yaml_event_t *ev)
+static int on_close(struct qb_config_walk *c, struct tree_builder *b, const yaml_event_t *ev)
 {
     (void)c, (void)ev;
     b->depth--; /* libyaml guarantees balanced start/end events */
     return QB_OK;
 }
 
-typedef int (*event_fn)(struct cfg_ctx *, struct tree_builder *, const yaml_event_t *);
+typedef int (*event_fn)(struct qb_config_walk *, struct tree_builder *, const yaml_event_t *);
 
 static const event_fn event_handlers[] = {
     [YAML_NO_EVENT] = on_nothing,
@@ -399,7 +408,7 @@ static const event_fn event_handlers[] = {
 };
 
 /* Reports libyaml's own problem text at its mark (reader errors only carry a byte offset). */
-static int builder_syntax_error(struct cfg_ctx *c, const struct tree_builder *b,
+static int builder_syntax_error(struct qb_config_walk *c, const struct tree_builder *b,
                                 const yaml_parser_t *p, const char *buf, size_t len)
 {
     int line = (int)p->problem_mark.line + 1, column = (int)p->problem_mark.column + 1;
@@ -429,7 +438,8 @@ static int builder_syntax_error(struct cfg_ctx *c, const struct tree_builder *b,
 }
 
 /* Parses buf into a new tree (*out, NULL for an empty stream); free with ynode_free. */
-static int tree_build(struct cfg_ctx *c, const char *buf, size_t len, struct ynode **out)
+static int tree_build(struct qb_config_walk *c, const char *buf, size_t len,
+                      struct qb_config_node **out)
 {
     struct tree_builder b = {0};
     yaml_parser_t parser;
@@ -556,61 +566,14 @@ int qb_config_parse_duration_ms(const char *text, uint32_t *out)
 /* ------------------------------------------------------------------------ */
 /* Field tables                                                              */
 
-enum field_type {
-    F_STRING,   /* char *, strdup'ed */
-    F_UINT,     /* unsigned integer into an int/uint32_t/size_t member, range min..max */
-    F_SIZE,     /* byte count with units into size_t */
-    F_DURATION, /* milliseconds with units into uint32_t */
-    F_BOOL,     /* bool */
-    F_ENUM,     /* name -> int value from an enum_value table, into an int-sized member */
-    F_SECTION,  /* nested mapping whose fields live in the same struct */
-    F_CUSTOM,   /* lists and pass-through maps: a function does the work */
-    F_TYPE_COUNT
-};
+/* Walking a common section (not a transport): every capability-limited key is accepted. */
+#define CAPS_ALL (~0u)
 
-/* Transport types a field is valid for; 0 means "every type" (and every non-transport table). */
-enum {
-    T_STDOUT = 1 << 0,
-    T_MQTT = 1 << 1,
-    T_KAFKA = 1 << 2,
-};
-
-struct enum_value {
-    const char *name;
-    int value;
-};
-
-struct field;
-typedef int (*custom_fn)(struct cfg_ctx *c, const struct ynode *node, void *base);
-
-struct field {
-    const char *key;
-    enum field_type type;
-    size_t offset;   /* of the member in the struct the table describes */
-    size_t size;     /* of that member, so F_UINT/F_ENUM know how wide to store */
-    const char *def; /* default as YAML text, or NULL (member stays zero/NULL) */
-    unsigned types;  /* transport types accepting the key; 0 = all */
-    bool required;
-    bool append;       /* F_CUSTOM lists a drop-in adds to rather than replaces (vms, transports) */
-    uint64_t min, max; /* F_UINT/F_SIZE/F_DURATION bounds; max 0 = the member's limit */
-    const struct enum_value *enums;         /* F_ENUM, terminated by a NULL name */
-    const struct field *sub;                /* F_SECTION, terminated by a NULL key */
-    custom_fn custom;                       /* F_CUSTOM */
-    const char *(*check)(const char *text); /* F_STRING: NULL if fine, else what was expected */
-};
-
-#define FIELD(S, k, t, m, ...)                                                                     \
-    {                                                                                              \
-        .key = (k), .type = (t), .offset = offsetof(S, m), .size = sizeof(((S *)0)->m),            \
-        __VA_ARGS__                                                                                \
-    }
-#define SECTION(k, table, ...)                                                                     \
-    {                                                                                              \
-        .key = (k), .type = F_SECTION, .sub = (table), __VA_ARGS__                                 \
-    }
+#define FIELD(S, k, t, m, ...) QB_CONFIG_KEY(S, k, t, m, __VA_ARGS__)
+#define SECTION(k, table, ...) QB_CONFIG_SECTION(k, table, __VA_ARGS__)
 #define CUSTOM(k, fn, ...)                                                                         \
     {                                                                                              \
-        .key = (k), .type = F_CUSTOM, .custom = (fn), __VA_ARGS__                                  \
+        .key = (k), .type = QB_CFG_CUSTOM, .custom = (fn), __VA_ARGS__                             \
     }
 
 /* Stores v into an unsigned member of 1, 4 or 8 bytes (bool, int/enum/uint32_t, size_t). */
@@ -628,20 +591,15 @@ static void store_uint(void *dst, size_t size, uint64_t v)
 }
 
 /* The largest value a member of this size holds; int members (port, qos) stop at INT32_MAX. */
-static uint64_t field_max(const struct field *f)
+static uint64_t field_max(const struct qb_config_key *f)
 {
     if (f->max)
         return f->max;
-    return f->size == sizeof(uint32_t) ? (f->type == F_DURATION ? UINT32_MAX : INT32_MAX)
+    return f->size == sizeof(uint32_t) ? (f->type == QB_CFG_DURATION ? UINT32_MAX : INT32_MAX)
                                        : (uint64_t)SIZE_MAX;
 }
 
 /* ---- string checks: return NULL when text is fine ---- */
-
-static const char *check_nonempty(const char *text)
-{
-    return *text ? NULL : "a non-empty string";
-}
 
 static const char *check_name(const char *text)
 {
@@ -699,7 +657,8 @@ static const char *check_name_template(const char *text)
 
 /* ---- converters: text -> member; on a bad value fill why with what was expected ---- */
 
-static int conv_string(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+static int conv_string(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                       size_t wl)
 {
     const char *bad = f->check ? f->check(text) : NULL;
     char *copy;
@@ -716,8 +675,8 @@ static int conv_string(const struct field *f, const char *text, void *dst, char 
 }
 
 /* Shared by the three numeric types: what the user gets told for each result. */
-static int conv_numeric(const struct field *f, const char *text, void *dst, char *why, size_t wl,
-                        const struct num_unit *units, size_t n_units, const char *noun)
+static int conv_numeric(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                        size_t wl, const struct num_unit *units, size_t n_units, const char *noun)
 {
     uint64_t v, max = field_max(f);
     enum num_result r = parse_number(text, units, n_units, max, &v);
@@ -731,10 +690,11 @@ static int conv_numeric(const struct field *f, const char *text, void *dst, char
     } else if (r == NUM_NEGATIVE) {
         snprintf(why, wl, "a non-negative value");
     } else {
-        static const char *const whats[F_TYPE_COUNT] = {
-            [F_UINT] = "an integer", [F_SIZE] = "a size", [F_DURATION] = "a duration"};
-        static const char *const suffixes[F_TYPE_COUNT] = {
-            [F_UINT] = "", [F_SIZE] = " bytes", [F_DURATION] = "ms"};
+        static const char *const whats[QB_CFG_TYPE_COUNT] = {[QB_CFG_UINT] = "an integer",
+                                                             [QB_CFG_SIZE] = "a size",
+                                                             [QB_CFG_DURATION] = "a duration"};
+        static const char *const suffixes[QB_CFG_TYPE_COUNT] = {
+            [QB_CFG_UINT] = "", [QB_CFG_SIZE] = " bytes", [QB_CFG_DURATION] = "ms"};
         const char *what = whats[f->type], *unit = suffixes[f->type];
 
         if (f->max)
@@ -748,29 +708,53 @@ static int conv_numeric(const struct field *f, const char *text, void *dst, char
     return QB_EINVAL;
 }
 
-static int conv_uint(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+static int conv_uint(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                     size_t wl)
 {
     return conv_numeric(f, text, dst, why, wl, plain_units, 1, "an integer");
 }
 
-static int conv_size(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+static int conv_size(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                     size_t wl)
 {
     return conv_numeric(f, text, dst, why, wl, size_units,
                         sizeof(size_units) / sizeof(size_units[0]),
                         "a size such as 4096, 64KiB or 16MiB");
 }
 
-static int conv_duration(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+static int conv_duration(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                         size_t wl)
 {
     return conv_numeric(f, text, dst, why, wl, duration_units,
                         sizeof(duration_units) / sizeof(duration_units[0]),
                         "a duration such as 250ms, 30s, 5m or 2h");
 }
 
-static int conv_bool(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+/* Duration syntax, stored in whole seconds (MQTT carries its session expiry that way). */
+static int conv_seconds(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                        size_t wl)
 {
-    static const struct enum_value bools[] = {{"true", 1},  {"yes", 1}, {"on", 1},
-                                              {"false", 0}, {"no", 0},  {"off", 0}};
+    struct qb_config_key ms_key = *f;
+    uint32_t ms;
+    int rc;
+
+    ms_key.type = QB_CFG_DURATION;
+    ms_key.size = sizeof(ms);
+    if ((rc = conv_duration(&ms_key, text, &ms, why, wl)) != QB_OK)
+        return rc;
+    if (ms % 1000 != 0) {
+        snprintf(why, wl, "a whole number of seconds");
+        return QB_EINVAL;
+    }
+    store_uint(dst, f->size, ms / 1000);
+    return QB_OK;
+}
+
+static int conv_bool(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                     size_t wl)
+{
+    static const struct qb_config_enum bools[] = {{"true", 1},  {"yes", 1}, {"on", 1},
+                                                  {"false", 0}, {"no", 0},  {"off", 0}};
 
     for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
         if (strcasecmp(text, bools[i].name) == 0) {
@@ -783,7 +767,7 @@ static int conv_bool(const struct field *f, const char *text, void *dst, char *w
 }
 
 /* Writes "a, b or c" from an enum table. */
-static void enum_describe(const struct enum_value *values, char *buf, size_t len)
+static void enum_describe(const struct qb_config_enum *values, char *buf, size_t len)
 {
     size_t used = 0;
 
@@ -798,9 +782,10 @@ static void enum_describe(const struct enum_value *values, char *buf, size_t len
     }
 }
 
-static int conv_enum(const struct field *f, const char *text, void *dst, char *why, size_t wl)
+static int conv_enum(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                     size_t wl)
 {
-    for (const struct enum_value *e = f->enums; e->name; e++) {
+    for (const struct qb_config_enum *e = f->enums; e->name; e++) {
         if (strcasecmp(text, e->name) == 0) {
             int v = e->value;
             memcpy(dst, &v, sizeof(v));
@@ -811,39 +796,43 @@ static int conv_enum(const struct field *f, const char *text, void *dst, char *w
     return QB_EINVAL;
 }
 
-typedef int (*conv_fn)(const struct field *f, const char *text, void *dst, char *why, size_t wl);
+typedef int (*conv_fn)(const struct qb_config_key *f, const char *text, void *dst, char *why,
+                       size_t wl);
 
 /* Per type: how to convert a scalar, and what to call it when the node is not a scalar. */
 static const struct {
     conv_fn conv;
     const char *noun;
-} field_types[F_TYPE_COUNT] = {
-    [F_STRING] = {conv_string, "a string"},
-    [F_UINT] = {conv_uint, "an integer"},
-    [F_SIZE] = {conv_size, "a size"},
-    [F_DURATION] = {conv_duration, "a duration"},
-    [F_BOOL] = {conv_bool, "true or false"},
-    [F_ENUM] = {conv_enum, NULL}, /* the list of names says it better */
-    [F_SECTION] = {NULL, "a mapping"},
-    [F_CUSTOM] = {NULL, NULL},
+} field_types[QB_CFG_TYPE_COUNT] = {
+    [QB_CFG_STRING] = {conv_string, "a string"},
+    [QB_CFG_UINT] = {conv_uint, "an integer"},
+    [QB_CFG_SIZE] = {conv_size, "a size"},
+    [QB_CFG_DURATION] = {conv_duration, "a duration"},
+    [QB_CFG_SECONDS] = {conv_seconds, "a duration"},
+    [QB_CFG_BOOL] = {conv_bool, "true or false"},
+    [QB_CFG_ENUM] = {conv_enum, NULL}, /* the list of names says it better */
+    [QB_CFG_SECTION] = {NULL, "a mapping"},
+    [QB_CFG_PAIRS] = {NULL, "a mapping"},
+    [QB_CFG_CUSTOM] = {NULL, NULL},
 };
 
-static bool field_accepts(const struct field *f, unsigned type_mask)
+/* Whether a key is accepted where the walk is (common transport keys limited to some backends). */
+static bool field_accepts(const struct qb_config_key *f, unsigned caps)
 {
-    return f->types == 0 || type_mask == 0 || (f->types & type_mask) != 0;
+    return (f->caps & ~caps) == 0;
 }
 
-/* Sets every defaulted field of table in base (recursing into sections) for type_mask. */
-static int apply_defaults(const struct field *table, void *base, unsigned type_mask)
+/* Sets every defaulted field of table in base (recursing into sections) for caps. */
+static int apply_defaults(const struct qb_config_key *table, void *base, unsigned caps)
 {
     char why[160];
     int rc;
 
-    for (const struct field *f = table; f->key; f++) {
-        if (!field_accepts(f, type_mask))
+    for (const struct qb_config_key *f = table; f && f->key; f++) {
+        if (!field_accepts(f, caps))
             continue;
-        if (f->type == F_SECTION)
-            rc = apply_defaults(f->sub, base, type_mask);
+        if (f->type == QB_CFG_SECTION)
+            rc = apply_defaults(f->sub, base, caps);
         else if (f->def)
             rc = field_types[f->type].conv(f, f->def, (char *)base + f->offset, why, sizeof(why));
         else
@@ -853,20 +842,6 @@ static int apply_defaults(const struct field *table, void *base, unsigned type_m
                         */
     }
     return QB_OK;
-}
-
-/* Frees the strings a table describes in base (recursing into sections). */
-static void free_fields(const struct field *table, void *base)
-{
-    for (const struct field *f = table; f->key; f++) {
-        if (f->type == F_SECTION) {
-            free_fields(f->sub, base);
-        } else if (f->type == F_STRING) {
-            char **s = (char **)((char *)base + f->offset);
-            free(*s);
-            *s = NULL;
-        }
-    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -918,7 +893,7 @@ static int find_duplicate(const char *const *strs, size_t n, size_t *dup, size_t
 }
 
 /* Every key of a mapping must be a scalar and appear once. */
-static int check_map_keys(struct cfg_ctx *c, const struct ynode *map)
+static int check_map_keys(struct qb_config_walk *c, const struct qb_config_node *map)
 {
     size_t n = map->n / 2, dup, first;
     const char **keys;
@@ -938,7 +913,7 @@ static int check_map_keys(struct cfg_ctx *c, const struct ynode *map)
     if (rc != QB_OK)
         return cfg_oom(c);
     if (dup != SIZE_MAX) {
-        const struct ynode *k = map->items[2 * dup], *orig = map->items[2 * first];
+        const struct qb_config_node *k = map->items[2 * dup], *orig = map->items[2 * first];
         size_t mark = path_push_key(c, k->text);
 
         rc = cfg_error(c, k, "duplicate key (first at %d:%d)", orig->line, orig->column);
@@ -949,7 +924,7 @@ static int check_map_keys(struct cfg_ctx *c, const struct ynode *map)
 }
 
 /* Accepts a mapping, or null meaning an empty one (e.g. "qmp:" with nothing under it). */
-static int expect_map(struct cfg_ctx *c, const struct ynode *node)
+static int expect_map(struct qb_config_walk *c, const struct qb_config_node *node)
 {
     char buf[QB_CONFIG_DESCRIBE_MAX];
 
@@ -961,7 +936,7 @@ static int expect_map(struct cfg_ctx *c, const struct ynode *node)
 }
 
 /* Accepts a list, or null meaning an empty one. */
-static int expect_list(struct cfg_ctx *c, const struct ynode *node)
+static int expect_list(struct qb_config_walk *c, const struct qb_config_node *node)
 {
     char buf[QB_CONFIG_DESCRIBE_MAX];
 
@@ -970,24 +945,43 @@ static int expect_list(struct cfg_ctx *c, const struct ynode *node)
     return cfg_error(c, node, "expected a list, got %s", describe_node(buf, sizeof(buf), node));
 }
 
-static int walk_map(struct cfg_ctx *c, const struct ynode *map, const struct field *table,
-                    void *base, unsigned type_mask);
+/* One table and the struct it fills; a transport's mapping is walked with two. */
+struct key_layer {
+    const struct qb_config_key *table;
+    void *base;
+};
+
+static int walk_layers(struct qb_config_walk *c, const struct qb_config_node *map,
+                       const struct key_layer *layers, size_t n_layers, bool transport);
+
+static int walk_map(struct qb_config_walk *c, const struct qb_config_node *map,
+                    const struct qb_config_key *table, void *base)
+{
+    const struct key_layer layer = {table, base};
+
+    return walk_layers(c, map, &layer, 1, false);
+}
+
+static int parse_pairs(struct qb_config_walk *c, const struct qb_config_key *f,
+                       const struct qb_config_node *node, void *base);
 
 /* Applies one YAML value to one field; c->path already names the key. */
-static int field_apply(struct cfg_ctx *c, const struct field *f, const struct ynode *value,
-                       void *base, unsigned type_mask)
+static int field_apply(struct qb_config_walk *c, const struct qb_config_key *f,
+                       const struct qb_config_node *value, void *base)
 {
     char why[160], buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
 
-    if (f->type == F_SECTION)
-        return walk_map(c, value, f->sub, base, type_mask);
-    if (f->type == F_CUSTOM)
+    if (f->type == QB_CFG_SECTION)
+        return walk_map(c, value, f->sub, base);
+    if (f->type == QB_CFG_PAIRS)
+        return parse_pairs(c, f, value, base);
+    if (f->type == QB_CFG_CUSTOM)
         return f->custom(c, value, base);
     if (ynode_is_null(value)) /* "key:" with no value keeps the default */
         return f->required ? cfg_error(c, value, "missing required value") : QB_OK;
     if (value->kind != YN_SCALAR) {
-        if (f->type == F_ENUM)
+        if (f->type == QB_CFG_ENUM)
             enum_describe(f->enums, why, sizeof(why));
         else
             snprintf(why, sizeof(why), "%s", field_types[f->type].noun);
@@ -1003,50 +997,76 @@ static int field_apply(struct cfg_ctx *c, const struct field *f, const struct yn
     return QB_OK;
 }
 
-static const struct field *field_find(const struct field *table, const char *key)
+static const struct qb_config_key *field_find(const struct qb_config_key *table, const char *key)
 {
-    for (const struct field *f = table; f->key; f++)
+    for (const struct qb_config_key *f = table; f && f->key; f++)
         if (strcmp(f->key, key) == 0)
             return f;
     return NULL;
 }
 
 /*
- * Walks map against table, filling base. Keys not in the table, or not valid
- * for type_mask, are errors; so are missing required keys (reported at the
- * mapping itself, since there is no key to point at). A null map is empty.
+ * Whether a transport key the current backend does not accept is one that another
+ * backend (or the common table, for other capabilities) does: then the message says
+ * it is not valid for this type rather than unknown.
  */
-static int walk_map(struct cfg_ctx *c, const struct ynode *map, const struct field *table,
-                    void *base, unsigned type_mask)
+static bool key_known_elsewhere(const char *key)
 {
-    uint64_t seen = 0;
+    const struct qb_transport_ops *ops;
+
+    if (field_find(qb_config_transport_keys, key))
+        return true;
+    for (size_t i = 0; (ops = qb_transport_ops_at(i)); i++)
+        if (field_find(ops->config_keys, key))
+            return true;
+    return false;
+}
+
+/*
+ * Walks map against the layers' tables in order, filling each layer's base. Keys in
+ * no table, or not valid for c->caps, are errors; so are missing required keys
+ * (reported at the mapping itself, since there is no key to point at). A null map is
+ * empty. transport: the mapping is a transport, where an unknown key that another
+ * type accepts is named as such.
+ */
+static int walk_layers(struct qb_config_walk *c, const struct qb_config_node *map,
+                       const struct key_layer *layers, size_t n_layers, bool transport)
+{
+    uint64_t seen[2] = {0, 0};
     int rc;
 
     if ((rc = expect_map(c, map)) != QB_OK)
         return rc;
     for (size_t i = 0; map->kind == YN_MAP && i + 1 < map->n; i += 2) {
-        const struct ynode *key = map->items[i];
-        const struct field *f = field_find(table, key->text);
-        size_t mark = path_push_key(c, key->text);
+        const struct qb_config_node *key = map->items[i];
+        const struct qb_config_key *f = NULL;
+        size_t l = 0, mark = path_push_key(c, key->text);
 
+        for (; l < n_layers && !(f = field_find(layers[l].table, key->text)); l++)
+            ;
         if (!f)
-            rc = cfg_error(c, key, "unknown key");
-        else if (!field_accepts(f, type_mask))
+            rc = transport && key_known_elsewhere(key->text)
+                     ? cfg_error(c, key, "unknown key (not valid for type %s)", c->transport_type)
+                     : cfg_error(c, key, "unknown key");
+        else if (!field_accepts(f, c->caps))
             rc = cfg_error(c, key, "unknown key (not valid for type %s)", c->transport_type);
         else
-            rc = field_apply(c, f, map->items[i + 1], base, type_mask);
+            rc = field_apply(c, f, map->items[i + 1], layers[l].base);
         path_pop(c, mark);
         if (rc != QB_OK)
             return rc;
-        seen |= 1ULL << (f - table);
+        seen[l] |= 1ULL << (f - layers[l].table);
     }
-    for (const struct field *f = table; f->key; f++) {
-        if (f->required && field_accepts(f, type_mask) && !(seen & (1ULL << (f - table)))) {
-            size_t mark = path_push_key(c, f->key);
+    for (size_t l = 0; l < n_layers; l++) {
+        for (const struct qb_config_key *f = layers[l].table; f && f->key; f++) {
+            if (f->required && field_accepts(f, c->caps) &&
+                !(seen[l] & (1ULL << (f - layers[l].table)))) {
+                size_t mark = path_push_key(c, f->key);
 
-            rc = cfg_error(c, map, "missing required key");
-            path_pop(c, mark);
-            return rc;
+                rc = cfg_error(c, map, "missing required key");
+                path_pop(c, mark);
+                return rc;
+            }
         }
     }
     return QB_OK;
@@ -1054,136 +1074,133 @@ static int walk_map(struct cfg_ctx *c, const struct ynode *map, const struct fie
 
 /* ---- the tables ---- */
 
-static const struct enum_value log_levels[] = {
+static const struct qb_config_enum log_levels[] = {
     {"error", QB_LOG_ERROR}, {"warn", QB_LOG_WARN},   {"warning", QB_LOG_WARN},
     {"info", QB_LOG_INFO},   {"debug", QB_LOG_DEBUG}, {NULL, 0},
 };
-static const struct enum_value log_formats[] = {
+static const struct qb_config_enum log_formats[] = {
     {"auto", QB_LOG_FORMAT_AUTO},
     {"text", QB_LOG_FORMAT_TEXT},
     {"json", QB_LOG_FORMAT_JSON},
     {"journal", QB_LOG_FORMAT_JOURNAL},
     {NULL, 0},
 };
-static const struct enum_value qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
-static const struct enum_value mqtt_protocols[] = {
-    {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
-static const struct enum_value mqtt_brokers[] = {
-    {"generic", QB_MQTT_BROKER_GENERIC}, {"rabbitmq", QB_MQTT_BROKER_RABBITMQ}, {NULL, 0}};
-static const struct enum_value full_policies[] = {
+static const struct qb_config_enum full_policies[] = {
     {"backpressure", QB_ON_FULL_BACKPRESSURE}, {"drop", QB_ON_FULL_DROP}, {NULL, 0}};
-static const struct enum_value fsync_policies[] = {{"batch", QB_SPOOL_FSYNC_BATCH},
-                                                   {"always", QB_SPOOL_FSYNC_ALWAYS},
-                                                   {"off", QB_SPOOL_FSYNC_OFF},
-                                                   {NULL, 0}};
-static const struct enum_value spool_full_policies[] = {
-    {"backpressure", QB_SPOOL_FULL_BACKPRESSURE}, {"drop_oldest", QB_SPOOL_FULL_DROP_OLDEST},
+static const struct qb_config_enum fsync_policies[] = {{"batch", QB_SPOOL_FSYNC_BATCH},
+                                                       {"always", QB_SPOOL_FSYNC_ALWAYS},
+                                                       {"off", QB_SPOOL_FSYNC_OFF},
+                                                       {NULL, 0}};
+static const struct qb_config_enum spool_full_policies[] = {
+    {"backpressure", QB_SPOOL_FULL_BACKPRESSURE},
+    {"drop_oldest", QB_SPOOL_FULL_DROP_OLDEST},
     {NULL, 0}};
-static const struct enum_value listen_names[] = {
+static const struct qb_config_enum listen_names[] = {
     {"query-name", QB_LISTEN_NAME_QUERY}, {"pid", QB_LISTEN_NAME_PID}, {NULL, 0}};
-static const struct enum_value content_modes[] = {
-    {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
 
-_Static_assert(sizeof(enum qb_log_level) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_log_format) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_mqtt_broker) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_spool_fsync) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_spool_full_policy) == sizeof(int), "F_ENUM stores an int");
-_Static_assert(sizeof(enum qb_listen_name) == sizeof(int), "F_ENUM stores an int");
+_Static_assert(sizeof(enum qb_log_level) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_log_format) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_queue_full_policy) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_spool_fsync) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_spool_full_policy) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_listen_name) == sizeof(int), "QB_CFG_ENUM stores an int");
 _Static_assert(sizeof(bool) == 1 && sizeof(int) == 4 && sizeof(size_t) == 8,
                "store_uint handles 1, 4 and 8 byte members");
 
-static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_include_types(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_exclude_types(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base);
-static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, void *base);
+static int parse_vms(struct qb_config_walk *c, const struct qb_config_node *node, void *base);
+static int parse_transports(struct qb_config_walk *c, const struct qb_config_node *node,
+                            void *base);
+static int parse_exclude(struct qb_config_walk *c, const struct qb_config_node *node, void *base);
+static int parse_include_types(struct qb_config_walk *c, const struct qb_config_node *node,
+                               void *base);
+static int parse_exclude_types(struct qb_config_walk *c, const struct qb_config_node *node,
+                               void *base);
+static int parse_allow(struct qb_config_walk *c, const struct qb_config_node *node, void *base);
 
 #define C struct qb_config
-static const struct field bridge_fields[] = {
+static const struct qb_config_key bridge_fields[] = {
     /* default: the host name (finish_bridge_id) */
-    FIELD(C, "id", F_STRING, bridge_id, .check = check_name),
-    FIELD(C, "log_level", F_ENUM, log_level, .def = "info", .enums = log_levels),
-    FIELD(C, "log_format", F_ENUM, log_format, .def = "auto", .enums = log_formats),
-    FIELD(C, "schema_base_uri", F_STRING, schema_base_uri,
-          .def = "file:///usr/share/qmp-bridge/schema/v1/", .check = check_nonempty),
-    FIELD(C, "state_directory", F_STRING, state_directory, .check = check_nonempty),
+    FIELD(C, "id", QB_CFG_STRING, bridge_id, .check = check_name),
+    FIELD(C, "log_level", QB_CFG_ENUM, log_level, .def = "info", .enums = log_levels),
+    FIELD(C, "log_format", QB_CFG_ENUM, log_format, .def = "auto", .enums = log_formats),
+    FIELD(C, "schema_base_uri", QB_CFG_STRING, schema_base_uri,
+          .def = "file:///usr/share/qmp-bridge/schema/v1/", .check = qb_config_check_nonempty),
+    FIELD(C, "state_directory", QB_CFG_STRING, state_directory, .check = qb_config_check_nonempty),
     {0},
 };
 
-static const struct field qmp_fields[] = {
-    FIELD(C, "max_line_bytes", F_SIZE, qmp_max_line_bytes, .def = "16MiB", .min = 1024),
-    FIELD(C, "command_timeout", F_DURATION, qmp_command_timeout_ms, .def = "10s", .min = 1),
-    FIELD(C, "connect_timeout", F_DURATION, qmp_connect_timeout_ms, .def = "5s", .min = 1),
-    FIELD(C, "reconnect_initial", F_DURATION, qmp_reconnect_initial_ms, .def = "250ms", .min = 1),
-    FIELD(C, "reconnect_max", F_DURATION, qmp_reconnect_max_ms, .def = "30s", .min = 1),
-    FIELD(C, "max_connecting", F_UINT, qmp_max_connecting, .def = "64", .min = 1,
+static const struct qb_config_key qmp_fields[] = {
+    FIELD(C, "max_line_bytes", QB_CFG_SIZE, qmp_max_line_bytes, .def = "16MiB", .min = 1024),
+    FIELD(C, "command_timeout", QB_CFG_DURATION, qmp_command_timeout_ms, .def = "10s", .min = 1),
+    FIELD(C, "connect_timeout", QB_CFG_DURATION, qmp_connect_timeout_ms, .def = "5s", .min = 1),
+    FIELD(C, "reconnect_initial", QB_CFG_DURATION, qmp_reconnect_initial_ms, .def = "250ms",
+          .min = 1),
+    FIELD(C, "reconnect_max", QB_CFG_DURATION, qmp_reconnect_max_ms, .def = "30s", .min = 1),
+    FIELD(C, "max_connecting", QB_CFG_UINT, qmp_max_connecting, .def = "64", .min = 1,
           .max = 100000),
-    FIELD(C, "max_held_events", F_UINT, qmp_max_held_events, .def = "8192", .min = 16,
+    FIELD(C, "max_held_events", QB_CFG_UINT, qmp_max_held_events, .def = "8192", .min = 16,
           .max = 1000000),
-    FIELD(C, "max_held_bytes", F_SIZE, qmp_max_held_bytes, .def = "2MiB", .min = 4096),
-    FIELD(C, "listen", F_STRING, qmp_listen, .check = check_listen_unix),
-    FIELD(C, "listen_name", F_ENUM, qmp_listen_name, .def = "query-name", .enums = listen_names),
-    FIELD(C, "listen_name_template", F_STRING, qmp_listen_name_template, .def = "vm-{pid}",
+    FIELD(C, "max_held_bytes", QB_CFG_SIZE, qmp_max_held_bytes, .def = "2MiB", .min = 4096),
+    FIELD(C, "listen", QB_CFG_STRING, qmp_listen, .check = check_listen_unix),
+    FIELD(C, "listen_name", QB_CFG_ENUM, qmp_listen_name, .def = "query-name",
+          .enums = listen_names),
+    FIELD(C, "listen_name_template", QB_CFG_STRING, qmp_listen_name_template, .def = "vm-{pid}",
           .check = check_name_template),
-    FIELD(C, "listen_max_vms", F_UINT, qmp_listen_max_vms, .def = "1024", .min = 1, .max = 1000000),
-    FIELD(C, "listen_forget_after", F_DURATION, qmp_listen_forget_after_ms, .def = "1h"),
+    FIELD(C, "listen_max_vms", QB_CFG_UINT, qmp_listen_max_vms, .def = "1024", .min = 1,
+          .max = 1000000),
+    FIELD(C, "listen_forget_after", QB_CFG_DURATION, qmp_listen_forget_after_ms, .def = "1h"),
     {0},
 };
 
-static const struct field spool_fields[] = {
-    FIELD(C, "directory", F_STRING, spool_directory, .check = check_nonempty),
-    FIELD(C, "max_size", F_SIZE, spool_max_bytes, .def = "1GiB", .min = 1024 * 1024),
-    FIELD(C, "segment_size", F_SIZE, spool_segment_bytes, .def = "16MiB", .min = 64 * 1024),
-    FIELD(C, "fsync", F_ENUM, spool_fsync, .def = "batch", .enums = fsync_policies),
-    FIELD(C, "fsync_interval", F_DURATION, spool_fsync_interval_ms, .def = "50ms", .min = 1),
-    FIELD(C, "on_full", F_ENUM, spool_on_full, .def = "backpressure",
+static const struct qb_config_key spool_fields[] = {
+    FIELD(C, "directory", QB_CFG_STRING, spool_directory, .check = qb_config_check_nonempty),
+    FIELD(C, "max_size", QB_CFG_SIZE, spool_max_bytes, .def = "1GiB", .min = 1024 * 1024),
+    FIELD(C, "segment_size", QB_CFG_SIZE, spool_segment_bytes, .def = "16MiB", .min = 64 * 1024),
+    FIELD(C, "fsync", QB_CFG_ENUM, spool_fsync, .def = "batch", .enums = fsync_policies),
+    FIELD(C, "fsync_interval", QB_CFG_DURATION, spool_fsync_interval_ms, .def = "50ms", .min = 1),
+    FIELD(C, "on_full", QB_CFG_ENUM, spool_on_full, .def = "backpressure",
           .enums = spool_full_policies),
-    FIELD(C, "memory_max_messages", F_UINT, spool_memory_max_messages, .def = "10000", .min = 1),
+    FIELD(C, "memory_max_messages", QB_CFG_UINT, spool_memory_max_messages, .def = "10000",
+          .min = 1),
     {0},
 };
 
-static const struct field metrics_fields[] = {
-    FIELD(C, "listen", F_STRING, metrics_listen, .check = check_listen),
+static const struct qb_config_key metrics_fields[] = {
+    FIELD(C, "listen", QB_CFG_STRING, metrics_listen, .check = check_listen),
     {0},
 };
 
-static const struct field discovery_fields[] = {
-    FIELD(C, "directory", F_STRING, discovery_directory, .check = check_nonempty),
-    FIELD(C, "suffix", F_STRING, discovery_suffix, .def = ""),
+static const struct qb_config_key discovery_fields[] = {
+    FIELD(C, "directory", QB_CFG_STRING, discovery_directory, .check = qb_config_check_nonempty),
+    FIELD(C, "suffix", QB_CFG_STRING, discovery_suffix, .def = ""),
     {0},
 };
 
-static const struct field events_fields[] = {
+static const struct qb_config_key events_fields[] = {
     CUSTOM("exclude", parse_exclude),
     {0},
 };
 
 /* commands: allow's default (all) and the key file are handled in finish_commands */
-static const struct field commands_fields[] = {
-    FIELD(C, "enabled", F_BOOL, commands.enabled, .def = "false"),
+static const struct qb_config_key commands_fields[] = {
+    FIELD(C, "enabled", QB_CFG_BOOL, commands.enabled, .def = "false"),
     CUSTOM("allow", parse_allow),
-    FIELD(C, "max_size", F_SIZE, commands.max_size, .def = "0"),
-    FIELD(C, "max_growth", F_SIZE, commands.max_growth, .def = "0"),
-    FIELD(C, "max_age", F_DURATION, commands.max_age_ms, .def = "5m", .min = 1000),
-    FIELD(C, "max_skew", F_DURATION, commands.max_skew_ms, .def = "60s"),
+    FIELD(C, "max_size", QB_CFG_SIZE, commands.max_size, .def = "0"),
+    FIELD(C, "max_growth", QB_CFG_SIZE, commands.max_growth, .def = "0"),
+    FIELD(C, "max_age", QB_CFG_DURATION, commands.max_age_ms, .def = "5m", .min = 1000),
+    FIELD(C, "max_skew", QB_CFG_DURATION, commands.max_skew_ms, .def = "60s"),
     /* the smallest real command is about 200 bytes; 16MiB is far past any use */
-    FIELD(C, "max_message_bytes", F_SIZE, commands.max_message_bytes, .def = "64KiB", .min = 256,
-          .max = 16 * 1024 * 1024),
-    FIELD(C, "hmac_key_file", F_STRING, commands_hmac_key_file, .check = check_nonempty),
-    FIELD(C, "cache_size", F_UINT, commands_cache_size, .def = "10000", .min = 1),
-    FIELD(C, "queue_per_vm", F_UINT, commands_queue_per_vm, .def = "16", .min = 1),
-    FIELD(C, "timeout", F_DURATION, commands_timeout_ms, .def = "60s", .min = 1),
+    FIELD(C, "max_message_bytes", QB_CFG_SIZE, commands.max_message_bytes, .def = "64KiB",
+          .min = 256, .max = 16 * 1024 * 1024),
+    FIELD(C, "hmac_key_file", QB_CFG_STRING, commands_hmac_key_file,
+          .check = qb_config_check_nonempty),
+    FIELD(C, "cache_size", QB_CFG_UINT, commands_cache_size, .def = "10000", .min = 1),
+    FIELD(C, "queue_per_vm", QB_CFG_UINT, commands_queue_per_vm, .def = "16", .min = 1),
+    FIELD(C, "timeout", QB_CFG_DURATION, commands_timeout_ms, .def = "60s", .min = 1),
     {0},
 };
 
-static const struct field root_fields[] = {
+static const struct qb_config_key root_fields[] = {
     SECTION("bridge", bridge_fields),
     SECTION("qmp", qmp_fields),
     CUSTOM("vms", parse_vms, .append = true),
@@ -1198,84 +1215,40 @@ static const struct field root_fields[] = {
 #undef C
 
 #define V struct qb_vm_config
-static const struct field vm_fields[] = {
-    FIELD(V, "name", F_STRING, name, .required = true, .check = check_name),
-    FIELD(V, "qmp", F_STRING, qmp, .required = true, .check = check_qmp_address),
+static const struct qb_config_key vm_fields[] = {
+    FIELD(V, "name", QB_CFG_STRING, name, .required = true, .check = check_name),
+    FIELD(V, "qmp", QB_CFG_STRING, qmp, .required = true, .check = check_qmp_address),
     {0},
 };
 #undef V
 
+/*
+ * The keys every transport accepts; each backend's own keys are in its ops' config map
+ * (transport_ops.h). commands: only backends that can receive them.
+ */
 #define T struct qb_transport_config
-static const struct field tls_fields[] = {
-    FIELD(T, "ca_file", F_STRING, tls_ca_file, .check = check_nonempty),
-    FIELD(T, "cert_file", F_STRING, tls_cert_file, .check = check_nonempty),
-    FIELD(T, "key_file", F_STRING, tls_key_file, .check = check_nonempty),
-    FIELD(T, "insecure", F_BOOL, tls_insecure, .def = "false"),
-    {0},
-};
-
-static const struct field transport_fields[] = {
-    /* every type */
-    FIELD(T, "type", F_STRING, type, .required = true),
-    FIELD(T, "name", F_STRING, name, .check = check_nonempty),
-    FIELD(T, "queue_max_messages", F_UINT, queue_max_messages, .def = "100000", .min = 1),
-    FIELD(T, "queue_max_bytes", F_SIZE, queue_max_bytes, .def = "64MiB", .min = 1),
-    FIELD(T, "shutdown_timeout", F_DURATION, shutdown_timeout_ms, .def = "5s"),
-    FIELD(T, "on_full", F_ENUM, on_full, .def = "backpressure", .enums = full_policies),
-    CUSTOM("include", parse_include_types),
-    CUSTOM("exclude", parse_exclude_types),
-    /* stdout */
-    FIELD(T, "path", F_STRING, path, .types = T_STDOUT, .check = check_nonempty),
-    /* mqtt; port and client_id defaults depend on other keys: see finish_transport */
-    FIELD(T, "host", F_STRING, host, .types = T_MQTT, .def = "127.0.0.1", .check = check_nonempty),
-    FIELD(T, "port", F_UINT, port, .types = T_MQTT, .min = 1, .max = 65535),
-    FIELD(T, "topic_prefix", F_STRING, topic_prefix, .types = T_MQTT, .def = "qmp",
-          .check = check_nonempty),
-    FIELD(T, "qos", F_ENUM, qos, .types = T_MQTT, .def = "1", .enums = qos_values),
-    FIELD(T, "protocol", F_ENUM, protocol, .types = T_MQTT, .def = "5", .enums = mqtt_protocols),
-    FIELD(T, "broker", F_ENUM, broker, .types = T_MQTT, .def = "generic", .enums = mqtt_brokers),
-    FIELD(T, "client_id", F_STRING, client_id, .types = T_MQTT, .check = check_nonempty),
-    /* MQTT carries the keepalive as 16-bit seconds */
-    FIELD(T, "keepalive", F_DURATION, keepalive_ms, .types = T_MQTT, .def = "30s",
-          .max = 65535 * 1000),
-    FIELD(T, "username", F_STRING, username, .types = T_MQTT),
-    FIELD(T, "password_file", F_STRING, password_file, .types = T_MQTT, .check = check_nonempty),
-    SECTION("tls", tls_fields, .types = T_MQTT),
-    /* MQTT 5 receive-maximum is 16-bit and must not be 0 */
-    FIELD(T, "max_inflight", F_UINT, max_inflight, .types = T_MQTT, .def = "100", .min = 1,
-          .max = 65535),
-    FIELD(T, "reconnect_initial", F_DURATION, reconnect_initial_ms, .types = T_MQTT, .def = "500ms",
-          .min = 1),
-    FIELD(T, "reconnect_max", F_DURATION, reconnect_max_ms, .types = T_MQTT, .def = "30s",
-          .min = 1),
-    /* kafka */
-    FIELD(T, "brokers", F_STRING, brokers, .types = T_KAFKA, .required = true,
-          .check = check_nonempty),
-    FIELD(T, "events_topic", F_STRING, events_topic, .types = T_KAFKA, .def = "qmp.events",
-          .check = check_nonempty),
-    FIELD(T, "state_topic", F_STRING, state_topic, .types = T_KAFKA, .def = "qmp.state",
-          .check = check_nonempty),
-    FIELD(T, "commands_topic", F_STRING, commands_topic, .types = T_KAFKA, .def = "qmp.commands",
-          .check = check_nonempty),
-    FIELD(T, "content_mode", F_ENUM, content_mode, .types = T_KAFKA, .def = "structured",
-          .enums = content_modes),
-    CUSTOM("properties", parse_properties, .types = T_KAFKA),
-    FIELD(T, "group_id", F_STRING, group_id, .types = T_KAFKA, .check = check_nonempty),
-    /* mqtt and kafka; session_expiry's default is set in finish_transport */
-    FIELD(T, "commands", F_BOOL, commands, .types = T_MQTT | T_KAFKA, .def = "true"),
-    CUSTOM("session_expiry", parse_session_expiry, .types = T_MQTT),
+const struct qb_config_key qb_config_transport_keys[] = {
+    FIELD(T, "type", QB_CFG_STRING, type, .required = true,
+          .desc = "the backend: a name in the transport registry"),
+    FIELD(T, "name", QB_CFG_STRING, name, .check = qb_config_check_nonempty,
+          .desc = "label in logs and metrics; default the type, or type#N if repeated"),
+    FIELD(T, "queue_max_messages", QB_CFG_UINT, queue_max_messages, .def = "100000", .min = 1,
+          .desc = "messages the in-memory queue holds at most"),
+    FIELD(T, "queue_max_bytes", QB_CFG_SIZE, queue_max_bytes, .def = "64MiB", .min = 1,
+          .desc = "bytes the in-memory queue holds at most"),
+    FIELD(T, "shutdown_timeout", QB_CFG_DURATION, shutdown_timeout_ms, .def = "5s",
+          .desc = "how long the flush at shutdown may take"),
+    FIELD(T, "on_full", QB_CFG_ENUM, on_full, .def = "backpressure", .enums = full_policies,
+          .desc = "what a full queue does: stall QMP reads, or drop"),
+    CUSTOM("include", parse_include_types,
+           .desc = "CloudEvents type patterns this transport publishes; default all"),
+    CUSTOM("exclude", parse_exclude_types,
+           .desc = "CloudEvents type patterns this transport never publishes"),
+    FIELD(T, "commands", QB_CFG_BOOL, commands, .def = "true", .caps = QB_TRANSPORT_CAP_SUBSCRIBE,
+          .desc = "receive commands on this transport when commands.enabled"),
     {0},
 };
 #undef T
-
-static const struct {
-    const char *name;
-    unsigned mask;
-} transport_types[] = {
-    {"stdout", T_STDOUT},
-    {"mqtt", T_MQTT},
-    {"kafka", T_KAFKA},
-};
 
 /* ---- custom fields ---- */
 
@@ -1285,8 +1258,9 @@ static const struct {
  * item should have been; empty: an empty list is an error too (it would mean
  * something else than leaving the key out).
  */
-static int parse_string_list(struct cfg_ctx *c, const struct ynode *node, char ***out, size_t *n,
-                             const char *what, const char *(*check)(const char *text), bool empty)
+static int parse_string_list(struct qb_config_walk *c, const struct qb_config_node *node,
+                             char ***out, size_t *n, const char *what,
+                             const char *(*check)(const char *text), bool empty)
 {
     char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
@@ -1298,7 +1272,7 @@ static int parse_string_list(struct cfg_ctx *c, const struct ynode *node, char *
     if (!(*out = calloc(node->n ? node->n : 1, sizeof(char *))))
         return cfg_oom(c);
     for (size_t i = 0; i < node->n; i++) {
-        const struct ynode *item = node->items[i];
+        const struct qb_config_node *item = node->items[i];
         const char *bad = NULL;
 
         if (item->kind != YN_SCALAR || item->len == 0 || ynode_is_null(item) ||
@@ -1322,7 +1296,7 @@ static int parse_string_list(struct cfg_ctx *c, const struct ynode *node, char *
 }
 
 /* events.exclude: QMP event names. */
-static int parse_exclude(struct cfg_ctx *c, const struct ynode *node, void *base)
+static int parse_exclude(struct qb_config_walk *c, const struct qb_config_node *node, void *base)
 {
     struct qb_config *cfg = base;
 
@@ -1342,7 +1316,8 @@ static const char *check_type_pattern(const char *text)
     return NULL;
 }
 
-static int parse_include_types(struct cfg_ctx *c, const struct ynode *node, void *base)
+static int parse_include_types(struct qb_config_walk *c, const struct qb_config_node *node,
+                               void *base)
 {
     struct qb_transport_config *t = base;
 
@@ -1350,7 +1325,8 @@ static int parse_include_types(struct cfg_ctx *c, const struct ynode *node, void
                              check_type_pattern, false);
 }
 
-static int parse_exclude_types(struct cfg_ctx *c, const struct ynode *node, void *base)
+static int parse_exclude_types(struct qb_config_walk *c, const struct qb_config_node *node,
+                               void *base)
 {
     struct qb_transport_config *t = base;
 
@@ -1358,20 +1334,25 @@ static int parse_exclude_types(struct cfg_ctx *c, const struct ynode *node, void
                              check_type_pattern, false);
 }
 
-/* kafka properties: a mapping of name -> scalar, kept in order as strings. */
-static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *base)
+/*
+ * QB_CFG_PAIRS (kafka properties:): a mapping of name -> scalar, kept in order as
+ * strings in the struct qb_config_kv array at f->offset, its count at f->count_offset.
+ */
+static int parse_pairs(struct qb_config_walk *c, const struct qb_config_key *f,
+                       const struct qb_config_node *node, void *base)
 {
-    struct qb_transport_config *t = base;
+    struct qb_config_kv **pairs = (struct qb_config_kv **)((char *)base + f->offset);
+    size_t *n = (size_t *)((char *)base + f->count_offset);
     char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
 
     if ((rc = expect_map(c, node)) != QB_OK || node->kind != YN_MAP)
         return rc;
-    if (!(t->properties = calloc(node->n / 2 + 1, sizeof(*t->properties))))
+    if (!(*pairs = calloc(node->n / 2 + 1, sizeof(**pairs))))
         return cfg_oom(c);
     for (size_t i = 0; i + 1 < node->n; i += 2) {
-        const struct ynode *key = node->items[i], *value = node->items[i + 1];
-        struct qb_config_kv *kv = &t->properties[t->n_properties];
+        const struct qb_config_node *key = node->items[i], *value = node->items[i + 1];
+        struct qb_config_kv *kv = &(*pairs)[*n];
 
         if (value->kind != YN_SCALAR || ynode_is_null(value) || key->len == 0) {
             size_t mark = path_push_key(c, key->text);
@@ -1386,7 +1367,7 @@ static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *b
         kv->column = key->column;
         kv->key = strdup(key->text);
         kv->value = strdup(value->text);
-        t->n_properties++; /* counted before the check so qb_config_free releases a half pair */
+        (*n)++; /* counted before the check so qb_config_free releases a half pair */
         if (!kv->key || !kv->value)
             return cfg_oom(c);
     }
@@ -1394,7 +1375,7 @@ static int parse_properties(struct cfg_ctx *c, const struct ynode *node, void *b
 }
 
 /* commands.allow: a list of command wire names (command.c's table) -> allow_mask. */
-static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base)
+static int parse_allow(struct qb_config_walk *c, const struct qb_config_node *node, void *base)
 {
     struct qb_config *cfg = base;
     char buf[QB_CONFIG_DESCRIBE_MAX];
@@ -1404,7 +1385,7 @@ static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base)
         return rc; /* null: the default (all) is set in finish_commands */
     cfg->commands.allow_mask = 0;
     for (size_t i = 0; i < node->n; i++) {
-        const struct ynode *item = node->items[i];
+        const struct qb_config_node *item = node->items[i];
         enum qb_cmd_name name;
 
         if (item->kind != YN_SCALAR || qb_cmd_name_parse(item->text, &name) != QB_OK) {
@@ -1420,32 +1401,8 @@ static int parse_allow(struct cfg_ctx *c, const struct ynode *node, void *base)
     return QB_OK;
 }
 
-/* mqtt session_expiry: duration syntax, but MQTT carries whole seconds. */
-static int parse_session_expiry(struct cfg_ctx *c, const struct ynode *node, void *base)
-{
-    static const struct field seconds = {
-        .key = "session_expiry", .type = F_DURATION, .size = sizeof(uint32_t)};
-    struct qb_transport_config *t = base;
-    char why[160], buf[QB_CONFIG_DESCRIBE_MAX];
-    uint32_t ms;
-
-    if (ynode_is_null(node))
-        return QB_OK;
-    if (node->kind != YN_SCALAR)
-        return cfg_error(c, node, "expected a duration, got %s",
-                         describe_node(buf, sizeof(buf), node));
-    if (conv_duration(&seconds, node->text, &ms, why, sizeof(why)) != QB_OK)
-        return cfg_error(c, node, "expected %s, got %s", why,
-                         describe_node(buf, sizeof(buf), node));
-    if (ms % 1000 != 0)
-        return cfg_error(c, node, "expected a whole number of seconds, got %s",
-                         describe_node(buf, sizeof(buf), node));
-    t->session_expiry_s = ms / 1000;
-    return QB_OK;
-}
-
 /* vms: a list of { name, qmp } mappings with unique names. */
-static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
+static int parse_vms(struct qb_config_walk *c, const struct qb_config_node *node, void *base)
 {
     struct qb_config *cfg = base;
     const char **names;
@@ -1462,7 +1419,7 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
 
         cfg->vms[i].line = node->items[i]->line;
         cfg->vms[i].file = node->items[i]->file;
-        rc = walk_map(c, node->items[i], vm_fields, &cfg->vms[i], 0);
+        rc = walk_map(c, node->items[i], vm_fields, &cfg->vms[i]);
         path_pop(c, mark);
         if (rc != QB_OK)
             return rc;
@@ -1479,7 +1436,7 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
         size_t mark = path_push_index(c, dup);
 
         path_push_key(c, "name");
-        const struct ynode *orig = ynode_map_get(node->items[first], "name");
+        const struct qb_config_node *orig = ynode_map_get(node->items[first], "name");
 
         rc = cfg_error(c, ynode_map_get(node->items[dup], "name"),
                        "duplicate VM name '%s' (also vms[%zu] at %s:%d:%d)", cfg->vms[dup].name,
@@ -1496,7 +1453,7 @@ static int parse_vms(struct cfg_ctx *c, const struct ynode *node, void *base)
  * reads it at start, which names it; the configuration may be checked on
  * another host than the one it runs on.
  */
-static int check_secret(struct cfg_ctx *c, const struct ynode *at, const char *key,
+static int check_secret(struct qb_config_walk *c, const struct qb_config_node *at, const char *key,
                         const char *what, const char *file)
 {
     char msg[512];
@@ -1516,116 +1473,112 @@ static int check_secret(struct cfg_ctx *c, const struct ynode *at, const char *k
     return rc;
 }
 
-/* The secret files of one transport: MQTT's password and TLS key, Kafka's TLS key. */
-static int check_transport_secrets(struct cfg_ctx *c, const struct ynode *map,
-                                   const struct qb_transport_config *t, unsigned mask)
-{
-    const struct ynode *props = ynode_map_get(map, "properties");
-    int rc;
-
-    if (mask == T_MQTT) {
-        rc = check_secret(c, ynode_map_get(map, "password_file"), "password_file",
-                          "mqtt password_file", t->password_file);
-        if (rc == QB_OK)
-            rc = check_secret(c, ynode_map_get(ynode_map_get(map, "tls"), "key_file"),
-                              "tls.key_file", "mqtt tls.key_file", t->tls_key_file);
-        return rc;
-    }
-    for (size_t i = 0; mask == T_KAFKA && i < t->n_properties; i++) {
-        if (strcmp(t->properties[i].key, "ssl.key.location") != 0)
-            continue;
-        rc =
-            check_secret(c, ynode_map_get(props, "ssl.key.location"), "properties.ssl.key.location",
-                         "kafka ssl.key.location", t->properties[i].value);
-        if (rc != QB_OK)
-            return rc;
-    }
-    return QB_OK;
-}
-
 /*
- * broker: rabbitmq. Its MQTT plugin speaks 3.1.1 only (an MQTT 5 CONNECT is
- * dropped unanswered, for ever) and answers a QoS 2 publish with PUBACK, so
- * nothing sent at QoS 2 is ever confirmed: both are refused here.
+ * The secret files a backend's keys name (qb_config_key.secret), in table order; map is
+ * the mapping table describes (a transport's, or a section's in it), prefix the path of
+ * the section from the transport ("" or "tls.").
  */
-static int finish_rabbitmq(struct cfg_ctx *c, const struct ynode *map,
-                           struct qb_transport_config *t)
+static int check_secrets(struct qb_config_walk *c, const struct qb_config_node *map,
+                         const struct qb_config_key *table, const void *base, const char *prefix)
 {
-    const struct ynode *at = ynode_map_get(map, "protocol");
-    const char *key = NULL, *why = NULL;
-    size_t mark;
-    int rc;
+    char path[128];
+    int rc = QB_OK;
 
-    if (!at || ynode_is_null(at))
-        t->protocol = QB_MQTT_V311;
-    if (t->protocol != QB_MQTT_V311) {
-        key = "protocol";
-        why = "RabbitMQ's MQTT plugin speaks MQTT 3.1.1 only: use \"3.1.1\" (the default with "
-              "broker: rabbitmq)";
-    } else if (t->qos == 2) {
-        key = "qos";
-        why = "RabbitMQ's MQTT plugin does not honour QoS 2 (it answers PUBACK and never "
-              "confirms): use 1";
-    } else {
-        return QB_OK;
+    for (const struct qb_config_key *f = table; rc == QB_OK && f && f->key; f++) {
+        const void *member = (const char *)base + f->offset;
+
+        snprintf(path, sizeof(path), "%s%s", prefix, f->key);
+        if (f->type == QB_CFG_SECTION) {
+            char sub[sizeof(path) + 1];
+
+            snprintf(sub, sizeof(sub), "%s.", path);
+            rc = check_secrets(c, ynode_map_get(map, f->key), f->sub, base, sub);
+        } else if (f->secret && f->type == QB_CFG_STRING) {
+            rc = check_secret(c, ynode_map_get(map, f->key), path, f->secret,
+                              *(char *const *)member);
+        } else if (f->secret && f->type == QB_CFG_PAIRS) {
+            const struct qb_config_kv *kv = *(struct qb_config_kv *const *)member;
+            size_t n = *(const size_t *)((const char *)base + f->count_offset);
+            char item[192];
+
+            snprintf(item, sizeof(item), "%s.%s", path, f->secret_item);
+            for (size_t i = 0; rc == QB_OK && i < n; i++)
+                if (strcmp(kv[i].key, f->secret_item) == 0)
+                    rc = check_secret(c, ynode_map_get(ynode_map_get(map, f->key), f->secret_item),
+                                      item, f->secret, kv[i].value);
+        }
     }
-    at = ynode_map_get(map, key);
-    mark = path_push_key(c, key);
-    rc = cfg_error(c, at ? at : map, "%s", why);
-    path_pop(c, mark);
     return rc;
 }
 
 /*
- * Checks across keys of one transport and fills defaults that depend on other
- * keys. map is the transport's mapping; c->path names it.
+ * Checks across keys of one transport, after the walk: the backend's secret files, then
+ * its own config_finish. map is the transport's mapping; c->path names it.
  */
-static int finish_transport(struct cfg_ctx *c, const struct ynode *map,
-                            struct qb_transport_config *t, unsigned mask)
+static int finish_transport(struct qb_config_walk *c, const struct qb_config_node *map,
+                            const struct qb_transport_ops *ops, void *bcfg)
 {
-    const struct ynode *at;
+    struct qb_config_problem p = {0};
+    const struct qb_config_node *at;
     size_t mark;
     int rc;
 
-    if ((rc = check_transport_secrets(c, map, t, mask)) != QB_OK)
+    if (bcfg && (rc = check_secrets(c, map, ops->config_keys, bcfg, "")) != QB_OK)
         return rc;
-    if (mask != T_MQTT)
+    if (!ops->config_finish || (rc = ops->config_finish(bcfg, &p)) == QB_OK)
         return QB_OK;
-    at = ynode_map_get(map, "session_expiry");
-    if (!at || ynode_is_null(at))
-        t->session_expiry_s = 3600;
-    if (t->port == 0)
-        t->port = t->tls_ca_file ? 8883 : 1883;
-    if (t->broker == QB_MQTT_BROKER_RABBITMQ && (rc = finish_rabbitmq(c, map, t)) != QB_OK)
-        return rc;
-    if (t->reconnect_initial_ms > t->reconnect_max_ms) {
-        at = ynode_map_get(map, "reconnect_initial");
-        mark = path_push_key(c, "reconnect_initial");
-        rc = cfg_error(c, at ? at : map, "must not be greater than reconnect_max (%ums > %ums)",
-                       t->reconnect_initial_ms, t->reconnect_max_ms);
-        path_pop(c, mark);
-        return rc;
-    }
-    if (!t->tls_cert_file != !t->tls_key_file) {
-        const struct ynode *tls = ynode_map_get(map, "tls");
+    if (rc != QB_ECONFIG)
+        return cfg_oom(c);
+    at = p.at ? ynode_map_get(map, p.at) : NULL;
+    mark = path_push_key(c, p.key);
+    rc = cfg_error(c, at ? at : map, "%s", p.msg);
+    path_pop(c, mark);
+    return rc;
+}
 
-        mark = path_push_key(c, t->tls_cert_file ? "tls.key_file" : "tls.cert_file");
-        rc = cfg_error(c, tls, "missing required key (cert_file and key_file go together)");
-        path_pop(c, mark);
-        return rc;
+/* The registry's type names as "a, b or c", for messages. */
+static void transport_type_names(char *buf, size_t len)
+{
+    const struct qb_transport_ops *ops;
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; (ops = qb_transport_ops_at(i)) && used < len; i++) {
+        const char *sep = i == 0 ? "" : qb_transport_ops_at(i + 1) ? ", " : " or ";
+        int n = snprintf(buf + used, len - used, "%s%s", sep, ops->name);
+
+        if (n < 0)
+            break;
+        used += (size_t)n;
     }
-    return QB_OK;
+}
+
+/*
+ * Gives t the backend's config struct (ops->config_size bytes, freed by qb_config_free)
+ * and sets the defaults of the common keys and of ops' keys. Returns QB_OK or QB_ENOMEM.
+ */
+static int transport_defaults(struct qb_transport_config *t, const struct qb_transport_ops *ops)
+{
+    int rc;
+
+    if (ops->config_size && !(t->backend = calloc(1, ops->config_size)))
+        return QB_ENOMEM;
+    rc = apply_defaults(qb_config_transport_keys, t, ops->caps);
+    if (rc == QB_OK && t->backend)
+        rc = apply_defaults(ops->config_keys, t->backend, CAPS_ALL);
+    return rc;
 }
 
 /* One entry of transports:; the type is read first since it decides which keys are valid. */
-static int parse_transport(struct cfg_ctx *c, const struct ynode *map,
+static int parse_transport(struct qb_config_walk *c, const struct qb_config_node *map,
                            struct qb_transport_config *t)
 {
-    char buf[QB_CONFIG_DESCRIBE_MAX];
-    const struct ynode *type;
-    unsigned mask = 0;
+    char buf[QB_CONFIG_DESCRIBE_MAX], names[128];
+    const struct qb_transport_ops *ops = NULL;
+    const struct qb_config_node *type;
+    struct key_layer layers[2];
     size_t mark;
-    int rc;
+    int rc = QB_OK;
 
     t->file = map->file;
     t->line = map->line;
@@ -1635,6 +1588,7 @@ static int parse_transport(struct cfg_ctx *c, const struct ynode *map,
                          describe_node(buf, sizeof(buf), map));
     if ((rc = check_map_keys(c, map)) != QB_OK)
         return rc;
+    transport_type_names(names, sizeof(names));
     type = ynode_map_get(map, "type");
     mark = path_push_key(c, "type");
     if (!type)
@@ -1642,29 +1596,29 @@ static int parse_transport(struct cfg_ctx *c, const struct ynode *map,
     else if (ynode_is_null(type))
         rc = cfg_error(c, type, "missing required value");
     else if (type->kind != YN_SCALAR)
-        rc = cfg_error(c, type, "expected stdout, mqtt or kafka, got %s",
-                       describe_node(buf, sizeof(buf), type));
-    for (size_t i = 0; rc == QB_OK && i < sizeof(transport_types) / sizeof(transport_types[0]);
-         i++) {
-        if (strcmp(type->text, transport_types[i].name) == 0) {
-            mask = transport_types[i].mask;
-            c->transport_type = transport_types[i].name;
-        }
-    }
-    if (rc == QB_OK && !mask)
-        rc = cfg_error(c, type, "unknown transport type %s (expected stdout, mqtt or kafka)",
-                       describe_node(buf, sizeof(buf), type));
+        rc =
+            cfg_error(c, type, "expected %s, got %s", names, describe_node(buf, sizeof(buf), type));
+    else if (!(ops = qb_transport_ops_find(type->text)))
+        rc = cfg_error(c, type, "unknown transport type %s (expected %s)",
+                       describe_node(buf, sizeof(buf), type), names);
     path_pop(c, mark);
     if (rc != QB_OK)
         return rc;
-    if ((rc = apply_defaults(transport_fields, t, mask)) != QB_OK)
+    /* set before the walk, so qb_config_free finds the backend's keys whatever fails */
+    if (!(t->type = strdup(ops->name)))
+        return cfg_oom(c);
+    c->transport_type = ops->name;
+    c->caps = ops->caps;
+    if ((rc = transport_defaults(t, ops)) != QB_OK)
         return rc == QB_ENOMEM ? cfg_oom(c) : rc;
-    if ((rc = walk_map(c, map, transport_fields, t, mask)) != QB_OK)
+    layers[0] = (struct key_layer){qb_config_transport_keys, t};
+    layers[1] = (struct key_layer){t->backend ? ops->config_keys : NULL, t->backend};
+    if ((rc = walk_layers(c, map, layers, 2, true)) != QB_OK)
         return rc;
-    return finish_transport(c, map, t, mask);
+    return finish_transport(c, map, ops, t->backend);
 }
 
-static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *base)
+static int parse_transports(struct qb_config_walk *c, const struct qb_config_node *node, void *base)
 {
     struct qb_config *cfg = base;
     int rc;
@@ -1681,6 +1635,7 @@ static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *b
 
         rc = parse_transport(c, node->items[i], &cfg->transports[i]);
         c->transport_type = NULL;
+        c->caps = CAPS_ALL;
         path_pop(c, mark);
         if (rc != QB_OK)
             return rc;
@@ -1690,9 +1645,10 @@ static int parse_transports(struct cfg_ctx *c, const struct ynode *node, void *b
 
 /* ---- after the walk: checks and defaults that span sections ---- */
 
-static int finish_qmp(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+static int finish_qmp(struct qb_config_walk *c, const struct qb_config_node *root,
+                      struct qb_config *cfg)
 {
-    const struct ynode *qmp = ynode_map_get(root, "qmp"), *at;
+    const struct qb_config_node *qmp = ynode_map_get(root, "qmp"), *at;
     size_t mark;
     int rc;
 
@@ -1711,9 +1667,10 @@ static int finish_qmp(struct cfg_ctx *c, const struct ynode *root, struct qb_con
  * A full spool frees space a segment at a time (release, drop_oldest), so a
  * segment as large as the whole spool would make "full" mean "stuck".
  */
-static int finish_spool(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+static int finish_spool(struct qb_config_walk *c, const struct qb_config_node *root,
+                        struct qb_config *cfg)
 {
-    const struct ynode *spool = ynode_map_get(root, "spool"), *at;
+    const struct qb_config_node *spool = ynode_map_get(root, "spool"), *at;
     size_t mark;
     int rc;
 
@@ -1739,9 +1696,10 @@ static int finish_spool(struct cfg_ctx *c, const struct ynode *root, struct qb_c
  * at the first command. One trailing newline (what editors and echo add) is
  * not key.
  */
-static int finish_commands(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+static int finish_commands(struct qb_config_walk *c, const struct qb_config_node *root,
+                           struct qb_config *cfg)
 {
-    const struct ynode *section = ynode_map_get(root, "commands"), *at;
+    const struct qb_config_node *section = ynode_map_get(root, "commands"), *at;
     const char *file = cfg->commands_hmac_key_file;
     unsigned char *key = NULL;
     size_t len = 0, mark;
@@ -1807,7 +1765,7 @@ done:
 }
 
 /* Explicit names must be unique; defaults take the type, then "type#2", "type#3", ... */
-static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
+static int finish_transport_names(struct qb_config_walk *c, const struct qb_config_node *root,
                                   struct qb_config *cfg)
 {
     size_t n = cfg->n_transports, dup, first;
@@ -1824,8 +1782,8 @@ static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
         return cfg_oom(c);
     /* "" stands for "not named" above, and those may repeat */
     if (dup != SIZE_MAX && cfg->transports[dup].name) {
-        const struct ynode *list = ynode_map_get(root, "transports");
-        const struct ynode *orig = ynode_map_get(list->items[first], "name");
+        const struct qb_config_node *list = ynode_map_get(root, "transports");
+        const struct qb_config_node *orig = ynode_map_get(list->items[first], "name");
         size_t mark = path_push_key(c, "transports");
 
         path_push_index(c, dup);
@@ -1864,9 +1822,10 @@ static int finish_transport_names(struct cfg_ctx *c, const struct ynode *root,
  * not accept is refused rather than rewritten: a derived id could equal
  * another host's, and two bridges sharing an id share topics and sessions.
  */
-static int finish_bridge_id(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+static int finish_bridge_id(struct qb_config_walk *c, const struct qb_config_node *root,
+                            struct qb_config *cfg)
 {
-    const struct ynode *at = ynode_map_get(root, "bridge");
+    const struct qb_config_node *at = ynode_map_get(root, "bridge");
     char host[256], quoted[QB_CONFIG_QUOTE_MAX + 4];
     size_t mark;
     int rc;
@@ -1892,7 +1851,24 @@ static int finish_bridge_id(struct cfg_ctx *c, const struct ynode *root, struct 
     return rc;
 }
 
-static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_config *cfg)
+/* Keys whose default is a prefix and bridge.id (qb_config_key.id_prefix), where unset. */
+static int finish_id_defaults(const struct qb_config_key *table, void *base, const char *id)
+{
+    for (const struct qb_config_key *f = table; f && f->key; f++) {
+        char **s = (char **)((char *)base + f->offset);
+
+        if (f->type != QB_CFG_STRING || !f->id_prefix || *s)
+            continue;
+        if (asprintf(s, "%s%s", f->id_prefix, id) < 0) {
+            *s = NULL;
+            return QB_ENOMEM;
+        }
+    }
+    return QB_OK;
+}
+
+static int finish_config(struct qb_config_walk *c, const struct qb_config_node *root,
+                         struct qb_config *cfg)
 {
     int rc;
 
@@ -1901,28 +1877,23 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
         (rc = finish_commands(c, root, cfg)) != QB_OK)
         return rc;
     if (!cfg->transports) {
+        const struct qb_transport_ops *ops = qb_transport_ops_find("stdout");
+
         if (!(cfg->transports = calloc(1, sizeof(*cfg->transports))))
             return cfg_oom(c);
         cfg->n_transports = 1;
-        if (!(cfg->transports[0].type = strdup("stdout")))
+        if (!ops || !(cfg->transports[0].type = strdup(ops->name)))
             return cfg_oom(c);
         cfg->transports[0].file = cfg->path;
-        if (apply_defaults(transport_fields, &cfg->transports[0], T_STDOUT) != QB_OK)
+        if (transport_defaults(&cfg->transports[0], ops) != QB_OK)
             return cfg_oom(c);
     }
     for (size_t i = 0; i < cfg->n_transports; i++) {
         struct qb_transport_config *t = &cfg->transports[i];
+        const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);
 
-        if (strcmp(t->type, "mqtt") == 0 && !t->client_id &&
-            asprintf(&t->client_id, "qmp-bridge-%s", cfg->bridge_id) < 0) {
-            t->client_id = NULL;
+        if (t->backend && finish_id_defaults(ops->config_keys, t->backend, cfg->bridge_id) != QB_OK)
             return cfg_oom(c);
-        }
-        if (strcmp(t->type, "kafka") == 0 && !t->group_id &&
-            asprintf(&t->group_id, "qmp-bridge.%s", cfg->bridge_id) < 0) {
-            t->group_id = NULL;
-            return cfg_oom(c);
-        }
     }
     return finish_transport_names(c, root, cfg);
 }
@@ -1939,17 +1910,17 @@ static int finish_config(struct cfg_ctx *c, const struct ynode *root, struct qb_
  * its default. Keys are checked first on both sides, so a drop-in's duplicate key is reported
  * at the drop-in instead of being merged twice.
  */
-static int tree_merge(struct cfg_ctx *c, struct ynode *dst, struct ynode *src,
-                      const struct field *table)
+static int tree_merge(struct qb_config_walk *c, struct qb_config_node *dst,
+                      struct qb_config_node *src, const struct qb_config_key *table)
 {
     int rc;
 
     if ((rc = check_map_keys(c, dst)) != QB_OK || (rc = check_map_keys(c, src)) != QB_OK)
         return rc;
     for (size_t i = 0; rc == QB_OK && i + 1 < src->n; i += 2) {
-        struct ynode *key = src->items[i], *value = src->items[i + 1], *old;
-        const struct field *f = table ? field_find(table, key->text) : NULL;
-        bool section = f && f->type == F_SECTION, append = f && f->append;
+        struct qb_config_node *key = src->items[i], *value = src->items[i + 1], *old;
+        const struct qb_config_key *f = table ? field_find(table, key->text) : NULL;
+        bool section = f && f->type == QB_CFG_SECTION, append = f && f->append;
         size_t j = 0, mark;
 
         while (j + 1 < dst->n && strcmp(dst->items[j]->text, key->text) != 0)
@@ -1989,7 +1960,8 @@ static int tree_merge(struct cfg_ctx *c, struct ynode *dst, struct ynode *src,
 }
 
 /* Merges the drop-in tree src (taken) over *root; an empty drop-in changes nothing. */
-static int tree_merge_root(struct cfg_ctx *c, struct ynode **root, struct ynode *src)
+static int tree_merge_root(struct qb_config_walk *c, struct qb_config_node **root,
+                           struct qb_config_node *src)
 {
     char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc = QB_OK;
@@ -2019,7 +1991,7 @@ static int tree_merge_root(struct cfg_ctx *c, struct ynode **root, struct ynode 
  * alone. An expanded value is a quoted string from then on: an empty expansion is "", not
  * null, so a required key cannot silently fall back to its default.
  */
-static int tree_expand(struct cfg_ctx *c, struct ynode *node)
+static int tree_expand(struct qb_config_walk *c, struct qb_config_node *node)
 {
     char why[512];
     char *text;
@@ -2040,7 +2012,7 @@ static int tree_expand(struct cfg_ctx *c, struct ynode *node)
         return QB_OK;
     }
     for (size_t i = node->kind == YN_MAP ? 1 : 0; i < node->n; i += node->kind == YN_MAP ? 2 : 1) {
-        const struct ynode *key = node->kind == YN_MAP ? node->items[i - 1] : NULL;
+        const struct qb_config_node *key = node->kind == YN_MAP ? node->items[i - 1] : NULL;
         size_t mark = key ? path_push_key(c, key->kind == YN_SCALAR ? key->text : "?")
                           : path_push_index(c, i);
 
@@ -2053,7 +2025,8 @@ static int tree_expand(struct cfg_ctx *c, struct ynode *node)
 }
 
 /* Parses one file's text (c->name names it) into *out, held to the engine's bounds. */
-static int tree_parse(struct cfg_ctx *c, const char *buf, size_t len, struct ynode **out)
+static int tree_parse(struct qb_config_walk *c, const char *buf, size_t len,
+                      struct qb_config_node **out)
 {
     *out = NULL;
     if (len > QB_CONFIG_MAX_BYTES)
@@ -2064,7 +2037,8 @@ static int tree_parse(struct cfg_ctx *c, const char *buf, size_t len, struct yno
 }
 
 /* Walks the tree of the main file, with its drop-ins merged in, into cfg. */
-static int config_from_tree(struct cfg_ctx *c, struct ynode *root, struct qb_config *cfg)
+static int config_from_tree(struct qb_config_walk *c, struct qb_config_node *root,
+                            struct qb_config *cfg)
 {
     char buf[QB_CONFIG_DESCRIBE_MAX];
     int rc;
@@ -2073,14 +2047,13 @@ static int config_from_tree(struct cfg_ctx *c, struct ynode *root, struct qb_con
     if (!root || ynode_is_null(root))
         return cfg_error_at(c, root ? root->line : 1, root ? root->column : 1,
                             "the file is empty");
-    if (apply_defaults(root_fields, cfg, 0) != QB_OK)
+    if (apply_defaults(root_fields, cfg, CAPS_ALL) != QB_OK)
         return cfg_oom(c);
     if (root->kind != YN_MAP)
         return cfg_error(c, root, "expected a mapping, got %s",
                          describe_node(buf, sizeof(buf), root));
     c->ref_budget = QB_CONFIG_MAX_BYTES;
-    if ((rc = tree_expand(c, root)) != QB_OK ||
-        (rc = walk_map(c, root, root_fields, cfg, 0)) != QB_OK)
+    if ((rc = tree_expand(c, root)) != QB_OK || (rc = walk_map(c, root, root_fields, cfg)) != QB_OK)
         return rc;
     return finish_config(c, root, cfg);
 }
@@ -2145,11 +2118,12 @@ static int read_capped(const char *path, char **buf, size_t *len, char *errbuf, 
  * Reads the drop-ins of cfg->path (config_dropins.h) into cfg->files and merges each over
  * *root in name order. Errors name the drop-in and its line:column.
  */
-static int merge_dropins(struct cfg_ctx *c, struct qb_config *cfg, struct ynode **root)
+static int merge_dropins(struct qb_config_walk *c, struct qb_config *cfg,
+                         struct qb_config_node **root)
 {
     char **paths = NULL, *dir = NULL, *buf = NULL, **files;
     size_t n = 0, len;
-    struct ynode *tree;
+    struct qb_config_node *tree;
     int rc;
 
     rc = qb_config_dropin_dir(cfg->path, &dir, c->errbuf, c->errlen);
@@ -2222,32 +2196,31 @@ void qb_config_free(struct qb_config *cfg)
 {
     if (!cfg)
         return;
-    free_fields(root_fields, cfg);
+    qb_config_map_free(root_fields, cfg);
     if (cfg->commands_hmac_key) {
         explicit_bzero(cfg->commands_hmac_key, cfg->commands.hmac_key_len);
         free(cfg->commands_hmac_key);
     }
     for (size_t i = 0; i < cfg->n_vms; i++)
-        free_fields(vm_fields, &cfg->vms[i]);
+        qb_config_map_free(vm_fields, &cfg->vms[i]);
     free(cfg->vms);
     for (size_t i = 0; i < cfg->n_events_exclude; i++)
         free(cfg->events_exclude[i]);
     free(cfg->events_exclude);
     for (size_t i = 0; i < cfg->n_transports; i++) {
         struct qb_transport_config *t = &cfg->transports[i];
+        const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);
 
-        free_fields(transport_fields, t);
+        if (ops && t->backend)
+            qb_config_map_free(ops->config_keys, t->backend);
+        free(t->backend);
+        qb_config_map_free(qb_config_transport_keys, t);
         for (size_t j = 0; j < t->n_include; j++)
             free(t->include[j]);
         free(t->include);
         for (size_t j = 0; j < t->n_exclude; j++)
             free(t->exclude[j]);
         free(t->exclude);
-        for (size_t j = 0; j < t->n_properties; j++) {
-            free(t->properties[j].key);
-            free(t->properties[j].value);
-        }
-        free(t->properties);
     }
     free(cfg->transports);
     for (size_t i = 0; i < cfg->n_files; i++)
@@ -2260,9 +2233,10 @@ void qb_config_free(struct qb_config *cfg)
 int qb_config_load_string(const char *name, const char *yaml, size_t len, struct qb_config **out,
                           char *errbuf, size_t errlen)
 {
-    struct cfg_ctx c = {.name = name ? name : "<config>", .errbuf = errbuf, .errlen = errlen};
+    struct qb_config_walk c = {
+        .name = name ? name : "<config>", .errbuf = errbuf, .errlen = errlen, .caps = CAPS_ALL};
     struct qb_config *cfg = NULL;
-    struct ynode *root = NULL;
+    struct qb_config_node *root = NULL;
     int rc;
 
     *out = NULL;
@@ -2283,9 +2257,9 @@ int qb_config_load_string(const char *name, const char *yaml, size_t len, struct
 
 int qb_config_load_file(const char *path, struct qb_config **out, char *errbuf, size_t errlen)
 {
-    struct cfg_ctx c = {.name = path, .errbuf = errbuf, .errlen = errlen};
+    struct qb_config_walk c = {.name = path, .errbuf = errbuf, .errlen = errlen, .caps = CAPS_ALL};
     struct qb_config *cfg = NULL;
-    struct ynode *root = NULL;
+    struct qb_config_node *root = NULL;
     char *buf = NULL;
     size_t len = 0;
     int rc;

@@ -2,7 +2,8 @@
  * config.h - the bridge's configuration, loaded from one YAML file and its drop-ins.
  *
  * The loader (config.c) walks the YAML with libyaml and fills these structs
- * through field tables (key, type, default, offset). Every error names
+ * through key tables (config_map.h: key, type, default, offset); a transport's
+ * own keys come from its backend's table (transport_ops.h). Every error names
  * file:line:column and the key, e.g.
  *   "qmp-bridge.yaml:7:5: transports[1].qos: expected 0, 1 or 2, got 'three'".
  * Every key and its default is documented in conf/qmp-bridge.example.yaml.
@@ -21,8 +22,10 @@
 #define QB_CONFIG_H
 
 #include "command.h"
+#include "config_map.h"
 #include "log.h"
 #include "spool.h" /* enum qb_spool_fsync */
+#include "transport_config.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,27 +38,6 @@ struct qb_vm_config {
     const char *file; /* where it was defined (one of the config's files, borrowed) */
     int line;
 };
-
-/* One key/value pair of a pass-through map (kafka properties:). */
-struct qb_config_kv {
-    char *key;
-    char *value;
-    int line, column;
-};
-
-enum qb_mqtt_protocol { QB_MQTT_V5 = 5, QB_MQTT_V311 = 4 };
-/* What the MQTT broker is (mqtt broker:); rabbitmq: see README, RabbitMQ. */
-enum qb_mqtt_broker { QB_MQTT_BROKER_GENERIC = 0, QB_MQTT_BROKER_RABBITMQ = 1 };
-enum qb_kafka_content_mode { QB_KAFKA_STRUCTURED = 0, QB_KAFKA_BINARY = 1 };
-
-/*
- * What a transport does when its queue fills (on_full:). backpressure: at 90%
- * of either bound the bridge stops reading from every QMP socket (QEMU keeps
- * the events) until the queue is back under 50%: nothing is lost, but one
- * stuck transport stalls the others. drop: this transport never stalls the
- * bridge; what does not fit is refused, counted and logged.
- */
-enum qb_queue_full_policy { QB_ON_FULL_BACKPRESSURE = 0, QB_ON_FULL_DROP = 1 };
 
 /*
  * What the bridge does when the spool is full (spool.on_full:). backpressure:
@@ -71,69 +53,6 @@ enum qb_spool_full_policy { QB_SPOOL_FULL_BACKPRESSURE = 0, QB_SPOOL_FULL_DROP_O
  * pid: always the template (qmp.listen_name_template), e.g. "vm-{pid}".
  */
 enum qb_listen_name { QB_LISTEN_NAME_QUERY = 0, QB_LISTEN_NAME_PID = 1 };
-
-/*
- * One entry of transports:. One flat struct for every backend keeps the loader
- * to one field table; the table says which keys each type accepts, so a kafka
- * key under an mqtt transport is an "unknown key" error.
- */
-struct qb_transport_config {
-    char *type; /* "stdout", "mqtt", "kafka" */
-    char *name; /* label in logs and metrics; default: the type, or type#N if repeated */
-    const char *file; /* where it was defined (one of the config's files, borrowed) */
-    int line, column;
-
-    /* Common to all: the bounded in-memory queue in front of the backend. */
-    size_t queue_max_messages; /* queue_max_messages, default 100000 */
-    size_t queue_max_bytes;    /* queue_max_bytes, default 64MiB */
-    enum qb_queue_full_policy on_full; /* on_full: backpressure (default) or drop */
-    /* include / exclude: fnmatch patterns on the CloudEvents type of each message (events,
-       qmp.vm.state, bridge.*); default none: everything passes (see transport_filter.h) */
-    char **include;
-    size_t n_include;
-    char **exclude;
-    size_t n_exclude;
-
-    /* stdout */
-    char *path; /* path: write JSON lines to this file instead of stdout; default NULL */
-
-    /* mqtt */
-    char *host;              /* default "127.0.0.1" */
-    int port;                /* default 1883 (8883 when tls.ca_file is set) */
-    char *topic_prefix;      /* default "qmp" */
-    int qos;                 /* 0, 1, 2; default 1 */
-    enum qb_mqtt_protocol protocol; /* "5" or "3.1.1"; default 5 (3.1.1 for rabbitmq) */
-    enum qb_mqtt_broker broker;     /* "generic" (default) or "rabbitmq" */
-    char *client_id;         /* default "qmp-bridge-<bridge id>" */
-    uint32_t keepalive_ms;   /* keepalive, default 30s */
-    char *username;          /* default NULL */
-    char *password_file;     /* first line is the password; default NULL */
-    char *tls_ca_file;       /* tls: { ca_file, cert_file, key_file, insecure } */
-    char *tls_cert_file;
-    char *tls_key_file;
-    bool tls_insecure;       /* skip hostname verification; default false */
-    uint32_t max_inflight;   /* unacknowledged publishes at once; default 100 */
-    uint32_t reconnect_initial_ms; /* default 500ms */
-    uint32_t reconnect_max_ms;     /* default 30s */
-
-    /* kafka */
-    char *brokers;         /* "host:port,..." required for kafka */
-    char *events_topic;    /* default "qmp.events"; <bridge>/<vm>/<type> placeholders */
-    char *state_topic;     /* default "qmp.state" */
-    char *commands_topic;  /* default "qmp.commands" */
-    enum qb_kafka_content_mode content_mode; /* "structured" (default) or "binary" */
-    struct qb_config_kv *properties; /* passed to librdkafka verbatim */
-    size_t n_properties;
-
-    uint32_t shutdown_timeout_ms; /* bounded flush wait at shutdown; default 5s */
-
-    /* commands (mqtt, kafka): receive commands on this transport; default true when
-       commands.enabled, ignored otherwise */
-    bool commands;
-    uint32_t session_expiry_s; /* mqtt session_expiry: MQTT 5 session kept this long across a
-                                  disconnect so QoS 1 commands wait for us; default 1h */
-    char *group_id;            /* kafka group_id: default "qmp-bridge.<bridge id>" */
-};
 
 struct qb_config {
     char *path;   /* the main file this came from */
@@ -212,6 +131,13 @@ struct qb_config {
     struct qb_transport_config *transports;
     size_t n_transports;
 };
+
+/*
+ * The keys every transport accepts (type, name, queue bounds, on_full, include,
+ * exclude, shutdown_timeout, commands), describing struct qb_transport_config; each
+ * backend's own keys are in its ops' config map (transport_ops.h).
+ */
+extern const struct qb_config_key qb_config_transport_keys[];
 
 /*
  * Loads and validates the YAML file at path, with its drop-ins merged over it.

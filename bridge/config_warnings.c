@@ -5,6 +5,8 @@
  */
 #include "config_warnings.h"
 
+#include "transport_ops.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -34,17 +36,10 @@ size_t qb_config_warnings(const struct qb_config *cfg, qb_config_warning_fn emit
     }
     for (size_t i = 0; i < cfg->n_transports; i++) {
         const struct qb_transport_config *t = &cfg->transports[i];
+        const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);
 
-        if (strcmp(t->type, "mqtt") != 0 || !t->commands || t->tls_ca_file || t->tls_cert_file ||
-            t->username)
-            continue;
-        snprintf(line, sizeof(line),
-                 "transport %s: commands are received from %s:%d without TLS and without a "
-                 "username: anyone who can reach the broker can send them; set tls.ca_file and "
-                 "username (with password_file), or commands: false on this transport",
-                 t->name ? t->name : t->type, t->host ? t->host : "?", t->port);
-        emit(arg, line);
-        n++;
+        if (t->commands && ops && ops->config_warn_commands)
+            n += ops->config_warn_commands(t, emit, arg);
     }
     return n;
 }

@@ -18,6 +18,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "transport_ops.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -60,34 +61,16 @@ static bool str_list_eq(char *const *a, size_t na, char *const *b, size_t nb)
 bool qb_reload_transport_equal(const struct qb_transport_config *a,
                                const struct qb_transport_config *b)
 {
-    /* every key of struct qb_transport_config but file/line/column, in its order */
-    if (!str_eq(a->type, b->type) || !str_eq(a->name, b->name) ||
-        a->queue_max_messages != b->queue_max_messages ||
-        a->queue_max_bytes != b->queue_max_bytes || a->on_full != b->on_full ||
-        !str_eq(a->path, b->path) || !str_eq(a->host, b->host) || a->port != b->port ||
-        !str_eq(a->topic_prefix, b->topic_prefix) || a->qos != b->qos ||
-        a->protocol != b->protocol || !str_eq(a->client_id, b->client_id) ||
-        a->keepalive_ms != b->keepalive_ms || !str_eq(a->username, b->username) ||
-        !str_eq(a->password_file, b->password_file) || !str_eq(a->tls_ca_file, b->tls_ca_file) ||
-        !str_eq(a->tls_cert_file, b->tls_cert_file) ||
-        !str_eq(a->tls_key_file, b->tls_key_file) || a->tls_insecure != b->tls_insecure ||
-        a->max_inflight != b->max_inflight || a->reconnect_initial_ms != b->reconnect_initial_ms ||
-        a->reconnect_max_ms != b->reconnect_max_ms || !str_eq(a->brokers, b->brokers) ||
-        !str_eq(a->events_topic, b->events_topic) || !str_eq(a->state_topic, b->state_topic) ||
-        !str_eq(a->commands_topic, b->commands_topic) || a->content_mode != b->content_mode ||
-        a->n_properties != b->n_properties || a->shutdown_timeout_ms != b->shutdown_timeout_ms ||
-        a->commands != b->commands || a->session_expiry_s != b->session_expiry_s ||
-        !str_eq(a->group_id, b->group_id) ||
+    const struct qb_transport_ops *ops = qb_transport_ops_find(a->type);
+
+    /* every key of the common table and of the backend's config map; not file/line/column */
+    if (!str_eq(a->type, b->type) || !qb_config_map_equal(qb_config_transport_keys, a, b) ||
         !str_list_eq(a->include, a->n_include, b->include, b->n_include) ||
         !str_list_eq(a->exclude, a->n_exclude, b->exclude, b->n_exclude))
         return false;
-    if (a->broker != b->broker)
-        return false;
-    for (size_t i = 0; i < a->n_properties; i++)
-        if (!str_eq(a->properties[i].key, b->properties[i].key) ||
-            !str_eq(a->properties[i].value, b->properties[i].value))
-            return false;
-    return true;
+    if (!a->backend || !b->backend)
+        return a->backend == b->backend;
+    return ops && qb_config_map_equal(ops->config_keys, a->backend, b->backend);
 }
 
 static const struct qb_vm_config *find_vm(const struct qb_config *c, const char *name, size_t *i)

@@ -206,6 +206,16 @@ static const struct qb_transport_ops *ops_lookup(const char *type)
     return NULL;
 }
 
+const struct qb_transport_ops *qb_transport_ops_find(const char *type)
+{
+    return ops_lookup(type);
+}
+
+const struct qb_transport_ops *qb_transport_ops_at(size_t i)
+{
+    return i < sizeof(registry) / sizeof(registry[0]) ? registry[i] : NULL;
+}
+
 static const char *cfg_name(const struct qb_transport_config *cfg)
 {
     if (cfg->name && cfg->name[0])

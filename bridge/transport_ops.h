@@ -9,6 +9,7 @@
 #ifndef QB_TRANSPORT_OPS_H
 #define QB_TRANSPORT_OPS_H
 
+#include "config_map.h"
 #include "transport.h"
 
 /* Capabilities a backend announces. */
@@ -45,6 +46,31 @@ struct qb_transport_backend_cb {
 struct qb_transport_ops {
     const char *name; /* the `type:` in YAML */
     unsigned caps;
+
+    /*
+     * The config map: the keys this backend accepts besides the common transport keys
+     * (config.c), terminated by a NULL key; NULL when it has none. Offsets are into the
+     * backend's own config struct (config_size bytes), which the loader allocates, fills
+     * with the defaults and then the file's values, and frees; the backend finds it at
+     * cfg->backend.
+     */
+    const struct qb_config_key *config_keys;
+    size_t config_size;
+
+    /*
+     * Optional. Checks across keys and defaults that depend on other keys, after the
+     * walk; bcfg is the backend's config struct. Returns QB_OK, or QB_ECONFIG with *p
+     * filled (the loader adds file, line, column and the key's path).
+     */
+    int (*config_finish)(void *bcfg, struct qb_config_problem *p);
+
+    /*
+     * Optional. Called for a transport that receives commands (commands enabled, and
+     * its commands: key true): calls emit(arg, line) once per risky setting of cfg
+     * (borrowed), each line saying the risk and the fix. Returns how many.
+     */
+    size_t (*config_warn_commands)(const struct qb_transport_config *cfg,
+                                   void (*emit)(void *arg, const char *line), void *arg);
 
     /* Pure check of cfg; fills errbuf and returns QB_ECONFIG when invalid. Required. */
     int (*validate)(const struct qb_transport_config *cfg, char *errbuf, size_t errlen);
@@ -114,6 +140,13 @@ int qb_transport_create_with_ops(const struct qb_transport_ops *ops, uv_loop_t *
                                  const struct qb_transport_config *cfg,
                                  const struct qb_bridge_info *bridge, struct qb_transport **out,
                                  char *errbuf, size_t errlen);
+
+/*
+ * The registry (transport.c): the backend whose name is type, or NULL; the i-th backend
+ * in registry order, or NULL past the last. Both return static data.
+ */
+const struct qb_transport_ops *qb_transport_ops_find(const char *type);
+const struct qb_transport_ops *qb_transport_ops_at(size_t i);
 
 /* Backends, defined in transports/<name>.c. */
 extern const struct qb_transport_ops qb_transport_stdout_ops;

@@ -35,6 +35,7 @@
  * before the commit means the command comes again, and its id is known.
  */
 #include "error.h"
+#include "kafka_config.h"
 #include "log.h"
 #include "transport_ops.h"
 
@@ -103,6 +104,7 @@ struct kafka_rtt {
 
 struct kafka_backend {
     const struct qb_transport_config *cfg;
+    const struct qb_kafka_config *kc; /* cfg->backend: the kafka keys */
     const struct qb_bridge_info *bridge;
     const struct qb_transport_backend_cb *cb;
     void *owner;
@@ -169,6 +171,36 @@ static const char *cfg_name(const struct qb_transport_config *cfg)
     return cfg->name ? cfg->name : "kafka";
 }
 
+/* ---- configuration: the keys of a kafka transport ---- */
+
+static const struct qb_config_enum content_modes[] = {
+    {"structured", QB_KAFKA_STRUCTURED}, {"binary", QB_KAFKA_BINARY}, {NULL, 0}};
+
+_Static_assert(sizeof(enum qb_kafka_content_mode) == sizeof(int), "QB_CFG_ENUM stores an int");
+
+#define K struct qb_kafka_config
+static const struct qb_config_key kafka_config_keys[] = {
+    QB_CONFIG_KEY(K, "brokers", QB_CFG_STRING, brokers, .required = true,
+                  .check = qb_config_check_nonempty, .desc = "bootstrap brokers, host:port,..."),
+    QB_CONFIG_KEY(K, "events_topic", QB_CFG_STRING, events_topic, .def = "qmp.events",
+                  .check = qb_config_check_nonempty,
+                  .desc = "topic of events; <bridge>/<vm>/<type> placeholders"),
+    QB_CONFIG_KEY(K, "state_topic", QB_CFG_STRING, state_topic, .def = "qmp.state",
+                  .check = qb_config_check_nonempty, .desc = "topic of state copies"),
+    QB_CONFIG_KEY(K, "commands_topic", QB_CFG_STRING, commands_topic, .def = "qmp.commands",
+                  .check = qb_config_check_nonempty, .desc = "topic commands are read from"),
+    QB_CONFIG_KEY(K, "content_mode", QB_CFG_ENUM, content_mode, .def = "structured",
+                  .enums = content_modes, .desc = "CloudEvents structured or binary mode"),
+    QB_CONFIG_PAIRS(K, "properties", properties, n_properties, .secret = "kafka ssl.key.location",
+                    .secret_item = "ssl.key.location",
+                    .desc = "librdkafka properties, passed verbatim"),
+    QB_CONFIG_KEY(K, "group_id", QB_CFG_STRING, group_id, .check = qb_config_check_nonempty,
+                  .id_prefix = "qmp-bridge.",
+                  .desc = "consumer group of the commands; default qmp-bridge.<id>"),
+    {0},
+};
+#undef K
+
 /*
  * Builds a producer configuration from cfg: bootstrap.servers, our defaults,
  * then cfg->properties verbatim. client_id may be NULL (validate has no
@@ -179,6 +211,7 @@ static const char *cfg_name(const struct qb_transport_config *cfg)
 static int build_conf(const struct qb_transport_config *cfg, const char *client_id,
                       rd_kafka_conf_t **out, char *errbuf, size_t errlen)
 {
+    const struct qb_kafka_config *kc = cfg->backend; /* kafka_validate checked it is there */
     char rderr[512];
     const char *key = "bootstrap.servers";
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -186,7 +219,7 @@ static int build_conf(const struct qb_transport_config *cfg, const char *client_
         snprintf(errbuf, errlen, "kafka %s: out of memory", cfg_name(cfg));
         return QB_ENOMEM;
     }
-    if (rd_kafka_conf_set(conf, key, cfg->brokers, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
+    if (rd_kafka_conf_set(conf, key, kc->brokers, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
         goto rejected;
     key = "client.id";
     if (client_id &&
@@ -198,9 +231,9 @@ static int build_conf(const struct qb_transport_config *cfg, const char *client_
             RD_KAFKA_CONF_OK)
             goto rejected;
     }
-    for (size_t i = 0; i < cfg->n_properties; i++) {
-        key = cfg->properties[i].key;
-        if (rd_kafka_conf_set(conf, key, cfg->properties[i].value, rderr, sizeof(rderr)) !=
+    for (size_t i = 0; i < kc->n_properties; i++) {
+        key = kc->properties[i].key;
+        if (rd_kafka_conf_set(conf, key, kc->properties[i].value, rderr, sizeof(rderr)) !=
             RD_KAFKA_CONF_OK)
             goto rejected;
     }
@@ -223,21 +256,26 @@ static int kafka_validate(const struct qb_transport_config *cfg, char *errbuf, s
         size_t offset;
         const char *key;
     } required[] = {
-        {offsetof(struct qb_transport_config, brokers), "brokers"},
-        {offsetof(struct qb_transport_config, events_topic), "events_topic"},
-        {offsetof(struct qb_transport_config, state_topic), "state_topic"},
+        {offsetof(struct qb_kafka_config, brokers), "brokers"},
+        {offsetof(struct qb_kafka_config, events_topic), "events_topic"},
+        {offsetof(struct qb_kafka_config, state_topic), "state_topic"},
     };
+    const struct qb_kafka_config *kc = cfg->backend;
+    if (!kc) {
+        snprintf(errbuf, errlen, "kafka %s: no kafka configuration", cfg_name(cfg));
+        return QB_ECONFIG;
+    }
     for (size_t i = 0; i < N_ELEMS(required); i++) {
-        const char *value = *(char *const *)((const char *)cfg + required[i].offset);
+        const char *value = *(char *const *)((const char *)kc + required[i].offset);
         if (!value || !value[0]) {
             snprintf(errbuf, errlen, "kafka %s: %s must not be empty", cfg_name(cfg),
                      required[i].key);
             return QB_ECONFIG;
         }
     }
-    if (cfg->content_mode != QB_KAFKA_STRUCTURED && cfg->content_mode != QB_KAFKA_BINARY) {
+    if (kc->content_mode != QB_KAFKA_STRUCTURED && kc->content_mode != QB_KAFKA_BINARY) {
         snprintf(errbuf, errlen, "kafka %s: unknown content mode %d", cfg_name(cfg),
-                 (int)cfg->content_mode);
+                 (int)kc->content_mode);
         return QB_ECONFIG;
     }
     /* A scratch conf catches what librdkafka rejects without starting a producer. */
@@ -369,7 +407,7 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
     if (b->closing)
         return QB_ECLOSED;
 
-    const char *tmpl = msg->kind == QB_MSG_STATE ? b->cfg->state_topic : b->cfg->events_topic;
+    const char *tmpl = msg->kind == QB_MSG_STATE ? b->kc->state_topic : b->kc->events_topic;
     int rc = expand_topic(tmpl, b->bridge->id, msg->vm, msg->type, topic, sizeof(topic));
     if (rc != QB_OK) {
         QB_LOG_ERR(msg->vm, "kafka %s: topic for %s from '%s' is longer than %d characters",
@@ -380,7 +418,7 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
     bool tombstone = qb_message_clears_state(msg);
     if (tombstone)
         rc = QB_OK; /* the key and a NULL value: compaction deletes the VM's state; no event */
-    else if (b->cfg->content_mode == QB_KAFKA_BINARY)
+    else if (b->kc->content_mode == QB_KAFKA_BINARY)
         rc = binary_encode(b, msg, hdrs, &value);
     else
         rc = structured_headers(msg, hdrs);
@@ -665,9 +703,10 @@ static uint64_t part_track(struct kafka_backend *b, struct kafka_part *p, int64_
         size_t cap = p->cap ? p->cap * 2 : 16;
         struct kafka_pending *items = realloc(p->items, cap * sizeof(*items));
         if (!items) {
-            QB_LOG_ERR(NULL, "kafka %s: out of memory tracking %s [%d] offset %lld: no more "
+            QB_LOG_ERR(NULL,
+                       "kafka %s: out of memory tracking %s [%d] offset %lld: no more "
                        "commits for this partition until it is reassigned",
-                       cfg_name(b->cfg), b->cfg->commands_topic, (int)p->partition,
+                       cfg_name(b->cfg), b->kc->commands_topic, (int)p->partition,
                        (long long)offset);
             p->stuck = true;
             return 0;
@@ -683,13 +722,13 @@ static uint64_t part_track(struct kafka_backend *b, struct kafka_part *p, int64_
 static void part_commit(struct kafka_backend *b, struct kafka_part *p, int64_t offset)
 {
     rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(list, b->cfg->commands_topic, p->partition)->offset = offset;
+    rd_kafka_topic_partition_list_add(list, b->kc->commands_topic, p->partition)->offset = offset;
     p->recommit = false;
     rd_kafka_resp_err_t err = rd_kafka_commit(b->cons->rk, list, 1);
     if (err) {
         QB_LOG_WARN(NULL, "kafka %s: cannot commit %s [%d] at offset %lld: %s; will retry",
-                    cfg_name(b->cfg), b->cfg->commands_topic, (int)p->partition,
-                    (long long)offset, rd_kafka_err2str(err));
+                    cfg_name(b->cfg), b->kc->commands_topic, (int)p->partition, (long long)offset,
+                    rd_kafka_err2str(err));
         p->recommit = true;
     }
     rd_kafka_topic_partition_list_destroy(list);
@@ -779,7 +818,7 @@ static void consume_one(struct kafka_backend *b, const rd_kafka_message_t *rm)
     if (rm->err) {
         if (rm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
             QB_LOG_DEBUG(NULL, "kafka %s: commands: end of %s [%d] at offset %lld",
-                         cfg_name(b->cfg), b->cfg->commands_topic, (int)rm->partition,
+                         cfg_name(b->cfg), b->kc->commands_topic, (int)rm->partition,
                          (long long)rm->offset);
         else
             QB_LOG_WARN(NULL, "kafka %s: commands: consumer error on %s [%d]: %s",
@@ -791,11 +830,12 @@ static void consume_one(struct kafka_backend *b, const rd_kafka_message_t *rm)
     uint64_t token = p ? part_track(b, p, rm->offset) : 0;
     if (!p)
         QB_LOG_ERR(NULL, "kafka %s: out of memory tracking %s [%d]", cfg_name(b->cfg),
-                   b->cfg->commands_topic, (int)rm->partition);
+                   b->kc->commands_topic, (int)rm->partition);
     if (!key_is_ours(b, rm, vm, sizeof(vm))) {
-        QB_LOG_DEBUG(NULL, "kafka %s: commands: %s [%d] offset %lld keyed '%.*s' is not for "
+        QB_LOG_DEBUG(NULL,
+                     "kafka %s: commands: %s [%d] offset %lld keyed '%.*s' is not for "
                      "this bridge: skipped",
-                     cfg_name(b->cfg), b->cfg->commands_topic, (int)rm->partition,
+                     cfg_name(b->cfg), b->kc->commands_topic, (int)rm->partition,
                      (long long)rm->offset, (int)rm->key_len, (const char *)rm->key);
         kafka_ack(b, token);
         return;
@@ -806,8 +846,8 @@ static void consume_one(struct kafka_backend *b, const rd_kafka_message_t *rm)
         .vm_hint = vm[0] ? vm : NULL,
     };
     QB_LOG_DEBUG(in.vm_hint, "kafka %s: commands: %s [%d] offset %lld (%zu bytes), token %llu",
-                 cfg_name(b->cfg), b->cfg->commands_topic, (int)rm->partition,
-                 (long long)rm->offset, in.len, (unsigned long long)token);
+                 cfg_name(b->cfg), b->kc->commands_topic, (int)rm->partition, (long long)rm->offset,
+                 in.len, (unsigned long long)token);
     b->cb->inbound(b->owner, &in, token);
 }
 
@@ -913,7 +953,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     if (assign) {
         QB_LOG_INFO(NULL, "kafka %s: commands: assigned %s [%s] in group %s", cfg_name(b->cfg),
-                    b->cfg->commands_topic, list, b->cons->group);
+                    b->kc->commands_topic, list, b->cons->group);
         if (cooperative)
             error = rd_kafka_incremental_assign(rk, parts);
         else
@@ -921,7 +961,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
             QB_LOG_INFO(NULL, "kafka %s: commands: revoked %s [%s]", cfg_name(b->cfg),
-                        b->cfg->commands_topic, list);
+                        b->kc->commands_topic, list);
         else
             QB_LOG_ERR(NULL, "kafka %s: commands: rebalance failed: %s", cfg_name(b->cfg),
                        rd_kafka_err2str(err));
@@ -995,6 +1035,7 @@ static int build_consumer_conf(struct kafka_backend *b, rd_kafka_conf_t **out)
     char *group = b->cons->group;
     size_t group_len = sizeof(b->cons->group);
     const struct qb_transport_config *cfg = b->cfg;
+    const struct qb_kafka_config *kc = b->kc;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     const char *key = "bootstrap.servers";
     if (!conf) {
@@ -1002,11 +1043,11 @@ static int build_consumer_conf(struct kafka_backend *b, rd_kafka_conf_t **out)
         return QB_ENOMEM;
     }
     snprintf(client_id, sizeof(client_id), "qmp-bridge-%s", b->bridge->id);
-    if (cfg->group_id)
-        snprintf(group, group_len, "%s", cfg->group_id);
+    if (kc->group_id)
+        snprintf(group, group_len, "%s", kc->group_id);
     else /* the loader fills it in; a backend built by hand may not */
         snprintf(group, group_len, "qmp-bridge.%s", b->bridge->id);
-    if (rd_kafka_conf_set(conf, key, cfg->brokers, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
+    if (rd_kafka_conf_set(conf, key, kc->brokers, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
         goto rejected;
     key = "client.id";
     if (rd_kafka_conf_set(conf, key, client_id, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
@@ -1017,11 +1058,11 @@ static int build_consumer_conf(struct kafka_backend *b, rd_kafka_conf_t **out)
                               sizeof(rderr)) != RD_KAFKA_CONF_OK)
             goto rejected;
     }
-    for (size_t i = 0; i < cfg->n_properties; i++) {
-        if (rd_kafka_conf_set(conf, cfg->properties[i].key, cfg->properties[i].value, rderr,
+    for (size_t i = 0; i < kc->n_properties; i++) {
+        if (rd_kafka_conf_set(conf, kc->properties[i].key, kc->properties[i].value, rderr,
                               sizeof(rderr)) != RD_KAFKA_CONF_OK)
             QB_LOG_WARN(NULL, "kafka %s: property '%s' skipped for the commands consumer: %s",
-                        cfg_name(cfg), cfg->properties[i].key, rderr);
+                        cfg_name(cfg), kc->properties[i].key, rderr);
     }
     key = "group.id";
     if (rd_kafka_conf_set(conf, key, group, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK)
@@ -1075,7 +1116,7 @@ static int kafka_subscribe(void *backend)
     char rderr[512];
     rd_kafka_conf_t *conf = NULL;
     rd_kafka_topic_partition_list_t *topics = NULL;
-    const char *topic = b->cfg->commands_topic;
+    const char *topic = b->kc->commands_topic;
     int rc;
     if (!b->cfg->commands)
         return QB_EINVAL;
@@ -1282,6 +1323,7 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
         return QB_ENOMEM;
     }
     b->cfg = cfg;
+    b->kc = cfg->backend; /* kafka_validate has run: not NULL */
     b->bridge = bridge;
     b->loop = loop;
     b->cb = cb;
@@ -1339,6 +1381,8 @@ fail:
 const struct qb_transport_ops qb_transport_kafka_ops = {
     .name = "kafka",
     .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_KEYED | QB_TRANSPORT_CAP_SUBSCRIBE,
+    .config_keys = kafka_config_keys,
+    .config_size = sizeof(struct qb_kafka_config),
     .validate = kafka_validate,
     .create = kafka_create,
     .publish = kafka_publish,

@@ -52,6 +52,7 @@
  */
 #include "error.h"
 #include "log.h"
+#include "mqtt_config.h"
 #include "mqtt_topic.h"
 #include "private_files.h"
 #include "rate_limit.h"
@@ -94,6 +95,7 @@ struct done_entry {
 struct mqtt_backend {
     uv_loop_t *loop;
     const struct qb_transport_config *cfg;
+    const struct qb_mqtt_config *mc; /* cfg->backend: the mqtt keys */
     const struct qb_transport_backend_cb *cb;
     void *owner;
     const char *name;
@@ -182,29 +184,151 @@ static void drop_poll(struct mqtt_backend *b)
     b->poll_events = 0;
 }
 
+/* ---- configuration: the keys of an mqtt transport ---- */
+
+static const struct qb_config_enum qos_values[] = {{"0", 0}, {"1", 1}, {"2", 2}, {NULL, 0}};
+static const struct qb_config_enum mqtt_protocols[] = {
+    {"5", QB_MQTT_V5}, {"3.1.1", QB_MQTT_V311}, {NULL, 0}};
+static const struct qb_config_enum mqtt_brokers[] = {
+    {"generic", QB_MQTT_BROKER_GENERIC}, {"rabbitmq", QB_MQTT_BROKER_RABBITMQ}, {NULL, 0}};
+
+_Static_assert(sizeof(enum qb_mqtt_protocol) == sizeof(int), "QB_CFG_ENUM stores an int");
+_Static_assert(sizeof(enum qb_mqtt_broker) == sizeof(int), "QB_CFG_ENUM stores an int");
+
+#define M struct qb_mqtt_config
+static const struct qb_config_key mqtt_tls_keys[] = {
+    QB_CONFIG_KEY(M, "ca_file", QB_CFG_STRING, tls_ca_file, .check = qb_config_check_nonempty,
+                  .desc = "CA certificates to verify the broker with; turns TLS on"),
+    QB_CONFIG_KEY(M, "cert_file", QB_CFG_STRING, tls_cert_file, .check = qb_config_check_nonempty,
+                  .desc = "client certificate (with key_file)"),
+    QB_CONFIG_KEY(M, "key_file", QB_CFG_STRING, tls_key_file, .check = qb_config_check_nonempty,
+                  .secret = "mqtt tls.key_file", .desc = "client key (with cert_file)"),
+    QB_CONFIG_KEY(M, "insecure", QB_CFG_BOOL, tls_insecure, .def = "false",
+                  .desc = "skip the broker's host name check"),
+    {0},
+};
+
+/* port and protocol defaults depend on other keys: see mqtt_config_finish */
+static const struct qb_config_key mqtt_config_keys[] = {
+    QB_CONFIG_KEY(M, "host", QB_CFG_STRING, host, .def = "127.0.0.1",
+                  .check = qb_config_check_nonempty, .desc = "the broker's host"),
+    QB_CONFIG_KEY(M, "port", QB_CFG_UINT, port, .min = 1, .max = 65535,
+                  .desc = "the broker's port; default 1883, 8883 with tls.ca_file"),
+    QB_CONFIG_KEY(M, "topic_prefix", QB_CFG_STRING, topic_prefix, .def = "qmp",
+                  .check = qb_config_check_nonempty, .desc = "first level of every topic"),
+    QB_CONFIG_KEY(M, "qos", QB_CFG_ENUM, qos, .def = "1", .enums = qos_values,
+                  .desc = "QoS of every publish"),
+    QB_CONFIG_KEY(M, "protocol", QB_CFG_ENUM, protocol, .enums = mqtt_protocols,
+                  .desc = "MQTT version; default 5, 3.1.1 with broker: rabbitmq"),
+    QB_CONFIG_KEY(M, "broker", QB_CFG_ENUM, broker, .def = "generic", .enums = mqtt_brokers,
+                  .desc = "what the broker is: generic or rabbitmq"),
+    QB_CONFIG_KEY(M, "client_id", QB_CFG_STRING, client_id, .check = qb_config_check_nonempty,
+                  .id_prefix = "qmp-bridge-", .desc = "MQTT client id; default qmp-bridge-<id>"),
+    /* MQTT carries the keepalive as 16-bit seconds */
+    QB_CONFIG_KEY(M, "keepalive", QB_CFG_DURATION, keepalive_ms, .def = "30s", .max = 65535 * 1000,
+                  .desc = "MQTT keepalive"),
+    QB_CONFIG_KEY(M, "username", QB_CFG_STRING, username, .desc = "user name at the broker"),
+    QB_CONFIG_KEY(M, "password_file", QB_CFG_STRING, password_file,
+                  .check = qb_config_check_nonempty, .secret = "mqtt password_file",
+                  .desc = "file whose first line is the password"),
+    QB_CONFIG_SECTION("tls", mqtt_tls_keys, .desc = "TLS to the broker"),
+    /* MQTT 5 receive-maximum is 16-bit and must not be 0 */
+    QB_CONFIG_KEY(M, "max_inflight", QB_CFG_UINT, max_inflight, .def = "100", .min = 1,
+                  .max = 65535, .desc = "unacknowledged publishes at once"),
+    QB_CONFIG_KEY(M, "reconnect_initial", QB_CFG_DURATION, reconnect_initial_ms, .def = "500ms",
+                  .min = 1, .desc = "first wait before reconnecting"),
+    QB_CONFIG_KEY(M, "reconnect_max", QB_CFG_DURATION, reconnect_max_ms, .def = "30s", .min = 1,
+                  .desc = "longest wait before reconnecting"),
+    QB_CONFIG_KEY(M, "session_expiry", QB_CFG_SECONDS, session_expiry_s, .def = "1h",
+                  .desc = "how long the broker keeps our session (and QoS 1 commands) across a "
+                          "disconnect"),
+    {0},
+};
+#undef M
+
+/*
+ * Defaults that depend on other keys, and checks across keys. broker: rabbitmq: its
+ * MQTT plugin speaks 3.1.1 only (an MQTT 5 CONNECT is dropped unanswered, for ever) and
+ * answers a QoS 2 publish with PUBACK, so nothing sent at QoS 2 is ever confirmed: both
+ * are refused.
+ */
+static int mqtt_config_finish(void *bcfg, struct qb_config_problem *p)
+{
+    struct qb_mqtt_config *t = bcfg;
+
+    if (t->port == 0)
+        t->port = t->tls_ca_file ? 8883 : 1883;
+    if (t->protocol == 0) /* not set */
+        t->protocol = t->broker == QB_MQTT_BROKER_RABBITMQ ? QB_MQTT_V311 : QB_MQTT_V5;
+    if (t->broker == QB_MQTT_BROKER_RABBITMQ && t->protocol != QB_MQTT_V311) {
+        p->key = p->at = "protocol";
+        snprintf(p->msg, sizeof(p->msg),
+                 "RabbitMQ's MQTT plugin speaks MQTT 3.1.1 only: use \"3.1.1\" (the default "
+                 "with broker: rabbitmq)");
+    } else if (t->broker == QB_MQTT_BROKER_RABBITMQ && t->qos == 2) {
+        p->key = p->at = "qos";
+        snprintf(p->msg, sizeof(p->msg),
+                 "RabbitMQ's MQTT plugin does not honour QoS 2 (it answers PUBACK and never "
+                 "confirms): use 1");
+    } else if (t->reconnect_initial_ms > t->reconnect_max_ms) {
+        p->key = p->at = "reconnect_initial";
+        snprintf(p->msg, sizeof(p->msg), "must not be greater than reconnect_max (%ums > %ums)",
+                 t->reconnect_initial_ms, t->reconnect_max_ms);
+    } else if (!t->tls_cert_file != !t->tls_key_file) {
+        p->key = t->tls_cert_file ? "tls.key_file" : "tls.cert_file";
+        p->at = "tls";
+        snprintf(p->msg, sizeof(p->msg),
+                 "missing required key (cert_file and key_file go together)");
+    } else {
+        return QB_OK;
+    }
+    return QB_ECONFIG;
+}
+
+/* Commands received without TLS and without a user name come from anyone on the network. */
+static size_t mqtt_config_warn_commands(const struct qb_transport_config *cfg,
+                                        void (*emit)(void *arg, const char *line), void *arg)
+{
+    const struct qb_mqtt_config *t = cfg->backend;
+    char line[512];
+
+    if (!t || t->tls_ca_file || t->tls_cert_file || t->username)
+        return 0;
+    snprintf(line, sizeof(line),
+             "transport %s: commands are received from %s:%d without TLS and without a "
+             "username: anyone who can reach the broker can send them; set tls.ca_file and "
+             "username (with password_file), or commands: false on this transport",
+             cfg->name ? cfg->name : cfg->type, t->host ? t->host : "?", t->port);
+    emit(arg, line);
+    return 1;
+}
+
 /* ---- validation ---- */
 
 static int mqtt_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
 {
     const char *name = cfg->name ? cfg->name : "mqtt";
-    const char *p = cfg->topic_prefix;
-    if (!cfg->host || !cfg->host[0]) {
+    const struct qb_mqtt_config *mc = cfg->backend;
+    const char *p = mc ? mc->topic_prefix : NULL;
+    if (!mc) {
+        snprintf(errbuf, errlen, "transport %s: no mqtt configuration", name);
+    } else if (!mc->host || !mc->host[0]) {
         snprintf(errbuf, errlen, "transport %s: host must not be empty", name);
-    } else if (cfg->port < 1 || cfg->port > 65535) {
-        snprintf(errbuf, errlen, "transport %s: port %d is not in 1..65535", name, cfg->port);
-    } else if (cfg->qos < 0 || cfg->qos > 2) {
-        snprintf(errbuf, errlen, "transport %s: qos %d is not 0, 1 or 2", name, cfg->qos);
+    } else if (mc->port < 1 || mc->port > 65535) {
+        snprintf(errbuf, errlen, "transport %s: port %d is not in 1..65535", name, mc->port);
+    } else if (mc->qos < 0 || mc->qos > 2) {
+        snprintf(errbuf, errlen, "transport %s: qos %d is not 0, 1 or 2", name, mc->qos);
     } else if (!p || !p[0] || strpbrk(p, "+#") || p[0] == '/' || p[strlen(p) - 1] == '/') {
         snprintf(errbuf, errlen,
                  "transport %s: topic_prefix '%s' must be non-empty, without '+' or '#', and "
                  "not start or end with '/'",
                  name, p ? p : "");
-    } else if (cfg->max_inflight < 1 || cfg->max_inflight > 65535) {
+    } else if (mc->max_inflight < 1 || mc->max_inflight > 65535) {
         snprintf(errbuf, errlen, "transport %s: max_inflight %u is not in 1..65535", name,
-                 cfg->max_inflight);
-    } else if (!cfg->tls_cert_file != !cfg->tls_key_file) {
+                 mc->max_inflight);
+    } else if (!mc->tls_cert_file != !mc->tls_key_file) {
         snprintf(errbuf, errlen, "transport %s: tls.cert_file and tls.key_file go together", name);
-    } else if (cfg->protocol != QB_MQTT_V5 && cfg->protocol != QB_MQTT_V311) {
+    } else if (mc->protocol != QB_MQTT_V5 && mc->protocol != QB_MQTT_V311) {
         snprintf(errbuf, errlen, "transport %s: protocol must be 5 or 3.1.1", name);
     } else {
         return QB_OK;
@@ -251,7 +375,7 @@ static void on_idle(uv_idle_t *idle)
     struct mqtt_backend *b = idle->data;
     uv_idle_stop(idle);
     flush_done(b);
-    if (b->state == MQTT_CONNECTED && b->inflight < b->cfg->max_inflight &&
+    if (b->state == MQTT_CONNECTED && b->inflight < b->mc->max_inflight &&
         (b->want_writable || b->starved)) {
         b->want_writable = b->starved = false;
         b->cb->writable(b->owner);
@@ -279,7 +403,7 @@ static const char *mosq_err_text(int rc)
  */
 static void subscribe_level(struct mqtt_backend *b, size_t levels)
 {
-    int options = b->cfg->protocol == QB_MQTT_V311 ? 0 : MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
+    int options = b->mc->protocol == QB_MQTT_V311 ? 0 : MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
     char *filter = qb_mqtt_topic_command_filter(b->command_head, levels);
     int rc = filter
                  ? mosquitto_subscribe_v5(b->mosq, &b->level_mid[levels], filter, 1, options, NULL)
@@ -305,7 +429,7 @@ static void learn_levels(struct mqtt_backend *b, const char *vm)
 {
     size_t levels = qb_mqtt_topic_levels(vm);
 
-    if (b->cfg->broker != QB_MQTT_BROKER_RABBITMQ || levels <= b->cmd_levels ||
+    if (b->mc->broker != QB_MQTT_BROKER_RABBITMQ || levels <= b->cmd_levels ||
         levels > QB_MQTT_TOPIC_LEVELS_MAX)
         return;
     while (b->cmd_levels < levels) {
@@ -323,10 +447,10 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     (void)props;
     struct mqtt_backend *b = obj;
     if (rc != 0) {
-        QB_LOG_WARN(NULL, "mqtt %s: %s:%d refused the connection: %s", b->name, b->cfg->host,
-                    b->cfg->port,
-                    b->cfg->protocol == QB_MQTT_V5 ? mosquitto_reason_string(rc)
-                                                   : mosquitto_connack_string(rc));
+        QB_LOG_WARN(NULL, "mqtt %s: %s:%d refused the connection: %s", b->name, b->mc->host,
+                    b->mc->port,
+                    b->mc->protocol == QB_MQTT_V5 ? mosquitto_reason_string(rc)
+                                                  : mosquitto_connack_string(rc));
         b->attempt_logged = true; /* the disconnect that follows is the same failure */
         return;
     }
@@ -351,7 +475,7 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     int prc = mosquitto_publish(b->mosq, &mid, b->status_topic, 6, "online", 1, true);
     if (prc != MOSQ_ERR_SUCCESS)
         QB_LOG_WARN(NULL, "mqtt %s: cannot publish online status: %s", b->name, mosq_err_text(prc));
-    QB_LOG_INFO(NULL, "mqtt %s: connected to %s:%d%s", b->name, b->cfg->host, b->cfg->port,
+    QB_LOG_INFO(NULL, "mqtt %s: connected to %s:%d%s", b->name, b->mc->host, b->mc->port,
                 (flags & 1) ? " (session resumed)" : "");
     b->cb->link(b->owner, true, "connected");
     /*
@@ -384,8 +508,8 @@ static void log_takeover(struct mqtt_backend *b, bool said)
                     "client id '%s' (MQTT 5 'session taken over'): two bridges share bridge.id "
                     "'%s' (or client_id); give each bridge its own. Reconnecting with a growing "
                     "back-off, up to %ums",
-                    b->name, b->cfg->host, b->cfg->port, b->client_id, b->bridge_id,
-                    b->cfg->reconnect_max_ms);
+                    b->name, b->mc->host, b->mc->port, b->client_id, b->bridge_id,
+                    b->mc->reconnect_max_ms);
     else
         QB_LOG_WARN(NULL,
                     "mqtt %s: %s:%d closed the session %u times in a row soon after accepting "
@@ -393,8 +517,8 @@ static void log_takeover(struct mqtt_backend *b, bool said)
                     "'%s' took it over (the broker does not report 'session taken over'): two "
                     "bridges share bridge.id '%s' (or client_id); give each bridge its own. "
                     "Reconnecting with a growing back-off, up to %ums",
-                    b->name, b->cfg->host, b->cfg->port, b->quick_closes, b->client_id,
-                    b->bridge_id, b->cfg->reconnect_max_ms);
+                    b->name, b->mc->host, b->mc->port, b->quick_closes, b->client_id, b->bridge_id,
+                    b->mc->reconnect_max_ms);
     if (suppressed)
         QB_LOG_WARN(NULL, "mqtt %s: session taken over %llu more times since the last report",
                     b->name, (unsigned long long)suppressed);
@@ -406,7 +530,7 @@ static void log_takeover(struct mqtt_backend *b, bool said)
  */
 static uint64_t takeover_window_ms(const struct mqtt_backend *b)
 {
-    return 2 * (uint64_t)b->cfg->reconnect_max_ms + 1000;
+    return 2 * (uint64_t)b->mc->reconnect_max_ms + 1000;
 }
 
 /*
@@ -415,7 +539,7 @@ static uint64_t takeover_window_ms(const struct mqtt_backend *b)
  */
 static bool note_takeover(struct mqtt_backend *b, int rc)
 {
-    bool said = b->cfg->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER;
+    bool said = b->mc->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER;
     bool quick =
         rc == MOSQ_ERR_CONN_LOST && uv_now(b->loop) - b->connected_at < takeover_window_ms(b);
 
@@ -440,14 +564,14 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     if (b->state == MQTT_CLOSING || b->state == MQTT_CLOSED)
         return;
     /* libmosquitto passes the broker's DISCONNECT reason code as rc */
-    const char *why = b->cfg->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER
+    const char *why = b->mc->protocol == QB_MQTT_V5 && rc == MQTT_RC_SESSION_TAKEN_OVER
                           ? "session taken over"
                           : mosq_err_text(rc);
     if (b->qos2_puback) {
         QB_LOG_ERR(NULL,
                    "mqtt %s: %s:%d does not honour QoS 2: it answered a QoS 2 publish with PUBACK "
                    "(RabbitMQ's MQTT plugin grants at most QoS 1); set qos: 1. Not reconnecting",
-                   b->name, b->cfg->host, b->cfg->port);
+                   b->name, b->mc->host, b->mc->port);
         if (b->state == MQTT_CONNECTED)
             b->cb->link(b->owner, false, "the broker does not honour qos 2");
         b->state = MQTT_IDLE;
@@ -456,26 +580,26 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     }
     /* closed on us, before any CONNACK, and not by TLS (libmosquitto says so when it is) */
     bool v5_dropped = b->state == MQTT_CONNECTING && rc == MOSQ_ERR_CONN_LOST &&
-                      b->cfg->protocol == QB_MQTT_V5 && !b->attempt_lib_error;
+                      b->mc->protocol == QB_MQTT_V5 && !b->attempt_lib_error;
     if (b->state == MQTT_CONNECTED) {
         if (!note_takeover(b, rc)) {
-            QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->cfg->host,
-                        b->cfg->port, why);
+            QB_LOG_WARN(NULL, "mqtt %s: connection to %s:%d lost: %s", b->name, b->mc->host,
+                        b->mc->port, why);
             b->reconnect_attempt = 0;
         }
         b->cb->link(b->owner, false, why);
     } else {
         b->quick_closes = 0; /* the broker refused or could not be reached: another story */
         if (!b->attempt_logged)
-            QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s%s", b->name, b->cfg->host,
-                        b->cfg->port, why,
+            QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s%s", b->name, b->mc->host,
+                        b->mc->port, why,
                         v5_dropped ? " (closed after CONNECT without an answer, as a broker that "
                                      "does not speak MQTT 5 does, e.g. RabbitMQ's MQTT plugin: "
                                      "try protocol: \"3.1.1\")"
                                    : "");
     }
     b->state = MQTT_IDLE;
-    if (b->cfg->qos == 0) {
+    if (b->mc->qos == 0) {
         /* unwritten QoS 0 packets are discarded on reconnect: have them sent again */
         for (size_t mid = 0; mid < MQTT_MID_SLOTS && b->inflight; mid++) {
             if (b->tokens[mid]) {
@@ -552,7 +676,7 @@ static void log_unplaced(struct mqtt_backend *b, const char *topic)
         QB_LOG_WARN(NULL, "mqtt %s: ignoring a message on '%.*s%s': not %s<vm>/command%s", b->name,
                     MQTT_LOG_TOPIC_MAX, topic, strlen(topic) > MQTT_LOG_TOPIC_MAX ? "..." : "",
                     b->command_head,
-                    b->cfg->broker == QB_MQTT_BROKER_RABBITMQ
+                    b->mc->broker == QB_MQTT_BROKER_RABBITMQ
                         ? ""
                         : " (RabbitMQ splits dotted names into levels: set broker: rabbitmq)");
     if (suppressed)
@@ -572,7 +696,7 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
     struct mqtt_backend *b = obj;
     bool oom;
     char *vm_hint = qb_mqtt_topic_command_vm(b->command_head, msg->topic,
-                                             b->cfg->broker == QB_MQTT_BROKER_RABBITMQ, &oom);
+                                             b->mc->broker == QB_MQTT_BROKER_RABBITMQ, &oom);
     if (!vm_hint) {
         if (oom)
             QB_LOG_ERR(NULL, "mqtt %s: out of memory, command on %.*s lost", b->name,
@@ -622,7 +746,7 @@ static void on_log(struct mosquitto *mosq, void *obj, int level, const char *str
 {
     (void)mosq;
     struct mqtt_backend *b = obj;
-    const char *puback = b->cfg->qos == 2 ? strstr(str, " received PUBACK (Mid: ") : NULL;
+    const char *puback = b->mc->qos == 2 ? strstr(str, " received PUBACK (Mid: ") : NULL;
     if (puback) {
         /* every publish of ours but the status is QoS 2: a PUBACK for one of them */
         long mid = strtol(puback + strlen(" received PUBACK (Mid: "), NULL, 10);
@@ -700,7 +824,7 @@ static void on_misc_timer(uv_timer_t *timer)
 
 static int keepalive_s(const struct mqtt_backend *b)
 {
-    int keepalive = (int)(b->cfg->keepalive_ms / 1000);
+    int keepalive = (int)(b->mc->keepalive_ms / 1000);
     return keepalive < 5 ? 5 : keepalive; /* libmosquitto's minimum */
 }
 
@@ -714,7 +838,7 @@ static void connect_attempted(struct mqtt_backend *b, int rc, int err)
     }
     errno = err;
     const char *scope = qb_log_transport_begin(b->name);
-    QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->cfg->host, b->cfg->port,
+    QB_LOG_WARN(NULL, "mqtt %s: cannot connect to %s:%d: %s", b->name, b->mc->host, b->mc->port,
                 mosq_err_text(rc));
     qb_log_transport_end(scope);
     b->state = MQTT_IDLE;
@@ -728,7 +852,7 @@ static void connect_work(uv_work_t *work)
 {
     struct mqtt_backend *b = work->data;
     errno = 0;
-    b->connect_rc = mosquitto_connect_bind_v5(b->mosq, b->cfg->host, b->cfg->port, keepalive_s(b),
+    b->connect_rc = mosquitto_connect_bind_v5(b->mosq, b->mc->host, b->mc->port, keepalive_s(b),
                                               NULL, b->connect_props);
     b->connect_errno = errno;
 }
@@ -771,15 +895,15 @@ static void on_reconnect_timer(uv_timer_t *timer)
     }
     int rc = b->ever_connected
                  ? mosquitto_reconnect_async(b->mosq)
-                 : mosquitto_connect_async(b->mosq, b->cfg->host, b->cfg->port, keepalive_s(b));
+                 : mosquitto_connect_async(b->mosq, b->mc->host, b->mc->port, keepalive_s(b));
     connect_attempted(b, rc, errno);
 }
 
 /* Exponential back-off with jitter: a random delay in [d/2, d], d doubling up to the max. */
 static void schedule_reconnect(struct mqtt_backend *b)
 {
-    uint64_t lo = b->cfg->reconnect_initial_ms ? b->cfg->reconnect_initial_ms : 500;
-    uint64_t hi = b->cfg->reconnect_max_ms >= lo ? b->cfg->reconnect_max_ms : lo;
+    uint64_t lo = b->mc->reconnect_initial_ms ? b->mc->reconnect_initial_ms : 500;
+    uint64_t hi = b->mc->reconnect_max_ms >= lo ? b->mc->reconnect_max_ms : lo;
     uint64_t d = lo;
     for (unsigned i = 0; i < b->reconnect_attempt && d < hi; i++)
         d *= 2;
@@ -834,7 +958,7 @@ static int read_password(const char *path, char **out, char *errbuf, size_t errl
  */
 static int mosq_build(struct mqtt_backend *b, bool clean, const char **what)
 {
-    const struct qb_transport_config *cfg = b->cfg;
+    const struct qb_mqtt_config *cfg = b->mc;
     bool v5 = cfg->protocol != QB_MQTT_V311;
     *what = "out of memory";
     b->mosq = mosquitto_new(b->client_id, clean, b);
@@ -922,6 +1046,7 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     b->loop = loop;
     qb_log_limit_init(&b->takeover_log, 1, MQTT_TAKEOVER_LOG_INTERVAL_MS);
     b->cfg = cfg;
+    b->mc = cfg->backend; /* mqtt_validate has run: not NULL */
     b->cb = cb;
     b->owner = owner;
     b->name = name;
@@ -933,26 +1058,26 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     b->tokens = calloc(MQTT_MID_SLOTS, sizeof(*b->tokens));
     if (!b->bridge_id || !b->tokens)
         goto fail;
-    if (asprintf(&b->status_topic, "%s/%s/status", cfg->topic_prefix, b->bridge_id) < 0) {
+    if (asprintf(&b->status_topic, "%s/%s/status", b->mc->topic_prefix, b->bridge_id) < 0) {
         b->status_topic = NULL;
         goto fail;
     }
-    if (asprintf(&b->command_topic, "%s/%s/+/command", cfg->topic_prefix, b->bridge_id) < 0) {
+    if (asprintf(&b->command_topic, "%s/%s/+/command", b->mc->topic_prefix, b->bridge_id) < 0) {
         b->command_topic = NULL;
         goto fail;
     }
-    if (asprintf(&b->command_head, "%s/%s/", cfg->topic_prefix, b->bridge_id) < 0) {
+    if (asprintf(&b->command_head, "%s/%s/", b->mc->topic_prefix, b->bridge_id) < 0) {
         b->command_head = NULL;
         goto fail;
     }
-    if (cfg->client_id)
-        b->client_id = strdup(cfg->client_id);
+    if (b->mc->client_id)
+        b->client_id = strdup(b->mc->client_id);
     else if (asprintf(&b->client_id, "qmp-bridge-%s", b->bridge_id) < 0)
         b->client_id = NULL;
     if (!b->client_id)
         goto fail;
-    if (cfg->password_file) {
-        rc = read_password(cfg->password_file, &b->password, errbuf, errlen, name);
+    if (b->mc->password_file) {
+        rc = read_password(b->mc->password_file, &b->password, errbuf, errlen, name);
         if (rc != QB_OK)
             goto fail_errbuf;
     }
@@ -960,7 +1085,7 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     rc = mosq_build(b, true, &what);
     if (rc != QB_OK)
         goto fail;
-    if (cfg->protocol != QB_MQTT_V311 &&
+    if (b->mc->protocol != QB_MQTT_V311 &&
         mosquitto_property_add_string(&b->props, MQTT_PROP_CONTENT_TYPE, MQTT_CONTENT_TYPE) !=
             MOSQ_ERR_SUCCESS) {
         rc = QB_ENOMEM;
@@ -975,7 +1100,7 @@ static int mqtt_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     b->misc_timer.data = b->reconnect_timer.data = b->close_timer.data = b->idle.data = b;
     b->connect_work.data = b;
     b->handles_open = 4;
-    uint64_t ka = cfg->keepalive_ms >= 5000 ? cfg->keepalive_ms : 5000;
+    uint64_t ka = b->mc->keepalive_ms >= 5000 ? b->mc->keepalive_ms : 5000;
     uv_timer_start(&b->misc_timer, on_misc_timer, ka / 2, ka / 2);
     /* connect from the loop: create must not block (not even on a resolver) */
     uv_timer_start(&b->reconnect_timer, on_reconnect_timer, 0, 0);
@@ -1016,7 +1141,7 @@ static bool is_link_error(int rc)
  */
 static char *publish_topic(const struct mqtt_backend *b, const struct qb_message *msg)
 {
-    const char *prefix = b->cfg->topic_prefix;
+    const char *prefix = b->mc->topic_prefix;
     char *topic = NULL;
     int n;
     if (msg->kind == QB_MSG_REPLY && msg->reply_topic)
@@ -1056,7 +1181,7 @@ static int reply_props(const struct qb_message *msg, mosquitto_property **out)
 static bool mqtt_reply_topic_allowed(void *backend, const char *topic)
 {
     const struct mqtt_backend *b = backend;
-    const char *prefix = b->cfg->topic_prefix;
+    const char *prefix = b->mc->topic_prefix;
     size_t n = strlen(prefix);
 
     return !(strncmp(topic, prefix, n) == 0 && (topic[n] == '\0' || topic[n] == '/'));
@@ -1065,7 +1190,7 @@ static bool mqtt_reply_topic_allowed(void *backend, const char *topic)
 static int mqtt_publish(void *backend, const struct qb_message *msg, void *token)
 {
     struct mqtt_backend *b = backend;
-    if (b->state != MQTT_CONNECTED || b->inflight >= b->cfg->max_inflight) {
+    if (b->state != MQTT_CONNECTED || b->inflight >= b->mc->max_inflight) {
         b->starved = true;
         return QB_EAGAIN;
     }
@@ -1107,13 +1232,13 @@ static int mqtt_publish(void *backend, const struct qb_message *msg, void *token
     int mid = -1;
     b->in_publish = true;
     b->early_mid = -1;
-    int rc = mosquitto_publish_v5(b->mosq, &mid, topic, (int)msg->len, msg->payload, b->cfg->qos,
+    int rc = mosquitto_publish_v5(b->mosq, &mid, topic, (int)msg->len, msg->payload, b->mc->qos,
                                   retain, props);
     b->in_publish = false;
     free(topic);
     mosquitto_property_free_all(&own_props);
     int result = QB_OK;
-    if (rc == MOSQ_ERR_SUCCESS || (b->cfg->qos > 0 && is_link_error(rc) && mid > 0)) {
+    if (rc == MOSQ_ERR_SUCCESS || (b->mc->qos > 0 && is_link_error(rc) && mid > 0)) {
         /* on a link error libmosquitto has already queued a QoS>0 copy and will resend it */
         if (b->early_mid == mid) {
             push_done(b, token, b->early_status);
@@ -1152,9 +1277,9 @@ static int mqtt_subscribe(void *backend)
     if (b->subscribed)
         return QB_OK;
     if (!b->connect_started) {
-        if (b->cfg->protocol != QB_MQTT_V311 &&
+        if (b->mc->protocol != QB_MQTT_V311 &&
             mosquitto_property_add_int32(&b->connect_props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
-                                         b->cfg->session_expiry_s) != MOSQ_ERR_SUCCESS) {
+                                         b->mc->session_expiry_s) != MOSQ_ERR_SUCCESS) {
             QB_LOG_ERR(NULL, "mqtt %s: out of memory subscribing to commands", b->name);
             return QB_ENOMEM;
         }
@@ -1245,6 +1370,10 @@ static void mqtt_close(void *backend, void (*closed)(void *arg), void *arg)
 const struct qb_transport_ops qb_transport_mqtt_ops = {
     .name = "mqtt",
     .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_SUBSCRIBE | QB_TRANSPORT_CAP_REPLY,
+    .config_keys = mqtt_config_keys,
+    .config_size = sizeof(struct qb_mqtt_config),
+    .config_finish = mqtt_config_finish,
+    .config_warn_commands = mqtt_config_warn_commands,
     .validate = mqtt_validate,
     .create = mqtt_create,
     .publish = mqtt_publish,

@@ -9,6 +9,7 @@
  */
 #include "error.h"
 #include "log.h"
+#include "stdout_config.h"
 #include "transport_ops.h"
 
 #include <errno.h>
@@ -36,14 +37,35 @@ struct stdout_backend {
     void *closed_arg;
 };
 
+/* ---- configuration: the keys of a stdout transport ---- */
+
+static const struct qb_config_key stdout_config_keys[] = {
+    QB_CONFIG_KEY(struct qb_stdout_config, "path", QB_CFG_STRING, path,
+                  .check = qb_config_check_nonempty,
+                  .desc = "write JSON lines to this file instead of stdout"),
+    {0},
+};
+
+/* The file to write to, or NULL for stdout (also when cfg has no backend struct). */
+static const char *stdout_path(const struct qb_transport_config *cfg)
+{
+    const struct qb_stdout_config *sc = cfg->backend;
+
+    return sc ? sc->path : NULL;
+}
+
 static const char *out_name(const struct stdout_backend *b)
 {
-    return b->cfg->path ? b->cfg->path : "stdout";
+    const char *path = stdout_path(b->cfg);
+
+    return path ? path : "stdout";
 }
 
 static int stdout_validate(const struct qb_transport_config *cfg, char *errbuf, size_t errlen)
 {
-    if (cfg->path && !cfg->path[0]) {
+    const char *path = stdout_path(cfg);
+
+    if (path && !path[0]) {
         snprintf(errbuf, errlen, "transport %s: path must not be empty",
                  cfg->name ? cfg->name : "stdout");
         return QB_ECONFIG;
@@ -108,11 +130,11 @@ static int stdout_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     b->cfg = cfg;
     b->cb = cb;
     b->owner = owner;
-    if (cfg->path) {
-        b->fp = fopen(cfg->path, "a");
+    const char *path = stdout_path(cfg);
+    if (path) {
+        b->fp = fopen(path, "a");
         if (!b->fp) {
-            snprintf(errbuf, errlen, "transport stdout: cannot open %s: %s", cfg->path,
-                     strerror(errno));
+            snprintf(errbuf, errlen, "transport stdout: cannot open %s: %s", path, strerror(errno));
             free(b);
             return QB_ECONFIG;
         }
@@ -184,6 +206,8 @@ static void stdout_close(void *backend, void (*closed)(void *arg), void *arg)
 const struct qb_transport_ops qb_transport_stdout_ops = {
     .name = "stdout",
     .caps = 0,
+    .config_keys = stdout_config_keys,
+    .config_size = sizeof(struct qb_stdout_config),
     .validate = stdout_validate,
     .create = stdout_create,
     .publish = stdout_publish,

@@ -20,6 +20,7 @@
  */
 #include "config.h"
 #include "error.h"
+#include "transport_ops.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -178,6 +179,31 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 }
 
 /* Touches every string a loaded config owns, so ASan sees a dangling or short one. */
+/* Reads every string a backend's config map describes in base (sections, pairs). */
+static size_t fz_walk_keys(const struct qb_config_key *table, const void *base)
+{
+    size_t n = 0;
+
+    for (const struct qb_config_key *k = table; k && k->key; k++) {
+        const void *member = (const char *)base + k->offset;
+
+        if (k->type == QB_CFG_SECTION) {
+            n += fz_walk_keys(k->sub, base);
+        } else if (k->type == QB_CFG_STRING) {
+            const char *s = *(char *const *)member;
+
+            n += s ? strlen(s) : 0;
+        } else if (k->type == QB_CFG_PAIRS) {
+            const struct qb_config_kv *kv = *(struct qb_config_kv *const *)member;
+            size_t count = *(const size_t *)((const char *)base + k->count_offset);
+
+            for (size_t j = 0; j < count; j++)
+                n += strlen(kv[j].key) + strlen(kv[j].value);
+        }
+    }
+    return n;
+}
+
 static size_t fz_walk(const struct qb_config *cfg)
 {
     size_t n = 0;
@@ -203,24 +229,8 @@ static size_t fz_walk(const struct qb_config *cfg)
         FZ_LEN(t->file);
         FZ_LEN(t->type);
         FZ_LEN(t->name);
-        FZ_LEN(t->path);
-        FZ_LEN(t->host);
-        FZ_LEN(t->topic_prefix);
-        FZ_LEN(t->client_id);
-        FZ_LEN(t->username);
-        FZ_LEN(t->password_file);
-        FZ_LEN(t->tls_ca_file);
-        FZ_LEN(t->tls_cert_file);
-        FZ_LEN(t->tls_key_file);
-        FZ_LEN(t->brokers);
-        FZ_LEN(t->events_topic);
-        FZ_LEN(t->state_topic);
-        FZ_LEN(t->commands_topic);
-        FZ_LEN(t->group_id);
-        for (size_t j = 0; j < t->n_properties; j++) {
-            FZ_LEN(t->properties[j].key);
-            FZ_LEN(t->properties[j].value);
-        }
+        if (t->backend)
+            n += fz_walk_keys(qb_transport_ops_find(t->type)->config_keys, t->backend);
     }
 #undef FZ_LEN
     if (cfg->commands.hmac_key_len > 0 && cfg->commands.hmac_key)

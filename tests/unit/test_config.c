@@ -22,8 +22,41 @@
 #include "config.h"
 #include "config_warnings.h"
 #include "error.h"
+#include "kafka_config.h"
+#include "mqtt_config.h"
+#include "stdout_config.h"
+#include "transport_ops.h"
 
 #include <unistd.h>
+
+/* A transport's own keys: the loader hangs its backend's struct on t->backend. */
+static const struct qb_stdout_config *stdout_of(const struct qb_transport_config *t)
+{
+    assert_string_equal(t->type, "stdout");
+    return t->backend;
+}
+
+static const struct qb_mqtt_config *mqtt_of(const struct qb_transport_config *t)
+{
+    assert_string_equal(t->type, "mqtt");
+    return t->backend;
+}
+
+/* A key of another backend is no key of t's, so neither its value nor its default reach t. */
+static void assert_no_key(const struct qb_transport_config *t, const char *key)
+{
+    const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);
+
+    assert_non_null(ops);
+    for (const struct qb_config_key *k = ops->config_keys; k && k->key; k++)
+        assert_string_not_equal(k->key, key);
+}
+
+static const struct qb_kafka_config *kafka_of(const struct qb_transport_config *t)
+{
+    assert_string_equal(t->type, "kafka");
+    return t->backend;
+}
 
 static struct qb_config *load_ok(const char *yaml)
 {
@@ -119,55 +152,55 @@ static void test_full_inline(void **state)
     t = &cfg->transports[0];
     assert_string_equal(t->type, "stdout");
     assert_string_equal(t->name, "stdout");
-    assert_string_equal(t->path, "/tmp/x.jsonl");
+    assert_string_equal(stdout_of(t)->path, "/tmp/x.jsonl");
     assert_int_equal(t->line, 10);
     assert_int_equal(t->column, 5);
-    assert_null(t->host); /* mqtt defaults stay off other types */
-    assert_null(t->events_topic);
+    assert_no_key(t, "host"); /* mqtt defaults stay off other types */
+    assert_no_key(t, "events_topic");
     assert_common_defaults(t);
 
     t = &cfg->transports[1];
     assert_string_equal(t->type, "mqtt");
     assert_string_equal(t->name, "mybus");
-    assert_string_equal(t->host, "10.0.0.1");
-    assert_int_equal(t->port, 1884);
-    assert_string_equal(t->topic_prefix, "q");
-    assert_int_equal(t->qos, 2);
-    assert_int_equal(t->protocol, QB_MQTT_V311);
-    assert_string_equal(t->client_id, "x");
-    assert_int_equal(t->keepalive_ms, 60000);
-    assert_string_equal(t->username, "u");
-    assert_string_equal(t->password_file, "/etc/p");
-    assert_string_equal(t->tls_ca_file, "a");
-    assert_string_equal(t->tls_cert_file, "b");
-    assert_string_equal(t->tls_key_file, "c");
-    assert_true(t->tls_insecure);
-    assert_int_equal(t->max_inflight, 7);
-    assert_int_equal(t->reconnect_initial_ms, 1000);
-    assert_int_equal(t->reconnect_max_ms, 2000);
+    assert_string_equal(mqtt_of(t)->host, "10.0.0.1");
+    assert_int_equal(mqtt_of(t)->port, 1884);
+    assert_string_equal(mqtt_of(t)->topic_prefix, "q");
+    assert_int_equal(mqtt_of(t)->qos, 2);
+    assert_int_equal(mqtt_of(t)->protocol, QB_MQTT_V311);
+    assert_string_equal(mqtt_of(t)->client_id, "x");
+    assert_int_equal(mqtt_of(t)->keepalive_ms, 60000);
+    assert_string_equal(mqtt_of(t)->username, "u");
+    assert_string_equal(mqtt_of(t)->password_file, "/etc/p");
+    assert_string_equal(mqtt_of(t)->tls_ca_file, "a");
+    assert_string_equal(mqtt_of(t)->tls_cert_file, "b");
+    assert_string_equal(mqtt_of(t)->tls_key_file, "c");
+    assert_true(mqtt_of(t)->tls_insecure);
+    assert_int_equal(mqtt_of(t)->max_inflight, 7);
+    assert_int_equal(mqtt_of(t)->reconnect_initial_ms, 1000);
+    assert_int_equal(mqtt_of(t)->reconnect_max_ms, 2000);
     assert_int_equal(t->queue_max_messages, 10);
     assert_int_equal(t->queue_max_bytes, 65536);
     assert_int_equal(t->shutdown_timeout_ms, 3600000);
     assert_int_equal(t->on_full, QB_ON_FULL_DROP);
-    assert_null(t->path);
+    assert_no_key(t, "path");
 
     t = &cfg->transports[2];
     assert_string_equal(t->type, "kafka");
     assert_string_equal(t->name, "kafka");
-    assert_string_equal(t->brokers, "h1:9092,h2:9092");
-    assert_string_equal(t->events_topic, "e");
-    assert_string_equal(t->state_topic, "s");
-    assert_string_equal(t->commands_topic, "c");
-    assert_int_equal(t->content_mode, QB_KAFKA_BINARY);
-    assert_int_equal(t->n_properties, 2);
-    assert_string_equal(t->properties[0].key, "compression.type");
-    assert_string_equal(t->properties[0].value, "lz4");
-    assert_int_equal(t->properties[0].line, 18);
-    assert_int_equal(t->properties[0].column, 21);
-    assert_string_equal(t->properties[1].key, "linger.ms");
-    assert_string_equal(t->properties[1].value, "5");
-    assert_int_equal(t->properties[1].column, 44);
-    assert_null(t->client_id);
+    assert_string_equal(kafka_of(t)->brokers, "h1:9092,h2:9092");
+    assert_string_equal(kafka_of(t)->events_topic, "e");
+    assert_string_equal(kafka_of(t)->state_topic, "s");
+    assert_string_equal(kafka_of(t)->commands_topic, "c");
+    assert_int_equal(kafka_of(t)->content_mode, QB_KAFKA_BINARY);
+    assert_int_equal(kafka_of(t)->n_properties, 2);
+    assert_string_equal(kafka_of(t)->properties[0].key, "compression.type");
+    assert_string_equal(kafka_of(t)->properties[0].value, "lz4");
+    assert_int_equal(kafka_of(t)->properties[0].line, 18);
+    assert_int_equal(kafka_of(t)->properties[0].column, 21);
+    assert_string_equal(kafka_of(t)->properties[1].key, "linger.ms");
+    assert_string_equal(kafka_of(t)->properties[1].value, "5");
+    assert_int_equal(kafka_of(t)->properties[1].column, 44);
+    assert_no_key(t, "client_id");
     qb_config_free(cfg);
 }
 
@@ -219,7 +252,7 @@ static void test_example_file(void **state)
     assert_int_equal(cfg->n_transports, 3);
 
     t = find_transport(cfg, "stdout");
-    assert_string_equal(t->path, "/tmp/qmp-bridge.jsonl");
+    assert_string_equal(stdout_of(t)->path, "/tmp/qmp-bridge.jsonl");
     assert_common_defaults(t);
     assert_int_equal(t->n_include + t->n_exclude, 0);
 
@@ -228,35 +261,35 @@ static void test_example_file(void **state)
     assert_int_equal(t->n_include, 3);
     assert_string_equal(t->include[0], "qmp.block.io_error");
     assert_int_equal(t->n_exclude, 0);
-    assert_string_equal(t->host, "127.0.0.1");
-    assert_int_equal(t->port, 8883);
-    assert_string_equal(t->topic_prefix, "qmp");
-    assert_int_equal(t->qos, 1);
-    assert_int_equal(t->protocol, QB_MQTT_V5);
-    assert_string_equal(t->client_id, "qmp-bridge-host-a");
-    assert_int_equal(t->keepalive_ms, 30000);
-    assert_string_equal(t->username, "bridge");
-    assert_string_equal(t->password_file, "/etc/qmp-bridge/mqtt.password");
-    assert_string_equal(t->tls_ca_file, "/etc/ssl/certs/ca-certificates.crt");
-    assert_string_equal(t->tls_cert_file, "/etc/qmp-bridge/client.crt");
-    assert_string_equal(t->tls_key_file, "/etc/qmp-bridge/client.key");
-    assert_false(t->tls_insecure);
-    assert_int_equal(t->max_inflight, 100);
-    assert_int_equal(t->reconnect_initial_ms, 500);
-    assert_int_equal(t->reconnect_max_ms, 30000);
+    assert_string_equal(mqtt_of(t)->host, "127.0.0.1");
+    assert_int_equal(mqtt_of(t)->port, 8883);
+    assert_string_equal(mqtt_of(t)->topic_prefix, "qmp");
+    assert_int_equal(mqtt_of(t)->qos, 1);
+    assert_int_equal(mqtt_of(t)->protocol, QB_MQTT_V5);
+    assert_string_equal(mqtt_of(t)->client_id, "qmp-bridge-host-a");
+    assert_int_equal(mqtt_of(t)->keepalive_ms, 30000);
+    assert_string_equal(mqtt_of(t)->username, "bridge");
+    assert_string_equal(mqtt_of(t)->password_file, "/etc/qmp-bridge/mqtt.password");
+    assert_string_equal(mqtt_of(t)->tls_ca_file, "/etc/ssl/certs/ca-certificates.crt");
+    assert_string_equal(mqtt_of(t)->tls_cert_file, "/etc/qmp-bridge/client.crt");
+    assert_string_equal(mqtt_of(t)->tls_key_file, "/etc/qmp-bridge/client.key");
+    assert_false(mqtt_of(t)->tls_insecure);
+    assert_int_equal(mqtt_of(t)->max_inflight, 100);
+    assert_int_equal(mqtt_of(t)->reconnect_initial_ms, 500);
+    assert_int_equal(mqtt_of(t)->reconnect_max_ms, 30000);
     assert_common_defaults(t);
 
     t = find_transport(cfg, "kafka");
-    assert_string_equal(t->brokers, "h1:9092,h2:9092");
-    assert_string_equal(t->events_topic, "qmp.events");
-    assert_string_equal(t->state_topic, "qmp.state");
-    assert_string_equal(t->commands_topic, "qmp.commands");
-    assert_int_equal(t->content_mode, QB_KAFKA_STRUCTURED);
-    assert_int_equal(t->n_properties, 2);
-    assert_string_equal(t->properties[0].key, "compression.type");
-    assert_string_equal(t->properties[0].value, "lz4");
-    assert_string_equal(t->properties[1].key, "linger.ms");
-    assert_string_equal(t->properties[1].value, "1");
+    assert_string_equal(kafka_of(t)->brokers, "h1:9092,h2:9092");
+    assert_string_equal(kafka_of(t)->events_topic, "qmp.events");
+    assert_string_equal(kafka_of(t)->state_topic, "qmp.state");
+    assert_string_equal(kafka_of(t)->commands_topic, "qmp.commands");
+    assert_int_equal(kafka_of(t)->content_mode, QB_KAFKA_STRUCTURED);
+    assert_int_equal(kafka_of(t)->n_properties, 2);
+    assert_string_equal(kafka_of(t)->properties[0].key, "compression.type");
+    assert_string_equal(kafka_of(t)->properties[0].value, "lz4");
+    assert_string_equal(kafka_of(t)->properties[1].key, "linger.ms");
+    assert_string_equal(kafka_of(t)->properties[1].value, "1");
     assert_common_defaults(t);
     qb_config_free(cfg);
 }
@@ -290,12 +323,39 @@ static void test_minimal_file(void **state)
     t = &cfg->transports[0];
     assert_string_equal(t->type, "stdout");
     assert_string_equal(t->name, "stdout");
-    assert_null(t->path);
+    assert_null(stdout_of(t)->path);
     assert_common_defaults(t);
     qb_config_free(cfg);
 }
 
 /* mqtt and kafka defaults, including the ones that depend on other keys. */
+/*
+ * Every registered backend's config map: a struct to fill exactly when there are keys,
+ * one line saying what each key is for, no key that shadows a common transport key (the
+ * common one would win), and room in the loader's seen-bits (64 keys a table).
+ */
+static void test_backend_config_maps(void **state)
+{
+    const struct qb_transport_ops *ops;
+
+    (void)state;
+    for (size_t i = 0; (ops = qb_transport_ops_at(i)); i++) {
+        size_t n = 0;
+
+        assert_ptr_equal(qb_transport_ops_find(ops->name), ops);
+        assert_int_equal(ops->config_keys != NULL, ops->config_size != 0);
+        for (const struct qb_config_key *k = ops->config_keys; k && k->key; k++, n++) {
+            if (!k->desc || !k->desc[0])
+                fail_msg("%s key %s has no description", ops->name, k->key);
+            for (const struct qb_config_key *c = qb_config_transport_keys; c->key; c++)
+                if (strcmp(c->key, k->key) == 0)
+                    fail_msg("%s key %s shadows a common transport key", ops->name, k->key);
+        }
+        assert_true(n < 64);
+    }
+    assert_null(qb_transport_ops_find("carrier-pigeon"));
+}
+
 static void test_transport_defaults(void **state)
 {
     struct qb_config *cfg = load_ok("bridge: {id: b1}\n"
@@ -308,40 +368,40 @@ static void test_transport_defaults(void **state)
 
     (void)state;
     t = find_transport(cfg, "mqtt");
-    assert_string_equal(t->host, "127.0.0.1");
-    assert_int_equal(t->port, 1883);
-    assert_string_equal(t->topic_prefix, "qmp");
-    assert_int_equal(t->qos, 1);
-    assert_int_equal(t->protocol, QB_MQTT_V5);
-    assert_string_equal(t->client_id, "qmp-bridge-b1");
-    assert_int_equal(t->keepalive_ms, 30000);
-    assert_null(t->username);
-    assert_null(t->password_file);
-    assert_null(t->tls_ca_file);
-    assert_false(t->tls_insecure);
-    assert_int_equal(t->max_inflight, 100);
-    assert_int_equal(t->reconnect_initial_ms, 500);
-    assert_int_equal(t->reconnect_max_ms, 30000);
+    assert_string_equal(mqtt_of(t)->host, "127.0.0.1");
+    assert_int_equal(mqtt_of(t)->port, 1883);
+    assert_string_equal(mqtt_of(t)->topic_prefix, "qmp");
+    assert_int_equal(mqtt_of(t)->qos, 1);
+    assert_int_equal(mqtt_of(t)->protocol, QB_MQTT_V5);
+    assert_string_equal(mqtt_of(t)->client_id, "qmp-bridge-b1");
+    assert_int_equal(mqtt_of(t)->keepalive_ms, 30000);
+    assert_null(mqtt_of(t)->username);
+    assert_null(mqtt_of(t)->password_file);
+    assert_null(mqtt_of(t)->tls_ca_file);
+    assert_false(mqtt_of(t)->tls_insecure);
+    assert_int_equal(mqtt_of(t)->max_inflight, 100);
+    assert_int_equal(mqtt_of(t)->reconnect_initial_ms, 500);
+    assert_int_equal(mqtt_of(t)->reconnect_max_ms, 30000);
     assert_common_defaults(t);
 
     t = find_transport(cfg, "mqtt#2");
-    assert_int_equal(t->port, 8883);
-    assert_int_equal(t->protocol, QB_MQTT_V5);
-    assert_int_equal(t->broker, QB_MQTT_BROKER_GENERIC);
+    assert_int_equal(mqtt_of(t)->port, 8883);
+    assert_int_equal(mqtt_of(t)->protocol, QB_MQTT_V5);
+    assert_int_equal(mqtt_of(t)->broker, QB_MQTT_BROKER_GENERIC);
 
     /* RabbitMQ's MQTT plugin speaks 3.1.1 only */
     t = find_transport(cfg, "mqtt#3");
-    assert_int_equal(t->broker, QB_MQTT_BROKER_RABBITMQ);
-    assert_int_equal(t->protocol, QB_MQTT_V311);
-    assert_int_equal(t->qos, 1);
+    assert_int_equal(mqtt_of(t)->broker, QB_MQTT_BROKER_RABBITMQ);
+    assert_int_equal(mqtt_of(t)->protocol, QB_MQTT_V311);
+    assert_int_equal(mqtt_of(t)->qos, 1);
 
     t = find_transport(cfg, "kafka");
-    assert_string_equal(t->events_topic, "qmp.events");
-    assert_string_equal(t->state_topic, "qmp.state");
-    assert_string_equal(t->commands_topic, "qmp.commands");
-    assert_int_equal(t->content_mode, QB_KAFKA_STRUCTURED);
-    assert_int_equal(t->n_properties, 0);
-    assert_null(t->host);
+    assert_string_equal(kafka_of(t)->events_topic, "qmp.events");
+    assert_string_equal(kafka_of(t)->state_topic, "qmp.state");
+    assert_string_equal(kafka_of(t)->commands_topic, "qmp.commands");
+    assert_int_equal(kafka_of(t)->content_mode, QB_KAFKA_STRUCTURED);
+    assert_int_equal(kafka_of(t)->n_properties, 0);
+    assert_no_key(t, "host");
     qb_config_free(cfg);
 }
 
@@ -398,7 +458,7 @@ static void test_bridge_id_default(void **state)
         struct qb_config *cfg = load_ok(yamls[i]);
 
         assert_string_equal(cfg->bridge_id, host);
-        assert_string_equal(cfg->transports[0].client_id, client);
+        assert_string_equal(mqtt_of(&cfg->transports[0])->client_id, client);
         qb_config_free(cfg);
     }
 }
@@ -496,8 +556,8 @@ static void test_nulls_keep_defaults(void **state)
     assert_int_equal(cfg->n_vms, 0);
     assert_int_equal(cfg->n_events_exclude, 0);
     assert_string_equal(cfg->discovery_directory, "null");
-    assert_null(cfg->transports[0].username);
-    assert_int_equal(cfg->transports[0].port, 1883);
+    assert_null(mqtt_of(&cfg->transports[0])->username);
+    assert_int_equal(mqtt_of(&cfg->transports[0])->port, 1883);
     qb_config_free(cfg);
 }
 
@@ -922,12 +982,12 @@ static void test_commands_defaults(void **state)
 
     assert_false(cfg->transports[0].commands); /* not a key of stdout */
     assert_true(cfg->transports[1].commands);
-    assert_int_equal(cfg->transports[1].session_expiry_s, 3600);
-    assert_null(cfg->transports[1].group_id);
-    assert_int_equal(cfg->transports[2].session_expiry_s, 3600);
+    assert_int_equal(mqtt_of(&cfg->transports[1])->session_expiry_s, 3600);
+    assert_no_key(&cfg->transports[1], "group_id");
+    assert_int_equal(mqtt_of(&cfg->transports[2])->session_expiry_s, 3600);
     assert_true(cfg->transports[3].commands);
-    assert_string_equal(cfg->transports[3].group_id, "qmp-bridge.b1");
-    assert_int_equal(cfg->transports[3].session_expiry_s, 0);
+    assert_string_equal(kafka_of(&cfg->transports[3])->group_id, "qmp-bridge.b1");
+    assert_no_key(&cfg->transports[3], "session_expiry");
     qb_config_free(cfg);
 
     /* an empty section and an empty allow list: nothing allowed is not the default */
@@ -996,9 +1056,9 @@ static void test_commands_every_key(void **state)
     assert_int_equal(cfg->commands_queue_per_vm, 2);
     assert_int_equal(cfg->commands_timeout_ms, 90000);
     assert_false(cfg->transports[0].commands);
-    assert_int_equal(cfg->transports[0].session_expiry_s, 120);
+    assert_int_equal(mqtt_of(&cfg->transports[0])->session_expiry_s, 120);
     assert_false(cfg->transports[1].commands);
-    assert_string_equal(cfg->transports[1].group_id, "grp");
+    assert_string_equal(kafka_of(&cfg->transports[1])->group_id, "grp");
     qb_config_free(cfg);
     unlink(key_path);
 }
@@ -1079,10 +1139,10 @@ static void test_example_commands(void **state)
     assert_int_equal(cfg->commands_timeout_ms, 60000);
     t = find_transport(cfg, "mybus");
     assert_true(t->commands);
-    assert_int_equal(t->session_expiry_s, 3600);
+    assert_int_equal(mqtt_of(t)->session_expiry_s, 3600);
     t = find_transport(cfg, "kafka");
     assert_true(t->commands);
-    assert_string_equal(t->group_id, "qmp-bridge.host-a");
+    assert_string_equal(kafka_of(t)->group_id, "qmp-bridge.host-a");
     qb_config_free(cfg);
 }
 
@@ -1283,7 +1343,7 @@ int main(void)
         cmocka_unit_test(test_commands_key_file),  cmocka_unit_test(test_secret_file_modes),
         cmocka_unit_test(test_example_commands),   cmocka_unit_test(test_listen_name),
         cmocka_unit_test(test_bridge_id_default),  cmocka_unit_test(test_transport_filters),
-        cmocka_unit_test(test_config_warnings),
+        cmocka_unit_test(test_config_warnings),    cmocka_unit_test(test_backend_config_maps),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

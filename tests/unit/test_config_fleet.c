@@ -23,6 +23,14 @@
 #include "config.h"
 #include "config_dropins.h"
 #include "error.h"
+#include "kafka_config.h"
+
+/* A transport's own keys: the loader hangs its backend's struct on t->backend. */
+static const struct qb_kafka_config *kafka_of(const struct qb_transport_config *t)
+{
+    assert_string_equal(t->type, "kafka");
+    return t->backend;
+}
 
 static char tmp[256];
 
@@ -336,8 +344,9 @@ static void test_refs_env_and_escapes(void **state)
         0600);
     cfg = load_ok();
     assert_string_equal(cfg->schema_base_uri, "literal ${env:QB_T_HOST} and $5 $");
-    assert_string_equal(cfg->transports[0].brokers, "broker.example:9092,broker.example:9093");
-    assert_string_equal(cfg->transports[0].properties[0].value, "x");
+    assert_string_equal(kafka_of(&cfg->transports[0])->brokers,
+                        "broker.example:9092,broker.example:9093");
+    assert_string_equal(kafka_of(&cfg->transports[0])->properties[0].value, "x");
     qb_config_free(cfg);
 
     /* keys are never expanded */
@@ -394,9 +403,9 @@ static void test_refs_files(void **state)
              tmp, tmp);
     put("qmp-bridge.yaml", yaml, 0600);
     cfg = load_ok();
-    assert_string_equal(cfg->transports[0].properties[0].value, "alice");
+    assert_string_equal(kafka_of(&cfg->transports[0])->properties[0].value, "alice");
     /* exactly one trailing newline is dropped */
-    assert_string_equal(cfg->transports[0].properties[1].value, "s3cret\n");
+    assert_string_equal(kafka_of(&cfg->transports[0])->properties[1].value, "s3cret\n");
     qb_config_free(cfg);
 
     /* missing, relative, others-readable, NUL: each names the file and the key's place */
@@ -489,7 +498,7 @@ static void test_refs_credentials(void **state)
              "cannot read '@/creds/kafka.pw': No such file or directory");
     put("creds/kafka.pw", "hunter2\n", 0400);
     cfg = load_ok();
-    assert_string_equal(cfg->transports[0].properties[0].value, "hunter2");
+    assert_string_equal(kafka_of(&cfg->transports[0])->properties[0].value, "hunter2");
     qb_config_free(cfg);
     put("qmp-bridge.yaml", "bridge: {id: '${cred:../x}'}\n", 0600);
     load_bad("@/qmp-bridge.yaml:1:14: bridge.id: ${cred:../x}: expected a credential name "

@@ -9,6 +9,7 @@
  * A guard timer on the loop turns a hang into a failure.
  */
 #include "error.h"
+#include "kafka_config.h"
 #include "log.h"
 #include "transport_ops.h"
 
@@ -53,6 +54,7 @@ struct harness {
     rd_kafka_mock_cluster_t *mc;
     struct qb_config_kv props[6];
     struct qb_transport_config cfg;
+    struct qb_kafka_config kcfg; /* cfg.backend */
     struct qb_bridge_info bridge;
     void *backend;
     struct test_msg msgs[MAX_MSGS];
@@ -314,17 +316,18 @@ static int setup(void **state)
     h->bridge.id = BRIDGE;
     h->cfg.type = "kafka";
     h->cfg.name = "kafka-test";
-    h->cfg.brokers = (char *)rd_kafka_mock_cluster_bootstraps(h->mc);
-    h->cfg.events_topic = "ev.<bridge>.<type>";
-    h->cfg.state_topic = "st.<bridge>.<vm>";
-    h->cfg.commands_topic = COMMANDS_TOPIC;
-    h->cfg.group_id = GROUP;
+    h->cfg.backend = &h->kcfg;
+    h->kcfg.brokers = (char *)rd_kafka_mock_cluster_bootstraps(h->mc);
+    h->kcfg.events_topic = "ev.<bridge>.<type>";
+    h->kcfg.state_topic = "st.<bridge>.<vm>";
+    h->kcfg.commands_topic = COMMANDS_TOPIC;
+    h->kcfg.group_id = GROUP;
     h->cfg.shutdown_timeout_ms = 5000;
     /* quick reconnects keep the broker-down scenarios short */
     h->props[0] = (struct qb_config_kv){.key = "reconnect.backoff.max.ms", .value = "200"};
     h->props[1] = (struct qb_config_kv){.key = "reconnect.backoff.ms", .value = "20"};
-    h->cfg.properties = h->props;
-    h->cfg.n_properties = 2;
+    h->kcfg.properties = h->props;
+    h->kcfg.n_properties = 2;
     *state = h;
     return 0;
 }
@@ -418,7 +421,7 @@ static rd_kafka_t *checker_new(struct harness *h)
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     assert_int_equal(
-        rd_kafka_conf_set(conf, "bootstrap.servers", h->cfg.brokers, errstr, sizeof(errstr)),
+        rd_kafka_conf_set(conf, "bootstrap.servers", h->kcfg.brokers, errstr, sizeof(errstr)),
         RD_KAFKA_CONF_OK);
     assert_int_equal(rd_kafka_conf_set(conf, "group.id", "checker", errstr, sizeof(errstr)),
                      RD_KAFKA_CONF_OK);
@@ -555,7 +558,7 @@ static void test_produce_and_consume(void **state)
     struct harness *h = *state;
     /* a tiny producer queue makes publish answer EAGAIN and exercises writable() */
     h->props[2] = (struct qb_config_kv){.key = "queue.buffering.max.messages", .value = "20"};
-    h->cfg.n_properties = 3;
+    h->kcfg.n_properties = 3;
     make_msgs(h, 500);
     create_backend(h);
     pump(h);
@@ -575,7 +578,7 @@ static void test_produce_and_consume(void **state)
 static void test_binary_mode(void **state)
 {
     struct harness *h = *state;
-    h->cfg.content_mode = QB_KAFKA_BINARY;
+    h->kcfg.content_mode = QB_KAFKA_BINARY;
     make_msgs(h, 40);
     create_backend(h);
     pump(h);
@@ -589,7 +592,7 @@ static void test_binary_mode(void **state)
 static void test_publish_refused(void **state)
 {
     struct harness *h = *state;
-    h->cfg.content_mode = QB_KAFKA_BINARY;
+    h->kcfg.content_mode = QB_KAFKA_BINARY;
     make_msgs(h, 3);
     create_backend(h);
 
@@ -696,7 +699,7 @@ static void test_state_tombstone(void **state)
 static void test_state_tombstone_binary(void **state)
 {
     struct harness *h = *state;
-    h->cfg.content_mode = QB_KAFKA_BINARY;
+    h->kcfg.content_mode = QB_KAFKA_BINARY;
     tombstone_after_state(h);
 }
 
@@ -729,7 +732,7 @@ static void test_broker_rtt(void **state)
     struct rtt_seen seen = {0};
 
     h->props[2] = (struct qb_config_kv){.key = "statistics.interval.ms", .value = "100"};
-    h->cfg.n_properties = 3;
+    h->kcfg.n_properties = 3;
     make_msgs(h, 8);
     create_backend(h);
     qb_transport_kafka_ops.broker_rtt(h->backend, note_rtt, &seen);
@@ -775,24 +778,24 @@ static void test_validate(void **state)
     assert_int_equal(qb_transport_kafka_ops.validate(&h->cfg, err, sizeof(err)), QB_OK);
 
     h->props[2] = (struct qb_config_kv){.key = "linger.ms", .value = "banana"};
-    h->cfg.n_properties = 3;
+    h->kcfg.n_properties = 3;
     expect_invalid(h, "kafka kafka-test: property 'linger.ms': ");
 
     h->props[2] = (struct qb_config_kv){.key = "no.such.property", .value = "1"};
     expect_invalid(h, "property 'no.such.property': ");
-    h->cfg.n_properties = 2;
+    h->kcfg.n_properties = 2;
 
-    char *brokers = h->cfg.brokers;
-    h->cfg.brokers = "";
+    char *brokers = h->kcfg.brokers;
+    h->kcfg.brokers = "";
     expect_invalid(h, "brokers");
-    h->cfg.brokers = NULL;
+    h->kcfg.brokers = NULL;
     expect_invalid(h, "brokers");
-    h->cfg.brokers = brokers;
+    h->kcfg.brokers = brokers;
 
-    h->cfg.events_topic = "";
+    h->kcfg.events_topic = "";
     expect_invalid(h, "events_topic");
-    h->cfg.events_topic = "ev";
-    h->cfg.state_topic = NULL;
+    h->kcfg.events_topic = "ev";
+    h->kcfg.state_topic = NULL;
     expect_invalid(h, "state_topic");
 }
 
@@ -952,7 +955,7 @@ static void produce_commands(struct harness *h, int first, int n)
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     assert_int_equal(
-        rd_kafka_conf_set(conf, "bootstrap.servers", h->cfg.brokers, errstr, sizeof(errstr)),
+        rd_kafka_conf_set(conf, "bootstrap.servers", h->kcfg.brokers, errstr, sizeof(errstr)),
         RD_KAFKA_CONF_OK);
     rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
     assert_non_null(p);
@@ -1018,7 +1021,7 @@ static rd_kafka_t *new_checker(struct harness *h)
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     assert_int_equal(
-        rd_kafka_conf_set(conf, "bootstrap.servers", h->cfg.brokers, errstr, sizeof(errstr)),
+        rd_kafka_conf_set(conf, "bootstrap.servers", h->kcfg.brokers, errstr, sizeof(errstr)),
         RD_KAFKA_CONF_OK);
     assert_int_equal(rd_kafka_conf_set(conf, "group.id", GROUP, errstr, sizeof(errstr)),
                      RD_KAFKA_CONF_OK);
@@ -1061,7 +1064,7 @@ static void test_commands(void **state)
     h->props[4] = (struct qb_config_kv){.key = "session.timeout.ms", .value = "6000"};
     /* short, so that the idle stretch below outlasts it */
     h->props[5] = (struct qb_config_kv){.key = "max.poll.interval.ms", .value = "6500"};
-    h->cfg.n_properties = 6;
+    h->kcfg.n_properties = 6;
     create_backend(h);
     assert_true(qb_transport_kafka_ops.caps & QB_TRANSPORT_CAP_SUBSCRIBE);
     assert_false(qb_transport_kafka_ops.caps & QB_TRANSPORT_CAP_REPLY);

@@ -11,6 +11,7 @@
  * hanging.
  */
 #include "error.h"
+#include "mqtt_config.h"
 #include "transport.h"
 #include "transport_ops.h"
 
@@ -277,6 +278,7 @@ static char *sub_last(struct sub *s, const char *topic, bool *retain)
 
 static uv_loop_t loop;
 static struct qb_transport_config cfg;
+static struct qb_mqtt_config mcfg; /* cfg.backend */
 static struct qb_bridge_info bridge = {.id = "br1"};
 static struct qb_transport *tr;
 static bool tr_done;
@@ -466,20 +468,22 @@ static int setup(void **state)
     (void)state;
     assert_int_equal(uv_loop_init(&loop), 0);
     memset(&cfg, 0, sizeof(cfg));
+    memset(&mcfg, 0, sizeof(mcfg));
+    cfg.backend = &mcfg;
     cfg.type = "mqtt";
     cfg.name = "m1";
     cfg.queue_max_messages = 10000;
     cfg.queue_max_bytes = 1 << 24;
-    cfg.host = "127.0.0.1";
+    mcfg.host = "127.0.0.1";
     broker_port = free_port();
-    cfg.port = broker_port;
-    cfg.topic_prefix = "qmp";
-    cfg.qos = 1;
-    cfg.protocol = QB_MQTT_V5;
-    cfg.keepalive_ms = 30000;
-    cfg.max_inflight = 20;
-    cfg.reconnect_initial_ms = 50;
-    cfg.reconnect_max_ms = 400;
+    mcfg.port = broker_port;
+    mcfg.topic_prefix = "qmp";
+    mcfg.qos = 1;
+    mcfg.protocol = QB_MQTT_V5;
+    mcfg.keepalive_ms = 30000;
+    mcfg.max_inflight = 20;
+    mcfg.reconnect_initial_ms = 50;
+    mcfg.reconnect_max_ms = 400;
     cfg.shutdown_timeout_ms = 5000;
     broker_conf[0] = '\0';
     tr = NULL;
@@ -540,21 +544,21 @@ static void test_events_qos1_in_order(void **state)
 static void test_events_mqtt311(void **state)
 {
     (void)state;
-    cfg.protocol = QB_MQTT_V311;
+    mcfg.protocol = QB_MQTT_V311;
     run_basic(30);
 }
 
 static void test_events_qos0(void **state)
 {
     (void)state;
-    cfg.qos = 0;
+    mcfg.qos = 0;
     run_basic(30);
 }
 
 static void test_events_qos2(void **state)
 {
     (void)state;
-    cfg.qos = 2;
+    mcfg.qos = 2;
     run_basic(30);
 }
 
@@ -704,7 +708,7 @@ static bool window_full(void *arg)
 {
     (void)arg;
     struct qb_transport_stats st = stats();
-    return st.published - st.confirmed - st.failed >= cfg.max_inflight;
+    return st.published - st.confirmed - st.failed >= mcfg.max_inflight;
 }
 
 static void test_broker_killed_mid_stream(void **state)
@@ -730,7 +734,7 @@ static void test_broker_killed_mid_stream(void **state)
     print_message("broker killed: %llu confirmed, %llu in flight, %llu queued\n",
                   (unsigned long long)k, (unsigned long long)(st.published - k),
                   (unsigned long long)st.depth);
-    assert_int_equal(st.published - k, cfg.max_inflight); /* the case that matters */
+    assert_int_equal(st.published - k, mcfg.max_inflight); /* the case that matters */
 
     broker_start();
     sub_wait_subacks(s, 2); /* the subscriber is back before the transport can be */
@@ -883,8 +887,8 @@ static void test_commands_and_replies(void **state)
 {
     (void)state;
     cfg.commands = true;
-    cfg.session_expiry_s = 600;
-    cfg.client_id = "qb-test-cmd";
+    mcfg.session_expiry_s = 600;
+    mcfg.client_id = "qb-test-cmd";
     broker_start();
     struct sub *s = sub_start_opts(0, "requester", "#", true);
     tr_create();
@@ -938,8 +942,8 @@ static void test_commands_and_replies(void **state)
 static void run_command_waits(void)
 {
     cfg.commands = true;
-    cfg.session_expiry_s = 600;
-    cfg.client_id = "qb-test-persist";
+    mcfg.session_expiry_s = 600;
+    mcfg.client_id = "qb-test-persist";
     broker_start();
     struct sub *s = sub_start_opts(0, "requester", "#", true);
     tr_create();
@@ -970,7 +974,7 @@ static void test_command_waits_in_session(void **state)
 static void test_command_waits_in_session_mqtt311(void **state)
 {
     (void)state;
-    cfg.protocol = QB_MQTT_V311;
+    mcfg.protocol = QB_MQTT_V311;
     run_command_waits();
 }
 
@@ -1007,22 +1011,26 @@ static void test_validate(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct qb_transport_config c = cfg;
-        c.topic_prefix = (char *)bad[i].prefix;
-        c.port = bad[i].port;
-        c.qos = bad[i].qos;
-        c.max_inflight = bad[i].inflight;
-        c.tls_cert_file = (char *)bad[i].cert;
-        c.tls_key_file = (char *)bad[i].key;
+        struct qb_mqtt_config mc = mcfg;
+        c.backend = &mc;
+        mc.topic_prefix = (char *)bad[i].prefix;
+        mc.port = bad[i].port;
+        mc.qos = bad[i].qos;
+        mc.max_inflight = bad[i].inflight;
+        mc.tls_cert_file = (char *)bad[i].cert;
+        mc.tls_key_file = (char *)bad[i].key;
         err[0] = '\0';
         assert_int_equal(qb_transport_validate(&c, err, sizeof(err)), QB_ECONFIG);
         if (!strstr(err, bad[i].expect))
             fail_msg("case %zu: '%s' does not mention %s", i, err, bad[i].expect);
     }
     struct qb_transport_config c = cfg;
-    c.host = "";
+    struct qb_mqtt_config mc = mcfg;
+    c.backend = &mc;
+    mc.host = "";
     assert_int_equal(qb_transport_validate(&c, err, sizeof(err)), QB_ECONFIG);
-    c = cfg;
-    c.password_file = "/nonexistent/password";
+    mc = mcfg;
+    mc.password_file = "/nonexistent/password";
     struct qb_transport *t = NULL;
     assert_int_equal(qb_transport_create(&loop, &c, &bridge, &t, err, sizeof(err)), QB_ECONFIG);
     assert_non_null(strstr(err, "/nonexistent/password"));

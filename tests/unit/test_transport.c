@@ -9,6 +9,7 @@
  * subscribe, ack and a reply channel for the command path.
  */
 #include "error.h"
+#include "stdout_config.h"
 #include "transport.h"
 #include "transport_ops.h"
 
@@ -873,7 +874,8 @@ static void test_validate_unknown_type(void **state)
 static void test_stdout_bad_path(void **state)
 {
     (void)state;
-    struct qb_transport_config c = {.type = "stdout", .path = "/nonexistent-dir/x/out.jsonl"};
+    struct qb_stdout_config sc = {.path = "/nonexistent-dir/x/out.jsonl"};
+    struct qb_transport_config c = {.type = "stdout", .backend = &sc};
     char err[256] = "";
     struct qb_transport *t = NULL;
     struct qb_bridge_info bridge = {.id = "br1"};
@@ -907,7 +909,8 @@ static void test_stdout_writes_lines(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    struct qb_transport_config c = {.type = "stdout", .path = path, .shutdown_timeout_ms = 1000};
+    struct qb_stdout_config sc = {.path = path};
+    struct qb_transport_config c = {.type = "stdout", .backend = &sc, .shutdown_timeout_ms = 1000};
     char err[256] = "";
     struct qb_bridge_info bridge = {.id = "br1"};
     assert_int_equal(qb_transport_create(&loop, &c, &bridge, &st_tr, err, sizeof(err)), QB_OK);
