@@ -21,6 +21,7 @@
 #include "service_notify.h"
 #include "spool.h"
 #include "status_api.h"
+#include "status_client.h"
 #include "transport.h"
 #include "vm_manager.h"
 
@@ -489,7 +490,7 @@ int main(int argc, char **argv)
             qb_config_free(q.cfg);
             return 3;
         }
-        status = qb_status_print(q.cfg->metrics_listen, stdout);
+        status = qb_status_client_print(q.cfg->metrics_listen, stdout);
         qb_config_free(q.cfg);
         return status;
     }

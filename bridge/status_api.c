@@ -1,5 +1,5 @@
 /*
- * status_api.c - /metrics, /healthz, /readyz and /vms, and `--status`.
+ * status_api.c - /metrics, /healthz, /readyz and /vms.
  *
  * Collectors run at request time on the loop thread (http_server.c drives
  * libmicrohttpd from the loop), so they read the live objects without locks.
@@ -568,70 +568,4 @@ void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), voi
     c->done = done;
     c->arg = arg;
     qb_http_server_close(api->http, status_closed, c);
-}
-
-/* ---- --status ------------------------------------------------------------ */
-
-static const char *str_or(const json_t *o, const char *key, const char *fallback)
-{
-    const char *v = json_string_value(json_object_get(o, key));
-
-    return v && v[0] ? v : fallback;
-}
-
-int qb_status_print(const char *listen, FILE *out)
-{
-    char *body = NULL;
-    int status = 0, rc, ready;
-    json_t *doc, *vms;
-    json_error_t jerr;
-    size_t i;
-
-    rc = qb_http_get(listen, "/readyz", &body, &status, 3000);
-    if (rc < 0) {
-        fprintf(stderr, "qmp-bridge: cannot reach the daemon at %s: %s\n", listen,
-                qb_strerror(rc));
-        return 3;
-    }
-    doc = json_loads(body, 0, &jerr);
-    free(body);
-    if (!json_is_object(doc)) {
-        fprintf(stderr, "qmp-bridge: %s/readyz answered %d with no JSON object\n", listen, status);
-        json_decref(doc);
-        return 3;
-    }
-    ready = json_is_true(json_object_get(doc, "ready"));
-    fprintf(out, "ready: %s\n", ready ? "yes" : "no");
-    json_array_foreach(json_object_get(doc, "reasons"), i, vms)
-        fprintf(out, "  - %s\n", json_string_value(vms));
-    json_decref(doc);
-
-    rc = qb_http_get(listen, "/vms", &body, &status, 3000);
-    if (rc < 0 || status != 200) {
-        fprintf(stderr, "qmp-bridge: %s/vms: %s (HTTP %d)\n", listen,
-                rc < 0 ? qb_strerror(rc) : "unexpected status", status);
-        free(body);
-        return 3;
-    }
-    vms = json_loads(body, 0, &jerr);
-    free(body);
-    if (!json_is_array(vms)) {
-        fprintf(stderr, "qmp-bridge: %s/vms is not a JSON array\n", listen);
-        json_decref(vms);
-        return 3;
-    }
-    fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8s %5s  %s\n", "VM", "SESSION", "RUN-STATE",
-            "QEMU", "LAST-EVENT", "SEQ", "RECON", "ADDRESS");
-    json_array_foreach(vms, i, doc)
-    {
-        fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8lld %5lld  %s\n", str_or(doc, "name", "?"),
-                str_or(doc, "session", "-"), str_or(doc, "run_state", "-"),
-                str_or(doc, "qemu_version", "-"), str_or(doc, "last_event", "-"),
-                (long long)json_integer_value(json_object_get(doc, "sequence")),
-                (long long)json_integer_value(json_object_get(doc, "reconnects")),
-                str_or(doc, "address", "-"));
-    }
-    fprintf(out, "%zu VMs\n", json_array_size(vms));
-    json_decref(vms);
-    return ready ? 0 : 1;
 }

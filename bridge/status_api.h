@@ -19,7 +19,7 @@
  *
  * Everything is read at request time from the live objects (pull model: the
  * hot path only bumps counters it already keeps). `qmp-bridge --status`
- * prints /readyz and /vms for a person (qb_status_print).
+ * prints /readyz and /vms for a person (status_client.h).
  */
 #ifndef QB_STATUS_API_H
 #define QB_STATUS_API_H
@@ -34,7 +34,6 @@
 #include "vm_manager.h"
 
 #include <stdbool.h>
-#include <stdio.h>
 #include <uv.h>
 
 /*
@@ -80,13 +79,5 @@ const char *qb_status_run_state_label(const char *session, const char *run_state
 
 /* Closes the server; done(arg) runs from the loop once it is gone. NULL api is fine. */
 void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), void *arg);
-
-/*
- * For `qmp-bridge --status`: asks the daemon at listen for /readyz and /vms
- * and prints a table to out. Returns 0 when the daemon answered and is
- * ready, 1 when it answered not ready, 3 when it could not be reached or
- * answered nonsense (message on stderr).
- */
-int qb_status_print(const char *listen, FILE *out);
 
 #endif
