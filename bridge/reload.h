@@ -139,8 +139,8 @@ struct qb_reload_result {
  * this file); everything is logged with a "reload:" prefix. status receives a
  * one-line summary for systemd's STATUS=. Returns QB_OK with *out filled when
  * the new config is in force (possibly with keys kept or a transport that
- * could not be replaced: logged and in status), or QB_ECONFIG when the file
- * was invalid, QB_ENOMEM: nothing changed then and *out is zeroed.
+ * could not be replaced: logged and in status); or QB_ECONFIG (the file was
+ * invalid) or QB_ENOMEM, with nothing changed and *out zeroed.
  */
 int qb_reload_run(const struct qb_reload_target *t, struct qb_reload_result *out, char *status,
                   size_t statuslen);
