@@ -2,10 +2,10 @@
  * status_client.c - `qmp-bridge --status`: a one-shot blocking HTTP/1.0 client
  * and the table it prints from /readyz and /vms.
  *
- * HTTP/1.0 keeps the client small: the daemon closes after one answer, which
- * carries a Content-Length; a chunked answer is refused. Every wait is a poll()
- * against one deadline for the whole exchange, so a daemon that accepts and then
- * hangs cannot hang the command.
+ * HTTP/1.0 keeps the client small: the daemon closes after one answer, which is
+ * read to its Content-Length or to the close; a chunked answer is refused. Every
+ * wait is a poll() against one deadline for the whole exchange, so a daemon that
+ * accepts and then hangs cannot hang the command.
  */
 #include "status_client.h"
 
