@@ -7,6 +7,8 @@
  * value being written is kept so that a refused value can be named.
  */
 #include "command_canonical.h"
+
+#include "buffer.h"
 #include "error.h"
 
 #include <inttypes.h>
@@ -20,8 +22,7 @@
 #define CANON_PATH_MAX 96
 
 struct canon {
-    char *buf;
-    size_t len, cap;
+    struct qb_buffer out;
     char path[CANON_PATH_MAX]; /* "data.size", "data.list[2]"; cut when long */
     char *errbuf;
     size_t errlen;
@@ -41,26 +42,9 @@ static int canon_error(struct canon *c, const char *fmt, ...)
     return QB_EINVAL;
 }
 
-static int put(struct canon *c, const char *bytes, size_t n)
+static inline int put(struct canon *c, const char *bytes, size_t n)
 {
-    if (c->cap - c->len <= n) {
-        size_t cap = c->cap ? c->cap : 256;
-        char *grown;
-
-        while (cap - c->len <= n) {
-            if (cap > SIZE_MAX / 2)
-                return QB_ENOMEM;
-            cap *= 2;
-        }
-        if (!(grown = realloc(c->buf, cap)))
-            return QB_ENOMEM;
-        c->buf = grown;
-        c->cap = cap;
-    }
-    memcpy(c->buf + c->len, bytes, n);
-    c->len += n;
-    c->buf[c->len] = '\0';
-    return QB_OK;
+    return qb_buffer_append(&c->out, bytes, n);
 }
 
 /* The two-character escapes; every other byte below 0x20 is \u00xx. */
@@ -215,11 +199,11 @@ int qb_command_canonical(const json_t *command, char **text, size_t *len, char *
     *len = 0;
     if (!json_is_object(command))
         return canon_error(&c, "command: expected a JSON object");
+    qb_buffer_init(&c.out, 0);
     if ((rc = put_value(&c, command, 0, true)) != QB_OK) {
-        free(c.buf);
+        qb_buffer_free(&c.out);
         return rc;
     }
-    *text = c.buf;
-    *len = c.len;
-    return QB_OK;
+    *text = qb_buffer_take(&c.out, len);
+    return *text ? QB_OK : QB_ENOMEM;
 }

@@ -8,6 +8,7 @@
  */
 #include "config_ref.h"
 
+#include "buffer.h"
 #include "error.h"
 #include "private_files.h"
 
@@ -20,35 +21,6 @@
 
 /* A reference's text between "${" and "}" is quoted back in messages up to this length. */
 #define QB_REF_QUOTE_MAX 200
-
-struct ref_out {
-    char *buf;
-    size_t len, cap;
-};
-
-static int out_put(struct ref_out *o, const char *p, size_t n)
-{
-    if (o->len + n + 1 > o->cap) {
-        size_t cap = o->cap ? o->cap : 64;
-        char *buf;
-
-        while (cap < o->len + n + 1)
-            cap *= 2;
-        if (!(buf = malloc(cap)))
-            return QB_ENOMEM;
-        if (o->buf) {
-            memcpy(buf, o->buf, o->len);
-            explicit_bzero(o->buf, o->cap);
-            free(o->buf);
-        }
-        o->buf = buf;
-        o->cap = cap;
-    }
-    memcpy(o->buf + o->len, p, n);
-    o->len += n;
-    o->buf[o->len] = '\0';
-    return QB_OK;
-}
 
 static bool name_ok(const char *name, size_t len, const char *first, const char *rest)
 {
@@ -64,8 +36,8 @@ static bool name_ok(const char *name, size_t len, const char *first, const char 
 #define QB_REF_ALNUM QB_REF_ALPHA "0123456789"
 
 /* ${env:NAME}: the variable's value, charged to the budget. */
-static int ref_env(const char *ref, const char *name, size_t len, struct ref_out *o, size_t *budget,
-                   char *why, size_t wl)
+static int ref_env(const char *ref, const char *name, size_t len, struct qb_buffer *o,
+                   size_t *budget, char *why, size_t wl)
 {
     char var[256];
     const char *value;
@@ -89,14 +61,14 @@ static int ref_env(const char *ref, const char *name, size_t len, struct ref_out
         return QB_ECONFIG;
     }
     *budget -= n;
-    return out_put(o, value, n);
+    return qb_buffer_append(o, value, n);
 }
 
 /*
  * Reads the secret file path for the reference ref: at most *budget bytes, no NUL, one
  * trailing newline dropped.
  */
-static int ref_read_file(const char *ref, const char *path, struct ref_out *o, size_t *budget,
+static int ref_read_file(const char *ref, const char *path, struct qb_buffer *o, size_t *budget,
                          char *why, size_t wl)
 {
     char msg[512];
@@ -153,7 +125,7 @@ static int ref_read_file(const char *ref, const char *path, struct ref_out *o, s
         if (len > 0 && buf[len - 1] == '\n')
             len--;
         *budget -= len;
-        rc = out_put(o, buf, len);
+        rc = qb_buffer_append(o, buf, len);
     }
     explicit_bzero(buf, max + 1);
     free(buf);
@@ -161,8 +133,8 @@ static int ref_read_file(const char *ref, const char *path, struct ref_out *o, s
 }
 
 /* ${file:/absolute/path} */
-static int ref_file(const char *ref, const char *arg, size_t len, struct ref_out *o, size_t *budget,
-                    char *why, size_t wl)
+static int ref_file(const char *ref, const char *arg, size_t len, struct qb_buffer *o,
+                    size_t *budget, char *why, size_t wl)
 {
     char *path;
     int rc;
@@ -179,7 +151,7 @@ static int ref_file(const char *ref, const char *arg, size_t len, struct ref_out
 }
 
 /* ${cred:NAME}: $CREDENTIALS_DIRECTORY/NAME, as systemd's LoadCredential= provides it. */
-static int ref_cred(const char *ref, const char *name, size_t len, struct ref_out *o,
+static int ref_cred(const char *ref, const char *name, size_t len, struct qb_buffer *o,
                     size_t *budget, char *why, size_t wl)
 {
     const char *dir = getenv("CREDENTIALS_DIRECTORY");
@@ -205,7 +177,7 @@ static int ref_cred(const char *ref, const char *name, size_t len, struct ref_ou
     return rc;
 }
 
-typedef int (*ref_fn)(const char *ref, const char *arg, size_t len, struct ref_out *o,
+typedef int (*ref_fn)(const char *ref, const char *arg, size_t len, struct qb_buffer *o,
                       size_t *budget, char *why, size_t wl);
 
 static const struct {
@@ -218,7 +190,7 @@ static const struct {
 };
 
 /* Expands the reference starting at p ("${..."); *used is how much of the input it took. */
-static int ref_one(const char *p, size_t *used, struct ref_out *o, size_t *budget, char *why,
+static int ref_one(const char *p, size_t *used, struct qb_buffer *o, size_t *budget, char *why,
                    size_t wl)
 {
     const char *body = p + 2, *end = strchr(body, '}');
@@ -256,40 +228,38 @@ bool qb_config_ref_present(const char *text)
 
 int qb_config_ref_expand(const char *text, char **out, size_t *budget, char *why, size_t wl)
 {
-    struct ref_out o = {0};
+    struct qb_buffer o;
     const char *p = text;
     int rc = QB_OK;
 
     *out = NULL;
+    /* the expansion may hold a password or key read from a file: wiped wherever it goes */
+    qb_buffer_init(&o, QB_BUFFER_WIPE);
     while (rc == QB_OK && *p) {
         const char *dollar = strchr(p, '$');
         size_t used = 0;
 
         if (!dollar) {
-            rc = out_put(&o, p, strlen(p));
+            rc = qb_buffer_append(&o, p, strlen(p));
             break;
         }
-        if ((rc = out_put(&o, p, (size_t)(dollar - p))) != QB_OK)
+        if ((rc = qb_buffer_append(&o, p, (size_t)(dollar - p))) != QB_OK)
             break;
         if (strncmp(dollar, "$${", 3) == 0) {
-            rc = out_put(&o, "${", 2);
+            rc = qb_buffer_append(&o, "${", 2);
             p = dollar + 3;
         } else if (dollar[1] == '{') {
             rc = ref_one(dollar, &used, &o, budget, why, wl);
             p = dollar + used;
         } else {
-            rc = out_put(&o, "$", 1);
+            rc = qb_buffer_append(&o, "$", 1);
             p = dollar + 1;
         }
     }
-    if (rc == QB_OK && !o.buf)
-        rc = out_put(&o, "", 0);
     if (rc != QB_OK) {
-        if (o.buf)
-            explicit_bzero(o.buf, o.cap);
-        free(o.buf);
+        qb_buffer_free(&o);
         return rc;
     }
-    *out = o.buf;
-    return QB_OK;
+    *out = qb_buffer_take(&o, NULL);
+    return *out ? QB_OK : QB_ENOMEM;
 }

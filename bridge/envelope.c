@@ -18,6 +18,8 @@
  *     names, since events come in bursts within one second.
  */
 #include "envelope.h"
+
+#include "buffer.h"
 #include "error.h"
 #include "log.h"
 
@@ -33,51 +35,23 @@
 /* First allocation: a typical envelope (~500 bytes) fits without growing. */
 #define QB_ENVELOPE_INITIAL_CAP 1024
 
-struct qb_buf {
-    char *p;
-    size_t len;
-    size_t cap;
-    bool failed; /* sticky: set on the first allocation failure */
-    bool bad;    /* sticky: data that cannot be serialised (a cycle, a real jansson refuses) */
+/* The envelope being written; bad is sticky like the buffer's own failure. */
+struct env_buf {
+    struct qb_buffer out;
+    bool bad; /* data that cannot be serialised (a cycle, a real jansson refuses) */
 };
 
-/* Makes room for n more bytes plus a NUL; returns false (and sets failed) when it cannot. */
-static bool qb_buf_reserve(struct qb_buf *b, size_t n)
+/* Appends n bytes; qb_buffer keeps room for the final NUL qb_envelope_build writes. */
+static inline void env_put(struct env_buf *b, const char *s, size_t n)
 {
-    size_t cap;
-    char *p;
-
-    if (b->failed)
-        return false;
-    if (b->len + n + 1 <= b->cap)
-        return true;
-    cap = b->cap ? b->cap : QB_ENVELOPE_INITIAL_CAP;
-    while (b->len + n + 1 > cap)
-        cap *= 2;
-    p = realloc(b->p, cap);
-    if (!p) {
-        b->failed = true;
-        return false;
-    }
-    b->p = p;
-    b->cap = cap;
-    return true;
+    qb_buffer_append(&b->out, s, n);
 }
 
-/* Appends n bytes, always leaving room for the final NUL qb_envelope_build writes. */
-static inline void qb_buf_put(struct qb_buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap && !qb_buf_reserve(b, n))
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
+#define ENV_PUT_LIT(b, lit) env_put((b), (lit), sizeof(lit) - 1)
 
-#define QB_PUT_LIT(b, lit) qb_buf_put((b), (lit), sizeof(lit) - 1)
-
-static void qb_buf_puts(struct qb_buf *b, const char *s)
+static void env_puts(struct env_buf *b, const char *s)
 {
-    qb_buf_put(b, s, strlen(s));
+    env_put(b, s, strlen(s));
 }
 
 /* Bytes that must be escaped inside a JSON string: control characters, '"' and '\\'. */
@@ -128,7 +102,7 @@ static const char qb_hex_upper[] = "0123456789ABCDEF";
  * case); otherwise every control character is \u00xx in lower case, as the
  * attributes have always been written.
  */
-static void qb_buf_escaped_n(struct qb_buf *b, const char *s, size_t n, bool jansson_style)
+static void env_escaped_n(struct env_buf *b, const char *s, size_t n, bool jansson_style)
 {
     const char *end = s + n;
 
@@ -138,7 +112,7 @@ static void qb_buf_escaped_n(struct qb_buf *b, const char *s, size_t n, bool jan
         char esc[6] = {'\\', 0, 0, 0, 0, 0};
         size_t esc_len = 2;
 
-        qb_buf_put(b, s, plain);
+        env_put(b, s, plain);
         s += plain;
         if (s == end)
             return;
@@ -165,13 +139,13 @@ static void qb_buf_escaped_n(struct qb_buf *b, const char *s, size_t n, bool jan
             esc[5] = hex[c & 0xf];
             esc_len = 6;
         }
-        qb_buf_put(b, esc, esc_len);
+        env_put(b, esc, esc_len);
     }
 }
 
-static void qb_buf_escaped(struct qb_buf *b, const char *s)
+static void env_escaped(struct env_buf *b, const char *s)
 {
-    qb_buf_escaped_n(b, s, strlen(s), false);
+    env_escaped_n(b, s, strlen(s), false);
 }
 
 /* Writes v in decimal at the end of buf (which has 20 bytes free before end); returns the start. */
@@ -186,7 +160,7 @@ static char *qb_fmt_u64(uint64_t v, char *end)
     return p;
 }
 
-static void qb_buf_int(struct qb_buf *b, json_int_t v)
+static void env_int(struct env_buf *b, json_int_t v)
 {
     char digits[24];
     char *end = digits + sizeof(digits);
@@ -196,20 +170,20 @@ static void qb_buf_int(struct qb_buf *b, json_int_t v)
 
     if (v < 0)
         *--p = '-';
-    qb_buf_put(b, p, (size_t)(end - p));
+    env_put(b, p, (size_t)(end - p));
 }
 
-static void qb_buf_json_string(struct qb_buf *b, const char *s, size_t n)
+static void env_json_string(struct env_buf *b, const char *s, size_t n)
 {
-    QB_PUT_LIT(b, "\"");
-    qb_buf_escaped_n(b, s, n, true);
-    QB_PUT_LIT(b, "\"");
+    ENV_PUT_LIT(b, "\"");
+    env_escaped_n(b, s, n, true);
+    ENV_PUT_LIT(b, "\"");
 }
 
 /* Appends v as json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) writes it. */
-static void qb_buf_json(struct qb_buf *b, const json_t *v, int depth)
+static void env_json(struct env_buf *b, const json_t *v, int depth)
 {
-    if (b->failed || b->bad)
+    if (b->out.failed || b->bad)
         return;
     if (!v || depth > QB_ENVELOPE_MAX_DEPTH) {
         b->bad = true;
@@ -220,35 +194,35 @@ static void qb_buf_json(struct qb_buf *b, const json_t *v, int depth)
         void *iter = json_object_iter((json_t *)v);
         bool first = true;
 
-        QB_PUT_LIT(b, "{");
+        ENV_PUT_LIT(b, "{");
         for (; iter; iter = json_object_iter_next((json_t *)v, iter)) {
             if (!first)
-                QB_PUT_LIT(b, ",");
+                ENV_PUT_LIT(b, ",");
             first = false;
-            qb_buf_json_string(b, json_object_iter_key(iter), json_object_iter_key_len(iter));
-            QB_PUT_LIT(b, ":");
-            qb_buf_json(b, json_object_iter_value(iter), depth + 1);
+            env_json_string(b, json_object_iter_key(iter), json_object_iter_key_len(iter));
+            ENV_PUT_LIT(b, ":");
+            env_json(b, json_object_iter_value(iter), depth + 1);
         }
-        QB_PUT_LIT(b, "}");
+        ENV_PUT_LIT(b, "}");
         return;
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
 
-        QB_PUT_LIT(b, "[");
+        ENV_PUT_LIT(b, "[");
         for (size_t i = 0; i < n; i++) {
             if (i)
-                QB_PUT_LIT(b, ",");
-            qb_buf_json(b, json_array_get(v, i), depth + 1);
+                ENV_PUT_LIT(b, ",");
+            env_json(b, json_array_get(v, i), depth + 1);
         }
-        QB_PUT_LIT(b, "]");
+        ENV_PUT_LIT(b, "]");
         return;
     }
     case JSON_STRING:
-        qb_buf_json_string(b, json_string_value(v), json_string_length(v));
+        env_json_string(b, json_string_value(v), json_string_length(v));
         return;
     case JSON_INTEGER:
-        qb_buf_int(b, json_integer_value(v));
+        env_int(b, json_integer_value(v));
         return;
     case JSON_REAL: {
         /* jansson's shortest round-trip form ("1.0", "1e+300"); rare enough to ask it. */
@@ -258,18 +232,18 @@ static void qb_buf_json(struct qb_buf *b, const json_t *v, int depth)
             b->bad = true;
             return;
         }
-        qb_buf_puts(b, text);
+        env_puts(b, text);
         free(text);
         return;
     }
     case JSON_TRUE:
-        QB_PUT_LIT(b, "true");
+        ENV_PUT_LIT(b, "true");
         return;
     case JSON_FALSE:
-        QB_PUT_LIT(b, "false");
+        ENV_PUT_LIT(b, "false");
         return;
     case JSON_NULL:
-        QB_PUT_LIT(b, "null");
+        ENV_PUT_LIT(b, "null");
         return;
     }
     b->bad = true;
@@ -386,7 +360,7 @@ char *qb_envelope_format_id(uint64_t epoch, uint64_t sequence, const char *id_su
 int qb_envelope_build(const struct qb_envelope_ctx *ctx, const struct qb_envelope_in *in,
                       char **out, size_t *out_len)
 {
-    struct qb_buf b = {0};
+    struct env_buf b = {.bad = false};
     char id[64], seq[24], when[40];
     size_t id_len;
 
@@ -409,54 +383,51 @@ int qb_envelope_build(const struct qb_envelope_ctx *ctx, const struct qb_envelop
      * id, sequence and time we just formatted (hex, digits, '-', ':', '.');
      * only the caller's strings go through the escaper.
      */
-    qb_buf_reserve(&b, QB_ENVELOPE_INITIAL_CAP - 1);
-    QB_PUT_LIT(&b, "{\"specversion\":\"1.0\",\"id\":\"");
-    qb_buf_put(&b, id, id_len);
+    qb_buffer_init(&b.out, 0);
+    qb_buffer_reserve(&b.out, QB_ENVELOPE_INITIAL_CAP - 1);
+    ENV_PUT_LIT(&b, "{\"specversion\":\"1.0\",\"id\":\"");
+    env_put(&b, id, id_len);
     if (in->id_suffix)
-        qb_buf_escaped(&b, in->id_suffix);
-    QB_PUT_LIT(&b, "\",\"source\":\"qmp-bridge://");
-    qb_buf_escaped(&b, ctx->bridge_id);
-    QB_PUT_LIT(&b, "/");
-    qb_buf_escaped(&b, in->vm);
-    QB_PUT_LIT(&b, "\",\"type\":\"");
-    qb_buf_escaped(&b, in->type);
-    QB_PUT_LIT(&b, "\",\"subject\":\"");
-    qb_buf_escaped(&b, in->vm);
-    QB_PUT_LIT(&b, "\",\"time\":\"");
-    qb_buf_puts(&b, when);
-    QB_PUT_LIT(&b, "\",\"datacontenttype\":\"application/json\",\"dataschema\":\"");
-    qb_buf_escaped(&b, ctx->schema_base_uri);
-    qb_buf_escaped(&b, in->type);
-    QB_PUT_LIT(&b, ".json\",\"sequence\":\"");
-    qb_buf_put(&b, seq, 20);
-    QB_PUT_LIT(&b, "\",\"partitionkey\":\"");
-    qb_buf_escaped(&b, ctx->bridge_id);
-    QB_PUT_LIT(&b, "/");
-    qb_buf_escaped(&b, in->vm);
-    QB_PUT_LIT(&b, "\",\"bridge\":\"");
-    qb_buf_escaped(&b, ctx->bridge_id);
-    QB_PUT_LIT(&b, "\",\"data\":");
+        env_escaped(&b, in->id_suffix);
+    ENV_PUT_LIT(&b, "\",\"source\":\"qmp-bridge://");
+    env_escaped(&b, ctx->bridge_id);
+    ENV_PUT_LIT(&b, "/");
+    env_escaped(&b, in->vm);
+    ENV_PUT_LIT(&b, "\",\"type\":\"");
+    env_escaped(&b, in->type);
+    ENV_PUT_LIT(&b, "\",\"subject\":\"");
+    env_escaped(&b, in->vm);
+    ENV_PUT_LIT(&b, "\",\"time\":\"");
+    env_puts(&b, when);
+    ENV_PUT_LIT(&b, "\",\"datacontenttype\":\"application/json\",\"dataschema\":\"");
+    env_escaped(&b, ctx->schema_base_uri);
+    env_escaped(&b, in->type);
+    ENV_PUT_LIT(&b, ".json\",\"sequence\":\"");
+    env_put(&b, seq, 20);
+    ENV_PUT_LIT(&b, "\",\"partitionkey\":\"");
+    env_escaped(&b, ctx->bridge_id);
+    ENV_PUT_LIT(&b, "/");
+    env_escaped(&b, in->vm);
+    ENV_PUT_LIT(&b, "\",\"bridge\":\"");
+    env_escaped(&b, ctx->bridge_id);
+    ENV_PUT_LIT(&b, "\",\"data\":");
     if (in->data_json)
-        qb_buf_put(&b, in->data_json, in->data_json_len);
+        env_put(&b, in->data_json, in->data_json_len);
     else if (in->data)
-        qb_buf_json(&b, in->data, 0);
+        env_json(&b, in->data, 0);
     else
-        QB_PUT_LIT(&b, "{}");
-    QB_PUT_LIT(&b, "}");
+        ENV_PUT_LIT(&b, "{}");
+    ENV_PUT_LIT(&b, "}");
 
     if (b.bad) {
         QB_LOG_ERR(in->vm, "envelope: %s data cannot be serialised", in->type);
-        free(b.p);
+        qb_buffer_free(&b.out);
         return QB_EINVAL;
     }
-    if (b.failed) {
+    *out = qb_buffer_take(&b.out, out_len);
+    if (!*out) {
         QB_LOG_ERR(in->vm, "envelope: out of memory building %s", in->type);
-        free(b.p);
         return QB_ENOMEM;
     }
-    /* qb_buf_put always leaves room for this NUL. */
-    b.p[b.len] = '\0';
-    *out = b.p;
-    *out_len = b.len;
     return QB_OK;
 }

@@ -1,5 +1,5 @@
 /*
- * http_server.c - libmicrohttpd driven by the libuv loop, plus a one-shot blocking client.
+ * http_server.c - libmicrohttpd driven by the libuv loop.
  *
  * MHD is started with MHD_USE_EPOLL and no internal thread. Its epoll fd
  * becomes readable whenever one of its sockets (the listener, a connection)
@@ -35,26 +35,20 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Request headers beyond this per connection are answered 431 by MHD itself. */
 #define HTTP_CONNECTION_MEMORY (32u * 1024)
 #define HTTP_LISTEN_BACKLOG 64
-/* Header block qb_http_get accepts before the body. */
-#define HTTP_GET_MAX_HEADER (64u * 1024)
 
 struct listen_addr {
     bool is_unix;
@@ -685,201 +679,4 @@ void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), voi
     if (s->unix_path && stat(s->unix_path, &st) == 0 && st.st_dev == s->unix_dev &&
         st.st_ino == s->unix_ino)
         unlink(s->unix_path);
-}
-
-/* ---- client ----------------------------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Waits for events on fd until the deadline. Returns QB_OK, QB_ETIMEDOUT or QB_EIO. */
-static int wait_fd(int fd, short events, int64_t deadline)
-{
-    struct pollfd p = {.fd = fd, .events = events};
-
-    for (;;) {
-        int64_t left = deadline - now_ms();
-        int n;
-
-        if (left <= 0)
-            return QB_ETIMEDOUT;
-        n = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
-        if (n > 0)
-            return QB_OK;
-        if (n == 0)
-            return QB_ETIMEDOUT;
-        if (errno != EINTR)
-            return QB_EIO;
-    }
-}
-
-static int client_connect(const struct listen_addr *a, int64_t deadline, int *out)
-{
-    int fd, err = 0, rc;
-    socklen_t elen = sizeof err;
-
-    fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return QB_EIO;
-    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
-        /* TCP completes in the background; a Unix socket either connects at once or fails
-         * (EAGAIN: its backlog is full, which for a one-shot client is a failure too). */
-        rc = errno == EINPROGRESS ? wait_fd(fd, POLLOUT, deadline) : QB_EIO;
-        if (rc == QB_OK && (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err != 0))
-            rc = QB_EIO;
-        if (rc < 0) {
-            close(fd);
-            return rc;
-        }
-    }
-    *out = fd;
-    return QB_OK;
-}
-
-/* Parses the header block [p, p+hlen) (ending before the blank line). */
-static int parse_head(const char *p, size_t hlen, int *status, long long *content_length)
-{
-    const char *line = p, *end = p + hlen;
-
-    *content_length = -1;
-    if (hlen < 12 || strncmp(p, "HTTP/1.", 7) || p[8] != ' ' || p[9] < '1' || p[9] > '5' ||
-        p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' ||
-        (hlen > 12 && p[12] != ' ' && p[12] != '\r'))
-        return QB_EPROTO;
-    *status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-    while (line < end) {
-        const char *eol = memchr(line, '\n', (size_t)(end - line));
-        size_t n = eol ? (size_t)(eol - line) : (size_t)(end - line);
-
-        if (n >= 15 && !strncasecmp(line, "Content-Length:", 15)) {
-            const char *v = line + 15;
-            long long cl = 0;
-            while (v < line + n && (*v == ' ' || *v == '\t'))
-                v++;
-            if (v == line + n || *v < '0' || *v > '9')
-                return QB_EPROTO;
-            while (v < line + n && *v >= '0' && *v <= '9') {
-                if (cl > (long long)QB_HTTP_GET_MAX_BODY)
-                    return QB_ETOOBIG;
-                cl = cl * 10 + (*v++ - '0');
-            }
-            *content_length = cl;
-        } else if (n >= 18 && !strncasecmp(line, "Transfer-Encoding:", 18)) {
-            return QB_EPROTO; /* an HTTP/1.0 request must not get a chunked answer */
-        }
-        line = eol ? eol + 1 : end;
-    }
-    if (*content_length > (long long)QB_HTTP_GET_MAX_BODY)
-        return QB_ETOOBIG;
-    return QB_OK;
-}
-
-int qb_http_get(const char *address, const char *path, char **body, int *status,
-                uint32_t timeout_ms)
-{
-    struct listen_addr a;
-    char errbuf[160], req[1024];
-    char *buf = NULL, *sep, *nb;
-    size_t len = 0, cap = 0, sent = 0, reqlen, hlen = 0;
-    long long clen = -1;
-    int64_t deadline = now_ms() + timeout_ms;
-    int fd = -1, rc, n;
-    bool head_done = false;
-
-    *body = NULL;
-    *status = 0;
-    if (parse_address(address, &a, errbuf, sizeof errbuf) < 0 || !path || path[0] != '/' ||
-        strpbrk(path, " \r\n\t"))
-        return QB_EINVAL;
-    n = snprintf(req, sizeof req,
-                 "GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: qmp-bridge/" QB_VERSION
-                 "\r\nAccept: */*\r\n\r\n",
-                 path, a.is_unix ? "localhost" : address);
-    if (n < 0 || (size_t)n >= sizeof req)
-        return QB_EINVAL;
-    reqlen = (size_t)n;
-
-    rc = client_connect(&a, deadline, &fd);
-    while (rc == QB_OK && sent < reqlen) {
-        ssize_t w = send(fd, req + sent, reqlen - sent, MSG_NOSIGNAL);
-        if (w > 0)
-            sent += (size_t)w;
-        else if (w < 0 && (errno == EAGAIN || errno == EINTR))
-            rc = wait_fd(fd, POLLOUT, deadline);
-        else
-            rc = QB_EIO;
-    }
-    /* Read until the peer closes, or until Content-Length bytes of body are in. */
-    while (rc == QB_OK) {
-        ssize_t r;
-
-        if (head_done && clen >= 0 && len - hlen >= (size_t)clen)
-            break;
-        if (cap - len < 4096) {
-            size_t ncap = cap ? cap * 2 : 8192;
-            if (ncap > HTTP_GET_MAX_HEADER + QB_HTTP_GET_MAX_BODY + 8192)
-                ncap = HTTP_GET_MAX_HEADER + QB_HTTP_GET_MAX_BODY + 8192;
-            if (ncap <= len + 1) {
-                rc = QB_ETOOBIG;
-                break;
-            }
-            nb = realloc(buf, ncap);
-            if (!nb) {
-                rc = QB_ENOMEM;
-                break;
-            }
-            buf = nb;
-            cap = ncap;
-        }
-        r = recv(fd, buf + len, cap - len - 1, 0);
-        if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
-            rc = wait_fd(fd, POLLIN, deadline);
-            continue;
-        }
-        if (r < 0) {
-            rc = QB_EIO;
-            break;
-        }
-        if (r == 0) {
-            if (!head_done)
-                rc = len == 0 ? QB_EIO : QB_EPROTO;
-            else if (clen >= 0 && len - hlen < (size_t)clen)
-                rc = QB_EPROTO;
-            break;
-        }
-        len += (size_t)r;
-        buf[len] = '\0';
-        if (!head_done) {
-            sep = strstr(buf, "\r\n\r\n");
-            if (!sep) {
-                if (len > HTTP_GET_MAX_HEADER)
-                    rc = QB_EPROTO;
-                continue;
-            }
-            rc = parse_head(buf, (size_t)(sep - buf), status, &clen);
-            hlen = (size_t)(sep - buf) + 4;
-            head_done = true;
-        }
-        if (head_done && len - hlen > QB_HTTP_GET_MAX_BODY)
-            rc = QB_ETOOBIG;
-    }
-    if (fd >= 0)
-        close(fd);
-    if (rc == QB_OK) {
-        size_t blen = len - hlen;
-        if (clen >= 0 && blen > (size_t)clen)
-            blen = (size_t)clen;
-        memmove(buf, buf + hlen, blen);
-        buf[blen] = '\0';
-        *body = buf;
-        return QB_OK;
-    }
-    free(buf);
-    *status = 0;
-    return rc;
 }

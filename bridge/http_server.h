@@ -30,7 +30,7 @@
  * over by a dead bridge is replaced; one a live process answers on is "in use".
  * The socket file is made mode 0660 and removed again on close.
  *
- * qb_http_get is the matching one-shot blocking client for `qmp-bridge --status`.
+ * The matching client, for `qmp-bridge --status`, is status_client.h.
  */
 #ifndef QB_HTTP_SERVER_H
 #define QB_HTTP_SERVER_H
@@ -45,8 +45,6 @@
 #define QB_HTTP_MAX_PER_CLIENT 8
 #define QB_HTTP_HEAD_DEADLINE_S 5
 #define QB_HTTP_CONNECTION_TIMEOUT_S 10
-/* Largest body qb_http_get accepts. */
-#define QB_HTTP_GET_MAX_BODY (16u * 1024 * 1024)
 
 /* What a handler sees of a request. Everything is borrowed for the handler call. */
 struct qb_http_request {
@@ -122,18 +120,5 @@ uint64_t qb_http_server_head_timeouts(const struct qb_http_server *s);
  * (done may be NULL). Never call it from inside a handler. NULL s is a no-op.
  */
 void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), void *done_arg);
-
-/*
- * One blocking HTTP/1.0 GET of path from address (same syntax as the listen
- * addresses; "0.0.0.0"/"[::]" are not rewritten), for the CLI. The whole
- * exchange is bounded by timeout_ms.
- * Returns QB_OK with *status the HTTP status and *body a malloc'd,
- * NUL-terminated body the caller frees (also for non-2xx statuses); or
- *   QB_EINVAL bad address, QB_EIO connect/read failed (*body NULL),
- *   QB_ETIMEDOUT, QB_EPROTO malformed answer, QB_ETOOBIG body over
- *   QB_HTTP_GET_MAX_BODY, QB_ENOMEM.
- */
-int qb_http_get(const char *address, const char *path, char **body, int *status,
-                uint32_t timeout_ms);
 
 #endif

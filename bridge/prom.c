@@ -9,6 +9,7 @@
  */
 #include "prom.h"
 
+#include "buffer.h"
 #include "error.h"
 
 #include <inttypes.h>
@@ -27,15 +28,10 @@ static const char *const prom_type_names[] = {
     [PROM_HISTOGRAM] = "histogram",
 };
 
-struct prom_buf {
-    char *p;
-    size_t len, cap;
-};
-
 struct prom_family {
     char *name;
     enum prom_type type;
-    struct prom_buf text; /* header lines, then sample lines */
+    struct qb_buffer text; /* header lines, then sample lines */
 };
 
 struct qb_prom_writer {
@@ -53,48 +49,10 @@ const double qb_histogram_latency_bounds[] = {
 const size_t qb_histogram_latency_nbounds =
     sizeof qb_histogram_latency_bounds / sizeof qb_histogram_latency_bounds[0];
 
-/* ---- buffer ---------------------------------------------------------------------------- */
-
-static int buf_reserve(struct prom_buf *b, size_t more)
-{
-    size_t want, cap;
-    char *p;
-
-    if (more > SIZE_MAX - b->len - 1)
-        return QB_ENOMEM;
-    want = b->len + more + 1; /* room for a NUL at all times */
-    if (want <= b->cap)
-        return QB_OK;
-    cap = b->cap ? b->cap : 256;
-    while (cap < want)
-        cap = cap > SIZE_MAX / 2 ? want : cap * 2;
-    p = realloc(b->p, cap);
-    if (!p)
-        return QB_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return QB_OK;
-}
-
-static int buf_add(struct prom_buf *b, const char *s, size_t n)
-{
-    int rc = buf_reserve(b, n);
-
-    if (rc < 0)
-        return rc;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return QB_OK;
-}
-
-static int buf_str(struct prom_buf *b, const char *s)
-{
-    return buf_add(b, s, strlen(s));
-}
+/* ---- text ------------------------------------------------------------------------------ */
 
 /* Appends every string up to the terminating NULL. */
-static int buf_cat(struct prom_buf *b, ...)
+static int buf_cat(struct qb_buffer *b, ...)
 {
     const char *s;
     va_list ap;
@@ -102,7 +60,7 @@ static int buf_cat(struct prom_buf *b, ...)
 
     va_start(ap, b);
     while (rc == QB_OK && (s = va_arg(ap, const char *)) != NULL)
-        rc = buf_str(b, s);
+        rc = qb_buffer_append_str(b, s);
     va_end(ap);
     return rc;
 }
@@ -144,7 +102,7 @@ static size_t utf8_seq_len(const unsigned char *s, size_t n)
  * (quote false: \ newline). Invalid UTF-8 becomes U+FFFD so a VM name from a
  * config file in another encoding cannot make the scrape fail.
  */
-static int buf_escaped(struct prom_buf *b, const char *s, bool quote)
+static int buf_escaped(struct qb_buffer *b, const char *s, bool quote)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t n = strlen(s), i = 0, run = 0, k;
@@ -166,14 +124,14 @@ static int buf_escaped(struct prom_buf *b, const char *s, bool quote)
             run += k;
             continue;
         }
-        rc = buf_add(b, s + i - run, run);
+        rc = qb_buffer_append(b, s + i - run, run);
         if (rc == QB_OK)
-            rc = buf_str(b, rep);
+            rc = qb_buffer_append_str(b, rep);
         run = 0;
         i += k;
     }
     if (rc == QB_OK)
-        rc = buf_add(b, s + i - run, run);
+        rc = qb_buffer_append(b, s + i - run, run);
     return rc;
 }
 
@@ -250,7 +208,7 @@ void qb_prom_writer_free(struct qb_prom_writer *w)
         return;
     for (i = 0; i < w->nfams; i++) {
         free(w->fams[i].name);
-        free(w->fams[i].text.p);
+        qb_buffer_free(&w->fams[i].text);
     }
     free(w->fams);
     free(w);
@@ -319,6 +277,7 @@ int qb_prom_family(struct qb_prom_writer *w, const char *name, const char *type,
     }
     f = &w->fams[w->nfams];
     memset(f, 0, sizeof *f);
+    qb_buffer_init(&f->text, 0);
     f->type = t;
     f->name = strdup(name);
     if (!f->name)
@@ -337,7 +296,7 @@ int qb_prom_family(struct qb_prom_writer *w, const char *name, const char *type,
  * Appends one sample line: <name><suffix>{labels[,le="<le>"]} <value>\n.
  * le is NULL except for histogram buckets.
  */
-static int add_line(struct prom_buf *b, const char *name, const char *suffix,
+static int add_line(struct qb_buffer *b, const char *name, const char *suffix,
                     const char *const *labels, const char *le, const char *value)
 {
     bool any = false;
@@ -350,7 +309,7 @@ static int add_line(struct prom_buf *b, const char *name, const char *suffix,
         if (rc == QB_OK)
             rc = buf_escaped(b, labels[i + 1], true);
         if (rc == QB_OK)
-            rc = buf_str(b, "\"");
+            rc = qb_buffer_append_str(b, "\"");
         any = true;
     }
     /* le comes from our own number formatting: nothing to escape. */
@@ -431,7 +390,7 @@ int qb_prom_writer_finish(struct qb_prom_writer *w, char **out, size_t *len)
         rc = QB_ENOMEM;
     if (rc == QB_OK) {
         for (i = 0; i < w->nfams; i++) {
-            memcpy(p + off, w->fams[i].text.p, w->fams[i].text.len);
+            memcpy(p + off, w->fams[i].text.data, w->fams[i].text.len);
             off += w->fams[i].text.len;
         }
         p[off] = '\0';

@@ -6,9 +6,11 @@
  * qb_reload_keep_fixed) only reads configs, so the unit test can drive it
  * without a loop. The applying part works on the running objects in an order
  * that never leaves a message without a transport: new transports are
- * created before the old ones are let go, the config pointer everything reads
- * is switched before VMs are added (they must see the new settings), and
+ * created before the old ones are let go, the manager, outbox and router get
+ * the new config before VMs are added (they must see the new settings), and
  * discovery comes last because its first scan adds VMs from inside the call.
+ * What is in force afterwards goes back to the owner in a struct
+ * qb_reload_result; this file never writes the owner's fields.
  *
  * Transports are compared with the configuration they actually run with
  * (qb_transport_config), not with the previous file: a transport whose
@@ -250,43 +252,6 @@ int qb_reload_keep_fixed(const struct qb_config *old, struct qb_config *nc, char
     return n;
 }
 
-/* ---- retired configs ----------------------------------------------------- */
-
-/*
- * Replaced configs, newest first. File-scope on purpose: they must live until
- * the loop is gone, whoever still borrows from them.
- */
-struct retired {
-    struct retired *next;
-    struct qb_config *cfg;
-};
-static struct retired *retired_head;
-
-static void retire(struct qb_config *cfg)
-{
-    struct retired *r = malloc(sizeof(*r));
-
-    if (!r) {
-        /* better a leak than a use after free: the config stays reachable nowhere */
-        QB_LOG_ERR(NULL, "reload: out of memory keeping the old configuration: leaked");
-        return;
-    }
-    r->cfg = cfg;
-    r->next = retired_head;
-    retired_head = r;
-}
-
-void qb_reload_free_retired(void)
-{
-    while (retired_head) {
-        struct retired *r = retired_head;
-
-        retired_head = r->next;
-        qb_config_free(r->cfg);
-        free(r);
-    }
-}
-
 /* ---- applying ------------------------------------------------------------ */
 
 /* One reload in progress: what it works on and what it counts for the status line. */
@@ -298,9 +263,6 @@ struct rl {
     unsigned tr_kept, tr_restarted, tr_added, tr_removed, tr_failed;
     unsigned vm_added, vm_removed, vm_changed, vm_failed;
 };
-
-/* Identity for transports created by reloads; the id never changes (bridge.id is fixed). */
-static struct qb_bridge_info rl_bridge;
 
 /*
  * Loads path and runs the start-up checks. Returns QB_OK with *out, or
@@ -329,11 +291,11 @@ static int rl_load(const char *path, struct qb_config **out, char *err, size_t e
 
 static struct qb_transport *rl_find_running(const struct rl *x, const char *name, size_t *index)
 {
-    for (size_t i = 0; i < *x->t->n_transports; i++) {
-        if (strcmp(qb_transport_name((*x->t->transports)[i]), name) == 0) {
+    for (size_t i = 0; i < x->t->n_transports; i++) {
+        if (strcmp(qb_transport_name(x->t->transports[i]), name) == 0) {
             if (index)
                 *index = i;
-            return (*x->t->transports)[i];
+            return x->t->transports[i];
         }
     }
     return NULL;
@@ -366,7 +328,7 @@ static struct qb_transport *rl_create(struct rl *x, const struct qb_transport_co
     struct qb_transport *t = NULL;
     char err[512];
 
-    if (qb_transport_create(x->t->loop, tc, &rl_bridge, &t, err, sizeof(err)) < 0) {
+    if (qb_transport_create(x->t->loop, tc, x->t->info, &t, err, sizeof(err)) < 0) {
         QB_LOG_ERR(NULL, "reload: %s", err);
         return NULL;
     }
@@ -401,12 +363,6 @@ static void rl_add(struct rl *x, const struct qb_transport_config *tc)
 {
     struct qb_transport *nt;
 
-    if (x->t->transports_pinned && x->n_next >= *x->t->transports_cap) {
-        QB_LOG_WARN(NULL, "reload: transport %s added: needs a restart (the status API "
-                    "serves a list of %zu transports)", tc_name(tc), *x->t->transports_cap);
-        x->tr_failed++;
-        return;
-    }
     if (!(nt = rl_create(x, tc))) {
         x->tr_failed++;
         return;
@@ -425,22 +381,19 @@ static void rl_add(struct rl *x, const struct qb_transport_config *tc)
 }
 
 /*
- * Builds the new transport set, in the new file's order: removed ones close
- * (with their bounded drain), changed ones are replaced, added ones start.
- * Returns QB_OK or QB_ENOMEM (nothing changed then).
+ * Builds the new transport set (x->next, in the new file's order): removed
+ * ones close (with their bounded drain), changed ones are replaced, added ones
+ * start. Returns QB_OK or QB_ENOMEM (nothing changed then).
  */
 static int rl_transports(struct rl *x)
 {
     const struct qb_reload_target *t = x->t;
-    size_t n_old = *t->n_transports;
-    struct qb_transport **arr;
 
-    x->next = calloc(x->nc->n_transports + n_old + 1, sizeof(*x->next));
+    x->next = calloc(x->nc->n_transports + t->n_transports + 1, sizeof(*x->next));
     if (!x->next)
         return QB_ENOMEM;
-    /* removed first, so a pinned array has room for what is added */
-    for (size_t i = 0; i < n_old; i++) {
-        struct qb_transport *rt = (*t->transports)[i];
+    for (size_t i = 0; i < t->n_transports; i++) {
+        struct qb_transport *rt = t->transports[i];
         size_t j;
 
         if (find_tc(x->nc, qb_transport_name(rt), &j))
@@ -464,24 +417,6 @@ static int rl_transports(struct rl *x)
             rl_replace(x, rt, tc);
         }
     }
-    arr = *t->transports;
-    if (x->n_next > *t->transports_cap) {
-        /* not pinned (rl_add checked): nobody else holds the array */
-        arr = realloc(arr, x->n_next * sizeof(*arr));
-        if (!arr) {
-            /* cannot happen often; the outbox still feeds them, only the list is short */
-            QB_LOG_ERR(NULL, "reload: out of memory growing the transport list");
-            arr = *t->transports;
-            x->n_next = *t->transports_cap;
-        } else {
-            *t->transports = arr;
-            *t->transports_cap = x->n_next;
-        }
-    }
-    memcpy(arr, x->next, x->n_next * sizeof(*arr));
-    for (size_t i = x->n_next; i < *t->transports_cap; i++)
-        arr[i] = NULL;
-    *t->n_transports = x->n_next;
     return QB_OK;
 }
 
@@ -552,7 +487,7 @@ static void rl_collect_under(void *arg, const struct qb_vm_info *info)
  * Stops the old watch, removes the VMs it had found (sockets under the old
  * directory that no static entry names), and starts watching the new one.
  */
-static void rl_discovery(struct rl *x)
+static void rl_discovery(struct rl *x, struct qb_discovery **discovery)
 {
     const struct qb_reload_target *t = x->t;
     static const struct qb_discovery_callbacks dcb = {
@@ -561,9 +496,9 @@ static void rl_discovery(struct rl *x)
     };
     char err[512];
 
-    if (*t->discovery) {
-        qb_discovery_stop(*t->discovery);
-        *t->discovery = NULL;
+    if (*discovery) {
+        qb_discovery_stop(*discovery);
+        *discovery = NULL;
     }
     if (x->old->discovery_directory) {
         struct rl_under u = {.nc = x->nc};
@@ -584,16 +519,18 @@ static void rl_discovery(struct rl *x)
     if (!x->nc->discovery_directory)
         return;
     if (qb_discovery_start(t->loop, x->nc->discovery_directory, x->nc->discovery_suffix, &dcb,
-                           t->mgr, t->discovery, err, sizeof(err)) < 0)
+                           t->mgr, discovery, err, sizeof(err)) < 0)
         QB_LOG_ERR(NULL, "reload: discovery not restarted: %s", err);
     else
         QB_LOG_INFO(NULL, "reload: watching %s for VM sockets", x->nc->discovery_directory);
 }
 
 /* qb_reload_run without the bookkeeping of its outcome. */
-static int reload_apply(const struct qb_reload_target *t, char *status, size_t statuslen)
+static int reload_apply(const struct qb_reload_target *t, struct qb_reload_result *out,
+                        char *status, size_t statuslen)
 {
-    struct rl x = {.t = t, .old = *t->cfg};
+    struct rl x = {.t = t, .old = t->cfg};
+    struct qb_discovery *discovery = t->discovery;
     struct qb_reload_diff d;
     char err[1024], kept[256];
     const char *path = x.old->path;
@@ -611,7 +548,6 @@ static int reload_apply(const struct qb_reload_target *t, char *status, size_t s
         snprintf(status, statuslen, "reload failed (out of memory), running configuration kept");
         return QB_ENOMEM;
     }
-    rl_bridge.id = x.nc->bridge_id;
     if (rl_transports(&x) < 0) {
         qb_reload_diff_free(&d);
         qb_config_free(x.nc);
@@ -633,12 +569,10 @@ static int reload_apply(const struct qb_reload_target *t, char *status, size_t s
     qb_vm_manager_set_config(t->mgr, x.nc);
     qb_outbox_set_config(t->outbox, x.nc);
     qb_command_router_set_config(t->router, x.nc);
-    *t->cfg = x.nc;
-    retire(x.old);
 
     rl_vms(&x, &d);
     if (d.discovery_changed)
-        rl_discovery(&x);
+        rl_discovery(&x, &discovery);
 
     QB_LOG_INFO(NULL, "reload: %s in force: VMs +%u -%u ~%u%s; transports %u kept, %u "
                 "restarted, %u added, %u removed%s%s%s", path, x.vm_added, x.vm_removed,
@@ -649,7 +583,12 @@ static int reload_apply(const struct qb_reload_target *t, char *status, size_t s
              path, x.vm_added, x.vm_removed, x.vm_changed, x.tr_restarted, x.tr_added,
              x.tr_removed, x.tr_failed || x.vm_failed ? ", some changes failed (see log)" : "",
              nkept ? "; restart needed for " : "", nkept ? kept : "");
-    free(x.next);
+    *out = (struct qb_reload_result){
+        .cfg = x.nc,
+        .transports = x.next,
+        .n_transports = x.n_next,
+        .discovery = discovery,
+    };
     qb_reload_diff_free(&d);
     return QB_OK;
 }
@@ -668,9 +607,13 @@ void qb_reload_outcome_init(struct qb_reload_outcome *o)
     o->success_usec = wall_usec();
 }
 
-int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statuslen)
+int qb_reload_run(const struct qb_reload_target *t, struct qb_reload_result *out, char *status,
+                  size_t statuslen)
 {
-    int rc = reload_apply(t, status, statuslen);
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    rc = reload_apply(t, out, status, statuslen);
 
     if (t->outcome) {
         t->outcome->successful = rc == QB_OK;

@@ -20,9 +20,13 @@
  *     changed; VMs found under the old directory are removed).
  *
  * The replaced configuration is never freed while running: transports that
- * were kept still borrow their part of it, and so do the borrowed bridge id,
- * running commands and the status API. Each reload keeps one retired config
- * (a few KiB); qb_reload_free_retired() frees them all once the loop is done.
+ * were kept still borrow their part of it, and so do the bridge's identity,
+ * running commands and the status API. The owner (bridge.c) keeps every
+ * retired config (a few KiB each) until its loop is done.
+ *
+ * reload.c never touches its owner: it works on the running objects it is
+ * lent (struct qb_reload_target) and hands back what is in force afterwards
+ * (struct qb_reload_result), which the owner installs.
  */
 #ifndef QB_RELOAD_H
 #define QB_RELOAD_H
@@ -31,7 +35,6 @@
 #include "config.h"
 #include "discovery.h"
 #include "outbox.h"
-#include "spool.h"
 #include "transport.h"
 #include "vm_manager.h"
 
@@ -105,33 +108,41 @@ struct qb_reload_outcome {
 /* Records the start-up load: successful, now. */
 void qb_reload_outcome_init(struct qb_reload_outcome *o);
 
-/* The running objects a reload changes; main's, borrowed for the call. */
+/* The running objects a reload works on, lent by their owner for one qb_reload_run. */
 struct qb_reload_target {
     uv_loop_t *loop;
-    struct qb_config **cfg;            /* replaced by the new config on success */
-    struct qb_transport ***transports; /* rewritten in place, or reallocated unless pinned */
-    size_t *n_transports;
-    size_t *transports_cap;            /* elements *transports has room for */
-    bool transports_pinned;            /* someone else holds *transports (the status API): it
-                                          must not move, so at most *transports_cap of them */
+    struct qb_config *cfg;                  /* the config in force */
+    const struct qb_bridge_info *info;      /* identity of the transports a reload creates */
+    struct qb_transport *const *transports; /* the running set, n_transports of them */
+    size_t n_transports;
     struct qb_outbox *outbox;
     struct qb_vm_manager *mgr;
     struct qb_command_router *router;  /* NULL when commands are disabled */
-    struct qb_discovery **discovery;   /* *discovery NULL when discovery is off */
+    struct qb_discovery *discovery;    /* NULL when discovery is off */
     struct qb_reload_outcome *outcome; /* updated by every qb_reload_run; may be NULL */
+};
+
+/* What a reload put in force, for the owner to install in place of the target's. */
+struct qb_reload_result {
+    struct qb_config *cfg; /* the new config, the caller's from now on; the target's old one
+                              stays the caller's too and must outlive the loop (see above) */
+    struct qb_transport **transports; /* the new set, malloc'd, the caller's (the old array
+                                         is the caller's to free; closed ones close on
+                                         their own) */
+    size_t n_transports;
+    struct qb_discovery *discovery; /* running now, NULL when off (the target's was stopped
+                                       when it differs) */
 };
 
 /*
  * Re-reads the file of the running config and applies it (see the top of
  * this file); everything is logged with a "reload:" prefix. status receives a
- * one-line summary for systemd's STATUS=. Returns QB_OK when the new config
- * is in force (possibly with keys kept or a transport that could not be
- * replaced: logged and in status), or QB_ECONFIG when the file was invalid and
- * nothing changed.
+ * one-line summary for systemd's STATUS=. Returns QB_OK with *out filled when
+ * the new config is in force (possibly with keys kept or a transport that
+ * could not be replaced: logged and in status); or QB_ECONFIG (the file was
+ * invalid) or QB_ENOMEM, with nothing changed and *out zeroed.
  */
-int qb_reload_run(const struct qb_reload_target *t, char *status, size_t statuslen);
-
-/* Frees every config retired by reloads. Call only after the loop has finished. */
-void qb_reload_free_retired(void);
+int qb_reload_run(const struct qb_reload_target *t, struct qb_reload_result *out, char *status,
+                  size_t statuslen);
 
 #endif

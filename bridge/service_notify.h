@@ -13,7 +13,7 @@
  * bridge was started by hand or by a test), so callers never need to ask
  * whether they run under systemd.
  *
- * Order in main.c: qb_service_notify_ready() once start-up succeeded;
+ * Order in bridge.c: qb_service_notify_ready() once start-up succeeded;
  * qb_service_notify_reloading() on SIGHUP before re-reading the file, then
  * qb_service_notify_ready() again when the new config is in force (or still
  * the old one, with a status saying why); qb_service_notify_stopping() first

@@ -1,5 +1,5 @@
 /*
- * status_api.c - /metrics, /healthz, /readyz and /vms, and `--status`.
+ * status_api.c - /metrics, /healthz, /readyz and /vms.
  *
  * Collectors run at request time on the loop thread (http_server.c drives
  * libmicrohttpd from the loop), so they read the live objects without locks.
@@ -25,7 +25,8 @@
 #include <time.h>
 
 struct qb_status_api {
-    struct qb_status_sources src;
+    qb_status_view_fn view; /* what runs now, asked at every request */
+    void *view_arg;
     struct qb_http_server *http;
 };
 
@@ -234,7 +235,7 @@ static void emit_broker_rtt(void *arg, const char *broker, double avg_s, double 
     qb_prom_sample_double(c->w, "qmp_bridge_broker_rtt_p99_seconds", labels, p99_s);
 }
 
-static void collect_transports(struct qb_prom_writer *w, struct qb_transport **tr, size_t n)
+static void collect_transports(struct qb_prom_writer *w, struct qb_transport *const *tr, size_t n)
 {
     for (size_t k = 0; k < sizeof(transport_metrics) / sizeof(transport_metrics[0]); k++)
         qb_prom_family(w, transport_metrics[k].name, transport_metrics[k].type,
@@ -332,18 +333,18 @@ static void collect_reload(struct qb_prom_writer *w, const struct qb_reload_outc
                           (double)o->success_usec / 1e6);
 }
 
-void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_sources *src)
+void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_view *v)
 {
     qb_prom_family(w, "qmp_bridge_info", "gauge", "Constant 1, labelled with version and bridge id");
     qb_prom_sample_u64(w, "qmp_bridge_info",
-                       (const char *const[]){"version", QB_VERSION, "bridge", src->cfg->bridge_id,
+                       (const char *const[]){"version", QB_VERSION, "bridge", v->cfg->bridge_id,
                                              NULL},
                        1);
-    collect_vms(w, *src->mgr);
-    collect_router(w, src->router ? *src->router : NULL);
-    collect_transports(w, *src->transports, *src->n_transports);
-    collect_spool(w, *src->spool, *src->outbox, src->cfg);
-    collect_reload(w, src->reload);
+    collect_vms(w, v->mgr);
+    collect_router(w, v->router);
+    collect_transports(w, v->transports, v->n_transports);
+    collect_spool(w, v->spool, v->outbox, v->cfg);
+    collect_reload(w, v->reload);
     qb_process_metrics_collect(w);
 }
 
@@ -352,11 +353,13 @@ static int handle_metrics(void *arg, const struct qb_http_request *req,
 {
     struct qb_status_api *api = arg;
     struct qb_prom_writer *w = qb_prom_writer_new();
+    struct qb_status_view v;
 
     (void)req;
     if (!w)
         return QB_ENOMEM;
-    qb_status_metrics_collect(w, &api->src);
+    api->view(api->view_arg, &v);
+    qb_status_metrics_collect(w, &v);
     qb_prom_family(w, "qmp_bridge_http_connections", "gauge", "Open status API connections");
     qb_prom_sample_u64(w, "qmp_bridge_http_connections", NULL,
                        qb_http_server_connections(api->http));
@@ -398,16 +401,16 @@ static int handle_healthz(void *arg, const struct qb_http_request *req,
 }
 
 /* Appends every reason the bridge is not ready to reasons (a JSON array). */
-static void readiness_reasons(const struct qb_status_sources *src, json_t *reasons)
+static void readiness_reasons(const struct qb_status_view *v, json_t *reasons)
 {
     char text[256];
 
-    if (*src->shutting_down)
+    if (v->shutting_down)
         json_array_append_new(reasons, json_string("shutting down"));
-    if (!*src->mgr)
+    if (!v->mgr)
         json_array_append_new(reasons, json_string("VM manager not running"));
-    for (size_t i = 0; *src->transports && i < *src->n_transports; i++) {
-        struct qb_transport *t = (*src->transports)[i];
+    for (size_t i = 0; v->transports && i < v->n_transports; i++) {
+        struct qb_transport *t = v->transports[i];
         struct qb_transport_stats st;
 
         qb_transport_get_stats(t, &st);
@@ -416,10 +419,10 @@ static void readiness_reasons(const struct qb_status_sources *src, json_t *reaso
             json_array_append_new(reasons, json_string(text));
         }
     }
-    if (*src->outbox && qb_outbox_under_pressure(*src->outbox)) {
+    if (v->outbox && qb_outbox_under_pressure(v->outbox)) {
         snprintf(text, sizeof(text), "%s: QMP reads paused (back-pressure)",
-                 *src->spool ? "spool over its high-water mark or not writable"
-                             : "a transport queue is over its high-water mark");
+                 v->spool ? "spool over its high-water mark or not writable"
+                          : "a transport queue is over its high-water mark");
         json_array_append_new(reasons, json_string(text));
     }
 }
@@ -429,12 +432,14 @@ static int handle_readyz(void *arg, const struct qb_http_request *req,
 {
     struct qb_status_api *api = arg;
     json_t *reasons = json_array();
+    struct qb_status_view v;
     bool ready;
 
     (void)req;
     if (!reasons)
         return QB_ENOMEM;
-    readiness_reasons(&api->src, reasons);
+    api->view(api->view_arg, &v);
+    readiness_reasons(&v, reasons);
     ready = json_array_size(reasons) == 0;
     return respond_json(resp, ready ? 200 : 503,
                         json_pack("{s:b, s:o}", "ready", ready, "reasons", reasons));
@@ -479,13 +484,15 @@ static int handle_vms(void *arg, const struct qb_http_request *req, struct qb_ht
 {
     struct qb_status_api *api = arg;
     json_t *vms = json_array(), *sorted;
+    struct qb_status_view v;
     size_t n;
 
     (void)req;
     if (!vms)
         return QB_ENOMEM;
-    if (*api->src.mgr)
-        qb_vm_manager_foreach(*api->src.mgr, add_vm, vms);
+    api->view(api->view_arg, &v);
+    if (v.mgr)
+        qb_vm_manager_foreach(v.mgr, add_vm, vms);
     /* sorted by name: a person reads it, and scripts diff it */
     n = json_array_size(vms);
     if (n > 1) {
@@ -514,7 +521,7 @@ static const struct qb_http_route routes[] = {
     {"/vms", handle_vms},
 };
 
-int qb_status_api_start(uv_loop_t *loop, const char *listen, const struct qb_status_sources *src,
+int qb_status_api_start(uv_loop_t *loop, const char *listen, qb_status_view_fn view, void *arg,
                         struct qb_status_api **out, char *errbuf, size_t errlen)
 {
     struct qb_status_api *api = calloc(1, sizeof(*api));
@@ -523,7 +530,8 @@ int qb_status_api_start(uv_loop_t *loop, const char *listen, const struct qb_sta
     *out = NULL;
     if (!api)
         return QB_ENOMEM;
-    api->src = *src;
+    api->view = view;
+    api->view_arg = arg;
     rc = qb_http_server_start(loop, listen, routes, sizeof(routes) / sizeof(routes[0]), api,
                               &api->http, errbuf, errlen);
     if (rc < 0) {
@@ -568,70 +576,4 @@ void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), voi
     c->done = done;
     c->arg = arg;
     qb_http_server_close(api->http, status_closed, c);
-}
-
-/* ---- --status ------------------------------------------------------------ */
-
-static const char *str_or(const json_t *o, const char *key, const char *fallback)
-{
-    const char *v = json_string_value(json_object_get(o, key));
-
-    return v && v[0] ? v : fallback;
-}
-
-int qb_status_print(const char *listen, FILE *out)
-{
-    char *body = NULL;
-    int status = 0, rc, ready;
-    json_t *doc, *vms;
-    json_error_t jerr;
-    size_t i;
-
-    rc = qb_http_get(listen, "/readyz", &body, &status, 3000);
-    if (rc < 0) {
-        fprintf(stderr, "qmp-bridge: cannot reach the daemon at %s: %s\n", listen,
-                qb_strerror(rc));
-        return 3;
-    }
-    doc = json_loads(body, 0, &jerr);
-    free(body);
-    if (!json_is_object(doc)) {
-        fprintf(stderr, "qmp-bridge: %s/readyz answered %d with no JSON object\n", listen, status);
-        json_decref(doc);
-        return 3;
-    }
-    ready = json_is_true(json_object_get(doc, "ready"));
-    fprintf(out, "ready: %s\n", ready ? "yes" : "no");
-    json_array_foreach(json_object_get(doc, "reasons"), i, vms)
-        fprintf(out, "  - %s\n", json_string_value(vms));
-    json_decref(doc);
-
-    rc = qb_http_get(listen, "/vms", &body, &status, 3000);
-    if (rc < 0 || status != 200) {
-        fprintf(stderr, "qmp-bridge: %s/vms: %s (HTTP %d)\n", listen,
-                rc < 0 ? qb_strerror(rc) : "unexpected status", status);
-        free(body);
-        return 3;
-    }
-    vms = json_loads(body, 0, &jerr);
-    free(body);
-    if (!json_is_array(vms)) {
-        fprintf(stderr, "qmp-bridge: %s/vms is not a JSON array\n", listen);
-        json_decref(vms);
-        return 3;
-    }
-    fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8s %5s  %s\n", "VM", "SESSION", "RUN-STATE",
-            "QEMU", "LAST-EVENT", "SEQ", "RECON", "ADDRESS");
-    json_array_foreach(vms, i, doc)
-    {
-        fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8lld %5lld  %s\n", str_or(doc, "name", "?"),
-                str_or(doc, "session", "-"), str_or(doc, "run_state", "-"),
-                str_or(doc, "qemu_version", "-"), str_or(doc, "last_event", "-"),
-                (long long)json_integer_value(json_object_get(doc, "sequence")),
-                (long long)json_integer_value(json_object_get(doc, "reconnects")),
-                str_or(doc, "address", "-"));
-    }
-    fprintf(out, "%zu VMs\n", json_array_size(vms));
-    json_decref(vms);
-    return ready ? 0 : 1;
 }

@@ -19,7 +19,7 @@
  *
  * Everything is read at request time from the live objects (pull model: the
  * hot path only bumps counters it already keeps). `qmp-bridge --status`
- * prints /readyz and /vms for a person (qb_status_print).
+ * prints /readyz and /vms for a person (status_client.h).
  */
 #ifndef QB_STATUS_API_H
 #define QB_STATUS_API_H
@@ -34,40 +34,46 @@
 #include "vm_manager.h"
 
 #include <stdbool.h>
-#include <stdio.h>
 #include <uv.h>
 
 /*
- * Where the numbers come from. Everything is borrowed; the pointers to
- * pointers let main clear an object (NULL) while the server still runs.
+ * What the status API reads, as it is at the moment of one request. Every
+ * pointer is borrowed for that request; an object is NULL while it is not
+ * running (before start-up reached it, or after shutdown closed it).
  */
-struct qb_status_sources {
+struct qb_status_view {
     const struct qb_config *cfg;
-    struct qb_vm_manager **mgr;
-    struct qb_transport **const *transports; /* main's array, which a reload may grow */
-    const size_t *n_transports;
-    struct qb_outbox **outbox;
-    struct qb_spool **spool;
-    struct qb_command_router **router; /* NULL or *router NULL: commands off */
-    const bool *shutting_down;
+    struct qb_vm_manager *mgr;
+    struct qb_transport *const *transports; /* n_transports of them */
+    size_t n_transports;
+    struct qb_outbox *outbox;
+    struct qb_spool *spool;
+    const struct qb_command_router *router; /* NULL: commands off */
+    bool shutting_down;
     const struct qb_reload_outcome *reload; /* NULL: no reload metrics */
 };
+
+/*
+ * Fills *v from the running bridge; called by the status API on the loop
+ * thread at every request, so a reload's new transport set is seen at once.
+ */
+typedef void (*qb_status_view_fn)(void *arg, struct qb_status_view *v);
 
 struct qb_status_api;
 
 /*
- * Starts serving on listen (see http_server.h for the syntax). src is copied
- * (its pointers stay borrowed). Returns QB_OK with *out, or the server's
- * error with errbuf naming the address.
+ * Starts serving on listen (see http_server.h for the syntax); view(arg) is
+ * asked at every request what runs now (arg borrowed for the server's life).
+ * Returns QB_OK with *out, or the server's error with errbuf naming the address.
  */
-int qb_status_api_start(uv_loop_t *loop, const char *listen, const struct qb_status_sources *src,
+int qb_status_api_start(uv_loop_t *loop, const char *listen, qb_status_view_fn view, void *arg,
                         struct qb_status_api **out, char *errbuf, size_t errlen);
 
 /*
- * Adds every /metrics family but the HTTP server's own to w, read from src
- * now (both borrowed). Errors stay in w (see prom.h).
+ * Adds every /metrics family but the HTTP server's own to w, read from v
+ * (both borrowed). Errors stay in w (see prom.h).
  */
-void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_sources *src);
+void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_view *v);
 
 /*
  * The run_state label qmp_bridge_vms_by_run_state counts a VM under: its run
@@ -80,13 +86,5 @@ const char *qb_status_run_state_label(const char *session, const char *run_state
 
 /* Closes the server; done(arg) runs from the loop once it is gone. NULL api is fine. */
 void qb_status_api_close(struct qb_status_api *api, void (*done)(void *arg), void *arg);
-
-/*
- * For `qmp-bridge --status`: asks the daemon at listen for /readyz and /vms
- * and prints a table to out. Returns 0 when the daemon answered and is
- * ready, 1 when it answered not ready, 3 when it could not be reached or
- * answered nonsense (message on stderr).
- */
-int qb_status_print(const char *listen, FILE *out);
 
 #endif

@@ -1,8 +1,9 @@
 /*
- * test_http_server.c - the libmicrohttpd server on a real libuv loop, and qb_http_get.
+ * test_http_server.c - the libmicrohttpd server on a real libuv loop, and the --status
+ * client (qb_status_client_get).
  *
  * The server runs where it runs in the bridge: on the test's uv loop, in the
- * main thread. Clients (qb_http_get, or raw sockets for HEAD, POST and
+ * main thread. Clients (qb_status_client_get, or raw sockets for HEAD, POST and
  * malformed requests) run in a uv_thread and tell the loop through a
  * uv_async_t when they are done, or when the loop should close the server
  * under a connected client. Ports are picked by the kernel (port 0) and read
@@ -34,6 +35,7 @@
 #include "error.h"
 #include "http_server.h"
 #include "log.h"
+#include "status_client.h"
 
 #define BIG_BODY (1024 * 1024 + 7)
 
@@ -293,7 +295,7 @@ static void client_routes(struct fixture *f)
     size_t i;
 
     for (i = 0; i < sizeof paths / sizeof paths[0]; i++)
-        res.rc[i] = qb_http_get(f->addr, paths[i], &res.body[i], &res.status[i], 5000);
+        res.rc[i] = qb_status_client_get(f->addr, paths[i], &res.body[i], &res.status[i], 5000);
 }
 
 static void test_get_routes(void **state)
@@ -376,7 +378,7 @@ static void test_methods_and_head(void **state)
 
 static void client_unix(struct fixture *f)
 {
-    res.rc[0] = qb_http_get(f->addr, "/hello", &res.body[0], &res.status[0], 5000);
+    res.rc[0] = qb_status_client_get(f->addr, "/hello", &res.body[0], &res.status[0], 5000);
 }
 
 static void test_unix_socket(void **state)
@@ -442,7 +444,7 @@ static void test_unix_socket(void **state)
 
 static void client_ipv6(struct fixture *f)
 {
-    res.rc[0] = qb_http_get(f->addr, "/hello", &res.body[0], &res.status[0], 5000);
+    res.rc[0] = qb_status_client_get(f->addr, "/hello", &res.body[0], &res.status[0], 5000);
 }
 
 static void test_ipv6_loopback(void **state)
@@ -491,7 +493,7 @@ static void client_limit(struct fixture *f)
     }
     res.rc[5] = n;
     /* The last slot: connections are accepted in order, so all the idle ones are in. */
-    res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
+    res.rc[0] = qb_status_client_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
     /* Now the server is full while those idle ones stay open: one more can't be served.
      * Keep the last slot busy with another idle connection first. */
     idle[n] = tcp_connect_from(f->addr, "127.0.0.250");
@@ -502,13 +504,13 @@ static void client_limit(struct fixture *f)
         if (idle[n] >= 0)
             n++;
     }
-    res.rc[1] = qb_http_get(f->addr, "/hello", &body, &res.status[1], 500);
+    res.rc[1] = qb_status_client_get(f->addr, "/hello", &body, &res.status[1], 500);
     free(body);
     body = NULL;
     /* Free the slots; the server serves again. */
     for (i = 0; i < n; i++)
         close(idle[i]);
-    res.rc[2] = qb_http_get(f->addr, "/conns", &res.body[2], &res.status[2], 5000);
+    res.rc[2] = qb_status_client_get(f->addr, "/conns", &res.body[2], &res.status[2], 5000);
 }
 
 static void test_connection_limit(void **state)
@@ -523,7 +525,7 @@ static void test_connection_limit(void **state)
     assert_int_equal(res.rc[5], IDLE);
     assert_int_equal(res.rc[0], QB_OK);
     assert_int_equal(atoi(res.body[0]), QB_HTTP_MAX_CONNECTIONS);
-    print_message("over the limit, qb_http_get said: %s\n", qb_strerror(res.rc[1]));
+    print_message("over the limit, qb_status_client_get said: %s\n", qb_strerror(res.rc[1]));
     assert_true(res.rc[1] < 0); /* over the limit: refused or timed out, not served */
     assert_int_equal(res.rc[2], QB_OK);
     assert_int_equal(res.status[2], 200);
@@ -539,7 +541,7 @@ static void client_close_under(struct fixture *f)
 
     send(fd, "GET /hello HTTP/1.1\r\nHost: t\r\n", 30, MSG_NOSIGNAL); /* headers unfinished */
     /* Accepted in order: once /conns answers, the half-sent request's connection is in. */
-    res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
+    res.rc[0] = qb_status_client_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
     ask_loop(f, REQ_CLOSE_SERVER);
     uv_sem_wait(&f->closed_sem);
     res.rawlen[0] = read_all(fd, buf, sizeof buf); /* 0: the server hung up */
@@ -641,7 +643,8 @@ static void test_start_errors(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
-/* ---- qb_http_get against scripted peers ------------------------------------------------- */
+/* ---- qb_status_client_get against scripted peers
+ * ------------------------------------------------- */
 
 struct peer {
     int lfd;
@@ -665,7 +668,8 @@ static void peer_main(void *arg)
     close(fd);
 }
 
-/* One qb_http_get against a peer that sends answer and closes (accept false: never accepts). */
+/* One qb_status_client_get against a peer that sends answer and closes (accept false: never
+ * accepts). */
 static int get_from_peer(const char *answer, bool accept, int *status, char **body,
                          uint32_t timeout_ms)
 {
@@ -683,7 +687,7 @@ static int get_from_peer(const char *answer, bool accept, int *status, char **bo
     getsockname(p.lfd, (struct sockaddr *)&sa, &len);
     snprintf(addr, sizeof addr, "127.0.0.1:%u", ntohs(sa.sin_port));
     assert_int_equal(uv_thread_create(&t, peer_main, &p), 0);
-    rc = qb_http_get(addr, "/vms", body, status, timeout_ms);
+    rc = qb_status_client_get(addr, "/vms", body, status, timeout_ms);
     uv_thread_join(&t);
     close(p.lfd);
     return rc;
@@ -737,12 +741,12 @@ static void test_client_parsing(void **state)
     getsockname(port_fd, (struct sockaddr *)&sa, &len);
     snprintf(addr, sizeof addr, "127.0.0.1:%u", ntohs(sa.sin_port));
     close(port_fd);
-    assert_int_equal(qb_http_get(addr, "/vms", &body, &status, 2000), QB_EIO);
-    assert_int_equal(qb_http_get("unix:/nonexistent-qb/s.sock", "/vms", &body, &status, 2000),
-                     QB_EIO);
-    assert_int_equal(qb_http_get(addr, "no-slash", &body, &status, 2000), QB_EINVAL);
-    assert_int_equal(qb_http_get(addr, "/a b", &body, &status, 2000), QB_EINVAL);
-    assert_int_equal(qb_http_get("nonsense", "/vms", &body, &status, 2000), QB_EINVAL);
+    assert_int_equal(qb_status_client_get(addr, "/vms", &body, &status, 2000), QB_EIO);
+    assert_int_equal(
+        qb_status_client_get("unix:/nonexistent-qb/s.sock", "/vms", &body, &status, 2000), QB_EIO);
+    assert_int_equal(qb_status_client_get(addr, "no-slash", &body, &status, 2000), QB_EINVAL);
+    assert_int_equal(qb_status_client_get(addr, "/a b", &body, &status, 2000), QB_EINVAL);
+    assert_int_equal(qb_status_client_get("nonsense", "/vms", &body, &status, 2000), QB_EINVAL);
 }
 
 /* QB_HTTP_MAX_PER_CLIENT idle connections from one address: one more from there is closed at
@@ -759,7 +763,7 @@ static void client_per_client(struct fixture *f)
     }
     res.rc[5] = n;
     /* served from another address, so all the idle ones are in by now */
-    res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
+    res.rc[0] = qb_status_client_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
     extra = tcp_connect_from(f->addr, "127.0.0.2");
     if (extra >= 0) {
         send(extra, "GET /hello HTTP/1.1\r\n\r\n", 23, MSG_NOSIGNAL);
@@ -768,7 +772,7 @@ static void client_per_client(struct fixture *f)
     } else {
         res.rawlen[0] = 0; /* refused outright is as good */
     }
-    res.rc[1] = qb_http_get(f->addr, "/hello", &res.body[1], &res.status[1], 5000);
+    res.rc[1] = qb_status_client_get(f->addr, "/hello", &res.body[1], &res.status[1], 5000);
     for (i = 0; i < n; i++)
         close(idle[i]);
 }
@@ -838,7 +842,7 @@ static void client_trickle(struct fixture *f)
         res.rawlen[2 + round] = read_all(fd, buf, sizeof buf); /* 0: closed unanswered */
         close(fd);
     }
-    res.rc[0] = qb_http_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
+    res.rc[0] = qb_status_client_get(f->addr, "/conns", &res.body[0], &res.status[0], 5000);
 }
 
 static void test_head_deadline(void **state)

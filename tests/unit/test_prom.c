@@ -806,26 +806,13 @@ static double wall_seconds(void)
 static char *collect_idle(const struct qb_reload_outcome *outcome, struct parsed *p)
 {
     static struct qb_config cfg = {.bridge_id = "unit"};
-    static struct qb_vm_manager *mgr;
-    static struct qb_transport **transports;
-    static size_t n_transports;
-    static struct qb_outbox *outbox;
-    static struct qb_spool *spool;
-    static bool shutting_down;
-    const struct qb_status_sources src = {
+    const struct qb_status_view view = {
         .cfg = &cfg,
-        .mgr = &mgr,
-        .transports = &transports,
-        .n_transports = &n_transports,
-        .outbox = &outbox,
-        .spool = &spool,
-        .router = NULL,
-        .shutting_down = &shutting_down,
         .reload = outcome,
     };
     struct qb_prom_writer *w = qb_prom_writer_new();
 
-    qb_status_metrics_collect(w, &src);
+    qb_status_metrics_collect(w, &view);
     return finish_checked(w, p);
 }
 
@@ -881,6 +868,7 @@ static void test_reload_failure_reported(void **state)
     struct qb_config *cfg = NULL;
     struct qb_reload_outcome outcome;
     struct qb_reload_target t = {0};
+    struct qb_reload_result res;
     struct parsed *p = new_parsed();
     char err[512], status[512], *text;
     uint64_t first;
@@ -891,9 +879,9 @@ static void test_reload_failure_reported(void **state)
                      QB_OK);
     qb_reload_outcome_init(&outcome);
     first = outcome.success_usec;
-    t.cfg = &cfg;
+    t.cfg = cfg;
     t.outcome = &outcome;
-    assert_int_equal(qb_reload_run(&t, status, sizeof(status)), QB_ECONFIG);
+    assert_int_equal(qb_reload_run(&t, &res, status, sizeof(status)), QB_ECONFIG);
     assert_false(outcome.successful);
     assert_int_equal(outcome.success_usec, first);
     text = collect_idle(&outcome, p);
