@@ -3,20 +3,19 @@
  *
  * command_router.c checks and plans a command; here it waits its turn on the
  * VM (bounded by commands.queue_per_vm and commands.timeout), runs through
- * command_exec.c, and its bridge.command.result is published on the VM's
+ * the VM's source (for QMP: command_exec.c), and its bridge.command.result is published on the VM's
  * stream and as a reply to the transport it came from. Kept apart from the
- * event path: commands flow the other way (transport -> QMP) and own their
+ * event path: commands flow the other way (transport -> source) and own their
  * own memory (struct qb_vm_cmd).
  */
 #include "vm_manager_internal.h"
 
 #include "command.h"
-#include "command_exec.h"
 #include "error.h"
 #include "log.h"
 #include "prom.h"
 #include "publish.h"
-#include "qmp_client.h"
+#include "source.h"
 #include "transport.h"
 #include "vm_state.h"
 
@@ -135,7 +134,7 @@ static void vm_cmd_exec_done(void *arg, json_t *result)
      * after anything that may have changed the VM, the state is read again
      * and published: the retained/compacted state never goes stale.
      */
-    if (changed && !vm->resyncing && !vm->removing && qb_qmp_client_state(vm->qmp) == QB_QMP_READY)
+    if (changed && !vm->resyncing && !vm->removing && qb_vm_is_ready(vm))
         qb_vm_start_resync(vm);
     vm_cmd_run_next(vm);
     qb_vm_apply_pause(vm);
@@ -183,7 +182,7 @@ static void vm_cmd_run_next(struct qb_vm *vm)
             vm_cmd_reject(vm, c, QB_CMD_ERR_TIMEOUT, "waited longer than commands.timeout");
             continue;
         }
-        if (qb_qmp_client_state(vm->qmp) != QB_QMP_READY) {
+        if (!qb_vm_is_ready(vm)) {
             vm_cmd_reject(vm, c, QB_CMD_ERR_NOT_CONNECTED, "the VM has no QMP session");
             continue;
         }
@@ -195,8 +194,7 @@ static void vm_cmd_run_next(struct qb_vm *vm)
             return;
         }
         vm->inflight++;
-        rc = qb_command_exec_start(m->loop, vm->qmp, c->cmd, &m->cfg->commands,
-                                   m->cfg->qmp_command_timeout_ms, vm_cmd_exec_done, vm);
+        rc = vm->link->ops->command(vm->link, c->cmd, vm_cmd_exec_done, vm);
         if (rc < 0) {
             vm->inflight--;
             vm->cmd_running = NULL;
@@ -220,10 +218,10 @@ int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd
                  cmd->subject ? cmd->subject : "", m->cfg->bridge_id);
         return QB_ENOTFOUND;
     }
-    if (qb_qmp_client_state(vm->qmp) != QB_QMP_READY) {
+    if (!qb_vm_is_ready(vm)) {
         err->cls = QB_CMD_ERR_NOT_CONNECTED;
         snprintf(err->message, sizeof(err->message), "VM '%s' has no QMP session (%s)", vm->name,
-                 qb_qmp_state_name(qb_qmp_client_state(vm->qmp)));
+                 vm->link ? vm->link->ops->session_name(vm->link) : "idle");
         return QB_ECLOSED;
     }
     if (vm->cmd_queued >= m->cfg->commands_queue_per_vm) {

@@ -1,34 +1,33 @@
 /*
  * vm_manager.c - the VMs of one bridge: the set, their sessions, back-off, teardown.
  *
- * Data flows one way: qmp_client -> normalize -> envelope -> transports. The
- * manager is the only place that decides when to reconnect and the only place
- * that numbers events, so ordering and sequence rules live in the vm_* files
- * and nowhere else. See vm_manager.h for the guarantees, and
+ * Data flows one way: source -> normalize -> publish -> transports. Where
+ * VMs come from and how they are reached (sockets, reconnects, listen mode)
+ * is the sources' business (source.h); ordering and what is published for a
+ * VM live in the vm_* files and nowhere else. See vm_manager.h for the guarantees, and
  * vm_manager_internal.h for which vm_* file does what.
  *
  * This file holds the VM set (add, remove, discovery, lookups, statistics),
- * the session lifecycle (ready, closed, back-off, back-pressure), creation and
- * teardown of VM entries and of the manager, and configuration reload.
+ * the session lifecycle (up, closed, back-pressure), creation and teardown of
+ * VM entries and of the manager, its sources, and configuration reload.
  *
  * Reply callbacks hold the VM alive (inflight counter), so a VM removed
  * mid-query is freed only after its last callback has run.
  *
  * Back-pressure: while any transport says its queue is near full, every VM
- * stops reading from its socket (QEMU keeps the events) once it is READY,
+ * stops reading (QEMU keeps the events) once its session is up,
  * resynced and not waiting on a query, since those need their replies read.
  */
 #include "vm_manager.h"
 #include "vm_manager_internal.h"
 
-#include "address.h"
 #include "error.h"
 #include "log.h"
 #include "normalize.h"
 #include "outbox.h"
 #include "prom.h"
 #include "publish.h"
-#include "qmp_client.h"
+#include "source.h"
 #include "vm_state.h"
 
 #include <stdbool.h>
@@ -38,9 +37,6 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include <uthash.h>
-
-/* Sessions that stayed READY this long reset the back-off to its initial delay. */
-#define QB_VM_STABLE_MS 10000
 
 /* One counter of qb_vm_manager_foreach_count: key (and key2) own their text. */
 struct qb_count {
@@ -89,93 +85,52 @@ const char *qb_vm_mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, con
     return c->key + 1;
 }
 
-/* xorshift64*: jitter only needs to spread reconnects, not be unpredictable. */
-static uint64_t mgr_random(struct qb_vm_manager *m)
-{
-    m->rng ^= m->rng >> 12;
-    m->rng ^= m->rng << 25;
-    m->rng ^= m->rng >> 27;
-    return m->rng * 2685821657736338717ull;
-}
-
 /* ---- session lifecycle --------------------------------------------------- */
 
-void qb_vm_on_ready(struct qb_qmp_client *c, void *arg)
+/*
+ * A session came up: bridge.vm.connected goes out when query-uuid answers
+ * (qb_vm_publish_connected), before the snapshot. early: events the source
+ * read before it had this VM, which go first, after the snapshot.
+ */
+static void vm_on_up(void *arg, struct qb_held_events *early)
 {
     struct qb_vm *vm = arg;
-    json_t *greeting = qb_qmp_client_greeting(c);
+    const struct qb_source_ops *ops = vm->link->ops;
+    const json_t *greeting = ops->greeting(vm->link);
     json_t *caps = json_object_get(greeting, "capabilities");
+    const char *version = ops->version(vm->link);
+    const char *address = ops->address(vm->link);
     json_t *data;
 
-    vm->ready_at = uv_now(vm->mgr->loop);
+    if (early) {
+        size_t n_held = qb_held_events_count(early);
+
+        if (qb_held_events_move(&vm->backlog, early) < 0)
+            QB_LOG_ERR(vm->name, "out of memory: %zu events read before the name lost", n_held);
+    }
+    vm->read_paused = false; /* a new session reads; qb_vm_apply_pause decides from here */
     vm->was_ready = true;
-    snprintf(vm->qemu_version, sizeof(vm->qemu_version), "%s", qb_qmp_client_version(c));
+    snprintf(vm->qemu_version, sizeof(vm->qemu_version), "%s", version);
     qb_norm_vm_reset(vm->norm, NULL);
-    QB_LOG_INFO(vm->name, "connected to QEMU %s at %s", qb_qmp_client_version(c), vm->address);
+    QB_LOG_INFO(vm->name, "connected to QEMU %s at %s", version, address);
 
     const char *package =
         json_string_value(json_object_get(json_object_get(greeting, "version"), "package"));
 
     /* published when query-uuid answers (qb_vm_publish_connected), with the UUID */
-    data = json_pack("{s:{s:s, s:s}, s:o, s:s, s:n}", "qemu", "version", qb_qmp_client_version(c),
-                     "package", package ? package : "", "capabilities",
-                     json_is_array(caps) ? json_incref(caps) : json_array(), "address", vm->address,
+    data = json_pack("{s:{s:s, s:s}, s:o, s:s, s:n}", "qemu", "version", version, "package",
+                     package ? package : "", "capabilities",
+                     json_is_array(caps) ? json_incref(caps) : json_array(), "address", address,
                      "uuid");
     json_decref(vm->connected_data);
     vm->connected_data = data;
     qb_vm_start_resync(vm);
 }
 
-uint32_t qb_vm_backoff_ms(struct qb_vm *vm)
-{
-    const struct qb_config *cfg = vm->mgr->cfg;
-    uint64_t delay = cfg->qmp_reconnect_initial_ms;
-
-    for (uint32_t i = 0; i < vm->attempts && delay < cfg->qmp_reconnect_max_ms; i++)
-        delay *= 2;
-    if (delay > cfg->qmp_reconnect_max_ms)
-        delay = cfg->qmp_reconnect_max_ms;
-    /* Equal jitter: half fixed, half random, so a storm of VMs spreads out but never hammers. */
-    return (uint32_t)(delay / 2 + (delay > 1 ? mgr_random(vm->mgr) % (delay / 2 + 1) : 0));
-}
-
-struct qb_held_limits qb_vm_held_limits(const struct qb_vm_manager *m)
-{
-    return (struct qb_held_limits){.max_events = m->cfg->qmp_max_held_events,
-                                   .max_bytes = m->cfg->qmp_max_held_bytes};
-}
-
-const char *qb_vm_held_overflow(struct qb_vm_manager *m, const char *who, const char *what,
-                                size_t count, size_t bytes)
-{
-    const struct qb_config *cfg = m->cfg;
-    bool by_count = count > cfg->qmp_max_held_events;
-
-    if (by_count)
-        m->stats.held_over_events++;
-    else
-        m->stats.held_over_bytes++;
-    QB_LOG_WARN(who,
-                "closing the QMP session: %zu events (%zu bytes) held back while waiting for %s, "
-                "over qmp.%s (max_held_events %zu, max_held_bytes %zu); they are dropped, the "
-                "snapshot of the next session gives the state",
-                count, bytes, what, by_count ? "max_held_events" : "max_held_bytes",
-                cfg->qmp_max_held_events, cfg->qmp_max_held_bytes);
-    return by_count ? "more events held back than qmp.max_held_events"
-                    : "more event bytes held back than qmp.max_held_bytes";
-}
-
-void qb_vm_reconnect_timer_cb(uv_timer_t *t)
-{
-    qb_vm_connect(t->data);
-}
-
-static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, void *arg)
+static void vm_on_closed(void *arg, int err, const char *reason)
 {
     struct qb_vm *vm = arg;
-    uint64_t now = uv_now(vm->mgr->loop);
 
-    (void)c;
     /* Events read before the close are all published by now: replies failed first, drain ran. */
     qb_vm_drain(vm);
     if (vm->was_ready) {
@@ -196,41 +151,29 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
             vm->reconnects++;
             vm->mgr->stats.reconnects++;
         }
-        /* A session closed for holding too much was no success, however long it ran. */
-        if (now - vm->ready_at >= QB_VM_STABLE_MS && !vm->held_over)
-            vm->attempts = 0;
-    } else if (vm->attempts == 0) {
-        vm->mgr->stats.connect_failed++;
-        QB_LOG_WARN(vm->name, "cannot connect to %s: %s (retrying with back-off)", vm->address,
-                    reason ? reason : qb_strerror(err));
-    } else {
-        vm->mgr->stats.connect_failed++;
-        QB_LOG_DEBUG(vm->name, "connect attempt %u to %s failed: %s", vm->attempts + 1, vm->address,
-                     reason ? reason : qb_strerror(err));
     }
     vm->was_ready = false;
-    vm->ready_at = 0;
-    vm->held_over = false;
-    qb_vm_slot_release(vm);
+    vm->read_paused = false; /* the source's next session starts reading */
     qb_vm_cmd_flush(vm, QB_CMD_ERR_NOT_CONNECTED,
                     vm->removing ? "the VM was removed before the command ran"
                                  : "the QMP session closed before the command ran");
-
-    if (vm->removing || vm->mgr->closing) {
+    if (vm->removing || vm->mgr->closing)
         qb_vm_maybe_free(vm);
-        return;
-    }
-    if (vm->listen) {
-        /* Nothing to connect to: QEMU's chardev reconnects to qmp.listen by itself. */
-        QB_LOG_INFO(vm->name, "waiting for QEMU to connect again");
-        qb_vm_listen_closed(vm);
-        return;
-    }
-    uint32_t delay = qb_vm_backoff_ms(vm);
-    if (vm->attempts < 32)
-        vm->attempts++;
-    QB_LOG_DEBUG(vm->name, "reconnecting in %u ms (attempt %u)", delay, vm->attempts);
-    uv_timer_start(&vm->reconnect_timer, qb_vm_reconnect_timer_cb, delay, 0);
+}
+
+/* The source gave the VM up (a listen VM that did not come back): remove it for good. */
+static void vm_on_gone(void *arg, const char *why)
+{
+    qb_vm_forget(arg, why);
+}
+
+/* The source is done with the link: nothing of it can call back any more. */
+static void vm_on_released(void *arg)
+{
+    struct qb_vm *vm = arg;
+
+    vm->link = NULL;
+    qb_vm_maybe_free(vm);
 }
 
 /*
@@ -242,14 +185,12 @@ static void vm_on_closed(struct qb_qmp_client *c, int err, const char *reason, v
 void qb_vm_apply_pause(struct qb_vm *vm)
 {
     bool want = vm->mgr->pressure && !vm->removing && !vm->resyncing && vm->pending.type == NULL &&
-                vm->cmd_running == NULL && qb_qmp_client_state(vm->qmp) == QB_QMP_READY;
+                vm->cmd_running == NULL && qb_vm_is_ready(vm);
 
     if (want != vm->read_paused) {
         vm->read_paused = want;
-        if (want)
-            qb_qmp_client_pause_reading(vm->qmp);
-        else
-            qb_qmp_client_resume_reading(vm->qmp);
+        if (vm->link)
+            vm->link->ops->pause(vm->link, want);
     }
     /* Events held back under pressure go first, also for a VM that was never paused. */
     if (!want)
@@ -269,10 +210,12 @@ static void mgr_on_pressure(void *arg, bool pressure)
         qb_vm_apply_pause(vm);
 }
 
-const struct qb_qmp_callbacks qb_vm_qmp_callbacks = {
-    .on_ready = qb_vm_on_ready,
+const struct qb_source_link_cbs qb_vm_link_cbs = {
+    .on_up = vm_on_up,
     .on_event = qb_vm_on_event,
     .on_closed = vm_on_closed,
+    .on_gone = vm_on_gone,
+    .on_released = vm_on_released,
 };
 
 /* ---- creation and teardown ----------------------------------------------- */
@@ -290,8 +233,9 @@ static void mgr_finish(struct qb_vm_manager *m)
         free(c->key);
         free(c);
     }
-    qb_fair_reads_close(m->qmp_opts.fair);  /* every session is gone: nothing is parked */
-    qb_vm_state_cache_free(m->state_cache); /* every holder is gone with its VM */
+    for (size_t i = 0; i < m->n_sources; i++)
+        m->sources[i]->ops->free(m->sources[i]); /* every link is released */
+    qb_vm_state_cache_free(m->state_cache);      /* every holder is gone with its VM */
     qb_vm_state_copies_close(m->state_copies);
     qb_publisher_free(m->pub); /* every stream went with its VM */
     free(m);
@@ -340,41 +284,59 @@ static void vm_free_now(struct qb_vm *vm)
     json_decref(vm->connected_data);
     free(vm->identity);
     free(vm->name);
-    free(vm->address);
     qb_stream_free(vm->stream);
     free(vm);
     if (--m->n_alive == 0 && m->closing)
         mgr_finish(m);
 }
 
-static void vm_timer_closed(uv_handle_t *h)
-{
-    struct qb_vm *vm = h->data;
-
-    vm->timer_closed = true;
-    qb_vm_maybe_free(vm);
-}
-
 /*
- * The last step of removing a VM: once the session is IDLE, release the client
- * and the timer; the struct goes when no callback can reach it any more.
+ * The last step of removing a VM: the struct goes once its source released
+ * the link (after the session closed) and no reply callback is due.
  */
 void qb_vm_maybe_free(struct qb_vm *vm)
 {
-    if (!vm->removing)
-        return;
-    if (vm->qmp && qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)
-        return; /* on_closed will come back here */
-    if (vm->qmp) {
-        struct qb_qmp_client *c = vm->qmp;
-        vm->qmp = NULL;
-        qb_qmp_client_free(c);
-    }
-    if (!uv_is_closing((uv_handle_t *)&vm->reconnect_timer))
-        uv_close((uv_handle_t *)&vm->reconnect_timer, vm_timer_closed);
-    if (vm->timer_closed && vm->inflight == 0)
+    if (vm->removing && !vm->link && vm->inflight == 0)
         vm_free_now(vm);
 }
+
+/* ---- the manager's upcalls from its sources ------------------------------ */
+
+static const char *mgr_vm_lookup(void *arg, const char *name)
+{
+    struct qb_vm_manager *m = arg;
+    struct qb_vm *vm = NULL;
+
+    HASH_FIND_STR(m->vms, name, vm);
+    return vm ? (vm->link ? vm->link->ops->address(vm->link) : "?") : NULL;
+}
+
+static int mgr_vm_appeared(void *arg, const char *name, struct qb_source_link *link)
+{
+    struct qb_vm_manager *m = arg;
+    struct qb_vm *vm = NULL;
+
+    if (m->closing)
+        return QB_ECLOSED;
+    HASH_FIND_STR(m->vms, name, vm);
+    if (vm)
+        return QB_EEXIST;
+    return qb_vm_create(m, name, link, &vm);
+}
+
+static void mgr_room(void *arg, bool room)
+{
+    struct qb_vm_manager *m = arg;
+
+    if (m->room_cb)
+        m->room_cb(m->room_arg, room);
+}
+
+static const struct qb_source_host mgr_host = {
+    .vm_lookup = mgr_vm_lookup,
+    .vm_appeared = mgr_vm_appeared,
+    .room = mgr_room,
+};
 
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out)
@@ -384,35 +346,41 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
     *out = NULL;
     if (!m)
         return QB_ENOMEM;
-    m->state_cache = qb_vm_state_cache_new(QB_VM_STATE_TREES_MAX);
-    if (!m->state_cache || qb_publisher_new(cfg, outbox, &m->pub) < 0 ||
-        qb_vm_state_copies_new(loop, &m->state_copies) < 0 ||
-        qb_fair_reads_new(loop, &m->qmp_opts.fair) < 0) {
-        qb_publisher_free(m->pub);
-        qb_vm_state_cache_free(m->state_cache);
-        qb_vm_state_copies_close(m->state_copies);
-        free(m);
-        return QB_ENOMEM;
-    }
     m->loop = loop;
     m->cfg = cfg;
     m->outbox = outbox;
+    m->state_cache = qb_vm_state_cache_new(QB_VM_STATE_TREES_MAX);
+    if (!m->state_cache || qb_publisher_new(cfg, outbox, &m->pub) < 0 ||
+        qb_vm_state_copies_new(loop, &m->state_copies) < 0)
+        goto fail;
+    for (size_t i = 0; qb_source_registry[i] && i < QB_VM_SOURCES_MAX; i++) {
+        if (qb_source_registry[i]->create(loop, cfg, &mgr_host, m, &m->sources[i]) < 0)
+            goto fail;
+        m->n_sources++;
+    }
     qb_histogram_init_latency(&m->cmd_latency);
-    m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
-    m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
-    m->rng = qb_publish_now_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
     qb_outbox_set_pressure_cb(outbox, mgr_on_pressure, m);
     m->pressure = qb_outbox_under_pressure(outbox);
     *out = m;
     return QB_OK;
+
+fail:
+    for (size_t i = 0; i < m->n_sources; i++)
+        m->sources[i]->ops->free(m->sources[i]);
+    qb_publisher_free(m->pub);
+    qb_vm_state_cache_free(m->state_cache);
+    qb_vm_state_copies_close(m->state_copies);
+    free(m);
+    return QB_ENOMEM;
 }
 
 /*
- * Creates the entry of VM name (valid, not taken) with an IDLE session and
- * its numbering (remembered, spooled or new), and adds it to the table.
- * address is copied. Returns QB_OK with *out (borrowed), or QB_ENOMEM.
+ * Creates the entry of VM name (valid, not taken) with its numbering
+ * (remembered, spooled or new) on link, and adds it to the table. Returns
+ * QB_OK with *out (borrowed), or QB_ENOMEM (link stays the caller's).
  */
-int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address, struct qb_vm **out)
+int qb_vm_create(struct qb_vm_manager *m, const char *name, struct qb_source_link *link,
+                 struct qb_vm **out)
 {
     struct qb_vm *vm;
     int rc;
@@ -422,25 +390,20 @@ int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
         return QB_ENOMEM;
     vm->mgr = m;
     vm->name = strdup(name);
-    vm->address = strdup(address);
     vm->norm = qb_norm_vm_new();
     if (vm->norm && vm->name)
         qb_norm_vm_set_name(vm->norm, vm->name); /* "[vm1] normalize: ..." in its log lines */
     rc = QB_ENOMEM;
-    if (!vm->name || !vm->address || !vm->norm)
+    if (!vm->name || !vm->norm)
         goto fail;
     rc = qb_stream_open(m->pub, name, &vm->stream);
     if (rc < 0)
         goto fail;
-    rc = qb_qmp_client_new(m->loop, name, &m->qmp_opts, &qb_vm_qmp_callbacks, vm, &vm->qmp);
-    if (rc < 0)
-        goto fail;
-    uv_timer_init(m->loop, &vm->reconnect_timer);
-    vm->reconnect_timer.data = vm;
-
+    vm->link = link;
+    qb_source_link_bind(link, &qb_vm_link_cbs, vm);
     HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
     m->n_alive++;
-    QB_LOG_INFO(vm->name, "added, QMP at %s", address);
+    QB_LOG_INFO(vm->name, "added, QMP at %s", link->ops->address(link));
     *out = vm;
     return QB_OK;
 
@@ -448,30 +411,41 @@ fail:
     qb_stream_free(vm->stream);
     qb_norm_vm_free(vm->norm);
     free(vm->name);
-    free(vm->address);
     free(vm);
     return rc;
 }
 
 int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address)
 {
-    struct qb_address addr;
+    struct qb_source_link *link = NULL;
     struct qb_vm *vm;
-    int rc;
+    int rc = QB_EINVAL;
 
     if (m->closing)
         return QB_ECLOSED;
     if (!qb_stream_name_valid(name))
         return QB_EINVAL;
-    if (qb_address_parse(address, QB_ADDRESS_QMP, &addr) != QB_OK)
-        return QB_EINVAL;
+    for (size_t i = 0; i < m->n_sources; i++) {
+        if (!m->sources[i]->ops->open)
+            continue;
+        rc = m->sources[i]->ops->open(m->sources[i], name, address, &link);
+        if (rc != QB_ENOTFOUND)
+            break;
+    }
+    if (rc < 0)
+        return rc == QB_ENOTFOUND ? QB_EINVAL : rc;
     HASH_FIND_STR(m->vms, name, vm);
-    if (vm)
+    if (vm) {
+        link->ops->release(link, "a VM of that name exists");
         return QB_EEXIST;
-    rc = qb_vm_create(m, name, address, &vm);
-    if (rc == QB_OK)
-        qb_vm_connect(vm);
-    return rc;
+    }
+    rc = qb_vm_create(m, name, link, &vm);
+    if (rc < 0) {
+        link->ops->release(link, "out of memory");
+        return rc;
+    }
+    link->ops->start(link);
+    return QB_OK;
 }
 
 /*
@@ -484,16 +458,10 @@ static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember, b
 
     HASH_DEL(m->vms, vm);
     vm->clear_on_free = clear;
-    if (vm->listen)
-        m->n_listen--;
     qb_stream_retire(vm->stream, remember && !m->closing);
     vm->removing = true;
-    qb_vm_slot_unqueue(vm);
-    uv_timer_stop(&vm->reconnect_timer);
-    if (qb_qmp_client_state(vm->qmp) == QB_QMP_IDLE)
-        qb_vm_slot_release(vm); /* granted a slot, but its connect timer will not fire now */
-    if (qb_qmp_client_state(vm->qmp) != QB_QMP_IDLE)
-        qb_qmp_client_disconnect(vm->qmp, why);
+    if (vm->link)
+        vm->link->ops->release(vm->link, why); /* on_closed, then on_released, follow */
     else
         qb_vm_maybe_free(vm);
 }
@@ -552,8 +520,8 @@ void qb_vm_manager_foreach(const struct qb_vm_manager *m,
     for (const struct qb_vm *vm = m->vms; vm; vm = vm->hh.next) {
         struct qb_vm_info info = {
             .name = vm->name,
-            .address = vm->address,
-            .session = qb_qmp_state_name(qb_qmp_client_state(vm->qmp)),
+            .address = vm->link ? vm->link->ops->address(vm->link) : "",
+            .session = vm->link ? vm->link->ops->session_name(vm->link) : "idle",
             .qemu_version = vm->qemu_version,
             .run_state = vm->state && qb_vm_state_run_state(vm->state)[0]
                              ? qb_vm_state_run_state(vm->state)
@@ -582,11 +550,18 @@ void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count
 
 void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager_stats *out)
 {
+    struct qb_source_stats st = {0};
+
+    for (size_t i = 0; i < m->n_sources; i++)
+        m->sources[i]->ops->stats(m->sources[i], &st);
     *out = m->stats;
-    out->connecting = m->n_connecting;
-    out->slot_waiting = 0;
-    for (const struct qb_vm *vm = m->slot_head; vm; vm = vm->slot_next)
-        out->slot_waiting++;
+    out->connect_failed += st.connect_failed;
+    out->connecting = st.connecting;
+    out->slot_waiting = st.slot_waiting;
+    out->held_over_events += st.held_over_events;
+    out->held_over_bytes += st.held_over_bytes;
+    out->listen_refused += st.listen_refused;
+    out->listen_forgotten += st.listen_forgotten;
 }
 
 const struct qb_histogram *qb_vm_manager_command_latency(const struct qb_vm_manager *m)
@@ -600,7 +575,7 @@ size_t qb_vm_manager_count(const struct qb_vm_manager *m, size_t *ready)
 
     for (const struct qb_vm *vm = m->vms; vm; vm = vm->hh.next) {
         n++;
-        if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY)
+        if (qb_vm_is_ready(vm))
             r++;
     }
     if (ready)
@@ -625,7 +600,8 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
     m->done_arg = arg;
     qb_outbox_set_pressure_cb(m->outbox, NULL, NULL);
     m->room_cb = NULL;
-    qb_vm_listen_drop_all(m); /* not named yet: nothing was published for them */
+    for (size_t i = 0; i < m->n_sources; i++)
+        m->sources[i]->ops->close(m->sources[i]); /* nothing is offered from now on */
     qb_publisher_closing(m->pub);
     if (m->n_alive == 0) {
         /* Nothing to wait for, but done must still come from the loop, not from here. */
@@ -649,11 +625,8 @@ void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *c
 {
     m->cfg = cfg;
     qb_publisher_set_config(m->pub, cfg);
-    /* sessions copy these when they are created: they apply to VMs added from now on */
-    m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
-    m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
-    /* a raised max_connecting lets VMs that wait for a slot go now, from a 0 ms timer */
-    qb_vm_slots_grant(m);
+    for (size_t i = 0; i < m->n_sources; i++)
+        m->sources[i]->ops->set_config(m->sources[i], cfg);
 }
 
 void qb_vm_manager_forget_transport(struct qb_vm_manager *m, const struct qb_transport *t)
@@ -665,4 +638,23 @@ void qb_vm_manager_forget_transport(struct qb_vm_manager *m, const struct qb_tra
             if (c->transport == t)
                 c->transport = NULL;
     }
+}
+
+/* ---- listen mode: the sources that take connections QEMU made ------------- */
+
+void qb_vm_manager_set_room_cb(struct qb_vm_manager *m, void (*cb)(void *arg, bool room), void *arg)
+{
+    m->room_cb = cb;
+    m->room_arg = arg;
+}
+
+int qb_vm_manager_adopt(struct qb_vm_manager *m, int fd, pid_t pid, uid_t uid)
+{
+    if (!m->closing) {
+        for (size_t i = 0; i < m->n_sources; i++)
+            if (m->sources[i]->ops->adopt)
+                return m->sources[i]->ops->adopt(m->sources[i], fd, pid, uid);
+    }
+    close(fd);
+    return QB_ECLOSED;
 }

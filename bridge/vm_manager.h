@@ -1,16 +1,15 @@
 /*
  * vm_manager.h - the set of VMs one bridge serves, and the per-VM pipeline.
  *
- * For each VM the manager owns one QMP session and decides when to
- * (re)connect: exponential back-off with full jitter between the configured
- * initial and maximum delays, reset after a successful handshake. On every
- * READY it runs query-status, query-block, query-block-jobs, query-colo-status,
- * query-name and query-uuid, publishes bridge.vm.connected (with the UUID)
- * when query-uuid answers, and the result as a qmp.vm.state snapshot before
- * any qmp.* event of that session, so a late consumer or a VM that was
- * already paused is never left guessing. When a session ends, the state is
- * published again with connected: false; when a VM is removed for good its
- * retained state is cleared (qb_vm_manager_remove).
+ * Each VM comes from a source (source.h: the QMP source connects to its
+ * socket with back-off, or takes QEMU's connection on qmp.listen). On every
+ * session it asks the source for the status, block devices, block jobs, COLO
+ * status, name and UUID, publishes bridge.vm.connected (with the UUID) when
+ * the UUID answers, and the result as a qmp.vm.state snapshot before any
+ * qmp.* event of that session, so a late consumer or a VM that was already
+ * paused is never left guessing. When a session ends, the state is published
+ * again with connected: false; when a VM is removed for good its retained
+ * state is cleared (qb_vm_manager_remove).
  *
  * Events are normalised in arrival order. When one needs a query to be
  * complete (STOP without a known reason), every later event of that VM waits
@@ -19,8 +18,8 @@
  * state, the updated qmp.vm.state goes to the transports' state channel
  * (retained / compacted) carrying the same sequence with id suffix ".state".
  *
- * While a transport with on_full: backpressure is near full, the manager stops
- * reading from the VMs' sockets, so nothing is dropped; QEMU holds the events.
+ * While a transport with on_full: backpressure is near full, the manager asks
+ * the sources to stop reading, so nothing is dropped; QEMU holds the events.
  */
 #ifndef QB_VM_MANAGER_H
 #define QB_VM_MANAGER_H
@@ -39,8 +38,8 @@ struct qb_vm_manager;
 
 /*
  * Creates a manager. cfg and outbox (events, state and replies go there; the
- * manager takes its pressure callback) are borrowed and must outlive it. Static VMs are not added here:
- * call qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
+ * manager takes its pressure callback) are borrowed and must outlive it. Static VMs are not added
+ * here: call qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
  */
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out);
@@ -177,10 +176,10 @@ void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count
                                  void *arg);
 
 struct qb_vm_manager_stats {
-    uint64_t reconnects;     /* sessions lost after they were ready, all VMs */
-    uint64_t connect_failed; /* connect attempts that never reached ready */
-    uint64_t connecting;     /* VMs holding a connect slot now */
-    uint64_t slot_waiting;   /* VMs waiting for one */
+    uint64_t reconnects;       /* sessions lost after they were ready, all VMs */
+    uint64_t connect_failed;   /* connect attempts that never reached ready */
+    uint64_t connecting;       /* VMs holding a connect slot now */
+    uint64_t slot_waiting;     /* VMs waiting for one */
     uint64_t held_over_events; /* sessions closed: more than qmp.max_held_events held back */
     uint64_t held_over_bytes;  /* sessions closed: more than qmp.max_held_bytes held back */
     uint64_t listen_refused;   /* listen connections refused: qmp.listen_max_vms entries exist */

@@ -1,5 +1,5 @@
 /*
- * vm_pipeline.c - the ordered event pipeline of one VM: QMP event in, published event out.
+ * vm_pipeline.c - the ordered event pipeline of one VM: source event in, published event out.
  *
  * Per VM the bus must see events in the order QEMU raised them. A VM is
  * blocked while its connect-time snapshot is being queried or while an event
@@ -13,7 +13,7 @@
 #include "error.h"
 #include "log.h"
 #include "normalize.h"
-#include "qmp_client.h"
+#include "source.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
@@ -42,52 +42,67 @@ static const char *vm_waiting_for(const struct qb_vm *vm)
 }
 
 /*
- * Holds msg back as its raw line. Past qmp.max_held_events or max_held_bytes
+ * Holds ev back as its raw text. Past qmp.max_held_events or max_held_bytes
  * the session is closed and what it held is dropped: the snapshot of the next
  * session tells consumers the state, and a peer that never answers cannot
  * make the bridge hold more than the bounds.
  */
-static void vm_hold(struct qb_vm *vm, struct qb_qmp_client *c, json_t *msg)
+static void vm_hold(struct qb_vm *vm, const struct qb_source_event *ev)
 {
-    struct qb_held_limits lim = qb_vm_held_limits(vm->mgr);
-    size_t len = 0;
-    const char *line = qb_qmp_client_event_line(c, &len);
+    const struct qb_config *cfg = vm->mgr->cfg;
+    struct qb_held_limits lim = qb_source_held_limits(cfg);
+    size_t len = ev->raw_len;
+    const char *line = ev->raw;
     char *own = NULL;
     int rc;
 
     if (!line) {
-        /* not from a read (nothing does that today): hold its serialised form */
-        own = json_dumps(msg, JSON_COMPACT);
+        /* a source without raw text: hold its serialised form */
+        own = json_dumps(ev->msg, JSON_COMPACT);
         line = own;
         len = own ? strlen(own) : 0;
     }
     rc = line ? qb_held_events_push(&vm->backlog, line, len, &lim) : QB_ENOMEM;
     free(own);
     if (rc == QB_ETOOBIG) {
-        const char *why = qb_vm_held_overflow(vm->mgr, vm->name, vm_waiting_for(vm),
-                                              qb_held_events_count(&vm->backlog) + 1,
-                                              qb_held_events_bytes(&vm->backlog) + len);
+        const char *why = qb_source_held_overflow(
+            cfg, vm->name, vm_waiting_for(vm), qb_held_events_count(&vm->backlog) + 1,
+            qb_held_events_bytes(&vm->backlog) + len, &vm->mgr->stats.held_over_events,
+            &vm->mgr->stats.held_over_bytes);
 
         qb_held_events_clear(&vm->backlog);
-        vm->held_over = true;
-        qb_qmp_client_disconnect(c, why);
+        if (vm->link)
+            vm->link->ops->disconnect(vm->link, why);
     } else if (rc < 0) {
         QB_LOG_ERR(vm->name, "out of memory: event %s lost",
-                   json_string_value(json_object_get(msg, "event")));
+                   json_string_value(json_object_get(ev->msg, "event")));
     }
 }
 
-static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg);
+/* The source's query for what the normaliser needs. */
+static enum qb_source_query vm_norm_query(enum qb_norm_query q)
+{
+    switch (q) {
+    case QB_NORM_QUERY_BLOCK:
+        return QB_SOURCE_QUERY_BLOCK;
+    case QB_NORM_QUERY_BLOCK_JOBS:
+        return QB_SOURCE_QUERY_BLOCK_JOBS;
+    default:
+        return QB_SOURCE_QUERY_STATUS;
+    }
+}
+
+static void vm_query_reply(void *arg, int status, const json_t *reply);
 
 /* Runs the query the pending event needs; a query that cannot be sent resolves it at once. */
 static void vm_run_pending_query(struct qb_vm *vm)
 {
     const char *cmd = qb_norm_query_command(vm->pending.need);
-    int rc;
+    int rc = QB_ECLOSED;
 
     vm->inflight++;
-    rc = qb_qmp_client_execute(vm->qmp, cmd, NULL, vm->mgr->cfg->qmp_command_timeout_ms,
-                               vm_query_reply, vm);
+    if (vm->link)
+        rc = vm->link->ops->query(vm->link, vm_norm_query(vm->pending.need), vm_query_reply, vm);
     if (rc < 0) {
         vm->inflight--;
         QB_LOG_DEBUG(vm->name, "%s not sent (%s): completing %s with what is known", cmd,
@@ -102,11 +117,10 @@ static void vm_run_pending_query(struct qb_vm *vm)
     }
 }
 
-static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
+static void vm_query_reply(void *arg, int status, const json_t *reply)
 {
     struct qb_vm *vm = arg;
 
-    (void)c;
     vm->inflight--;
     if (status < 0 && status != QB_ECLOSED)
         QB_LOG_WARN(vm->name, "%s for %s failed: %s", qb_norm_query_command(vm->pending.need),
@@ -124,7 +138,7 @@ static void vm_query_reply(struct qb_qmp_client *c, int status, json_t *reply, v
 }
 
 /* Normalises one QMP event message (borrowed) and publishes it, or parks it on a query. */
-static void vm_process(struct qb_vm *vm, json_t *msg)
+static void vm_process(struct qb_vm *vm, const json_t *msg)
 {
     const struct qb_config *cfg = vm->mgr->cfg;
     struct qb_norm_event ev;
@@ -167,13 +181,13 @@ void qb_vm_drain(struct qb_vm *vm)
     vm->draining = false;
 }
 
-void qb_vm_on_event(struct qb_qmp_client *c, json_t *msg, void *arg)
+void qb_vm_on_event(void *arg, const struct qb_source_event *ev)
 {
     struct qb_vm *vm = arg;
 
     if (vm_blocked(vm) || qb_held_events_count(&vm->backlog) > 0) {
-        vm_hold(vm, c, msg);
+        vm_hold(vm, ev);
         return;
     }
-    vm_process(vm, msg);
+    vm_process(vm, ev->msg);
 }

@@ -1,9 +1,9 @@
 /*
  * vm_snapshot.c - the connect-time snapshot: what state a VM is in when a session starts.
  *
- * On every READY (and after a command that may have changed the VM) the
- * snapshot queries run; their replies become one qmp.vm.state, published
- * before any event of the session, so a late consumer or a VM that was
+ * On every session (and after a command that may have changed the VM) the
+ * snapshot queries run (the source answers them, QMP-shaped); their replies become one
+ * qmp.vm.state, published before any event of the session, so a late consumer or a VM that was
  * already paused is never left guessing. query-name and query-uuid also tell
  * whether the socket is now served by another QEMU, and bridge.vm.connected
  * is published when query-uuid answers, with the UUID. Kept in its own file:
@@ -14,19 +14,13 @@
 #include "error.h"
 #include "log.h"
 #include "normalize.h"
-#include "qmp_client.h"
+#include "source.h"
 #include "vm_state.h"
 
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Indexed by enum qb_vm_query (vm_manager_internal.h): same order. */
-static const char *const qb_vm_query_names[QB_VMQ_COUNT] = {
-    "query-status",      "query-block", "query-block-jobs",
-    "query-colo-status", "query-name",  "query-uuid",
-};
 
 /* One snapshot query in flight: which VM, which slot of the reply table. */
 struct qb_vm_query_ctx {
@@ -54,15 +48,15 @@ static void vm_check_identity(struct qb_vm *vm, const json_t *name_reply, const 
     if (vm->identity && strcmp(vm->identity, identity) != 0) {
         const char *slash = strrchr(vm->identity, '/');
         char *old_name = strndup(vm->identity, (size_t)(slash - vm->identity));
-        json_t *data =
-            json_pack("{s:{s:s, s:s}, s:{s:s, s:s}, s:s}", "previous", "name",
-                      old_name ? old_name : "", "uuid", slash + 1, "current", "name",
-                      name ? name : "", "uuid", uuid ? uuid : "", "address", vm->address);
+        const char *address = vm->link ? vm->link->ops->address(vm->link) : "";
+        json_t *data = json_pack("{s:{s:s, s:s}, s:{s:s, s:s}, s:s}", "previous", "name",
+                                 old_name ? old_name : "", "uuid", slash + 1, "current", "name",
+                                 name ? name : "", "uuid", uuid ? uuid : "", "address", address);
 
         QB_LOG_WARN(vm->name,
                     "%s is now served by another QEMU (name '%s', uuid %s; was '%s', uuid %s): "
                     "publishing bridge.vm.identity_changed and a fresh state",
-                    vm->address, name ? name : "", uuid ? uuid : "", old_name ? old_name : "",
+                    address, name ? name : "", uuid ? uuid : "", old_name ? old_name : "",
                     slash + 1);
         if (data) {
             qb_vm_publish_bridge_event(vm, "bridge.vm.identity_changed", data);
@@ -103,8 +97,8 @@ static void vm_finish_resync(struct qb_vm *vm)
     json_t **r = vm->resync_replies;
 
     qb_vm_publish_connected(vm, r[QB_VMQ_UUID]); /* due only when query-uuid was not sent */
-    if (qb_qmp_client_state(vm->qmp) == QB_QMP_READY) {
-        json_t *snap = qb_vm_state_from_queries(qb_qmp_client_greeting(vm->qmp), r[QB_VMQ_STATUS],
+    if (qb_vm_is_ready(vm)) {
+        json_t *snap = qb_vm_state_from_queries(vm->link->ops->greeting(vm->link), r[QB_VMQ_STATUS],
                                                 r[QB_VMQ_BLOCK], r[QB_VMQ_JOBS], r[QB_VMQ_COLO],
                                                 r[QB_VMQ_UUID]);
 
@@ -133,28 +127,28 @@ static void vm_finish_resync(struct qb_vm *vm)
         r[i] = NULL;
     }
     vm->resyncing = false;
-    qb_vm_slot_release(vm);
+    if (vm->link)
+        vm->link->ops->settled(vm->link); /* a source bounding its connects lets the next go */
     if (vm->state_cmd_waiting)
-        qb_vm_cmd_finish_state(vm, qb_qmp_client_state(vm->qmp) == QB_QMP_READY);
+        qb_vm_cmd_finish_state(vm, qb_vm_is_ready(vm));
     qb_vm_drain(vm);
     qb_vm_apply_pause(vm);
 }
 
-static void vm_resync_reply(struct qb_qmp_client *c, int status, json_t *reply, void *arg)
+static void vm_resync_reply(void *arg, int status, const json_t *reply)
 {
     struct qb_vm_query_ctx *q = arg;
     struct qb_vm *vm = q->vm;
 
-    (void)c;
     vm->inflight--;
     if (status == QB_OK) {
-        vm->resync_replies[q->which] = json_incref(reply);
+        vm->resync_replies[q->which] = json_incref((json_t *)reply);
     } else if (status != QB_ECLOSED &&
                !((q->which == QB_VMQ_COLO || q->which == QB_VMQ_NAME || q->which == QB_VMQ_UUID) &&
                  status == QB_EQMP)) {
         /* query-colo-status fails on builds without COLO: that just means "no COLO". */
-        QB_LOG_WARN(vm->name, "%s failed during resync: %s", qb_vm_query_names[q->which],
-                    qb_strerror(status));
+        QB_LOG_WARN(vm->name, "%s failed during resync: %s",
+                    qb_source_query_name((enum qb_source_query)q->which), qb_strerror(status));
     }
     if (q->which == QB_VMQ_UUID)
         qb_vm_publish_connected(vm, vm->resync_replies[QB_VMQ_UUID]);
@@ -176,15 +170,17 @@ void qb_vm_start_resync(struct qb_vm *vm)
             q->vm = vm;
             q->which = (enum qb_vm_query)i;
             vm->inflight++;
-            rc = qb_qmp_client_execute(vm->qmp, qb_vm_query_names[i], NULL,
-                                       vm->mgr->cfg->qmp_command_timeout_ms, vm_resync_reply, q);
+            rc = vm->link
+                     ? vm->link->ops->query(vm->link, (enum qb_source_query)i, vm_resync_reply, q)
+                     : QB_ECLOSED;
             if (rc < 0) {
                 vm->inflight--;
                 free(q);
             }
         }
         if (rc < 0) {
-            QB_LOG_WARN(vm->name, "%s not sent: %s", qb_vm_query_names[i], qb_strerror(rc));
+            QB_LOG_WARN(vm->name, "%s not sent: %s", qb_source_query_name((enum qb_source_query)i),
+                        qb_strerror(rc));
             if (--vm->resync_left == 0)
                 vm_finish_resync(vm);
         }
