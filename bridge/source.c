@@ -1,17 +1,11 @@
 /*
- * source.c - what every VM source shares: the registry of sources, the query
- * names, and the held-event bounds (source.h has the seam's contract).
+ * source.c - what every VM source shares: the query names and the held-event
+ * bounds (source.h has the seam's contract; the list of sources is
+ * source_registry.c, above every source).
  */
 #include "source.h"
 
 #include "log.h"
-#include "source_qmp.h"
-
-/* One line per source; the manager makes one instance of each. */
-const struct qb_source_ops *const qb_source_registry[] = {
-    &qb_source_qmp_ops,
-    NULL,
-};
 
 /* Indexed by enum qb_source_query. */
 static const char *const query_names[QB_SOURCE_QUERY_COUNT] = {

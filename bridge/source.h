@@ -8,7 +8,7 @@
  * the seam orders, normalises and publishes what a source hands it, and knows
  * no socket, no QMP session and no reconnect policy. Like curl's vtls
  * backends, a source is one const struct qb_source_ops (listed once in
- * qb_source_registry, source.c) and one file.
+ * qb_source_registry, source_registry.c) and one file.
  *
  * Objects:
  *   struct qb_source       one instance of a source, made by ops->create with
@@ -217,7 +217,7 @@ struct qb_source_link {
     void *cb_arg;
 };
 
-/* The sources a bridge has, NULL-terminated (source.c: one line per source). */
+/* The sources a bridge has, NULL-terminated (source_registry.c: one line per source). */
 extern const struct qb_source_ops *const qb_source_registry[];
 
 /* Sets the upcalls of l (the taker's); done once, before l can call any. */

@@ -1,131 +1,76 @@
 /*
- * vm_manager.c - the VMs of one bridge: the set, their sessions, back-off, teardown.
+ * vm_manager.c - the VMs of one bridge: the set, their sessions, teardown; the top vm_* layer.
  *
  * Data flows one way: source -> normalize -> publish -> transports. Where
  * VMs come from and how they are reached (sockets, reconnects, listen mode)
  * is the sources' business (source.h); ordering and what is published for a
- * VM live in the vm_* files and nowhere else. See vm_manager.h for the guarantees, and
- * vm_manager_internal.h for which vm_* file does what.
+ * VM live in the vm_* files below this one (vm.h lists them). See
+ * vm_manager.h for the guarantees.
  *
  * This file holds the VM set (add, remove, discovery, lookups, statistics),
  * the session lifecycle (up, closed, back-pressure), creation and teardown of
- * VM entries and of the manager, its sources, and configuration reload.
+ * VM entries and of the manager, its sources, configuration reload, and the
+ * public command entry points (which find the VM and hand over to
+ * vm_commands.c). The lower files call back only through the hooks set here
+ * (struct qb_vm_hooks).
  *
- * Reply callbacks hold the VM alive (inflight counter), so a VM removed
- * mid-query is freed only after its last callback has run.
+ * Reply callbacks hold the VM alive (the inflight counters of the pipeline,
+ * the snapshot and the commands), so a VM removed mid-query is freed only
+ * after its last callback has run.
  *
  * Back-pressure: while any transport says its queue is near full, every VM
- * stops reading (QEMU keeps the events) once its session is up,
- * resynced and not waiting on a query, since those need their replies read.
+ * stops reading (QEMU keeps the events) once its session is up, resynced and
+ * not waiting on a query, since those need their replies read.
  */
 #include "vm_manager.h"
-#include "vm_manager_internal.h"
 
 #include "error.h"
 #include "log.h"
-#include "normalize.h"
 #include "outbox.h"
 #include "prom.h"
 #include "publish.h"
 #include "source.h"
+#include "vm.h"
+#include "vm_commands.h"
+#include "vm_pipeline.h"
+#include "vm_publish.h"
+#include "vm_snapshot.h"
 #include "vm_state.h"
+#include "vm_state_copies.h"
 
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <unistd.h>
 #include <uthash.h>
 
-/* One counter of qb_vm_manager_foreach_count: key (and key2) own their text. */
-struct qb_count {
-    char *key; /* "<key>\0<key2>" for two-part keys: one allocation, one hash key */
-    size_t keylen;
-    enum qb_vm_count which;
-    uint64_t n;
-    UT_hash_handle hh;
-};
-
-/*
- * Adds one to the counter (which, key, key2) and returns its interned key
- * (stable for the manager's lifetime), or NULL when out of memory (the count
- * is lost, nothing else).
- */
-const char *qb_vm_mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, const char *key,
-                            const char *key2)
-{
-    /* "<which><key>\0<key2>", built by hand: this runs once per event (snprintf was 2%) */
-    char buf[256];
-    size_t klen = strlen(key), k2len = key2 ? strlen(key2) : 0;
-    size_t n = 1 + klen + 1 + k2len;
-    struct qb_count *c = NULL;
-
-    if (n >= sizeof(buf))
-        return NULL;
-    buf[0] = (char)('0' + (int)which);
-    memcpy(buf + 1, key, klen);
-    buf[1 + klen] = '\0';
-    if (k2len)
-        memcpy(buf + 2 + klen, key2, k2len);
-    buf[n] = '\0';
-    HASH_FIND(hh, m->counts, buf, n, c);
-    if (!c) {
-        c = calloc(1, sizeof(*c));
-        if (!c || !(c->key = malloc(n + 1))) {
-            free(c);
-            return NULL;
-        }
-        memcpy(c->key, buf, n + 1);
-        c->keylen = n;
-        c->which = which;
-        HASH_ADD_KEYPTR(hh, m->counts, c->key, c->keylen, c);
-    }
-    c->n++;
-    return c->key + 1;
-}
+static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember, bool clear);
 
 /* ---- session lifecycle --------------------------------------------------- */
 
 /*
- * A session came up: bridge.vm.connected goes out when query-uuid answers
- * (qb_vm_publish_connected), before the snapshot. early: events the source
- * read before it had this VM, which go first, after the snapshot.
+ * A session came up: bridge.vm.connected goes out when query-uuid answers,
+ * before the snapshot. early: events the source read before it had this VM,
+ * which go first, after the snapshot.
  */
 static void vm_on_up(void *arg, struct qb_held_events *early)
 {
     struct qb_vm *vm = arg;
-    const struct qb_source_ops *ops = vm->link->ops;
-    const json_t *greeting = ops->greeting(vm->link);
-    json_t *caps = json_object_get(greeting, "capabilities");
-    const char *version = ops->version(vm->link);
-    const char *address = ops->address(vm->link);
-    json_t *data;
+    const char *version = vm->link->ops->version(vm->link);
 
-    if (early) {
-        size_t n_held = qb_held_events_count(early);
-
-        if (qb_held_events_move(&vm->backlog, early) < 0)
-            QB_LOG_ERR(vm->name, "out of memory: %zu events read before the name lost", n_held);
-    }
-    vm->read_paused = false; /* a new session reads; qb_vm_apply_pause decides from here */
+    if (early)
+        qb_vm_pipe_take_early(vm, early);
+    vm->read_paused = false; /* a new session reads; vm_settle decides from here */
     vm->was_ready = true;
     snprintf(vm->qemu_version, sizeof(vm->qemu_version), "%s", version);
-    qb_norm_vm_reset(vm->norm, NULL);
-    QB_LOG_INFO(vm->name, "connected to QEMU %s at %s", version, address);
-
-    const char *package =
-        json_string_value(json_object_get(json_object_get(greeting, "version"), "package"));
-
-    /* published when query-uuid answers (qb_vm_publish_connected), with the UUID */
-    data = json_pack("{s:{s:s, s:s}, s:o, s:s, s:n}", "qemu", "version", version, "package",
-                     package ? package : "", "capabilities",
-                     json_is_array(caps) ? json_incref(caps) : json_array(), "address", address,
-                     "uuid");
-    json_decref(vm->connected_data);
-    vm->connected_data = data;
-    qb_vm_start_resync(vm);
+    qb_vm_pipe_reset(vm, NULL);
+    QB_LOG_INFO(vm->name, "connected to QEMU %s at %s", version, vm->link->ops->address(vm->link));
+    qb_vm_snapshot_begin(vm);
 }
+
+/* Frees a removed VM once its link is released and no callback is due. */
+static void vm_maybe_free(struct qb_vm *vm);
 
 static void vm_on_closed(void *arg, int err, const char *reason)
 {
@@ -136,20 +81,14 @@ static void vm_on_closed(void *arg, int err, const char *reason)
     if (vm->was_ready) {
         json_t *data =
             json_pack("{s:s, s:s}", "reason", reason ? reason : "", "error", qb_strerror(err));
-        struct qb_norm_event ev = {.type = "bridge.vm.disconnected", .data = data};
 
         qb_vm_publish_connected(vm, NULL); /* still due only if query-uuid never ran */
-        if (data) {
-            qb_vm_publish_bridge_event(vm, "bridge.vm.disconnected", data);
-            json_decref(data);
-        }
-        /* The last known state, marked connected: false: consumers hold off until it is back. */
-        if (vm->state && qb_vm_state_fold(vm->state, vm->mgr->state_cache, &ev))
-            qb_vm_publish_state_event(vm);
+        qb_vm_publish_disconnected(vm, data);
+        json_decref(data);
         QB_LOG_INFO(vm->name, "disconnected: %s", reason ? reason : qb_strerror(err));
         if (!vm->removing && !vm->mgr->closing) {
             vm->reconnects++;
-            vm->mgr->stats.reconnects++;
+            vm->mgr->reconnects++;
         }
     }
     vm->was_ready = false;
@@ -158,13 +97,16 @@ static void vm_on_closed(void *arg, int err, const char *reason)
                     vm->removing ? "the VM was removed before the command ran"
                                  : "the QMP session closed before the command ran");
     if (vm->removing || vm->mgr->closing)
-        qb_vm_maybe_free(vm);
+        vm_maybe_free(vm);
 }
 
 /* The source gave the VM up (a listen VM that did not come back): remove it for good. */
 static void vm_on_gone(void *arg, const char *why)
 {
-    qb_vm_forget(arg, why);
+    struct qb_vm *vm = arg;
+
+    QB_LOG_INFO(vm->name, "removed: %s", why);
+    vm_begin_removal(vm, why, false, true);
 }
 
 /* The source is done with the link: nothing of it can call back any more. */
@@ -173,8 +115,16 @@ static void vm_on_released(void *arg)
     struct qb_vm *vm = arg;
 
     vm->link = NULL;
-    qb_vm_maybe_free(vm);
+    vm_maybe_free(vm);
 }
+
+static const struct qb_source_link_cbs vm_link_cbs = {
+    .on_up = vm_on_up,
+    .on_event = qb_vm_on_event,
+    .on_closed = vm_on_closed,
+    .on_gone = vm_on_gone,
+    .on_released = vm_on_released,
+};
 
 /*
  * Pauses or resumes reading so it matches the manager's back-pressure, but
@@ -182,10 +132,10 @@ static void vm_on_released(void *arg)
  * replies read, and events read meanwhile wait in the backlog (bounded by what
  * QEMU sends during one query).
  */
-void qb_vm_apply_pause(struct qb_vm *vm)
+static void vm_settle(struct qb_vm *vm)
 {
-    bool want = vm->mgr->pressure && !vm->removing && !vm->resyncing && vm->pending.type == NULL &&
-                vm->cmd_running == NULL && qb_vm_is_ready(vm);
+    bool want = vm->mgr->pressure && !vm->removing && !vm->snap.resyncing &&
+                vm->pipe.pending.type == NULL && vm->cmds.running == NULL && qb_vm_is_ready(vm);
 
     if (want != vm->read_paused) {
         vm->read_paused = want;
@@ -197,6 +147,19 @@ void qb_vm_apply_pause(struct qb_vm *vm)
         qb_vm_drain(vm);
 }
 
+/* The snapshot is published (ok) or the session went: a query-state command waiting on it ends. */
+static void vm_resynced(struct qb_vm *vm, bool ok)
+{
+    if (vm->cmds.state_waiting)
+        qb_vm_cmd_finish_state(vm, ok);
+}
+
+static const struct qb_vm_hooks vm_hooks = {
+    .settle = vm_settle,
+    .maybe_free = vm_maybe_free,
+    .resynced = vm_resynced,
+};
+
 static void mgr_on_pressure(void *arg, bool pressure)
 {
     struct qb_vm_manager *m = arg;
@@ -207,16 +170,8 @@ static void mgr_on_pressure(void *arg, bool pressure)
     QB_LOG_INFO(NULL, "%s reading from %u VMs (back-pressure %s)",
                 pressure ? "pausing" : "resuming", HASH_COUNT(m->vms), pressure ? "on" : "off");
     for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next)
-        qb_vm_apply_pause(vm);
+        vm_settle(vm);
 }
-
-const struct qb_source_link_cbs qb_vm_link_cbs = {
-    .on_up = vm_on_up,
-    .on_event = qb_vm_on_event,
-    .on_closed = vm_on_closed,
-    .on_gone = vm_on_gone,
-    .on_released = vm_on_released,
-};
 
 /* ---- creation and teardown ----------------------------------------------- */
 
@@ -225,14 +180,8 @@ static void mgr_finish(struct qb_vm_manager *m)
 {
     void (*done)(void *) = m->done;
     void *arg = m->done_arg;
-    struct qb_count *c, *tmp;
 
-    HASH_ITER(hh, m->counts, c, tmp)
-    {
-        HASH_DEL(m->counts, c);
-        free(c->key);
-        free(c);
-    }
+    qb_vm_counts_free(m);
     for (size_t i = 0; i < m->n_sources; i++)
         m->sources[i]->ops->free(m->sources[i]); /* every link is released */
     qb_vm_state_cache_free(m->state_cache);      /* every holder is gone with its VM */
@@ -251,13 +200,24 @@ static void mgr_finish(struct qb_vm_manager *m)
  */
 static void vm_clear_retained(struct qb_vm *vm)
 {
-    if (qb_stream_superseded(vm->stream)) {
+    if (qb_stream_superseded(vm->out.stream)) {
         QB_LOG_DEBUG(vm->name, "retained state not cleared: the VM is back with a new entry");
         qb_vm_state_copy_flush(vm);
         return;
     }
     QB_LOG_INFO(vm->name, "clearing its retained state: the VM is gone");
     qb_vm_publish_state_clear(vm);
+}
+
+/* Frees vm's parts, each by its own file; the name goes last (the others log with it). */
+static void vm_free_parts(struct qb_vm *vm)
+{
+    qb_vm_cmds_free(vm);
+    qb_vm_snap_free(vm);
+    qb_vm_pipe_free(vm);
+    qb_vm_out_free(vm);
+    free(vm->name);
+    free(vm);
 }
 
 static void vm_free_now(struct qb_vm *vm)
@@ -268,24 +228,7 @@ static void vm_free_now(struct qb_vm *vm)
         vm_clear_retained(vm); /* after its last state copy, which goes first */
     else
         qb_vm_state_copy_flush(vm); /* its last change still reaches the state topic */
-
-    while (vm->cmd_head) {
-        struct qb_vm_cmd *c = vm->cmd_head;
-        vm->cmd_head = c->next;
-        qb_vm_cmd_free(c);
-    }
-
-    qb_held_events_clear(&vm->backlog);
-    qb_norm_event_clear(&vm->pending);
-    qb_norm_vm_free(vm->norm);
-    qb_vm_state_free(vm->state);
-    for (int i = 0; i < QB_VMQ_COUNT; i++)
-        json_decref(vm->resync_replies[i]);
-    json_decref(vm->connected_data);
-    free(vm->identity);
-    free(vm->name);
-    qb_stream_free(vm->stream);
-    free(vm);
+    vm_free_parts(vm);
     if (--m->n_alive == 0 && m->closing)
         mgr_finish(m);
 }
@@ -294,10 +237,44 @@ static void vm_free_now(struct qb_vm *vm)
  * The last step of removing a VM: the struct goes once its source released
  * the link (after the session closed) and no reply callback is due.
  */
-void qb_vm_maybe_free(struct qb_vm *vm)
+static void vm_maybe_free(struct qb_vm *vm)
 {
-    if (vm->removing && !vm->link && vm->inflight == 0)
+    if (vm->removing && !vm->link && vm->pipe.inflight + vm->snap.inflight + vm->cmds.inflight == 0)
         vm_free_now(vm);
+}
+
+/*
+ * Creates the entry of VM name (valid, not taken) with its numbering
+ * (remembered, spooled or new) on link (bound to it), and adds it to the
+ * table. Returns QB_OK with *out (borrowed), or QB_ENOMEM (link stays the
+ * caller's).
+ */
+static int vm_create(struct qb_vm_manager *m, const char *name, struct qb_source_link *link,
+                     struct qb_vm **out)
+{
+    struct qb_vm *vm = calloc(1, sizeof(*vm));
+    int rc = QB_ENOMEM;
+
+    if (!vm)
+        return QB_ENOMEM;
+    vm->mgr = m;
+    vm->name = strdup(name);
+    if (!vm->name || qb_vm_pipe_init(vm) < 0)
+        goto fail;
+    rc = qb_vm_out_open(vm);
+    if (rc < 0)
+        goto fail;
+    vm->link = link;
+    qb_source_link_bind(link, &vm_link_cbs, vm);
+    HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
+    m->n_alive++;
+    QB_LOG_INFO(vm->name, "added, QMP at %s", link->ops->address(link));
+    *out = vm;
+    return QB_OK;
+
+fail:
+    vm_free_parts(vm);
+    return rc;
 }
 
 /* ---- the manager's upcalls from its sources ------------------------------ */
@@ -308,7 +285,9 @@ static const char *mgr_vm_lookup(void *arg, const char *name)
     struct qb_vm *vm = NULL;
 
     HASH_FIND_STR(m->vms, name, vm);
-    return vm ? (vm->link ? vm->link->ops->address(vm->link) : "?") : NULL;
+    if (!vm)
+        return NULL;
+    return vm->link ? vm->link->ops->address(vm->link) : "?";
 }
 
 static int mgr_vm_appeared(void *arg, const char *name, struct qb_source_link *link)
@@ -321,7 +300,7 @@ static int mgr_vm_appeared(void *arg, const char *name, struct qb_source_link *l
     HASH_FIND_STR(m->vms, name, vm);
     if (vm)
         return QB_EEXIST;
-    return qb_vm_create(m, name, link, &vm);
+    return vm_create(m, name, link, &vm);
 }
 
 static void mgr_room(void *arg, bool room)
@@ -349,9 +328,10 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
     m->loop = loop;
     m->cfg = cfg;
     m->outbox = outbox;
+    m->hooks = &vm_hooks;
     m->state_cache = qb_vm_state_cache_new(QB_VM_STATE_TREES_MAX);
     if (!m->state_cache || qb_publisher_new(cfg, outbox, &m->pub) < 0 ||
-        qb_vm_state_copies_new(loop, &m->state_copies) < 0)
+        qb_vm_state_copies_new(loop, qb_vm_publish_state_copy, &m->state_copies) < 0)
         goto fail;
     for (size_t i = 0; qb_source_registry[i] && i < QB_VM_SOURCES_MAX; i++) {
         if (qb_source_registry[i]->create(loop, cfg, &mgr_host, m, &m->sources[i]) < 0)
@@ -374,47 +354,6 @@ fail:
     return QB_ENOMEM;
 }
 
-/*
- * Creates the entry of VM name (valid, not taken) with its numbering
- * (remembered, spooled or new) on link, and adds it to the table. Returns
- * QB_OK with *out (borrowed), or QB_ENOMEM (link stays the caller's).
- */
-int qb_vm_create(struct qb_vm_manager *m, const char *name, struct qb_source_link *link,
-                 struct qb_vm **out)
-{
-    struct qb_vm *vm;
-    int rc;
-
-    vm = calloc(1, sizeof(*vm));
-    if (!vm)
-        return QB_ENOMEM;
-    vm->mgr = m;
-    vm->name = strdup(name);
-    vm->norm = qb_norm_vm_new();
-    if (vm->norm && vm->name)
-        qb_norm_vm_set_name(vm->norm, vm->name); /* "[vm1] normalize: ..." in its log lines */
-    rc = QB_ENOMEM;
-    if (!vm->name || !vm->norm)
-        goto fail;
-    rc = qb_stream_open(m->pub, name, &vm->stream);
-    if (rc < 0)
-        goto fail;
-    vm->link = link;
-    qb_source_link_bind(link, &qb_vm_link_cbs, vm);
-    HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
-    m->n_alive++;
-    QB_LOG_INFO(vm->name, "added, QMP at %s", link->ops->address(link));
-    *out = vm;
-    return QB_OK;
-
-fail:
-    qb_stream_free(vm->stream);
-    qb_norm_vm_free(vm->norm);
-    free(vm->name);
-    free(vm);
-    return rc;
-}
-
 int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address)
 {
     struct qb_source_link *link = NULL;
@@ -425,6 +364,7 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
         return QB_ECLOSED;
     if (!qb_stream_name_valid(name))
         return QB_EINVAL;
+    /* the first source that knows the address form takes the VM */
     for (size_t i = 0; i < m->n_sources; i++) {
         if (!m->sources[i]->ops->open)
             continue;
@@ -439,7 +379,7 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
         link->ops->release(link, "a VM of that name exists");
         return QB_EEXIST;
     }
-    rc = qb_vm_create(m, name, link, &vm);
+    rc = vm_create(m, name, link, &vm);
     if (rc < 0) {
         link->ops->release(link, "out of memory");
         return rc;
@@ -458,12 +398,12 @@ static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember, b
 
     HASH_DEL(m->vms, vm);
     vm->clear_on_free = clear;
-    qb_stream_retire(vm->stream, remember && !m->closing);
+    qb_stream_retire(vm->out.stream, remember && !m->closing);
     vm->removing = true;
     if (vm->link)
         vm->link->ops->release(vm->link, why); /* on_closed, then on_released, follow */
     else
-        qb_vm_maybe_free(vm);
+        vm_maybe_free(vm);
 }
 
 int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why)
@@ -476,12 +416,6 @@ int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *
     QB_LOG_INFO(vm->name, "removed: %s", why);
     vm_begin_removal(vm, why, true, true);
     return QB_OK;
-}
-
-void qb_vm_forget(struct qb_vm *vm, const char *why)
-{
-    QB_LOG_INFO(vm->name, "removed: %s", why);
-    vm_begin_removal(vm, why, false, true);
 }
 
 /* ---- the VM set: discovery, lookups, statistics, close ------------------- */
@@ -523,12 +457,12 @@ void qb_vm_manager_foreach(const struct qb_vm_manager *m,
             .address = vm->link ? vm->link->ops->address(vm->link) : "",
             .session = vm->link ? vm->link->ops->session_name(vm->link) : "idle",
             .qemu_version = vm->qemu_version,
-            .run_state = vm->state && qb_vm_state_run_state(vm->state)[0]
-                             ? qb_vm_state_run_state(vm->state)
+            .run_state = vm->out.state && qb_vm_state_run_state(vm->out.state)[0]
+                             ? qb_vm_state_run_state(vm->out.state)
                              : NULL,
-            .last_event = vm->last_event,
-            .last_event_usec = vm->last_event_usec,
-            .sequence = qb_stream_sequence(vm->stream),
+            .last_event = vm->out.last_event,
+            .last_event_usec = vm->out.last_event_usec,
+            .sequence = qb_stream_sequence(vm->out.stream),
             .reconnects = vm->reconnects,
         };
         cb(arg, &info);
@@ -540,12 +474,7 @@ void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count
                                             uint64_t n),
                                  void *arg)
 {
-    for (const struct qb_count *c = m->counts; c; c = c->hh.next) {
-        const char *key = c->key + 1;
-
-        if (c->which == which)
-            cb(arg, key, which == QB_VM_COUNT_COMMANDS ? key + strlen(key) + 1 : NULL, c->n);
-    }
+    qb_vm_counts_foreach(m, which, cb, arg);
 }
 
 void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager_stats *out)
@@ -554,7 +483,10 @@ void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager
 
     for (size_t i = 0; i < m->n_sources; i++)
         m->sources[i]->ops->stats(m->sources[i], &st);
-    *out = m->stats;
+    memset(out, 0, sizeof(*out));
+    out->reconnects = m->reconnects;
+    out->held_over_events = m->held_over_events;
+    out->held_over_bytes = m->held_over_bytes;
     out->connect_failed += st.connect_failed;
     out->connecting = st.connecting;
     out->slot_waiting = st.slot_waiting;
@@ -631,13 +563,43 @@ void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *c
 
 void qb_vm_manager_forget_transport(struct qb_vm_manager *m, const struct qb_transport *t)
 {
-    for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next) {
-        if (vm->cmd_running && vm->cmd_running->transport == t)
-            vm->cmd_running->transport = NULL;
-        for (struct qb_vm_cmd *c = vm->cmd_head; c; c = c->next)
-            if (c->transport == t)
-                c->transport = NULL;
+    for (struct qb_vm *vm = m->vms; vm; vm = vm->hh.next)
+        qb_vm_cmds_forget_transport(vm, t);
+}
+
+/* ---- commands: find the VM, hand over to vm_commands.c -------------------- */
+
+int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd,
+                                 const struct qb_command_origin *origin, qb_vm_command_done_cb done,
+                                 void *arg, struct qb_command_error *err)
+{
+    struct qb_vm *vm = NULL;
+
+    if (cmd->subject)
+        HASH_FIND_STR(m->vms, cmd->subject, vm);
+    if (!vm) {
+        err->cls = QB_CMD_ERR_UNKNOWN_VM;
+        snprintf(err->message, sizeof(err->message), "subject: no VM '%s' on bridge '%s'",
+                 cmd->subject ? cmd->subject : "", m->cfg->bridge_id);
+        return QB_ENOTFOUND;
     }
+    return qb_vm_cmds_submit(vm, cmd, origin, done, arg, err);
+}
+
+void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm_name,
+                                  const json_t *result, const struct qb_command_origin *origin)
+{
+    struct qb_vm *vm = NULL;
+
+    if (vm_name)
+        HASH_FIND_STR(m->vms, vm_name, vm);
+    qb_vm_cmds_publish_result(m, vm, vm_name, result, origin, false);
+}
+
+void qb_vm_manager_publish_reply(struct qb_vm_manager *m, const char *vm_name, const json_t *result,
+                                 const struct qb_command_origin *origin)
+{
+    qb_vm_cmds_publish_result(m, NULL, vm_name, result, origin, true);
 }
 
 /* ---- listen mode: the sources that take connections QEMU made ------------- */

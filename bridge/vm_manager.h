@@ -28,6 +28,7 @@
 #include "config.h"
 #include "outbox.h"
 #include "transport.h"
+#include "vm_types.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -86,21 +87,7 @@ void qb_vm_manager_set_room_cb(struct qb_vm_manager *m, void (*cb)(void *arg, bo
  */
 int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why);
 
-/*
- * Where a command came from and where its answer goes. The manager copies
- * what it keeps; the transport must outlive the manager.
- */
-struct qb_command_origin {
-    struct qb_transport *transport;
-    uint64_t ack_token;
-    const char *reply_topic; /* may be NULL */
-    const void *correlation; /* may be NULL */
-    size_t correlation_len;
-};
-
-/* A queued command finished: result (borrowed) has been published. cmd is borrowed. */
-typedef void (*qb_vm_command_done_cb)(void *arg, const struct qb_command *cmd,
-                                      const json_t *result);
+/* struct qb_command_origin and qb_vm_command_done_cb: vm_types.h */
 
 /*
  * Queues cmd for its VM (cmd->subject). Commands of one VM run one at a time,
@@ -165,11 +152,9 @@ void qb_vm_manager_foreach(const struct qb_vm_manager *m,
                            void (*cb)(void *arg, const struct qb_vm_info *info), void *arg);
 
 /*
- * Counters since start, keyed by text: events published by type
- * (QB_VM_COUNT_EVENTS, key2 NULL) and command results by command name and
- * status (QB_VM_COUNT_COMMANDS). Keys are borrowed for the callback.
+ * Calls cb for every counter of kind which (enum qb_vm_count, vm_types.h).
+ * Keys are borrowed for the callback.
  */
-enum qb_vm_count { QB_VM_COUNT_EVENTS, QB_VM_COUNT_COMMANDS };
 void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count which,
                                  void (*cb)(void *arg, const char *key, const char *key2,
                                             uint64_t n),
