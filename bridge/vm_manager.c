@@ -320,6 +320,14 @@ static const struct qb_source_host mgr_host = {
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out)
 {
+    return qb_vm_manager_new_with_sources(loop, cfg, outbox, qb_source_registry, out);
+}
+
+int qb_vm_manager_new_with_sources(uv_loop_t *loop, const struct qb_config *cfg,
+                                   struct qb_outbox *outbox,
+                                   const struct qb_source_ops *const *sources,
+                                   struct qb_vm_manager **out)
+{
     struct qb_vm_manager *m = calloc(1, sizeof(*m));
 
     *out = NULL;
@@ -333,8 +341,8 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
     if (!m->state_cache || qb_publisher_new(cfg, outbox, &m->pub) < 0 ||
         qb_vm_state_copies_new(loop, qb_vm_publish_state_copy, &m->state_copies) < 0)
         goto fail;
-    for (size_t i = 0; qb_source_registry[i] && i < QB_VM_SOURCES_MAX; i++) {
-        if (qb_source_registry[i]->create(loop, cfg, &mgr_host, m, &m->sources[i]) < 0)
+    for (size_t i = 0; sources[i] && i < QB_VM_SOURCES_MAX; i++) {
+        if (sources[i]->create(loop, cfg, &mgr_host, m, &m->sources[i]) < 0)
             goto fail;
         m->n_sources++;
     }

@@ -45,6 +45,19 @@ struct qb_vm_manager;
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out);
 
+struct qb_source_ops;
+
+/*
+ * Like qb_vm_manager_new, with the sources of sources (a NULL-terminated
+ * array of ops, borrowed, outliving the manager; at most 8) instead of
+ * qb_source_registry: for tests with a scripted source, and an owner that
+ * chooses its sources.
+ */
+int qb_vm_manager_new_with_sources(uv_loop_t *loop, const struct qb_config *cfg,
+                                   struct qb_outbox *outbox,
+                                   const struct qb_source_ops *const *sources,
+                                   struct qb_vm_manager **out);
+
 /*
  * Adds a VM and starts connecting to address ("unix:/path" or
  * "tcp:host:port"). name and address are copied. Returns QB_OK, QB_EEXIST
