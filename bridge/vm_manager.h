@@ -39,8 +39,9 @@ struct qb_vm_manager;
 
 /*
  * Creates a manager. cfg and outbox (events, state and replies go there; the
- * manager takes its pressure callback) are borrowed and must outlive it. Static VMs are not added
- * here: call qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
+ * manager takes its pressure callback) are borrowed and must outlive it. It makes one instance
+ * of each source of qb_source_registry (source.h). Static VMs are not added here: call
+ * qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
  */
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out);
@@ -60,7 +61,8 @@ int qb_vm_manager_new_with_sources(uv_loop_t *loop, const struct qb_config *cfg,
 
 /*
  * Adds a VM and starts connecting to address ("unix:/path" or
- * "tcp:host:port"). name and address are copied. Returns QB_OK, QB_EEXIST
+ * "tcp:host:port": the first source whose ops->open knows the address takes
+ * it). name and address are copied. Returns QB_OK, QB_EEXIST
  * when a VM of that name exists, QB_EINVAL for a bad address, QB_ENOMEM.
  */
 int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address);
