@@ -3,20 +3,22 @@
  *
  * command_router.c checks and plans a command; here it waits its turn on the
  * VM (bounded by commands.queue_per_vm and commands.timeout), runs through
- * command_exec.c, and its bridge.command.result is published on the VM's
+ * the VM's source (for QMP: command_exec.c), and its bridge.command.result is published on the VM's
  * stream and as a reply to the transport it came from. Kept apart from the
- * event path: commands flow the other way (transport -> QMP) and own their
+ * event path: commands flow the other way (transport -> source) and own their
  * own memory (struct qb_vm_cmd).
  */
-#include "vm_manager_internal.h"
+#include "vm_commands.h"
+
+#include "vm_publish.h"
+#include "vm_snapshot.h"
 
 #include "command.h"
-#include "command_exec.h"
 #include "error.h"
 #include "log.h"
 #include "prom.h"
 #include "publish.h"
-#include "qmp_client.h"
+#include "source.h"
 #include "transport.h"
 #include "vm_state.h"
 
@@ -24,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
 
 /* The string member key of obj, or fallback when absent or not a string. */
 static const char *json_str_or(const json_t *obj, const char *key, const char *fallback)
@@ -34,7 +35,7 @@ static const char *json_str_or(const json_t *obj, const char *key, const char *f
     return v ? v : fallback;
 }
 
-void qb_vm_cmd_free(struct qb_vm_cmd *c)
+static void vm_cmd_free(struct qb_vm_cmd *c)
 {
     qb_command_free(c->cmd);
     free(c->reply_topic);
@@ -60,15 +61,15 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
                                enum result_route route)
 {
     struct qb_publish_reply reply = {t, reply_topic, corr, corr_len};
-    struct qb_stream *s = vm && route == ROUTE_STREAM ? vm->stream : NULL;
+    struct qb_stream *s = vm && route == ROUTE_STREAM ? vm->out.stream : NULL;
 
     if (qb_publish_result(m->pub, s, vm ? vm->name : vm_name, result, &reply) == QB_OK &&
         route == ROUTE_STREAM) {
         const char *name =
             vm ? vm->name : (vm_name && qb_stream_name_valid(vm_name) ? vm_name : "unknown");
 
-        qb_vm_mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
-                        json_str_or(result, "status", "?"));
+        qb_vm_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
+                    json_str_or(result, "status", "?"));
         QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
                     json_str_or(result, "command_id", "?"), json_str_or(result, "status", "?"));
     }
@@ -92,7 +93,7 @@ static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *resul
         c->done(c->done_arg, c->cmd, result);
     qb_log_command_end(&scope);
     json_decref(result);
-    qb_vm_cmd_free(c);
+    vm_cmd_free(c);
 }
 
 static void vm_cmd_reject(struct qb_vm *vm, struct qb_vm_cmd *c, const char *cls,
@@ -107,12 +108,12 @@ static void vm_cmd_reject(struct qb_vm *vm, struct qb_vm_cmd *c, const char *cls
 /* Rejects every command still waiting (not the running one). */
 void qb_vm_cmd_flush(struct qb_vm *vm, const char *cls, const char *message)
 {
-    while (vm->cmd_head) {
-        struct qb_vm_cmd *c = vm->cmd_head;
-        vm->cmd_head = c->next;
-        if (!vm->cmd_head)
-            vm->cmd_tail = NULL;
-        vm->cmd_queued--;
+    while (vm->cmds.head) {
+        struct qb_vm_cmd *c = vm->cmds.head;
+        vm->cmds.head = c->next;
+        if (!vm->cmds.head)
+            vm->cmds.tail = NULL;
+        vm->cmds.queued--;
         vm_cmd_reject(vm, c, cls, message);
     }
 }
@@ -122,39 +123,40 @@ static void vm_cmd_run_next(struct qb_vm *vm);
 static void vm_cmd_exec_done(void *arg, json_t *result)
 {
     struct qb_vm *vm = arg;
-    struct qb_vm_cmd *c = vm->cmd_running;
+    struct qb_vm_cmd *c = vm->cmds.running;
 
     const char *status = json_string_value(json_object_get(result, "status"));
     bool changed = status && strcmp(status, "rejected") != 0;
 
-    vm->inflight--;
-    vm->cmd_running = NULL;
+    vm->cmds.inflight--;
+    vm->cmds.running = NULL;
     vm_cmd_complete(vm, c, result);
     /*
      * QEMU raises no event for some changes a command makes (block_resize), so
      * after anything that may have changed the VM, the state is read again
      * and published: the retained/compacted state never goes stale.
      */
-    if (changed && !vm->resyncing && !vm->removing && qb_qmp_client_state(vm->qmp) == QB_QMP_READY)
+    if (changed && !vm->snap.resyncing && !vm->removing && qb_vm_is_ready(vm))
         qb_vm_start_resync(vm);
     vm_cmd_run_next(vm);
-    qb_vm_apply_pause(vm);
-    qb_vm_maybe_free(vm);
+    vm->mgr->hooks->settle(vm);
+    vm->mgr->hooks->maybe_free(vm);
 }
 
 /* query-state: the snapshot it asked for was published (ok) or the session went away. */
 void qb_vm_cmd_finish_state(struct qb_vm *vm, bool ok)
 {
-    struct qb_vm_cmd *c = vm->cmd_running;
+    struct qb_vm_cmd *c = vm->cmds.running;
     json_t *result;
 
-    vm->state_cmd_waiting = false;
-    vm->cmd_running = NULL;
+    vm->cmds.state_waiting = false;
+    vm->cmds.running = NULL;
     if (ok) {
         result = json_pack("{s:s?, s:s, s:s, s:[]}", "command_id", c->cmd->id, "command",
                            "query-state", "status", "ok", "steps");
-        if (result && vm->state && qb_vm_state_run_state(vm->state)[0])
-            json_object_set_new(result, "run_state", json_string(qb_vm_state_run_state(vm->state)));
+        if (result && vm->out.state && qb_vm_state_run_state(vm->out.state)[0])
+            json_object_set_new(result, "run_state",
+                                json_string(qb_vm_state_run_state(vm->out.state)));
     } else {
         result =
             json_pack("{s:s?, s:s, s:s, s:{s:s, s:s}, s:[]}", "command_id", c->cmd->id, "command",
@@ -170,67 +172,58 @@ static void vm_cmd_run_next(struct qb_vm *vm)
 {
     struct qb_vm_manager *m = vm->mgr;
 
-    while (!vm->cmd_running && vm->cmd_head) {
-        struct qb_vm_cmd *c = vm->cmd_head;
+    while (!vm->cmds.running && vm->cmds.head) {
+        struct qb_vm_cmd *c = vm->cmds.head;
         int rc;
 
-        vm->cmd_head = c->next;
-        if (!vm->cmd_head)
-            vm->cmd_tail = NULL;
-        vm->cmd_queued--;
+        vm->cmds.head = c->next;
+        if (!vm->cmds.head)
+            vm->cmds.tail = NULL;
+        vm->cmds.queued--;
         c->next = NULL;
         if (uv_now(m->loop) > c->deadline) {
             vm_cmd_reject(vm, c, QB_CMD_ERR_TIMEOUT, "waited longer than commands.timeout");
             continue;
         }
-        if (qb_qmp_client_state(vm->qmp) != QB_QMP_READY) {
+        if (!qb_vm_is_ready(vm)) {
             vm_cmd_reject(vm, c, QB_CMD_ERR_NOT_CONNECTED, "the VM has no QMP session");
             continue;
         }
-        vm->cmd_running = c;
+        vm->cmds.running = c;
         if (c->cmd->name == QB_CMD_QUERY_STATE) {
-            vm->state_cmd_waiting = true;
-            if (!vm->resyncing)
+            vm->cmds.state_waiting = true;
+            if (!vm->snap.resyncing)
                 qb_vm_start_resync(vm);
             return;
         }
-        vm->inflight++;
-        rc = qb_command_exec_start(m->loop, vm->qmp, c->cmd, &m->cfg->commands,
-                                   m->cfg->qmp_command_timeout_ms, vm_cmd_exec_done, vm);
+        vm->cmds.inflight++;
+        rc = vm->link->ops->command(vm->link, c->cmd, vm_cmd_exec_done, vm);
         if (rc < 0) {
-            vm->inflight--;
-            vm->cmd_running = NULL;
+            vm->cmds.inflight--;
+            vm->cmds.running = NULL;
             vm_cmd_reject(vm, c, QB_CMD_ERR_QMP, qb_strerror(rc));
         }
     }
 }
 
-int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd,
-                                 const struct qb_command_origin *origin, qb_vm_command_done_cb done,
-                                 void *arg, struct qb_command_error *err)
+int qb_vm_cmds_submit(struct qb_vm *vm, struct qb_command *cmd,
+                      const struct qb_command_origin *origin, qb_vm_command_done_cb done, void *arg,
+                      struct qb_command_error *err)
 {
-    struct qb_vm *vm = NULL;
+    struct qb_vm_manager *m = vm->mgr;
     struct qb_vm_cmd *c;
 
-    if (cmd->subject)
-        HASH_FIND_STR(m->vms, cmd->subject, vm);
-    if (!vm) {
-        err->cls = QB_CMD_ERR_UNKNOWN_VM;
-        snprintf(err->message, sizeof(err->message), "subject: no VM '%s' on bridge '%s'",
-                 cmd->subject ? cmd->subject : "", m->cfg->bridge_id);
-        return QB_ENOTFOUND;
-    }
-    if (qb_qmp_client_state(vm->qmp) != QB_QMP_READY) {
+    if (!qb_vm_is_ready(vm)) {
         err->cls = QB_CMD_ERR_NOT_CONNECTED;
         snprintf(err->message, sizeof(err->message), "VM '%s' has no QMP session (%s)", vm->name,
-                 qb_qmp_state_name(qb_qmp_client_state(vm->qmp)));
+                 vm->link ? vm->link->ops->session_name(vm->link) : "idle");
         return QB_ECLOSED;
     }
-    if (vm->cmd_queued >= m->cfg->commands_queue_per_vm) {
+    if (vm->cmds.queued >= m->cfg->commands_queue_per_vm) {
         err->cls = QB_CMD_ERR_BUSY;
         snprintf(err->message, sizeof(err->message),
                  "VM '%s' already has %zu commands waiting (commands.queue_per_vm)", vm->name,
-                 vm->cmd_queued);
+                 vm->cmds.queued);
         return QB_EAGAIN;
     }
     c = calloc(1, sizeof(*c));
@@ -253,36 +246,46 @@ int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd
     c->received_usec = qb_publish_now_usec();
     c->done = done;
     c->done_arg = arg;
-    if (vm->cmd_tail)
-        vm->cmd_tail->next = c;
+    if (vm->cmds.tail)
+        vm->cmds.tail->next = c;
     else
-        vm->cmd_head = c;
-    vm->cmd_tail = c;
-    vm->cmd_queued++;
+        vm->cmds.head = c;
+    vm->cmds.tail = c;
+    vm->cmds.queued++;
     QB_LOG_INFO(vm->name, "command %s %s queued (from %s)", qb_cmd_name_str(cmd->name),
                 cmd->id ? cmd->id : "?", cmd->source ? cmd->source : "?");
     vm_cmd_run_next(vm);
-    qb_vm_apply_pause(vm);
+    m->hooks->settle(vm);
     return QB_OK;
 }
 
-void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm_name,
-                                  const json_t *result, const struct qb_command_origin *origin)
+void qb_vm_cmds_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const char *vm_name,
+                               const json_t *result, const struct qb_command_origin *origin,
+                               bool reply_only)
 {
-    struct qb_vm *vm = NULL;
-
-    if (vm_name)
-        HASH_FIND_STR(m->vms, vm_name, vm);
     mgr_publish_result(m, vm, vm_name, result, origin ? origin->transport : NULL,
                        origin ? origin->ack_token : 0, origin ? origin->reply_topic : NULL,
                        origin ? origin->correlation : NULL, origin ? origin->correlation_len : 0,
-                       ROUTE_STREAM);
+                       reply_only ? ROUTE_REPLY_ONLY : ROUTE_STREAM);
 }
 
-void qb_vm_manager_publish_reply(struct qb_vm_manager *m, const char *vm_name, const json_t *result,
-                                 const struct qb_command_origin *origin)
+void qb_vm_cmds_forget_transport(struct qb_vm *vm, const struct qb_transport *t)
 {
-    mgr_publish_result(m, NULL, vm_name, result, origin->transport, origin->ack_token,
-                       origin->reply_topic, origin->correlation, origin->correlation_len,
-                       ROUTE_REPLY_ONLY);
+    if (vm->cmds.running && vm->cmds.running->transport == t)
+        vm->cmds.running->transport = NULL;
+    for (struct qb_vm_cmd *c = vm->cmds.head; c; c = c->next)
+        if (c->transport == t)
+            c->transport = NULL;
+}
+
+void qb_vm_cmds_free(struct qb_vm *vm)
+{
+    while (vm->cmds.head) {
+        struct qb_vm_cmd *c = vm->cmds.head;
+
+        vm->cmds.head = c->next;
+        vm_cmd_free(c);
+    }
+    vm->cmds.tail = NULL;
+    vm->cmds.queued = 0;
 }

@@ -1,16 +1,15 @@
 /*
  * vm_manager.h - the set of VMs one bridge serves, and the per-VM pipeline.
  *
- * For each VM the manager owns one QMP session and decides when to
- * (re)connect: exponential back-off with full jitter between the configured
- * initial and maximum delays, reset after a successful handshake. On every
- * READY it runs query-status, query-block, query-block-jobs, query-colo-status,
- * query-name and query-uuid, publishes bridge.vm.connected (with the UUID)
- * when query-uuid answers, and the result as a qmp.vm.state snapshot before
- * any qmp.* event of that session, so a late consumer or a VM that was
- * already paused is never left guessing. When a session ends, the state is
- * published again with connected: false; when a VM is removed for good its
- * retained state is cleared (qb_vm_manager_remove).
+ * Each VM comes from a source (source.h: the QMP source connects to its
+ * socket with back-off, or takes QEMU's connection on qmp.listen). On every
+ * session it asks the source for the status, block devices, block jobs, COLO
+ * status, name and UUID, publishes bridge.vm.connected (with the UUID) when
+ * the UUID answers, and the result as a qmp.vm.state snapshot before any
+ * qmp.* event of that session, so a late consumer or a VM that was already
+ * paused is never left guessing. When a session ends, the state is published
+ * again with connected: false; when a VM is removed for good its retained
+ * state is cleared (qb_vm_manager_remove).
  *
  * Events are normalised in arrival order. When one needs a query to be
  * complete (STOP without a known reason), every later event of that VM waits
@@ -19,8 +18,8 @@
  * state, the updated qmp.vm.state goes to the transports' state channel
  * (retained / compacted) carrying the same sequence with id suffix ".state".
  *
- * While a transport with on_full: backpressure is near full, the manager stops
- * reading from the VMs' sockets, so nothing is dropped; QEMU holds the events.
+ * While a transport with on_full: backpressure is near full, the manager asks
+ * the sources to stop reading, so nothing is dropped; QEMU holds the events.
  */
 #ifndef QB_VM_MANAGER_H
 #define QB_VM_MANAGER_H
@@ -29,6 +28,7 @@
 #include "config.h"
 #include "outbox.h"
 #include "transport.h"
+#include "vm_types.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,15 +39,30 @@ struct qb_vm_manager;
 
 /*
  * Creates a manager. cfg and outbox (events, state and replies go there; the
- * manager takes its pressure callback) are borrowed and must outlive it. Static VMs are not added here:
- * call qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
+ * manager takes its pressure callback) are borrowed and must outlive it. It makes one instance
+ * of each source of qb_source_registry (source.h). Static VMs are not added here: call
+ * qb_vm_manager_add. Returns QB_OK with *out, or QB_ENOMEM.
  */
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out);
 
+struct qb_source_ops;
+
+/*
+ * Like qb_vm_manager_new, with the sources of sources (a NULL-terminated
+ * array of ops, borrowed, outliving the manager; at most 8) instead of
+ * qb_source_registry: for tests with a scripted source, and an owner that
+ * chooses its sources.
+ */
+int qb_vm_manager_new_with_sources(uv_loop_t *loop, const struct qb_config *cfg,
+                                   struct qb_outbox *outbox,
+                                   const struct qb_source_ops *const *sources,
+                                   struct qb_vm_manager **out);
+
 /*
  * Adds a VM and starts connecting to address ("unix:/path" or
- * "tcp:host:port"). name and address are copied. Returns QB_OK, QB_EEXIST
+ * "tcp:host:port": the first source whose ops->open knows the address takes
+ * it). name and address are copied. Returns QB_OK, QB_EEXIST
  * when a VM of that name exists, QB_EINVAL for a bad address, QB_ENOMEM.
  */
 int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *address);
@@ -87,21 +102,7 @@ void qb_vm_manager_set_room_cb(struct qb_vm_manager *m, void (*cb)(void *arg, bo
  */
 int qb_vm_manager_remove(struct qb_vm_manager *m, const char *name, const char *why);
 
-/*
- * Where a command came from and where its answer goes. The manager copies
- * what it keeps; the transport must outlive the manager.
- */
-struct qb_command_origin {
-    struct qb_transport *transport;
-    uint64_t ack_token;
-    const char *reply_topic; /* may be NULL */
-    const void *correlation; /* may be NULL */
-    size_t correlation_len;
-};
-
-/* A queued command finished: result (borrowed) has been published. cmd is borrowed. */
-typedef void (*qb_vm_command_done_cb)(void *arg, const struct qb_command *cmd,
-                                      const json_t *result);
+/* struct qb_command_origin and qb_vm_command_done_cb: vm_types.h */
 
 /*
  * Queues cmd for its VM (cmd->subject). Commands of one VM run one at a time,
@@ -166,21 +167,19 @@ void qb_vm_manager_foreach(const struct qb_vm_manager *m,
                            void (*cb)(void *arg, const struct qb_vm_info *info), void *arg);
 
 /*
- * Counters since start, keyed by text: events published by type
- * (QB_VM_COUNT_EVENTS, key2 NULL) and command results by command name and
- * status (QB_VM_COUNT_COMMANDS). Keys are borrowed for the callback.
+ * Calls cb for every counter of kind which (enum qb_vm_count, vm_types.h).
+ * Keys are borrowed for the callback.
  */
-enum qb_vm_count { QB_VM_COUNT_EVENTS, QB_VM_COUNT_COMMANDS };
 void qb_vm_manager_foreach_count(const struct qb_vm_manager *m, enum qb_vm_count which,
                                  void (*cb)(void *arg, const char *key, const char *key2,
                                             uint64_t n),
                                  void *arg);
 
 struct qb_vm_manager_stats {
-    uint64_t reconnects;     /* sessions lost after they were ready, all VMs */
-    uint64_t connect_failed; /* connect attempts that never reached ready */
-    uint64_t connecting;     /* VMs holding a connect slot now */
-    uint64_t slot_waiting;   /* VMs waiting for one */
+    uint64_t reconnects;       /* sessions lost after they were ready, all VMs */
+    uint64_t connect_failed;   /* connect attempts that never reached ready */
+    uint64_t connecting;       /* VMs holding a connect slot now */
+    uint64_t slot_waiting;     /* VMs waiting for one */
     uint64_t held_over_events; /* sessions closed: more than qmp.max_held_events held back */
     uint64_t held_over_bytes;  /* sessions closed: more than qmp.max_held_bytes held back */
     uint64_t listen_refused;   /* listen connections refused: qmp.listen_max_vms entries exist */

@@ -19,8 +19,10 @@
  * case) gets its copy in the same turn, microseconds later.
  *
  * The handle runs only while a copy is pending, so idle VMs cost nothing.
+ * What a copy contains is vm_publish.c's: it is sent through the callback
+ * given at creation, so this file knows nothing above it.
  */
-#include "vm_manager_internal.h"
+#include "vm_state_copies.h"
 
 #include "error.h"
 #include "log.h"
@@ -35,13 +37,15 @@ struct qb_vm_state_copy {
 
 struct qb_vm_state_copies {
     uv_check_t check;
+    qb_vm_copy_publish_cb publish;
     struct qb_vm_state_copy *pending; /* in the order the VMs first changed this turn */
     size_t n, cap;
 };
 
 static void copies_on_check(uv_check_t *h);
 
-int qb_vm_state_copies_new(uv_loop_t *loop, struct qb_vm_state_copies **out)
+int qb_vm_state_copies_new(uv_loop_t *loop, qb_vm_copy_publish_cb publish,
+                           struct qb_vm_state_copies **out)
 {
     struct qb_vm_state_copies *c = calloc(1, sizeof(*c));
 
@@ -50,6 +54,7 @@ int qb_vm_state_copies_new(uv_loop_t *loop, struct qb_vm_state_copies **out)
         return QB_ENOMEM;
     uv_check_init(loop, &c->check); /* cannot fail */
     c->check.data = c;
+    c->publish = publish;
     *out = c;
     return QB_OK;
 }
@@ -68,20 +73,16 @@ void qb_vm_state_copies_close(struct qb_vm_state_copies *c)
         return;
     for (size_t i = 0; i < c->n; i++) {
         if (c->pending[i].vm)
-            c->pending[i].vm->state_copy_slot = 0;
+            c->pending[i].vm->copy.slot = 0;
     }
     c->n = 0;
     uv_close((uv_handle_t *)&c->check, copies_on_close);
 }
 
 /* Publishes vm's pending copy (entry e, taken off the list by the caller). */
-static void copies_publish(const struct qb_vm_state_copy *e)
+static void copies_publish(const struct qb_vm_state_copies *c, const struct qb_vm_state_copy *e)
 {
-    struct qb_vm *vm = e->vm;
-
-    if (vm->state)
-        qb_vm_publish_state(vm, QB_MSG_STATE, qb_stream_sequence(vm->stream), ".state", e->ts_sec,
-                            e->ts_usec);
+    c->publish(e->vm, e->ts_sec, e->ts_usec);
 }
 
 static void copies_on_check(uv_check_t *h)
@@ -98,15 +99,15 @@ static void copies_on_check(uv_check_t *h)
 
         if (!e.vm)
             continue;
-        e.vm->state_copy_slot = 0;
+        e.vm->copy.slot = 0;
         c->pending[i].vm = NULL;
-        copies_publish(&e);
+        copies_publish(c, &e);
     }
     if (c->n > n) {
         for (size_t i = n; i < c->n; i++) {
             c->pending[i - n] = c->pending[i];
             if (c->pending[i - n].vm)
-                c->pending[i - n].vm->state_copy_slot = (uint32_t)(i - n + 1);
+                c->pending[i - n].vm->copy.slot = (uint32_t)(i - n + 1);
         }
     }
     c->n -= n;
@@ -119,8 +120,8 @@ void qb_vm_state_copy_mark(struct qb_vm *vm, int64_t ts_sec, int32_t ts_usec)
     struct qb_vm_state_copies *c = vm->mgr->state_copies;
     struct qb_vm_state_copy *e;
 
-    if (vm->state_copy_slot) {
-        e = &c->pending[vm->state_copy_slot - 1];
+    if (vm->copy.slot) {
+        e = &c->pending[vm->copy.slot - 1];
     } else {
         if (c->n == c->cap) {
             size_t cap = c->cap ? c->cap * 2 : 64;
@@ -131,7 +132,7 @@ void qb_vm_state_copy_mark(struct qb_vm *vm, int64_t ts_sec, int32_t ts_usec)
                 struct qb_vm_state_copy now = {vm, ts_sec, ts_usec};
 
                 QB_LOG_WARN(vm->name, "out of memory deferring the state copy: sent at once");
-                copies_publish(&now);
+                copies_publish(c, &now);
                 return;
             }
             c->pending = grown;
@@ -139,7 +140,7 @@ void qb_vm_state_copy_mark(struct qb_vm *vm, int64_t ts_sec, int32_t ts_usec)
         }
         e = &c->pending[c->n++];
         e->vm = vm;
-        vm->state_copy_slot = (uint32_t)c->n;
+        vm->copy.slot = (uint32_t)c->n;
         uv_check_start(&c->check, copies_on_check); /* no-op when already started */
     }
     e->ts_sec = ts_sec;
@@ -151,11 +152,11 @@ void qb_vm_state_copy_flush(struct qb_vm *vm)
     struct qb_vm_state_copies *c = vm->mgr->state_copies;
     struct qb_vm_state_copy e;
 
-    if (!vm->state_copy_slot)
+    if (!vm->copy.slot)
         return;
     /* the list keeps a hole: the check handle skips it */
-    e = c->pending[vm->state_copy_slot - 1];
-    c->pending[vm->state_copy_slot - 1].vm = NULL;
-    vm->state_copy_slot = 0;
-    copies_publish(&e);
+    e = c->pending[vm->copy.slot - 1];
+    c->pending[vm->copy.slot - 1].vm = NULL;
+    vm->copy.slot = 0;
+    copies_publish(c, &e);
 }
