@@ -3,7 +3,7 @@
  *
  * Written by this module rather than by json_dumps so that the rules are
  * ours, exact and the same as what a Python or JavaScript signer produces
- * (README, "Signing"; test vectors in tests/unit/data/signing-vectors.json):
+ * (docs/commands-and-security.md, "Signing"; test vectors in tests/unit/data/signing-vectors.json):
  *   - the command object without its top-level "signature" member;
  *   - UTF-8, no whitespace anywhere;
  *   - object members sorted by key, comparing the UTF-8 bytes (= code points);

@@ -18,7 +18,7 @@
  * neither bounded nor parked: the reply is behind whatever QEMU sent before
  * it, and every turn it waits also keeps a connect slot or a command waiting.
  *
- * One per loop, owned by the VM manager; sessions point to it through
+ * One per loop, owned by the QMP source (source_qmp.c); sessions point to it through
  * struct qb_qmp_options. Nothing runs while nothing is parked.
  */
 #ifndef QB_FAIR_READS_H

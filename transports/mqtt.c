@@ -399,7 +399,7 @@ static const char *mosq_err_text(int rc)
  * MQTT 5 subscribes with Retain As Published: otherwise the broker clears the
  * retain flag on a retained command it forwards to this live subscription (or
  * queued for this session), and on_message could not tell it from any other.
- * MQTT 3.1.1 has no such option (README, Commands).
+ * MQTT 3.1.1 has no such option (docs/commands-and-security.md).
  */
 static void subscribe_level(struct mqtt_backend *b, size_t levels)
 {

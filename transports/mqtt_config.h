@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 enum qb_mqtt_protocol { QB_MQTT_V5 = 5, QB_MQTT_V311 = 4 };
-/* What the MQTT broker is (broker:); rabbitmq: see README, RabbitMQ. */
+/* What the MQTT broker is (broker:); rabbitmq: see docs/operations.md, RabbitMQ. */
 enum qb_mqtt_broker { QB_MQTT_BROKER_GENERIC = 0, QB_MQTT_BROKER_RABBITMQ = 1 };
 
 struct qb_mqtt_config {
