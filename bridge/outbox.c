@@ -398,7 +398,7 @@ static void ob_on_progress(void *arg, uint64_t done_below)
 {
     struct ob_lane *l = arg;
 
-    if (done_below > l->confirmed_below) {
+    if (l->o->spool && done_below > l->confirmed_below) {
         l->confirmed_below = done_below;
         l->o->dirty = true;
         ob_arm_timer(l->o);
@@ -449,7 +449,7 @@ static bool ob_busy(const struct qb_outbox *o)
 {
     if (o->held_n || o->dirty || o->drops)
         return true;
-    for (size_t i = 0; i < o->n_lanes; i++)
+    for (size_t i = 0; o->spool && i < o->n_lanes; i++)
         if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             return true;
     return false;
@@ -469,7 +469,7 @@ static void ob_tick(uv_timer_t *timer)
     uint64_t lagging = 0;
 
     ob_retry_held(o);
-    for (size_t i = 0; i < o->n_lanes; i++) {
+    for (size_t i = 0; o->spool && i < o->n_lanes; i++) {
         ob_feed(o->lanes[i]);
         if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             lagging++;

@@ -3,8 +3,9 @@
  * bounded, ordered queue in front of one backend.
  *
  * Every accepted message is copied into one allocation (qb_message_copy:
- * struct, strings and payload together) and appended to a doubly-linked FIFO. A cursor points at
- * the first message not handed to the backend; pumping walks it forward, so
+ * struct, strings and payload together) and appended to a doubly-linked
+ * FIFO. A cursor points at the first message not handed to the backend;
+ * pumping walks it forward, so
  * publishing costs O(1) per message. A message leaves the queue only when the
  * backend confirms it; confirmations may come in any order (MQTT QoS 1 acks),
  * hence the doubly-linked list. A failed delivery moves the cursor back to the
@@ -298,10 +299,11 @@ static void log_drop(struct qb_transport *t, const struct qb_message *msg)
 /* The message is done without being queued: with nothing spooled waiting, so is its record. */
 static int taken(struct qb_transport *t, const struct qb_message *msg)
 {
+    if (!msg->spool_id)
+        return QB_OK;
     if (msg->spool_id >= t->spool_seen)
         t->spool_seen = msg->spool_id + 1;
-    if (msg->spool_id)
-        report_progress(t);
+    report_progress(t);
     return QB_OK;
 }
 
