@@ -32,8 +32,8 @@ echo "== tests: daemon-starting integration tests once more, under valgrind memc
 echo "== fuzzing (libFuzzer + ASan/UBSan, ${QB_FUZZ_SECONDS:-45} s per harness) =="
 tests/fuzz/run-fuzzers.sh "${QB_FUZZ_SECONDS:-45}" || status=1
 # The end-to-end scenarios (`cmake --build build-rel --target bench`, ~5 minutes) are the
-# README's benchmark command; ctest above ran their smoke version. Here: the hot path's
-# per-event cost against jansson parse-only, a few seconds.
+# benchmark command of docs/benchmarks.md; ctest above ran their smoke version. Here: the hot
+# path's per-event cost against jansson parse-only, a few seconds.
 echo "== benchmark: hot path vs jansson parse-only (Release build; figures only) =="
 build-rel/tests/bench_pipeline -n 300000 -o build-rel/bench-pipeline.json || status=1
 exit $status

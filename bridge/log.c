@@ -41,8 +41,13 @@ void qb_log_set_level(enum qb_log_level level)
 void qb_log_set_format(enum qb_log_format format)
 {
     if (format == QB_LOG_FORMAT_AUTO)
-        format = qb_log_stderr_is_journal() ? QB_LOG_FORMAT_JOURNAL : QB_LOG_FORMAT_TEXT;
+        format = qb_log_journal_is_stderr() ? QB_LOG_FORMAT_JOURNAL : QB_LOG_FORMAT_TEXT;
     log_format = format;
+}
+
+bool qb_log_stderr_is_journal(void)
+{
+    return qb_log_journal_is_stderr();
 }
 
 enum qb_log_format qb_log_get_format(void)
@@ -247,8 +252,7 @@ static void log_time(char *out, size_t outlen)
 static void text_write(const struct qb_log_line *line)
 {
     if (line->vm)
-        fprintf(stderr, "%s %-5s [%s] %s\n", line->time, line->level_name, line->vm,
-                line->message);
+        fprintf(stderr, "%s %-5s [%s] %s\n", line->time, line->level_name, line->vm, line->message);
     else
         fprintf(stderr, "%s %-5s %s\n", line->time, line->level_name, line->message);
 }

@@ -28,15 +28,10 @@
 #ifndef QB_LOG_H
 #define QB_LOG_H
 
+#include "log_level.h"
+
 #include <stdbool.h>
 #include <stddef.h>
-
-enum qb_log_level {
-    QB_LOG_ERROR = 0,
-    QB_LOG_WARN = 1,
-    QB_LOG_INFO = 2,
-    QB_LOG_DEBUG = 3,
-};
 
 enum qb_log_format {
     QB_LOG_FORMAT_AUTO = 0,
@@ -92,9 +87,6 @@ size_t qb_log_escape(char *out, size_t outlen, const char *text);
  */
 const char *qb_log_transport_begin(const char *name);
 void qb_log_transport_end(const char *previous);
-
-/* Longest command id a line carries; longer ones are cut (ids are at most 128 bytes). */
-#define QB_LOG_COMMAND_ID_MAX 128
 
 /* What a command scope replaced, kept by its caller until the scope ends. */
 struct qb_log_command_scope {

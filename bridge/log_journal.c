@@ -12,6 +12,7 @@
 #include "log_line.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,7 +41,7 @@ static bool parse_number(const char *s, char stop, unsigned long long *out, cons
     return true;
 }
 
-bool qb_log_stderr_is_journal(void)
+bool qb_log_journal_is_stderr(void)
 {
     const char *stream = getenv("JOURNAL_STREAM"), *p;
     unsigned long long dev, ino;

@@ -10,8 +10,9 @@
 #ifndef QB_LOG_LINE_H
 #define QB_LOG_LINE_H
 
-#include "log.h"
+#include "log_level.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct qb_log_line {
@@ -27,6 +28,9 @@ struct qb_log_line {
 
 /* One JSON object and a newline on stderr, in one write. */
 void qb_log_json_write(const struct qb_log_line *line);
+
+/* qb_log_stderr_is_journal (log.h), answered by the journal writer, which knows how. */
+bool qb_log_journal_is_stderr(void);
 
 /* Sends the line to the journal; QB_OK, or QB_EIO when the journal did not take it. */
 int qb_log_journal_write(const struct qb_log_line *line);

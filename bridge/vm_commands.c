@@ -12,10 +12,10 @@
 
 #include "command.h"
 #include "command_exec.h"
-#include "envelope.h"
 #include "error.h"
 #include "log.h"
 #include "prom.h"
+#include "publish.h"
 #include "qmp_client.h"
 #include "transport.h"
 #include "vm_state.h"
@@ -51,65 +51,27 @@ enum result_route {
 /*
  * Publishes a bridge.command.result (borrowed): on vm's stream when vm is not
  * NULL and route is ROUTE_STREAM, as a reply on transport t when t is not
- * NULL, then acks the inbound message. An envelope that is on no VM's stream
- * takes the bridge's own numbering, so its id is unique too.
+ * NULL, then acks the inbound message. The door numbers an envelope that is
+ * on no VM's stream by the bridge, so its id is unique too.
  */
 static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const char *vm_name,
                                const json_t *result, struct qb_transport *t, uint64_t ack,
                                const char *reply_topic, const void *corr, size_t corr_len,
                                enum result_route route)
 {
-    const char *name = vm ? vm->name : (vm_name && qb_vm_name_valid(vm_name) ? vm_name : "unknown");
-    bool on_stream = vm && route == ROUTE_STREAM;
-    uint64_t epoch = on_stream ? vm->epoch : m->bridge_epoch;
-    uint64_t seq = on_stream ? ++vm->seq : ++m->bridge_seq;
-    struct qb_envelope_in in = {
-        .vm = name,
-        .type = "bridge.command.result",
-        .epoch = epoch,
-        .sequence = seq,
-        .ts_sec = QB_ENVELOPE_TIME_NOW,
-        .data = result,
-    };
-    char id[96], *key = NULL, *payload = NULL;
-    size_t len = 0;
+    struct qb_publish_reply reply = {t, reply_topic, corr, corr_len};
+    struct qb_stream *s = vm && route == ROUTE_STREAM ? vm->stream : NULL;
 
-    if (asprintf(&key, "%s/%s", m->cfg->bridge_id, name) < 0)
-        key = NULL;
-    if (key && qb_envelope_build(&m->env, &in, &payload, &len) == QB_OK) {
-        struct qb_message msg = {
-            .kind = QB_MSG_EVENT,
-            .vm = name,
-            .type = in.type,
-            .id = id,
-            .key = key,
-            .sequence = seq,
-            .epoch = epoch,
-            .payload = payload,
-            .len = len,
-        };
-        qb_envelope_format_id(epoch, seq, NULL, id, sizeof(id));
-        if (on_stream)
-            qb_vm_mgr_send(m, NULL, &msg);
-        if (t) {
-            msg.kind = QB_MSG_REPLY;
-            msg.reply_topic = reply_topic;
-            msg.correlation = corr;
-            msg.correlation_len = corr_len;
-            qb_vm_mgr_send(m, t, &msg);
-        }
-        if (route == ROUTE_STREAM) {
-            qb_vm_mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
-                            json_str_or(result, "status", "?"));
-            QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
-                        json_str_or(result, "command_id", "?"),
+    if (qb_publish_result(m->pub, s, vm ? vm->name : vm_name, result, &reply) == QB_OK &&
+        route == ROUTE_STREAM) {
+        const char *name =
+            vm ? vm->name : (vm_name && qb_stream_name_valid(vm_name) ? vm_name : "unknown");
+
+        qb_vm_mgr_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
                         json_str_or(result, "status", "?"));
-        }
-    } else {
-        QB_LOG_ERR(name, "cannot build the command result envelope: out of memory");
+        QB_LOG_INFO(name, "command %s %s: %s", json_str_or(result, "command", "?"),
+                    json_str_or(result, "command_id", "?"), json_str_or(result, "status", "?"));
     }
-    free(key);
-    free(payload);
     if (t)
         qb_transport_ack(t, ack);
 }
@@ -117,7 +79,7 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
 /* The running (or just dequeued) command c is over: publish, report, free. result is stolen. */
 static void vm_cmd_complete(struct qb_vm *vm, struct qb_vm_cmd *c, json_t *result)
 {
-    uint64_t now = qb_vm_wall_clock_usec();
+    uint64_t now = qb_publish_now_usec();
     struct qb_log_command_scope scope;
 
     qb_log_command_begin(&scope, c->cmd->id);
@@ -288,7 +250,7 @@ int qb_vm_manager_submit_command(struct qb_vm_manager *m, struct qb_command *cmd
     c->transport = origin->transport;
     c->ack_token = origin->ack_token;
     c->deadline = uv_now(m->loop) + m->cfg->commands_timeout_ms;
-    c->received_usec = qb_vm_wall_clock_usec();
+    c->received_usec = qb_publish_now_usec();
     c->done = done;
     c->done_arg = arg;
     if (vm->cmd_tail)
@@ -317,8 +279,8 @@ void qb_vm_manager_publish_result(struct qb_vm_manager *m, const char *vm_name,
                        ROUTE_STREAM);
 }
 
-void qb_vm_manager_publish_reply(struct qb_vm_manager *m, const char *vm_name,
-                                 const json_t *result, const struct qb_command_origin *origin)
+void qb_vm_manager_publish_reply(struct qb_vm_manager *m, const char *vm_name, const json_t *result,
+                                 const struct qb_command_origin *origin)
 {
     mgr_publish_result(m, NULL, vm_name, result, origin->transport, origin->ack_token,
                        origin->reply_topic, origin->correlation, origin->correlation_len,

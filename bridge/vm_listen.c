@@ -75,7 +75,7 @@ static int nc_pick_name(struct qb_vm_newcomer *nc, int status, const json_t *rep
     FILE *f;
 
     if (cfg->qmp_listen_name == QB_LISTEN_NAME_QUERY && qname && *qname) {
-        if (qb_vm_name_valid(qname)) {
+        if (qb_stream_name_valid(qname)) {
             snprintf(name, 65, "%s", qname);
             return QB_OK;
         }

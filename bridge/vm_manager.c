@@ -27,6 +27,7 @@
 #include "normalize.h"
 #include "outbox.h"
 #include "prom.h"
+#include "publish.h"
 #include "qmp_client.h"
 #include "vm_state.h"
 
@@ -49,14 +50,6 @@ struct qb_count {
     uint64_t n;
     UT_hash_handle hh;
 };
-
-uint64_t qb_vm_wall_clock_usec(void)
-{
-    struct timeval tv;
-
-    gettimeofday(&tv, NULL);
-    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
-}
 
 /*
  * Adds one to the counter (which, key, key2) and returns its interned key
@@ -300,6 +293,7 @@ static void mgr_finish(struct qb_vm_manager *m)
     qb_fair_reads_close(m->qmp_opts.fair);  /* every session is gone: nothing is parked */
     qb_vm_state_cache_free(m->state_cache); /* every holder is gone with its VM */
     qb_vm_state_copies_close(m->state_copies);
+    qb_publisher_free(m->pub); /* every stream went with its VM */
     free(m);
     if (done)
         done(arg);
@@ -313,10 +307,7 @@ static void mgr_finish(struct qb_vm_manager *m)
  */
 static void vm_clear_retained(struct qb_vm *vm)
 {
-    struct qb_vm *live = NULL;
-
-    HASH_FIND_STR(vm->mgr->vms, vm->name, live);
-    if (live) {
+    if (qb_stream_superseded(vm->stream)) {
         QB_LOG_DEBUG(vm->name, "retained state not cleared: the VM is back with a new entry");
         qb_vm_state_copy_flush(vm);
         return;
@@ -350,7 +341,7 @@ static void vm_free_now(struct qb_vm *vm)
     free(vm->identity);
     free(vm->name);
     free(vm->address);
-    free(vm->key);
+    qb_stream_free(vm->stream);
     free(vm);
     if (--m->n_alive == 0 && m->closing)
         mgr_finish(m);
@@ -385,15 +376,6 @@ void qb_vm_maybe_free(struct qb_vm *vm)
         vm_free_now(vm);
 }
 
-bool qb_vm_name_valid(const char *name)
-{
-    size_t n = strlen(name);
-
-    if (n == 0 || n > 64)
-        return false;
-    return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
-}
-
 int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_outbox *outbox,
                       struct qb_vm_manager **out)
 {
@@ -403,8 +385,10 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
     if (!m)
         return QB_ENOMEM;
     m->state_cache = qb_vm_state_cache_new(QB_VM_STATE_TREES_MAX);
-    if (!m->state_cache || qb_vm_state_copies_new(loop, &m->state_copies) < 0 ||
+    if (!m->state_cache || qb_publisher_new(cfg, outbox, &m->pub) < 0 ||
+        qb_vm_state_copies_new(loop, &m->state_copies) < 0 ||
         qb_fair_reads_new(loop, &m->qmp_opts.fair) < 0) {
+        qb_publisher_free(m->pub);
         qb_vm_state_cache_free(m->state_cache);
         qb_vm_state_copies_close(m->state_copies);
         free(m);
@@ -414,12 +398,9 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
     m->cfg = cfg;
     m->outbox = outbox;
     qb_histogram_init_latency(&m->cmd_latency);
-    m->env.bridge_id = cfg->bridge_id;
-    m->env.schema_base_uri = cfg->schema_base_uri;
     m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
     m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;
-    m->rng = qb_vm_wall_clock_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
-    m->bridge_epoch = qb_vm_wall_clock_usec();
+    m->rng = qb_publish_now_usec() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
     qb_outbox_set_pressure_cb(outbox, mgr_on_pressure, m);
     m->pressure = qb_outbox_under_pressure(outbox);
     *out = m;
@@ -434,7 +415,6 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
 int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address, struct qb_vm **out)
 {
     struct qb_vm *vm;
-    struct qb_seq_memo *memo;
     int rc;
 
     vm = calloc(1, sizeof(*vm));
@@ -446,10 +426,11 @@ int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
     vm->norm = qb_norm_vm_new();
     if (vm->norm && vm->name)
         qb_norm_vm_set_name(vm->norm, vm->name); /* "[vm1] normalize: ..." in its log lines */
-    if (vm->name && asprintf(&vm->key, "%s/%s", m->cfg->bridge_id, name) < 0)
-        vm->key = NULL;
     rc = QB_ENOMEM;
-    if (!vm->name || !vm->address || !vm->norm || !vm->key)
+    if (!vm->name || !vm->address || !vm->norm)
+        goto fail;
+    rc = qb_stream_open(m->pub, name, &vm->stream);
+    if (rc < 0)
         goto fail;
     rc = qb_qmp_client_new(m->loop, name, &m->qmp_opts, &qb_vm_qmp_callbacks, vm, &vm->qmp);
     if (rc < 0)
@@ -457,22 +438,6 @@ int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
     uv_timer_init(m->loop, &vm->reconnect_timer);
     vm->reconnect_timer.data = vm;
 
-    HASH_FIND_STR(m->memos, name, memo);
-    if (memo) {
-        vm->epoch = memo->epoch;
-        vm->seq = memo->seq;
-        HASH_DEL(m->memos, memo);
-        free(memo->name);
-        free(memo);
-    } else if (qb_outbox_recall_sequence(m->outbox, name, &vm->epoch, &vm->seq)) {
-        QB_LOG_INFO(vm->name, "continuing the spooled numbering at sequence %llu",
-                    (unsigned long long)vm->seq + 1);
-    } else {
-        vm->epoch = qb_vm_wall_clock_usec();
-        /* never the bridge's own epoch: its envelopes for no VM must not share an id */
-        if (vm->epoch <= m->bridge_epoch)
-            vm->epoch = m->bridge_epoch + 1;
-    }
     HASH_ADD_KEYPTR(hh, m->vms, vm->name, strlen(vm->name), vm);
     m->n_alive++;
     QB_LOG_INFO(vm->name, "added, QMP at %s", address);
@@ -480,10 +445,10 @@ int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
     return QB_OK;
 
 fail:
+    qb_stream_free(vm->stream);
     qb_norm_vm_free(vm->norm);
     free(vm->name);
     free(vm->address);
-    free(vm->key);
     free(vm);
     return rc;
 }
@@ -496,7 +461,7 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
 
     if (m->closing)
         return QB_ECLOSED;
-    if (!qb_vm_name_valid(name))
+    if (!qb_stream_name_valid(name))
         return QB_EINVAL;
     if (qb_address_parse(address, QB_ADDRESS_QMP, &addr) != QB_OK)
         return QB_EINVAL;
@@ -507,20 +472,6 @@ int qb_vm_manager_add(struct qb_vm_manager *m, const char *name, const char *add
     if (rc == QB_OK)
         qb_vm_connect(vm);
     return rc;
-}
-
-/* Remembers a VM's numbering so a VM of the same name continues it. */
-static void mgr_remember_seq(struct qb_vm_manager *m, const struct qb_vm *vm)
-{
-    struct qb_seq_memo *memo = calloc(1, sizeof(*memo));
-
-    if (!memo || !(memo->name = strdup(vm->name))) {
-        free(memo);
-        return; /* the next epoch still keeps ids unique; only the count restarts */
-    }
-    memo->epoch = vm->epoch;
-    memo->seq = vm->seq;
-    HASH_ADD_KEYPTR(hh, m->memos, memo->name, strlen(memo->name), memo);
 }
 
 /*
@@ -535,8 +486,7 @@ static void vm_begin_removal(struct qb_vm *vm, const char *why, bool remember, b
     vm->clear_on_free = clear;
     if (vm->listen)
         m->n_listen--;
-    if (!m->closing && remember)
-        mgr_remember_seq(m, vm);
+    qb_stream_retire(vm->stream, remember && !m->closing);
     vm->removing = true;
     qb_vm_slot_unqueue(vm);
     uv_timer_stop(&vm->reconnect_timer);
@@ -610,7 +560,7 @@ void qb_vm_manager_foreach(const struct qb_vm_manager *m,
                              : NULL,
             .last_event = vm->last_event,
             .last_event_usec = vm->last_event_usec,
-            .sequence = vm->seq,
+            .sequence = qb_stream_sequence(vm->stream),
             .reconnects = vm->reconnects,
         };
         cb(arg, &info);
@@ -669,7 +619,6 @@ static void mgr_finish_async(uv_handle_t *h)
 void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void *arg)
 {
     struct qb_vm *vm, *tmp;
-    struct qb_seq_memo *memo, *mtmp;
 
     m->closing = true;
     m->done = done;
@@ -677,12 +626,7 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
     qb_outbox_set_pressure_cb(m->outbox, NULL, NULL);
     m->room_cb = NULL;
     qb_vm_listen_drop_all(m); /* not named yet: nothing was published for them */
-    HASH_ITER(hh, m->memos, memo, mtmp)
-    {
-        HASH_DEL(m->memos, memo);
-        free(memo->name);
-        free(memo);
-    }
+    qb_publisher_closing(m->pub);
     if (m->n_alive == 0) {
         /* Nothing to wait for, but done must still come from the loop, not from here. */
         uv_idle_t *idle = malloc(sizeof(*idle));
@@ -704,8 +648,7 @@ void qb_vm_manager_close(struct qb_vm_manager *m, void (*done)(void *arg), void 
 void qb_vm_manager_set_config(struct qb_vm_manager *m, const struct qb_config *cfg)
 {
     m->cfg = cfg;
-    m->env.bridge_id = cfg->bridge_id;
-    m->env.schema_base_uri = cfg->schema_base_uri;
+    qb_publisher_set_config(m->pub, cfg);
     /* sessions copy these when they are created: they apply to VMs added from now on */
     m->qmp_opts.max_line_bytes = cfg->qmp_max_line_bytes;
     m->qmp_opts.connect_timeout_ms = cfg->qmp_connect_timeout_ms;

@@ -20,6 +20,7 @@
 #include "held_events.h"
 #include "normalize.h"
 #include "prom.h"
+#include "publish.h"
 #include "qmp_client.h"
 #include "vm_manager.h"
 
@@ -73,21 +74,19 @@ struct qb_vm {
     struct qb_vm_manager *mgr;
     char *name;
     char *address;
-    char *key; /* "<bridge>/<vm>" */
     struct qb_qmp_client *qmp;
     struct qb_norm_vm *norm;
     struct qb_vm_state
         *state; /* latest qmp.vm.state (compact text); NULL before the first snapshot */
 
-    uint64_t epoch;
-    uint64_t seq;
+    struct qb_stream *stream; /* its numbering and where it publishes (publish.h) */
 
     uv_timer_t reconnect_timer;
-    uint32_t attempts; /* failed connects since the last stable session */
-    uint64_t ready_at; /* uv_now when READY was reached, 0 when not ready */
-    bool was_ready;    /* this session reached READY: its bridge.vm.connected is due or out */
+    uint32_t attempts;      /* failed connects since the last stable session */
+    uint64_t ready_at;      /* uv_now when READY was reached, 0 when not ready */
+    bool was_ready;         /* this session reached READY: its bridge.vm.connected is due or out */
     json_t *connected_data; /* that bridge.vm.connected, held until query-uuid answers */
-    bool read_paused;  /* reading stopped for back-pressure */
+    bool read_paused;       /* reading stopped for back-pressure */
     bool removing;
     bool clear_on_free; /* removed for good: its retained state is cleared when it is freed */
     bool timer_closed;
@@ -107,7 +106,7 @@ struct qb_vm {
     bool resyncing;
     json_t *resync_replies[QB_VMQ_COUNT];
     unsigned resync_left;
-    struct qb_norm_event pending; /* pending.type != NULL: waiting for a query */
+    struct qb_norm_event pending;  /* pending.type != NULL: waiting for a query */
     struct qb_held_events backlog; /* bounded by qmp.max_held_events and max_held_bytes */
     bool draining;
     bool held_over; /* this session was closed for holding too much: no stable-session reset */
@@ -121,31 +120,19 @@ struct qb_vm {
     UT_hash_handle hh;
 };
 
-/* Sequence counters of VMs that were removed, so a returning name keeps counting. */
-struct qb_seq_memo {
-    char *name;
-    uint64_t epoch;
-    uint64_t seq;
-    UT_hash_handle hh;
-};
-
 struct qb_vm_manager {
     uv_loop_t *loop;
     const struct qb_config *cfg;
     struct qb_outbox *outbox;
-    struct qb_envelope_ctx env;
+    struct qb_publisher *pub; /* owned: numbering, envelopes, messages */
     struct qb_qmp_options qmp_opts;
     struct qb_vm *vms;
     size_t slots_since_trim; /* connect slots given back since the heap was last trimmed */
     struct qb_vm_state_cache *state_cache;   /* owned: the VMs' parsed states (vm_state.h) */
     struct qb_vm_state_copies *state_copies; /* owned: state copies due this turn */
-    struct qb_seq_memo *memos;
     struct qb_count *counts;
     struct qb_vm_manager_stats stats;
     struct qb_histogram cmd_latency;
-    /* Numbering of envelopes that belong to no VM's stream (results for an unknown VM,
-       replies to unauthenticated messages): ids "<bridge_epoch hex>-<bridge_seq>". */
-    uint64_t bridge_epoch, bridge_seq;
     uint64_t rng;
     bool pressure;                       /* the outbox wants QMP reading paused */
     size_t n_connecting;                 /* VMs holding a connect slot */
@@ -166,16 +153,10 @@ struct qb_vm_manager {
 /* The session callbacks of a VM entry (a newcomer's session is handed over with these). */
 extern const struct qb_qmp_callbacks qb_vm_qmp_callbacks;
 
-/* Wall-clock time in microseconds since the epoch. */
-uint64_t qb_vm_wall_clock_usec(void);
-
 /* Counts one (which, key, key2); returns the interned key (borrowed, lives as long as m) or NULL.
  */
 const char *qb_vm_mgr_count(struct qb_vm_manager *m, enum qb_vm_count which, const char *key,
                             const char *key2);
-
-/* True when name is 1 to 64 characters of [A-Za-z0-9._-]. */
-bool qb_vm_name_valid(const char *name);
 
 /* Creates the IDLE entry of VM name (valid, not taken); address is copied, *out is borrowed. */
 int qb_vm_create(struct qb_vm_manager *m, const char *name, const char *address,
@@ -208,10 +189,6 @@ void qb_vm_reconnect_timer_cb(uv_timer_t *t);
 void qb_vm_apply_pause(struct qb_vm *vm);
 
 /* ---- vm_publish.c -------------------------------------------------------- */
-
-/* Sends a built message through the outbox, or to transport only when not NULL (msg borrowed). */
-void qb_vm_mgr_send(struct qb_vm_manager *m, struct qb_transport *only,
-                    const struct qb_message *msg);
 
 /* Publishes the VM's held state text as kind (STATE or EVENT) with sequence seq. */
 void qb_vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t seq,

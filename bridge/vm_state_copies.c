@@ -80,7 +80,8 @@ static void copies_publish(const struct qb_vm_state_copy *e)
     struct qb_vm *vm = e->vm;
 
     if (vm->state)
-        qb_vm_publish_state(vm, QB_MSG_STATE, vm->seq, ".state", e->ts_sec, e->ts_usec);
+        qb_vm_publish_state(vm, QB_MSG_STATE, qb_stream_sequence(vm->stream), ".state", e->ts_sec,
+                            e->ts_usec);
 }
 
 static void copies_on_check(uv_check_t *h)

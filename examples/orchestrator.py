@@ -36,8 +36,9 @@ def log(msg):
 
 
 def canonical(cmd):
-    """The bytes a command's signature covers (README, Commands: signing): the command
-    without "signature", keys sorted, no whitespace, UTF-8, integers only (no floats)."""
+    """The bytes a command's signature covers (docs/commands-and-security.md, Signing): the
+    command without "signature", keys sorted, no whitespace, UTF-8, integers only (no
+    floats)."""
     body = {k: v for k, v in cmd.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")

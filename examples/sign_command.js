@@ -1,7 +1,7 @@
 // sign_command.js - sign a qmp-bridge command in JavaScript (Node.js 12 or later).
 //
-// The signature is the hex HMAC-SHA256 of the command's canonical text (README,
-// "Commands", signing): the command without "signature", object keys sorted by code
+// The signature is the hex HMAC-SHA256 of the command's canonical text
+// (docs/commands-and-security.md, Signing): the command without "signature", object keys sorted by code
 // point at every level, no whitespace, strings as JSON.stringify writes them,
 // integers in decimal. JSON.stringify alone is not enough: Array.prototype.sort()
 // orders keys by UTF-16 code unit (U+1F600 before U+FF01), and a Number cannot

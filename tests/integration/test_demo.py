@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The README's demo keeps working: tests/tools/demo.py (MQTT, and with --kafka
+"""The demo of README.md keeps working: tests/tools/demo.py (MQTT, and with --kafka
 the mock cluster) runs to its end, exit 0, and shows the ENOSPC pause, the
 orchestrator's resize-and-cont and the VM running again."""
 import os

@@ -15,7 +15,7 @@ is sent on the same topic, and the broker delivers a subscription's messages in 
 so by the time the cont's result arrives the retained one has been handled.
 
 MQTT 3.1.1 (protocol: "3.1.1") has no such option, and the broker clears the flag on
-whatever it forwards to an existing subscription, as the README says: a command
+whatever it forwards to an existing subscription, as docs/commands-and-security.md says: a command
 published retained while the bridge is subscribed runs once like any other; the same
 retained message handed over again when the bridge resubscribes after a restart is
 ignored (it carries the flag then), so it does not run twice."""

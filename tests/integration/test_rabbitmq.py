@@ -6,7 +6,7 @@ data, logs and ports, stopped by PID with its epmd). The plugin turns every '.' 
 topic into a level, so a dotted bridge id and dotted VM names are the hard case:
 
   bridge cmp1.example.org with broker: rabbitmq, VMs web.1 and vm1 (scripted peers),
-  logged in as a user with only the permissions the README's RabbitMQ section grants:
+  logged in as a user with only the permissions docs/operations.md (RabbitMQ) grants:
     events reach an exact-topic subscriber (delivered under the topic with dots as
     levels) and a qmp/# one, while qmp/+/+/event/+ gets nothing of them; the retained
     state reaches a later exact-topic subscriber; commands for web.1 and vm1 run and
@@ -93,7 +93,7 @@ with check.Test("rabbitmq") as t:
     for s in (exact, wild, plus):
         t.add_log("subscriber " + s.out, s.out)
 
-    t.section("a user with the README's permissions (RabbitMQ section)")
+    t.section("a user with the documented permissions (docs/operations.md, RabbitMQ)")
     rabbit.ctl("add_user", "qmp-bridge-cmp1", "qbtest-password")
     rabbit.ctl("set_permissions", "-p", "/", "qmp-bridge-cmp1",
                r"^mqtt-subscription-qmp-bridge-cmp1\.example\.org",

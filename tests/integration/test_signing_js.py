@@ -2,7 +2,7 @@
 """Signing in JavaScript: examples/sign_command.js against the vectors and the bridge.
 
 Runs the JavaScript recipe under node, as examples/sign_command.js has it and as the
-README prints it (tests/tools/sign_vectors.js reads the
+docs/commands-and-security.md prints it (tests/tools/sign_vectors.js reads the
 vectors with every integer as a BigInt): for every vector of
 tests/unit/data/signing-vectors.json the canonical text (as UTF-8 bytes) and the
 signature must be exactly the published ones. Then a stop whose source holds U+001F, a
@@ -32,12 +32,14 @@ if NODE is None:
     sys.exit(77)
 
 
-def readme_recipe(workdir):
-    """The README's JavaScript block, as a module file exporting canonical and sign."""
-    with open(os.path.join(util.SOURCE_DIR, "README.md"), encoding="utf-8") as f:
+def doc_recipe(workdir):
+    """The JavaScript block of docs/commands-and-security.md, as a module file exporting
+    canonical and sign."""
+    with open(os.path.join(util.SOURCE_DIR, "docs", "commands-and-security.md"),
+              encoding="utf-8") as f:
         text = f.read()
-    start = text.index("```js\n", text.index("**Signing.**")) + 6
-    path = os.path.join(workdir, "readme_recipe.js")
+    start = text.index("```js\n", text.index("\n## Signing\n")) + 6
+    path = os.path.join(workdir, "doc_recipe.js")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text[start:text.index("```", start)] + "module.exports = { canonical, sign };\n")
     return path
@@ -57,7 +59,8 @@ with check.Test("signing_js") as t:
     version = subprocess.run([NODE, "--version"], stdout=subprocess.PIPE, check=True).stdout
     with open(VECTORS, encoding="utf-8") as f:
         doc = json.load(f)
-    for label, recipe in (("examples/sign_command.js", None), ("README", readme_recipe(t.workdir))):
+    for label, recipe in (("examples/sign_command.js", None),
+                          ("docs/commands-and-security.md", doc_recipe(t.workdir))):
         t.section("vectors: %s under %s %s" % (label, NODE, version.decode().strip()))
         got = [json.loads(l) for l in node("vectors", VECTORS, recipe=recipe).decode().splitlines()]
         t.expect([g["name"] for g in got] == [v["name"] for v in doc["vectors"]],

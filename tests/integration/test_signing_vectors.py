@@ -3,10 +3,10 @@
 
 Vectors: tests/unit/data/signing-vectors.json (control characters, non-ASCII, an astral
 character, 2^53+1 and 2^63-1, nested data, '/', '"' and '\\', key order by code point).
-Every Python signer, the README's recipe run as printed, examples/orchestrator.py and
-qbtest.commands (which every other test signs with), must produce exactly each
-vector's canonical bytes and signature. (unit_command_canonical holds the bridge to
-the same file; integration_signing_js the JavaScript recipe.)
+Every Python signer, the recipe of docs/commands-and-security.md run as printed,
+examples/orchestrator.py and qbtest.commands (which every other test signs with), must
+produce exactly each vector's canonical bytes and signature. (unit_command_canonical holds
+the bridge to the same file; integration_signing_js the JavaScript recipe.)
 
 Bridge: with commands.hmac_key_file set, a stop whose source holds U+001F, a newline,
 U+007F and non-ASCII, signed by each Python signer, is accepted and reaches QEMU; a
@@ -23,23 +23,24 @@ from qbtest import check, cmdrig, commands, util  # noqa: E402
 
 VECTORS = os.path.join(util.SOURCE_DIR, "tests", "unit", "data", "signing-vectors.json")
 KEY = b"integration-signing-key-0123456789"
+SIGNING_DOC = os.path.join(util.SOURCE_DIR, "docs", "commands-and-security.md")
 
 
-def readme_block(lang):
-    """The first ```<lang> block after the README's **Signing.** paragraph."""
-    with open(os.path.join(util.SOURCE_DIR, "README.md"), encoding="utf-8") as f:
+def doc_block(lang):
+    """The first ```<lang> block after the Signing heading of docs/commands-and-security.md."""
+    with open(SIGNING_DOC, encoding="utf-8") as f:
         text = f.read()
-    at = text.index("**Signing.**")
+    at = text.index("\n## Signing\n")
     start = text.index("```%s\n" % lang, at) + len(lang) + 4
     return text[start:text.index("```", start)]
 
 
-class ReadmeRecipe:
-    """The README's Python recipe, run as printed."""
+class DocRecipe:
+    """The documented Python recipe (docs/commands-and-security.md), run as printed."""
 
     def __init__(self):
         ns = {}
-        exec(compile(readme_block("python"), "README.md (python)", "exec"), ns)  # noqa: S102
+        exec(compile(doc_block("python"), SIGNING_DOC + " (python)", "exec"), ns)  # noqa: S102
         self.canonical, self.sign = ns["canonical"], ns["sign"]
 
 
@@ -94,7 +95,7 @@ def bridge_section(t, signers):
 
 
 with check.Test("signing_vectors") as t:
-    signers = [("README", ReadmeRecipe()), ("examples/orchestrator.py", load_orchestrator()),
-               ("qbtest.commands", commands)]
+    signers = [("docs/commands-and-security.md", DocRecipe()),
+               ("examples/orchestrator.py", load_orchestrator()), ("qbtest.commands", commands)]
     vectors_section(t, signers)
     bridge_section(t, signers)

@@ -32,7 +32,7 @@ TEMPLATE = os.path.join(PKG, "systemd", "qmp-bridge@.service")
 SYSUSERS = os.path.join(PKG, "systemd", "qmp-bridge.sysusers")
 TMPFILES = os.path.join(PKG, "systemd", "qmp-bridge.tmpfiles")
 MAN = os.path.join(PKG, "man")
-# The score the unit achieves on systemd 252 is 1.2 ("OK"); README quotes it. A change
+# The score the unit achieves on systemd 252 is 1.2 ("OK"); docs/operations.md quotes it. A change
 # that weakens the sandbox pushes it over this line.
 EXPOSURE_MAX = 1.2
 

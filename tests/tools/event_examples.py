@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """event_examples.py - collects one real envelope per CloudEvents type from the output of
-integration test runs and writes the README's example catalogue (docs/events.md).
+integration test runs and writes the example catalogue docs/events.md.
 
 Run the integration tests with QB_KEEP_TMP=1 so their work directories stay, then:
   /usr/bin/python3 tests/tools/event_examples.py /tmp/qbt-* > docs/events.md

@@ -13,7 +13,7 @@
 const fs = require('fs');
 const path = require('path');
 
-// QB_SIGN_RECIPE: another copy of the recipe to run (the test passes the README's).
+// QB_SIGN_RECIPE: another copy of the recipe to run (the test passes the one in docs/commands-and-security.md).
 const recipe = process.env.QB_SIGN_RECIPE
   || path.join(__dirname, '..', '..', 'examples', 'sign_command.js');
 const { canonical, sign } = require(path.resolve(recipe));

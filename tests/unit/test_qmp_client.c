@@ -1,13 +1,14 @@
 /*
  * test_qmp_client.c - the QMP session against a fake QEMU on the same loop.
  *
- * The fake peer listens on a unix socket in a fresh temporary directory (one
- * test uses TCP on 127.0.0.1 with a kernel-chosen port), greets with the real
- * QEMU 7.2 greeting, answers qmp_capabilities, records every command it gets
- * and sends whatever line a test asks for. The loop runs until a condition
- * holds, with a guard timer so a broken client fails the test instead of
- * hanging it. Teardown insists on uv_loop_close() == 0: a handle the client
- * forgot to close fails the test, and ASan reports leaked memory.
+ * The fake peer (fake_qmp_peer.c) listens on a unix socket in a fresh
+ * temporary directory (one test uses TCP on 127.0.0.1 with a kernel-chosen
+ * port), greets with the real QEMU 7.2 greeting, answers qmp_capabilities,
+ * records every command it gets and sends whatever line a test asks for. The
+ * loop runs until a condition holds, with a guard timer so a broken client
+ * fails the test instead of hanging it. Teardown insists on uv_loop_close()
+ * == 0: a handle the client forgot to close fails the test, and ASan reports
+ * leaked memory.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,163 +26,15 @@
 #include <uv.h>
 
 #include "error.h"
+#include "fake_qmp_peer.h"
 #include "log.h"
 #include "qmp_client.h"
 #include "qmp_framer.h"
 
-static const char greeting_line[] =
-    "{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, "
-    "\"package\": \"Debian 1:7.2+dfsg-7+deb12u18+b3\"}, \"capabilities\": [\"oob\"]}}";
 static const char stop_line[] =
     "{\"timestamp\": {\"seconds\": 1732242124, \"microseconds\": 123456}, \"event\": \"STOP\"}";
 static const char resume_line[] =
     "{\"timestamp\": {\"seconds\": 1732242125, \"microseconds\": 5}, \"event\": \"RESUME\"}";
-
-/* ---- fake QEMU ---------------------------------------------------------- */
-
-union sock {
-    uv_handle_t h;
-    uv_stream_t s;
-    uv_pipe_t pipe;
-    uv_tcp_t tcp;
-};
-
-struct peer {
-    uv_loop_t *loop;
-    union sock server;
-    union sock conn;
-    int is_tcp;
-    int accepted;   /* connections accepted so far */
-    int conn_open;  /* a connection exists and is not closing */
-    int conn_gone;  /* connections fully closed */
-    int greet;      /* send the greeting on accept */
-    int event_first; /* send an event before the greeting (QEMU does while it starts up) */
-    int auto_caps;  /* answer qmp_capabilities */
-    int caps_error; /* answer qmp_capabilities with an error instead */
-    struct qb_framer fr;
-    json_t *received; /* every command line the client sent, parsed */
-};
-
-static void peer_write_cb(uv_write_t *req, int status)
-{
-    (void)status;
-    free(req);
-}
-
-/* Sends text plus "\n" to the client. */
-static void peer_send(struct peer *p, const char *text)
-{
-    size_t len = strlen(text);
-    uv_write_t *req = malloc(sizeof(*req) + len + 1);
-    char *data = (char *)(req + 1);
-    uv_buf_t buf;
-
-    assert_non_null(req);
-    assert_true(p->conn_open);
-    memcpy(data, text, len);
-    data[len] = '\n';
-    buf = uv_buf_init(data, (unsigned)len + 1);
-    assert_int_equal(uv_write(req, &p->conn.s, &buf, 1, peer_write_cb), 0);
-}
-
-static void peer_sendf(struct peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void peer_sendf(struct peer *p, const char *fmt, ...)
-{
-    char text[4096];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    peer_send(p, text);
-}
-
-static void peer_conn_close_cb(uv_handle_t *h)
-{
-    struct peer *p = h->data;
-
-    p->conn_gone++;
-    qb_framer_reset(&p->fr);
-}
-
-static void peer_close_conn(struct peer *p)
-{
-    if (!p->conn_open)
-        return;
-    p->conn_open = 0;
-    uv_close(&p->conn.h, peer_conn_close_cb);
-}
-
-static int peer_on_line(void *arg, const char *line, size_t len)
-{
-    struct peer *p = arg;
-    json_t *msg = json_loadb(line, len, 0, NULL);
-    json_t *exec = json_object_get(msg, "execute");
-
-    assert_non_null(msg);
-    json_array_append(p->received, msg);
-    if (json_is_string(exec) && strcmp(json_string_value(exec), "qmp_capabilities") == 0) {
-        json_int_t id = json_integer_value(json_object_get(msg, "id"));
-
-        if (p->caps_error)
-            peer_sendf(
-                p,
-                "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"Capabilities "
-                "negotiation is already complete, command ignored\"}, \"id\": %" JSON_INTEGER_FORMAT
-                "}",
-                id);
-        else if (p->auto_caps)
-            peer_sendf(p, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}", id);
-    }
-    json_decref(msg);
-    return 0;
-}
-
-static void peer_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct peer *p = h->data;
-    char *ptr = NULL;
-    size_t len = 0;
-
-    if (qb_framer_space(&p->fr, suggested, &ptr, &len) < 0)
-        len = 0;
-    *buf = uv_buf_init(ptr, (unsigned)len);
-}
-
-static void peer_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    struct peer *p = s->data;
-
-    (void)buf;
-    if (nread >= 0) {
-        assert_int_equal(qb_framer_commit(&p->fr, (size_t)nread, peer_on_line, p), 0);
-        return;
-    }
-    peer_close_conn(p);
-}
-
-static void peer_on_connection(uv_stream_t *server, int status)
-{
-    struct peer *p = server->data;
-
-    assert_int_equal(status, 0);
-    assert_false(p->conn_open);
-    if (p->is_tcp)
-        assert_int_equal(uv_tcp_init(p->loop, &p->conn.tcp), 0);
-    else
-        assert_int_equal(uv_pipe_init(p->loop, &p->conn.pipe, 0), 0);
-    p->conn.h.data = p;
-    assert_int_equal(uv_accept(server, &p->conn.s), 0);
-    p->conn_open = 1;
-    p->accepted++;
-    assert_int_equal(uv_read_start(&p->conn.s, peer_alloc_cb, peer_read_cb), 0);
-    if (p->event_first)
-        peer_send(p, "{\"timestamp\": {\"seconds\": 1732242125, \"microseconds\": 477854}, "
-                     "\"event\": \"RESUME\"}");
-    if (p->greet)
-        peer_send(p, greeting_line);
-}
 
 /* ---- client side recorder ---------------------------------------------- */
 
@@ -194,7 +47,7 @@ struct fx {
     char dir[64];
     char path[128];
     char addr[160];
-    struct peer peer;
+    struct fake_qmp_peer peer;
     struct qb_qmp_client *c;
     struct qb_fair_reads *fair; /* NULL unless a test makes one */
 
@@ -315,23 +168,6 @@ static void make_client(struct fx *fx, size_t max_line, uint32_t connect_timeout
     assert_int_equal(qb_qmp_client_state(fx->c), QB_QMP_IDLE);
 }
 
-static void peer_listen_tcp(struct fx *fx)
-{
-    struct sockaddr_in sa;
-    struct sockaddr_storage bound;
-    int len = sizeof(bound);
-
-    fx->peer.is_tcp = 1;
-    assert_int_equal(uv_tcp_init(&fx->loop, &fx->peer.server.tcp), 0);
-    fx->peer.server.h.data = &fx->peer;
-    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &sa), 0);
-    assert_int_equal(uv_tcp_bind(&fx->peer.server.tcp, (struct sockaddr *)&sa, 0), 0);
-    assert_int_equal(uv_listen(&fx->peer.server.s, 4, peer_on_connection), 0);
-    assert_int_equal(uv_tcp_getsockname(&fx->peer.server.tcp, (struct sockaddr *)&bound, &len), 0);
-    snprintf(fx->addr, sizeof(fx->addr), "tcp:127.0.0.1:%d",
-             ntohs(((struct sockaddr_in *)&bound)->sin_port));
-}
-
 static int setup_common(void **state, int tcp)
 {
     struct fx *fx = calloc(1, sizeof(*fx));
@@ -344,18 +180,12 @@ static int setup_common(void **state, int tcp)
     assert_non_null(mkdtemp(fx->dir));
     snprintf(fx->path, sizeof(fx->path), "%s/qmp.sock", fx->dir);
     fx->events = json_array();
-    fx->peer.loop = &fx->loop;
-    fx->peer.greet = 1;
-    fx->peer.auto_caps = 1;
-    fx->peer.received = json_array();
-    qb_framer_init(&fx->peer.fr, 1 << 20);
+    fake_qmp_peer_init(&fx->peer, &fx->loop);
     if (tcp) {
-        peer_listen_tcp(fx);
+        snprintf(fx->addr, sizeof(fx->addr), "tcp:127.0.0.1:%d",
+                 fake_qmp_peer_listen_tcp(&fx->peer));
     } else {
-        assert_int_equal(uv_pipe_init(&fx->loop, &fx->peer.server.pipe, 0), 0);
-        fx->peer.server.h.data = &fx->peer;
-        assert_int_equal(uv_pipe_bind(&fx->peer.server.pipe, fx->path), 0);
-        assert_int_equal(uv_listen(&fx->peer.server.s, 4, peer_on_connection), 0);
+        fake_qmp_peer_listen_unix(&fx->peer, fx->path);
         snprintf(fx->addr, sizeof(fx->addr), "unix:%s", fx->path);
     }
     make_client(fx, 0, 0);
@@ -380,15 +210,13 @@ static int teardown(void **state)
     if (fx->c != NULL)
         qb_qmp_client_free(fx->c);
     qb_fair_reads_close(fx->fair);
-    peer_close_conn(&fx->peer);
-    uv_close(&fx->peer.server.h, NULL);
+    fake_qmp_peer_close(&fx->peer);
     uv_close((uv_handle_t *)&fx->guard, NULL);
     /* Closing handles finish within a few iterations; a handle left active fails uv_loop_close. */
     for (int i = 0; i < 100; i++)
         uv_run(&fx->loop, UV_RUN_NOWAIT);
     assert_int_equal(uv_loop_close(&fx->loop), 0);
-    qb_framer_reset(&fx->peer.fr);
-    json_decref(fx->peer.received);
+    fake_qmp_peer_free(&fx->peer);
     json_decref(fx->events);
     unlink(fx->path);
     assert_int_equal(rmdir(fx->dir), 0);
@@ -478,7 +306,7 @@ static void test_events_in_order(void **state)
     handshake(fx);
     /* Two events in one write: both must come out of one read, in order. */
     snprintf(both, sizeof(both), "%s\r\n%s", stop_line, resume_line);
-    peer_send(&fx->peer, both);
+    fake_qmp_peer_send(&fx->peer, both);
     RUN_UNTIL(fx, json_array_size(fx->events) == 2);
     assert_string_equal(json_string_value(json_object_get(json_array_get(fx->events, 0), "event")),
                         "STOP");
@@ -509,8 +337,9 @@ static void test_execute_reply(void **state)
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(cmd, "arguments"), "command-line")),
         "info version");
-    peer_sendf(&fx->peer, "{\"return\": \"7.2.22\\r\\n\", \"id\": %" JSON_INTEGER_FORMAT "}",
-               command_id(cmd));
+    fake_qmp_peer_sendf(&fx->peer,
+                        "{\"return\": \"7.2.22\\r\\n\", \"id\": %" JSON_INTEGER_FORMAT "}",
+                        command_id(cmd));
     RUN_UNTIL(fx, r.called == 1);
     assert_int_equal(r.status, QB_OK);
     assert_string_equal(json_string_value(r.value), "7.2.22\r\n");
@@ -534,12 +363,13 @@ static void test_out_of_order_replies(void **state)
     id2 = command_id(json_array_get(fx->peer.received, 2));
     assert_true(id1 != id2);
     assert_null(json_object_get(json_array_get(fx->peer.received, 1), "arguments"));
-    peer_sendf(&fx->peer, "{\"return\": {\"name\": \"vm1\"}, \"id\": %" JSON_INTEGER_FORMAT "}",
-               id2);
-    peer_sendf(&fx->peer,
-               "{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}, "
-               "\"id\": %" JSON_INTEGER_FORMAT "}",
-               id1);
+    fake_qmp_peer_sendf(&fx->peer,
+                        "{\"return\": {\"name\": \"vm1\"}, \"id\": %" JSON_INTEGER_FORMAT "}", id2);
+    fake_qmp_peer_sendf(
+        &fx->peer,
+        "{\"return\": {\"status\": \"running\", \"singlestep\": false, \"running\": true}, "
+        "\"id\": %" JSON_INTEGER_FORMAT "}",
+        id1);
     RUN_UNTIL(fx, r1.called && r2.called);
     assert_true(r2.seq < r1.seq);
     assert_int_equal(r1.status, QB_OK);
@@ -558,10 +388,10 @@ static void test_error_reply(void **state)
     handshake(fx);
     assert_int_equal(qb_qmp_client_execute(fx->c, "no-such-command", NULL, 0, on_reply, &r), QB_OK);
     RUN_UNTIL(fx, json_array_size(fx->peer.received) == 2);
-    peer_sendf(&fx->peer,
-               "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command "
-               "no-such-command has not been found\"}, \"id\": %" JSON_INTEGER_FORMAT "}",
-               command_id(last_command(fx)));
+    fake_qmp_peer_sendf(&fx->peer,
+                        "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command "
+                        "no-such-command has not been found\"}, \"id\": %" JSON_INTEGER_FORMAT "}",
+                        command_id(last_command(fx)));
     RUN_UNTIL(fx, r.called == 1);
     assert_int_equal(r.status, QB_EQMP);
     assert_string_equal(json_string_value(json_object_get(r.value, "class")), "CommandNotFound");
@@ -586,16 +416,17 @@ static void test_timeout_then_late_reply(void **state)
     RUN_UNTIL(fx, json_array_size(fx->peer.received) == 3);
 
     /* The late reply is dropped quietly; the session goes on. */
-    peer_sendf(&fx->peer, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}",
-               command_id(json_array_get(fx->peer.received, 1)));
-    peer_send(&fx->peer, stop_line);
+    fake_qmp_peer_sendf(&fx->peer, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}",
+                        command_id(json_array_get(fx->peer.received, 1)));
+    fake_qmp_peer_send(&fx->peer, stop_line);
     RUN_UNTIL(fx, json_array_size(fx->events) == 1 || fx->closed);
     assert_int_equal(fx->closed, 0);
     assert_int_equal(r.called, 1);
     assert_int_equal(qb_qmp_client_state(fx->c), QB_QMP_READY);
 
-    peer_sendf(&fx->peer, "{\"return\": {\"name\": \"vm1\"}, \"id\": %" JSON_INTEGER_FORMAT "}",
-               command_id(json_array_get(fx->peer.received, 2)));
+    fake_qmp_peer_sendf(&fx->peer,
+                        "{\"return\": {\"name\": \"vm1\"}, \"id\": %" JSON_INTEGER_FORMAT "}",
+                        command_id(json_array_get(fx->peer.received, 2)));
     RUN_UNTIL(fx, r2.called == 1);
     assert_int_equal(r2.status, QB_OK);
     reply_clear(&r2);
@@ -606,7 +437,7 @@ static void test_garbage_closes(void **state)
     struct fx *fx = *state;
 
     handshake(fx);
-    peer_send(&fx->peer, "{\"event\": \"STOP\", oops}");
+    fake_qmp_peer_send(&fx->peer, "{\"event\": \"STOP\", oops}");
     RUN_UNTIL(fx, fx->closed == 1);
     assert_int_equal(fx->closed_err, QB_EPARSE);
     assert_non_null(strstr(fx->reason, "invalid JSON"));
@@ -628,7 +459,7 @@ static void test_protocol_violations_close(void **state)
         fx->closed = 0;
         handshake(fx);
         fx->ready = 0;
-        peer_send(&fx->peer, lines[i]);
+        fake_qmp_peer_send(&fx->peer, lines[i]);
         RUN_UNTIL(fx, fx->closed == 1);
         assert_int_equal(fx->closed_err, QB_EPROTO);
         RUN_UNTIL(fx, !fx->peer.conn_open);
@@ -646,7 +477,7 @@ static void test_oversized_line_closes(void **state)
     line[sizeof(line) - 1] = '\0';
     memcpy(line, "{\"event\": \"STOP\"", 16);
     line[sizeof(line) - 2] = '}';
-    peer_send(&fx->peer, line);
+    fake_qmp_peer_send(&fx->peer, line);
     RUN_UNTIL(fx, fx->closed == 1);
     assert_int_equal(fx->closed_err, QB_ETOOBIG);
     assert_int_equal(json_array_size(fx->events), 0);
@@ -660,7 +491,7 @@ static void test_peer_close_fails_pending(void **state)
     handshake(fx);
     assert_int_equal(qb_qmp_client_execute(fx->c, "query-status", NULL, 0, on_reply, &r), QB_OK);
     RUN_UNTIL(fx, json_array_size(fx->peer.received) == 2);
-    peer_close_conn(&fx->peer);
+    fake_qmp_peer_close_conn(&fx->peer);
     RUN_UNTIL(fx, fx->closed == 1);
     assert_int_equal(fx->closed_err, QB_EIO);
     assert_int_equal(r.called, 1);
@@ -712,7 +543,7 @@ static void test_reconnect(void **state)
     handshake(fx);
     /* First from inside on_closed, then from outside after a disconnect. */
     fx->on_closed_action = ACT_RECONNECT;
-    peer_close_conn(&fx->peer);
+    fake_qmp_peer_close_conn(&fx->peer);
     RUN_UNTIL(fx, fx->ready == 2);
     assert_int_equal(fx->closed, 1);
     assert_int_equal(fx->peer.accepted, 2);
@@ -734,7 +565,7 @@ static void test_free_inside_on_closed(void **state)
     assert_int_equal(qb_qmp_client_execute(fx->c, "query-status", NULL, 1000000, on_reply, &r),
                      QB_OK);
     fx->on_closed_action = ACT_FREE;
-    peer_close_conn(&fx->peer);
+    fake_qmp_peer_close_conn(&fx->peer);
     RUN_UNTIL(fx, fx->closed == 1);
     assert_null(fx->c);
     assert_int_equal(r.status, QB_ECLOSED);
@@ -755,7 +586,7 @@ static void test_free_inside_event_and_reply(void **state)
      */
     snprintf(both, sizeof(both), "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}\n%s",
              command_id(json_array_get(fx->peer.received, 1)), stop_line);
-    peer_send(&fx->peer, both);
+    fake_qmp_peer_send(&fx->peer, both);
     RUN_UNTIL(fx, r1.called == 1);
     assert_null(fx->c);
     assert_int_equal(r1.status, QB_OK);
@@ -795,7 +626,7 @@ static void test_disconnect_inside_event(void **state)
     handshake(fx);
     fx->on_event_action = ACT_DISCONNECT;
     snprintf(both, sizeof(both), "%s\n%s", stop_line, resume_line);
-    peer_send(&fx->peer, both);
+    fake_qmp_peer_send(&fx->peer, both);
     RUN_UNTIL(fx, fx->closed == 1);
     assert_int_equal(fx->closed_err, QB_ECLOSED);
     assert_int_equal(json_array_size(fx->events), 1);
@@ -848,12 +679,12 @@ static void test_pause_and_resume(void **state)
 
     handshake(fx);
     qb_qmp_client_pause_reading(fx->c);
-    peer_send(&fx->peer, stop_line);
+    fake_qmp_peer_send(&fx->peer, stop_line);
     /* Writing goes on while paused; once the peer has the command, the event is surely sent. */
     assert_int_equal(qb_qmp_client_execute(fx->c, "query-status", NULL, 0, on_reply, &r), QB_OK);
     RUN_UNTIL(fx, json_array_size(fx->peer.received) == 2);
-    peer_sendf(&fx->peer, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}",
-               command_id(last_command(fx)));
+    fake_qmp_peer_sendf(&fx->peer, "{\"return\": {}, \"id\": %" JSON_INTEGER_FORMAT "}",
+                        command_id(last_command(fx)));
     for (int i = 0; i < 20; i++)
         uv_run(&fx->loop, UV_RUN_NOWAIT);
     assert_int_equal(json_array_size(fx->events), 0);
@@ -869,7 +700,7 @@ static void test_pause_and_resume(void **state)
  * Sends n STOP events in one write, then tail (a line, or NULL): a flood that
  * sits in the socket before the client reads any of it.
  */
-static void peer_send_stop_flood(struct peer *p, size_t n, const char *tail)
+static void peer_send_stop_flood(struct fake_qmp_peer *p, size_t n, const char *tail)
 {
     size_t line = strlen(stop_line) + 1;
     size_t tail_len = tail ? strlen(tail) + 1 : 0;
@@ -884,7 +715,7 @@ static void peer_send_stop_flood(struct peer *p, size_t n, const char *tail)
         memcpy(blob + n * line, tail, tail_len); /* with its NUL */
     else
         blob[n * line - 1] = '\0'; /* peer_send adds the last newline */
-    peer_send(p, blob);
+    fake_qmp_peer_send(p, blob);
     free(blob);
 }
 
@@ -919,12 +750,12 @@ static void test_fair_reads_one_buffer_per_turn(void **state)
     }
     uv_timer_stop(&fx->guard);
     assert_int_equal(json_array_size(fx->events), N);
-    assert_true(most <= per_buffer); /* never more than one buffer in a turn */
-    assert_true(turns >= (N * line) / 65536); /* so the stream took several turns */
+    assert_true(most <= per_buffer);                     /* never more than one buffer in a turn */
+    assert_true(turns >= (N * line) / 65536);            /* so the stream took several turns */
     assert_int_equal(qb_fair_reads_parked(fx->fair), 0); /* parked ones resume in the same turn */
     for (size_t i = 0; i < N; i++)
-        assert_string_equal(json_string_value(json_object_get(json_array_get(fx->events, i), "event")),
-                            "STOP");
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(fx->events, i), "event")), "STOP");
 }
 
 /* A session closed inside an event of a full buffer is not parked afterwards. */

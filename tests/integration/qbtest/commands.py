@@ -2,7 +2,7 @@
 
 A command is a CloudEvents 1.0 object with type qmp.command.<name>. The signature
 (when the bridge has commands.hmac_key_file) is the hex HMAC-SHA256 of the canonical
-command, the recipe of the README (Commands: signing) that examples/orchestrator.py
+command, the recipe of docs/commands-and-security.md (Signing) that examples/orchestrator.py
 uses too: the object without "signature", keys sorted, no whitespace, UTF-8, integers
 only; tests/unit/data/signing-vectors.json holds what it must produce.
 """
