@@ -32,27 +32,12 @@
 
 #include "config.h"
 #include "message.h"
+#include "transport_ops.h" /* what backends and the core share: qb_inbound, qb_bridge_info */
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
-
-/* One inbound command message as a transport received it; everything borrowed for the call. */
-struct qb_inbound {
-    const char *payload;
-    size_t len;
-    const char
-        *vm_hint; /* mqtt: the <vm> level of the topic; kafka: the vm part of the key; or NULL */
-    const char *reply_topic; /* mqtt 5 Response Topic, or NULL */
-    const void *correlation; /* mqtt 5 Correlation Data, or NULL */
-    size_t correlation_len;
-};
-
-/* Identity of the bridge that transports need (will topic, client id, group). */
-struct qb_bridge_info {
-    const char *id; /* borrowed for the transport's lifetime */
-};
 
 /* Counters of one transport, all since start. */
 struct qb_transport_stats {
@@ -209,9 +194,6 @@ size_t qb_transport_take_queue(struct qb_transport *from, struct qb_transport *t
  * one client id). What is still in flight is given up.
  */
 void qb_transport_close_now(struct qb_transport *t, void (*done)(void *arg), void *arg);
-
-/* A broker's round trip as the client library measured it, in seconds (broker borrowed). */
-typedef void (*qb_broker_rtt_cb)(void *arg, const char *broker, double avg_s, double p99_s);
 
 /*
  * Calls cb(arg, broker, avg_s, p99_s) for each broker the backend's client
