@@ -55,4 +55,21 @@ static inline bool qb_message_clears_state(const struct qb_message *msg)
     return msg->kind == QB_MSG_STATE && msg->len == 0;
 }
 
+/*
+ * Copies src and everything it points to (vm, type, id, key, reply topic,
+ * correlation bytes, payload) into ONE new allocation, so a message can wait
+ * in a queue after the caller's buffers are gone. The allocation starts with
+ * size bytes, zeroed, for the caller's own struct, which holds a struct
+ * qb_message at offset (a bare copy: size sizeof(struct qb_message), offset
+ * 0); that member is filled with src's fields, its pointers into the copy.
+ * The payload is NUL-terminated (backends may treat it as a string); a NULL
+ * pointer stays NULL. Returns the allocation (owned by the caller, release
+ * with one free()), or NULL when out of memory. Use QB_MESSAGE_COPY.
+ */
+void *qb_message_copy(const struct qb_message *src, size_t size, size_t offset);
+
+/* A new `type` (owned by the caller, free()) whose member `member` is a copy of src, or NULL. */
+#define QB_MESSAGE_COPY(type, member, src)                                                         \
+    ((type *)qb_message_copy((src), sizeof(type), offsetof(type, member)))
+
 #endif /* QB_MESSAGE_H */

@@ -2,13 +2,22 @@
  * outbox.c - every outgoing event/state envelope to every transport, through
  * the spool when there is one. See outbox.h for the guarantees.
  *
+ * Delivery is one pipeline that only calls down:
+ *
+ *   qb_outbox_send -> [held list] -> ob_store (spool append) -> lanes -> qb_transport_send
+ *
+ * and hears back only through the listener each transport was given when its
+ * lane was made (window full/open, progress of spooled records). The outbox
+ * never asks a transport about its queue: the transport's window, with its
+ * one rule (transport.h), is the only window, and the outbox mirrors it.
+ *
  * Each transport has a lane: `next` is the first spool record not yet handed
  * to its queue, `confirmed_below` the first record it has not confirmed. A
- * lane that keeps up gets new records straight from memory; one whose queue
- * is half full falls behind (lagging) and is fed from disk through a spool
- * reader whenever a confirmation frees room. Records reach a transport in
- * spool order either way, because a lagging lane takes nothing from memory
- * until its reader has caught up.
+ * lane that keeps up gets new records straight from memory; one whose window
+ * is full (or that refused a record) falls behind (lagging) and is fed from
+ * disk through a spool reader once its window is open again. Records reach a
+ * transport in spool order either way, because a lagging lane takes nothing
+ * from memory until its reader has caught up.
  *
  * One timer (1 s, running only while there is something to do) writes the
  * checkpoint and releases confirmed segments, retries messages held in memory
@@ -36,19 +45,20 @@
 struct ob_lane {
     struct qb_outbox *o;
     struct qb_transport *t;
-    char *name; /* the transport's name: the checkpoint's key, needed after t is gone */
-    uint64_t next;            /* first record not handed to t */
+    char *name;    /* the transport's name: the checkpoint's key, needed after t is gone */
+    uint64_t next; /* first record not handed to t */
     uint64_t confirmed_below; /* first record t has not confirmed */
     struct qb_spool_reader *reader;
-    bool pressure; /* memory mode: t asked for back-pressure */
+    bool full;         /* t's window is full (its listener said so) */
+    bool backpressure; /* memory mode: t's on_full is backpressure, so full pauses QMP reads */
+    bool pressure;     /* memory mode: this lane counts in n_tr_pressure */
     bool feeding;
 };
 
-/* A message waiting in memory for the spool; every pointer points into data[]. */
+/* A message waiting in memory for the spool: a qb_message_copy. */
 struct ob_held {
     struct ob_held *next;
     struct qb_message msg;
-    char data[];
 };
 
 /* A run of messages of one VM dropped since the last report. */
@@ -62,7 +72,8 @@ struct qb_outbox {
     uv_loop_t *loop;
     const struct qb_config *cfg;
     struct qb_spool *spool;
-    struct ob_lane **lanes; /* each lane its own allocation: transports hold it as their callback arg */
+    struct ob_lane *
+        *lanes; /* each lane its own allocation: transports hold it as their callback arg */
     size_t n_lanes;
 
     struct ob_held *held_head, *held_tail;
@@ -105,8 +116,7 @@ static void ob_update_pressure(struct qb_outbox *o)
                             st.bytes, max);
             } else if (o->spool_high && st.bytes * 10 < max * 8) {
                 o->spool_high = false;
-                QB_LOG_INFO(NULL, "spool down to %" PRIu64 " bytes: resuming QMP reads",
-                            st.bytes);
+                QB_LOG_INFO(NULL, "spool down to %" PRIu64 " bytes: resuming QMP reads", st.bytes);
             }
         }
         want = o->spool_high || o->held_n > 0;
@@ -120,12 +130,11 @@ static void ob_update_pressure(struct qb_outbox *o)
         o->pressure_cb(o->pressure_arg, want);
 }
 
-static void ob_on_transport_pressure(void *arg, struct qb_transport *t, bool pressure)
+/* Memory mode: l counts towards the pause of QMP reads (or no longer does). */
+static void ob_lane_set_pressure(struct ob_lane *l, bool pressure)
 {
-    struct ob_lane *l = arg;
     struct qb_outbox *o = l->o;
 
-    (void)t;
     if (pressure == l->pressure)
         return;
     l->pressure = pressure;
@@ -203,59 +212,18 @@ static void ob_spool_dropped(void *arg, const char *vm, uint64_t first_seq, uint
 
 /* ---- the memory list ----------------------------------------------------- */
 
-static size_t str_size(const char *s)
-{
-    return s ? strlen(s) + 1 : 0;
-}
-
-static const char *str_put(char **p, const char *s)
-{
-    if (!s)
-        return NULL;
-    size_t n = strlen(s) + 1;
-    char *dst = *p;
-    memcpy(dst, s, n);
-    *p += n;
-    return dst;
-}
-
-/* Returns a deep copy of msg in one allocation (owned by the caller, free()), or NULL. */
-static struct ob_held *ob_held_new(const struct qb_message *msg)
-{
-    size_t n = sizeof(struct ob_held) + str_size(msg->vm) + str_size(msg->type) +
-               str_size(msg->id) + str_size(msg->key) + msg->len + 1;
-    struct ob_held *h = malloc(n);
-    char *p;
-
-    if (!h)
-        return NULL;
-    memset(h, 0, sizeof(*h));
-    p = h->data;
-    h->msg.kind = msg->kind;
-    h->msg.sequence = msg->sequence;
-    h->msg.epoch = msg->epoch;
-    h->msg.origin_usec = msg->origin_usec;
-    h->msg.vm = str_put(&p, msg->vm);
-    h->msg.type = str_put(&p, msg->type);
-    h->msg.id = str_put(&p, msg->id);
-    h->msg.key = str_put(&p, msg->key);
-    if (msg->len)
-        memcpy(p, msg->payload, msg->len);
-    p[msg->len] = '\0';
-    h->msg.payload = p;
-    h->msg.len = msg->len;
-    return h;
-}
-
 /* Keeps a copy of msg until the spool takes it, or drops it when the list is full. */
 static int ob_hold(struct qb_outbox *o, const struct qb_message *msg)
 {
     struct ob_held *h;
 
-    if (o->held_n >= o->cfg->spool_memory_max_messages || !(h = ob_held_new(msg))) {
+    if (o->held_n >= o->cfg->spool_memory_max_messages ||
+        !(h = QB_MESSAGE_COPY(struct ob_held, msg, msg))) {
         ob_note_drop(o, msg);
         return QB_EAGAIN;
     }
+    h->next = NULL;
+    h->msg.spool_id = 0;
     if (o->held_tail)
         o->held_tail->next = h;
     else
@@ -296,21 +264,7 @@ static int ob_append(struct qb_outbox *o, const struct qb_message *msg, uint64_t
     return rc;
 }
 
-/*
- * A transport may take a message without queueing it (a state copy on a plain
- * stream): with nothing spooled left in its queue, everything handed to it is
- * done, and no confirmation will come to say so.
- */
-static void ob_settle(struct ob_lane *l)
-{
-    if (l->confirmed_below < l->next && qb_transport_oldest_spool_id(l->t) == 0) {
-        l->confirmed_below = l->next;
-        l->o->dirty = true;
-        ob_arm_timer(l->o);
-    }
-}
-
-/* Hands the just-appended record id to every lane that is caught up and has room. */
+/* Hands the just-appended record id to every lane that is caught up and whose window is open. */
 static void ob_deliver_live(struct qb_outbox *o, uint64_t id, const struct qb_message *msg)
 {
     struct qb_message m = *msg;
@@ -319,17 +273,40 @@ static void ob_deliver_live(struct qb_outbox *o, uint64_t id, const struct qb_me
     for (size_t i = 0; i < o->n_lanes; i++) {
         struct ob_lane *l = o->lanes[i];
 
-        if (l->next != id || !qb_transport_has_room(l->t, msg->len)) {
-            if (l->next == id)
-                QB_LOG_INFO(NULL, "transport %s: falling behind (window full), reading from the "
-                            "spool from record %" PRIu64, l->name, id);
+        if (l->next != id)
             continue; /* lagging: ob_feed reads it from disk in order */
+        if (l->full || qb_transport_send(l->t, &m) != QB_OK) {
+            /* window full, refused (closing, over a bound): fed again from disk */
+            QB_LOG_INFO(NULL,
+                        "transport %s: falling behind (window full), reading from the "
+                        "spool from record %" PRIu64,
+                        l->name, id);
+            continue;
         }
-        if (qb_transport_send(l->t, &m) != QB_OK)
-            continue; /* refused (closing, or over its hard bound): fed again from disk */
         l->next = id + 1;
-        ob_settle(l);
     }
+}
+
+/*
+ * Puts msg into the spool and hands it to the lanes that keep up. This is
+ * where every record enters the spool (from qb_outbox_send and from the held
+ * list): batching the appends to one write per loop turn belongs here, with
+ * the live hand-over following the batch's write.
+ * Returns ob_append's code; on failure nothing was delivered.
+ */
+static int ob_store(struct qb_outbox *o, const struct qb_message *msg)
+{
+    uint64_t id;
+    int rc = ob_append(o, msg, &id);
+
+    if (rc != QB_OK)
+        return rc;
+    o->stats.spooled++;
+    ob_deliver_live(o, id, msg);
+    for (size_t i = 0; i < o->n_lanes; i++)
+        if (o->lanes[i]->next <= id)
+            ob_arm_timer(o); /* a lane fell behind: make sure something feeds it */
+    return QB_OK;
 }
 
 static void ob_feed_soon(uv_timer_t *timer);
@@ -344,7 +321,7 @@ static void ob_feed(struct ob_lane *l)
     if (l->feeding)
         return;
     l->feeding = true;
-    while (l->next < qb_spool_next_id(o->spool) && qb_transport_has_room(l->t, 0)) {
+    while (!l->full && l->next < qb_spool_next_id(o->spool)) {
         int rc;
 
         if (fed++ == OB_FEED_BATCH) {
@@ -381,7 +358,6 @@ static void ob_feed(struct ob_lane *l)
         }
         l->next = rec.id + 1;
         o->stats.from_spool++;
-        ob_settle(l);
     }
     if (l->next >= qb_spool_next_id(o->spool) && l->reader) {
         qb_spool_reader_close(l->reader); /* caught up: memory feeds it from here */
@@ -392,37 +368,61 @@ static void ob_feed(struct ob_lane *l)
     l->feeding = false;
 }
 
-static void ob_on_release(void *arg, struct qb_transport *t)
+/* ---- what a transport reports (its listener) ---------------------------- */
+
+static void ob_on_window(void *arg, bool full, uint64_t depth, uint64_t bytes)
 {
     struct ob_lane *l = arg;
-    uint64_t oldest = qb_transport_oldest_spool_id(t);
-    uint64_t below = oldest ? oldest : l->next;
+    struct qb_outbox *o = l->o;
 
-    if (below > l->confirmed_below) {
-        l->confirmed_below = below;
+    l->full = full;
+    if (o->spool) {
+        if (!full && l->next < qb_spool_next_id(o->spool))
+            ob_feed(l);
+        return;
+    }
+    if (!l->backpressure)
+        return; /* on_full: drop: the transport refuses at its bound, reads go on */
+    if (full)
+        QB_LOG_WARN(NULL,
+                    "transport %s: queue at %" PRIu64 " messages / %" PRIu64
+                    " bytes: pausing QMP reads until it drains",
+                    l->name, depth, bytes);
+    else
+        QB_LOG_INFO(NULL, "transport %s: queue drained to %" PRIu64 " messages: resuming QMP reads",
+                    l->name, depth);
+    ob_lane_set_pressure(l, full);
+}
+
+static void ob_on_progress(void *arg, uint64_t done_below)
+{
+    struct ob_lane *l = arg;
+
+    if (l->o->spool && done_below > l->confirmed_below) {
+        l->confirmed_below = done_below;
         l->o->dirty = true;
         ob_arm_timer(l->o);
     }
-    if (l->next < qb_spool_next_id(l->o->spool))
-        ob_feed(l);
 }
+
+static const struct qb_transport_listener ob_listener = {
+    .window = ob_on_window,
+    .progress = ob_on_progress,
+};
 
 /* Moves held messages into the spool, in order, for as long as it takes them. */
 static void ob_retry_held(struct qb_outbox *o)
 {
     while (o->held_head) {
         struct ob_held *h = o->held_head;
-        uint64_t id;
 
-        if (ob_append(o, &h->msg, &id) != QB_OK)
+        if (ob_store(o, &h->msg) != QB_OK)
             return;
-        o->stats.spooled++;
         o->held_head = h->next;
         if (!o->held_head)
             o->held_tail = NULL;
         o->held_n--;
         o->stats.held = o->held_n;
-        ob_deliver_live(o, id, &h->msg);
         free(h);
     }
 }
@@ -449,7 +449,7 @@ static bool ob_busy(const struct qb_outbox *o)
 {
     if (o->held_n || o->dirty || o->drops)
         return true;
-    for (size_t i = 0; i < o->n_lanes; i++)
+    for (size_t i = 0; o->spool && i < o->n_lanes; i++)
         if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             return true;
     return false;
@@ -469,7 +469,7 @@ static void ob_tick(uv_timer_t *timer)
     uint64_t lagging = 0;
 
     ob_retry_held(o);
-    for (size_t i = 0; i < o->n_lanes; i++) {
+    for (size_t i = 0; o->spool && i < o->n_lanes; i++) {
         ob_feed(o->lanes[i]);
         if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             lagging++;
@@ -494,7 +494,6 @@ static void ob_arm_timer(struct qb_outbox *o)
 
 int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
 {
-    uint64_t id;
     int rc;
 
     if (msg->kind == QB_MSG_REPLY)
@@ -505,17 +504,10 @@ int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
             qb_transport_send(o->lanes[i]->t, msg); /* a refusal is counted and logged there */
         return QB_OK;
     }
-    if (o->held_head) {
+    if (o->held_head)
         rc = ob_hold(o, msg); /* behind what is already waiting, to keep the order */
-    } else if ((rc = ob_append(o, msg, &id)) == QB_OK) {
-        o->stats.spooled++;
-        ob_deliver_live(o, id, msg);
-        for (size_t i = 0; i < o->n_lanes; i++)
-            if (o->lanes[i]->next <= id)
-                ob_arm_timer(o); /* a lane fell behind: make sure something feeds it */
-    } else {
+    else if ((rc = ob_store(o, msg)) != QB_OK)
         rc = ob_hold(o, msg);
-    }
     ob_update_pressure(o);
     return rc;
 }
@@ -570,29 +562,30 @@ static void ob_lane_free(struct ob_lane *l)
 }
 
 /*
- * Connects l's transport to the outbox: the pressure callback without a
- * spool; with one, the release callback and the cursor, which starts at
- * `from` (the checkpointed cursor at start-up, where an earlier run left
- * off; a reload's own choice otherwise) and replays what the spool holds
- * beyond it.
+ * Connects l's transport to the outbox: gives it the lane as its listener
+ * (which reports a window already full at once). With a spool, the cursor
+ * starts at `from` (the checkpointed cursor at start-up, where an earlier run
+ * left off; a reload's own choice otherwise) and what the spool holds beyond
+ * it is replayed.
  */
 static void ob_lane_attach(struct ob_lane *l, uint64_t from)
 {
     struct qb_outbox *o = l->o;
 
+    l->full = false;
+    l->backpressure = qb_transport_config(l->t)->on_full == QB_ON_FULL_BACKPRESSURE;
     if (!o->spool) {
-        qb_transport_set_pressure_cb(l->t, ob_on_transport_pressure, l);
-        if (qb_transport_under_pressure(l->t))
-            ob_on_transport_pressure(l, l->t, true);
+        qb_transport_listen(l->t, &ob_listener, l);
         return;
     }
     l->next = from;
     if (l->next < qb_spool_first_id(o->spool))
         l->next = qb_spool_first_id(o->spool);
     l->confirmed_below = l->next;
-    qb_transport_set_release_cb(l->t, ob_on_release, l);
+    qb_transport_listen(l->t, &ob_listener, l);
     if (l->next < qb_spool_next_id(o->spool)) {
-        QB_LOG_INFO(NULL, "transport %s: replaying %" PRIu64 " spooled records from record %" PRIu64,
+        QB_LOG_INFO(NULL,
+                    "transport %s: replaying %" PRIu64 " spooled records from record %" PRIu64,
                     l->name, qb_spool_next_id(o->spool) - l->next, l->next);
         ob_feed(l);
         ob_arm_timer(o);
@@ -604,13 +597,11 @@ static void ob_lane_detach(struct ob_lane *l)
 {
     struct qb_outbox *o = l->o;
 
+    qb_transport_listen(l->t, NULL, NULL);
     if (!o->spool) {
-        qb_transport_set_pressure_cb(l->t, NULL, NULL);
-        if (l->pressure)
-            ob_on_transport_pressure(l, l->t, false);
+        ob_lane_set_pressure(l, false);
         return;
     }
-    qb_transport_set_release_cb(l->t, NULL, NULL);
     qb_spool_reader_close(l->reader);
     l->reader = NULL;
 }
@@ -750,8 +741,7 @@ void qb_outbox_close(struct qb_outbox *o)
     if (o->held_n) {
         for (struct ob_held *h = o->held_head; h; h = h->next)
             ob_note_drop(o, &h->msg);
-        QB_LOG_ERR(NULL, "shutting down with %zu messages the spool never took: lost",
-                   o->held_n);
+        QB_LOG_ERR(NULL, "shutting down with %zu messages the spool never took: lost", o->held_n);
     }
     while (o->held_head) {
         struct ob_held *h = o->held_head;

@@ -2,16 +2,27 @@
  * outbox.h - where every outgoing event and state envelope goes: to all
  * transports, through the durable spool when one is configured.
  *
+ * Delivery is one way: the outbox calls down (spool, transports) and hears
+ * back only through the listener it gives each transport when it takes it in
+ * (struct qb_transport_listener: the window turned full or open, spooled
+ * records done). Each transport has ONE window, its bounded queue, with ONE
+ * rule (transport.h: full at 90% of a bound, open again under 50% of both);
+ * the outbox only decides what a full window means:
+ *
  * Without a spool the outbox hands each message to every transport's bounded
- * memory queue and passes their back-pressure on (as the bridge did before
- * the spool): a crash loses what was queued.
+ * memory queue; while the window of a transport with on_full: backpressure is
+ * full, QMP reading is paused (the pressure callback); with on_full: drop the
+ * transport refuses at its bound and reading goes on. A crash loses what was
+ * queued.
  *
  * With a spool the promise is: once a message is in the spool, every
  * transport gets it at least once, in spool order, across broker outages
  * (up to the spool's size) and restarts. Each transport has a cursor in the
  * spool: while it keeps up, new messages go straight from memory into its
- * queue; when its queue is half full (a broker is slow or down) it falls
- * behind and is fed from the spool on disk as confirmations free its queue.
+ * queue; when its window is full (a broker is slow or down) it falls behind
+ * and is fed from the spool on disk once its window is open again. The
+ * transport's window never pauses QMP reading in this mode: the spool takes
+ * the backlog.
  * A record is released (its segment deleted) only when every transport has
  * confirmed it; cursors and per-VM sequences are checkpointed every second
  * while anything changes, and at close.
@@ -49,7 +60,7 @@ struct qb_outbox_stats {
 
 /*
  * Creates the outbox for transports (array and elements borrowed, must
- * outlive it; the outbox installs their pressure and release callbacks).
+ * outlive it; the outbox becomes each one's listener, qb_transport_listen).
  * spool may be NULL (memory queues only); otherwise it is borrowed and must
  * outlive the outbox, and records it holds from an earlier run are replayed
  * to each transport from its checkpointed cursor before anything new.

@@ -2,9 +2,10 @@
  * transport.c - the generic transport layer: registry of backends and the
  * bounded, ordered queue in front of one backend.
  *
- * Every accepted message is copied into one allocation (struct, strings and
- * payload together) and appended to a doubly-linked FIFO. A cursor points at
- * the first message not handed to the backend; pumping walks it forward, so
+ * Every accepted message is copied into one allocation (qb_message_copy:
+ * struct, strings and payload together) and appended to a doubly-linked
+ * FIFO. A cursor points at the first message not handed to the backend;
+ * pumping walks it forward, so
  * publishing costs O(1) per message. A message leaves the queue only when the
  * backend confirms it; confirmations may come in any order (MQTT QoS 1 acks),
  * hence the doubly-linked list. A failed delivery moves the cursor back to the
@@ -13,6 +14,11 @@
  * Re-entrancy: a backend may only call back from the loop, but pump() is
  * guarded anyway (a flag plus "pump again") so a synchronous callback cannot
  * recurse into a half-updated cursor.
+ *
+ * The queue is the transport's one window (transport.h says the rule). The
+ * layer never asks its owner anything: it reports the window's state and how
+ * far spooled records are done through the listener it was given, and the
+ * owner feeds it by calling down (qb_transport_send).
  *
  * Commands flow the other way without a queue: the backend reports each
  * inbound message through cb->inbound and the layer hands it straight to the
@@ -54,13 +60,13 @@ enum tr_state {
     TR_FREEING,         /* closing our own handles */
 };
 
+/* One queued message: a qb_message_copy, every pointer into the same allocation. */
 struct tmsg {
     struct tmsg *prev, *next;
-    uint64_t ordinal;      /* strictly increasing in queue order */
-    uint64_t queued_at;    /* uv_now() when it was queued */
-    bool in_flight;        /* handed to the backend, delivery not reported yet */
-    struct qb_message msg; /* every pointer points into data[] */
-    char data[];
+    uint64_t ordinal;   /* strictly increasing in queue order */
+    uint64_t queued_at; /* uv_now() when it was queued */
+    bool in_flight;     /* handed to the backend, delivery not reported yet */
+    struct qb_message msg;
 };
 
 struct qb_transport {
@@ -81,12 +87,12 @@ struct qb_transport {
     struct qb_transport_stats stats;
     struct qb_histogram latency;
 
-    qb_transport_pressure_cb pressure_cb;
-    void *pressure_arg;
-    bool pressure; /* over the high-water mark, back-pressure requested */
-
-    qb_transport_release_cb release_cb;
-    void *release_arg;
+    const struct qb_transport_listener *listener; /* the owner's callbacks, or NULL */
+    void *listener_arg;
+    bool full;              /* the window is over its high mark and not yet under its low one */
+    uint64_t n_spooled;     /* queued messages with a spool_id */
+    uint64_t spool_seen;    /* one past the largest spool_id taken (queued or not) */
+    uint64_t done_reported; /* the last done_below given to listener->progress */
 
     qb_inbound_cb inbound_cb; /* set by qb_transport_subscribe */
     void *inbound_arg;
@@ -118,70 +124,65 @@ static size_t queue_max_bytes(const struct qb_transport *t)
 }
 
 /*
- * Raises back-pressure at 90% of either bound and lowers it under 50% of both:
- * the gap keeps a queue hovering at the mark from pausing and resuming every
- * QMP socket on each message.
+ * The one window rule (transport.h): full at 90% of either bound, open again
+ * under 50% of both; the gap keeps a queue hovering at the mark from pausing
+ * and resuming every QMP socket on each message. Reported to the listener on
+ * each change while the transport is open (a closing one has no listener that
+ * still cares).
  */
-static void update_pressure(struct qb_transport *t)
+static void update_window(struct qb_transport *t)
 {
     uint64_t msgs = t->stats.depth, bytes = t->stats.depth_bytes;
-    bool high, low;
+    bool high = msgs * 10 >= queue_max_messages(t) * 9 || bytes * 10 >= queue_max_bytes(t) * 9;
+    bool low = msgs * 2 < queue_max_messages(t) && bytes * 2 < queue_max_bytes(t);
 
-    if (t->cfg->on_full != QB_ON_FULL_BACKPRESSURE)
+    if (!t->full && high)
+        t->full = true;
+    else if (t->full && low)
+        t->full = false;
+    else
         return;
-    high = msgs * 10 >= queue_max_messages(t) * 9 || bytes * 10 >= queue_max_bytes(t) * 9;
-    low = msgs * 2 < queue_max_messages(t) && bytes * 2 < queue_max_bytes(t);
-    if (!t->pressure && high) {
-        t->pressure = true;
-        QB_LOG_WARN(NULL,
-                    "transport %s: queue at %" PRIu64 " messages / %" PRIu64
-                    " bytes: pausing QMP reads until it drains",
-                    t->name, msgs, bytes);
-    } else if (t->pressure && low) {
-        t->pressure = false;
-        QB_LOG_INFO(NULL, "transport %s: queue drained to %" PRIu64 " messages: resuming QMP reads",
-                    t->name, msgs);
-    } else {
-        return;
+    if (t->state == TR_OPEN && t->listener && t->listener->window)
+        t->listener->window(t->listener_arg, t->full, msgs, bytes);
+}
+
+/*
+ * Tells the listener how far spooled records are done, when that moved: the
+ * oldest spool_id still queued (queue order is spool order; only replies,
+ * spool_id 0, sit in between), or, with none queued, one past the last taken.
+ */
+static void report_progress(struct qb_transport *t)
+{
+    uint64_t below = t->spool_seen;
+
+    if (t->n_spooled) {
+        for (const struct tmsg *m = t->head; m; m = m->next) {
+            if (m->msg.spool_id) {
+                below = m->msg.spool_id;
+                break;
+            }
+        }
     }
-    if (t->pressure_cb)
-        t->pressure_cb(t->pressure_arg, t, t->pressure);
+    if (below <= t->done_reported)
+        return;
+    t->done_reported = below;
+    if (t->listener && t->listener->progress)
+        t->listener->progress(t->listener_arg, below);
 }
 
-void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_cb cb, void *arg)
+void qb_transport_listen(struct qb_transport *t, const struct qb_transport_listener *listener,
+                         void *arg)
 {
-    t->pressure_cb = cb;
-    t->pressure_arg = arg;
+    t->listener = listener;
+    t->listener_arg = arg;
+    t->done_reported = 0;
+    if (t->full && t->state == TR_OPEN && listener && listener->window)
+        listener->window(arg, true, t->stats.depth, t->stats.depth_bytes);
 }
 
-void qb_transport_set_release_cb(struct qb_transport *t, qb_transport_release_cb cb, void *arg)
+bool qb_transport_window_full(const struct qb_transport *t)
 {
-    t->release_cb = cb;
-    t->release_arg = arg;
-}
-
-uint64_t qb_transport_oldest_spool_id(const struct qb_transport *t)
-{
-    /* queue order is spool order; only replies (spool_id 0) sit in between */
-    for (const struct tmsg *m = t->head; m; m = m->next)
-        if (m->msg.spool_id)
-            return m->msg.spool_id;
-    return 0;
-}
-
-bool qb_transport_has_room(const struct qb_transport *t, size_t len)
-{
-    if (t->state != TR_OPEN)
-        return false;
-    if (t->stats.depth == 0)
-        return true; /* one message larger than half the window must still get through */
-    return t->stats.depth * 2 < queue_max_messages(t) &&
-           (t->stats.depth_bytes + len) * 2 <= queue_max_bytes(t);
-}
-
-bool qb_transport_under_pressure(const struct qb_transport *t)
-{
-    return t->pressure;
+    return t->full;
 }
 
 bool qb_transport_has_reply_channel(const struct qb_transport *t)
@@ -266,8 +267,10 @@ static void msg_release(struct qb_transport *t, struct tmsg *m)
         t->tail = m->prev;
     t->stats.depth--;
     t->stats.depth_bytes -= m->msg.len;
+    if (m->msg.spool_id)
+        t->n_spooled--;
     free(m);
-    update_pressure(t);
+    update_window(t);
 }
 
 /* m is no longer in flight: make sure the cursor is at or before it. */
@@ -276,62 +279,6 @@ static void msg_mark_unsent(struct qb_transport *t, struct tmsg *m)
     m->in_flight = false;
     if (!t->cursor || m->ordinal < t->cursor->ordinal)
         t->cursor = m;
-}
-
-static size_t str_size(const char *s)
-{
-    return s ? strlen(s) + 1 : 0;
-}
-
-static const char *str_put(char **p, const char *s)
-{
-    if (!s)
-        return NULL;
-    size_t n = strlen(s) + 1;
-    char *dst = *p;
-    memcpy(dst, s, n);
-    *p += n;
-    return dst;
-}
-
-/*
- * Returns one new allocation holding a deep copy of msg (owned by the caller,
- * release with free), or NULL when out of memory. A reply keeps its reply
- * topic and correlation bytes: it may wait in the queue across a reconnect.
- */
-static struct tmsg *msg_copy(const struct qb_message *msg)
-{
-    size_t corr_len = msg->correlation ? msg->correlation_len : 0;
-    size_t n = sizeof(struct tmsg) + str_size(msg->vm) + str_size(msg->type) + str_size(msg->id) +
-               str_size(msg->key) + str_size(msg->reply_topic) + corr_len + msg->len + 1;
-    struct tmsg *m = malloc(n);
-    if (!m)
-        return NULL;
-    memset(m, 0, sizeof(*m));
-    char *p = m->data;
-    m->msg.kind = msg->kind;
-    m->msg.sequence = msg->sequence;
-    m->msg.epoch = msg->epoch;
-    m->msg.spool_id = msg->spool_id;
-    m->msg.origin_usec = msg->origin_usec;
-    m->msg.vm = str_put(&p, msg->vm);
-    m->msg.type = str_put(&p, msg->type);
-    m->msg.id = str_put(&p, msg->id);
-    m->msg.key = str_put(&p, msg->key);
-    m->msg.reply_topic = str_put(&p, msg->reply_topic);
-    if (msg->correlation) {
-        /* bytes, not a string: no alignment or terminator needed */
-        memcpy(p, msg->correlation, corr_len);
-        m->msg.correlation = p;
-        m->msg.correlation_len = corr_len;
-        p += corr_len;
-    }
-    if (msg->len)
-        memcpy(p, msg->payload, msg->len);
-    p[msg->len] = '\0'; /* backends may treat the payload as a string */
-    m->msg.payload = p;
-    m->msg.len = msg->len;
-    return m;
 }
 
 static void log_drop(struct qb_transport *t, const struct qb_message *msg)
@@ -359,6 +306,17 @@ static void log_drop(struct qb_transport *t, const struct qb_message *msg)
     t->drops_unlogged = 0;
 }
 
+/* The message is done without being queued: with nothing spooled waiting, so is its record. */
+static int taken(struct qb_transport *t, const struct qb_message *msg)
+{
+    if (!msg->spool_id)
+        return QB_OK;
+    if (msg->spool_id >= t->spool_seen)
+        t->spool_seen = msg->spool_id + 1;
+    report_progress(t);
+    return QB_OK;
+}
+
 static int enqueue(struct qb_transport *t, const struct qb_message *msg)
 {
     if (t->state != TR_OPEN)
@@ -370,11 +328,11 @@ static int enqueue(struct qb_transport *t, const struct qb_message *msg)
      */
     if (!qb_transport_filter_pass(t->cfg, t->ops->caps, msg)) {
         t->stats.filtered++;
-        return QB_OK;
+        return taken(t, msg);
     }
     /* The state channel is a "latest value" store; a plain stream would only repeat events. */
     if (msg->kind == QB_MSG_STATE && !(t->ops->caps & QB_TRANSPORT_CAP_RETAINED))
-        return QB_OK;
+        return taken(t, msg);
     /* Without a reply channel the result still reaches everyone as an event. */
     if (msg->kind == QB_MSG_REPLY && !(t->ops->caps & QB_TRANSPORT_CAP_REPLY))
         return QB_OK;
@@ -382,11 +340,13 @@ static int enqueue(struct qb_transport *t, const struct qb_message *msg)
     size_t max_bytes = queue_max_bytes(t);
     /* bytes are payload bytes: the bound is about what the peers would receive */
     if (t->stats.depth >= max_messages || t->stats.depth_bytes + msg->len > max_bytes) {
+        if (msg->spool_id)
+            return QB_EAGAIN; /* not lost: the spool holds it and it is offered again */
         t->stats.dropped++;
         log_drop(t, msg);
         return QB_EAGAIN;
     }
-    struct tmsg *m = msg_copy(msg);
+    struct tmsg *m = QB_MESSAGE_COPY(struct tmsg, msg, msg);
     if (!m) {
         t->stats.dropped++;
         QB_LOG_ERR(msg->vm, "transport %s: out of memory, dropped %s seq %" PRIu64, t->name,
@@ -403,10 +363,15 @@ static int enqueue(struct qb_transport *t, const struct qb_message *msg)
     t->tail = m;
     if (!t->cursor)
         t->cursor = m;
+    if (msg->spool_id) {
+        t->n_spooled++;
+        if (msg->spool_id >= t->spool_seen)
+            t->spool_seen = msg->spool_id + 1;
+    }
     t->stats.queued++;
     t->stats.depth++;
     t->stats.depth_bytes += msg->len;
-    update_pressure(t);
+    update_window(t);
     pump(t);
     return QB_OK;
 }
@@ -522,8 +487,7 @@ void qb_transport_close(struct qb_transport *t, void (*done)(void *arg), void *a
 {
     if (t->state != TR_OPEN)
         return;
-    t->state = TR_DRAINING;
-    t->pressure_cb = NULL; /* whoever listened is shutting down too */
+    t->state = TR_DRAINING; /* the window is no longer reported; progress still is */
     t->done = done;
     t->done_arg = arg;
     /* an empty queue still goes through the timer: done must not run from inside this call */
@@ -561,8 +525,7 @@ static void delivered(struct qb_transport *t, void *token, int status)
                                       now > m->msg.origin_usec ? now - m->msg.origin_usec : 0);
         }
         msg_release(t, m);
-        if (t->release_cb)
-            t->release_cb(t->release_arg, t);
+        report_progress(t);
         if (t->state == TR_DRAINING && t->stats.depth == 0) {
             uv_timer_start(&t->close_timer, on_close_timer, 0, 0);
             return;
@@ -780,7 +743,6 @@ void qb_transport_close_now(struct qb_transport *t, void (*done)(void *arg), voi
     if (t->state != TR_OPEN)
         return;
     t->state = TR_DRAINING;
-    t->pressure_cb = NULL;
     t->done = done;
     t->done_arg = arg;
     uv_timer_start(&t->close_timer, on_close_timer, 0, 0); /* done never runs from in here */

@@ -8,48 +8,48 @@
  * in-flight window is full), and releases each one only when the backend
  * confirms delivery (MQTT PUBACK, Kafka delivery report, a completed write).
  * A failed delivery goes back to the queue and is sent again, in order.
- * Near full, a transport with on_full: backpressure asks the bridge to stop
- * reading from QEMU (qb_transport_pressure_cb); when the queue is full
- * anyway, the new message is refused, counted and logged with its VM and
- * sequence: nothing is dropped silently.
+ *
+ * The window: the queue is the transport's only window, bounded by
+ * queue_max_messages and queue_max_bytes (payload bytes), and it has ONE rule:
+ *   - it turns FULL when it reaches 90% of either bound, and OPEN again only
+ *     once it is under 50% of both (the gap keeps a queue hovering at the mark
+ *     from flapping); each change goes to the listener (window callback);
+ *   - at 100% of a bound a new message is refused (QB_EAGAIN).
+ * What FULL means is the owner's business (the outbox): without a spool a
+ * transport with on_full: backpressure pauses QMP reads while full; with a
+ * spool the transport stops taking new records from memory and is fed from
+ * the spool on disk once it is open again. A refused message without a
+ * spool_id is counted and logged with its VM and sequence as dropped (nothing
+ * is dropped silently); one with a spool_id is not lost (the spool holds it)
+ * and is neither counted nor logged.
+ *
+ * The transport never calls its owner except through the listener it was
+ * given (qb_transport_listen): window changes and how far spooled records are
+ * done. Its owner feeds it by calling down.
  */
 #ifndef QB_TRANSPORT_H
 #define QB_TRANSPORT_H
 
 #include "config.h"
 #include "message.h"
+#include "transport_ops.h" /* what backends and the core share: qb_inbound, qb_bridge_info */
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
-/* One inbound command message as a transport received it; everything borrowed for the call. */
-struct qb_inbound {
-    const char *payload;
-    size_t len;
-    const char *vm_hint;     /* mqtt: the <vm> level of the topic; kafka: the vm part of the key; or NULL */
-    const char *reply_topic; /* mqtt 5 Response Topic, or NULL */
-    const void *correlation; /* mqtt 5 Correlation Data, or NULL */
-    size_t correlation_len;
-};
-
-/* Identity of the bridge that transports need (will topic, client id, group). */
-struct qb_bridge_info {
-    const char *id; /* borrowed for the transport's lifetime */
-};
-
 /* Counters of one transport, all since start. */
 struct qb_transport_stats {
-    uint64_t queued;    /* accepted into the queue */
-    uint64_t published; /* handed to the backend (retries count again) */
-    uint64_t confirmed; /* delivery confirmed: released from the queue */
+    uint64_t queued;           /* accepted into the queue */
+    uint64_t published;        /* handed to the backend (retries count again) */
+    uint64_t confirmed;        /* delivery confirmed: released from the queue */
     uint64_t confirmed_events; /* of those, kind EVENT (no state copies, no replies) */
-    uint64_t retried;   /* failed delivery reports: each message is sent again, in order */
-    uint64_t failed;    /* messages the backend can never send (refused outright): dropped */
-    uint64_t dropped;   /* refused because the queue was full */
-    uint64_t filtered;  /* left out by the transport's include / exclude lists */
-    uint64_t depth;     /* messages in the queue now (including in flight) */
+    uint64_t retried;          /* failed delivery reports: each message is sent again, in order */
+    uint64_t failed;           /* messages the backend can never send (refused outright): dropped */
+    uint64_t dropped;          /* refused because the queue was full */
+    uint64_t filtered;         /* left out by the transport's include / exclude lists */
+    uint64_t depth;            /* messages in the queue now (including in flight) */
     uint64_t depth_bytes;
     uint64_t oldest_age_ms; /* how long the oldest queued message has waited, 0 when empty */
     uint64_t max_messages;  /* the queue's bounds in force (defaults applied) */
@@ -60,12 +60,26 @@ struct qb_transport_stats {
 struct qb_transport;
 
 /*
- * Back-pressure signal: pressure true when the queue of a transport whose
- * on_full is backpressure reaches 90% of queue_max_messages or
- * queue_max_bytes, false when it is back under 50% of both (and when such a
- * transport closes while under pressure). Called from the loop.
+ * What a transport tells its owner (the outbox), and nothing else. Both are
+ * called from the loop, possibly from inside qb_transport_send or
+ * qb_transport_take_queue of this transport; a handler may call
+ * qb_transport_send again (the queue is consistent by then).
  */
-typedef void (*qb_transport_pressure_cb)(void *arg, struct qb_transport *t, bool pressure);
+struct qb_transport_listener {
+    /*
+     * The window turned full (true) or open again (false), by the rule in the
+     * header comment; depth and bytes are the queue's at that moment (for the
+     * log). Only while the transport is open (not once closing).
+     */
+    void (*window)(void *arg, bool full, uint64_t depth, uint64_t bytes);
+    /*
+     * Every spooled record below done_below that this transport took is done
+     * with: confirmed by the backend, or taken without queueing (filtered, a
+     * state copy on a stream). Grows only; its first value comes with the first
+     * spooled record done after qb_transport_listen.
+     */
+    void (*progress)(void *arg, uint64_t done_below);
+};
 
 /*
  * Validates cfg with its backend's validate op without creating anything
@@ -84,11 +98,13 @@ int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
                         char *errbuf, size_t errlen);
 
 /*
- * Queues a copy of msg. Returns QB_OK, also for a message the transport takes
+ * Queues a copy of msg (msg borrowed for the call; the copy is the
+ * transport's). Returns QB_OK, also for a message the transport takes
  * without queueing (its include / exclude lists leave it out, counted as
  * filtered; a state copy on a transport without a retained channel; a reply
- * on one without a reply channel), or QB_EAGAIN when the queue is full (the
- * message is counted as dropped and logged), or QB_ECLOSED while closing.
+ * on one without a reply channel), or QB_EAGAIN when the queue is full (a
+ * message without a spool_id is counted as dropped and logged), or
+ * QB_ECLOSED while closing.
  */
 int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
 
@@ -127,32 +143,15 @@ bool qb_transport_reply_topic_allowed(const struct qb_transport *t, const char *
 void qb_transport_ack(struct qb_transport *t, uint64_t ack_token);
 
 /*
- * Called after a confirmed delivery released a message from t's queue (the
- * outbox uses it to advance its spool cursor and to refill the queue).
+ * Makes listener (borrowed, must outlive t or be replaced first; NULL: none)
+ * and arg the ones t reports to, replacing any before. When the window is
+ * full already, listener->window(arg, true, ...) is called at once.
  */
-typedef void (*qb_transport_release_cb)(void *arg, struct qb_transport *t);
+void qb_transport_listen(struct qb_transport *t, const struct qb_transport_listener *listener,
+                         void *arg);
 
-/* Sets (or, with cb NULL, clears) the release callback. arg is borrowed. */
-void qb_transport_set_release_cb(struct qb_transport *t, qb_transport_release_cb cb, void *arg);
-
-/*
- * The smallest spool_id of a message still in t's queue (sent or not, not
- * yet confirmed), or 0 when no spooled message is queued.
- */
-uint64_t qb_transport_oldest_spool_id(const struct qb_transport *t);
-
-/*
- * True when t's queue can take a message of len payload bytes now and is
- * below half of its bounds: the outbox keeps a spooled transport's window
- * half full, so the rest stays free for replies.
- */
-bool qb_transport_has_room(const struct qb_transport *t, size_t len);
-
-/* Sets (or, with cb NULL, clears) the back-pressure callback. arg is borrowed. */
-void qb_transport_set_pressure_cb(struct qb_transport *t, qb_transport_pressure_cb cb, void *arg);
-
-/* True while the transport is over its high-water mark (see qb_transport_pressure_cb). */
-bool qb_transport_under_pressure(const struct qb_transport *t);
+/* True while the window is full (see the header comment). */
+bool qb_transport_window_full(const struct qb_transport *t);
 
 /* The transport's name (config name or type), borrowed. */
 const char *qb_transport_name(const struct qb_transport *t);
@@ -195,9 +194,6 @@ size_t qb_transport_take_queue(struct qb_transport *from, struct qb_transport *t
  * one client id). What is still in flight is given up.
  */
 void qb_transport_close_now(struct qb_transport *t, void (*done)(void *arg), void *arg);
-
-/* A broker's round trip as the client library measured it, in seconds (broker borrowed). */
-typedef void (*qb_broker_rtt_cb)(void *arg, const char *broker, double avg_s, double p99_s);
 
 /*
  * Calls cb(arg, broker, avg_s, p99_s) for each broker the backend's client

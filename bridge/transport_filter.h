@@ -19,7 +19,7 @@
 #define QB_TRANSPORT_FILTER_H
 
 #include "config.h"
-#include "transport.h"
+#include "message.h"
 
 #include <stdbool.h>
 

@@ -10,7 +10,39 @@
 #define QB_TRANSPORT_OPS_H
 
 #include "config_map.h"
-#include "transport.h"
+#include "message.h"
+#include "transport_config.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/*
+ * Not transport.h: a backend sees only this contract, so transports/ sit
+ * below the generic layer that registers them. The types both sides share
+ * live here.
+ */
+struct qb_transport;
+
+/* One inbound command message as a transport received it; everything borrowed for the call. */
+struct qb_inbound {
+    const char *payload;
+    size_t len;
+    const char *vm_hint;     /* mqtt: the <vm> level of the topic; kafka: the vm part of the key,
+                                or NULL */
+    const char *reply_topic; /* mqtt 5 Response Topic, or NULL */
+    const void *correlation; /* mqtt 5 Correlation Data, or NULL */
+    size_t correlation_len;
+};
+
+/* Identity of the bridge that transports need (will topic, client id, group). */
+struct qb_bridge_info {
+    const char *id; /* borrowed for the transport's lifetime */
+};
+
+/* A broker's round trip as the client library measured it, in seconds (broker borrowed). */
+typedef void (*qb_broker_rtt_cb)(void *arg, const char *broker, double avg_s, double p99_s);
 
 /* Capabilities a backend announces. */
 enum {
