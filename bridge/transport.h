@@ -30,7 +30,7 @@
 #ifndef QB_TRANSPORT_H
 #define QB_TRANSPORT_H
 
-#include "config.h"
+#include "transport_config.h"
 #include "message.h"
 #include "transport_ops.h" /* what backends and the core share: qb_inbound, qb_bridge_info */
 

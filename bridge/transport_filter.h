@@ -18,7 +18,7 @@
 #ifndef QB_TRANSPORT_FILTER_H
 #define QB_TRANSPORT_FILTER_H
 
-#include "config.h"
+#include "transport_config.h"
 #include "message.h"
 
 #include <stdbool.h>
