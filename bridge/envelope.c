@@ -1,7 +1,7 @@
 /*
  * envelope.c - CloudEvents 1.0 structured-mode envelopes.
  *
- * This is on every event's path, so it is written for speed (issue 6):
+ * This is on every event's path, so it is written for speed:
  *   - The attributes are few and their order is fixed (consumers and tests
  *     compare bytes), so they are written straight into one buffer. Strings are
  *     escaped here: quotes, backslashes and control characters (as \u00xx);

@@ -4,8 +4,8 @@
  * libuv keeps reading a stream for as long as each read fills its buffer (up
  * to 32 reads per wake-up), so a QEMU streaming events flat out can hold the
  * loop for 32 x 64 KiB worth of events while broker acknowledgements, other
- * VMs' handshakes and the status API wait their turn (the benchmark saw
- * /metrics unanswered for 30 s and 3 of 4 VMs stuck in their handshake). A
+ * VMs' handshakes and the status API wait their turn (flat out, /metrics can
+ * go unanswered for tens of seconds and handshakes stall). A
  * session whose read filled its buffer parks here and stops reading; a check
  * handle, which runs right after the loop's poll phase, resumes every parked
  * session, so the next poll sees every other ready descriptor first and each

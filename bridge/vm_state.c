@@ -199,7 +199,7 @@ fail:
  * anything. The setters below compare before they write: the state is folded
  * on every event, and a mirror on a full disk raises hundreds of io_errors per
  * pause, most of which change nothing (copying the whole state to compare
- * afterwards used to cost more than building the event's envelope).
+ * afterwards costs more than building the event's envelope).
  */
 typedef bool (*qb_apply_fn)(json_t *state, const json_t *data);
 

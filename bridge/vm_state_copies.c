@@ -13,7 +13,7 @@
  * the changing event's own sequence: events of the VM published after it in
  * the same turn (an RTC_CHANGE, a command result, bridge.vm.disconnected) are
  * already on the wire, and a copy numbered below them would go back in a
- * consumer's per-VM order (a test run saw update 210 arrive after event 211).
+ * consumer's per-VM order.
  * The state is true as of the latest sequence: the later events did not
  * change it. An event whose turn brought no other event of its VM (the usual
  * case) gets its copy in the same turn, microseconds later.

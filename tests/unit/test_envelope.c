@@ -258,7 +258,7 @@ static char *data_text(const json_t *data)
 }
 
 /*
- * The envelope writes data itself instead of calling json_dumps (issue 6), so
+ * The envelope writes data itself instead of calling json_dumps, so
  * its bytes must stay exactly what json_dumps(JSON_COMPACT | JSON_ENCODE_ANY)
  * wrote: every escape, number form, nesting and key order.
  */
