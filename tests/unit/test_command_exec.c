@@ -22,7 +22,8 @@
 
 #include <cmocka.h>
 
-#include <dirent.h>
+#include "case_dirs.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -494,32 +495,10 @@ static void run_case(const char *dir)
     json_decref(command);
 }
 
-static int by_name(const struct dirent **a, const struct dirent **b)
-{
-    return strcmp((*a)->d_name, (*b)->d_name);
-}
-
 static void test_cases(void **state)
 {
-    struct dirent **names;
-    int n = scandir(CASES_DIR, &names, NULL, by_name);
-    int ran = 0;
-
     (void)state;
-    assert_true(n > 0);
-    for (int i = 0; i < n; i++) {
-        char dir[1024];
-
-        if (names[i]->d_name[0] != '.') {
-            snprintf(dir, sizeof(dir), "%s/%s", CASES_DIR, names[i]->d_name);
-            print_message("case %s\n", names[i]->d_name);
-            run_case(dir);
-            ran++;
-        }
-        free(names[i]);
-    }
-    free(names);
-    assert_true(ran > 0);
+    assert_true(qb_test_run_case_dirs(CASES_DIR, run_case) > 0);
 }
 
 int main(void)

@@ -21,7 +21,8 @@
 
 #include <cmocka.h>
 
-#include <dirent.h>
+#include "case_dirs.h"
+
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,32 +180,10 @@ static void run_case(const char *dir)
     qb_norm_vm_free(vm);
 }
 
-static int by_name(const struct dirent **a, const struct dirent **b)
-{
-    return strcmp((*a)->d_name, (*b)->d_name);
-}
-
 static void test_cases(void **state)
 {
-    struct dirent **names;
-    int n = scandir(CASES_DIR, &names, NULL, by_name);
-    int ran = 0;
-
     (void)state;
-    assert_true(n > 0);
-    for (int i = 0; i < n; i++) {
-        char dir[1024];
-
-        if (names[i]->d_name[0] != '.') {
-            snprintf(dir, sizeof(dir), "%s/%s", CASES_DIR, names[i]->d_name);
-            print_message("case %s\n", names[i]->d_name);
-            run_case(dir);
-            ran++;
-        }
-        free(names[i]);
-    }
-    free(names);
-    assert_true(ran >= 15);
+    assert_true(qb_test_run_case_dirs(CASES_DIR, run_case) >= 15);
 }
 
 /* The expected outputs must themselves be valid against schema/v1. */
@@ -565,43 +544,46 @@ static const char *const mutation_values[] = {
     "null", "true", "false", "1", "1.5", "\"s\"", "[]", "{}", "-1", "\"\"",
 };
 
+/* The real QEMU line with the most data members for one event, while walking the cases. */
+struct real_line_search {
+    const char *event;
+    json_t *best;
+    int best_n;
+};
+
+static void real_line_in_case(const char *dir, void *arg)
+{
+    struct real_line_search *q = arg;
+    struct lines in;
+
+    if (!lines_read(dir, "input", &in))
+        return;
+    for (size_t k = 0; k < in.n; k++) {
+        json_t *m = parse(in.v[k]);
+        const json_t *d = json_object_get(m, "data");
+        int members = json_is_object(d) ? (int)json_object_size(d) : -1;
+
+        if (json_is_string(json_object_get(m, "event")) &&
+            strcmp(json_string_value(json_object_get(m, "event")), q->event) == 0 &&
+            members > q->best_n) {
+            json_decref(q->best);
+            q->best = json_incref(m);
+            q->best_n = members;
+        }
+        json_decref(m);
+    }
+    lines_free(&in);
+}
+
 /* Returns (new reference) the real QEMU line for event with the most data members. */
 static json_t *real_line(const char *event)
 {
-    struct dirent **names;
-    int n = scandir(CASES_DIR, &names, NULL, by_name);
-    json_t *best = NULL;
-    int best_n = -2;
+    struct real_line_search q = {event, NULL, -2};
 
-    assert_true(n > 0);
-    for (int i = 0; i < n; i++) {
-        char dir[1024];
-        struct lines in;
-
-        snprintf(dir, sizeof(dir), "%s/%s", CASES_DIR, names[i]->d_name);
-        if (names[i]->d_name[0] != '.' && lines_read(dir, "input", &in)) {
-            for (size_t k = 0; k < in.n; k++) {
-                json_t *m = parse(in.v[k]);
-                const json_t *d = json_object_get(m, "data");
-                int members = json_is_object(d) ? (int)json_object_size(d) : -1;
-
-                if (json_is_string(json_object_get(m, "event")) &&
-                    strcmp(json_string_value(json_object_get(m, "event")), event) == 0 &&
-                    members > best_n) {
-                    json_decref(best);
-                    best = json_incref(m);
-                    best_n = members;
-                }
-                json_decref(m);
-            }
-            lines_free(&in);
-        }
-        free(names[i]);
-    }
-    free(names);
-    if (!best)
+    qb_test_foreach_case_dir(CASES_DIR, real_line_in_case, &q);
+    if (!q.best)
         fail_msg("no real QEMU line for %s in %s", event, CASES_DIR);
-    return best;
+    return q.best;
 }
 
 /* Answers every query ev needs with a failure, as when QEMU refuses it. */
@@ -961,7 +943,7 @@ static void test_refusal_logged(void **state)
 static void test_timestamps(void **state)
 {
     static const struct {
-        const char *ts; /* the "timestamp" member's JSON, NULL for none */
+        const char *ts;   /* the "timestamp" member's JSON, NULL for none */
         const char *time; /* the envelope's time, NULL for the bridge's clock */
     } cases[] = {
         {"{\"seconds\": -62135596800, \"microseconds\": 0}", "0001-01-01T00:00:00.000000Z"},
@@ -993,8 +975,9 @@ static void test_timestamps(void **state)
 
     (void)state;
     gmtime_r(&now, &tm);
-    assert_int_equal(regcomp(&re, "\"time\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
-                                  "\\.[0-9]{6}Z\"",
+    assert_int_equal(regcomp(&re,
+                             "\"time\":\"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                             "\\.[0-9]{6}Z\"",
                              REG_EXTENDED | REG_NOSUB),
                      0);
     qb_log_set_level(QB_LOG_ERROR);
@@ -1012,8 +995,13 @@ static void test_timestamps(void **state)
             snprintf(text, sizeof(text), "{\"event\": \"RESUME\"}");
         msg = parse(text);
         assert_int_equal(qb_normalize_event(vm, msg, NULL, 0, &ev), 1);
-        ein = (struct qb_envelope_in){.vm = "vm1", .type = ev.type, .epoch = 1, .sequence = 1,
-                                      .ts_sec = ev.ts_sec, .ts_usec = ev.ts_usec, .data = ev.data};
+        ein = (struct qb_envelope_in){.vm = "vm1",
+                                      .type = ev.type,
+                                      .epoch = 1,
+                                      .sequence = 1,
+                                      .ts_sec = ev.ts_sec,
+                                      .ts_usec = ev.ts_usec,
+                                      .data = ev.data};
         assert_int_equal(qb_envelope_build(&ctx, &ein, &bytes, &len), QB_OK);
         if (regexec(&re, bytes, 0, NULL, 0) != 0)
             fail_msg("timestamp %s: envelope time is not an RFC 3339 date-time: %s", text, bytes);
