@@ -2,10 +2,11 @@
  * publish.c - the one door for everything published (see publish.h for the
  * numbering rules).
  *
- * Streams are kept in two sets: the open ones by name (at most one per name),
- * and the memos of removed ones whose numbering a VM of that name continues.
- * A retired stream is in neither: it only publishes its leftovers, and moves
- * its memo forward when it does, so the returning VM never reuses a sequence.
+ * The publisher keeps the memos of removed streams, whose numbering a VM of
+ * that name continues; which names have an open stream it asks the VM set
+ * (the live callback). A retired stream only publishes its leftovers, and
+ * moves its memo forward when it does, so the returning VM never reuses a
+ * sequence.
  */
 #include "publish.h"
 
@@ -28,20 +29,22 @@ struct pub_memo {
     UT_hash_handle hh;
 };
 
+/* One allocation: name and key live in text[] (10,000 idle VMs each hold one). */
 struct qb_stream {
     struct qb_publisher *p;
-    char *name;
-    char *key; /* "<bridge>/<vm>" */
+    const char *name; /* into text[] */
+    const char *key;  /* "<bridge>/<vm>", into text[] */
     uint64_t epoch;
     uint64_t seq;
     bool retired;
-    UT_hash_handle hh; /* in p->open while not retired */
+    char text[];
 };
 
 struct qb_publisher {
     struct qb_outbox *outbox;
     struct qb_envelope_ctx env;
-    struct qb_stream *open;
+    qb_publish_name_live_cb live;
+    void *live_arg;
     struct pub_memo *memos;
     uint64_t bridge_epoch, bridge_seq;
     bool closing;
@@ -65,7 +68,7 @@ bool qb_stream_name_valid(const char *name)
 }
 
 int qb_publisher_new(const struct qb_config *cfg, struct qb_outbox *outbox,
-                     struct qb_publisher **out)
+                     qb_publish_name_live_cb live, void *live_arg, struct qb_publisher **out)
 {
     struct qb_publisher *p = calloc(1, sizeof(*p));
 
@@ -73,6 +76,8 @@ int qb_publisher_new(const struct qb_config *cfg, struct qb_outbox *outbox,
     if (!p)
         return QB_ENOMEM;
     p->outbox = outbox;
+    p->live = live;
+    p->live_arg = live_arg;
     p->env.bridge_id = cfg->bridge_id;
     p->env.schema_base_uri = cfg->schema_base_uri;
     p->bridge_epoch = qb_publish_now_usec();
@@ -114,18 +119,22 @@ void qb_publisher_free(struct qb_publisher *p)
 
 int qb_stream_open(struct qb_publisher *p, const char *name, struct qb_stream **out)
 {
-    struct qb_stream *s = calloc(1, sizeof(*s));
+    size_t nlen = strlen(name), blen = strlen(p->env.bridge_id);
+    struct qb_stream *s = calloc(1, sizeof(*s) + (nlen + 1) + (blen + 1 + nlen + 1));
     struct pub_memo *memo = NULL;
+    char *key;
 
     *out = NULL;
     if (!s)
         return QB_ENOMEM;
     s->p = p;
-    if (!(s->name = strdup(name)) || asprintf(&s->key, "%s/%s", p->env.bridge_id, name) < 0) {
-        free(s->name);
-        free(s);
-        return QB_ENOMEM;
-    }
+    memcpy(s->text, name, nlen + 1);
+    s->name = s->text;
+    key = s->text + nlen + 1;
+    memcpy(key, p->env.bridge_id, blen);
+    key[blen] = '/';
+    memcpy(key + blen + 1, name, nlen + 1);
+    s->key = key;
     HASH_FIND_STR(p->memos, name, memo);
     if (memo) {
         s->epoch = memo->epoch;
@@ -142,7 +151,6 @@ int qb_stream_open(struct qb_publisher *p, const char *name, struct qb_stream **
         if (s->epoch <= p->bridge_epoch)
             s->epoch = p->bridge_epoch + 1;
     }
-    HASH_ADD_KEYPTR(hh, p->open, s->name, strlen(s->name), s);
     *out = s;
     return QB_OK;
 }
@@ -154,7 +162,6 @@ void qb_stream_retire(struct qb_stream *s, bool remember)
 
     if (s->retired)
         return;
-    HASH_DEL(p->open, s);
     s->retired = true;
     if (p->closing || !remember)
         return;
@@ -170,22 +177,11 @@ void qb_stream_retire(struct qb_stream *s, bool remember)
 
 bool qb_stream_superseded(const struct qb_stream *s)
 {
-    struct qb_stream *live = NULL;
-
-    if (!s->retired)
-        return false;
-    HASH_FIND_STR(s->p->open, s->name, live);
-    return live != NULL;
+    return s->retired && s->p->live(s->p->live_arg, s->name);
 }
 
 void qb_stream_free(struct qb_stream *s)
 {
-    if (!s)
-        return;
-    if (!s->retired)
-        HASH_DEL(s->p->open, s);
-    free(s->name);
-    free(s->key);
     free(s);
 }
 

@@ -43,13 +43,17 @@ uint64_t qb_publish_now_usec(void);
 /* True when name can be a VM's name and a message's subject: 1 to 64 of [A-Za-z0-9._-]. */
 bool qb_stream_name_valid(const char *name);
 
+/* True when a VM of that name is on the bridge now (its stream open, not retired). */
+typedef bool (*qb_publish_name_live_cb)(void *arg, const char *name);
+
 /*
  * Creates the publisher of a bridge. cfg (bridge id, schema base URI) and
- * outbox are borrowed and must outlive it. Returns QB_OK with *out, or
- * QB_ENOMEM.
+ * outbox are borrowed and must outlive it. live answers whether a name has
+ * an open stream (the VM set keeps that index already; a second one here
+ * would cost every VM a hash entry). Returns QB_OK with *out, or QB_ENOMEM.
  */
 int qb_publisher_new(const struct qb_config *cfg, struct qb_outbox *outbox,
-                     struct qb_publisher **out);
+                     qb_publish_name_live_cb live, void *live_arg, struct qb_publisher **out);
 
 /* The configuration changed (reload: the schema base URI may have); cfg is borrowed. */
 void qb_publisher_set_config(struct qb_publisher *p, const struct qb_config *cfg);
@@ -64,7 +68,8 @@ void qb_publisher_closing(struct qb_publisher *p);
 void qb_publisher_free(struct qb_publisher *p);
 
 /*
- * Opens the stream of VM name (valid, and not open already): continues a
+ * Opens the stream of VM name (valid, and not open already; the live
+ * callback answers true for it from now until it is retired): continues a
  * remembered or spooled numbering, or starts a new epoch. name is copied.
  * Returns QB_OK with *out (free with qb_stream_free), or QB_ENOMEM.
  */

@@ -42,7 +42,7 @@ struct qb_source_qmp;
 struct qmp_link {
     struct qb_source_link head;
     struct qb_source_qmp *src;
-    char *name;
+    const char *name; /* into text[]: one allocation less for each of 10,000 idle VMs */
     char *address;
     struct qb_qmp_client *qmp; /* NULL for a listen VM before its first session */
     uv_timer_t timer;          /* reconnect, or (listen VM) forget */
@@ -56,7 +56,14 @@ struct qmp_link {
     uint64_t ready_at; /* uv_now when the session came up */
     uint32_t attempts; /* failed connects since the last stable session */
     struct qmp_link *slot_next;
-    UT_hash_handle hh; /* listen VMs by name */
+    struct listen_entry *listen_entry; /* listen VMs only: its entry in the index by name */
+    char text[];
+};
+
+/* A listen VM in the source's index by name (apart, so configured VMs carry no hash entry). */
+struct listen_entry {
+    struct qmp_link *link;
+    UT_hash_handle hh; /* keyed by link->name */
 };
 
 struct qb_source_qmp {
@@ -67,7 +74,7 @@ struct qb_source_qmp {
     void *host_arg;
     struct qb_qmp_options opts; /* owns opts.fair */
     struct qb_source_listen *listen;
-    struct qmp_link *listen_links;
+    struct listen_entry *listen_links;
     size_t n_listen; /* listen VMs (bounded by qmp.listen_max_vms) */
     size_t n_connecting;
     struct qmp_link *slot_head, *slot_tail;
@@ -216,7 +223,6 @@ static void link_timer_closed(uv_handle_t *h)
     l->timer_closed = true;
     if (l->head.cb && l->head.cb->on_released)
         l->head.cb->on_released(l->head.cb_arg);
-    free(l->name);
     free(l->address);
     free(l);
 }
@@ -331,7 +337,8 @@ static const struct qb_qmp_callbacks link_qmp_callbacks = {
 static int link_new(struct qb_source_qmp *s, const char *name, const char *address,
                     bool with_client, struct qmp_link **out)
 {
-    struct qmp_link *l = calloc(1, sizeof(*l));
+    size_t nlen = strlen(name);
+    struct qmp_link *l = calloc(1, sizeof(*l) + nlen + 1);
     int rc = QB_ENOMEM;
 
     *out = NULL;
@@ -339,9 +346,10 @@ static int link_new(struct qb_source_qmp *s, const char *name, const char *addre
         return QB_ENOMEM;
     l->head.ops = &qb_source_qmp_ops;
     l->src = s;
-    l->name = strdup(name);
+    memcpy(l->text, name, nlen + 1);
+    l->name = l->text;
     l->address = strdup(address);
-    if (!l->name || !l->address)
+    if (!l->address)
         goto fail;
     if (with_client) {
         rc = qb_qmp_client_new(s->loop, name, &s->opts, &link_qmp_callbacks, l, &l->qmp);
@@ -354,7 +362,6 @@ static int link_new(struct qb_source_qmp *s, const char *name, const char *addre
     return QB_OK;
 
 fail:
-    free(l->name);
     free(l->address);
     free(l);
     return rc;
@@ -367,10 +374,13 @@ static bool src_named(void *arg, struct qb_qmp_client *qmp, char **address, cons
                       pid_t pid, struct qb_held_events *events)
 {
     struct qb_source_qmp *s = arg;
+    struct listen_entry *entry = NULL;
     struct qmp_link *l = NULL;
     struct qb_qmp_client *old;
 
-    HASH_FIND_STR(s->listen_links, name, l);
+    HASH_FIND_STR(s->listen_links, name, entry);
+    if (entry)
+        l = entry->link;
     if (l && l->qmp && qb_qmp_client_state(l->qmp) != QB_QMP_IDLE) {
         QB_LOG_WARN(name, "refusing the QMP connection from pid %d: VM '%s' %s %s", (int)pid, name,
                     "already has a live session from", l->address);
@@ -407,7 +417,16 @@ static bool src_named(void *arg, struct qb_qmp_client *qmp, char **address, cons
             return false;
         }
         l->listen = true;
-        HASH_ADD_KEYPTR(hh, s->listen_links, l->name, strlen(l->name), l);
+        if ((entry = calloc(1, sizeof(*entry)))) {
+            entry->link = l;
+            l->listen_entry = entry;
+            HASH_ADD_KEYPTR(hh, s->listen_links, l->name, strlen(l->name), entry);
+        } else {
+            QB_LOG_WARN(name,
+                        "out of memory indexing the listen VM: a later session of "
+                        "pid %d's name is not matched to it",
+                        (int)pid);
+        }
         s->n_listen++;
     }
     if (qb_qmp_client_set_owner(qmp, name, &link_qmp_callbacks, l) < 0) {
@@ -557,7 +576,11 @@ static void link_release(struct qb_source_link *link, const char *why)
 
     l->released = true;
     if (l->listen) {
-        HASH_DEL(l->src->listen_links, l);
+        if (l->listen_entry) {
+            HASH_DEL(l->src->listen_links, l->listen_entry);
+            free(l->listen_entry);
+            l->listen_entry = NULL;
+        }
         l->src->n_listen--;
     }
     slot_unqueue(l);

@@ -108,7 +108,7 @@ struct qb_vm_cmds {
 struct qb_vm {
     /* vm_manager.c's */
     struct qb_vm_manager *mgr;
-    char *name;
+    const char *name;            /* name_text: one allocation less for each of 10,000 idle VMs */
     struct qb_source_link *link; /* its source's side; NULL once the source released it */
     bool was_ready;              /* this session came up: bridge.vm.connected is due or out */
     bool read_paused;            /* reading stopped for back-pressure */
@@ -123,6 +123,7 @@ struct qb_vm {
     struct qb_vm_pipe pipe;
     struct qb_vm_snap snap;
     struct qb_vm_cmds cmds;
+    char name_text[];
 };
 
 /* The upcalls of the lower vm_* files, set by vm_manager.c when it creates the manager. */

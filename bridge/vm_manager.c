@@ -216,8 +216,7 @@ static void vm_free_parts(struct qb_vm *vm)
     qb_vm_snap_free(vm);
     qb_vm_pipe_free(vm);
     qb_vm_out_free(vm);
-    free(vm->name);
-    free(vm);
+    free(vm); /* the name with it */
 }
 
 static void vm_free_now(struct qb_vm *vm)
@@ -252,14 +251,16 @@ static void vm_maybe_free(struct qb_vm *vm)
 static int vm_create(struct qb_vm_manager *m, const char *name, struct qb_source_link *link,
                      struct qb_vm **out)
 {
-    struct qb_vm *vm = calloc(1, sizeof(*vm));
+    size_t nlen = strlen(name);
+    struct qb_vm *vm = calloc(1, sizeof(*vm) + nlen + 1);
     int rc = QB_ENOMEM;
 
     if (!vm)
         return QB_ENOMEM;
     vm->mgr = m;
-    vm->name = strdup(name);
-    if (!vm->name || qb_vm_pipe_init(vm) < 0)
+    memcpy(vm->name_text, name, nlen + 1);
+    vm->name = vm->name_text;
+    if (qb_vm_pipe_init(vm) < 0)
         goto fail;
     rc = qb_vm_out_open(vm);
     if (rc < 0)
@@ -323,6 +324,16 @@ int qb_vm_manager_new(uv_loop_t *loop, const struct qb_config *cfg, struct qb_ou
     return qb_vm_manager_new_with_sources(loop, cfg, outbox, qb_source_registry, out);
 }
 
+/* The publisher's question: is a VM of that name on the bridge now (removed ones are not)? */
+static bool mgr_name_live(void *arg, const char *name)
+{
+    struct qb_vm_manager *m = arg;
+    struct qb_vm *vm = NULL;
+
+    HASH_FIND_STR(m->vms, name, vm);
+    return vm != NULL;
+}
+
 int qb_vm_manager_new_with_sources(uv_loop_t *loop, const struct qb_config *cfg,
                                    struct qb_outbox *outbox,
                                    const struct qb_source_ops *const *sources,
@@ -338,7 +349,7 @@ int qb_vm_manager_new_with_sources(uv_loop_t *loop, const struct qb_config *cfg,
     m->outbox = outbox;
     m->hooks = &vm_hooks;
     m->state_cache = qb_vm_state_cache_new(QB_VM_STATE_TREES_MAX);
-    if (!m->state_cache || qb_publisher_new(cfg, outbox, &m->pub) < 0 ||
+    if (!m->state_cache || qb_publisher_new(cfg, outbox, mgr_name_live, m, &m->pub) < 0 ||
         qb_vm_state_copies_new(loop, qb_vm_publish_state_copy, &m->state_copies) < 0)
         goto fail;
     for (size_t i = 0; sources[i] && i < QB_VM_SOURCES_MAX; i++) {

@@ -92,6 +92,47 @@ bool qb_outbox_recall_sequence(const struct qb_outbox *o, const char *vm, uint64
 static struct qb_config cfg;
 static struct qb_publisher *pub;
 
+/* The VM set, as the VM manager keeps it: names with an open stream, not retired. */
+static const char *live[8];
+
+static bool name_live(void *arg, const char *name)
+{
+    (void)arg;
+    for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++)
+        if (live[i] && strcmp(live[i], name) == 0)
+            return true;
+    return false;
+}
+
+static int open_stream(const char *name, struct qb_stream **out)
+{
+    int rc = qb_stream_open(pub, name, out);
+
+    for (size_t i = 0; rc == QB_OK && i < sizeof(live) / sizeof(live[0]); i++)
+        if (!live[i]) {
+            live[i] = name;
+            break;
+        }
+    return rc;
+}
+
+static void retire_stream(struct qb_stream *s, const char *name, bool remember)
+{
+    for (size_t i = 0; i < sizeof(live) / sizeof(live[0]); i++)
+        if (live[i] && strcmp(live[i], name) == 0) {
+            live[i] = NULL;
+            break;
+        }
+    qb_stream_retire(s, remember);
+}
+
+/* A stream freed without being retired (the test's end) leaves the VM set too. */
+static void free_stream(struct qb_stream *s, const char *name)
+{
+    retire_stream(s, name, false);
+    qb_stream_free(s);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -99,7 +140,9 @@ static int setup(void **state)
     cfg.bridge_id = "br";
     cfg.schema_base_uri = "file:///schema/v1/";
     n_sent = 0;
-    return qb_publisher_new(&cfg, (struct qb_outbox *)&cfg, &pub) == QB_OK ? 0 : -1;
+    memset(live, 0, sizeof(live));
+    return qb_publisher_new(&cfg, (struct qb_outbox *)&cfg, name_live, NULL, &pub) == QB_OK ? 0
+                                                                                            : -1;
 }
 
 static int teardown(void **state)
@@ -135,7 +178,7 @@ static void test_stream_numbering(void **state)
     uint64_t origin = 0;
 
     (void)state;
-    assert_int_equal(qb_stream_open(pub, "vm1", &s), QB_OK);
+    assert_int_equal(open_stream("vm1", &s), QB_OK);
     assert_string_equal(qb_stream_key(s), "br/vm1");
     assert_int_equal(qb_stream_sequence(s), 0);
     assert_int_equal(qb_publish_event(s, "qmp.vm.stopped", 1732242124, 461517, data, &origin), 1);
@@ -172,7 +215,7 @@ static void test_stream_numbering(void **state)
     assert_int_equal(sent[4].len, 0);
     assert_id(&sent[4], sent[0].epoch, 3, ".clear");
     assert_int_equal(qb_stream_sequence(s), 3);
-    qb_stream_free(s);
+    free_stream(s, "vm1");
     json_decref(data);
 }
 
@@ -182,31 +225,31 @@ static void test_continuing_numbering(void **state)
     uint64_t epoch;
 
     (void)state;
-    assert_int_equal(qb_stream_open(pub, "spooled", &sp), QB_OK);
+    assert_int_equal(open_stream("spooled", &sp), QB_OK);
     assert_int_equal(qb_publish_event(sp, "qmp.vm.resumed", 5, 0, NULL, NULL), 42);
     assert_int_equal(sent[0].epoch, 7);
 
-    assert_int_equal(qb_stream_open(pub, "vm1", &a), QB_OK);
+    assert_int_equal(open_stream("vm1", &a), QB_OK);
     qb_publish_event(a, "qmp.vm.resumed", 5, 0, NULL, NULL);
     epoch = sent[1].epoch;
     assert_true(epoch > 7);
-    qb_stream_retire(a, true);
+    retire_stream(a, "vm1", true);
     assert_false(qb_stream_superseded(a));
     /* the closing session's leftovers still go out and move the memo forward */
     assert_int_equal(qb_publish_event(a, "bridge.vm.disconnected", 6, 0, NULL, NULL), 2);
     qb_stream_free(a);
-    assert_int_equal(qb_stream_open(pub, "vm1", &b), QB_OK);
+    assert_int_equal(open_stream("vm1", &b), QB_OK);
     assert_int_equal(qb_publish_event(b, "bridge.vm.connected", 7, 0, NULL, NULL), 3);
     assert_int_equal(sent[3].epoch, epoch);
 
     /* gone for good: no memo, a new epoch */
-    qb_stream_retire(b, false);
+    retire_stream(b, "vm1", false);
     qb_stream_free(b);
-    assert_int_equal(qb_stream_open(pub, "vm1", &c), QB_OK);
+    assert_int_equal(open_stream("vm1", &c), QB_OK);
     assert_int_equal(qb_publish_event(c, "bridge.vm.connected", 8, 0, NULL, NULL), 1);
     assert_true(sent[4].epoch != epoch);
-    qb_stream_free(c);
-    qb_stream_free(sp);
+    free_stream(c, "vm1");
+    free_stream(sp, "spooled");
 }
 
 static void test_superseded_leftovers_dropped(void **state)
@@ -214,10 +257,10 @@ static void test_superseded_leftovers_dropped(void **state)
     struct qb_stream *old, *now;
 
     (void)state;
-    assert_int_equal(qb_stream_open(pub, "vm1", &old), QB_OK);
+    assert_int_equal(open_stream("vm1", &old), QB_OK);
     qb_publish_event(old, "qmp.vm.resumed", 5, 0, NULL, NULL);
-    qb_stream_retire(old, true);
-    assert_int_equal(qb_stream_open(pub, "vm1", &now), QB_OK);
+    retire_stream(old, "vm1", true);
+    assert_int_equal(open_stream("vm1", &now), QB_OK);
     assert_true(qb_stream_superseded(old));
     assert_false(qb_stream_superseded(now));
     /* two incarnations numbering at once would hand out sequence 2 twice */
@@ -225,7 +268,7 @@ static void test_superseded_leftovers_dropped(void **state)
     assert_int_equal(n_sent, 1);
     assert_int_equal(qb_publish_event(now, "bridge.vm.connected", 7, 0, NULL, NULL), 2);
     qb_stream_free(old);
-    qb_stream_free(now);
+    free_stream(now, "vm1");
 }
 
 static void test_closing(void **state)
@@ -233,15 +276,15 @@ static void test_closing(void **state)
     struct qb_stream *a, *b;
 
     (void)state;
-    assert_int_equal(qb_stream_open(pub, "vm1", &a), QB_OK);
+    assert_int_equal(open_stream("vm1", &a), QB_OK);
     qb_publish_event(a, "qmp.vm.resumed", 5, 0, NULL, NULL);
     qb_publisher_closing(pub);
-    qb_stream_retire(a, true); /* at shutdown nothing is remembered */
+    retire_stream(a, "vm1", true); /* at shutdown nothing is remembered */
     assert_int_equal(qb_publish_event(a, "bridge.vm.disconnected", 6, 0, NULL, NULL), 2);
     qb_stream_free(a);
-    assert_int_equal(qb_stream_open(pub, "vm1", &b), QB_OK);
+    assert_int_equal(open_stream("vm1", &b), QB_OK);
     assert_int_equal(qb_stream_sequence(b), 0);
-    qb_stream_free(b);
+    free_stream(b, "vm1");
 }
 
 static void test_results(void **state)
@@ -253,7 +296,7 @@ static void test_results(void **state)
     struct qb_publish_reply none = {0};
 
     (void)state;
-    assert_int_equal(qb_stream_open(pub, "vm1", &s), QB_OK);
+    assert_int_equal(open_stream("vm1", &s), QB_OK);
     /* on the VM's stream, and the same envelope as the reply */
     assert_int_equal(qb_publish_result(pub, s, "vm1", result, &reply), QB_OK);
     assert_int_equal(n_sent, 2);
@@ -282,7 +325,7 @@ static void test_results(void **state)
     assert_int_equal(qb_publish_result(pub, s, "vm1", result, &none), QB_OK);
     assert_int_equal(n_sent, 5);
     assert_int_equal(sent[4].kind, QB_MSG_EVENT);
-    qb_stream_free(s);
+    free_stream(s, "vm1");
     json_decref(result);
 }
 
