@@ -67,6 +67,16 @@ bool qb_stream_name_valid(const char *name)
     return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
+const char *qb_publish_subject(const char *name)
+{
+    return name && qb_stream_name_valid(name) ? name : "unknown";
+}
+
+uint64_t qb_publish_origin_usec(int64_t ts_sec, int32_t ts_usec)
+{
+    return ts_sec >= 0 ? (uint64_t)ts_sec * 1000000u + (uint64_t)ts_usec : qb_publish_now_usec();
+}
+
 int qb_publisher_new(const struct qb_config *cfg, struct qb_outbox *outbox,
                      qb_publish_name_live_cb live, void *live_arg, struct qb_publisher **out)
 {
@@ -268,8 +278,7 @@ static int pub_send(struct qb_stream *s, enum qb_msg_kind kind, const char *type
         .epoch = s->epoch,
         .payload = payload,
         .len = len,
-        .origin_usec =
-            ts_sec >= 0 ? (uint64_t)ts_sec * 1000000u + (uint64_t)ts_usec : qb_publish_now_usec(),
+        .origin_usec = qb_publish_origin_usec(ts_sec, ts_usec),
     };
     qb_outbox_send(p->outbox, &msg);
     if (origin_usec)
@@ -323,8 +332,7 @@ void qb_publish_state_clear(struct qb_stream *s)
 int qb_publish_result(struct qb_publisher *p, struct qb_stream *s, const char *vm_name,
                       const json_t *result, const struct qb_publish_reply *reply)
 {
-    const char *name =
-        s ? s->name : (vm_name && qb_stream_name_valid(vm_name) ? vm_name : "unknown");
+    const char *name = s ? s->name : qb_publish_subject(vm_name);
     uint64_t epoch = s ? s->epoch : p->bridge_epoch;
     uint64_t seq = s ? ++s->seq : ++p->bridge_seq;
     struct qb_envelope_in in = {

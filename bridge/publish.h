@@ -43,6 +43,12 @@ uint64_t qb_publish_now_usec(void);
 /* True when name can be a VM's name and a message's subject: 1 to 64 of [A-Za-z0-9._-]. */
 bool qb_stream_name_valid(const char *name);
 
+/* The subject a message about VM name carries: name when valid, else "unknown" (static). */
+const char *qb_publish_subject(const char *name);
+
+/* When an event of QMP time (ts_sec, ts_usec) happened, in µs; a negative ts_sec: now. */
+uint64_t qb_publish_origin_usec(int64_t ts_sec, int32_t ts_usec);
+
 /* True when a VM of that name is on the bridge now (its stream open, not retired). */
 typedef bool (*qb_publish_name_live_cb)(void *arg, const char *name);
 

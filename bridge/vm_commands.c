@@ -65,8 +65,7 @@ static void mgr_publish_result(struct qb_vm_manager *m, struct qb_vm *vm, const 
 
     if (qb_publish_result(m->pub, s, vm ? vm->name : vm_name, result, &reply) == QB_OK &&
         route == ROUTE_STREAM) {
-        const char *name =
-            vm ? vm->name : (vm_name && qb_stream_name_valid(vm_name) ? vm_name : "unknown");
+        const char *name = qb_publish_subject(vm ? vm->name : vm_name);
 
         qb_vm_count(m, QB_VM_COUNT_COMMANDS, json_str_or(result, "command", "?"),
                     json_str_or(result, "status", "?"));

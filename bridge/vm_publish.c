@@ -135,9 +135,7 @@ static void vm_publish_state(struct qb_vm *vm, enum qb_msg_kind kind, uint64_t s
     if (qb_publish_state(vm->out.stream, kind, seq, id_suffix, ts_sec, ts_usec, tree, text, len) ==
             QB_OK &&
         kind == QB_MSG_EVENT)
-        vm_note_event(vm, "qmp.vm.state",
-                      ts_sec >= 0 ? (uint64_t)ts_sec * 1000000u + (uint64_t)ts_usec
-                                  : qb_publish_now_usec());
+        vm_note_event(vm, "qmp.vm.state", qb_publish_origin_usec(ts_sec, ts_usec));
 }
 
 /*
