@@ -8,12 +8,17 @@ packages=(
   build-essential cmake pkg-config
   librdkafka-dev libmosquitto-dev libjansson-dev libyaml-dev libuv1-dev
   libssl-dev libsystemd-dev uthash-dev zlib1g-dev libmicrohttpd-dev libjemalloc-dev
+  # the libvirt source: libvirt's client libraries and libxml2 for the domain XML
+  libvirt-dev libxml2-dev
   # tests and demo: real QEMU, real mosquitto, kcat, the schema validator, the guest assembler
   libcmocka-dev qemu-system-x86 qemu-utils mosquitto mosquitto-clients kcat
   python3 python3-jsonschema binutils util-linux
   # the JavaScript signing recipe (examples/sign_command.js) against the test vectors; the
   # contract tests (docs/asyncapi.yaml, the CloudEvents SDK) under node, npm below
   nodejs
+  # a real libvirtd for the libvirt source's tests and demo (started in a private mount
+  # namespace by the tests; no host libvirt service is set up or touched)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   # RabbitMQ's MQTT plugin (integration_rabbitmq starts a private node; no service is left running)
   rabbitmq-server
   # fuzzing (libFuzzer comes with clang), the memcheck pass, the Debian package and its checks
