@@ -64,6 +64,10 @@ Facts seen with libvirt 9.0 and QEMU 7.2 (Debian 12), writer domain, 4M tmpfs:
       "operation":"write","action":"stop"}
     event STOP for domain 'w1': <null>        (1 ms after BLOCK_IO_ERROR)
   i.e. `device` is empty and `node-name` is the format node, never the storage node.
+- error_policy='report': the domain keeps running and QEMU relays about 2,000
+  BLOCK_IO_ERROR a second (`"action":"report"`, no `nospace` key; 6,010 in 3 s
+  on this machine), while `virsh domblkerror` says "No errors found": a ready
+  event flood for a test.
 - Grow the tmpfs, `virsh blockresize w1 hda 128M`, `virsh resume w1`: running
   again, `domblkinfo` capacity 134217728.
 - libvirtd SIGKILLed: its QEMUs keep running (children of the holder); a new
