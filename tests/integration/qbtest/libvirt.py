@@ -6,8 +6,8 @@ PID namespaces, so a libvirt of the host is never seen or touched:
   holder    `unshare --mount --propagation private --pid --fork --mount-proc`
             running a small python as PID 1 of the new PID namespace. It makes
             the mounts below, then only reaps children (QEMU is daemonised by
-            libvirtd, so it ends up as the holder's child; an unreaped zombie
-            would make libvirtd's `virsh destroy` wait 15 s for it). When the
+            libvirtd, so it ends up as the holder's child, and libvirtd waits
+            for a destroyed QEMU's PID to go away, which a zombie never does). When the
             holder dies the kernel kills every process of the PID namespace,
             so nothing survives a test, even one killed with SIGKILL
             (unshare --kill-child, plus PR_SET_PDEATHSIG from procs.spawn).
@@ -58,12 +58,12 @@ Facts seen with libvirt 9.0 and QEMU 7.2 (Debian 12), writer domain, 4M tmpfs:
   before hdc, hda got index 2 and hdc index 1 (a domain with hda alone: 1). So a
   node name maps to a target only through the index in the XML (or stats).
 - `virsh qemu-monitor-event --loop --timestamp`, relayed QMP events:
-    event RESUME for domain 'w1': <null>
+    <QEMU's time>: event RESUME for domain 'w1': <null>
     event BLOCK_IO_ERROR for domain 'w1': {"device":"","nospace":true,
       "node-name":"libvirt-2-format","reason":"No space left on device",
       "operation":"write","action":"stop"}
     event STOP for domain 'w1': <null>        (1 ms after BLOCK_IO_ERROR)
-  i.e. `device` is empty and `node-name` is the format node, never the storage node.
+  i.e. `device` is empty and `node-name` is the format node (not the storage node).
 - error_policy='report': the domain keeps running and QEMU relays about 2,000
   BLOCK_IO_ERROR a second (`"action":"report"`, no `nospace` key; 6,010 in 3 s
   on this machine), while `virsh domblkerror` says "No errors found": a ready
