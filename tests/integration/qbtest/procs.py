@@ -15,6 +15,7 @@ import sys
 import time
 
 _children = []  # [(Popen, name)] in start order
+_cleanups = []  # functions cleanup_all runs first, newest first
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -91,8 +92,28 @@ def _forget(p):
             break
 
 
+def at_cleanup(fn):
+    """Registers fn() to run once at the start of cleanup_all (so also on
+    SIGTERM and at exit), before any child is stopped: for an owner of
+    processes that are not our children, e.g. the QEMUs of a libvirtd."""
+    _cleanups.append(fn)
+
+
+def forget_cleanup(fn):
+    """Unregisters fn (after the owner cleaned up by itself)."""
+    if fn in _cleanups:
+        _cleanups.remove(fn)
+
+
 def cleanup_all():
-    """Stops every recorded child, newest first (bridge before brokers and QEMUs)."""
+    """Runs the at_cleanup functions, then stops every recorded child, newest
+    first (bridge before brokers and QEMUs)."""
+    while _cleanups:
+        fn = _cleanups.pop()
+        try:
+            fn()
+        except Exception as e:  # one failing owner must not keep the rest alive
+            sys.stderr.write("qbtest: cleanup %r failed: %s\n" % (fn, e))
     while _children:
         p, _name = _children[-1]
         stop(p, timeout=3.0)
