@@ -71,10 +71,14 @@ static struct {
     struct lv_timeout *timeouts;
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER, .next_id = 1};
 
-/* A free callback to run once the table is unlocked. */
-struct lv_reap {
-    virFreeCallback ff;
-    void *opaque;
+/* Free callbacks collected under the lock, run once it is released. */
+#define LV_REAP_MAX 64
+struct lv_reaps {
+    struct {
+        virFreeCallback ff;
+        void *opaque;
+    } item[LV_REAP_MAX];
+    size_t n;
 };
 
 static int to_uv(int vir)
@@ -247,34 +251,38 @@ static void close_timeout_locked(struct lv_timeout *t)
 
 /* ---- reconcile: make the uv handles follow the table (loop thread) ---- */
 
-/* Appends a free callback to run after unlocking; drops it if the array is full (logged). */
-static void reap_push(struct lv_reap *reap, size_t cap, size_t *n, virFreeCallback ff, void *opaque)
+/* Takes a free callback for later; false when full (the entry waits for the next pass). */
+static bool reap_push(struct lv_reaps *r, virFreeCallback ff, void *opaque)
 {
     if (!ff)
-        return;
-    if (*n == cap) {
-        QB_LOG_ERR(NULL, "libvirt event loop: too many removals in one pass, a free is lost");
-        return;
-    }
-    reap[(*n)++] = (struct lv_reap){ff, opaque};
+        return true;
+    if (r->n == LV_REAP_MAX)
+        return false;
+    r->item[r->n].ff = ff;
+    r->item[r->n].opaque = opaque;
+    r->n++;
+    return true;
 }
 
-/* Frees removed watches of pfd whose uv side is settled; their ff goes to reap. */
-static void reap_watches_locked(struct lv_fd *pfd, struct lv_reap *reap, size_t cap, size_t *n)
+/* Frees removed watches of pfd whose uv side is settled. Returns false if some had to wait. */
+static bool reap_watches_locked(struct lv_fd *pfd, struct lv_reaps *r)
 {
+    bool all = true;
+
     for (struct lv_watch **pp = &g.watches; *pp;) {
         struct lv_watch *w = *pp;
-        if (w->pfd == pfd && w->removed) {
+        if (w->pfd == pfd && w->removed && reap_push(r, w->ff, w->opaque)) {
             *pp = w->next;
-            reap_push(reap, cap, n, w->ff, w->opaque);
             free(w);
         } else {
+            all = all && !(w->pfd == pfd && w->removed);
             pp = &w->next;
         }
     }
+    return all;
 }
 
-static void reconcile_fds_locked(struct lv_reap *reap, size_t cap, size_t *n)
+static void reconcile_fds_locked(struct lv_reaps *r)
 {
     /* Dead fds first: a new watch may use the same fd number, and uv_poll_init
      * refuses an fd while another handle still polls it. */
@@ -286,10 +294,11 @@ static void reconcile_fds_locked(struct lv_reap *reap, size_t cap, size_t *n)
             pfd->closing = true; /* ff after the close: it may close the fd */
             uv_close((uv_handle_t *)&pfd->poll, on_fd_closed);
             pp = &pfd->next;
-        } else {
+        } else if (reap_watches_locked(pfd, r)) {
             *pp = pfd->next;
-            reap_watches_locked(pfd, reap, cap, n);
             free(pfd);
+        } else {
+            pp = &pfd->next;
         }
     }
     for (struct lv_fd *pfd = g.fds; pfd; pfd = pfd->next) {
@@ -326,19 +335,22 @@ static void reconcile_fds_locked(struct lv_reap *reap, size_t cap, size_t *n)
                            uv_strerror(err));
             pfd->applied = err ? 0 : want;
         }
-        reap_watches_locked(pfd, reap, cap, n);
+        reap_watches_locked(pfd, r);
     }
 }
 
-static void reconcile_timeouts_locked(struct lv_reap *reap, size_t cap, size_t *n)
+static void reconcile_timeouts_locked(struct lv_reaps *r)
 {
     for (struct lv_timeout **pp = &g.timeouts; *pp;) {
         struct lv_timeout *t = *pp;
 
         if (t->removed && t->open_handles == 0) {
-            *pp = t->next;
-            reap_push(reap, cap, n, t->ff, t->opaque);
-            free(t);
+            if (reap_push(r, t->ff, t->opaque)) {
+                *pp = t->next;
+                free(t);
+            } else {
+                pp = &t->next;
+            }
             continue;
         }
         pp = &t->next;
@@ -365,20 +377,21 @@ static void reconcile_timeouts_locked(struct lv_reap *reap, size_t cap, size_t *
     }
 }
 
-#define LV_REAP_MAX 64
-
-/* Runs a reconcile and then the free callbacks it collected, unlocked. */
-static void reconcile_and_reap(void)
+/* Runs a reconcile and then the free callbacks it collected, unlocked. Returns their number. */
+static size_t reconcile_and_reap(void)
 {
-    struct lv_reap reap[LV_REAP_MAX];
-    size_t n = 0;
+    struct lv_reaps r;
 
+    r.n = 0;
     pthread_mutex_lock(&g.mu);
-    reconcile_fds_locked(reap, LV_REAP_MAX, &n);
-    reconcile_timeouts_locked(reap, LV_REAP_MAX, &n);
+    reconcile_fds_locked(&r);
+    reconcile_timeouts_locked(&r);
+    if (r.n == LV_REAP_MAX)
+        wake_locked(); /* more may wait: another pass */
     pthread_mutex_unlock(&g.mu);
-    for (size_t i = 0; i < n; i++)
-        reap[i].ff(reap[i].opaque);
+    for (size_t i = 0; i < r.n; i++)
+        r.item[i].ff(r.item[i].opaque);
+    return r.n;
 }
 
 static void on_wake(uv_async_t *h)
@@ -551,9 +564,33 @@ static int lv_remove_timeout(int timer)
 
 /* ---- public ---- */
 
+static void probe_timeout(int timer, void *opaque)
+{
+    (void)timer;
+    (void)opaque;
+}
+
+/*
+ * libvirt silently keeps an implementation registered earlier (it only logs a
+ * warning): a disabled timeout added through the public API shows whose it is.
+ */
+static bool registered_is_ours(void)
+{
+    int id = virEventAddTimeout(-1, probe_timeout, NULL, NULL);
+    bool ours;
+
+    pthread_mutex_lock(&g.mu);
+    ours = id > 0 && find_timeout_locked(id) != NULL;
+    pthread_mutex_unlock(&g.mu);
+    if (id > 0)
+        virEventRemoveTimeout(id);
+    return ours;
+}
+
 int qb_libvirt_event_loop_install(uv_loop_t *loop)
 {
     int rc = QB_OK, err;
+    bool fresh = false;
 
     if (!loop)
         return QB_EINVAL;
@@ -570,13 +607,20 @@ int qb_libvirt_event_loop_install(uv_loop_t *loop)
         uv_unref((uv_handle_t *)&g.wake);
         g.loop = loop;
         g.state = LV_RUNNING;
-        virEventRegisterImpl(lv_add_handle, lv_update_handle, lv_remove_handle, lv_add_timeout,
-                             lv_update_timeout, lv_remove_timeout);
+        fresh = true;
     }
     pthread_mutex_unlock(&g.mu);
     if (rc == QB_EBUSY)
         QB_LOG_ERR(NULL, "libvirt event loop: already installed on another loop");
-    return rc;
+    if (!fresh)
+        return rc;
+    virEventRegisterImpl(lv_add_handle, lv_update_handle, lv_remove_handle, lv_add_timeout,
+                         lv_update_timeout, lv_remove_timeout);
+    if (registered_is_ours())
+        return QB_OK;
+    QB_LOG_ERR(NULL, "libvirt event loop: another event implementation is already registered");
+    qb_libvirt_event_loop_shutdown();
+    return QB_EEXIST;
 }
 
 void qb_libvirt_event_loop_shutdown(void)
@@ -590,7 +634,8 @@ void qb_libvirt_event_loop_shutdown(void)
     }
     pthread_mutex_unlock(&g.mu);
     /* removed entries get their ff now or from their close callbacks */
-    reconcile_and_reap();
+    while (reconcile_and_reap() == LV_REAP_MAX)
+        ;
 
     pthread_mutex_lock(&g.mu);
     g.state = LV_SHUT;

@@ -51,11 +51,14 @@
  * Registers the implementation with libvirt, running on loop (borrowed; it must
  * outlive the shutdown below). Call it on the loop's thread before the first
  * virConnectOpen. libvirt keeps the first implementation registered in a
- * process and cannot unregister it, so this is once per process: a second call
- * with the same loop returns QB_OK and does nothing, with another loop
- * QB_EBUSY, after qb_libvirt_event_loop_shutdown QB_ECLOSED.
- * Returns QB_OK, QB_EBUSY, QB_ECLOSED, or a QB_E* code when the uv_async that
- * wakes the loop cannot be made.
+ * process (a later virEventRegisterImpl is ignored with a warning) and cannot
+ * unregister it, so this is once per process: a second call with the same
+ * loop returns QB_OK and does nothing, with another loop QB_EBUSY, after
+ * qb_libvirt_event_loop_shutdown QB_ECLOSED. Nothing else in the process may
+ * register one (virEventRegisterDefaultImpl): when another was first, this
+ * finds out with a probe timeout and returns QB_EEXIST (shut down).
+ * Returns QB_OK, QB_EBUSY, QB_ECLOSED, QB_EEXIST, QB_EINVAL, or QB_EIO when
+ * the uv_async that wakes the loop cannot be made.
  */
 int qb_libvirt_event_loop_install(uv_loop_t *loop);
 

@@ -412,6 +412,27 @@ static void test_calls_from_another_thread(void **state)
     close(p[1]);
 }
 
+/* More removals than one pass frees: every free callback still comes, once. */
+static void test_many_removals(void **state)
+{
+    struct rec r = {0};
+    int ids[150];
+
+    (void)state;
+    for (int i = 0; i < 150; i++)
+        ids[i] = virEventAddTimeout(-1, rec_timeout, &r, rec_free);
+    run_for(5);
+    for (int i = 0; i < 150; i++)
+        assert_int_equal(virEventRemoveTimeout(ids[i]), 0);
+    for (int i = 0; i < 150; i++)
+        ids[i] = virEventAddTimeout(-1, rec_timeout, &r, rec_free); /* never applied */
+    for (int i = 0; i < 150; i++)
+        assert_int_equal(virEventRemoveTimeout(ids[i]), 0);
+    assert_true(run_until(&r.frees, 300, 2000));
+    run_for(10);
+    assert_int_equal(r.frees, 300);
+}
+
 static void test_unknown_ids(void **state)
 {
     (void)state;
@@ -436,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_timeout_period),
         cmocka_unit_test(test_timeout_zero_and_disable),
         cmocka_unit_test(test_calls_from_another_thread),
+        cmocka_unit_test(test_many_removals),
         cmocka_unit_test(test_unknown_ids),
     };
 
