@@ -16,6 +16,7 @@
 
 #include "error.h"
 #include "libvirt_event_loop.h"
+#include "libvirt_worker.h"
 #include "log.h"
 
 #include <libvirt/libvirt.h>
@@ -433,6 +434,83 @@ static void test_many_removals(void **state)
     assert_int_equal(r.frees, 300);
 }
 
+/* ---- both modules with libvirt itself: its in-process test driver, no daemon ---- */
+
+struct driver_run {
+    virConnectPtr conn;
+    int lifecycle_events;
+    int last_event;
+    bool event_off_main;
+    int jobs_done;
+    int suspend_rc;
+    int worker_closed;
+};
+
+static int on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
+{
+    struct driver_run *d = opaque;
+
+    (void)conn;
+    (void)dom;
+    (void)detail;
+    d->lifecycle_events++;
+    d->last_event = event;
+    if (!pthread_equal(pthread_self(), main_thread))
+        d->event_off_main = true;
+    return 0;
+}
+
+/* worker thread: a blocking API call, which queues a domain event inside libvirt */
+static void work_suspend(void *arg)
+{
+    struct driver_run *d = arg;
+    virDomainPtr dom = virDomainLookupByName(d->conn, "test");
+
+    d->suspend_rc = dom ? virDomainSuspend(dom) : -1;
+    if (dom)
+        virDomainFree(dom);
+}
+
+static void done_count(void *arg, bool cancelled)
+{
+    struct driver_run *d = arg;
+
+    assert_false(cancelled);
+    d->jobs_done++;
+}
+
+static void on_worker_closed(void *arg)
+{
+    ((struct driver_run *)arg)->worker_closed++;
+}
+
+static void test_libvirt_test_driver(void **state)
+{
+    struct driver_run d = {0};
+    struct qb_libvirt_worker *w;
+    int cb;
+
+    (void)state;
+    d.conn = virConnectOpen("test:///default");
+    if (!d.conn)
+        skip();
+    cb = virConnectDomainEventRegisterAny(d.conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                          VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), &d, NULL);
+    assert_true(cb >= 0);
+    assert_int_equal(qb_libvirt_worker_create(&loop, 4, &w), QB_OK);
+    assert_int_equal(qb_libvirt_worker_submit(w, work_suspend, done_count, &d), QB_OK);
+    assert_true(run_until(&d.lifecycle_events, 1, 5000));
+    assert_true(run_until(&d.jobs_done, 1, 5000));
+    assert_int_equal(d.suspend_rc, 0);
+    assert_int_equal(d.last_event, VIR_DOMAIN_EVENT_SUSPENDED);
+    assert_false(d.event_off_main);
+    assert_int_equal(qb_libvirt_worker_close(w, on_worker_closed, &d), QB_OK);
+    assert_true(run_until(&d.worker_closed, 1, 5000));
+    assert_int_equal(virConnectDomainEventDeregisterAny(d.conn, cb), 0);
+    assert_int_equal(virConnectClose(d.conn), 0);
+    run_for(20); /* the free callbacks of the connection's timeout */
+}
+
 static void test_unknown_ids(void **state)
 {
     (void)state;
@@ -458,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_timeout_zero_and_disable),
         cmocka_unit_test(test_calls_from_another_thread),
         cmocka_unit_test(test_many_removals),
+        cmocka_unit_test(test_libvirt_test_driver),
         cmocka_unit_test(test_unknown_ids),
     };
 
