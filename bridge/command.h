@@ -72,6 +72,8 @@ struct qb_command_policy {
 #define QB_CMD_ERR_QMP "qmp"                     /* (exec) QEMU answered an error */
 #define QB_CMD_ERR_TIMEOUT "timeout"             /* (exec) a step or the command timed out */
 #define QB_CMD_ERR_DISCONNECTED "disconnected"   /* (exec) the session closed mid-command */
+#define QB_CMD_ERR_UNSUPPORTED "unsupported"     /* (source) the VM's source cannot run it */
+#define QB_CMD_ERR_LIBVIRT "libvirt"             /* (libvirt source) a libvirt call failed */
 #define QB_CMD_ERR_ID_REUSED "id-reused"         /* (router) the id ran before with other type,
                                                     subject or data */
 #define QB_CMD_ERR_INTERRUPTED "interrupted"     /* (router) the id was running when the bridge

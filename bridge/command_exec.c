@@ -20,6 +20,7 @@
  * may hold locks or half-built state around the start call.
  */
 #include "command_exec.h"
+#include "command_limits.h"
 #include "error.h"
 #include "log.h"
 
@@ -245,10 +246,10 @@ static json_t *qb_find_disk(const struct qb_command *cmd, json_t *ret)
 static int qb_check_disk(struct qb_command_exec *e, json_t *ret)
 {
     const struct qb_command *cmd = e->cmd;
-    const struct qb_command_policy *pol = e->policy;
-    const char *key, *name;
+    const char *key, *name, *cls;
     json_t *entry, *vsize;
     uint64_t cur, new_size;
+    char msg[200];
 
     qb_disk_key(cmd, &key, &name);
     entry = qb_find_disk(cmd, ret);
@@ -260,30 +261,8 @@ static int qb_check_disk(struct qb_command_exec *e, json_t *ret)
         return qb_exec_error(e, QB_CMD_ERR_PRECONDITION,
                              "disk with %s '%s' has no medium or no known size", key, name);
     cur = (uint64_t)json_integer_value(vsize);
-
-    if (cmd->has_size) {
-        new_size = cmd->size;
-    } else {
-        if (cmd->grow_by > UINT64_MAX - cur)
-            return qb_exec_error(e, QB_CMD_ERR_LIMIT,
-                                 "growing %" PRIu64 " by %" PRIu64 " overflows", cur, cmd->grow_by);
-        new_size = cur + cmd->grow_by;
-    }
-    if (new_size < cur)
-        return qb_exec_error(e, QB_CMD_ERR_LIMIT, "shrink from %" PRIu64 " to %" PRIu64 " refused",
-                             cur, new_size);
-    if (new_size > (uint64_t)INT64_MAX)
-        return qb_exec_error(e, QB_CMD_ERR_LIMIT, "new size %" PRIu64 " is over QEMU's maximum",
-                             new_size);
-    if (pol != NULL && pol->max_size != 0 && new_size > pol->max_size)
-        return qb_exec_error(e, QB_CMD_ERR_LIMIT, "new size %" PRIu64 " exceeds max_size %" PRIu64,
-                             new_size, pol->max_size);
-    if (pol != NULL && pol->max_growth != 0 && new_size - cur > pol->max_growth)
-        return qb_exec_error(e, QB_CMD_ERR_LIMIT,
-                             "growth of %" PRIu64 " bytes (from %" PRIu64 " to %" PRIu64
-                             ") exceeds max_growth %" PRIu64,
-                             new_size - cur, cur, new_size, pol->max_growth);
-    /* Equal sizes pass: QEMU accepts a same-size resize, and cont still has to happen. */
+    if (qb_command_resize_size(cmd, e->policy, cur, &new_size, &cls, msg, sizeof(msg)) < 0)
+        return qb_exec_error(e, cls, "%s", msg);
     e->new_size = new_size;
     return QB_OK;
 }

@@ -612,6 +612,24 @@ static const char *check_name(const char *text)
     return NULL;
 }
 
+/*
+ * libvirt.uri: a libvirt connection URI for the QEMU driver. Only the shape is
+ * checked here (libvirt parses it when it connects); control characters and
+ * spaces would end up in logs and in every libvirt VM's address.
+ */
+static const char *check_libvirt_uri(const char *text)
+{
+    size_t len = strlen(text);
+
+    if (len < 8 || len > 1024 || strncmp(text, "qemu", 4) != 0 || !strstr(text, "://"))
+        return "a libvirt URI of the QEMU driver such as \"qemu:///system\" (at most 1024 "
+               "characters)";
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)text[i] <= ' ' || (unsigned char)text[i] >= 0x7f)
+            return "a libvirt URI without spaces or control characters";
+    return NULL;
+}
+
 /* metrics.listen: what the HTTP server accepts (its own parser, so the two never disagree). */
 static const char *check_listen(const char *text)
 {
@@ -1116,6 +1134,10 @@ static int parse_include_types(struct qb_config_walk *c, const struct qb_config_
 static int parse_exclude_types(struct qb_config_walk *c, const struct qb_config_node *node,
                                void *base);
 static int parse_allow(struct qb_config_walk *c, const struct qb_config_node *node, void *base);
+static int parse_libvirt_include(struct qb_config_walk *c, const struct qb_config_node *node,
+                                 void *base);
+static int parse_libvirt_exclude(struct qb_config_walk *c, const struct qb_config_node *node,
+                                 void *base);
 
 #define C struct qb_config
 static const struct qb_config_key bridge_fields[] = {
@@ -1176,6 +1198,18 @@ static const struct qb_config_key discovery_fields[] = {
     {0},
 };
 
+/* libvirt keepalive: whole seconds on the wire (virConnectSetKeepAlive takes an int interval) */
+static const struct qb_config_key libvirt_fields[] = {
+    FIELD(C, "uri", QB_CFG_STRING, libvirt_uri, .check = check_libvirt_uri),
+    CUSTOM("include", parse_libvirt_include),
+    CUSTOM("exclude", parse_libvirt_exclude),
+    FIELD(C, "keepalive_interval", QB_CFG_DURATION, libvirt_keepalive_interval_ms, .def = "5s",
+          .min = 1000, .max = 3600 * 1000),
+    FIELD(C, "keepalive_count", QB_CFG_UINT, libvirt_keepalive_count, .def = "3", .min = 1,
+          .max = 100),
+    {0},
+};
+
 static const struct qb_config_key events_fields[] = {
     CUSTOM("exclude", parse_exclude),
     {0},
@@ -1205,6 +1239,7 @@ static const struct qb_config_key root_fields[] = {
     SECTION("qmp", qmp_fields),
     CUSTOM("vms", parse_vms, .append = true),
     SECTION("discovery", discovery_fields),
+    SECTION("libvirt", libvirt_fields),
     SECTION("events", events_fields),
     SECTION("commands", commands_fields),
     SECTION("spool", spool_fields),
@@ -1302,6 +1337,36 @@ static int parse_exclude(struct qb_config_walk *c, const struct qb_config_node *
 
     return parse_string_list(c, node, &cfg->events_exclude, &cfg->n_events_exclude, "an event name",
                              NULL, true);
+}
+
+/* libvirt.include / exclude: fnmatch globs over domain names. */
+static const char *check_domain_glob(const char *text)
+{
+    size_t len = strlen(text);
+
+    if (len > 128 || strspn(text, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                  "0123456789._-*?[]!") != len)
+        return "a domain-name glob (1 to 128 characters from [A-Za-z0-9._-] and the wildcards "
+               "* ? [...])";
+    return NULL;
+}
+
+static int parse_libvirt_include(struct qb_config_walk *c, const struct qb_config_node *node,
+                                 void *base)
+{
+    struct qb_config *cfg = base;
+
+    return parse_string_list(c, node, &cfg->libvirt_include, &cfg->n_libvirt_include,
+                             "a domain-name glob", check_domain_glob, false);
+}
+
+static int parse_libvirt_exclude(struct qb_config_walk *c, const struct qb_config_node *node,
+                                 void *base)
+{
+    struct qb_config *cfg = base;
+
+    return parse_string_list(c, node, &cfg->libvirt_exclude, &cfg->n_libvirt_exclude,
+                             "a domain-name glob", check_domain_glob, true);
 }
 
 /* A transport's include / exclude: CloudEvents type patterns. */
@@ -2207,6 +2272,12 @@ void qb_config_free(struct qb_config *cfg)
     for (size_t i = 0; i < cfg->n_events_exclude; i++)
         free(cfg->events_exclude[i]);
     free(cfg->events_exclude);
+    for (size_t i = 0; i < cfg->n_libvirt_include; i++)
+        free(cfg->libvirt_include[i]);
+    free(cfg->libvirt_include);
+    for (size_t i = 0; i < cfg->n_libvirt_exclude; i++)
+        free(cfg->libvirt_exclude[i]);
+    free(cfg->libvirt_exclude);
     for (size_t i = 0; i < cfg->n_transports; i++) {
         struct qb_transport_config *t = &cfg->transports[i];
         const struct qb_transport_ops *ops = qb_transport_ops_find(t->type);

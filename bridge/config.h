@@ -100,6 +100,16 @@ struct qb_config {
     char *discovery_suffix;    /* suffix: only files ending in it are VMs; the VM name is the
                                   file name without it. Default "" (every socket file) */
 
+    /* libvirt: the libvirt source (source_libvirt.c), off unless uri is set */
+    char *libvirt_uri;          /* uri, e.g. "qemu:///system"; default NULL (off) */
+    char **libvirt_include;     /* include: domain-name globs; NULL: the default ["*"] */
+    size_t n_libvirt_include;
+    char **libvirt_exclude;     /* exclude: domain-name globs never taken; default none */
+    size_t n_libvirt_exclude;
+    uint32_t libvirt_keepalive_interval_ms; /* keepalive_interval: default 5s */
+    uint32_t libvirt_keepalive_count;       /* keepalive_count: unanswered probes before the
+                                               connection counts as lost; default 3 */
+
     /* events: */
     char **events_exclude;     /* exclude: QMP event names never published; default none */
     size_t n_events_exclude;

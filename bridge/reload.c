@@ -178,6 +178,10 @@ static const struct fixed_key {
     {"commands.enabled", FX_BOOL, offsetof(struct qb_config, commands.enabled)},
     {"commands.cache_size", FX_SIZE, offsetof(struct qb_config, commands_cache_size)},
     {"bridge.state_directory", FX_STR, offsetof(struct qb_config, state_directory)},
+    {"libvirt.uri", FX_STR, offsetof(struct qb_config, libvirt_uri)},
+    {"libvirt.keepalive_interval", FX_U32,
+     offsetof(struct qb_config, libvirt_keepalive_interval_ms)},
+    {"libvirt.keepalive_count", FX_U32, offsetof(struct qb_config, libvirt_keepalive_count)},
 };
 
 /* Copies old's value of k into nc when they differ. Returns 1 (copied), 0 (equal), QB_ENOMEM. */

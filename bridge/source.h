@@ -152,6 +152,14 @@ struct qb_source_stats {
     uint64_t held_over_bytes;  /* not yet named sessions closed: too many event bytes held */
     uint64_t listen_refused;   /* offered VMs refused: the source's VM limit is reached */
     uint64_t listen_forgotten; /* VMs the source gave up on (on_gone) */
+    /* the libvirt source's one connection to libvirtd (source_libvirt.c) */
+    uint64_t libvirt_configured;     /* 1 when libvirt.uri is set */
+    uint64_t libvirt_connected;      /* 1 while connected */
+    uint64_t libvirt_lost;           /* connections lost after they were up */
+    uint64_t libvirt_connect_failed; /* connect attempts that failed */
+    uint64_t libvirt_refused;        /* domains refused: a name that is not valid or is taken */
+    uint64_t libvirt_events_dropped; /* relayed events no session took (domain not taken, or
+                                        its session not up; bad names or data) */
 };
 
 struct qb_source_ops {

@@ -7,11 +7,13 @@
  * every source uses, so no source depends on the list that names it.
  */
 #include "source.h"
+#include "source_libvirt.h"
 #include "source_qmp.h"
 
 #include <stddef.h>
 
 const struct qb_source_ops *const qb_source_registry[] = {
     &qb_source_qmp_ops,
+    &qb_source_libvirt_ops,
     NULL,
 };

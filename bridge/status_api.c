@@ -148,6 +148,18 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
     qb_prom_family(w, "qmp_bridge_listen_vms_forgotten_total", "counter",
                    "Listen-mode VMs forgotten after qmp.listen_forget_after (retained state "
                    "cleared)");
+    qb_prom_family(w, "qmp_bridge_libvirt_connected", "gauge",
+                   "1 while the libvirt source is connected to libvirtd (only with libvirt.uri)");
+    qb_prom_family(w, "qmp_bridge_libvirt_connections_lost_total", "counter",
+                   "Connections to libvirtd lost after they were up (then made again)");
+    qb_prom_family(w, "qmp_bridge_libvirt_connect_failures_total", "counter",
+                   "Attempts to connect to libvirtd that failed");
+    qb_prom_family(w, "qmp_bridge_libvirt_domains_refused_total", "counter",
+                   "Domains not taken: a name that is not a valid VM name, or one the bridge "
+                   "already has");
+    qb_prom_family(w, "qmp_bridge_libvirt_events_dropped_total", "counter",
+                   "Events libvirtd relayed that no session took (a domain not taken or not yet "
+                   "up, a bad event name or data)");
     if (mgr) {
         qb_vm_manager_foreach(mgr, tally_vm, &t);
         qb_vm_manager_foreach_count(mgr, QB_VM_COUNT_EVENTS, emit_event_count, w);
@@ -167,6 +179,16 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
     qb_prom_sample_u64(w, "qmp_bridge_vms_waiting_to_connect", NULL, st.slot_waiting);
     emit_sessions_closed(w, &st);
     qb_prom_sample_u64(w, "qmp_bridge_listen_vms_forgotten_total", NULL, st.listen_forgotten);
+    if (st.libvirt_configured) {
+        qb_prom_sample_u64(w, "qmp_bridge_libvirt_connected", NULL, st.libvirt_connected);
+        qb_prom_sample_u64(w, "qmp_bridge_libvirt_connections_lost_total", NULL, st.libvirt_lost);
+        qb_prom_sample_u64(w, "qmp_bridge_libvirt_connect_failures_total", NULL,
+                           st.libvirt_connect_failed);
+        qb_prom_sample_u64(w, "qmp_bridge_libvirt_domains_refused_total", NULL,
+                           st.libvirt_refused);
+        qb_prom_sample_u64(w, "qmp_bridge_libvirt_events_dropped_total", NULL,
+                           st.libvirt_events_dropped);
+    }
 }
 
 static void collect_router(struct qb_prom_writer *w, const struct qb_command_router *r)
@@ -409,6 +431,16 @@ static void readiness_reasons(const struct qb_status_view *v, json_t *reasons)
         json_array_append_new(reasons, json_string("shutting down"));
     if (!v->mgr)
         json_array_append_new(reasons, json_string("VM manager not running"));
+    if (v->mgr) {
+        struct qb_vm_manager_stats st;
+
+        qb_vm_manager_get_stats(v->mgr, &st);
+        if (st.libvirt_configured && !st.libvirt_connected) {
+            snprintf(text, sizeof(text), "libvirt: not connected to %s",
+                     v->cfg && v->cfg->libvirt_uri ? v->cfg->libvirt_uri : "libvirtd");
+            json_array_append_new(reasons, json_string(text));
+        }
+    }
     for (size_t i = 0; v->transports && i < v->n_transports; i++) {
         struct qb_transport *t = v->transports[i];
         struct qb_transport_stats st;

@@ -513,6 +513,12 @@ void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager
     out->held_over_bytes += st.held_over_bytes;
     out->listen_refused += st.listen_refused;
     out->listen_forgotten += st.listen_forgotten;
+    out->libvirt_configured = st.libvirt_configured;
+    out->libvirt_connected = st.libvirt_connected;
+    out->libvirt_lost = st.libvirt_lost;
+    out->libvirt_connect_failed = st.libvirt_connect_failed;
+    out->libvirt_refused = st.libvirt_refused;
+    out->libvirt_events_dropped = st.libvirt_events_dropped;
 }
 
 const struct qb_histogram *qb_vm_manager_command_latency(const struct qb_vm_manager *m)

@@ -184,6 +184,9 @@ struct qb_vm_manager_stats {
     uint64_t held_over_bytes;  /* sessions closed: more than qmp.max_held_bytes held back */
     uint64_t listen_refused;   /* listen connections refused: qmp.listen_max_vms entries exist */
     uint64_t listen_forgotten; /* listen VMs forgotten (qmp.listen_forget_after) */
+    /* the libvirt source (source.h's struct qb_source_stats says what each counts) */
+    uint64_t libvirt_configured, libvirt_connected, libvirt_lost, libvirt_connect_failed,
+        libvirt_refused, libvirt_events_dropped;
 };
 void qb_vm_manager_get_stats(const struct qb_vm_manager *m, struct qb_vm_manager_stats *out);
 
