@@ -833,6 +833,22 @@ static const struct bad_config {
      "t.yaml:3:37: transports[0].reconnect_initial: must not be greater than reconnect_max "
      "(60000ms > "
      "30000ms)"},
+    /* libvirt: */
+    {"bridge: {id: a}\nlibvirt: {uri: 'xen:///system'}\n",
+     "t.yaml:2:16: libvirt.uri: expected a libvirt URI of the QEMU driver such as "
+     "\"qemu:///system\" (at most 1024 characters), got 'xen:///system'"},
+    {"bridge: {id: a}\nlibvirt: {uri: \"qemu:///system\\n\"}\n",
+     "t.yaml:2:16: libvirt.uri: expected a libvirt URI without spaces or control characters, "
+     "got 'qemu:///system?'"},
+    {"bridge: {id: a}\nlibvirt: {include: []}\n",
+     "t.yaml:2:20: libvirt.include: an empty list: leave the key out instead"},
+    {"bridge: {id: a}\nlibvirt: {exclude: ['a b']}\n",
+     "t.yaml:2:21: libvirt.exclude[0]: expected a domain-name glob (1 to 128 characters from "
+     "[A-Za-z0-9._-] and the wildcards * ? [...]), got 'a b'"},
+    {"bridge: {id: a}\nlibvirt: {keepalive_interval: 100ms}\n",
+     "t.yaml:2:31: libvirt.keepalive_interval: expected a duration from 1000ms to 3600000ms, got "
+     "'100ms'"},
+    {"bridge: {id: a}\nlibvirt: {socket: /run/x}\n", "t.yaml:2:11: libvirt.socket: unknown key"},
     {"bridge: {id: a}\ntransports:\n  - {type: mqtt, tls: {cert_file: a}}\n",
      "t.yaml:3:23: transports[0].tls.key_file: missing required key (cert_file and key_file go "
      "together)"},
@@ -1147,6 +1163,40 @@ static void test_example_commands(void **state)
 }
 
 /* The listen-mode name template: each placeholder, and what makes a result unusable. */
+/* libvirt: off by default; every key read; include's default (all) is no list. */
+static void test_libvirt_section(void **state)
+{
+    static const char yaml[] = "bridge: {id: a}\n"
+                               "libvirt:\n"
+                               "  uri: \"qemu:///system?socket=/run/x/libvirt-sock\"\n"
+                               "  include: [\"nova-*\", \"instance-0000[0-9]*\"]\n"
+                               "  exclude: [\"*-test\"]\n"
+                               "  keepalive_interval: 10s\n"
+                               "  keepalive_count: 6\n";
+    struct qb_config *cfg = NULL;
+    char err[512] = "";
+
+    (void)state;
+    assert_int_equal(
+        qb_config_load_string("t.yaml", "bridge: {id: a}\n", 16, &cfg, err, sizeof(err)), QB_OK);
+    assert_null(cfg->libvirt_uri);
+    assert_int_equal(cfg->n_libvirt_include, 0);
+    assert_int_equal(cfg->n_libvirt_exclude, 0);
+    assert_int_equal(cfg->libvirt_keepalive_interval_ms, 5000);
+    assert_int_equal(cfg->libvirt_keepalive_count, 3);
+    qb_config_free(cfg);
+    if (qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)) != QB_OK)
+        fail_msg("%s", err);
+    assert_string_equal(cfg->libvirt_uri, "qemu:///system?socket=/run/x/libvirt-sock");
+    assert_int_equal(cfg->n_libvirt_include, 2);
+    assert_string_equal(cfg->libvirt_include[1], "instance-0000[0-9]*");
+    assert_int_equal(cfg->n_libvirt_exclude, 1);
+    assert_string_equal(cfg->libvirt_exclude[0], "*-test");
+    assert_int_equal(cfg->libvirt_keepalive_interval_ms, 10000);
+    assert_int_equal(cfg->libvirt_keepalive_count, 6);
+    qb_config_free(cfg);
+}
+
 static void test_listen_name(void **state)
 {
     char name[80];
@@ -1331,19 +1381,20 @@ static void test_state_directory(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_state_directory),    cmocka_unit_test(test_full_inline),
-        cmocka_unit_test(test_example_file),       cmocka_unit_test(test_minimal_file),
-        cmocka_unit_test(test_transport_defaults), cmocka_unit_test(test_transport_names),
-        cmocka_unit_test(test_name_limits),        cmocka_unit_test(test_nulls_keep_defaults),
-        cmocka_unit_test(test_bad_configs),        cmocka_unit_test(test_billion_laughs),
-        cmocka_unit_test(test_errbuf_truncation),  cmocka_unit_test(test_message_sanitised),
-        cmocka_unit_test(test_too_large),          cmocka_unit_test(test_load_file_errors),
-        cmocka_unit_test(test_parse_size),         cmocka_unit_test(test_parse_duration),
-        cmocka_unit_test(test_commands_defaults),  cmocka_unit_test(test_commands_every_key),
-        cmocka_unit_test(test_commands_key_file),  cmocka_unit_test(test_secret_file_modes),
-        cmocka_unit_test(test_example_commands),   cmocka_unit_test(test_listen_name),
-        cmocka_unit_test(test_bridge_id_default),  cmocka_unit_test(test_transport_filters),
-        cmocka_unit_test(test_config_warnings),    cmocka_unit_test(test_backend_config_maps),
+        cmocka_unit_test(test_state_directory),     cmocka_unit_test(test_full_inline),
+        cmocka_unit_test(test_example_file),        cmocka_unit_test(test_minimal_file),
+        cmocka_unit_test(test_transport_defaults),  cmocka_unit_test(test_transport_names),
+        cmocka_unit_test(test_name_limits),         cmocka_unit_test(test_nulls_keep_defaults),
+        cmocka_unit_test(test_bad_configs),         cmocka_unit_test(test_billion_laughs),
+        cmocka_unit_test(test_errbuf_truncation),   cmocka_unit_test(test_message_sanitised),
+        cmocka_unit_test(test_too_large),           cmocka_unit_test(test_load_file_errors),
+        cmocka_unit_test(test_parse_size),          cmocka_unit_test(test_parse_duration),
+        cmocka_unit_test(test_commands_defaults),   cmocka_unit_test(test_commands_every_key),
+        cmocka_unit_test(test_commands_key_file),   cmocka_unit_test(test_secret_file_modes),
+        cmocka_unit_test(test_example_commands),    cmocka_unit_test(test_listen_name),
+        cmocka_unit_test(test_libvirt_section),     cmocka_unit_test(test_bridge_id_default),
+        cmocka_unit_test(test_transport_filters),   cmocka_unit_test(test_config_warnings),
+        cmocka_unit_test(test_backend_config_maps),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

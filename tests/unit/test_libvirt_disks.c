@@ -192,8 +192,8 @@ static void test_run_states(void **state)
                         "watchdog");
     assert_string_equal(qb_lv_run_state(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_CRASHED, &running),
                         "guest-panicked");
-    assert_string_equal(
-        qb_lv_run_state(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_STARTING_UP, &running), "prelaunch");
+    assert_string_equal(qb_lv_run_state(VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_STARTING_UP, &running),
+                        "prelaunch");
     assert_string_equal(qb_lv_run_state(VIR_DOMAIN_RUNNING, VIR_DOMAIN_RUNNING_BOOTED, &running),
                         "running");
     assert_true(running);
