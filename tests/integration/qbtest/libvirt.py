@@ -462,13 +462,15 @@ class Domain:
             with open(self.data_path, "ab") as f:
                 f.truncate(64 << 20)
 
-    def start(self):
-        """Starts the domain (creates it when transient). Returns self."""
+    def start(self, paused=False):
+        """Starts the domain (creates it when transient), with its CPUs
+        stopped when paused (resume with `virsh resume`). Returns self."""
         self._prepare_disk()
+        flags = ["--paused"] if paused else []
         if self.transient:
-            self.lv.virsh("create", self.xml_path)
+            self.lv.virsh("create", self.xml_path, *flags)
         else:
-            self.lv.virsh("start", self.name)
+            self.lv.virsh("start", self.name, *flags)
         self._uuid = None
         return self
 
