@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The qmp-bridge demo, from a fresh Debian 12 machine: installs what is missing, builds, then
 # runs a private mosquitto, a real QEMU VM whose thin disk fills up, the bridge and a subscriber
-# that prints the stream. Ends by itself and cleans up.
+# that prints the stream. Ends by itself and cleans up. --kafka: librdkafka's mock cluster instead
+# of mosquitto; --libvirt: the VM is a domain of a private libvirtd, bridged through libvirt.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 

@@ -287,6 +287,9 @@ if __name__ == "__main__":
     rc = 1
     try:
         rc = main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process the demo started", flush=True)
+        rc = 130
     finally:
         procs.cleanup_all()
     sys.exit(rc)
