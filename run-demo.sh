@@ -8,5 +8,5 @@ cd "$(dirname "$(readlink -f "$0")")"
 
 packaging/bootstrap-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target qmp-bridge >/dev/null
+cmake --build build -j"$(nproc 2>/dev/null || echo 2)" --target qmp-bridge kafka_mock >/dev/null
 QB_BIN="$PWD/build/qmp-bridge" QB_BUILD_DIR="$PWD/build" exec /usr/bin/python3 tests/tools/demo.py "$@"
