@@ -9,6 +9,11 @@ with an ENOSPC error, and the viewer below prints what an orchestrator sees on t
 bus. Finally the example orchestrator (examples/orchestrator.py) notices the paused
 VM from its state, grows the tmpfs, sends resize-and-cont, and the VM runs again.
 It ends by itself and cleans up every process.
+
+With --libvirt the VM is a domain of a private libvirtd (qbtest/libvirt.py: its own
+mount and PID namespaces and /etc/libvirt, so a libvirt of the host is never
+touched; needs root), the bridge reaches it through libvirt (conf/demo-libvirt.yaml),
+the disk is called hda as libvirt names it, and the command's steps are libvirt calls.
 """
 import argparse
 import json
@@ -21,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "integration"))
 
-from qbtest import bridge, kafka, mqtt, procs, qemu, util  # noqa: E402
+from qbtest import bridge, kafka, libvirt, mqtt, procs, qemu, util  # noqa: E402
 
 BRIDGE_ID = "demo-host"
 VM = "demo-vm"
@@ -32,7 +37,7 @@ def human(env):
     d = env.get("data", {})
     t = env["type"]
     if t == "bridge.vm.connected":
-        detail = "QEMU %s (%s)" % (d["qemu"]["version"], d["address"])
+        detail = "QEMU %s (%s)" % ((d.get("qemu") or {}).get("version", "?"), d["address"])
     elif t == "qmp.vm.state":
         disks = ", ".join("%s io_status=%s size=%s" % (x.get("device"), x.get("io_status", "-"),
                                                        x.get("size", "-")) for x in d.get("disks", []))
@@ -144,21 +149,81 @@ class KafkaView:
         pass
 
 
+class QemuVm:
+    """The demo VM as a QEMU of its own, reached on its QMP socket."""
+
+    conf = {False: "demo.yaml", True: "demo-kafka.yaml"}
+
+    def __init__(self, d):
+        self.vm = qemu.Qemu(d, VM, disk="tmpfs", extra=["-S"]).start().wait_ready()
+        print("* QEMU %s started paused; thin 64 MiB disk on a %s (%s)" % (
+            VM, "4 MiB private tmpfs" if self.vm.disk == "tmpfs" else "blkdebug ENOSPC injector",
+            self.vm.disk))
+
+    def config(self, text):
+        return text.replace("@VM_SOCKET@", self.vm.qmp_path)
+
+    def cont(self):
+        self.vm.qmp.cmd("cont")
+
+    def grow_command(self):
+        return "nsenter -t %d -m mount -o remount,size=256M %s" % (self.vm.proc.pid, self.vm.fs_dir)
+
+    def now_says(self):
+        blk = [b for b in self.vm.qmp.cmd("query-block") if b["device"] == "data"][0]
+        return "QEMU now says: %s, disk data is %d MiB" % (
+            self.vm.qmp.status()["status"], blk["inserted"]["image"]["virtual-size"] >> 20)
+
+
+class LibvirtVm:
+    """The demo VM as a domain of a private libvirtd; the bridge reaches it through libvirt."""
+
+    conf = {False: "demo-libvirt.yaml"}
+
+    def __init__(self, d):
+        self.lv = libvirt.Libvirtd(d).start()
+        print("* private libvirtd %s (its own mount and PID namespaces, its own /etc/libvirt;"
+              " log %s)" % (self.lv.uri, self.lv.libvirtd_log))
+        self.dom = libvirt.define_writer_domain(self.lv, d, VM, start=False)
+        self.dom.start(paused=True)
+        print("* domain %s (%s) started paused; thin 64 MiB disk hda on a 4 MiB private tmpfs"
+              " (%s)" % (VM, self.dom.uuid, self.dom.data_path))
+
+    def config(self, text):
+        return text.replace("@LIBVIRT_URI@", self.lv.uri)
+
+    def cont(self):
+        self.lv.virsh("resume", VM)
+
+    def grow_command(self):
+        return "nsenter -t %d -m mount -o remount,size=256M %s" % (self.lv.ns_pid, self.dom.fs_dir)
+
+    def now_says(self):
+        cap = [line.split()[1] for line in self.lv.virsh("domblkinfo", VM, "hda").splitlines()
+               if line.startswith("Capacity:")][0]
+        return "libvirt now says: %s, disk hda is %d MiB" % (self.dom.state(), int(cap) >> 20)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kafka", action="store_true", help="use the Kafka mock cluster instead of mosquitto")
+    ap.add_argument("--libvirt", action="store_true",
+                    help="run the VM under a private libvirtd (needs root) and bridge it through libvirt")
     args = ap.parse_args()
+    if args.libvirt and args.kafka:
+        ap.error("--libvirt runs with mosquitto only")
+    if args.libvirt and os.geteuid() != 0:
+        ap.error("--libvirt needs root: the private libvirtd lives in its own mount namespace")
     d = util.make_tmpdir("qb-demo-")
-    print("qmp-bridge demo (%s; work dir %s)\n" % ("Kafka" if args.kafka else "MQTT", d))
+    print("qmp-bridge demo (%s%s; work dir %s)\n" % ("Kafka" if args.kafka else "MQTT",
+                                                   ", libvirt" if args.libvirt else "", d))
 
     view = KafkaView(d) if args.kafka else MqttView(d)
-    vm = qemu.Qemu(d, VM, disk="tmpfs", extra=["-S"]).start().wait_ready()
-    print("* QEMU %s started paused; thin 64 MiB disk on a %s (%s)" % (
-        VM, "4 MiB private tmpfs" if vm.disk == "tmpfs" else "blkdebug ENOSPC injector", vm.disk))
+    vm = LibvirtVm(d) if args.libvirt else QemuVm(d)
 
-    conf_name = "demo-kafka.yaml" if args.kafka else "demo.yaml"
+    conf_name = vm.conf[args.kafka]
     with open(os.path.join(SOURCE_DIR, "conf", conf_name)) as f:
-        conf = view.config(f.read().replace("@VM_SOCKET@", vm.qmp_path))
+        conf = view.config(vm.config(f.read()))
     br = bridge.Bridge(d, [], bridge_id=BRIDGE_ID)
     with open(br.conf, "w") as f:
         f.write(conf)
@@ -184,7 +249,7 @@ def main():
         return 1
 
     print("\n* letting the guest run: it writes sectors until the tmpfs is full ...\n")
-    vm.qmp.cmd("cont")
+    vm.cont()
     if not watch(30, lambda: seen("qmp.vm.stopped")):
         print("!! no qmp.vm.stopped arrived; bridge log:\n" + util.tail(br.log))
         return 1
@@ -194,7 +259,7 @@ def main():
     view.retained_state()
 
     print("\n* the example orchestrator (examples/orchestrator.py) takes over:")
-    grow = "nsenter -t %d -m mount -o remount,size=256M %s" % (vm.proc.pid, vm.fs_dir)
+    grow = vm.grow_command()
     orch = subprocess.Popen(["/usr/bin/python3", os.path.join(SOURCE_DIR, "examples", "orchestrator.py"),
                              "--grow", grow, "--grow-by", str(64 << 20), "--fixes", "1"]
                             + view.orchestrator_args())
@@ -207,9 +272,7 @@ def main():
     if not ok:
         print("!! the VM was not resumed; bridge log:\n" + util.tail(br.log))
         return 1
-    blk = [b for b in vm.qmp.cmd("query-block") if b["device"] == "data"][0]
-    print("\n* QEMU now says: %s, disk data is %d MiB" % (
-        vm.qmp.status()["status"], blk["inserted"]["image"]["virtual-size"] >> 20))
+    print("\n* " + vm.now_says())
 
     print("\n* stopping the bridge")
     br.stop()
@@ -224,6 +287,9 @@ if __name__ == "__main__":
     rc = 1
     try:
         rc = main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process the demo started", flush=True)
+        rc = 130
     finally:
         procs.cleanup_all()
     sys.exit(rc)
