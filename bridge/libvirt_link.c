@@ -389,6 +389,14 @@ void qb_lv_link_end(struct qb_lv_link *l, int err, const char *reason)
         l->head.cb->on_closed(l->head.cb_arg, err, why);
 }
 
+void qb_lv_link_drop_domain(struct qb_lv_link *l)
+{
+    if (l->dom && !qb_lv_link_in_session(l)) {
+        virDomainFree(l->dom);
+        l->dom = NULL;
+    }
+}
+
 void qb_lv_link_gone(struct qb_lv_link *l, const char *why)
 {
     if (!l->released && l->head.cb)

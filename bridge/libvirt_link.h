@@ -78,6 +78,9 @@ bool qb_lv_link_in_session(const struct qb_lv_link *l);
  */
 void qb_lv_link_begin(struct qb_lv_link *l, virDomainPtr dom);
 
+/* Lets go of the domain (and so of its connection) while no session is opening or up. */
+void qb_lv_link_drop_domain(struct qb_lv_link *l);
+
 /* The session (if any) ends: err and reason go to on_closed (reason copied). */
 void qb_lv_link_end(struct qb_lv_link *l, int err, const char *reason);
 

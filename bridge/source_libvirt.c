@@ -29,8 +29,13 @@
 #include <unistd.h>
 #include <uthash.h>
 
-/* Jobs that may wait for the worker: every domain's queries of one snapshot, and then some. */
-#define QB_LV_MAX_JOBS 4096
+/*
+ * Jobs that may wait for the worker. A reconnect queues one session opening per
+ * running domain and then the six snapshot queries of each: 65536 covers about
+ * 9,000 domains resyncing at once, far past what one host runs; each waiting
+ * job is a pointer and an op of a few hundred bytes.
+ */
+#define QB_LV_MAX_JOBS 65536
 
 enum lv_conn_state { LV_OFF, LV_DOWN, LV_CONNECTING, LV_UP };
 
@@ -579,7 +584,11 @@ static void lost_cb(uv_async_t *a)
     s->gen++;
     src_drop_conn(s);
     HASH_ITER(hh, s->links, e, tmp)
-    qb_lv_link_end(e->link, QB_ECLOSED, why);
+    {
+        qb_lv_link_end(e->link, QB_ECLOSED, why);
+        qb_lv_link_drop_domain(
+            e->link); /* it holds the old connection; the next one gives it anew */
+    }
     src_schedule_retry(s);
 }
 
@@ -710,24 +719,83 @@ static int src_create(uv_loop_t *loop, const struct qb_config *cfg,
     return QB_OK;
 }
 
+/* A fresh list of the domains on the live connection (worker thread). */
+static void relist_work(void *arg)
+{
+    struct lv_connect_job *j = arg;
+
+    if (list_domains(j->conn, j) < 0) {
+        virConnectClose(j->conn); /* the job's reference; the connection stays */
+        j->conn = NULL;
+    }
+}
+
+/* Drops a reference to conn on the worker: the last one closes it, which waits for libvirtd. */
+static void unref_work(void *arg)
+{
+    virConnectClose(arg);
+}
+
+static void unref_done(void *arg, bool cancelled)
+{
+    if (cancelled)
+        virConnectClose(arg);
+}
+
+static void relist_done(void *arg, bool cancelled)
+{
+    struct lv_connect_job *j = arg;
+    struct qb_source_libvirt *s = j->s;
+
+    s->conn_jobs--;
+    if (j->conn && !cancelled && !s->closing && j->gen == s->gen && s->state == LV_UP)
+        src_reconcile(s, j);
+    else if (!j->conn && !cancelled)
+        QB_LOG_WARN(NULL, "libvirt: %s; the VM set is brought in line at the next connect", j->err);
+    if (j->conn && qb_libvirt_worker_submit(s->sh.worker, unref_work, unref_done, j->conn) < 0)
+        virConnectClose(j->conn); /* not the last reference: the loop's is still held */
+    connect_job_free(j);
+    src_maybe_free(s);
+}
+
+static bool globs_equal(char *const *a, size_t na, char *const *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return true;
+}
+
 static void src_set_config(struct qb_source *src, const struct qb_config *cfg)
 {
     struct qb_source_libvirt *s = SRC(src);
+    const struct qb_config *old = s->sh.cfg;
+    struct lv_connect_job *j;
+    bool same = globs_equal(old->libvirt_include, old->n_libvirt_include, cfg->libvirt_include,
+                            cfg->n_libvirt_include) &&
+                globs_equal(old->libvirt_exclude, old->n_libvirt_exclude, cfg->libvirt_exclude,
+                            cfg->n_libvirt_exclude);
 
     s->sh.cfg = cfg; /* libvirt.uri and keepalive need a restart (reload.c keeps them) */
-    if (s->state == LV_UP && cfg->libvirt_uri) {
-        /* include / exclude may have changed: a fresh list brings the VM set in line */
-        s->gen++;
-        src_drop_conn(s);
-        {
-            struct lv_entry *e, *tmp;
-
-            HASH_ITER(hh, s->links, e, tmp)
-            qb_lv_link_end(e->link, QB_ECLOSED, "configuration reloaded: resyncing with libvirtd");
-        }
-        s->attempts = 0;
-        src_connect(s);
+    if (same || s->state != LV_UP || s->closing)
+        return; /* not connected: the next connect lists the domains with the new filters */
+    /* the filters changed: a fresh list brings the VM set in line, sessions stay up */
+    if (!(j = calloc(1, sizeof(*j))))
+        return;
+    j->s = s;
+    j->gen = s->gen;
+    j->conn = s->conn;
+    virConnectRef(j->conn);
+    if (qb_libvirt_worker_submit(s->sh.worker, relist_work, relist_done, j) < 0) {
+        QB_LOG_WARN(NULL, "libvirt: the domains are not listed again after the reload: the "
+                          "worker is full");
+        virConnectClose(j->conn);
+        free(j);
+        return;
     }
+    s->conn_jobs++;
 }
 
 static void src_stats(const struct qb_source *src, struct qb_source_stats *out)
