@@ -55,16 +55,6 @@ def wait_snapshot(br, vm, start=0, what=None):
         30 * util.TIMEOUT_SCALE, what or "snapshot of %s" % vm)
 
 
-def no_retained(broker, vm):
-    """True when a fresh subscriber gets no retained message on vm's state topic."""
-    sub = mqtt.Subscriber(broker, name="probe")
-    try:
-        sub.fetch_retained("qmp/%s/%s/state" % (BRIDGE_ID, vm), timeout=2)
-    except TimeoutError:
-        return True
-    return False
-
-
 def last_state_record(mock, d, vm, pred, what):
     """Reads qmp.state from the beginning (kcat -Z) until the last record of vm's key
     satisfies pred; returns that record."""
@@ -99,7 +89,7 @@ def gone(t, br, broker, mock, d, vm, why):
              envs[-1]["data"]["connected"] is False,
              "%s: bridge.vm.disconnected, then its state with connected: false, last on the "
              "event stream" % vm, types(envs)[i:])
-    procs.wait_until(lambda: no_retained(broker, vm), 20 * util.TIMEOUT_SCALE,
+    procs.wait_until(lambda: check.no_retained_state(broker, BRIDGE_ID, vm), 20 * util.TIMEOUT_SCALE,
                      "the retained state of %s to be cleared" % vm)
     t.ok("%s: no retained message on qmp/%s/%s/state any more" % (vm, BRIDGE_ID, vm))
     r = last_state_record(mock, d, vm, is_tombstone, "a tombstone for %s on qmp.state" % vm)
@@ -177,7 +167,7 @@ with check.Test("ghost_vms") as t:
     r = last_state_record(mock, d, "a", lambda r: r.payload != "NULL" and
                           r.json()["data"]["connected"] is False, "a: connected: false on qmp.state")
     t.ok("a: the last record of its key on qmp.state says connected: false", r.json()["id"])
-    t.expect(not no_retained(broker, "a"), "a's retained state is kept (a dead QEMU is no removal)")
+    t.expect(not check.no_retained_state(broker, BRIDGE_ID, "a"), "a's retained state is kept (a dead QEMU is no removal)")
 
     t.section("a's QEMU is back: connected: true again")
     n = len(stream(br, "a"))

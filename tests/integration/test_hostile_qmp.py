@@ -40,13 +40,13 @@ qmp.listen_max_vms 50, qmp.listen_forget_after 3s):
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from qbtest.status import http_unix, metric  # noqa: E402
 from qbtest import bridge, check, kafka, mqtt, procs, streamcheck, util  # noqa: E402
 
 PEER = os.path.join(util.SOURCE_DIR, "tests", "tools", "qmp_peer.py")
@@ -57,33 +57,6 @@ GOOD_COUNT = 3000
 RSS_BOUND = 48 * 1024 * 1024
 CAP = 50
 CHURN = 1000
-
-
-def http_unix(path, url):
-    """GET url from the status API on unix socket path; returns (status, body)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    s.sendall(("GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" % url).encode())
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
-
-
-def metric(path, name, **labels):
-    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-    text = http_unix(path, "/metrics")[1]
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(\{([^}]*)\})? (\S+)$", line)
-        if m and m.group(1) == name and (m.group(3) or "") == want:
-            return float(m.group(4))
-    return None
 
 
 def spawn_peer(d, name, *args):

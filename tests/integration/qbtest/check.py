@@ -159,6 +159,17 @@ def disk(state_data, device):
     return {}
 
 
+def no_retained_state(broker, bridge_id, vm):
+    """True when a fresh subscriber gets no retained message on vm's state topic."""
+    from . import mqtt
+    try:
+        mqtt.Subscriber(broker, name="probe").fetch_retained(
+            "qmp/%s/%s/state" % (bridge_id, vm), timeout=2)
+    except TimeoutError:
+        return True
+    return False
+
+
 def wait_retained_state(sub, bridge_id, vm, pred, what, timeout=20.0):
     """Polls the retained qmp/<bridge>/<vm>/state with fresh subscribers until
     pred(data) holds; returns that message. Fails showing the last one seen."""
