@@ -64,13 +64,15 @@ __attribute__((format(printf, 3, 4))) static int run_error(struct lv_run *r, con
                                                            const char *fmt, ...)
 {
     va_list ap;
+    char text[sizeof(r->err_msg)];
 
     if (r->err_cls)
         return QB_EINVAL;
     r->err_cls = cls;
     va_start(ap, fmt);
-    vsnprintf(r->err_msg, sizeof(r->err_msg), fmt, ap);
+    vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    qb_lv_text(r->err_msg, sizeof(r->err_msg), text); /* a cut may split a UTF-8 sequence */
     return QB_EINVAL;
 }
 

@@ -520,6 +520,8 @@ static void connect_done(void *arg, bool cancelled)
     s->state = LV_UP;
     s->attempts = 0;
     src_set_greeting(s, j->hv_version, j->lib_version);
+    if (atomic_load(&s->lost_reason) >= 0)
+        uv_async_send(&s->lost); /* it closed while the connect job was coming back */
     QB_LOG_INFO(NULL, "libvirt: connected to %s (QEMU %s, %d running domains of %zu)",
                 s->sh.cfg->libvirt_uri, s->sh.version, j->n_running, j->n_defined);
     src_reconcile(s, j);
@@ -536,6 +538,7 @@ static void src_connect(struct qb_source_libvirt *s)
         return;
     s->state = LV_CONNECTING;
     s->gen++;
+    atomic_store(&s->lost_reason, -1); /* a close of an earlier connection no longer counts */
     if ((j = calloc(1, sizeof(*j))) && (j->uri = strdup(cfg->libvirt_uri))) {
         j->s = s;
         j->gen = s->gen;
@@ -572,11 +575,14 @@ static const char *close_reason(int reason)
 static void lost_cb(uv_async_t *a)
 {
     struct qb_source_libvirt *s = a->data;
-    int reason = atomic_exchange(&s->lost_reason, -1);
     char why[160];
     struct lv_entry *e, *tmp;
+    int reason;
 
-    if (reason < 0 || s->state != LV_UP || s->closing)
+    /* lost before its connect job came back: connect_done wakes this again once it is up */
+    if (s->state != LV_UP || s->closing)
+        return;
+    if ((reason = atomic_exchange(&s->lost_reason, -1)) < 0)
         return;
     s->lost_count++;
     snprintf(why, sizeof(why), "libvirtd connection lost: %s", close_reason(reason));
