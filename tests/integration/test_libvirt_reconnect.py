@@ -1,0 +1,105 @@
+#!/usr/bin/python3
+"""libvirtd killed (SIGKILL) and restarted while a domain runs: the bridge
+notices, says so, reconnects and resyncs, and the VM's sequence has no gap.
+
+A private libvirtd runs an idle domain r1; the bridge (libvirt source, MQTT,
+stdout, metrics.listen) publishes bridge.vm.connected and qmp.vm.state for it.
+Then libvirtd gets SIGKILL (the domain's QEMU keeps running): /metrics shows
+qmp_bridge_libvirt_connected 0, /readyz answers 503 naming libvirt, and r1
+publishes bridge.vm.disconnected. libvirtd is started again: the bridge
+reconnects (connected 1, connections_lost_total 1), r1 publishes
+bridge.vm.connected and a fresh qmp.vm.state (connected, running), and after
+`virsh suspend` qmp.vm.stopped (paused) arrives: relayed events flow again.
+Over the whole run r1's envelopes on MQTT's event topics and in the stdout
+transport's file carry the sequence numbers n, n+1, n+2, ... without a gap."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from qbtest import check, libvirt, lvbridge  # noqa: E402
+
+VM = "r1"
+
+with check.Test("libvirt_reconnect") as t:
+    d = t.workdir
+    lv = lvbridge.need_libvirt(t)
+    dom = libvirt.define_idle_domain(lv, d, VM)
+    t.add_log("domain log", dom.log)
+    rig = lvbridge.Rig(t, lv)
+    uuid = dom.uuid.lower()
+
+    t.section("connected")
+    i = rig.wait_event(VM, lambda m: m.type == "bridge.vm.connected", "bridge.vm.connected of r1")
+    t.expect(rig.events(VM)[i].data.get("uuid") == uuid, "bridge.vm.connected carries the UUID",
+             rig.events(VM)[i].data)
+    rig.wait_event(VM, lambda m: check.is_snapshot(m) and m.data["running"] is True,
+                   "qmp.vm.state of r1, running", start=i + 1)
+    t.ok("bridge.vm.connected, then qmp.vm.state running")
+    t.expect(rig.wait_metric("qmp_bridge_libvirt_connected", lambda v: v == 1, "connected 1") == 1,
+             "qmp_bridge_libvirt_connected 1")
+    status, body = rig.get("/readyz")
+    t.expect(status == 200, "/readyz 200 while connected", (status, body))
+    qemu_pid = dom.qemu_pid()
+
+    t.section("libvirtd killed")
+    before = len(rig.events(VM))
+    lv.kill_daemon()
+    t.ok("libvirtd got SIGKILL")
+    rig.wait_metric("qmp_bridge_libvirt_connected", lambda v: v == 0, "connected 0")
+    t.ok("qmp_bridge_libvirt_connected 0")
+    status, body = rig.get("/readyz")
+    t.expect(status == 503 and "libvirt" in body, "/readyz 503 with a reason naming libvirt",
+             (status, body))
+    i_disc = rig.wait_event(VM, lambda m: m.type == "bridge.vm.disconnected",
+                            "bridge.vm.disconnected of r1", start=before)
+    t.ok("bridge.vm.disconnected published", rig.events(VM)[i_disc].data)
+    rig.wait_retained(VM, lambda s: s["connected"] is False, "state connected: false")
+    t.ok("retained state says connected: false")
+    t.expect(dom.qemu_pid() == qemu_pid and qemu_pid is not None, "the domain's QEMU still runs",
+             qemu_pid)
+    t.expect(rig.br.alive(), "the bridge runs on")
+
+    t.section("libvirtd back")
+    lv.start_daemon()
+    t.ok("libvirtd started again")
+    rig.wait_metric("qmp_bridge_libvirt_connected", lambda v: v == 1, "connected 1 again")
+    t.ok("qmp_bridge_libvirt_connected 1")
+    t.expect(rig.metric("qmp_bridge_libvirt_connections_lost_total") == 1,
+             "qmp_bridge_libvirt_connections_lost_total 1",
+             rig.metric("qmp_bridge_libvirt_connections_lost_total"))
+    i_conn = rig.wait_event(VM, lambda m: m.type == "bridge.vm.connected",
+                            "bridge.vm.connected of r1 again", start=i_disc + 1)
+    t.expect(rig.events(VM)[i_conn].data.get("uuid") == uuid, "with the same UUID")
+    i_state = rig.wait_event(VM, lambda m: check.is_snapshot(m) and m.data["running"] is True,
+                             "a fresh qmp.vm.state of r1", start=i_conn + 1)
+    t.ok("bridge.vm.connected, then a fresh qmp.vm.state (connected, running)",
+         rig.events(VM)[i_state].json["sequence"])
+    status, body = rig.get("/readyz")
+    t.expect(status == 200, "/readyz 200 again", (status, body))
+
+    t.section("events flow again")
+    lv.virsh("suspend", VM)
+    i_stop = rig.wait_event(VM, lambda m: m.type == "qmp.vm.stopped", "qmp.vm.stopped of r1",
+                            start=i_state + 1)
+    t.expect(rig.events(VM)[i_stop].data.get("reason") == "paused",
+             "qmp.vm.stopped after the reconnect, reason paused", rig.events(VM)[i_stop].data)
+    lv.virsh("resume", VM)
+    rig.wait_event(VM, lambda m: m.type == "qmp.vm.resumed", "qmp.vm.resumed of r1",
+                   start=i_stop + 1)
+    t.ok("qmp.vm.resumed")
+
+    t.section("one sequence without a gap")
+    env = rig.envelopes(VM)
+    check.assert_increasing(env, "r1 on MQTT", consecutive=True)
+    seqs = [check.seq_int(m) for m in rig.events(VM)]
+    lvbridge.assert_consecutive(t, seqs, "r1 on MQTT's event topics")
+    t.expect(seqs[0] == 1 if seqs else False, "starting at 1", seqs[:3])
+    types = [m.type for m in rig.events(VM)]
+    t.ok("r1's events", " ".join(types))
+    out_seqs = [int(e["sequence"]) for e in rig.stdout_envelopes(VM)]
+    lvbridge.assert_consecutive(t, out_seqs, "r1 in the stdout transport's file")
+    t.expect(out_seqs[:len(seqs)] == seqs, "the file has the envelopes MQTT has, in the same order",
+             (out_seqs, seqs))
+    rc = rig.br.stop()
+    t.expect(rc == 0, "bridge exits 0 on SIGTERM", rc)
