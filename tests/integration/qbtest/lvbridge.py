@@ -50,13 +50,15 @@ def parse_metrics(text):
 class Rig:
     """mosquitto + a subscriber on qmp/# + a bridge on lv (started)."""
 
-    def __init__(self, t, lv, extra_yaml="", vms=()):
+    def __init__(self, t, lv, extra_yaml="", vms=(), topic="qmp/#"):
+        """vms: static VMs [(name, qmp socket path)]; topic: the subscriber's
+        filter or filters (one must match qmp/_probe)."""
         d = t.workdir
         self.t = t
         self.lv = lv
         self.broker = mqtt.Broker(d).start()
         t.add_log("mosquitto", self.broker.log)
-        self.sub = mqtt.Subscriber(self.broker).start()
+        self.sub = mqtt.Subscriber(self.broker, topic=topic).start()
         t.add_log("subscriber", self.sub.out)
         self.port = util.free_port()
         yaml = "metrics: { listen: \"127.0.0.1:%d\" }\n" % self.port
