@@ -25,9 +25,12 @@ MIN_FLOOD = 1000  # io_error events the bridge must have taken in during the run
 
 with check.Test("libvirt_flood") as t:
     d = t.workdir
-    lv = lvbridge.need_libvirt(t)
+    lvbridge.skip_without_libvirt()
+    lv = libvirt.Libvirtd(d).start()
+    t.add_log("libvirtd", lv.libvirtd_log)
     calm = libvirt.define_idle_domain(lv, d, "calm")
-    rig = lvbridge.Rig(t, lv, topic=["qmp/%s/calm/#" % lvbridge.BRIDGE_ID, "qmp/_probe"])
+    rig = lvbridge.LibvirtBridge(t, lv,
+                                 topic=["qmp/%s/calm/#" % lvbridge.BRIDGE_ID, "qmp/_probe"])
     i = rig.wait_event("calm", check.is_snapshot, "qmp.vm.state of calm")
     t.ok("calm connected")
 

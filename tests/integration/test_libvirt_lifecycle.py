@@ -42,9 +42,11 @@ def disconnected(rig, vm, start):
 
 with check.Test("libvirt_lifecycle") as t:
     d = t.workdir
-    lv = lvbridge.need_libvirt(t)
+    lvbridge.skip_without_libvirt()
+    lv = libvirt.Libvirtd(d).start()
+    t.add_log("libvirtd", lv.libvirtd_log)
     p1 = libvirt.define_idle_domain(lv, d, "p1", start=False)
-    rig = lvbridge.Rig(t, lv)
+    rig = lvbridge.LibvirtBridge(t, lv)
     rig.wait_metric("qmp_bridge_libvirt_connected", lambda v: v == 1, "libvirt connected")
     t.ok("bridge connected to libvirtd, no domain running")
     t.expect(rig.envelopes("p1") == [], "a defined domain that does not run is no VM")

@@ -27,12 +27,14 @@ from qbtest import check, libvirt, lvbridge  # noqa: E402
 
 with check.Test("libvirt_names") as t:
     d = t.workdir
-    lv = lvbridge.need_libvirt(t)
+    lvbridge.skip_without_libvirt()
+    lv = libvirt.Libvirtd(d).start()
+    t.add_log("libvirtd", lv.libvirtd_log)
     for name in ("dup", "keep-a", "keep-not", "other"):
         libvirt.define_idle_domain(lv, d, name)
     t.ok("running before the bridge", lv.running_domains())
     nobody = os.path.join(d, "nobody.qmp")
-    rig = lvbridge.Rig(t, lv, vms=[("dup", nobody)], extra_yaml=(
+    rig = lvbridge.LibvirtBridge(t, lv, vms=[("dup", nobody)], extra_yaml=(
         "libvirt: { uri: %s, include: [\"keep-*\", \"dup\", \"bad*\"], exclude: [\"keep-not*\"] }\n"
         % json.dumps(lv.uri)))
     rig.wait_event("keep-a", check.is_snapshot, "qmp.vm.state of keep-a")

@@ -23,10 +23,12 @@ VM = "r1"
 
 with check.Test("libvirt_reconnect") as t:
     d = t.workdir
-    lv = lvbridge.need_libvirt(t)
+    lvbridge.skip_without_libvirt()
+    lv = libvirt.Libvirtd(d).start()
+    t.add_log("libvirtd", lv.libvirtd_log)
     dom = libvirt.define_idle_domain(lv, d, VM)
     t.add_log("domain log", dom.log)
-    rig = lvbridge.Rig(t, lv)
+    rig = lvbridge.LibvirtBridge(t, lv)
     uuid = dom.uuid.lower()
 
     t.section("connected")
