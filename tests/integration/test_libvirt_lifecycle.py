@@ -13,7 +13,9 @@ defined). Then:
 - `virsh undefine` while stopped: the VM is removed (log line) and its retained
   state topic cleared;
 - a transient domain t1 (`virsh create`) destroyed: disconnected, removed, its
-  retained state cleared.
+  retained state cleared;
+- a running domain u1 undefined stays a connected VM (libvirt keeps it as a
+  transient domain until it stops); destroyed, it is removed and cleared.
 """
 import os
 import sys
@@ -114,10 +116,25 @@ with check.Test("libvirt_lifecycle") as t:
     rig.wait_retained_cleared("t1")
     t.ok("t1 removed, no retained state any more")
 
+    t.section("undefined while running: stays until it stops")
+    u1 = libvirt.define_idle_domain(lv, d, "u1")
+    connected(rig, "u1", 0, "bridge.vm.connected of u1")
+    u1.undefine()
+    lv.virsh("suspend", "u1")  # a relayed event after the undefine: u1 is still a VM
+    rig.wait_event("u1", lambda m: m.type == "qmp.vm.stopped", "qmp.vm.stopped of u1")
+    t.expect("bridge.vm.disconnected" not in [m.type for m in rig.events("u1")]
+             and not rig.br.log_lines("[u1] removed:"),
+             "u1 undefined while running: still connected, not removed")
+    u1.destroy()
+    disconnected(rig, "u1", 0)
+    rig.br.wait_log("[u1] removed:")
+    rig.wait_retained_cleared("u1")
+    t.ok("u1 destroyed: disconnected, removed, no retained state any more")
+
     t.section("afterwards")
-    for vm in ("p1", "t1"):
+    for vm in ("p1", "t1", "u1"):
         check.assert_increasing(rig.envelopes(vm), vm, consecutive=True)
-    t.ok("p1 and t1: sequences without gap on MQTT")
+    t.ok("p1, t1 and u1: sequences without gap on MQTT")
     t.expect(rig.br.alive(), "the bridge runs on")
     rc = rig.br.stop()
     t.expect(rc == 0, "bridge exits 0 on SIGTERM", rc)

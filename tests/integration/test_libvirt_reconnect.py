@@ -11,8 +11,12 @@ reconnects (connected 1, connections_lost_total 1), r1 publishes
 bridge.vm.connected and a fresh qmp.vm.state (connected, running), and after
 `virsh suspend` qmp.vm.stopped (paused) arrives: relayed events flow again.
 Over the whole run r1's envelopes on MQTT's event topics and in the stdout
-transport's file carry the sequence numbers n, n+1, n+2, ... without a gap."""
+transport's file carry the sequence numbers n, n+1, n+2, ... without a gap.
+A second, transient domain gone2 loses its QEMU (SIGKILL) while libvirtd is
+down, so the restarted libvirtd no longer has it: the resync removes that VM
+and clears its retained state."""
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +32,7 @@ with check.Test("libvirt_reconnect") as t:
     t.add_log("libvirtd", lv.libvirtd_log)
     dom = libvirt.define_idle_domain(lv, d, VM)
     t.add_log("domain log", dom.log)
+    gone = libvirt.define_idle_domain(lv, d, "gone2", transient=True)
     rig = lvbridge.LibvirtBridge(t, lv)
     uuid = dom.uuid.lower()
 
@@ -43,6 +48,8 @@ with check.Test("libvirt_reconnect") as t:
     status, body = rig.get("/readyz")
     t.expect(status == 200, "/readyz 200 while connected", (status, body))
     qemu_pid = dom.qemu_pid()
+    rig.wait_event("gone2", check.is_snapshot, "qmp.vm.state of gone2")
+    gone_pid = gone.qemu_pid()
 
     t.section("libvirtd killed")
     before = len(rig.events(VM))
@@ -61,6 +68,8 @@ with check.Test("libvirt_reconnect") as t:
     t.expect(dom.qemu_pid() == qemu_pid and qemu_pid is not None, "the domain's QEMU still runs",
              qemu_pid)
     t.expect(rig.br.alive(), "the bridge runs on")
+    os.kill(gone_pid, signal.SIGKILL)
+    t.ok("the QEMU of the transient domain gone2 killed meanwhile", gone_pid)
 
     t.section("libvirtd back")
     lv.start_daemon()
@@ -79,6 +88,9 @@ with check.Test("libvirt_reconnect") as t:
          rig.events(VM)[i_state].json["sequence"])
     status, body = rig.get("/readyz")
     t.expect(status == 200, "/readyz 200 again", (status, body))
+    rig.br.wait_log("[gone2] removed:")
+    rig.wait_retained_cleared("gone2")
+    t.ok("gone2, which libvirt no longer has, removed; its retained state cleared")
 
     t.section("events flow again")
     lv.virsh("suspend", VM)
