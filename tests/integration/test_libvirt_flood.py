@@ -11,17 +11,29 @@ bridge stays up, and at the end /metrics shows the flood was taken in
 (qmp_bridge_qmp_events_total{type="qmp.block.io_error"}) and published.
 
 The subscriber listens to calm's topics only: validating every envelope of the
-flood in python would measure the test, not the bridge."""
+flood in python would measure the test, not the bridge.
+
+Not with an instrumented bridge (ASan, valgrind): SKIP. Such a bridge cannot
+take ~4,000 events a second on a small machine, and libvirtd does not survive
+a client that falls behind: its per-client send queue (virNetMessageQueuePush
+walks the whole list for each message) grows, libvirtd's main loop then spends
+all its time appending (62% of its samples in that function, measured with
+perf on libvirt 9.0) and answers nobody, virsh included, until the flood ends."""
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import check, libvirt, lvbridge  # noqa: E402
+from qbtest import bridge, check, libvirt, lvbridge  # noqa: E402
 
 CYCLES = 4
 MIN_FLOOD = 1000  # io_error events the bridge must have taken in during the run
+
+if bridge.instrumented():
+    print("SKIP an instrumented bridge cannot keep up with the flood, and libvirtd stalls "
+          "on a client that falls behind")
+    sys.exit(77)
 
 with check.Test("libvirt_flood") as t:
     d = t.workdir
