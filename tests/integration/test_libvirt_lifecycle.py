@@ -11,7 +11,8 @@ defined). Then:
 - started again: connected again under the same VM name, its sequence going on
   from where it was (no restart at 1, no gap);
 - `virsh undefine` while stopped: the VM is removed (log line) and its retained
-  state topic cleared;
+  state topic cleared; defined and started again it is a new entry (a new
+  epoch, sequence 1: gone for good, like a forgotten listen VM);
 - a transient domain t1 (`virsh create`) destroyed: disconnected, removed, its
   retained state cleared;
 - a running domain u1 undefined stays a connected VM (libvirt keeps it as a
@@ -104,6 +105,19 @@ with check.Test("libvirt_lifecycle") as t:
     rig.wait_retained_cleared("p1")
     t.ok("no retained message on qmp/%s/p1/state any more" % lvbridge.BRIDGE_ID)
 
+    t.section("defined and started again: a new entry")
+    old_epoch = rig.events("p1")[-1].json["id"].split("-")[0]
+    lv.virsh("define", p1.xml_path)
+    p1.start()
+    conn, j = connected(rig, "p1", j + 1, "bridge.vm.connected of the new p1")
+    # an undefined domain is gone for good, like a forgotten listen VM: a new
+    # epoch without a spool (docs/configuration.md, qmp.listen_forget_after)
+    t.expect(check.seq_int(conn) == 1 and conn.json["id"].split("-")[0] != old_epoch,
+             "the new p1 is a new entry: a new epoch, sequence 1", conn.json["id"])
+    t.expect(conn.data.get("uuid") == p1.uuid.lower(), "with the new domain's UUID", conn.data)
+    p1.destroy()
+    disconnected(rig, "p1", j + 1)
+
     t.section("a transient domain destroyed: disconnected, removed, cleared")
     t1 = libvirt.define_idle_domain(lv, d, "t1", transient=True)
     conn, _ = connected(rig, "t1", 0, "bridge.vm.connected of t1")
@@ -132,8 +146,12 @@ with check.Test("libvirt_lifecycle") as t:
     t.ok("u1 destroyed: disconnected, removed, no retained state any more")
 
     t.section("afterwards")
-    for vm in ("p1", "t1", "u1"):
+    for vm in ("t1", "u1"):
         check.assert_increasing(rig.envelopes(vm), vm, consecutive=True)
+    first_p1 = [m for m in rig.envelopes("p1") if m.json["id"].split("-")[0] == old_epoch]
+    check.assert_increasing(first_p1, "p1 (first entry)", consecutive=True)
+    check.assert_increasing([m for m in rig.envelopes("p1") if m not in first_p1],
+                            "p1 (second entry)", consecutive=True)
     t.ok("p1, t1 and u1: sequences without gap on MQTT")
     t.expect(rig.br.alive(), "the bridge runs on")
     rc = rig.br.stop()
