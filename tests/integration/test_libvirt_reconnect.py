@@ -14,14 +14,18 @@ Over the whole run r1's envelopes on MQTT's event topics and in the stdout
 transport's file carry the sequence numbers n, n+1, n+2, ... without a gap.
 A second, transient domain gone2 loses its QEMU (SIGKILL) while libvirtd is
 down, so the restarted libvirtd no longer has it: the resync removes that VM
-and clears its retained state."""
+and clears its retained state. A third domain w3, the writer guest on a 24M
+tmpfs, fills its disk and pauses on ENOSPC while libvirtd is down (QEMU's
+events then reach nobody): after the reconnect its fresh state says so
+(run_state io-error, disk hda io_status nospace)."""
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from qbtest import check, libvirt, lvbridge  # noqa: E402
+from qbtest import check, libvirt, lvbridge, procs  # noqa: E402
 
 VM = "r1"
 
@@ -33,6 +37,9 @@ with check.Test("libvirt_reconnect") as t:
     dom = libvirt.define_idle_domain(lv, d, VM)
     t.add_log("domain log", dom.log)
     gone = libvirt.define_idle_domain(lv, d, "gone2", transient=True)
+    # 24M: full about 2 s after the start (the guest wraps at 32M, so it does fill)
+    w3 = libvirt.define_writer_domain(lv, d, "w3", tmpfs_size="24M", start=False)
+    t.add_log("w3 log", w3.log)
     rig = lvbridge.LibvirtBridge(t, lv)
     uuid = dom.uuid.lower()
 
@@ -50,11 +57,14 @@ with check.Test("libvirt_reconnect") as t:
     qemu_pid = dom.qemu_pid()
     rig.wait_event("gone2", check.is_snapshot, "qmp.vm.state of gone2")
     gone_pid = gone.qemu_pid()
+    w3.start()
+    rig.wait_event("w3", check.is_snapshot, "qmp.vm.state of w3")
 
     t.section("libvirtd killed")
     before = len(rig.events(VM))
     lv.kill_daemon()
     t.ok("libvirtd got SIGKILL")
+    w3_before = [m.type for m in rig.events("w3")]
     rig.wait_metric("qmp_bridge_libvirt_connected", lambda v: v == 0, "connected 0")
     t.ok("qmp_bridge_libvirt_connected 0")
     status, body = rig.get("/readyz")
@@ -70,6 +80,13 @@ with check.Test("libvirt_reconnect") as t:
     t.expect(rig.br.alive(), "the bridge runs on")
     os.kill(gone_pid, signal.SIGKILL)
     t.ok("the QEMU of the transient domain gone2 killed meanwhile", gone_pid)
+
+    def w3_full():
+        df = lv.nsenter(["df", "--output=avail", w3.fs_dir]).stdout.split()
+        return df[-1] == "0"
+    procs.wait_until(w3_full, 30, "w3's tmpfs to fill up")
+    time.sleep(1)  # the guest's next write fails: QEMU pauses w3 on ENOSPC
+    t.ok("w3's disk filled up while libvirtd was down")
 
     t.section("libvirtd back")
     lv.start_daemon()
@@ -91,6 +108,14 @@ with check.Test("libvirt_reconnect") as t:
     rig.br.wait_log("[gone2] removed:")
     rig.wait_retained_cleared("gone2")
     t.ok("gone2, which libvirt no longer has, removed; its retained state cleared")
+    t.expect("qmp.vm.stopped" not in w3_before, "w3 ran until libvirtd was killed", w3_before)
+    t.expect(w3.state() == "paused (I/O error)", "libvirt says w3 is paused (I/O error)",
+             (w3.state(), lv.virsh("domblkerror", "w3")))
+    m = rig.wait_retained("w3", lambda s: s["connected"] is True and s["run_state"] == "io-error"
+                          and check.disk(s, "hda").get("io_status") == "nospace",
+                          "w3: connected, run_state io-error, hda io_status nospace")
+    t.ok("w3's fresh state after the reconnect: run_state io-error, disk hda io_status nospace",
+         w3.state())
 
     t.section("events flow again")
     lv.virsh("suspend", VM)
@@ -113,6 +138,8 @@ with check.Test("libvirt_reconnect") as t:
     t.ok("r1's events", " ".join(types))
     out_seqs = [int(e["sequence"]) for e in rig.stdout_envelopes(VM)]
     lvbridge.assert_consecutive(t, out_seqs, "r1 in the stdout transport's file")
+    check.assert_increasing(rig.envelopes("w3"), "w3 on MQTT", consecutive=True)
+    t.ok("w3 on MQTT: no gap either", [m.type for m in rig.events("w3")][-2:])
     t.expect(out_seqs[:len(seqs)] == seqs, "the file has the envelopes MQTT has, in the same order",
              (out_seqs, seqs))
     rc = rig.br.stop()
