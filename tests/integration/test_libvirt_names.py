@@ -16,9 +16,13 @@ found by libvirt's lifecycle events).
   it is not refused (no log line, not counted);
 - qmp_bridge_libvirt_domains_refused_total is 2 (dup, bad+name);
 - keep-a is unaffected: connected, and its pause and resume are published.
+Then a reload (SIGHUP) drops the static dup and changes the filters to
+include ["keep-*", "other", "dup"], exclude ["keep-a"]: keep-a leaves (removed,
+retained state cleared), keep-not, other and the domain dup become VMs.
 """
 import json
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -83,6 +87,27 @@ with check.Test("libvirt_names") as t:
     vms = {v["name"]: v for v in json.loads(body)}
     t.expect(sorted(vms) == ["dup", "keep-a"] and vms["dup"]["address"] == "unix:" + nobody,
              "/vms still: the static dup and keep-a", body[:400])
+
+    t.section("reload: other filters, no static dup")
+    conf = open(rig.br.conf).read()
+    lines = [l for l in conf.splitlines() if "name: dup" not in l and not l.startswith("libvirt:")]
+    lines.append("libvirt: { uri: %s, include: [\"keep-*\", \"other\", \"dup\"], "
+                 "exclude: [\"keep-a\"] }" % json.dumps(lv.uri))
+    with open(rig.br.conf, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.kill(rig.br.proc.pid, signal.SIGHUP)
+    rig.br.wait_log("[keep-a] removed:")
+    rig.wait_retained_cleared("keep-a")
+    t.ok("keep-a (now excluded) removed, its retained state cleared",
+         rig.br.log_lines("[keep-a] removed:")[-1].split("] ", 1)[-1])
+    for vm in ("keep-not", "other", "dup"):
+        conn = rig.events(vm)[rig.wait_event(vm, lambda m: m.type == "bridge.vm.connected",
+                                             "bridge.vm.connected of " + vm)]
+        t.expect(conn.data["address"] == "libvirt:%s#%s" % (lv.uri, vm),
+                 "%s is a VM now, at its libvirt address" % vm, conn.data)
+    status, body = rig.get("/vms")
+    vms = sorted(v["name"] for v in json.loads(body))
+    t.expect(vms == ["dup", "keep-not", "other"], "/vms: dup, keep-not, other", vms)
     t.expect(rig.br.alive(), "the bridge runs on")
     rc = rig.br.stop()
     t.expect(rc == 0, "bridge exits 0 on SIGTERM", rc)
