@@ -7,7 +7,7 @@
     rig.get("/readyz")                  # (status, body)
 
 The bridge has an MQTT transport (QoS 1), the stdout transport (br.events_path)
-and metrics.listen on a free loopback port. Its libvirt section is
+and metrics.listen on a unix socket (qbtest.status reads it). Its libvirt section is
 `libvirt: { uri: <lv.uri> }` unless extra_yaml brings its own libvirt: line.
 """
 import json
@@ -15,10 +15,8 @@ import os
 import re
 import shutil
 import sys
-import urllib.error
-import urllib.request
 
-from . import bridge, check, mqtt, procs, util
+from . import bridge, check, mqtt, procs, status, util
 
 BRIDGE_ID = "test-host"
 
@@ -28,20 +26,6 @@ def skip_without_libvirt():
     if os.geteuid() != 0 or not shutil.which("libvirtd") or not shutil.which("virtlogd"):
         print("SKIP needs root and libvirtd/virtlogd (libvirt-daemon, libvirt-daemon-driver-qemu)")
         sys.exit(77)
-
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$')
-
-
-def parse_metrics(text):
-    """{(name, frozenset(labels)): value} of a Prometheus text page."""
-    out = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and not line.startswith("#"):
-            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-            out[(m.group(1), labels)] = float(m.group(4))
-    return out
 
 
 class LibvirtBridge:
@@ -59,8 +43,8 @@ class LibvirtBridge:
         t.add_log("mosquitto", self.broker.log)
         self.sub = mqtt.Subscriber(self.broker, topic=topic).start()
         t.add_log("subscriber", self.sub.out)
-        self.port = util.free_port()
-        yaml = "metrics: { listen: \"127.0.0.1:%d\" }\n" % self.port
+        self.status_sock = os.path.join(d, "status.sock")
+        yaml = "metrics: { listen: %s }\n" % json.dumps("unix:" + self.status_sock)
         if not re.search(r"^libvirt:", extra_yaml, re.M):
             yaml += "libvirt: { uri: %s }\n" % json.dumps(lv.uri)
         self.br = bridge.Bridge(d, list(vms), broker=self.broker, bridge_id=BRIDGE_ID,
@@ -70,23 +54,12 @@ class LibvirtBridge:
 
     # -- HTTP status API --------------------------------------------------------
     def get(self, path):
-        """(status, body) of GET path on the bridge's metrics.listen."""
-        try:
-            url = "http://127.0.0.1:%d%s" % (self.port, path)
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def metrics(self):
-        status, body = self.get("/metrics")
-        if status != 200:
-            raise check.CheckFailed("/metrics answered %d: %s" % (status, body[:300]))
-        return parse_metrics(body)
+        """(status, body) of GET path on the bridge's status API."""
+        return status.http_unix(self.status_sock, path)
 
     def metric(self, name, **labels):
         """One sample of /metrics, or None when it is not there."""
-        return self.metrics().get((name, frozenset(labels.items())))
+        return status.metric(self.status_sock, name, **labels)
 
     def wait_metric(self, name, pred, what, timeout=20.0, **labels):
         """Waits until pred(value) holds for the sample; returns the value."""
@@ -95,7 +68,7 @@ class LibvirtBridge:
         def ok():
             try:
                 last["v"] = self.metric(name, **labels)
-            except (OSError, check.CheckFailed) as e:  # the listener may be busy a moment
+            except (OSError, ValueError, IndexError) as e:  # the listener may be busy a moment
                 last["v"] = e
                 return None
             v = last["v"]
@@ -139,9 +112,8 @@ class LibvirtBridge:
     def wait_retained_cleared(self, vm, timeout=20.0):
         """Waits until vm's state topic has no retained message (the bridge
         published an empty retained one)."""
-        procs.wait_until(lambda: self.retained_state(vm, timeout=1) is None,
-                         timeout, "the retained state of %s to be cleared" % vm,
-                         interval=0.3)
+        procs.wait_until(lambda: check.no_retained_state(self.broker, BRIDGE_ID, vm),
+                         timeout, "the retained state of %s to be cleared" % vm, interval=0.3)
 
     def wait_retained(self, vm, pred, what, timeout=20.0):
         return check.wait_retained_state(self.sub, BRIDGE_ID, vm, pred, what, timeout)
