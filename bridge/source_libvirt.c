@@ -117,7 +117,8 @@ static void src_domain_running(struct qb_source_libvirt *s, virDomainPtr dom)
     const char *other;
     int rc;
 
-    if (!name || s->closing)
+    /* filters first: a domain the operator left out is never refused, nor logged */
+    if (!name || s->closing || !src_wants(s, name))
         return;
     if (!qb_stream_name_valid(name)) {
         s->refused++;
@@ -127,8 +128,6 @@ static void src_domain_running(struct qb_source_libvirt *s, virDomainPtr dom)
                     name);
         return;
     }
-    if (!src_wants(s, name))
-        return;
     if ((l = src_find(s, name))) {
         qb_lv_link_begin(l, dom);
         return;
