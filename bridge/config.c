@@ -1207,6 +1207,7 @@ static const struct qb_config_key libvirt_fields[] = {
           .min = 1000, .max = 3600 * 1000),
     FIELD(C, "keepalive_count", QB_CFG_UINT, libvirt_keepalive_count, .def = "3", .min = 1,
           .max = 100),
+    FIELD(C, "forget_after", QB_CFG_DURATION, libvirt_forget_after_ms, .def = "1h"),
     {0},
 };
 

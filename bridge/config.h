@@ -109,6 +109,9 @@ struct qb_config {
     uint32_t libvirt_keepalive_interval_ms; /* keepalive_interval: default 5s */
     uint32_t libvirt_keepalive_count;       /* keepalive_count: unanswered probes before the
                                                connection counts as lost; default 3 */
+    uint32_t libvirt_forget_after_ms; /* forget_after: a VM whose domain libvirt no longer has
+                                         (transient and stopped, undefined) is removed after
+                                         this; default 1h, 0 never */
 
     /* events: */
     char **events_exclude;     /* exclude: QMP event names never published; default none */

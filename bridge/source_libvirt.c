@@ -42,7 +42,8 @@ enum lv_conn_state { LV_OFF, LV_DOWN, LV_CONNECTING, LV_UP };
 /* A link in the source's table by domain name. */
 struct lv_entry {
     struct qb_lv_link *link;
-    UT_hash_handle hh; /* keyed by the link's name */
+    uint64_t missing_since; /* uv_now when libvirt stopped having the domain; 0: it has it */
+    UT_hash_handle hh;      /* keyed by the link's name */
 };
 
 struct qb_source_libvirt {
@@ -59,8 +60,9 @@ struct qb_source_libvirt {
     int cb_qemu, cb_life;        /* callback ids on conn */
     uint32_t attempts;
     uv_timer_t retry;
-    uv_timer_t due;  /* runs the links' deferred work */
-    uv_async_t lost; /* the close callback's wake-up */
+    uv_timer_t due;   /* runs the links' deferred work */
+    uv_timer_t sweep; /* forgets VMs whose domain libvirt no longer has (libvirt.forget_after) */
+    uv_async_t lost;  /* the close callback's wake-up */
     unsigned handles_open;
     uint64_t lost_count, connect_failed, refused;
     unsigned conn_jobs; /* connect and close jobs on the worker */
@@ -93,12 +95,53 @@ static bool src_wants(const struct qb_source_libvirt *s, const char *name)
     return !glob_any(cfg->libvirt_exclude, cfg->n_libvirt_exclude, name);
 }
 
-static struct qb_lv_link *src_find(struct qb_source_libvirt *s, const char *name)
+static struct lv_entry *src_entry(struct qb_source_libvirt *s, const char *name)
 {
     struct lv_entry *e = NULL;
 
     HASH_FIND_STR(s->links, name, e);
+    return e;
+}
+
+static struct qb_lv_link *src_find(struct qb_source_libvirt *s, const char *name)
+{
+    struct lv_entry *e = src_entry(s, name);
+
     return e ? e->link : NULL;
+}
+
+/*
+ * libvirt no longer has the domain of e (a transient one stopped, one was
+ * undefined): the VM stays, disconnected, for libvirt.forget_after, so a domain
+ * of that name that comes back (oVirt runs its VMs as transient domains) keeps
+ * its numbering; then it is removed and its retained state cleared.
+ */
+static void src_mark_missing(struct qb_source_libvirt *s, struct lv_entry *e, const char *why)
+{
+    if (e->missing_since)
+        return;
+    e->missing_since = uv_now(s->sh.loop) | 1; /* never 0 */
+    if (s->sh.cfg->libvirt_forget_after_ms)
+        QB_LOG_INFO(qb_lv_link_name(e->link),
+                    "libvirt: %s; forgotten in %u ms unless it comes back", why,
+                    (unsigned)s->sh.cfg->libvirt_forget_after_ms);
+    else
+        QB_LOG_INFO(qb_lv_link_name(e->link), "libvirt: %s; kept until the bridge restarts", why);
+}
+
+static void sweep_cb(uv_timer_t *t)
+{
+    struct qb_source_libvirt *s = t->data;
+    uint64_t after = s->sh.cfg->libvirt_forget_after_ms, now = uv_now(s->sh.loop);
+    struct lv_entry *e, *tmp;
+
+    if (after == 0 || s->closing)
+        return;
+    HASH_ITER(hh, s->links, e, tmp)
+    {
+        if (e->missing_since && now - e->missing_since >= after && !qb_lv_link_in_session(e->link))
+            qb_lv_link_gone(e->link, "libvirt has not had the domain for libvirt.forget_after");
+    }
 }
 
 /* ---- domains ---------------------------------------------------------------- */
@@ -128,8 +171,9 @@ static void src_domain_running(struct qb_source_libvirt *s, virDomainPtr dom)
                     name);
         return;
     }
-    if ((l = src_find(s, name))) {
-        qb_lv_link_begin(l, dom);
+    if ((e = src_entry(s, name))) {
+        e->missing_since = 0;
+        qb_lv_link_begin(e->link, dom);
         return;
     }
     if ((other = s->host->vm_lookup(s->host_arg, name))) {
@@ -184,33 +228,35 @@ static int src_on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int
 {
     struct qb_source_libvirt *s = opaque;
     const char *name = virDomainGetName(dom);
-    struct qb_lv_link *l;
+    struct lv_entry *e;
 
     if (conn != atomic_load(&s->live) || s->closing || !name)
         return 0;
-    l = src_find(s, name);
+    e = src_entry(s, name);
     switch (event) {
     case VIR_DOMAIN_EVENT_STARTED:
         src_domain_running(s, dom);
         break;
     case VIR_DOMAIN_EVENT_STOPPED:
-        if (!l)
+        if (!e)
             break;
-        qb_lv_link_end(l, QB_ECLOSED, stopped_why(detail));
-        if (!qb_lv_link_persistent(l))
-            qb_lv_link_gone(l, "the transient domain stopped: libvirt no longer has it");
+        qb_lv_link_end(e->link, QB_ECLOSED, stopped_why(detail));
+        if (!qb_lv_link_persistent(e->link))
+            src_mark_missing(s, e, "the transient domain stopped: libvirt no longer has it");
         break;
     case VIR_DOMAIN_EVENT_DEFINED:
-        if (l)
-            qb_lv_link_set_persistent(l, true);
+        if (e) {
+            qb_lv_link_set_persistent(e->link, true);
+            e->missing_since = 0; /* libvirt has it again, running or not */
+        }
         break;
     case VIR_DOMAIN_EVENT_UNDEFINED:
-        if (!l)
+        if (!e)
             break;
         /* a running domain that is undefined only becomes transient: it goes when it stops */
-        qb_lv_link_set_persistent(l, false);
-        if (!qb_lv_link_in_session(l))
-            qb_lv_link_gone(l, "the domain was undefined");
+        qb_lv_link_set_persistent(e->link, false);
+        if (!qb_lv_link_in_session(e->link))
+            src_mark_missing(s, e, "the domain was undefined");
         break;
     default:
         break; /* suspended, resumed...: the relayed STOP and RESUME say it, with QEMU's time */
@@ -405,7 +451,9 @@ static void src_reconcile(struct qb_source_libvirt *s, struct lv_connect_job *j)
             qb_lv_link_gone(e->link, "libvirt.include/exclude no longer take the domain");
         } else if (!name_listed(j->defined, j->n_defined, name)) {
             qb_lv_link_end(e->link, QB_ECLOSED, "libvirt no longer has the domain");
-            qb_lv_link_gone(e->link, "libvirt no longer has the domain");
+            src_mark_missing(s, e, "libvirt no longer has the domain");
+        } else {
+            e->missing_since = 0;
         }
     }
     for (int i = 0; i < j->n_running && !s->closing; i++)
@@ -655,6 +703,7 @@ static void worker_closed(void *arg)
     qb_libvirt_event_loop_shutdown();
     uv_close((uv_handle_t *)&s->retry, handle_closed);
     uv_close((uv_handle_t *)&s->due, handle_closed);
+    uv_close((uv_handle_t *)&s->sweep, handle_closed);
     uv_close((uv_handle_t *)&s->lost, handle_closed);
 }
 
@@ -673,6 +722,19 @@ static void src_maybe_free(struct qb_source_libvirt *s)
     s->worker_closing = true;
     if (qb_libvirt_worker_close(s->sh.worker, worker_closed, s) < 0)
         worker_closed(s);
+}
+
+/* A sweep a quarter of forget_after apart (at most a minute, at least 250 ms): cheap, and close. */
+static void src_start_sweep(struct qb_source_libvirt *s)
+{
+    uint64_t after = s->sh.cfg->libvirt_forget_after_ms, every = after / 4;
+
+    if (after == 0) {
+        uv_timer_stop(&s->sweep);
+        return;
+    }
+    every = every < 250 ? 250 : every > 60000 ? 60000 : every;
+    uv_timer_start(&s->sweep, sweep_cb, every, every);
 }
 
 static int src_create(uv_loop_t *loop, const struct qb_config *cfg,
@@ -718,7 +780,10 @@ static int src_create(uv_loop_t *loop, const struct qb_config *cfg,
     uv_timer_init(loop, &s->due);
     uv_async_init(loop, &s->lost, lost_cb);
     s->retry.data = s->due.data = s->lost.data = s;
-    s->handles_open = 3;
+    uv_timer_init(loop, &s->sweep);
+    s->sweep.data = s;
+    s->handles_open = 4;
+    src_start_sweep(s);
     *out = &s->head;
     src_connect(s);
     return QB_OK;
@@ -784,6 +849,8 @@ static void src_set_config(struct qb_source *src, const struct qb_config *cfg)
                             cfg->n_libvirt_exclude);
 
     s->sh.cfg = cfg; /* libvirt.uri and keepalive need a restart (reload.c keeps them) */
+    if (s->state != LV_OFF && old->libvirt_forget_after_ms != cfg->libvirt_forget_after_ms)
+        src_start_sweep(s);
     if (same || s->state != LV_UP || s->closing)
         return; /* not connected: the next connect lists the domains with the new filters */
     /* the filters changed: a fresh list brings the VM set in line, sessions stay up */
@@ -825,7 +892,7 @@ static void src_close(struct qb_source *src)
 
     s->closing = true;
     if (s->state != LV_OFF)
-        uv_timer_stop(&s->retry);
+        uv_timer_stop(&s->retry), uv_timer_stop(&s->sweep);
 }
 
 static void src_free(struct qb_source *src)

@@ -10,14 +10,19 @@ defined). Then:
   connected: false and stays (the domain is still defined);
 - started again: connected again under the same VM name, its sequence going on
   from where it was (no restart at 1, no gap);
-- `virsh undefine` while stopped: the VM is removed (log line) and its retained
-  state topic cleared; defined and started again it is a new entry (a new
-  epoch, sequence 1: gone for good, like a forgotten listen VM);
-- a transient domain t1 (`virsh create`) destroyed: disconnected, removed, its
-  retained state cleared;
+- `virsh undefine` while stopped: the VM stays (disconnected, its retained
+  state says so) for libvirt.forget_after (3 s here), then it is removed (log
+  line) and its retained state topic cleared; defined and started again it is
+  a new entry (a new epoch, sequence 1: gone for good, like a forgotten listen
+  VM);
+- a transient domain t1 (`virsh create`) destroyed: disconnected, and removed
+  and cleared after forget_after;
+- a transient domain t2 destroyed and created again within forget_after (as
+  oVirt restarts its VMs) is the same VM: its sequence goes on, no new epoch;
 - a running domain u1 undefined stays a connected VM (libvirt keeps it as a
   transient domain until it stops); destroyed, it is removed and cleared.
 """
+import json
 import os
 import sys
 
@@ -49,7 +54,8 @@ with check.Test("libvirt_lifecycle") as t:
     lv = libvirt.Libvirtd(d).start()
     t.add_log("libvirtd", lv.libvirtd_log)
     p1 = libvirt.define_idle_domain(lv, d, "p1", start=False)
-    rig = lvbridge.LibvirtBridge(t, lv)
+    rig = lvbridge.LibvirtBridge(
+        t, lv, extra_yaml="libvirt: { uri: %s, forget_after: 3s }\n" % json.dumps(lv.uri))
     rig.wait_metric("qmp_bridge_libvirt_connected", lambda v: v == 1, "libvirt connected")
     t.ok("bridge connected to libvirtd, no domain running")
     t.expect(rig.envelopes("p1") == [], "a defined domain that does not run is no VM")
@@ -100,6 +106,12 @@ with check.Test("libvirt_lifecycle") as t:
     p1.destroy()
     j = disconnected(rig, "p1", j + 1)
     p1.undefine()
+    rig.br.wait_log("[p1] libvirt: the domain was undefined")
+    m = rig.wait_retained("p1", lambda s: s["connected"] is False,
+                          "retained state of p1 connected: false")
+    t.expect(not rig.br.log_lines("[p1] removed:"),
+             "undefined: p1 stays a VM for forget_after, its retained state says disconnected",
+             m.json["sequence"])
     rig.br.wait_log("[p1] removed:")
     t.ok("bridge log", rig.br.log_lines("[p1] removed:")[-1].split("] ", 1)[-1])
     rig.wait_retained_cleared("p1")
@@ -129,6 +141,18 @@ with check.Test("libvirt_lifecycle") as t:
     rig.br.wait_log("[t1] removed:")
     rig.wait_retained_cleared("t1")
     t.ok("t1 removed, no retained state any more")
+
+    t.section("a transient domain back within forget_after: the same VM")
+    t2 = libvirt.define_idle_domain(lv, d, "t2", transient=True)
+    conn, j = connected(rig, "t2", 0, "bridge.vm.connected of t2")
+    epoch = conn.json["id"].split("-")[0]
+    t2.destroy()
+    j = disconnected(rig, "t2", j + 1)
+    t2.start()  # virsh create again, as oVirt starts a VM
+    conn, j = connected(rig, "t2", j + 1, "bridge.vm.connected of t2 again")
+    t.expect(conn.json["id"].split("-")[0] == epoch and not rig.br.log_lines("[t2] removed:"),
+             "t2 back within forget_after: same entry, same epoch", conn.json["id"])
+    lvbridge.assert_consecutive(t, [check.seq_int(m) for m in rig.events("t2")], "t2")
 
     t.section("undefined while running: stays until it stops")
     u1 = libvirt.define_idle_domain(lv, d, "u1")

@@ -18,6 +18,7 @@ and clears its retained state. A third domain w3, the writer guest on a 24M
 tmpfs, fills its disk and pauses on ENOSPC while libvirtd is down (QEMU's
 events then reach nobody): after the reconnect its fresh state says so
 (run_state io-error, disk hda io_status nospace)."""
+import json
 import os
 import signal
 import sys
@@ -40,7 +41,8 @@ with check.Test("libvirt_reconnect") as t:
     # 24M: full about 2 s after the start (the guest wraps at 32M, so it does fill)
     w3 = libvirt.define_writer_domain(lv, d, "w3", tmpfs_size="24M", start=False)
     t.add_log("w3 log", w3.log)
-    rig = lvbridge.LibvirtBridge(t, lv)
+    rig = lvbridge.LibvirtBridge(
+        t, lv, extra_yaml="libvirt: { uri: %s, forget_after: 2s }\n" % json.dumps(lv.uri))
     uuid = dom.uuid.lower()
 
     t.section("connected")
@@ -105,6 +107,7 @@ with check.Test("libvirt_reconnect") as t:
          rig.events(VM)[i_state].json["sequence"])
     status, body = rig.get("/readyz")
     t.expect(status == 200, "/readyz 200 again", (status, body))
+    rig.br.wait_log("[gone2] libvirt: libvirt no longer has the domain")
     rig.br.wait_log("[gone2] removed:")
     rig.wait_retained_cleared("gone2")
     t.ok("gone2, which libvirt no longer has, removed; its retained state cleared")

@@ -1172,7 +1172,8 @@ static void test_libvirt_section(void **state)
                                "  include: [\"nova-*\", \"instance-0000[0-9]*\"]\n"
                                "  exclude: [\"*-test\"]\n"
                                "  keepalive_interval: 10s\n"
-                               "  keepalive_count: 6\n";
+                               "  keepalive_count: 6\n"
+        "  forget_after: 0\n";
     struct qb_config *cfg = NULL;
     char err[512] = "";
 
@@ -1184,6 +1185,7 @@ static void test_libvirt_section(void **state)
     assert_int_equal(cfg->n_libvirt_exclude, 0);
     assert_int_equal(cfg->libvirt_keepalive_interval_ms, 5000);
     assert_int_equal(cfg->libvirt_keepalive_count, 3);
+    assert_int_equal(cfg->libvirt_forget_after_ms, 3600 * 1000);
     qb_config_free(cfg);
     if (qb_config_load_string("t.yaml", yaml, strlen(yaml), &cfg, err, sizeof(err)) != QB_OK)
         fail_msg("%s", err);
@@ -1194,6 +1196,7 @@ static void test_libvirt_section(void **state)
     assert_string_equal(cfg->libvirt_exclude[0], "*-test");
     assert_int_equal(cfg->libvirt_keepalive_interval_ms, 10000);
     assert_int_equal(cfg->libvirt_keepalive_count, 6);
+    assert_int_equal(cfg->libvirt_forget_after_ms, 0);
     qb_config_free(cfg);
 }
 
