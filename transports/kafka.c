@@ -124,6 +124,7 @@ struct kafka_backend {
     struct kafka_consumer *cons; /* NULL until subscribe */
     struct kafka_rtt rtt[KAFKA_MAX_RTT_BROKERS]; /* from the last statistics report */
     size_t n_rtt;
+    rd_kafka_topic_t *known[2]; /* the fixed events and state topics, named at start (or NULL) */
 };
 
 /* Defaults before the user's properties, so each can be overridden. */
@@ -1248,6 +1249,45 @@ static void on_handle_closed(uv_handle_t *h)
 }
 
 /*
+ * Names the events and state topics to librdkafka before anything is
+ * produced, when their templates have no <vm> or <type> (the bridge id is
+ * known now). librdkafka fetches metadata on its first broker connection only
+ * for topics it already knows; a topic first seen in a produce call waits for
+ * its once-a-second topic scan to ask, and every message for it waits in the
+ * unassigned queue until the answer: up to a second for the first events of a
+ * start. Named here, right after rd_kafka_new (the first connection takes a
+ * round trip or more), a topic is asked for with the connection's first
+ * metadata request. The handles stay ours until teardown. Failing to name one
+ * only loses the head start.
+ */
+static void warm_topics(struct kafka_backend *b)
+{
+    const char *tmpls[2] = {b->kc->events_topic, b->kc->state_topic};
+    char topic[KAFKA_TOPIC_MAX];
+    for (size_t i = 0; i < N_ELEMS(tmpls); i++) {
+        if (strstr(tmpls[i], "<vm>") || strstr(tmpls[i], "<type>"))
+            continue; /* one topic per VM or type: named by its first message */
+        if (expand_topic(tmpls[i], b->bridge->id, NULL, NULL, topic, sizeof(topic)) != QB_OK)
+            continue; /* the first publish reports the length */
+        if (i == 1 && b->known[0] && strcmp(rd_kafka_topic_name(b->known[0]), topic) == 0)
+            continue;
+        b->known[i] = rd_kafka_topic_new(b->rk, topic, NULL);
+        if (!b->known[i])
+            QB_LOG_WARN(NULL, "kafka %s: cannot name topic %s ahead: %s", cfg_name(b->cfg), topic,
+                        rd_kafka_err2str(rd_kafka_last_error()));
+    }
+}
+
+static void forget_topics(struct kafka_backend *b)
+{
+    for (size_t i = 0; i < N_ELEMS(b->known); i++) {
+        if (b->known[i])
+            rd_kafka_topic_destroy(b->known[i]);
+        b->known[i] = NULL;
+    }
+}
+
+/*
  * Releases librdkafka and the uv handles. Reports for whatever is still
  * queued or in flight are served first, each as QB_ECLOSED (b->closing).
  */
@@ -1268,6 +1308,7 @@ static void teardown(struct kafka_backend *b)
                        cfg_name(b->cfg), left);
         rd_kafka_queue_io_event_enable(b->mainq, -1, NULL, 0);
         rd_kafka_queue_destroy(b->mainq);
+        forget_topics(b);
         rd_kafka_destroy(b->rk);
         b->rk = NULL;
     }
@@ -1350,6 +1391,7 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
         rc = QB_ECONFIG;
         goto fail;
     }
+    warm_topics(b);
     int uv_rc = uv_poll_init(loop, &b->poll, b->wake_fds[0]);
     if (uv_rc < 0) {
         snprintf(errbuf, errlen, "kafka %s: cannot watch the wake-up pipe: %s", cfg_name(cfg),
@@ -1371,6 +1413,7 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     return QB_OK;
 
 fail:
+    forget_topics(b);
     if (b->rk)
         rd_kafka_destroy(b->rk);
     close_fds(b);
