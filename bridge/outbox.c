@@ -7,6 +7,11 @@
  *   qb_outbox_send -> [held list] -> ob_store (spool stage) -> [turn list]
  *       -> ob_flush (one spool write per loop turn) -> lanes -> qb_transport_send
  *
+ * and hears back only through the listener each transport was given when its
+ * lane was made (window full/open, progress of spooled records). The outbox
+ * never asks a transport about its queue: the transport's window, with its
+ * one rule (transport.h), is the only window, and the outbox mirrors it.
+ *
  * Batching keeps two rules. No transport sees a record before it is written:
  * a record handed on but never written would let a restarted bridge give its
  * sequence, and so its id, to another event; so the turn list holds each
@@ -19,11 +24,6 @@
  * reads produce records) and a prepare handle (right before the next poll, for
  * records made by timers or close callbacks), both active only while the turn
  * list is not empty: a record never waits through a blocking poll.
- *
- * and hears back only through the listener each transport was given when its
- * lane was made (window full/open, progress of spooled records). The outbox
- * never asks a transport about its queue: the transport's window, with its
- * one rule (transport.h), is the only window, and the outbox mirrors it.
  *
  * Each transport has a lane: `next` is the first spool record not yet handed
  * to its queue, `confirmed_below` the first record it has not confirmed. A
