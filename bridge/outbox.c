@@ -4,12 +4,26 @@
  *
  * Delivery is one pipeline that only calls down:
  *
- *   qb_outbox_send -> [held list] -> ob_store (spool append) -> lanes -> qb_transport_send
+ *   qb_outbox_send -> [held list] -> ob_store (spool stage) -> [turn list]
+ *       -> ob_flush (one spool write per loop turn) -> lanes -> qb_transport_send
  *
  * and hears back only through the listener each transport was given when its
  * lane was made (window full/open, progress of spooled records). The outbox
  * never asks a transport about its queue: the transport's window, with its
  * one rule (transport.h), is the only window, and the outbox mirrors it.
+ *
+ * Batching keeps two rules. No transport sees a record before it is written:
+ * a record handed on but never written would let a restarted bridge give its
+ * sequence, and so its id, to another event; so the turn list holds each
+ * message (a copy) until ob_flush has written the batch, and live delivery
+ * happens there. And a failed write hands the turn's messages back to the
+ * memory list, in order and ahead of anything held after them, where they
+ * wait like any message the spool could not take.
+ *
+ * ob_flush runs from a check handle (right after the poll phase, where QMP
+ * reads produce records) and a prepare handle (right before the next poll, for
+ * records made by timers or close callbacks), both active only while the turn
+ * list is not empty: a record never waits through a blocking poll.
  *
  * Each transport has a lane: `next` is the first spool record not yet handed
  * to its queue, `confirmed_below` the first record it has not confirmed. A
@@ -78,6 +92,10 @@ struct qb_outbox {
 
     struct ob_held *held_head, *held_tail;
     size_t held_n;
+    struct ob_held *turn_head, *turn_tail; /* staged in the spool's batch, not yet written */
+    size_t turn_n;
+    uv_prepare_t *prepare; /* separate allocations: freed by their close callbacks */
+    uv_check_t *check;
     bool spool_failing; /* the last append failed: log recovery once it works */
 
     uv_timer_t *timer; /* separate allocation: freed by its close callback */
@@ -96,6 +114,7 @@ struct qb_outbox {
 
 static void ob_feed(struct ob_lane *l);
 static void ob_arm_timer(struct qb_outbox *o);
+static int ob_flush(struct qb_outbox *o);
 
 /* ---- pressure ------------------------------------------------------------ */
 
@@ -212,14 +231,15 @@ static void ob_spool_dropped(void *arg, const char *vm, uint64_t first_seq, uint
 
 /* ---- the memory list ----------------------------------------------------- */
 
-/* Keeps a copy of msg until the spool takes it, or drops it when the list is full. */
-static int ob_hold(struct qb_outbox *o, const struct qb_message *msg)
+/*
+ * Keeps h (owned: taken over, or freed when dropped) at the end of the list
+ * until the spool takes it, or drops it when the list is full.
+ */
+static int ob_hold(struct qb_outbox *o, struct ob_held *h)
 {
-    struct ob_held *h;
-
-    if (o->held_n >= o->cfg->spool_memory_max_messages ||
-        !(h = QB_MESSAGE_COPY(struct ob_held, msg, msg))) {
-        ob_note_drop(o, msg);
+    if (o->held_n >= o->cfg->spool_memory_max_messages) {
+        ob_note_drop(o, &h->msg);
+        free(h);
         return QB_EAGAIN;
     }
     h->next = NULL;
@@ -237,23 +257,10 @@ static int ob_hold(struct qb_outbox *o, const struct qb_message *msg)
 
 /* ---- spooled delivery ---------------------------------------------------- */
 
-/*
- * Appends msg; with on_full: drop_oldest a full spool (or file system) gives
- * up its oldest segments until the record fits. Returns the append's code.
- */
-static int ob_append(struct qb_outbox *o, const struct qb_message *msg, uint64_t *id)
+/* Logs the first failure of a streak to take msg (the first message refused). */
+static void ob_note_spool_failure(struct qb_outbox *o, const struct qb_message *msg, int rc)
 {
-    int rc = qb_spool_append(o->spool, msg, id);
-
-    while (rc == QB_ENOSPC && o->cfg->spool_on_full == QB_SPOOL_FULL_DROP_OLDEST) {
-        if (qb_spool_drop_oldest(o->spool, ob_spool_dropped, o) < 0)
-            break;
-        rc = qb_spool_append(o->spool, msg, id);
-    }
-    if (rc == QB_OK && o->spool_failing) {
-        o->spool_failing = false;
-        QB_LOG_INFO(NULL, "spool: appending again");
-    } else if (rc < 0 && !o->spool_failing) {
+    if (!o->spool_failing) {
         o->spool_failing = true;
         QB_LOG_ERR(msg->vm,
                    "spool cannot take %s seq %" PRIu64 " (%s): holding up to %zu messages in "
@@ -261,6 +268,37 @@ static int ob_append(struct qb_outbox *o, const struct qb_message *msg, uint64_t
                    msg->type ? msg->type : "?", msg->sequence, qb_strerror(rc),
                    o->cfg->spool_memory_max_messages, OB_TICK_MS);
     }
+}
+
+/*
+ * Stages msg in the spool's batch: when the batch must be written first (a
+ * new segment, the size cap) that is done now, and with on_full: drop_oldest
+ * a full spool (or file system) gives up its oldest segments, after writing
+ * this turn's batch, until the record fits. Returns the stage's code (or the
+ * flush's, when writing the batch first failed).
+ */
+static int ob_append(struct qb_outbox *o, const struct qb_message *msg, uint64_t *id)
+{
+    int rc = qb_spool_stage(o->spool, msg, id);
+
+    if (rc == QB_EAGAIN) {
+        if ((rc = ob_flush(o)) != QB_OK)
+            return rc;
+        rc = qb_spool_stage(o->spool, msg, id);
+    }
+    if (rc == QB_ENOSPC && o->cfg->spool_on_full == QB_SPOOL_FULL_DROP_OLDEST && o->turn_head) {
+        /* the batch is not on disk yet, so not droppable: write it, then make room */
+        if ((rc = ob_flush(o)) != QB_OK)
+            return rc;
+        rc = qb_spool_stage(o->spool, msg, id);
+    }
+    while (rc == QB_ENOSPC && o->cfg->spool_on_full == QB_SPOOL_FULL_DROP_OLDEST) {
+        if (qb_spool_drop_oldest(o->spool, ob_spool_dropped, o) < 0)
+            break;
+        rc = qb_spool_stage(o->spool, msg, id);
+    }
+    if (rc < 0)
+        ob_note_spool_failure(o, msg, rc);
     return rc;
 }
 
@@ -287,25 +325,95 @@ static void ob_deliver_live(struct qb_outbox *o, uint64_t id, const struct qb_me
     }
 }
 
+static void ob_on_prepare(uv_prepare_t *h)
+{
+    ob_flush(h->data);
+}
+
+static void ob_on_check(uv_check_t *h)
+{
+    ob_flush(h->data);
+}
+
 /*
- * Puts msg into the spool and hands it to the lanes that keep up. This is
- * where every record enters the spool (from qb_outbox_send and from the held
- * list): batching the appends to one write per loop turn belongs here, with
- * the live hand-over following the batch's write.
- * Returns ob_append's code; on failure nothing was delivered.
+ * Stages h's message in the spool's batch and keeps h (owned: taken over on
+ * QB_OK, still the caller's otherwise) in the turn list until ob_flush has
+ * written the batch and hands it to the lanes. This is where every record
+ * enters the spool (from qb_outbox_send and from the held list). Returns
+ * ob_append's code; on failure nothing was staged.
  */
-static int ob_store(struct qb_outbox *o, const struct qb_message *msg)
+static int ob_store(struct qb_outbox *o, struct ob_held *h)
 {
     uint64_t id;
-    int rc = ob_append(o, msg, &id);
+    int rc = ob_append(o, &h->msg, &id);
 
     if (rc != QB_OK)
         return rc;
-    o->stats.spooled++;
-    ob_deliver_live(o, id, msg);
+    h->msg.spool_id = id;
+    h->next = NULL;
+    if (o->turn_tail)
+        o->turn_tail->next = h;
+    else
+        o->turn_head = h;
+    o->turn_tail = h;
+    if (o->turn_n++ == 0) {
+        uv_prepare_start(o->prepare, ob_on_prepare);
+        uv_check_start(o->check, ob_on_check);
+    }
+    return QB_OK;
+}
+
+/*
+ * Writes this turn's batch with one spool write, then hands its messages to
+ * the lanes that keep up, in order. When the write fails, nothing was stored
+ * or delivered: the turn's messages go back to the front of the memory list
+ * (ahead of anything held after them; the list may then exceed
+ * memory_max_messages by one turn's messages, which the senders were already
+ * told were taken) and are retried with it. Returns QB_OK or the flush's code.
+ */
+static int ob_flush(struct qb_outbox *o)
+{
+    struct ob_held *h;
+    int rc;
+
+    uv_prepare_stop(o->prepare);
+    uv_check_stop(o->check);
+    if (!o->turn_head)
+        return QB_OK;
+    if ((rc = qb_spool_flush(o->spool)) != QB_OK) {
+        ob_note_spool_failure(o, &o->turn_head->msg, rc);
+        o->turn_tail->next = o->held_head;
+        if (!o->held_head)
+            o->held_tail = o->turn_tail;
+        o->held_head = o->turn_head;
+        o->held_n += o->turn_n;
+        o->stats.held = o->held_n;
+        o->turn_head = o->turn_tail = NULL;
+        o->turn_n = 0;
+        ob_arm_timer(o);
+        ob_update_pressure(o);
+        return rc;
+    }
+    if (o->spool_failing) {
+        o->spool_failing = false;
+        QB_LOG_INFO(NULL, "spool: appending again");
+    }
+    o->stats.spooled += o->turn_n;
+    /* detached first: a transport's callback may send again, which starts the next batch */
+    h = o->turn_head;
+    o->turn_head = o->turn_tail = NULL;
+    o->turn_n = 0;
+    while (h) {
+        struct ob_held *next = h->next;
+
+        ob_deliver_live(o, h->msg.spool_id, &h->msg);
+        free(h);
+        h = next;
+    }
     for (size_t i = 0; i < o->n_lanes; i++)
-        if (o->lanes[i]->next <= id)
+        if (o->lanes[i]->next < qb_spool_next_id(o->spool))
             ob_arm_timer(o); /* a lane fell behind: make sure something feeds it */
+    ob_update_pressure(o);
     return QB_OK;
 }
 
@@ -410,21 +518,25 @@ static const struct qb_transport_listener ob_listener = {
     .progress = ob_on_progress,
 };
 
-/* Moves held messages into the spool, in order, for as long as it takes them. */
+/*
+ * Moves held messages into the spool, in order, for as long as it takes them,
+ * and writes them at once (a failed write puts them back).
+ */
 static void ob_retry_held(struct qb_outbox *o)
 {
     while (o->held_head) {
         struct ob_held *h = o->held_head;
+        struct ob_held *next = h->next;
 
-        if (ob_store(o, &h->msg) != QB_OK)
-            return;
-        o->held_head = h->next;
+        if (ob_store(o, h) != QB_OK)
+            break;
+        o->held_head = next;
         if (!o->held_head)
             o->held_tail = NULL;
         o->held_n--;
         o->stats.held = o->held_n;
-        free(h);
     }
+    ob_flush(o);
 }
 
 /* Persists the cursors and releases what every transport has confirmed. */
@@ -447,7 +559,7 @@ static void ob_checkpoint(struct qb_outbox *o)
 
 static bool ob_busy(const struct qb_outbox *o)
 {
-    if (o->held_n || o->dirty || o->drops)
+    if (o->held_n || o->turn_n || o->dirty || o->drops)
         return true;
     for (size_t i = 0; o->spool && i < o->n_lanes; i++)
         if (o->lanes[i]->next < qb_spool_next_id(o->spool))
@@ -494,6 +606,7 @@ static void ob_arm_timer(struct qb_outbox *o)
 
 int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
 {
+    struct ob_held *h;
     int rc;
 
     if (msg->kind == QB_MSG_REPLY)
@@ -504,10 +617,14 @@ int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
             qb_transport_send(o->lanes[i]->t, msg); /* a refusal is counted and logged there */
         return QB_OK;
     }
+    if (!(h = QB_MESSAGE_COPY(struct ob_held, msg, msg))) {
+        ob_note_drop(o, msg);
+        return QB_EAGAIN;
+    }
     if (o->held_head)
-        rc = ob_hold(o, msg); /* behind what is already waiting, to keep the order */
-    else if ((rc = ob_store(o, msg)) != QB_OK)
-        rc = ob_hold(o, msg);
+        rc = ob_hold(o, h); /* behind what is already waiting, to keep the order */
+    else if ((rc = ob_store(o, h)) != QB_OK)
+        rc = ob_hold(o, h);
     ob_update_pressure(o);
     return rc;
 }
@@ -531,6 +648,7 @@ void qb_outbox_get_stats(const struct qb_outbox *o, struct qb_outbox_stats *out)
     *out = o->stats;
 }
 
+/* Frees any of the outbox's handles (timers, prepare, check) once closed. */
 static void ob_timer_closed(uv_handle_t *h)
 {
     free(h);
@@ -631,10 +749,14 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
     o->lanes = calloc(n_transports ? n_transports : 1, sizeof(*o->lanes));
     o->timer = malloc(sizeof(*o->timer));
     o->soon = malloc(sizeof(*o->soon));
-    if (!o->lanes || !o->timer || !o->soon) {
+    o->prepare = malloc(sizeof(*o->prepare));
+    o->check = malloc(sizeof(*o->check));
+    if (!o->lanes || !o->timer || !o->soon || !o->prepare || !o->check) {
         free(o->lanes);
         free(o->timer);
         free(o->soon);
+        free(o->prepare);
+        free(o->check);
         free(o);
         return QB_ENOMEM;
     }
@@ -645,12 +767,18 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
     o->timer->data = o;
     uv_timer_init(loop, o->soon);
     o->soon->data = o;
+    uv_prepare_init(loop, o->prepare);
+    o->prepare->data = o;
+    uv_check_init(loop, o->check);
+    o->check->data = o;
     for (size_t i = 0; i < n_transports; i++) {
         if (!(o->lanes[i] = ob_lane_new(o, transports[i]))) {
             while (i-- > 0)
                 ob_lane_free(o->lanes[i]);
             uv_close((uv_handle_t *)o->timer, ob_timer_closed);
             uv_close((uv_handle_t *)o->soon, ob_timer_closed);
+            uv_close((uv_handle_t *)o->prepare, ob_timer_closed);
+            uv_close((uv_handle_t *)o->check, ob_timer_closed);
             free(o->lanes);
             free(o);
             return QB_ENOMEM;
@@ -738,6 +866,9 @@ void qb_outbox_close(struct qb_outbox *o)
 {
     if (!o)
         return;
+    /* this turn's messages: stored for the next start (the transports are gone), or held */
+    if (o->spool)
+        ob_flush(o);
     if (o->held_n) {
         for (struct ob_held *h = o->held_head; h; h = h->next)
             ob_note_drop(o, &h->msg);
@@ -760,6 +891,8 @@ void qb_outbox_close(struct qb_outbox *o)
         ob_lane_free(o->lanes[i]);
     uv_close((uv_handle_t *)o->timer, ob_timer_closed);
     uv_close((uv_handle_t *)o->soon, ob_timer_closed);
+    uv_close((uv_handle_t *)o->prepare, ob_timer_closed);
+    uv_close((uv_handle_t *)o->check, ob_timer_closed);
     free(o->lanes);
     free(o);
 }

@@ -22,7 +22,9 @@
  * queue; when its window is full (a broker is slow or down) it falls behind
  * and is fed from the spool on disk once its window is open again. The
  * transport's window never pauses QMP reading in this mode: the spool takes
- * the backlog.
+ * the backlog. The messages sent during one loop turn are written to the
+ * spool together, with one write at the end of the turn, and reach the
+ * transports only after that write.
  * A record is released (its segment deleted) only when every transport has
  * confirmed it; cursors and per-VM sequences are checkpointed every second
  * while anything changes, and at close.
@@ -72,8 +74,9 @@ int qb_outbox_new(uv_loop_t *loop, const struct qb_config *cfg,
 
 /*
  * Sends msg (borrowed; kind QB_MSG_EVENT or QB_MSG_STATE) to every
- * transport. Returns QB_OK when it was spooled or queued (or held in memory
- * for the spool), QB_EAGAIN when it was dropped (already counted and logged),
+ * transport. Returns QB_OK when it was queued, or taken for the spool (written
+ * at the end of this loop turn, or held in memory while the spool cannot take
+ * it), QB_EAGAIN when it was dropped (already counted and logged),
  * QB_EINVAL for a REPLY (send those with qb_outbox_send_reply).
  */
 int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg);

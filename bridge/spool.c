@@ -43,6 +43,8 @@
 #define REC_BODY_MIN (8 + 8 + 1 + 8 + 8 + 4 * 2 + 4)
 #define REC_MAX (64u * 1024 * 1024)
 #define READ_CHUNK (256 * 1024)
+/* A batch larger than this is written before the next record is staged: bounds the buffer. */
+#define BATCH_MAX (4u * 1024 * 1024)
 /* ids live in state.json as JSON integers, which are signed 64-bit */
 #define ID_MAX ((uint64_t)INT64_MAX)
 #define STATE_FILE "state.json"
@@ -113,8 +115,11 @@ struct qb_spool {
     uint64_t bytes, records;
     struct cursor *cursors;
     struct vmseq *vms;
-    uint8_t *wbuf;
+    uint8_t *wbuf; /* the batch: records staged and not yet written, encoded */
     size_t wcap;
+    size_t pend_len;    /* bytes of the batch */
+    uint64_t pend_n;    /* its records: ids next_id .. next_id + pend_n - 1 */
+    uint64_t pend_usec; /* append time of its first record */
     uv_timer_t *timer; /* BATCH only; freed by its close callback */
     bool timer_armed, unsynced, dirty;
     bool failing;     /* in a streak of failed writes */
@@ -1117,10 +1122,10 @@ static size_t str_len(const char *p)
 }
 
 /* Logs the first failure of a streak; counts the rest. */
-static void note_write_failure(struct qb_spool *s, int err)
+static void note_write_failure(struct qb_spool *s, int err, uint64_t records)
 {
-    s->st.write_errors++;
-    s->refused++;
+    s->st.write_errors += records;
+    s->refused += records;
     if (!s->failing) {
         s->failing = true;
         QB_LOG_ERR(NULL, "spool: cannot write %s/%s: %s (%" PRIu64 " records refused since)",
@@ -1128,15 +1133,15 @@ static void note_write_failure(struct qb_spool *s, int err)
     }
 }
 
-int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *id)
+int qb_spool_stage(struct qb_spool *s, const struct qb_message *msg, uint64_t *id)
 {
     const char *strs[4] = {msg->vm, msg->type, msg->id, msg->key};
     size_t lens[4], body = REC_BODY_MIN, rec;
-    uint64_t extra = 0, usec = now_usec();
+    uint64_t extra = 0, usec = now_usec(), rid = s->next_id + s->pend_n;
     uint8_t *p;
     int err;
 
-    if ((msg->kind != QB_MSG_EVENT && msg->kind != QB_MSG_STATE) || s->next_id >= ID_MAX)
+    if ((msg->kind != QB_MSG_EVENT && msg->kind != QB_MSG_STATE) || rid >= ID_MAX)
         return QB_EINVAL;
     if (msg->len && !msg->payload)
         return QB_EINVAL;
@@ -1151,30 +1156,38 @@ int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *
     body += msg->len;
     rec = REC_HEADER_LEN + body;
 
-    bool rotate = s->tail->records > 0 && s->tail->end + rec > s->segment_bytes;
+    /* a batch is written at one offset of one segment: a record that starts a new one waits */
+    bool rotate = (s->tail->records > 0 || s->pend_n > 0) &&
+                  s->tail->end + s->pend_len + rec > s->segment_bytes;
+    if (s->pend_n > 0 && (rotate || s->pend_len + rec > BATCH_MAX))
+        return QB_EAGAIN;
     if (rotate)
         extra = SEG_HEADER_LEN;
-    if (s->bytes + extra + rec > s->max_bytes)
+    if (s->bytes + s->pend_len + extra + rec > s->max_bytes)
         return QB_ENOSPC;
-    if (rec > s->wcap) {
-        uint8_t *nb = realloc(s->wbuf, rec);
+    if (s->pend_len + rec > s->wcap) {
+        size_t cap = s->wcap ? s->wcap : 4096;
+        uint8_t *nb;
 
-        if (!nb)
+        while (cap < s->pend_len + rec)
+            cap *= 2;
+        if (!(nb = realloc(s->wbuf, cap)))
             return QB_ENOMEM;
         s->wbuf = nb;
-        s->wcap = rec;
+        s->wcap = cap;
     }
     if (rotate && (err = seg_start(s)) < 0) {
         if (err != QB_ENOMEM)
-            note_write_failure(s, err == QB_ENOSPC ? ENOSPC : EIO);
+            note_write_failure(s, err == QB_ENOSPC ? ENOSPC : EIO, 1);
         return err;
     }
 
-    p = s->wbuf;
+    uint8_t *start = s->wbuf + s->pend_len;
+    p = start;
     memcpy(p, REC_MAGIC, 4);
     put_u32(p + 4, (uint32_t)body);
     p += REC_HEADER_LEN;
-    put_u64(p, s->next_id);
+    put_u64(p, rid);
     put_u64(p + 8, usec);
     p[16] = (uint8_t)msg->kind;
     put_u64(p + 17, msg->epoch);
@@ -1189,18 +1202,49 @@ int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *
     put_u32(p, (uint32_t)msg->len);
     if (msg->len)
         memcpy(p + 4, msg->payload, msg->len);
-    put_u32(s->wbuf + 8, (uint32_t)crc32(0L, s->wbuf + REC_HEADER_LEN, (uInt)body));
+    put_u32(start + 8, (uint32_t)crc32(0L, start + REC_HEADER_LEN, (uInt)body));
 
+    if (s->pend_n == 0)
+        s->pend_usec = usec;
+    s->pend_len += rec;
+    s->pend_n++;
+    /*
+     * Noted before the write: should the batch fail, the sequence is taken
+     * again by the same record later, and a checkpoint that saw it only
+     * makes a restarted bridge number past it, never reuse it.
+     */
+    if (vm_note(s, msg->vm ? msg->vm : "", lens[0], msg->epoch, msg->sequence) < 0)
+        QB_LOG_WARN(msg->vm, "spool: out of memory tracking the sequence");
+    if (id)
+        *id = rid;
+    return QB_OK;
+}
+
+size_t qb_spool_staged(const struct qb_spool *s)
+{
+    return s->pend_n;
+}
+
+int qb_spool_flush(struct qb_spool *s)
+{
     struct seg *g = s->tail;
-    err = pwrite_all(s->fd, s->wbuf, rec, g->end);
+    uint64_t n = s->pend_n;
+    int err;
+
+    if (n == 0)
+        return QB_OK;
+    err = pwrite_all(s->fd, s->wbuf, s->pend_len, g->end);
+    s->st.writes++;
     if (!err && s->fsync == QB_SPOOL_FSYNC_ALWAYS && fdatasync(s->fd) < 0)
         err = errno;
     if (err) {
-        /* leave no partial record behind: the next append goes to the same offset */
+        /* leave no partial record behind: the batch's ids are given again by the next stage */
         if (ftruncate(s->fd, (off_t)g->end) < 0)
             QB_LOG_ERR(NULL, "spool: cannot truncate %s/%s after a failed write: %s", s->dir,
                        g->name, strerror(errno));
-        note_write_failure(s, err);
+        s->pend_len = 0;
+        s->pend_n = 0;
+        note_write_failure(s, err, n);
         return map_write_errno(err);
     }
     if (s->failing) {
@@ -1209,18 +1253,21 @@ int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *
         s->failing = false;
         s->refused = 0;
     }
-    seg_add_record(g, s->next_id, usec);
-    g->end += rec;
+    if (g->records == 0) {
+        g->min_id = s->next_id;
+        g->oldest_usec = s->pend_usec;
+    }
+    g->last_id = s->next_id + n - 1;
+    g->records += n;
+    g->end += s->pend_len;
     g->size = g->end;
-    s->bytes += rec;
-    s->records++;
-    s->st.appended++;
+    s->bytes += s->pend_len;
+    s->records += n;
+    s->st.appended += n;
     s->dirty = true;
-    if (id)
-        *id = s->next_id;
-    s->next_id++;
-    if (vm_note(s, msg->vm ? msg->vm : "", lens[0], msg->epoch, msg->sequence) < 0)
-        QB_LOG_WARN(msg->vm, "spool: out of memory tracking the sequence");
+    s->next_id += n;
+    s->pend_len = 0;
+    s->pend_n = 0;
     if (s->fsync == QB_SPOOL_FSYNC_BATCH) {
         s->unsynced = true;
         if (!s->timer_armed) {
@@ -1229,6 +1276,17 @@ int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *
         }
     }
     return QB_OK;
+}
+
+int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *id)
+{
+    int rc = qb_spool_stage(s, msg, id);
+
+    if (rc == QB_EAGAIN && (rc = qb_spool_flush(s)) == QB_OK)
+        rc = qb_spool_stage(s, msg, id);
+    if (rc != QB_OK)
+        return rc;
+    return qb_spool_flush(s);
 }
 
 uint64_t qb_spool_next_id(const struct qb_spool *s)
@@ -1612,6 +1670,7 @@ void qb_spool_close(struct qb_spool *s)
 {
     if (!s)
         return;
+    qb_spool_flush(s); /* what was staged is kept for the next start (a failure is logged) */
     qb_spool_sync(s);
     qb_spool_checkpoint(s);
     if (s->timer) {

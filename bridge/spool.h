@@ -29,6 +29,9 @@
  * checks out, so the rest of the segment is kept. A torn tail of the newest
  * segment is truncated away before appending resumes.
  *
+ * Appends are batched: records staged during one loop turn reach the file
+ * with one write (qb_spool_stage, qb_spool_flush).
+ *
  * Everything runs on the loop thread; nothing here blocks except local file
  * I/O (write, fdatasync, pread), which is the point of a spool.
  */
@@ -74,7 +77,8 @@ struct qb_spool_stats {
     uint64_t released;        /* since start */
     uint64_t dropped;         /* records deleted unreleased by qb_spool_drop_oldest */
     uint64_t corrupt;         /* records skipped as corrupt at open or while reading */
-    uint64_t write_errors;    /* appends that failed with an I/O error (disk full, ...) */
+    uint64_t write_errors;    /* records refused by an I/O error (disk full, ...) */
+    uint64_t writes;          /* batches written (one write call each, failed ones too) */
 };
 
 struct qb_spool;
@@ -99,13 +103,43 @@ int qb_spool_open(uv_loop_t *loop, const struct qb_spool_options *opt, struct qb
                   char *errbuf, size_t errlen);
 
 /*
- * Appends msg (borrowed; kind must be QB_MSG_EVENT or QB_MSG_STATE; epoch and
- * sequence are taken from msg). On QB_OK *id is the record's id. Returns
- * QB_ENOSPC without writing anything when the record would take the spool
- * over max_bytes; QB_ENOSPC or QB_EIO when the write itself failed (file
- * system full, I/O error; logged once per failure streak with the errno text,
- * and any partial record is truncated away so the log stays clean);
- * QB_ETOOBIG for a record over 64 MiB; QB_EINVAL for a REPLY.
+ * Appending is two steps, so that all records of one loop turn take one
+ * write: qb_spool_stage encodes a record into the spool's batch (memory
+ * only), qb_spool_flush writes the whole batch with one write (and one
+ * fdatasync with fsync: always). A staged record is invisible until its
+ * batch is written: readers, qb_spool_next_id and the stats see written
+ * records only, so nobody may hand a staged record on before the flush that
+ * wrote it returned QB_OK.
+ *
+ * qb_spool_stage: stages msg (borrowed; kind must be QB_MSG_EVENT or
+ * QB_MSG_STATE; epoch and sequence are taken from msg). On QB_OK *id is the
+ * id the record gets once its batch is written. Returns QB_EAGAIN, staging
+ * nothing, when the batch must be flushed first (the record starts a new
+ * segment, or the batch is at its size cap); QB_ENOSPC without staging
+ * anything when the record would take the spool (written and staged bytes)
+ * over max_bytes, or when the new segment it needs cannot be created
+ * (QB_EIO likewise); QB_ETOOBIG for a record over 64 MiB; QB_EINVAL for a
+ * REPLY; QB_ENOMEM.
+ */
+int qb_spool_stage(struct qb_spool *s, const struct qb_message *msg, uint64_t *id);
+
+/*
+ * Writes the batch (nothing to do when it is empty: QB_OK). On QB_OK every
+ * staged record is stored, with the ids qb_spool_stage gave. On QB_ENOSPC or
+ * QB_EIO (file system full, I/O error; logged once per failure streak with
+ * the errno text) nothing of the batch is stored: any partial write is
+ * truncated away so the log stays clean, the batch is discarded and its ids
+ * are given again by the next stage; the caller still holds the messages.
+ */
+int qb_spool_flush(struct qb_spool *s);
+
+/* Records staged and not yet written. */
+size_t qb_spool_staged(const struct qb_spool *s);
+
+/*
+ * Stages msg and flushes at once (flushing an earlier batch first when the
+ * stage asks for it): one record, one write. Returns what qb_spool_stage or
+ * qb_spool_flush returned.
  */
 int qb_spool_append(struct qb_spool *s, const struct qb_message *msg, uint64_t *id);
 

@@ -25,12 +25,14 @@
 
 #include <ftw.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -274,6 +276,11 @@ static struct qb_message event(uint64_t seq, const char *payload)
     return m;
 }
 
+/*
+ * Sends first..last within one loop turn, then ends the turn: with a spool the
+ * turn's records are written with one write at its end and only then handed
+ * to the transports.
+ */
 static void send_events(struct fixture *f, uint64_t first, uint64_t last)
 {
     for (uint64_t s = first; s <= last; s++) {
@@ -281,6 +288,8 @@ static void send_events(struct fixture *f, uint64_t first, uint64_t last)
 
         assert_int_equal(qb_outbox_send(f->o, &m), QB_OK);
     }
+    if (f->spool)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
 }
 
 /* b was handed exactly first..last, in this order, once each. */
@@ -554,6 +563,97 @@ static void test_spool_cursor_at_close(void **state)
     assert_int_equal(qb_spool_get_cursor(f->spool, "b"), 21);
 }
 
+static uint64_t spool_writes(const struct fixture *f)
+{
+    struct qb_spool_stats st;
+
+    qb_spool_get_stats(f->spool, &st);
+    return st.writes;
+}
+
+/*
+ * All records of one loop turn take one spool write, at the end of the turn;
+ * no transport sees any of them before that write (a record handed on but
+ * never written would let a restarted bridge reuse its sequence and id).
+ */
+static void test_spool_one_write_per_turn(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_outbox_stats os;
+    uint64_t writes;
+
+    start(f, true);
+    writes = spool_writes(f);
+    for (uint64_t seq = 1; seq <= 50; seq++) {
+        struct qb_message m = event(seq, "{\"data\":1}");
+
+        assert_int_equal(qb_outbox_send(f->o, &m), QB_OK);
+    }
+    assert_int_equal(f->b[0]->n_published, 0);
+    assert_int_equal(f->b[1]->n_published, 0);
+    assert_int_equal(qb_spool_next_id(f->spool), 1);
+    assert_int_equal(spool_writes(f), writes);
+
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the turn ends */
+    assert_int_equal(spool_writes(f), writes + 1);
+    assert_int_equal(qb_spool_next_id(f->spool), 51);
+    assert_stream(f->b[0], 1, 50);
+    assert_stream(f->b[1], 1, 50);
+    qb_outbox_get_stats(f->o, &os);
+    assert_int_equal(os.spooled, 50);
+    drain(f, 0, 50);
+    drain(f, 1, 50);
+}
+
+/*
+ * A turn whose write fails hands its records back to the memory list: none is
+ * delivered, reads pause, what comes later waits behind them, and once the
+ * disk takes writes again everything goes out in order, once.
+ */
+static void test_spool_failed_write_holds_turn(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_outbox_stats os;
+    struct rlimit saved, lim;
+    struct stat st;
+    char path[128];
+
+    start(f, true);
+    send_events(f, 1, 5);
+    assert_stream(f->b[0], 1, 5);
+    snprintf(path, sizeof(path), "%s/%016x.seg", f->dir, 1);
+    assert_int_equal(stat(path, &st), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    lim = saved;
+    lim.rlim_cur = (rlim_t)st.st_size + 100; /* one record fits, the turn's five do not */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+    send_events(f, 6, 10);
+    qb_outbox_get_stats(f->o, &os);
+    assert_int_equal(os.held, 5);
+    assert_int_equal(os.spooled, 5);
+    assert_true(qb_outbox_under_pressure(f->o));
+    assert_stream(f->b[0], 1, 5);
+    assert_stream(f->b[1], 1, 5);
+    send_events(f, 11, 11); /* behind the held ones */
+    qb_outbox_get_stats(f->o, &os);
+    assert_int_equal(os.held, 6);
+    assert_int_equal(stat(path, &st), 0);
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    run_for(f, 1100); /* the tick retries the memory list */
+    qb_outbox_get_stats(f->o, &os);
+    assert_int_equal(os.held, 0);
+    assert_int_equal(os.spooled, 11);
+    assert_int_equal(os.dropped, 0);
+    assert_false(qb_outbox_under_pressure(f->o));
+    assert_stream(f->b[0], 1, 11);
+    assert_stream(f->b[1], 1, 11);
+    drain(f, 0, 11);
+    drain(f, 1, 11);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -566,6 +666,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spool_catch_up_from_disk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spool_failing_not_blocking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spool_cursor_at_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_one_write_per_turn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_failed_write_holds_turn, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

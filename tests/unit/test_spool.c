@@ -824,6 +824,158 @@ static void test_write_failure(void **state)
     qb_spool_close(s);
 }
 
+/* A record like append()'s, for the stage tests: vm "a", epoch 1, sequence seq. */
+static struct qb_message staged_msg(uint64_t seq, char *id, size_t idlen, const char *payload)
+{
+    struct qb_message m = {.kind = QB_MSG_EVENT,
+                           .vm = "a",
+                           .type = "qemu.test",
+                           .id = id,
+                           .key = "br/x",
+                           .epoch = 1,
+                           .sequence = seq,
+                           .payload = payload,
+                           .len = strlen(payload)};
+
+    snprintf(id, idlen, "1-%03" PRIu64, seq);
+    return m;
+}
+
+/*
+ * N records staged (one loop turn's worth) reach the file with ONE write at
+ * the flush; until then they are invisible: not in the file, not to readers,
+ * not in next_id or the stats. Their ids are the ones the stage gave.
+ */
+static void test_stage_one_write_per_batch(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool *s = open_default(f);
+    char path[256], id[16];
+    uint64_t ids[64], rid;
+    off_t empty;
+
+    append(s, "a", 1, 1, "p");
+    assert_int_equal(STAT(s, writes), 1);
+    seg_path(f, 1, path, sizeof(path));
+    empty = file_size(path);
+    for (uint64_t seq = 2; seq <= 51; seq++) {
+        struct qb_message m = staged_msg(seq, id, sizeof(id), "p");
+
+        assert_int_equal(qb_spool_stage(s, &m, &rid), QB_OK);
+        assert_int_equal(rid, seq);
+    }
+    assert_int_equal(qb_spool_staged(s), 50);
+    assert_int_equal(file_size(path), empty);
+    assert_int_equal(qb_spool_next_id(s), 2);
+    assert_int_equal(STAT(s, records), 1);
+    assert_int_equal(read_all(s, 0, ids, 64), 1);
+
+    assert_int_equal(qb_spool_flush(s), QB_OK);
+    assert_int_equal(STAT(s, writes), 2); /* 50 records, one write */
+    assert_int_equal(qb_spool_staged(s), 0);
+    assert_int_equal(file_size(path), empty + 50 * REC_SIZE(1, 1));
+    assert_int_equal(qb_spool_next_id(s), 52);
+    assert_int_equal(STAT(s, records), 51);
+    assert_int_equal(STAT(s, appended), 51);
+    assert_int_equal(read_all(s, 0, ids, 64), 51);
+    for (int i = 0; i < 51; i++)
+        assert_int_equal(ids[i], i + 1);
+    assert_int_equal(qb_spool_flush(s), QB_OK); /* nothing staged: no write */
+    assert_int_equal(STAT(s, writes), 2);
+    qb_spool_close(s);
+
+    s = open_default(f); /* and it all survives a restart, sequences included */
+    assert_int_equal(read_all(s, 0, ids, 64), 51);
+    {
+        uint64_t epoch, seq;
+
+        assert_true(qb_spool_vm_sequence(s, "a", &epoch, &seq));
+        assert_int_equal(seq, 51);
+    }
+    qb_spool_close(s);
+}
+
+/* A batch never spans segments: the record that needs a new one asks for a flush first. */
+static void test_stage_segment_boundary(void **state)
+{
+    struct fixture *f = *state;
+    /* a segment holds the header and three records */
+    struct qb_spool_options o = opts(f, 1 << 20, 8 + 3 * REC_SIZE(1, 1));
+    struct qb_spool *s = open_ok(f, &o);
+    struct qb_message m;
+    char id[16];
+    uint64_t ids[8], rid;
+
+    for (uint64_t seq = 1; seq <= 3; seq++) {
+        m = staged_msg(seq, id, sizeof(id), "p");
+        assert_int_equal(qb_spool_stage(s, &m, &rid), QB_OK);
+    }
+    m = staged_msg(4, id, sizeof(id), "p");
+    assert_int_equal(qb_spool_stage(s, &m, &rid), QB_EAGAIN);
+    assert_int_equal(qb_spool_staged(s), 3);
+    assert_int_equal(qb_spool_flush(s), QB_OK);
+    assert_int_equal(qb_spool_stage(s, &m, &rid), QB_OK);
+    assert_int_equal(rid, 4);
+    assert_int_equal(qb_spool_flush(s), QB_OK);
+    assert_int_equal(STAT(s, segments), 2);
+    assert_int_equal(STAT(s, writes), 2);
+    assert_int_equal(read_all(s, 0, ids, 8), 4);
+    assert_int_equal(ids[3], 4);
+    qb_spool_close(s);
+}
+
+/*
+ * A batch whose write fails leaves nothing behind: the file is cut back, no
+ * record is stored, and the same ids are given again when the caller stages
+ * the same messages once the disk takes them.
+ */
+static void test_stage_failed_flush(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool *s = open_default(f);
+    struct rlimit saved, lim;
+    char path[256], id[16], payload[301];
+    uint64_t ids[8], rid;
+    off_t size;
+
+    memset(payload, 'p', 300);
+    payload[300] = '\0';
+    append(s, "a", 1, 1, payload);
+    seg_path(f, 1, path, sizeof(path));
+    size = file_size(path);
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    lim = saved;
+    lim.rlim_cur = (rlim_t)size + 500; /* the first record fits, the batch of three does not */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    for (uint64_t seq = 2; seq <= 4; seq++) {
+        struct qb_message m = staged_msg(seq, id, sizeof(id), payload);
+
+        assert_int_equal(qb_spool_stage(s, &m, &rid), QB_OK);
+    }
+    capture_start(f);
+    int rc = qb_spool_flush(s);
+    char *log = capture_stop();
+    assert_true(rc == QB_EIO || rc == QB_ENOSPC);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    assert_int_equal(count_substr(log, "spool: cannot write"), 1);
+    free(log);
+    assert_int_equal(file_size(path), size);
+    assert_int_equal(qb_spool_staged(s), 0);
+    assert_int_equal(qb_spool_next_id(s), 2);
+    assert_int_equal(STAT(s, write_errors), 3);
+    for (uint64_t seq = 2; seq <= 4; seq++) {
+        struct qb_message m = staged_msg(seq, id, sizeof(id), payload);
+
+        assert_int_equal(qb_spool_stage(s, &m, &rid), QB_OK);
+        assert_int_equal(rid, seq);
+    }
+    assert_int_equal(qb_spool_flush(s), QB_OK);
+    assert_int_equal(read_all(s, 0, ids, 8), 4);
+    assert_int_equal(ids[3], 4);
+    qb_spool_close(s);
+}
+
 static void test_second_open_busy(void **state)
 {
     struct fixture *f = *state;
@@ -1123,6 +1275,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drop_oldest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stage_one_write_per_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stage_segment_boundary, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stage_failed_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_open_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_fsync_timer, setup, teardown),
