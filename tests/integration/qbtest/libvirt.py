@@ -517,7 +517,7 @@ class Domain:
                                 on_fail=lambda: print(util.tail(self.log)))
 
 
-def _domain_xml(name, disk, data_path, boot_path, error_policy):
+def _domain_xml(name, disk, data_path, boot_path, error_policy, write_iops=None):
     devices = ["<emulator>%s</emulator>" % QEMU]
     if data_path is not None:
         pol = ""
@@ -525,8 +525,10 @@ def _domain_xml(name, disk, data_path, boot_path, error_policy):
             pol = " error_policy='%s' rerror_policy='%s'" % (error_policy, error_policy)
         devices.append(
             "<disk type='file' device='disk'><driver name='qemu' type='raw'%s/>"
-            "<source file='%s'/><target dev='hda' bus='ide'/>"
-            "<address type='drive' controller='0' bus='0' target='0' unit='0'/></disk>" % (pol, data_path))
+            "<source file='%s'/><target dev='hda' bus='ide'/>%s"
+            "<address type='drive' controller='0' bus='0' target='0' unit='0'/></disk>"
+            % (pol, data_path, "<iotune><write_iops_sec>%d</write_iops_sec></iotune>" % write_iops
+               if write_iops else ""))
     if boot_path is not None:
         devices.append(
             "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
@@ -543,18 +545,21 @@ def _domain_xml(name, disk, data_path, boot_path, error_policy):
 
 
 def define_domain(lv, workdir, name, guest=True, disk="tmpfs", tmpfs_size="4M",
-                  error_policy="stop", start=True, transient=False):
+                  error_policy="stop", start=True, transient=False, write_iops=None):
     """A domain of lv. guest: boot the writer boot sector from hdc; disk:
     "tmpfs" (hda on a tmpfs of tmpfs_size: real ENOSPC), "plain" (hda on a
     64M sparse file that never fails) or None; error_policy: libvirt's
     error_policy and rerror_policy of hda (stop, report, ignore, enospace; None
     for libvirt's default). transient: `virsh create` at start, nothing defined.
+    write_iops: QEMU's I/O throttle on hda (<iotune>), which bounds how many
+    failing writes, and so BLOCK_IO_ERROR events, a second the guest makes.
     Returns a Domain (started when start=True; a transient one always is)."""
     d = Domain(lv, workdir, name, os.path.join(workdir, name + ".xml"), disk, tmpfs_size, transient)
     if guest:
         guest_mod.boot_image(d.boot_path)
     with open(d.xml_path, "w") as f:
-        f.write(_domain_xml(name, disk, d.data_path, d.boot_path if guest else None, error_policy))
+        f.write(_domain_xml(name, disk, d.data_path, d.boot_path if guest else None, error_policy,
+                            write_iops))
     if not transient:
         lv.virsh("define", d.xml_path)
     if start or transient:
@@ -563,10 +568,11 @@ def define_domain(lv, workdir, name, guest=True, disk="tmpfs", tmpfs_size="4M",
 
 
 def define_writer_domain(lv, workdir, name, tmpfs_size="4M", error_policy="stop", start=True,
-                         transient=False):
+                         transient=False, write_iops=None):
     """The ENOSPC domain: the guest writes hda, which lives on a small tmpfs."""
     return define_domain(lv, workdir, name, guest=True, disk="tmpfs", tmpfs_size=tmpfs_size,
-                         error_policy=error_policy, start=start, transient=transient)
+                         error_policy=error_policy, start=start, transient=transient,
+                         write_iops=write_iops)
 
 
 def define_idle_domain(lv, workdir, name, disk=None, start=True, transient=False):
