@@ -33,7 +33,10 @@ echo "== tests: ASan+UBSan build =="
   '^(integration_asyncapi|integration_debian_package|integration_kafka_mock_tool|integration_libvirt_harness|layers)$') \
   || status=1
 echo "== tests: daemon-starting integration tests once more, under valgrind memcheck =="
-(cd build && QB_VALGRIND=1 QB_TIMEOUT_SCALE=4 ctest -L daemon --output-on-failure -j2) || status=1
+# memory_bound measures resident memory, which memcheck's own bookkeeping swamps (the test then
+# only reports it); its floods run under valgrind in hostile_qmp too.
+(cd build && QB_VALGRIND=1 QB_TIMEOUT_SCALE=4 ctest -L daemon -E '^integration_memory_bound$' \
+  --output-on-failure -j2) || status=1
 echo "== fuzzing (libFuzzer + ASan/UBSan, ${QB_FUZZ_SECONDS:-30} s per harness) =="
 tests/fuzz/run-fuzzers.sh "${QB_FUZZ_SECONDS:-30}" || status=1
 # The end-to-end scenarios (`cmake --build build-rel --target bench`, ~5 minutes) are the
