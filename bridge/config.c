@@ -2258,6 +2258,16 @@ int qb_config_listen_name(const char *tmpl, uint32_t pid, uint32_t uid, const ch
     return QB_OK;
 }
 
+bool qb_config_strings_equal(char *const *a, size_t na, char *const *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return false;
+    return true;
+}
+
 void qb_config_free(struct qb_config *cfg)
 {
     if (!cfg)

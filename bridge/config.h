@@ -172,6 +172,9 @@ int qb_config_load_string(const char *name, const char *yaml, size_t len, struct
 /* Frees a config and everything it owns. NULL is fine. */
 void qb_config_free(struct qb_config *cfg);
 
+/* Whether two string lists of a config (na and nb items, borrowed) hold the same, in order. */
+bool qb_config_strings_equal(char *const *a, size_t na, char *const *b, size_t nb);
+
 /*
  * Expands a qmp.listen_name_template into out (outlen bytes): {pid}, {uid}
  * become the numbers, {comm} the text of comm (borrowed; the caller has

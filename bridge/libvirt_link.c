@@ -571,26 +571,42 @@ static void op_query_done(void *arg, bool cancelled)
     link_maybe_free(l);
 }
 
+/*
+ * A query or command op of l's session that is up, holding its own references
+ * to the domain and the disk map. Returns QB_OK with *out (the caller's:
+ * op_submit or op_free), QB_ECLOSED or QB_ENOMEM.
+ */
+static int op_for_session(struct qb_lv_link *l, enum lv_op_kind kind, struct lv_op **out)
+{
+    struct lv_op *op;
+
+    *out = NULL;
+    if (l->session != QB_SOURCE_READY || l->close_due)
+        return QB_ECLOSED;
+    if (!(op = calloc(1, sizeof(*op))))
+        return QB_ENOMEM;
+    op->kind = kind;
+    op->l = l;
+    op->session_id = l->session_id;
+    op->dom = l->dom;
+    virDomainRef(l->dom);
+    op->map = map_ref(l->map);
+    *out = op;
+    return QB_OK;
+}
+
 int qb_lv_link_query(struct qb_source_link *link, enum qb_source_query q, qb_source_answer_cb cb,
                      void *arg)
 {
     struct qb_lv_link *l = LINK(link);
     struct lv_op *op;
-    int rc;
+    int rc = op_for_session(l, LV_OP_QUERY, &op);
 
-    if (l->session != QB_SOURCE_READY || l->close_due)
-        return QB_ECLOSED;
-    if (!(op = calloc(1, sizeof(*op))))
-        return QB_ENOMEM;
-    op->kind = LV_OP_QUERY;
-    op->l = l;
-    op->session_id = l->session_id;
+    if (rc < 0)
+        return rc;
     op->q = q;
     op->cb = cb;
     op->cb_arg = arg;
-    op->dom = l->dom;
-    virDomainRef(l->dom);
-    op->map = map_ref(l->map);
     rc = op_submit(l, op, op_query_work, op_query_done);
     if (rc < 0)
         op_free(op);
@@ -651,25 +667,17 @@ int qb_lv_link_command(struct qb_source_link *link, const struct qb_command *cmd
 {
     struct qb_lv_link *l = LINK(link);
     struct lv_op *op;
-    int rc;
+    int rc = op_for_session(l, LV_OP_COMMAND, &op);
 
-    if (l->session != QB_SOURCE_READY || l->close_due)
-        return QB_ECLOSED;
-    if (!(op = calloc(1, sizeof(*op))))
-        return QB_ENOMEM;
-    op->kind = LV_OP_COMMAND;
-    op->l = l;
-    op->session_id = l->session_id;
+    if (rc < 0)
+        return rc;
     op->done = done;
     op->done_arg = arg;
     atomic_init(&op->changed, false);
     if (qb_lv_command_args_init(&op->args, cmd, &l->sh->cfg->commands) < 0) {
-        free(op);
+        op_free(op);
         return QB_ENOMEM;
     }
-    op->dom = l->dom;
-    virDomainRef(l->dom);
-    op->map = map_ref(l->map);
     rc = op_submit(l, op, op_command_work, op_command_done);
     if (rc < 0)
         op_free(op);

@@ -50,16 +50,6 @@ static const char *tc_name(const struct qb_transport_config *c)
     return c->name ? c->name : c->type;
 }
 
-static bool str_list_eq(char *const *a, size_t na, char *const *b, size_t nb)
-{
-    if (na != nb)
-        return false;
-    for (size_t i = 0; i < na; i++)
-        if (strcmp(a[i], b[i]) != 0)
-            return false;
-    return true;
-}
-
 bool qb_reload_transport_equal(const struct qb_transport_config *a,
                                const struct qb_transport_config *b)
 {
@@ -67,8 +57,8 @@ bool qb_reload_transport_equal(const struct qb_transport_config *a,
 
     /* every key of the common table and of the backend's config map; not file/line/column */
     if (!str_eq(a->type, b->type) || !qb_config_map_equal(qb_config_transport_keys, a, b) ||
-        !str_list_eq(a->include, a->n_include, b->include, b->n_include) ||
-        !str_list_eq(a->exclude, a->n_exclude, b->exclude, b->n_exclude))
+        !qb_config_strings_equal(a->include, a->n_include, b->include, b->n_include) ||
+        !qb_config_strings_equal(a->exclude, a->n_exclude, b->exclude, b->n_exclude))
         return false;
     if (!a->backend || !b->backend)
         return a->backend == b->backend;

@@ -828,25 +828,15 @@ static void relist_done(void *arg, bool cancelled)
     src_maybe_free(s);
 }
 
-static bool globs_equal(char *const *a, size_t na, char *const *b, size_t nb)
-{
-    if (na != nb)
-        return false;
-    for (size_t i = 0; i < na; i++)
-        if (strcmp(a[i], b[i]) != 0)
-            return false;
-    return true;
-}
-
 static void src_set_config(struct qb_source *src, const struct qb_config *cfg)
 {
     struct qb_source_libvirt *s = SRC(src);
     const struct qb_config *old = s->sh.cfg;
     struct lv_connect_job *j;
-    bool same = globs_equal(old->libvirt_include, old->n_libvirt_include, cfg->libvirt_include,
-                            cfg->n_libvirt_include) &&
-                globs_equal(old->libvirt_exclude, old->n_libvirt_exclude, cfg->libvirt_exclude,
-                            cfg->n_libvirt_exclude);
+    bool same = qb_config_strings_equal(old->libvirt_include, old->n_libvirt_include,
+                                        cfg->libvirt_include, cfg->n_libvirt_include) &&
+                qb_config_strings_equal(old->libvirt_exclude, old->n_libvirt_exclude,
+                                        cfg->libvirt_exclude, cfg->n_libvirt_exclude);
 
     s->sh.cfg = cfg; /* libvirt.uri and keepalive need a restart (reload.c keeps them) */
     if (s->state != LV_OFF && old->libvirt_forget_after_ms != cfg->libvirt_forget_after_ms)
