@@ -216,24 +216,9 @@ struct qb_source_link *qb_lv_link_head(struct qb_lv_link *l)
     return &l->head;
 }
 
-struct qb_lv_link *qb_lv_link_of(struct qb_source_link *head)
-{
-    return LINK(head);
-}
-
 const char *qb_lv_link_name(const struct qb_lv_link *l)
 {
     return l->name;
-}
-
-const char *qb_lv_link_uuid(const struct qb_lv_link *l)
-{
-    return l->uuid;
-}
-
-bool qb_lv_link_released(const struct qb_lv_link *l)
-{
-    return l->released;
 }
 
 bool qb_lv_link_in_session(const struct qb_lv_link *l)

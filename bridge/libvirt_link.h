@@ -65,10 +65,7 @@ int qb_lv_link_new(struct qb_lv_shared *sh, const char *name, const char *uuid, 
 void qb_lv_link_free(struct qb_lv_link *l);
 
 struct qb_source_link *qb_lv_link_head(struct qb_lv_link *l);
-struct qb_lv_link *qb_lv_link_of(struct qb_source_link *head);
 const char *qb_lv_link_name(const struct qb_lv_link *l);
-const char *qb_lv_link_uuid(const struct qb_lv_link *l);
-bool qb_lv_link_released(const struct qb_lv_link *l);
 /* A session is opening or up. */
 bool qb_lv_link_in_session(const struct qb_lv_link *l);
 
