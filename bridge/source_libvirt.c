@@ -311,14 +311,13 @@ static void src_on_close(virConnectPtr conn, int reason, void *opaque)
 }
 
 /* Unregisters what the bridge set on conn and closes it (worker thread). */
-static void conn_teardown(struct qb_source_libvirt *s, virConnectPtr conn, int cb_qemu, int cb_life)
+static void conn_teardown(virConnectPtr conn, int cb_qemu, int cb_life)
 {
     if (cb_qemu >= 0)
         virConnectDomainQemuMonitorEventDeregister(conn, cb_qemu);
     if (cb_life >= 0)
         virConnectDomainEventDeregisterAny(conn, cb_life);
     virConnectUnregisterCloseCallback(conn, src_on_close);
-    (void)s;
     virConnectClose(conn);
 }
 
@@ -394,7 +393,7 @@ static void connect_work(void *arg)
     return;
 fail:
     atomic_store(&j->s->live, NULL);
-    conn_teardown(j->s, conn, j->cb_qemu, j->cb_life);
+    conn_teardown(conn, j->cb_qemu, j->cb_life);
 }
 
 static void connect_job_free(struct lv_connect_job *j)
@@ -491,7 +490,7 @@ static void close_work(void *arg)
 {
     struct lv_close_job *c = arg;
 
-    conn_teardown(c->s, c->conn, c->cb_qemu, c->cb_life);
+    conn_teardown(c->conn, c->cb_qemu, c->cb_life);
 }
 
 static void close_done(void *arg, bool cancelled)
@@ -501,7 +500,7 @@ static void close_done(void *arg, bool cancelled)
 
     s->conn_jobs--;
     if (cancelled) /* the worker is closing: no thread will run it, so do it here */
-        conn_teardown(s, c->conn, c->cb_qemu, c->cb_life);
+        conn_teardown(c->conn, c->cb_qemu, c->cb_life);
     free(c);
     src_maybe_free(s);
 }
@@ -524,7 +523,7 @@ static void src_close_conn(struct qb_source_libvirt *s, virConnectPtr conn, int 
         }
         free(c);
     }
-    conn_teardown(s, conn, cb_qemu, cb_life);
+    conn_teardown(conn, cb_qemu, cb_life);
 }
 
 /* Drops the loop's connection: no callback of it is taken from now on. */
