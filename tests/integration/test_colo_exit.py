@@ -36,6 +36,11 @@ with check.Test("colo_exit") as t:
     t.ok("both QEMUs report COLO mode (query-colo-status)")
     qemu.colo_failover(primary, secondary)
     t.ok("x-colo-lost-heartbeat sent to both")
+    # QEMU's own word first, on the test's monitor: a missing qmp.colo.exit then
+    # says whether QEMU never raised COLO_EXIT or the bridge lost it.
+    for vm in (primary, secondary):
+        ev = vm.qmp.wait_event("COLO_EXIT", 30)
+        t.ok("QEMU %s raised COLO_EXIT" % vm.name, ev["data"])
     for name in ("primary", "secondary"):
         m = sub.wait_for(lambda m: m.type == "qmp.colo.exit" and m.json["subject"] == name, 30,
                          "qmp.colo.exit of " + name)
