@@ -39,8 +39,8 @@
 #include <sys/time.h>
 
 /* Used when a config leaves a bound at 0 (hand-filled configs in tests and tools). */
-#define QB_TRANSPORT_DEFAULT_MAX_MESSAGES 100000u
-#define QB_TRANSPORT_DEFAULT_MAX_BYTES ((size_t)64 * 1024 * 1024)
+#define QB_TRANSPORT_DEFAULT_MAX_MESSAGES 10000u
+#define QB_TRANSPORT_DEFAULT_MAX_BYTES ((size_t)16 * 1024 * 1024)
 /* Pause after a failed delivery so a persistently failing backend cannot spin the loop. */
 #define QB_TRANSPORT_RETRY_DELAY_MS 100
 /* At most one "queue full" summary line per this interval. */

@@ -32,8 +32,8 @@ struct qb_transport_config {
     int line, column;
 
     /* The bounded in-memory queue in front of the backend. */
-    size_t queue_max_messages;         /* queue_max_messages, default 100000 */
-    size_t queue_max_bytes;            /* queue_max_bytes, default 64MiB */
+    size_t queue_max_messages;         /* queue_max_messages, default 10000 */
+    size_t queue_max_bytes;            /* queue_max_bytes, default 16MiB */
     enum qb_queue_full_policy on_full; /* on_full: backpressure (default) or drop */
     /* include / exclude: fnmatch patterns on the CloudEvents type of each message (events,
        qmp.vm.state, bridge.*); default none: everything passes (see transport_filter.h) */

@@ -227,8 +227,8 @@ with check.Test("prometheus") as t:
                  and v > 0 for l, v in rtts), "Kafka brokers' round trip by host:port/id", rtts)
     t.expect(not [l for l, _ in rtts if l.get("transport") == "mqtt"],
              "no round trip for MQTT (libmosquitto measures none)")
-    t.expect(one(s, "qmp_bridge_queue_max_messages", transport="mqtt") == 100000,
-             "queue bound of mqtt (default 100000)")
+    t.expect(one(s, "qmp_bridge_queue_max_messages", transport="mqtt") == 10000,
+             "queue bound of mqtt (default 10000)")
     t.expect(one(s, "qmp_bridge_spool_max_bytes") == 1 << 30, "spool bound (default 1 GiB)")
     t.expect(one(s, "qmp_bridge_config_last_reload_successful") == 1, "start-up counts as success")
     first_ok = one(s, "qmp_bridge_config_last_reload_success_timestamp_seconds")

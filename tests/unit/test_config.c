@@ -83,8 +83,8 @@ static const struct qb_transport_config *find_transport(const struct qb_config *
 /* Defaults every transport type shares, as documented in config.h. */
 static void assert_common_defaults(const struct qb_transport_config *t)
 {
-    assert_int_equal(t->queue_max_messages, 100000);
-    assert_int_equal(t->queue_max_bytes, 64u * 1024 * 1024);
+    assert_int_equal(t->queue_max_messages, 10000);
+    assert_int_equal(t->queue_max_bytes, 16u * 1024 * 1024);
     assert_int_equal(t->shutdown_timeout_ms, 5000);
     assert_int_equal(t->on_full, QB_ON_FULL_BACKPRESSURE);
 }
