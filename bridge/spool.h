@@ -33,7 +33,9 @@
  * with one write (qb_spool_stage, qb_spool_flush).
  *
  * Everything runs on the loop thread; nothing here blocks except local file
- * I/O (write, fdatasync, pread), which is the point of a spool.
+ * I/O (write, pread, and fdatasync at rotation, close and with fsync:
+ * always), which is the point of a spool. fsync: batch's interval sync runs
+ * in libuv's thread pool on a duplicate of the segment's descriptor.
  */
 #ifndef QB_SPOOL_H
 #define QB_SPOOL_H
@@ -79,6 +81,7 @@ struct qb_spool_stats {
     uint64_t corrupt;         /* records skipped as corrupt at open or while reading */
     uint64_t write_errors;    /* records refused by an I/O error (disk full, ...) */
     uint64_t writes;          /* batches written (one write call each, failed ones too) */
+    uint64_t syncs;           /* fsync: batch: interval syncs done (in libuv's thread pool) */
 };
 
 struct qb_spool;

@@ -1063,6 +1063,9 @@ static void test_batch_fsync_timer(void **state)
         uv_run(&f->loop, UV_RUN_ONCE);
     assert_false(uv_loop_alive(&f->loop));
     assert_true(uv_now(&f->loop) - t0 >= 10);
+    struct qb_spool_stats st;
+    qb_spool_get_stats(s, &st);
+    assert_int_equal(st.syncs, 1); /* done in the thread pool; its callback counted it */
     append(s, "a", 1, 3, "z");
     assert_true(uv_loop_alive(&f->loop)); /* armed again by new data */
     assert_int_equal(qb_spool_sync(s), QB_OK);
@@ -1071,12 +1074,24 @@ static void test_batch_fsync_timer(void **state)
     qb_spool_close(s); /* with the timer armed: the handle is freed by the loop */
     assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
 
+    /* closed while the interval's sync runs in the thread pool: it finishes on its own */
+    s = open_ok(f, &o);
+    append(s, "a", 1, 6, "u");
+    usleep(20 * 1000);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the timer is due: the sync starts */
+    qb_spool_close(s);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0); /* its callback, the timer's close */
+    s = open_ok(f, &o);
+    assert_int_equal(qb_spool_next_id(s), 6); /* everything kept */
+    qb_spool_close(s);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+
     /* fsync: always */
     o.fsync = QB_SPOOL_FSYNC_ALWAYS;
     s = open_ok(f, &o);
     append(s, "a", 1, 5, "v");
     assert_false(uv_loop_alive(&f->loop));
-    assert_int_equal(qb_spool_next_id(s), 6);
+    assert_int_equal(qb_spool_next_id(s), 7);
     qb_spool_close(s);
     o.fsync_interval_ms = 0;
     o.fsync = QB_SPOOL_FSYNC_BATCH;
