@@ -28,9 +28,10 @@ echo "== tests: normal build =="
 (cd build && ctest -j2 --output-on-failure) || status=1
 echo "== tests: ASan+UBSan build =="
 # Not again here: tests that run none of the bridge's code (the AsyncAPI document, the Debian
-# package built from source, the Kafka mock tool, the libvirtd harness, the include graph).
+# package built from source, the Kafka mock tool, the libvirtd harness, the include graph), and
+# the benchmark's smoke run (a measuring tool; every path it drives has its integration test).
 (cd build-asan && ctest -j2 --output-on-failure -E \
-  '^(integration_asyncapi|integration_debian_package|integration_kafka_mock_tool|integration_libvirt_harness|layers)$') \
+  '^(integration_asyncapi|integration_debian_package|integration_kafka_mock_tool|integration_libvirt_harness|layers|bench_scenarios_smoke)$') \
   || status=1
 echo "== tests: daemon-starting integration tests once more, under valgrind memcheck =="
 # memory_bound measures resident memory, which memcheck's own bookkeeping swamps (the test then
