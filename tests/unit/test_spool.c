@@ -597,6 +597,55 @@ static void test_rollover(void **state)
     qb_spool_close(s);
 }
 
+static int count_open_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/*
+ * fsync: batch, rotating: each closed segment's last records are synced in the
+ * thread pool (nothing waits for it); the records all stay, no descriptor is
+ * left open once the loop ran the syncs' callbacks, whether they finish before
+ * or after the spool is closed.
+ */
+static void test_batch_rollover_syncs_later(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_spool_options o = opts(f, 1 << 20, 400);
+    char payload[101];
+    uint64_t ids[32];
+
+    o.fsync = QB_SPOOL_FSYNC_BATCH;
+    o.fsync_interval_ms = 1000;
+    memset(payload, 'p', 100);
+    payload[100] = '\0';
+    int fds0 = count_open_fds();
+    struct qb_spool *s = open_ok(f, &o);
+    for (int i = 1; i <= 10; i++)
+        append(s, "a", 1, (uint64_t)i, payload);
+    assert_int_equal(STAT(s, segments), 5);
+    qb_spool_close(s); /* four closed segments' syncs may still run */
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(count_open_fds(), fds0);
+
+    s = open_ok(f, &o);
+    assert_int_equal(read_all(s, 0, ids, 32), 10);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(ids[i], i + 1);
+    for (int i = 11; i <= 14; i++)
+        append(s, "a", 1, (uint64_t)i, payload);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* some syncs may finish before the close, some after */
+    qb_spool_close(s);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(count_open_fds(), fds0);
+}
+
 static void test_release(void **state)
 {
     struct fixture *f = *state;
@@ -1296,6 +1345,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_second_open_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_fsync_timer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_rollover_syncs_later, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlink_state_tmp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlink_state_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlink_segments, setup, teardown),
