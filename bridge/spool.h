@@ -33,9 +33,10 @@
  * with one write (qb_spool_stage, qb_spool_flush).
  *
  * Everything runs on the loop thread; nothing here blocks except local file
- * I/O (write, pread, and fdatasync at rotation, close and with fsync:
- * always), which is the point of a spool. fsync: batch's interval sync runs
- * in libuv's thread pool on a duplicate of the segment's descriptor.
+ * I/O (write, pread, and fdatasync at close, of a new segment's header and
+ * with fsync: always), which is the point of a spool. fsync: batch's
+ * interval sync and a rotated segment's last sync run in libuv's thread pool
+ * on a duplicate of the segment's descriptor.
  */
 #ifndef QB_SPOOL_H
 #define QB_SPOOL_H
