@@ -39,7 +39,13 @@ with check.Test("colo_exit") as t:
     # QEMU's own word first, on the test's monitor: a missing qmp.colo.exit then
     # says whether QEMU never raised COLO_EXIT or the bridge lost it.
     for vm in (primary, secondary):
-        ev = vm.qmp.wait_event("COLO_EXIT", 30)
+        try:
+            ev = vm.qmp.wait_event("COLO_EXIT", 30)
+        except TimeoutError as e:
+            raise check.CheckFailed("QEMU %s itself raised no COLO_EXIT after x-colo-lost-heartbeat"
+                                    " (its failover did not finish; not the bridge): %s;"
+                                    " query-colo-status: %s"
+                                    % (vm.name, e, vm.qmp.cmd("query-colo-status")))
         t.ok("QEMU %s raised COLO_EXIT" % vm.name, ev["data"])
     for name in ("primary", "secondary"):
         m = sub.wait_for(lambda m: m.type == "qmp.colo.exit" and m.json["subject"] == name, 30,
