@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -167,6 +168,9 @@ def main():
         with open(args.hmac_key_file, "rb") as f:
             key = f.read().rstrip(b"\n")
 
+    # SIGTERM (systemd, a supervisor) ends it like Ctrl-C, through the finally below, so the
+    # bus reader it started goes with it instead of running on, orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     b = Bus(args)
     busy = {}  # (bridge, vm) -> command id in flight
     seen_seq = {}  # (bridge, vm) -> newest sequence acted on, so old states are not replayed

@@ -82,6 +82,14 @@ with check.Test("orchestrator_ghosts") as t:
     t.expect(not commands("vm1"), "no command for vm1", commands("vm1"))
     t.expect([c["subject"] for c in commands("vm3")] == ["vm3", "vm3"],
              "vm3 removed (empty retained state) and back: acted on again", commands("vm3"))
+    # Stopped as a supervisor would (SIGTERM): its bus reader goes with it, not orphaned
+    # (mosquitto_sub kept running, reconnecting, after every earlier run of this test).
+    children = subprocess.run(["pgrep", "-P", str(orch.pid)], stdout=subprocess.PIPE,
+                              text=True).stdout.split()
+    t.expect(children, "the orchestrator runs its bus reader", children)
     procs.stop(orch)
+    procs.wait_until(lambda: not any(os.path.exists("/proc/%s" % c) for c in children), 10,
+                     "the orchestrator's bus reader to end with it")
+    t.ok("SIGTERM: the orchestrator's bus reader ended with it")
     cmds.stop()
     broker.stop()
