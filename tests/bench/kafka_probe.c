@@ -271,16 +271,8 @@ int main(int argc, char **argv)
              sent, p.n_lat, p.failed, rate, pct_ms(p.lat_ns, p.n_lat, 0.5),
              pct_ms(p.lat_ns, p.n_lat, 0.99), pct_ms(p.lat_ns, p.n_lat, 0.999),
              p.n_lat ? (double)p.lat_ns[p.n_lat - 1] / 1e6 : -1.0);
-    puts(line);
-    if (out_path) {
-        FILE *f = fopen(out_path, "w");
-
-        if (!f || fprintf(f, "%s\n", line) < 0 || fclose(f) != 0) {
-            fprintf(stderr, "kafka_probe: cannot write %s: %s\n", out_path, strerror(errno));
-            return 1;
-        }
-    }
+    int rc = write_line(line, out_path);
     free(p.lat_ns);
     free(payload);
-    return p.n_lat > 0 ? 0 : 1;
+    return rc ? rc : p.n_lat > 0 ? 0 : 1;
 }
