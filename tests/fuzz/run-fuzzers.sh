@@ -8,7 +8,8 @@
 # $QB_FUZZ_BUILD_DIR overrides the directory), then runs every
 # tests/fuzz/fuzz_<name>.c harness on a scratch copy of tests/fuzz/corpus/<name>/
 # (the committed corpus never grows during a run) with tests/fuzz/<name>.dict
-# when it exists. Prints one line per harness:
+# when it exists, $QB_FUZZ_JOBS harnesses at a time (default: the CPU count).
+# Prints one line per harness:
 #   fuzz_qmp: 1234567 executions in 60 s, 0 crashes, corpus 35 -> 456 inputs
 # Exits 1 when any harness crashed, leaked, timed out or ran out of memory; the
 # reproducer is kept in build-fuzz/crashes/ and its path printed, with the
@@ -72,17 +73,11 @@ list_artifacts() {
     done
 }
 
-status=0
-for src in "$here"/fuzz_*.c; do
-    [ -e "$src" ] || continue
-    name=$(basename "$src" .c)
+# Runs harness $1 (fuzz_<short>) and prints its summary; returns non-zero when it found
+# something or could not run.
+run_harness() {
+    name=$1
     short=${name#fuzz_}
-    if [ -n "${QB_FUZZ_ONLY:-}" ]; then
-        case " $QB_FUZZ_ONLY " in
-        *" $short "*) ;;
-        *) continue ;;
-        esac
-    fi
     bin="$build/tests/fuzz/$name"
     seeds="$here/corpus/$short"
     corpus="$work/$short/corpus"
@@ -90,8 +85,7 @@ for src in "$here"/fuzz_*.c; do
 
     if [ ! -x "$bin" ]; then
         echo "$name: not built ($bin missing)"
-        status=1
-        continue
+        return 1
     fi
     rm -rf "${work:?}/$short"
     mkdir -p "$corpus"
@@ -124,7 +118,6 @@ for src in "$here"/fuzz_*.c; do
     if [ "$n_found" -eq 1 ]; then word=crash; else word=crashes; fi
     echo "$name: ${execs:-0} executions in $elapsed s, $n_found $word, corpus $before -> $after inputs"
     if [ "$n_found" -ne 0 ]; then
-        status=1
         for f in $found; do
             echo "  reproducer: $f"
             echo "  reproduce:  $bin $f"
@@ -135,5 +128,45 @@ for src in "$here"/fuzz_*.c; do
              n && n++ <= 30 { print "    " $0; next }
              /^SUMMARY:/ { print "    " $0 }' "$log"
     fi
+    [ "$n_found" -eq 0 ]
+}
+
+# The harnesses are independent (own corpus copy, own artifact prefix), so they run
+# QB_FUZZ_JOBS at a time (default: the CPU count): each still gets its full time, and
+# the stage takes a fraction of the wall time. Summaries are printed in harness order.
+jobs=${QB_FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+names=""
+for src in "$here"/fuzz_*.c; do
+    [ -e "$src" ] || continue
+    name=$(basename "$src" .c)
+    if [ -n "${QB_FUZZ_ONLY:-}" ]; then
+        case " $QB_FUZZ_ONLY " in
+        *" ${name#fuzz_} "*) ;;
+        *) continue ;;
+        esac
+    fi
+    names="$names $name"
+done
+
+status=0
+running=0
+for name in $names; do
+    (
+        run_harness "$name" >"$work/$name.summary" 2>&1
+        echo $? >"$work/$name.status"
+    ) &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then
+        wait
+        running=0
+    fi
+done
+wait
+for name in $names; do
+    cat "$work/$name.summary"
+    if [ "$(cat "$work/$name.status" 2>/dev/null)" != 0 ]; then
+        status=1
+    fi
+    rm -f "$work/$name.summary" "$work/$name.status"
 done
 exit $status
