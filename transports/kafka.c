@@ -36,6 +36,7 @@
  */
 #include "error.h"
 #include "kafka_config.h"
+#include "kafka_warmup.h"
 #include "log.h"
 #include "transport_ops.h"
 
@@ -126,6 +127,7 @@ struct kafka_backend {
     size_t n_rtt;
     rd_kafka_topic_t *known[2]; /* the fixed events and state topics, named at start (or NULL) */
     rd_kafka_topic_t *fixed[2]; /* borrowed from known: the handle for events and state, or NULL */
+    struct qb_kafka_warmup *warmup; /* with a <vm> or <type> template: new topics asked ahead */
 };
 
 /* Defaults before the user's properties, so each can be overridden. */
@@ -430,6 +432,8 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
                    rd_kafka_err2str(rd_kafka_last_error()));
         goto out;
     }
+    if (own_rkt && b->warmup)
+        qb_kafka_warmup_note(b->warmup, topic);
     hdrs = rd_kafka_headers_new(N_ELEMS(kafka_ce_attrs) + 1);
     bool tombstone = qb_message_clears_state(msg);
     if (tombstone)
@@ -1277,13 +1281,18 @@ static void on_handle_closed(uv_handle_t *h)
  * metadata request. The handles stay ours until teardown. Failing to name one
  * only loses the head start.
  */
+static bool has_placeholder(const char *tmpl)
+{
+    return strstr(tmpl, "<vm>") || strstr(tmpl, "<type>");
+}
+
 static void warm_topics(struct kafka_backend *b)
 {
     const char *tmpls[2] = {b->kc->events_topic, b->kc->state_topic};
     char topic[KAFKA_TOPIC_MAX];
     for (size_t i = 0; i < N_ELEMS(tmpls); i++) {
-        if (strstr(tmpls[i], "<vm>") || strstr(tmpls[i], "<type>"))
-            continue; /* one topic per VM or type: named by its first message */
+        if (has_placeholder(tmpls[i]))
+            continue; /* one topic per VM or type: asked for on its first use (kafka_warmup.h) */
         if (expand_topic(tmpls[i], b->bridge->id, NULL, NULL, topic, sizeof(topic)) != QB_OK)
             continue; /* the first publish reports the length */
         if (i == 1 && b->known[0] && strcmp(rd_kafka_topic_name(b->known[0]), topic) == 0) {
@@ -1335,9 +1344,9 @@ static void teardown(struct kafka_backend *b)
     uv_close((uv_handle_t *)&b->close_timer, on_handle_closed);
 }
 
-static void on_close_timer(uv_timer_t *timer)
+static void close_after_warmup(void *arg)
 {
-    struct kafka_backend *b = timer->data;
+    struct kafka_backend *b = arg;
     /* first, so the group can hand its partitions to another member while we flush */
     if (b->cons)
         close_consumer(b);
@@ -1349,6 +1358,17 @@ static void on_close_timer(uv_timer_t *timer)
         QB_LOG_INFO(NULL, "kafka %s: %d messages still in flight after %u ms; giving up on them",
                     cfg_name(b->cfg), rd_kafka_outq_len(b->rk), ms);
     teardown(b);
+}
+
+static void on_close_timer(uv_timer_t *timer)
+{
+    struct kafka_backend *b = timer->data;
+    struct qb_kafka_warmup *w = b->warmup;
+    b->warmup = NULL;
+    if (w)
+        qb_kafka_warmup_close(w, close_after_warmup, b); /* a running request holds rk */
+    else
+        close_after_warmup(b);
 }
 
 static void kafka_close(void *backend, void (*closed)(void *arg), void *arg)
@@ -1428,6 +1448,12 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     /* anything queued before the io event was enabled did not write to the pipe */
     if (write(b->wake_fds[1], "1", 1) < 0 && errno != EAGAIN)
         QB_LOG_WARN(NULL, "kafka %s: cannot wake up the loop: %s", cfg_name(cfg), strerror(errno));
+    if (has_placeholder(b->kc->events_topic) || has_placeholder(b->kc->state_topic)) {
+        b->warmup = qb_kafka_warmup_new(loop, b->rk, cfg_name(cfg));
+        if (!b->warmup) /* only the head start is lost */
+            QB_LOG_WARN(NULL, "kafka %s: out of memory: new topics wait for librdkafka's scan",
+                        cfg_name(cfg));
+    }
     *backend = b;
     return QB_OK;
 
