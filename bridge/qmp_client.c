@@ -21,6 +21,7 @@
 #include "error.h"
 #include "log.h"
 #include "qmp_framer.h"
+#include "qmp_greetings.h"
 
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -87,7 +88,7 @@ struct qb_qmp_client {
     uint64_t next_id;
     uint64_t session_first_id; /* replies with ids in [first, next) are late, not foreign */
 
-    json_t *greeting;
+    struct qb_qmp_greeting *greeting; /* shared with sessions greeted alike */
     char version[32];
 };
 
@@ -128,7 +129,7 @@ static void qb_qmp_release(struct qb_qmp_client *c)
         free(p);
     }
     qb_framer_reset(&c->framer);
-    json_decref(c->greeting);
+    qb_qmp_greeting_put(c->greeting);
     free(c->reason);
     free(c->address);
     free(c->vm_name);
@@ -447,8 +448,13 @@ static int qb_qmp_on_greeting(struct qb_qmp_client *c, json_t *msg, json_t *valu
         qb_qmp_close(c, QB_EPROTO, "QMP greeting without version.qemu.major/minor/micro");
         return QB_EPROTO;
     }
-    json_decref(c->greeting);
-    c->greeting = json_incref(value);
+    struct qb_qmp_greeting *g = qb_qmp_greeting_get(value);
+    if (!g) {
+        qb_qmp_close(c, QB_ENOMEM, "out of memory keeping the QMP greeting");
+        return QB_ENOMEM;
+    }
+    qb_qmp_greeting_put(c->greeting);
+    c->greeting = g;
     snprintf(c->version, sizeof(c->version),
              "%" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT ".%" JSON_INTEGER_FORMAT,
              json_integer_value(major), json_integer_value(minor), json_integer_value(micro));
@@ -857,9 +863,9 @@ enum qb_qmp_state qb_qmp_client_state(const struct qb_qmp_client *c)
     return c->state;
 }
 
-json_t *qb_qmp_client_greeting(const struct qb_qmp_client *c)
+const json_t *qb_qmp_client_greeting(const struct qb_qmp_client *c)
 {
-    return c->greeting;
+    return c->greeting ? qb_qmp_greeting_tree(c->greeting) : NULL;
 }
 
 const char *qb_qmp_client_version(const struct qb_qmp_client *c)

@@ -132,8 +132,11 @@ void qb_qmp_client_resume_reading(struct qb_qmp_client *c);
 
 enum qb_qmp_state qb_qmp_client_state(const struct qb_qmp_client *c);
 
-/* The greeting's "QMP" object of the current/last session, borrowed; NULL before one was read. */
-json_t *qb_qmp_client_greeting(const struct qb_qmp_client *c);
+/*
+ * The greeting's "QMP" object of the current/last session, borrowed (shared
+ * with sessions greeted alike: never modify it); NULL before one was read.
+ */
+const json_t *qb_qmp_client_greeting(const struct qb_qmp_client *c);
 
 /* "7.2.22" built from the greeting, borrowed; "" before one was read. */
 const char *qb_qmp_client_version(const struct qb_qmp_client *c);

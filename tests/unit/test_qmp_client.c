@@ -254,7 +254,7 @@ static json_int_t command_id(json_t *cmd)
 static void test_handshake(void **state)
 {
     struct fx *fx = *state;
-    json_t *greeting;
+    const json_t *greeting;
     json_t *caps;
 
     assert_null(qb_qmp_client_greeting(fx->c));
