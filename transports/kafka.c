@@ -414,8 +414,8 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
     /*
      * A fixed topic goes by the handle named at start: producing by name costs
      * a lookup under librdkafka's lock and a reference per message, and the
-     * expansion a scan of the template (together about 3% of the loop thread
-     * flat out).
+     * expansion a scan of the template (together 2.6% of the bridge's samples
+     * flat out, docs/benchmarks.md).
      */
     rd_kafka_topic_t *rkt = b->fixed[msg->kind == QB_MSG_STATE], *own_rkt = NULL;
     const char *tmpl = msg->kind == QB_MSG_STATE ? b->kc->state_topic : b->kc->events_topic;
@@ -1269,6 +1269,12 @@ static void on_handle_closed(uv_handle_t *h)
         closed(arg);
 }
 
+/* A template naming one topic per VM or per event type. */
+static bool has_placeholder(const char *tmpl)
+{
+    return strstr(tmpl, "<vm>") || strstr(tmpl, "<type>");
+}
+
 /*
  * Names the events and state topics to librdkafka before anything is
  * produced, when their templates have no <vm> or <type> (the bridge id is
@@ -1281,11 +1287,6 @@ static void on_handle_closed(uv_handle_t *h)
  * metadata request. The handles stay ours until teardown. Failing to name one
  * only loses the head start.
  */
-static bool has_placeholder(const char *tmpl)
-{
-    return strstr(tmpl, "<vm>") || strstr(tmpl, "<type>");
-}
-
 static void warm_topics(struct kafka_backend *b)
 {
     const char *tmpls[2] = {b->kc->events_topic, b->kc->state_topic};
