@@ -1450,7 +1450,7 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
     if (write(b->wake_fds[1], "1", 1) < 0 && errno != EAGAIN)
         QB_LOG_WARN(NULL, "kafka %s: cannot wake up the loop: %s", cfg_name(cfg), strerror(errno));
     if (has_placeholder(b->kc->events_topic) || has_placeholder(b->kc->state_topic)) {
-        b->warmup = qb_kafka_warmup_new(loop, b->rk, cfg_name(cfg));
+        b->warmup = qb_kafka_warmup_new(loop, b->rk, cfg_name(cfg), QB_KAFKA_WARMUP_TIMEOUT_MS);
         if (!b->warmup) /* only the head start is lost */
             QB_LOG_WARN(NULL, "kafka %s: out of memory: new topics wait for librdkafka's scan",
                         cfg_name(cfg));

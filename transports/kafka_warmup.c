@@ -29,6 +29,7 @@ struct qb_kafka_warmup {
     uv_loop_t *loop;
     rd_kafka_t *rk;
     const char *name;
+    int timeout_ms;
     struct warm_topic *seen; /* every topic noted, each once */
     size_t n_seen;
     struct warm_topic *head, *tail; /* queued, not asked yet */
@@ -42,7 +43,8 @@ struct qb_kafka_warmup {
     void *done_arg;
 };
 
-struct qb_kafka_warmup *qb_kafka_warmup_new(uv_loop_t *loop, rd_kafka_t *rk, const char *name)
+struct qb_kafka_warmup *qb_kafka_warmup_new(uv_loop_t *loop, rd_kafka_t *rk, const char *name,
+                                            int timeout_ms)
 {
     struct qb_kafka_warmup *w = calloc(1, sizeof(*w));
     if (!w)
@@ -50,6 +52,7 @@ struct qb_kafka_warmup *qb_kafka_warmup_new(uv_loop_t *loop, rd_kafka_t *rk, con
     w->loop = loop;
     w->rk = rk;
     w->name = name;
+    w->timeout_ms = timeout_ms;
     w->work.data = w;
     return w;
 }
@@ -70,7 +73,7 @@ static void ask_in_worker(uv_work_t *work)
 {
     struct qb_kafka_warmup *w = work->data;
     const struct rd_kafka_metadata *md = NULL;
-    w->err = rd_kafka_metadata(w->rk, 0, w->rkt, &md, QB_KAFKA_WARMUP_TIMEOUT_MS);
+    w->err = rd_kafka_metadata(w->rk, 0, w->rkt, &md, w->timeout_ms);
     if (md)
         rd_kafka_metadata_destroy(md);
 }

@@ -28,18 +28,19 @@
 /* Topic names remembered: a fleet's VMs times the event types is far below this. */
 #define QB_KAFKA_WARMUP_TOPICS_MAX 65536
 
-/* How long one metadata request may take; a close waits for at most one of them. */
+/* How long one metadata request may take (the transport's); a close waits for at most one. */
 #define QB_KAFKA_WARMUP_TIMEOUT_MS 1000
 
 struct qb_kafka_warmup;
 
 /*
- * A warm-up for producer rk on loop; name is the transport's, for the log.
- * Borrows rk, loop and name: all must outlive the warm-up's close. Returns
- * the warm-up (new; close it with qb_kafka_warmup_close) or NULL when out of
- * memory.
+ * A warm-up for producer rk on loop; name is the transport's, for the log;
+ * each request may take timeout_ms. Borrows rk, loop and name: all must
+ * outlive the warm-up's close. Returns the warm-up (new; close it with
+ * qb_kafka_warmup_close) or NULL when out of memory.
  */
-struct qb_kafka_warmup *qb_kafka_warmup_new(uv_loop_t *loop, rd_kafka_t *rk, const char *name);
+struct qb_kafka_warmup *qb_kafka_warmup_new(uv_loop_t *loop, rd_kafka_t *rk, const char *name,
+                                            int timeout_ms);
 
 /*
  * Notes that a message is about to be produced to topic (borrowed for the
@@ -60,7 +61,7 @@ void qb_kafka_warmup_get_stats(const struct qb_kafka_warmup *w, struct qb_kafka_
 /*
  * Drops what is queued and frees the warm-up once no request runs: done(arg)
  * is called then, at once when none is running, else from the loop when the
- * running one returns (within QB_KAFKA_WARMUP_TIMEOUT_MS). rk must stay alive
+ * running one returns (within its timeout). rk must stay alive
  * until done is called. w is gone afterwards.
  */
 void qb_kafka_warmup_close(struct qb_kafka_warmup *w, void (*done)(void *arg), void *arg);
