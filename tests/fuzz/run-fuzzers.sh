@@ -8,7 +8,8 @@
 # $QB_FUZZ_BUILD_DIR overrides the directory), then runs every
 # tests/fuzz/fuzz_<name>.c harness on a scratch copy of tests/fuzz/corpus/<name>/
 # (the committed corpus never grows during a run) with tests/fuzz/<name>.dict
-# when it exists, $QB_FUZZ_JOBS harnesses at a time (default: the CPU count).
+# when it exists, $QB_FUZZ_JOBS harnesses at a time (default: the CPU count;
+# anything but a positive integer exits 2).
 # Prints one line per harness:
 #   fuzz_qmp: 1234567 executions in 60 s, 0 crashes, corpus 35 -> 456 inputs
 # Exits 1 when any harness crashed, leaked, timed out or ran out of memory; the
@@ -32,6 +33,15 @@ if [ "$seconds" -lt 1 ]; then
     echo "run-fuzzers.sh: seconds must be at least 1" >&2
     exit 2
 fi
+
+# harnesses run side by side, this many at a time (see below)
+jobs=${QB_FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
+case $jobs in
+'' | *[!0-9]* | 0)
+    echo "run-fuzzers.sh: QB_FUZZ_JOBS must be a positive integer, got '$jobs'" >&2
+    exit 2
+    ;;
+esac
 
 echo "run-fuzzers.sh: building $build"
 mkdir -p "$build"
@@ -134,7 +144,6 @@ run_harness() {
 # The harnesses are independent (own corpus copy, own artifact prefix), so they run
 # QB_FUZZ_JOBS at a time (default: the CPU count): each still gets its full time, and
 # the stage takes a fraction of the wall time. Summaries are printed in harness order.
-jobs=${QB_FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}
 names=""
 for src in "$here"/fuzz_*.c; do
     [ -e "$src" ] || continue
