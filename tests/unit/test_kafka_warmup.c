@@ -116,12 +116,28 @@ static void run_until_asked(struct harness *h, struct qb_kafka_warmup *w, size_t
         uv_run(&h->loop, UV_RUN_ONCE);
 }
 
+/* A producer on brokers and a warm-up for it whose requests may take timeout_ms. */
+static struct qb_kafka_warmup *start(struct harness *h, const char *brokers, int timeout_ms)
+{
+    h->rk = producer(brokers);
+    struct qb_kafka_warmup *w = qb_kafka_warmup_new(&h->loop, h->rk, "t", timeout_ms);
+    assert_non_null(w);
+    return w;
+}
+
+/* Closes w and runs the loop until its done callback came, which must be once. */
+static void close_and_wait(struct harness *h, struct qb_kafka_warmup *w)
+{
+    qb_kafka_warmup_close(w, on_done, h);
+    while (h->done_calls == 0)
+        uv_run(&h->loop, UV_RUN_ONCE);
+    assert_int_equal(h->done_calls, 1);
+}
+
 static void each_topic_once(void **state)
 {
     struct harness *h = *state;
-    h->rk = producer(rd_kafka_mock_cluster_bootstraps(h->mc));
-    struct qb_kafka_warmup *w = qb_kafka_warmup_new(&h->loop, h->rk, "t", REQUEST_MS);
-    assert_non_null(w);
+    struct qb_kafka_warmup *w = start(h, rd_kafka_mock_cluster_bootstraps(h->mc), REQUEST_MS);
 
     qb_kafka_warmup_note(w, "qmp.vm-1");
     qb_kafka_warmup_note(w, "qmp.vm-1"); /* queued or running: not again */
@@ -141,9 +157,7 @@ static void each_topic_once(void **state)
 static void close_waits_for_running_request(void **state)
 {
     struct harness *h = *state;
-    h->rk = producer(rd_kafka_mock_cluster_bootstraps(h->mc));
-    struct qb_kafka_warmup *w = qb_kafka_warmup_new(&h->loop, h->rk, "t", REQUEST_MS);
-    assert_non_null(w);
+    struct qb_kafka_warmup *w = start(h, rd_kafka_mock_cluster_bootstraps(h->mc), REQUEST_MS);
 
     qb_kafka_warmup_note(w, "qmp.vm-1");
     qb_kafka_warmup_note(w, "qmp.vm-2");
@@ -161,9 +175,7 @@ static void failed_request_leaves_the_rest_to_the_scan(void **state)
 {
     struct harness *h = *state;
     /* nothing listens there: the request fails whatever the machine's speed */
-    h->rk = producer("127.0.0.1:1");
-    struct qb_kafka_warmup *w = qb_kafka_warmup_new(&h->loop, h->rk, "t", 500);
-    assert_non_null(w);
+    struct qb_kafka_warmup *w = start(h, "127.0.0.1:1", 500);
 
     qb_kafka_warmup_note(w, "qmp.vm-1");
     qb_kafka_warmup_note(w, "qmp.vm-2");
@@ -179,10 +191,7 @@ static void failed_request_leaves_the_rest_to_the_scan(void **state)
     qb_kafka_warmup_note(w, "qmp.vm-4");
     assert_true(stats(w).busy);
     assert_int_equal(stats(w).asked, 2);
-    qb_kafka_warmup_close(w, on_done, h);
-    while (h->done_calls == 0)
-        uv_run(&h->loop, UV_RUN_ONCE);
-    assert_int_equal(h->done_calls, 1);
+    close_and_wait(h, w);
 }
 
 int main(void)
