@@ -53,8 +53,17 @@
  * Records fed from disk per callback: a transport's window can be tens of
  * thousands of messages, and filling it in one go would hold the loop (QMP
  * reads, the status API) for that long. The rest follows on the next turn.
+ * On top of that a lagging lane may take as many records as the turns since
+ * its last feed wrote (its credit, at most OB_FEED_CREDIT_MAX), so feeding
+ * costs the loop about what reading cost it. With the fixed batch alone, a
+ * window that opened was refilled with 256 records and the rest only on the
+ * next turn: flat out with a thousand VMs a turn reads for tens of
+ * milliseconds, the broker had almost nothing to send meanwhile, and the
+ * spool run delivered a quarter of what the run without a spool did
+ * (docs/benchmarks.md).
  */
 #define OB_FEED_BATCH 256
+#define OB_FEED_CREDIT_MAX 65536
 
 struct ob_lane {
     struct qb_outbox *o;
@@ -67,6 +76,7 @@ struct ob_lane {
     bool backpressure; /* memory mode: t's on_full is backpressure, so full pauses QMP reads */
     bool pressure;     /* memory mode: this lane counts in n_tr_pressure */
     bool feeding;
+    uint64_t credit; /* records written since this lagging lane was last fed (OB_FEED_BATCH) */
 };
 
 /* A message waiting in memory for the spool: a qb_message_copy. */
@@ -113,6 +123,7 @@ struct qb_outbox {
 };
 
 static void ob_feed(struct ob_lane *l);
+static void ob_feed_soon(uv_timer_t *timer);
 static void ob_arm_timer(struct qb_outbox *o);
 static int ob_flush(struct qb_outbox *o);
 
@@ -399,6 +410,7 @@ static int ob_flush(struct qb_outbox *o)
         QB_LOG_INFO(NULL, "spool: appending again");
     }
     o->stats.spooled += o->turn_n;
+    uint64_t written = o->turn_n;
     /* detached first: a transport's callback may send again, which starts the next batch */
     h = o->turn_head;
     o->turn_head = o->turn_tail = NULL;
@@ -410,21 +422,28 @@ static int ob_flush(struct qb_outbox *o)
         free(h);
         h = next;
     }
-    for (size_t i = 0; i < o->n_lanes; i++)
-        if (o->lanes[i]->next < qb_spool_next_id(o->spool))
-            ob_arm_timer(o); /* a lane fell behind: make sure something feeds it */
+    for (size_t i = 0; i < o->n_lanes; i++) {
+        struct ob_lane *l = o->lanes[i];
+
+        if (l->next >= qb_spool_next_id(o->spool))
+            continue;
+        ob_arm_timer(o); /* a lane fell behind: make sure something feeds it */
+        l->credit = l->credit + written < OB_FEED_CREDIT_MAX ? l->credit + written
+                                                             : OB_FEED_CREDIT_MAX;
+        /* its window has room: fed on the next turn, not when a report happens to come */
+        if (!l->full && !uv_is_active((uv_handle_t *)o->soon))
+            uv_timer_start(o->soon, ob_feed_soon, 0, 0);
+    }
     ob_update_pressure(o);
     return QB_OK;
 }
-
-static void ob_feed_soon(uv_timer_t *timer);
 
 /* Feeds a lagging lane from the spool while its queue has room, a batch at a time. */
 static void ob_feed(struct ob_lane *l)
 {
     struct qb_outbox *o = l->o;
     struct qb_spool_record rec;
-    unsigned fed = 0;
+    uint64_t fed = 0, budget = OB_FEED_BATCH + l->credit;
 
     if (l->feeding)
         return;
@@ -432,7 +451,7 @@ static void ob_feed(struct ob_lane *l)
     while (!l->full && l->next < qb_spool_next_id(o->spool)) {
         int rc;
 
-        if (fed++ == OB_FEED_BATCH) {
+        if (fed == budget) {
             if (!uv_is_active((uv_handle_t *)o->soon))
                 uv_timer_start(o->soon, ob_feed_soon, 0, 0);
             break;
@@ -466,10 +485,13 @@ static void ob_feed(struct ob_lane *l)
         }
         l->next = rec.id + 1;
         o->stats.from_spool++;
+        fed++;
     }
+    l->credit = fed < l->credit ? l->credit - fed : 0;
     if (l->next >= qb_spool_next_id(o->spool) && l->reader) {
         qb_spool_reader_close(l->reader); /* caught up: memory feeds it from here */
         l->reader = NULL;
+        l->credit = 0;
         QB_LOG_INFO(NULL, "transport %s: caught up with the spool at record %" PRIu64, l->name,
                     l->next);
     }

@@ -24,6 +24,10 @@ simulator against the real bridge before anyone trusts figures made with it:
    per second take their first step at different points of that second instead of all in the
    same 10 ms tick (which made a benchmark's steady load one burst per period); --phase
    aligned keeps the bursts on request, and an unknown --phase is refused.
+5. --start-ready N holds every script until N sessions are negotiated at once (the
+   benchmark's flat-out windows then start with the whole fleet in): two of three VMs
+   negotiated get nothing, and the third's negotiation starts all three. --start-ready above
+   --vms is refused.
 """
 import json
 import os
@@ -276,3 +280,36 @@ with Test("qmp_sim") as t:
                          stderr=subprocess.PIPE, timeout=10)
     t.expect(bad.returncode == 2 and b"--phase is aligned or spread" in bad.stderr,
              "an unknown --phase is refused", (bad.returncode, bad.stderr))
+
+    t.section("--start-ready: scripts wait for the whole fleet")
+    ssim = QmpSim(os.path.join(t.workdir, "start"), 3, prefix="st-", flat_out=True, events=3,
+                  mix="stop,resume", extra=["--start-ready", "3"])
+    t.add_log("qmp_sim start-ready", ssim.log)
+    ssim.start()
+    raws = []
+    for _, path in ssim.socket_paths():
+        r = Raw(path)
+        r.lines(1)  # greeting
+        raws.append(r)
+    for r in raws[:2]:
+        r.send(b'{"execute": "qmp_capabilities"}\n')
+        t.expect(json.loads(r.lines(1)[0]) == {"return": {}}, "capabilities negotiated")
+    raws[0].s.settimeout(0.7)
+    try:
+        early = raws[0].lines(1)
+    except socket.timeout:
+        early = []
+    t.expect(early == [], "2 of 3 sessions ready: no event yet", early)
+    raws[0].s.settimeout(10)
+    raws[2].send(b'{"execute": "qmp_capabilities"}\n')
+    t.expect(json.loads(raws[2].lines(1)[0]) == {"return": {}}, "third session negotiated")
+    for i, r in enumerate(raws):
+        got = [json.loads(x).get("event") for x in r.lines(3)]
+        t.expect(got == ["STOP", "RESUME", "STOP"], "VM %d: its 3 steps once all are in" % i, got)
+    for r in raws:
+        r.close()
+    t.expect(ssim.stop() == 0, "qmp_sim exits 0")
+    bad = subprocess.run(ssim.argv[:1] + ["--dir", t.workdir, "--vms", "2", "--start-ready", "3"],
+                         stderr=subprocess.PIPE, timeout=10)
+    t.expect(bad.returncode == 2 and b"usage" in bad.stderr,
+             "--start-ready above --vms is refused", (bad.returncode, bad.stderr[-200:]))

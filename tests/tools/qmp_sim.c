@@ -21,7 +21,8 @@
  *
  * Event scripts. With --rate R (script steps per second per VM) or --flat-out,
  * each VM with a negotiated session walks the --mix list round-robin, one step
- * at a time, until --events steps were taken (default: forever). A step sends
+ * at a time, until --events steps were taken (default: forever); with
+ * --start-ready N no VM starts before N sessions were negotiated at once. A step sends
  * the lines QEMU would send for it, each stamped with the wall-clock time it
  * is written (QEMU stamps events the same way, so a consumer can compute
  * latency from "timestamp"):
@@ -101,6 +102,8 @@
     "  --phase P           rate mode: spread (default) starts each VM at its own point of the\n"   \
     "                      period, as independent VMs are; aligned starts them together (bursts)\n" \
     "  --events N          script steps per VM, then idle (default: no end)\n"                     \
+    "  --start-ready N     no script step until N sessions are negotiated at once (a flood\n"     \
+    "                      that starts with the whole fleet in; default 0: at once)\n"           \
     "  --mix LIST          steps, round-robin: io_error,eio,stop,resume,job_error,colo_exit,reset\n" \
     "                      (default io_error,resume)\n"                                            \
     "  --fault F           garbage | stall | disconnect | slow-read\n"                             \
@@ -205,6 +208,8 @@ struct sim {
     bool flat_out;
     bool phase_aligned; /* rate mode: every VM starts its period at activation (bursts) */
     int64_t events_limit; /* -1: no end */
+    uint32_t start_ready;  /* --start-ready: steps wait until this many sessions are ready */
+    bool started;          /* ... which happened (latched: later drops do not stop the script) */
     uint8_t mix[MAX_MIX];
     size_t mix_len;
     enum sim_fault fault;
@@ -325,7 +330,7 @@ static void sess_update_reading(struct sim_session *s);
 
 static bool vm_script_left(const struct sim_vm *vm)
 {
-    if (g_sim.rate <= 0 && !g_sim.flat_out)
+    if ((g_sim.rate <= 0 && !g_sim.flat_out) || !g_sim.started)
         return false;
     return g_sim.events_limit < 0 || vm->steps_done < (uint64_t)g_sim.events_limit;
 }
@@ -767,6 +772,15 @@ static void cmd_caps(struct sim_session *s, json_t *args, const char *id)
     if (++g_sim.ready > g_sim.ready_max)
         g_sim.ready_max = g_sim.ready;
     reply_ok(id, "{}");
+    if (!g_sim.started && g_sim.ready >= g_sim.start_ready) {
+        /* A throughput window then compares like with like: every VM in, none still
+         * connecting while the others flood (how many made it in varied from run to run). */
+        g_sim.started = true;
+        QB_LOG_INFO(NULL, "qmp_sim: %u sessions ready, scripts start", g_sim.ready);
+        for (uint32_t i = 0; i < g_sim.nvms; i++)
+            vm_update_active(&g_sim.vms[i]);
+        return;
+    }
     vm_update_active(s->vm);
 }
 
@@ -1349,6 +1363,7 @@ static int sim_parse_args(int argc, char **argv)
         {"rate", required_argument, NULL, 'r'},       {"flat-out", no_argument, NULL, 'F'},
         {"phase", required_argument, NULL, 'P'},
         {"events", required_argument, NULL, 'e'},     {"mix", required_argument, NULL, 'm'},
+        {"start-ready", required_argument, NULL, 'W'},
         {"fault", required_argument, NULL, 'f'},      {"fault-every", required_argument, NULL, 'E'},
         {"stall-ms", required_argument, NULL, 'S'},   {"slow-ms", required_argument, NULL, 's'},
         {"disk-size", required_argument, NULL, 'z'},  {"stats", required_argument, NULL, 'o'},
@@ -1385,6 +1400,7 @@ static int sim_parse_args(int argc, char **argv)
             g_sim.phase_aligned = strcmp(optarg, "aligned") == 0;
             break;
         case 'e': g_sim.events_limit = strtoll(optarg, NULL, 10); break;
+        case 'W': g_sim.start_ready = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'm':
             if (sim_parse_mix(optarg) < 0)
                 return -1;
@@ -1420,10 +1436,11 @@ static int sim_parse_args(int argc, char **argv)
     if (optind != argc || g_sim.nvms == 0 || (!g_sim.dir && !g_sim.tcp_port_base) ||
         g_sim.fault_every == 0 || g_sim.tcp_port_base < 0 ||
         g_sim.tcp_port_base + (long)g_sim.nvms > 65536 || (g_sim.rate > 0 && g_sim.flat_out) ||
-        g_sim.rate < 0) {
+        g_sim.rate < 0 || g_sim.start_ready > g_sim.nvms) {
         fputs(SIM_USAGE, stderr);
         return -1;
     }
+    g_sim.started = g_sim.start_ready == 0;
     return 0;
 }
 
