@@ -50,16 +50,18 @@
 
 #define OB_TICK_MS 1000
 /*
- * Records fed from disk per callback: a transport's window can be tens of
- * thousands of messages, and filling it in one go would hold the loop (QMP
- * reads, the status API) for that long. The rest follows on the next turn.
- * On top of that a lagging lane may take as many records as the turns since
- * its last feed wrote (its credit, at most OB_FEED_CREDIT_MAX), so feeding
- * costs the loop about what reading cost it. With the fixed batch alone, a
- * window that opened was refilled with 256 records and the rest only on the
- * next turn: flat out with a thousand VMs a turn reads for tens of
- * milliseconds, the broker had almost nothing to send meanwhile, and the
- * spool run delivered a quarter of what the run without a spool did
+ * Records fed from disk per callback, plus the lane's credit: as many records
+ * as the turns since its last feed wrote (at most OB_FEED_CREDIT_MAX), so
+ * feeding costs the loop about what reading cost it. A callback that used its
+ * budget restarts the 0 ms `soon` timer; libuv 1.44 runs a timer restarted in
+ * its own callback again in the same timer phase, so a refill really ends
+ * when the transport's window is full (10,000 messages by default) or the
+ * lane has caught up: that window is what bounds one refill's hold on the
+ * loop. With the fixed batch alone, a window that opened while delivery
+ * reports were served (the poll phase) got 256 records, and the rest waited
+ * for the next turn's timers: flat out with a thousand VMs a turn reads for
+ * tens of milliseconds, the broker had almost nothing to send meanwhile, and
+ * the spool run delivered a quarter of what the run without a spool did
  * (docs/benchmarks.md).
  */
 #define OB_FEED_BATCH 256
@@ -109,7 +111,7 @@ struct qb_outbox {
     bool spool_failing; /* the last append failed: log recovery once it works */
 
     uv_timer_t *timer; /* separate allocation: freed by its close callback */
-    uv_timer_t *soon;  /* 0 ms: feeding continues after a batch, on the next loop turn */
+    uv_timer_t *soon;  /* 0 ms: feeding continues after a batch (see OB_FEED_BATCH) */
     bool dirty;        /* cursors moved since the last checkpoint */
 
     size_t n_tr_pressure; /* memory mode: transports asking for back-pressure */
