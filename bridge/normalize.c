@@ -715,12 +715,19 @@ static bool qb_norm_excluded(const char *name, const char *const *exclude, size_
     return false;
 }
 
-/* Returns why ts cannot be an envelope's time, or NULL when it can. */
-static const char *qb_norm_ts_problem(const json_t *ts)
+/*
+ * Returns why ts cannot be an envelope's time, or NULL when it can; *sec and
+ * *usec (borrowed) are its members, looked up once: a lookup is a seeded hash
+ * of the key, and this runs on every event.
+ */
+static const char *qb_norm_ts_problem(const json_t *ts, const json_t **sec_out,
+                                      const json_t **usec_out)
 {
     const json_t *sec = json_object_get(ts, "seconds");
     const json_t *usec = json_object_get(ts, "microseconds");
 
+    *sec_out = sec;
+    *usec_out = usec;
     if (!ts)
         return "missing";
     if (!json_is_object(ts))
@@ -745,11 +752,12 @@ static const char *qb_norm_ts_problem(const json_t *ts)
 static void qb_norm_timestamp(struct qb_norm_vm *vm, const char *name, const json_t *ts,
                               struct qb_norm_event *out)
 {
-    const char *problem = qb_norm_ts_problem(ts);
+    const json_t *sec, *usec;
+    const char *problem = qb_norm_ts_problem(ts, &sec, &usec);
 
     if (!problem) {
-        out->ts_sec = json_integer_value(json_object_get(ts, "seconds"));
-        out->ts_usec = (int32_t)json_integer_value(json_object_get(ts, "microseconds"));
+        out->ts_sec = json_integer_value(sec);
+        out->ts_usec = (int32_t)json_integer_value(usec);
         return;
     }
     out->ts_sec = QB_ENVELOPE_TIME_NOW;

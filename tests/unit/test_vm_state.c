@@ -506,6 +506,27 @@ static void test_disconnected(void **state)
     json_decref(tree);
 }
 
+/* The run state kept beside the text is cut to its 31 bytes, never overrun. */
+static void test_run_state_cut_to_fit(void **state)
+{
+    json_t *tree = build_state();
+    struct qb_vm_state *holder;
+    struct qb_norm_event ev = {.type = "qmp.vm.stopped", .ts_sec = -1};
+
+    (void)state;
+    holder = qb_vm_state_new(tree);
+    ev.data = parse("{\"reason\": \"a-run-state-far-longer-than-thirty-one-bytes\"}");
+    assert_true(qb_vm_state_fold(holder, NULL, &ev));
+    assert_string_equal(qb_vm_state_run_state(holder), "a-run-state-far-longer-than-thi");
+    json_decref(ev.data);
+    ev.data = parse("{\"reason\": \"paused\"}");
+    assert_true(qb_vm_state_fold(holder, NULL, &ev));
+    assert_string_equal(qb_vm_state_run_state(holder), "paused");
+    json_decref(ev.data);
+    qb_vm_state_free(holder);
+    json_decref(tree);
+}
+
 /* The state topic publishes the held text verbatim: same bytes as publishing the tree. */
 static void test_text_holder_envelope(void **state)
 {
@@ -548,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_jobs_and_colo),
         cmocka_unit_test(test_text_holder_follows_tree),
         cmocka_unit_test(test_text_holder_envelope),
+        cmocka_unit_test(test_run_state_cut_to_fit),
         cmocka_unit_test(test_state_cache_keeps_most_recent),
     };
 
