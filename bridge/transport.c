@@ -530,21 +530,6 @@ static void delivered(struct qb_transport *t, void *token, int status)
             uv_timer_start(&t->close_timer, on_close_timer, 0, 0);
             return;
         }
-    } else if (status == QB_ETOOBIG || status == QB_EINVAL) {
-        /*
-         * The backend accepted it and found out later (Kafka hands each loop
-         * turn's messages to its library at the end of the turn) that it can
-         * never be sent: dropped as a refused publish is, not retried forever.
-         */
-        t->stats.failed++;
-        QB_LOG_ERR(m->msg.vm, "transport %s: cannot publish %s seq %" PRIu64 ": %s, dropped",
-                   t->name, m->msg.type ? m->msg.type : "?", m->msg.sequence, qb_strerror(status));
-        msg_release(t, m);
-        report_progress(t);
-        if (t->state == TR_DRAINING && t->stats.depth == 0) {
-            uv_timer_start(&t->close_timer, on_close_timer, 0, 0);
-            return;
-        }
     } else {
         t->stats.retried++;
         msg_mark_unsent(t, m);

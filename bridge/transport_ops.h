@@ -57,11 +57,8 @@ enum {
 struct qb_transport_backend_cb {
     /*
      * Exactly once per publish that returned QB_OK: status QB_OK when the
-     * delivery is confirmed; QB_ETOOBIG or QB_EINVAL when the message turned
-     * out to be one it can never send (dropped and counted as failed, as a
-     * publish refused with that code); any other negative code when this try
-     * failed (the message will be retried). May be called from the loop only,
-     * never from inside publish itself.
+     * delivery is confirmed, or a negative code (the message will be retried).
+     * May be called from the loop only, never from inside publish itself.
      */
     void (*delivered)(void *owner, void *token, int status);
 

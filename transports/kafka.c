@@ -12,17 +12,6 @@
  * woken again: see serve_queue(). So every callback runs on the loop thread,
  * with no thread or timer of ours.
  *
- * A publish is checked, its topic and headers made, and then queued here; a
- * uv_check handle hands the loop turn's messages to rd_kafka_producev after
- * the turn's I/O (defer_flush). Flat out, producing as each message came made
- * librdkafka wake its broker threads for a trickle, and their CPU starved the
- * loop on a 2-core host (docs/benchmarks.md); at a steady few events a turn is
- * microseconds long, so nothing waits. The queue is bounded by the generic
- * layer's window, since every message in it is in flight there. When
- * librdkafka's own queue is full the rest waits, in order, for delivery
- * reports to free room, and publish answers QB_EAGAIN meanwhile; a message
- * librdkafka refuses for good is reported through delivered() with that code.
- *
  * Messages go to the events or state topic (templates with <bridge>, <vm>,
  * <type>), keyed by "<bridge>/<vm>" so one VM's messages share a partition
  * and keep their order. Idempotence (on by default) keeps that order across
@@ -139,21 +128,6 @@ struct kafka_backend {
     rd_kafka_topic_t *known[2]; /* the fixed events and state topics, named at start (or NULL) */
     rd_kafka_topic_t *fixed[2]; /* borrowed from known: the handle for events and state, or NULL */
     struct qb_kafka_warmup *warmup; /* with a <vm> or <type> template: new topics asked ahead */
-    uv_check_t flush_check;         /* runs defer_flush after the loop turn's I/O */
-    struct kafka_deferred *dq;      /* owned: accepted, not yet produced, oldest at dq_head */
-    size_t dq_head, dq_len, dq_cap;
-    bool dq_blocked;  /* librdkafka's queue was full: wait for reports, then flush again */
-    bool dq_flushing; /* inside defer_flush: a publish from a report only appends */
-};
-
-/* A publish accepted and not yet handed to librdkafka (see defer_flush). */
-struct kafka_deferred {
-    const struct qb_message *msg; /* borrowed: valid until its delivered() or our close */
-    rd_kafka_topic_t *rkt;        /* borrowed from fixed[], or owned when own_rkt */
-    bool own_rkt;
-    rd_kafka_headers_t *hdrs; /* owned until librdkafka takes it */
-    char *value;              /* owned binary-mode value (F_FREE), or NULL: msg's payload */
-    void *token;
 };
 
 /* Defaults before the user's properties, so each can be overridden. */
@@ -428,127 +402,14 @@ static int produce_error_code(rd_kafka_resp_err_t err)
     return QB_EIO;
 }
 
-/* Frees what d owns; the message itself stays the generic layer's. */
-static void deferred_release(struct kafka_deferred *d)
-{
-    if (d->own_rkt)
-        rd_kafka_topic_destroy(d->rkt); /* librdkafka keeps the topic while messages need it */
-    if (d->hdrs)
-        rd_kafka_headers_destroy(d->hdrs);
-    free(d->value);
-    d->own_rkt = false;
-    d->hdrs = NULL;
-    d->value = NULL;
-}
-
-/*
- * Hands d to librdkafka. No copy: the generic layer keeps the message until
- * its delivery report (transport_ops.h), and librdkafka lets go of a message's
- * value by then (rd_kafka_destroy comes before our close completes). A
- * binary-mode value is ours alone, so librdkafka frees it (F_FREE) after the
- * report. On success librdkafka owns the headers and that value.
- */
-static rd_kafka_resp_err_t deferred_produce(struct kafka_backend *b, struct kafka_deferred *d)
-{
-    const struct qb_message *msg = d->msg;
-    bool tombstone = qb_message_clears_state(msg);
-    const char *val = tombstone ? NULL : d->value ? d->value : msg->payload;
-    size_t val_len = tombstone ? 0 : d->value ? strlen(d->value) : msg->len;
-    int msgflags = d->value ? RD_KAFKA_MSG_F_FREE : 0; /* the macro casts its argument as is */
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        b->rk, RD_KAFKA_V_RKT(d->rkt),
-        RD_KAFKA_V_KEY((void *)msg->key, msg->key ? strlen(msg->key) : 0),
-        RD_KAFKA_V_VALUE((void *)val, val_len), RD_KAFKA_V_HEADERS(d->hdrs),
-        RD_KAFKA_V_MSGFLAGS(msgflags), RD_KAFKA_V_OPAQUE(d->token), RD_KAFKA_V_END);
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        d->hdrs = NULL;  /* librdkafka owns them now */
-        d->value = NULL; /* and this, if set */
-    }
-    return err;
-}
-
-/*
- * Produces the queued messages in order until librdkafka's queue is full
- * (the rest waits for reports: serve_queue calls again). A message it refuses
- * for good is reported with that code; the report may publish, which only
- * appends here (dq_flushing), and the loop below takes it in the same pass.
- */
-static void defer_flush(struct kafka_backend *b)
-{
-    if (b->dq_flushing || !b->rk)
-        return;
-    b->dq_flushing = true;
-    b->dq_blocked = false;
-    while (b->dq_head < b->dq_len) {
-        /* a copy: a report below may publish, and appending may move the array */
-        struct kafka_deferred d = b->dq[b->dq_head];
-        rd_kafka_resp_err_t err = deferred_produce(b, &d);
-        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-            b->dq[b->dq_head] = d;
-            b->dq_blocked = true;
-            break;
-        }
-        b->dq_head++;
-        int rc = err == RD_KAFKA_RESP_ERR_NO_ERROR ? QB_OK : produce_error_code(err);
-        if (rc != QB_OK)
-            QB_LOG_ERR(d.msg->vm, "kafka %s: cannot send %s seq %llu to %s: %s", cfg_name(b->cfg),
-                       d.msg->type ? d.msg->type : "?", (unsigned long long)d.msg->sequence,
-                       rd_kafka_topic_name(d.rkt), rd_kafka_err2str(err));
-        deferred_release(&d);
-        if (rc != QB_OK)
-            b->cb->delivered(b->owner, d.token, rc == QB_EAGAIN ? QB_EIO : rc);
-    }
-    if (b->dq_head == b->dq_len) {
-        b->dq_head = b->dq_len = 0;
-        uv_check_stop(&b->flush_check);
-    } else if (b->dq_blocked) {
-        uv_check_stop(&b->flush_check); /* until reports free room */
-    }
-    b->dq_flushing = false;
-}
-
-static void on_flush_check(uv_check_t *handle)
-{
-    struct kafka_backend *b = handle->data;
-    const char *scope = qb_log_transport_begin(cfg_name(b->cfg));
-    defer_flush(b);
-    qb_log_transport_end(scope);
-}
-
-/* Appends d to the queue (taking what it owns); returns QB_OK or QB_ENOMEM. */
-static int defer_push(struct kafka_backend *b, const struct kafka_deferred *d)
-{
-    if (b->dq_len == b->dq_cap) {
-        if (b->dq_head > 0) { /* reuse the produced prefix before growing */
-            memmove(b->dq, b->dq + b->dq_head, (b->dq_len - b->dq_head) * sizeof(*b->dq));
-            b->dq_len -= b->dq_head;
-            b->dq_head = 0;
-        } else {
-            size_t cap = b->dq_cap ? b->dq_cap * 2 : 256;
-            struct kafka_deferred *q = realloc(b->dq, cap * sizeof(*q));
-            if (!q)
-                return QB_ENOMEM;
-            b->dq = q;
-            b->dq_cap = cap;
-        }
-    }
-    b->dq[b->dq_len++] = *d;
-    if (!b->dq_blocked)
-        uv_check_start(&b->flush_check, on_flush_check); /* no-op when already started */
-    return QB_OK;
-}
-
 static int kafka_publish(void *backend, const struct qb_message *msg, void *token)
 {
     struct kafka_backend *b = backend;
     char topic[KAFKA_TOPIC_MAX];
+    char *value = NULL;
+    rd_kafka_headers_t *hdrs = NULL;
     if (b->closing)
         return QB_ECLOSED;
-    if (b->dq_blocked) {
-        /* librdkafka's queue is full and messages wait here already: the next report frees room */
-        b->want_writable = true;
-        return QB_EAGAIN;
-    }
 
     /*
      * A fixed topic goes by the handle named at start: producing by name costs
@@ -556,39 +417,68 @@ static int kafka_publish(void *backend, const struct qb_message *msg, void *toke
      * expansion a scan of the template (together 2.6% of the bridge's samples
      * flat out, docs/benchmarks.md).
      */
-    struct kafka_deferred d = {.msg = msg, .token = token};
-    d.rkt = b->fixed[msg->kind == QB_MSG_STATE];
+    rd_kafka_topic_t *rkt = b->fixed[msg->kind == QB_MSG_STATE], *own_rkt = NULL;
     const char *tmpl = msg->kind == QB_MSG_STATE ? b->kc->state_topic : b->kc->events_topic;
-    int rc = d.rkt ? QB_OK : expand_topic(tmpl, b->bridge->id, msg->vm, msg->type, topic, sizeof(topic));
+    int rc = rkt ? QB_OK : expand_topic(tmpl, b->bridge->id, msg->vm, msg->type, topic, sizeof(topic));
     if (rc != QB_OK) {
         QB_LOG_ERR(msg->vm, "kafka %s: topic for %s from '%s' is longer than %d characters",
                    cfg_name(b->cfg), msg->type ? msg->type : "?", tmpl, KAFKA_TOPIC_MAX - 1);
-        return rc;
+        goto out;
     }
-    if (!d.rkt) {
-        if (!(d.rkt = rd_kafka_topic_new(b->rk, topic, NULL))) {
-            rc = produce_error_code(rd_kafka_last_error());
-            QB_LOG_ERR(msg->vm, "kafka %s: cannot send %s seq %llu to %s: %s", cfg_name(b->cfg),
-                       msg->type ? msg->type : "?", (unsigned long long)msg->sequence, topic,
-                       rd_kafka_err2str(rd_kafka_last_error()));
-            return rc == QB_EAGAIN ? QB_EIO : rc;
-        }
-        d.own_rkt = true;
-        if (b->warmup)
-            qb_kafka_warmup_note(b->warmup, topic);
+    if (!rkt && !(rkt = own_rkt = rd_kafka_topic_new(b->rk, topic, NULL))) {
+        rc = produce_error_code(rd_kafka_last_error());
+        QB_LOG_ERR(msg->vm, "kafka %s: cannot send %s seq %llu to %s: %s", cfg_name(b->cfg),
+                   msg->type ? msg->type : "?", (unsigned long long)msg->sequence, topic,
+                   rd_kafka_err2str(rd_kafka_last_error()));
+        goto out;
     }
-    d.hdrs = rd_kafka_headers_new(N_ELEMS(kafka_ce_attrs) + 1);
-    if (qb_message_clears_state(msg))
+    if (own_rkt && b->warmup)
+        qb_kafka_warmup_note(b->warmup, topic);
+    hdrs = rd_kafka_headers_new(N_ELEMS(kafka_ce_attrs) + 1);
+    bool tombstone = qb_message_clears_state(msg);
+    if (tombstone)
         rc = QB_OK; /* the key and a NULL value: compaction deletes the VM's state; no event */
     else if (b->kc->content_mode == QB_KAFKA_BINARY)
-        rc = binary_encode(b, msg, d.hdrs, &d.value);
+        rc = binary_encode(b, msg, hdrs, &value);
     else
-        rc = structured_headers(msg, d.hdrs);
-    if (rc == QB_OK && (rc = defer_push(b, &d)) != QB_OK)
-        QB_LOG_ERR(msg->vm, "kafka %s: out of memory queueing %s seq %llu", cfg_name(b->cfg),
-                   msg->type ? msg->type : "?", (unsigned long long)msg->sequence);
+        rc = structured_headers(msg, hdrs);
     if (rc != QB_OK)
-        deferred_release(&d);
+        goto out;
+
+    /*
+     * No copy: the generic layer keeps msg until this publish's delivery report
+     * (transport_ops.h), and librdkafka lets go of a message's value by then
+     * (rd_kafka_destroy comes before our close completes). A binary-mode value
+     * is ours alone, so librdkafka frees it (F_FREE) after the report.
+     */
+    const char *val = tombstone ? NULL : value ? value : msg->payload;
+    size_t val_len = tombstone ? 0 : value ? strlen(value) : msg->len;
+    int msgflags = value ? RD_KAFKA_MSG_F_FREE : 0; /* the macro casts its argument as is */
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        b->rk, RD_KAFKA_V_RKT(rkt),
+        RD_KAFKA_V_KEY((void *)msg->key, msg->key ? strlen(msg->key) : 0),
+        RD_KAFKA_V_VALUE((void *)val, val_len), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_MSGFLAGS(msgflags), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        hdrs = NULL;  /* librdkafka owns them now */
+        value = NULL; /* and this, if set */
+        goto out;
+    }
+    rc = produce_error_code(err);
+    if (rc == QB_EAGAIN) {
+        /* reports free room; there is at least one coming since the queue is full */
+        b->want_writable = true;
+        goto out;
+    }
+    QB_LOG_ERR(msg->vm, "kafka %s: cannot send %s seq %llu to %s: %s", cfg_name(b->cfg),
+               msg->type ? msg->type : "?", (unsigned long long)msg->sequence,
+               rd_kafka_topic_name(rkt), rd_kafka_err2str(err));
+out:
+    if (own_rkt)
+        rd_kafka_topic_destroy(own_rkt); /* librdkafka keeps the topic while messages need it */
+    if (hdrs)
+        rd_kafka_headers_destroy(hdrs);
+    free(value);
     return rc;
 }
 
@@ -749,10 +639,7 @@ static void serve_queue(struct kafka_backend *b)
     if (rd_kafka_queue_length(b->mainq) > 0 && write(b->wake_fds[1], "1", 1) < 0 && errno != EAGAIN)
         QB_LOG_ERR(NULL, "kafka %s: cannot wake up the loop: %s", cfg_name(b->cfg),
                    strerror(errno));
-    /* reports freed room in librdkafka's queue: what waits here goes first, in order */
-    if (b->dq_blocked && b->reports != reports && !b->closing)
-        defer_flush(b);
-    if (b->want_writable && b->reports != reports && !b->closing && !b->dq_blocked) {
+    if (b->want_writable && b->reports != reports && !b->closing) {
         b->want_writable = false;
         b->cb->writable(b->owner);
     }
@@ -1435,16 +1322,6 @@ static void forget_topics(struct kafka_backend *b)
  */
 static void teardown(struct kafka_backend *b)
 {
-    /* never handed to librdkafka (its queue stayed full): closed like the purged ones */
-    while (b->dq_head < b->dq_len) {
-        struct kafka_deferred d = b->dq[b->dq_head++];
-        deferred_release(&d);
-        b->cb->delivered(b->owner, d.token, QB_ECLOSED);
-    }
-    b->dq_head = b->dq_len = 0;
-    free(b->dq);
-    b->dq = NULL;
-    b->dq_cap = 0;
     if (b->rk) {
         rd_kafka_resp_err_t err =
             rd_kafka_purge(b->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
@@ -1466,7 +1343,6 @@ static void teardown(struct kafka_backend *b)
     }
     uv_close((uv_handle_t *)&b->poll, on_handle_closed);
     uv_close((uv_handle_t *)&b->close_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&b->flush_check, on_handle_closed);
 }
 
 static void close_after_warmup(void *arg)
@@ -1477,8 +1353,6 @@ static void close_after_warmup(void *arg)
         close_consumer(b);
     uint32_t ms = b->cfg->shutdown_timeout_ms < KAFKA_CLOSE_FLUSH_MS ? b->cfg->shutdown_timeout_ms
                                                                      : KAFKA_CLOSE_FLUSH_MS;
-    /* what this turn queued goes to librdkafka first, to be flushed with the rest */
-    defer_flush(b);
     /* with a delivery report callback, flush polls: reports arrive here, on the loop */
     rd_kafka_resp_err_t err = rd_kafka_flush(b->rk, (int)ms);
     if (err)
@@ -1505,7 +1379,6 @@ static void kafka_close(void *backend, void (*closed)(void *arg), void *arg)
     b->closed = closed;
     b->closed_arg = arg;
     uv_poll_stop(&b->poll);
-    uv_check_stop(&b->flush_check); /* the close sequence flushes what waits */
     if (b->cons) {
         uv_poll_stop(&b->cons->poll);
         uv_timer_stop(&b->cons->keepalive);
@@ -1567,12 +1440,11 @@ static int kafka_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
         goto fail;
     }
     uv_timer_init(loop, &b->close_timer);
-    uv_check_init(loop, &b->flush_check); /* cannot fail */
     b->mainq = rd_kafka_queue_get_main(b->rk);
     rd_kafka_set_log_queue(b->rk, NULL);
     rd_kafka_queue_io_event_enable(b->mainq, b->wake_fds[1], "1", 1);
-    b->poll.data = b->close_timer.data = b->flush_check.data = b;
-    b->open_handles = 3;
+    b->poll.data = b->close_timer.data = b;
+    b->open_handles = 2;
     uv_poll_start(&b->poll, UV_READABLE, on_readable);
     /* anything queued before the io event was enabled did not write to the pipe */
     if (write(b->wake_fds[1], "1", 1) < 0 && errno != EAGAIN)

@@ -333,11 +333,6 @@ static void test_confirm_out_of_order(void **state)
     assert_int_equal(tb->n_published, 10); /* nothing published twice */
 }
 
-static bool retried_once(void)
-{
-    return tb->n_published >= 5;
-}
-
 static bool retried_twice(void)
 {
     return tb->n_published >= 8;
@@ -368,36 +363,6 @@ static void test_failures_retry_in_order(void **state)
     qb_transport_get_stats(tr, &st);
     assert_int_equal(st.confirmed, 6);
     assert_int_equal(st.depth, 0);
-}
-
-/*
- * A backend may accept a message and learn only later that it can never be
- * sent (Kafka hands a turn's messages to librdkafka at the end of the turn):
- * reported QB_ETOOBIG or QB_EINVAL, it is dropped and counted as failed, not
- * retried; a QB_EIO beside it still is.
- */
-static void test_never_sendable_report_drops(void **state)
-{
-    (void)state;
-    for (uint64_t i = 0; i < 4; i++)
-        assert_int_equal(send_seq(i, "{}"), QB_OK);
-    tb_deliver(0, QB_OK);
-    tb_deliver(1, QB_ETOOBIG);
-    tb_deliver(2, QB_EINVAL);
-    tb_deliver(3, QB_EIO);
-    run_until(retried_once);
-    const uint64_t want[] = {0, 1, 2, 3, 3};
-    assert_published(want, 5);
-    struct qb_transport_stats st;
-    qb_transport_get_stats(tr, &st);
-    assert_int_equal(st.failed, 2);
-    assert_int_equal(st.retried, 1);
-    assert_int_equal(st.depth, 1);
-    tb_deliver(3, QB_OK);
-    qb_transport_get_stats(tr, &st);
-    assert_int_equal(st.confirmed, 2);
-    assert_int_equal(st.depth, 0);
-    assert_int_equal(tb->n_published, 5); /* the dropped two never went again */
 }
 
 static bool resent_first(void)
@@ -984,7 +949,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_confirm_out_of_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failures_retry_in_order, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_never_sendable_report_drops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_before_unsent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eagain_waits_for_writable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_by_messages, setup, teardown),
