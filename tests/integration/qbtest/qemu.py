@@ -18,6 +18,7 @@ The guest (guest=True) is the boot sector of tests/tools/guest/writer.S on a
 second IDE disk; it writes the data disk forever.
 """
 import os
+import signal
 import subprocess
 import time
 
@@ -199,6 +200,19 @@ class Qemu:
         q.pump(0.2)
         errs = [e for e in q.events if e["event"] == "BLOCK_IO_ERROR"]
         return errs[0] if errs else None
+
+    def fate(self, wait=2.0):
+        """Whether QEMU still runs, and if not how it ended, with the end of its
+        log: for a failure message when its monitor closed (QEMU exited)."""
+        if self.proc is None:
+            return "not running (stopped by the test)"
+        try:
+            rc = self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            return "still running"
+        how = ("killed by signal %s" % signal.Signals(-rc).name if rc < 0
+               else "exited with status %d" % rc)
+        return "%s; its log ends:\n%s" % (how, util.tail(self.log, 12))
 
     def describe(self):
         return "%s (disk=%s, log %s):\n%s" % (self.name, self.disk, self.log, util.tail(self.log, 20))
