@@ -25,6 +25,14 @@
  * records made by timers or close callbacks), both active only while the turn
  * list is not empty: a record never waits through a blocking poll.
  *
+ * Without a spool there is no write to wait for, but the turn is kept all the
+ * same: each message is queued in every transport at once (its window counts
+ * it, so a full window pauses reading as promptly) and the transports get the
+ * turn's messages together from ob_flush. Handed over one by one as QMP lines
+ * were read, Kafka's broker threads woke for every few messages and, flat out
+ * on two cores, took the CPU the loop needed (docs/benchmarks.md); with a
+ * spool the turn list already gave them a turn's records at once.
+ *
  * Each transport has a lane: `next` is the first spool record not yet handed
  * to its queue, `confirmed_below` the first record it has not confirmed. A
  * lane that keeps up gets new records straight from memory; one whose window
@@ -109,6 +117,7 @@ struct qb_outbox {
     uv_prepare_t *prepare; /* separate allocations: freed by their close callbacks */
     uv_check_t *check;
     bool spool_failing; /* the last append failed: log recovery once it works */
+    bool hand_over;     /* memory mode: this turn's messages are queued, not yet handed over */
 
     uv_timer_t *timer; /* separate allocation: freed by its close callback */
     uv_timer_t *soon;  /* 0 ms: feeding continues after a batch (see OB_FEED_BATCH) */
@@ -391,6 +400,11 @@ static int ob_flush(struct qb_outbox *o)
 
     uv_prepare_stop(o->prepare);
     uv_check_stop(o->check);
+    if (o->hand_over) {
+        o->hand_over = false;
+        for (size_t i = 0; i < o->n_lanes; i++)
+            qb_transport_hand_over(o->lanes[i]->t);
+    }
     if (!o->turn_head)
         return QB_OK;
     if ((rc = qb_spool_flush(o->spool)) != QB_OK) {
@@ -637,8 +651,15 @@ int qb_outbox_send(struct qb_outbox *o, const struct qb_message *msg)
         return QB_EINVAL;
     o->stats.sent++;
     if (!o->spool) {
+        /* Queued at once (the window counts it now, so back-pressure is as prompt as
+           before), handed over with the rest of the turn by ob_flush: see the top. */
         for (size_t i = 0; i < o->n_lanes; i++)
-            qb_transport_send(o->lanes[i]->t, msg); /* a refusal is counted and logged there */
+            qb_transport_queue(o->lanes[i]->t, msg); /* a refusal is counted and logged there */
+        if (!o->hand_over) {
+            o->hand_over = true;
+            uv_prepare_start(o->prepare, ob_on_prepare);
+            uv_check_start(o->check, ob_on_check);
+        }
         return QB_OK;
     }
     if (!(h = QB_MESSAGE_COPY(struct ob_held, msg, msg))) {

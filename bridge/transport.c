@@ -317,7 +317,8 @@ static int taken(struct qb_transport *t, const struct qb_message *msg)
     return QB_OK;
 }
 
-static int enqueue(struct qb_transport *t, const struct qb_message *msg)
+/* hand_over: pump now (qb_transport_send) or leave it to qb_transport_hand_over (queue). */
+static int enqueue(struct qb_transport *t, const struct qb_message *msg, bool hand_over)
 {
     if (t->state != TR_OPEN)
         return QB_ECLOSED;
@@ -372,7 +373,8 @@ static int enqueue(struct qb_transport *t, const struct qb_message *msg)
     t->stats.depth++;
     t->stats.depth_bytes += msg->len;
     update_window(t);
-    pump(t);
+    if (hand_over)
+        pump(t);
     return QB_OK;
 }
 
@@ -380,10 +382,24 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
 {
     /* its lines (queue full, back-pressure) name the transport in their fields too */
     const char *scope = qb_log_transport_begin(t->name);
-    int rc = enqueue(t, msg);
+    int rc = enqueue(t, msg, true);
 
     qb_log_transport_end(scope);
     return rc;
+}
+
+int qb_transport_queue(struct qb_transport *t, const struct qb_message *msg)
+{
+    const char *scope = qb_log_transport_begin(t->name);
+    int rc = enqueue(t, msg, false);
+
+    qb_log_transport_end(scope);
+    return rc;
+}
+
+void qb_transport_hand_over(struct qb_transport *t)
+{
+    pump(t);
 }
 
 /*
@@ -490,6 +506,7 @@ void qb_transport_close(struct qb_transport *t, void (*done)(void *arg), void *a
     t->state = TR_DRAINING; /* the window is no longer reported; progress still is */
     t->done = done;
     t->done_arg = arg;
+    pump(t); /* what was only queued (qb_transport_queue) drains like the rest */
     /* an empty queue still goes through the timer: done must not run from inside this call */
     uint64_t timeout = t->stats.depth ? t->cfg->shutdown_timeout_ms : 0;
     uv_timer_start(&t->close_timer, on_close_timer, timeout, 0);

@@ -109,6 +109,19 @@ int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
 int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
 
 /*
+ * Like qb_transport_send (same copy, same window, same codes), but a queued
+ * message reaches the backend only at the next qb_transport_hand_over (or a
+ * delivery report, a retry, close), not from inside this call. For an owner
+ * that gathers a loop turn's messages: Kafka's client then wakes its broker
+ * threads once per turn for the lot instead of once per message. The caller
+ * must call qb_transport_hand_over before the loop next blocks in poll.
+ */
+int qb_transport_queue(struct qb_transport *t, const struct qb_message *msg);
+
+/* Hands every queued message the backend has not had yet to it, as far as it takes them. */
+void qb_transport_hand_over(struct qb_transport *t);
+
+/*
  * Receives commands. ack_token identifies the message for qb_transport_ack,
  * which the core calls once the command's result has been queued for
  * publishing (or the command was ignored): Kafka commits the offset only then.

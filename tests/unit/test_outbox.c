@@ -277,9 +277,8 @@ static struct qb_message event(uint64_t seq, const char *payload)
 }
 
 /*
- * Sends first..last within one loop turn, then ends the turn: with a spool the
- * turn's records are written with one write at its end and only then handed
- * to the transports.
+ * Sends first..last within one loop turn, then ends the turn: the transports
+ * get a turn's messages at its end (with a spool, after its one write).
  */
 static void send_events(struct fixture *f, uint64_t first, uint64_t last)
 {
@@ -288,8 +287,7 @@ static void send_events(struct fixture *f, uint64_t first, uint64_t last)
 
         assert_int_equal(qb_outbox_send(f->o, &m), QB_OK);
     }
-    if (f->spool)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
 }
 
 /* b was handed exactly first..last, in this order, once each. */
@@ -361,6 +359,7 @@ static void test_memory_order_per_transport(void **state)
     assert_stream(f->b[1], 1, 50);
     st.kind = QB_MSG_STATE;
     assert_int_equal(qb_outbox_send(f->o, &st), QB_OK); /* a only: b has no retained channel */
+    uv_run(&f->loop, UV_RUN_NOWAIT);
     assert_stream(f->b[0], 1, 51);
     assert_stream(f->b[1], 1, 50);
     drain(f, 0, 51);
@@ -368,6 +367,37 @@ static void test_memory_order_per_transport(void **state)
     assert_int_equal(stats_of(f->t[0]).confirmed, 51);
     assert_int_equal(stats_of(f->t[1]).confirmed, 50);
     run_for(f, 1100); /* past a tick: nothing of the spool's bookkeeping runs without one */
+}
+
+/*
+ * Without a spool too, a turn's messages reach the backends together at its
+ * end (Kafka's broker threads then wake once for them, not per message); but
+ * each transport's window counts them as they are sent, so a full window
+ * pauses reading within the turn, as promptly as when each was handed over.
+ */
+static void test_memory_one_hand_over_per_turn(void **state)
+{
+    struct fixture *f = *state;
+
+    f->tcfg[0].queue_max_messages = 10;
+    f->tcfg[0].on_full = QB_ON_FULL_BACKPRESSURE;
+    start(f, false);
+    for (uint64_t seq = 1; seq <= 9; seq++) {
+        struct qb_message m = event(seq, "{\"data\":1}");
+
+        assert_int_equal(qb_outbox_send(f->o, &m), QB_OK);
+    }
+    assert_int_equal(f->b[0]->n_published, 0);
+    assert_int_equal(f->b[1]->n_published, 0);
+    assert_int_equal(stats_of(f->t[0]).depth, 9);
+    assert_true(qb_outbox_under_pressure(f->o)); /* 9 of 10: within the turn */
+
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the turn ends */
+    assert_stream(f->b[0], 1, 9);
+    assert_stream(f->b[1], 1, 9);
+    drain(f, 0, 9);
+    drain(f, 1, 9);
+    assert_false(qb_outbox_under_pressure(f->o));
 }
 
 /* A transport that is down, or whose deliveries fail, holds no other back; it retries in order. */
@@ -689,6 +719,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_memory_order_per_transport, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_one_hand_over_per_turn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_stalled_not_blocking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_pressure_on_off, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_drop_policy_no_pressure, setup, teardown),

@@ -538,6 +538,40 @@ static void test_close_waits_for_drain(void **state)
     assert_int_equal(done_calls, 1);
 }
 
+/*
+ * qb_transport_queue: queued and counted at once, handed to the backend only
+ * by qb_transport_hand_over, in order; what close finds only queued drains too.
+ */
+static void test_queue_then_hand_over(void **state)
+{
+    struct qb_transport_stats st;
+    struct qb_message m = {
+        .kind = QB_MSG_EVENT, .vm = "vm1", .type = "t.test", .id = "id", .key = "br1/vm1",
+        .payload = "{}", .len = 2,
+    };
+
+    (void)state;
+    for (uint64_t i = 0; i < 3; i++) {
+        m.sequence = i;
+        assert_int_equal(qb_transport_queue(tr, &m), QB_OK);
+    }
+    qb_transport_get_stats(tr, &st);
+    assert_int_equal(st.depth, 3);
+    assert_int_equal(tb->n_published, 0);
+    qb_transport_hand_over(tr);
+    const uint64_t want[] = {0, 1, 2, 3};
+    assert_published(want, 3);
+    m.sequence = 3;
+    assert_int_equal(qb_transport_queue(tr, &m), QB_OK);
+    assert_published(want, 3);
+    qb_transport_close(tr, on_done, NULL);
+    assert_published(want, 4);
+    for (uint64_t i = 0; i < 4; i++)
+        tb_deliver(i, QB_OK);
+    run_until(is_done);
+    assert_int_equal(tb->depth_at_close, 0);
+}
+
 static void test_close_times_out(void **state)
 {
     (void)state;
@@ -956,6 +990,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pressure_watermarks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_policy_no_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_waits_for_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_then_hand_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_never_synchronous, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_skipped_without_retained, setup, teardown),
