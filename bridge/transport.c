@@ -391,7 +391,7 @@ int qb_transport_send(struct qb_transport *t, const struct qb_message *msg)
 int qb_transport_queue(struct qb_transport *t, const struct qb_message *msg)
 {
     const char *scope = qb_log_transport_begin(t->name);
-    int rc = enqueue(t, msg, false);
+    int rc = enqueue(t, msg, !(t->ops->caps & QB_TRANSPORT_CAP_BATCHES));
 
     qb_log_transport_end(scope);
     return rc;

@@ -109,12 +109,15 @@ int qb_transport_create(uv_loop_t *loop, const struct qb_transport_config *cfg,
 int qb_transport_send(struct qb_transport *t, const struct qb_message *msg);
 
 /*
- * Like qb_transport_send (same copy, same window, same codes), but a queued
- * message reaches the backend only at the next qb_transport_hand_over (or a
- * delivery report, a retry, close), not from inside this call. For an owner
- * that gathers a loop turn's messages: Kafka's client then wakes its broker
- * threads once per turn for the lot instead of once per message. The caller
- * must call qb_transport_hand_over before the loop next blocks in poll.
+ * Like qb_transport_send (same copy, same window, same codes), but when the
+ * backend announces QB_TRANSPORT_CAP_BATCHES a queued message reaches it only
+ * at the next qb_transport_hand_over (or a delivery report, a retry, close),
+ * not from inside this call. For an owner that gathers a loop turn's messages:
+ * Kafka's client then wakes its broker threads once per turn for the lot
+ * instead of for every few messages. Other backends get it at once, as from
+ * qb_transport_send (MQTT's in-flight window of about a hundred gains nothing
+ * from waiting, and its medians rose). The caller must call
+ * qb_transport_hand_over before the loop next blocks in poll.
  */
 int qb_transport_queue(struct qb_transport *t, const struct qb_message *msg);
 

@@ -51,6 +51,8 @@ enum {
     QB_TRANSPORT_CAP_SUBSCRIBE = 1 << 2, /* can receive commands */
     QB_TRANSPORT_CAP_REPLY = 1 << 3,     /* has a reply channel: QB_MSG_REPLY is published; without
                                             it the generic layer accepts and discards replies */
+    QB_TRANSPORT_CAP_BATCHES = 1 << 4,   /* gains from a loop turn's messages handed over together:
+                                            what qb_transport_queue queued waits for the hand-over */
 };
 
 /* What the generic layer gives a backend to report back through. owner is opaque. */

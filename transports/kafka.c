@@ -1469,7 +1469,8 @@ fail:
 
 const struct qb_transport_ops qb_transport_kafka_ops = {
     .name = "kafka",
-    .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_KEYED | QB_TRANSPORT_CAP_SUBSCRIBE,
+    .caps = QB_TRANSPORT_CAP_RETAINED | QB_TRANSPORT_CAP_KEYED | QB_TRANSPORT_CAP_SUBSCRIBE |
+            QB_TRANSPORT_CAP_BATCHES,
     .config_keys = kafka_config_keys,
     .config_size = sizeof(struct qb_kafka_config),
     .validate = kafka_validate,

@@ -181,6 +181,16 @@ static const struct qb_transport_ops tb_cmd_ops = {
     .close = tb_close,
 };
 
+/* The same backend, taking a turn's messages together (QB_TRANSPORT_CAP_BATCHES). */
+static const struct qb_transport_ops tb_batch_ops = {
+    .name = "test-batch",
+    .caps = QB_TRANSPORT_CAP_BATCHES,
+    .validate = tb_validate,
+    .create = tb_create,
+    .publish = tb_publish,
+    .close = tb_close,
+};
+
 /* The same backend as a Kafka would announce it: retained state, commands, no reply channel. */
 static const struct qb_transport_ops tb_stream_ops = {
     .name = "test-stream",
@@ -246,6 +256,12 @@ static int setup_cmd(void **state)
 {
     (void)state;
     return setup_ops(&tb_cmd_ops);
+}
+
+static int setup_batch(void **state)
+{
+    (void)state;
+    return setup_ops(&tb_batch_ops);
 }
 
 static int setup_stream(void **state)
@@ -538,17 +554,24 @@ static void test_close_waits_for_drain(void **state)
     assert_int_equal(done_calls, 1);
 }
 
+static struct qb_message queue_msg(uint64_t seq)
+{
+    struct qb_message m = {
+        .kind = QB_MSG_EVENT, .vm = "vm1", .type = "t.test", .id = "id", .key = "br1/vm1",
+        .sequence = seq, .payload = "{}", .len = 2,
+    };
+    return m;
+}
+
 /*
- * qb_transport_queue: queued and counted at once, handed to the backend only
- * by qb_transport_hand_over, in order; what close finds only queued drains too.
+ * qb_transport_queue to a backend that batches: queued and counted at once,
+ * handed to it only by qb_transport_hand_over, in order; what close finds
+ * only queued drains too.
  */
 static void test_queue_then_hand_over(void **state)
 {
     struct qb_transport_stats st;
-    struct qb_message m = {
-        .kind = QB_MSG_EVENT, .vm = "vm1", .type = "t.test", .id = "id", .key = "br1/vm1",
-        .payload = "{}", .len = 2,
-    };
+    struct qb_message m = queue_msg(0);
 
     (void)state;
     for (uint64_t i = 0; i < 3; i++) {
@@ -570,6 +593,22 @@ static void test_queue_then_hand_over(void **state)
         tb_deliver(i, QB_OK);
     run_until(is_done);
     assert_int_equal(tb->depth_at_close, 0);
+}
+
+/* A backend that does not batch (MQTT, stdout) gets a queued message at once. */
+static void test_queue_without_batches(void **state)
+{
+    const uint64_t want[] = {0, 1};
+
+    (void)state;
+    for (uint64_t i = 0; i < 2; i++) {
+        struct qb_message m = queue_msg(i);
+
+        assert_int_equal(qb_transport_queue(tr, &m), QB_OK);
+    }
+    assert_published(want, 2);
+    qb_transport_hand_over(tr); /* nothing left to hand over */
+    assert_published(want, 2);
 }
 
 static void test_close_times_out(void **state)
@@ -990,7 +1029,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pressure_watermarks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_policy_no_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_waits_for_drain, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_queue_then_hand_over, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_then_hand_over, setup_batch, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_without_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_times_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_never_synchronous, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_skipped_without_retained, setup, teardown),
