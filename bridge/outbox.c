@@ -27,11 +27,12 @@
  *
  * Without a spool there is no write to wait for, but the turn is kept all the
  * same: each message is queued in every transport at once (its window counts
- * it, so a full window pauses reading as promptly) and the transports get the
- * turn's messages together from ob_flush. Handed over one by one as QMP lines
- * were read, Kafka's broker threads woke for every few messages and, flat out
- * on two cores, took the CPU the loop needed (docs/benchmarks.md); with a
- * spool the turn list already gave them a turn's records at once.
+ * it, so a full window pauses reading as promptly), and a transport that
+ * batches (QB_TRANSPORT_CAP_BATCHES: Kafka) gets the turn's messages together
+ * from ob_flush. Handed over one by one as QMP lines were read, Kafka's broker
+ * threads woke for every few messages and, flat out on two cores, took the CPU
+ * the loop needed (docs/benchmarks.md); with a spool the turn list already
+ * gave them a turn's records at once.
  *
  * Each transport has a lane: `next` is the first spool record not yet handed
  * to its queue, `confirmed_below` the first record it has not confirmed. A
