@@ -235,7 +235,14 @@ def colo_pair(workdir, machine="pc"):
 
 
 def colo_start(primary, secondary, timeout=60.0):
-    """Migrates primary -> secondary with x-colo and waits until both are in COLO."""
+    """Migrates primary -> secondary with x-colo and waits until both are in COLO
+    and running: query-colo-status names the mode as soon as the migration state
+    is colo, before QEMU's COLO threads have set up, and a failover inside that
+    window aborts the secondary (QEMU 7.2: "COLO mode must be COLO_MODE_SECONDARY",
+    then an assertion in memory_global_dirty_log_do_stop; seen in CI under load).
+    Each side's COLO thread starts the VM once set up (the secondary before it
+    tells the primary it is ready, the primary on hearing so), so "running" on
+    both marks the end of the window."""
     caps = [{"capability": "x-colo", "state": True}, {"capability": "events", "state": True}]
     for vm in (secondary, primary):
         vm.qmp.cmd("migrate-set-capabilities", capabilities=caps)
@@ -245,6 +252,10 @@ def colo_start(primary, secondary, timeout=60.0):
     for vm, mode in ((primary, "primary"), (secondary, "secondary")):
         procs.wait_until(lambda: vm.qmp.cmd("query-colo-status")["mode"] == mode, timeout,
                          "%s to enter COLO mode %s" % (vm.name, mode),
+                         on_fail=lambda: print(vm.describe()))
+    for vm in (secondary, primary):
+        procs.wait_until(lambda: vm.qmp.cmd("query-status")["status"] == "running", timeout,
+                         "%s to run in COLO (its COLO thread set up)" % vm.name,
                          on_fail=lambda: print(vm.describe()))
 
 
