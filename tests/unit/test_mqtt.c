@@ -373,6 +373,24 @@ static bool sub_has_events_at_least(void *arg)
     return n >= want->n;
 }
 
+/* Whether sub has received event number want->v (payload {"n":v}) on an event topic. */
+static bool sub_has_event(void *arg)
+{
+    struct {
+        struct sub *s;
+        uint64_t v;
+    } *want = arg;
+    char needle[48];
+    bool found = false;
+
+    snprintf(needle, sizeof(needle), "{\"n\":%llu}", (unsigned long long)want->v);
+    pthread_mutex_lock(&want->s->mu);
+    for (size_t i = 0; i < want->s->n && !found; i++)
+        found = strstr(want->s->rx[i].topic, "/event/") && !strcmp(want->s->rx[i].payload, needle);
+    pthread_mutex_unlock(&want->s->mu);
+    return found;
+}
+
 static void on_tr_done(void *arg)
 {
     (void)arg;
@@ -737,8 +755,11 @@ static void test_broker_killed_mid_stream(void **state)
         send_event(i);
     uint64_t some = 50;
     assert_true(run_until(confirmed_at_least, &some));
-    /* freeze the broker so the window fills with publishes it will never acknowledge */
+    /* freeze the broker so the window fills with publishes it will never acknowledge; a
+       PUBACK it sent just before may still be unread, and would free a slot after the
+       window looked full: read those first (CI of ce3e91d: 19 in flight, not 20) */
     kill(broker_pid, SIGSTOP);
+    run_for(100);
     assert_true(run_until(window_full, NULL));
     broker_stop(SIGKILL);
     for (uint64_t i = 200; i < 300; i++)
@@ -761,11 +782,13 @@ static void test_broker_killed_mid_stream(void **state)
     assert_int_equal(st.confirmed, 300);
     assert_int_equal(st.dropped, 0);
     assert_int_equal(st.failed, 0); /* QoS 1 stays in flight across the reconnect */
+    /* Wait for the last event, not for a count: the status topic's "online" and resent
+       duplicates arrive among them (seen here once in five runs: counted in, 299 still due). */
     struct {
         struct sub *s;
-        size_t n;
-    } rx = {s, from + (size_t)(total - k)};
-    assert_true(run_until(sub_has_at_least, &rx));
+        uint64_t v;
+    } last = {s, total - 1};
+    assert_true(run_until(sub_has_event, &last));
     check_events(s, from, k, total);
     tr_close();
 }
