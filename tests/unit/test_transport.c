@@ -289,7 +289,8 @@ static int teardown(void **state)
     return 0;
 }
 
-static int send_seq(uint64_t seq, const char *payload)
+/* An event of vm1 with sequence seq (payload borrowed). */
+static struct qb_message event_seq(uint64_t seq, const char *payload)
 {
     struct qb_message m = {
         .kind = QB_MSG_EVENT,
@@ -301,7 +302,21 @@ static int send_seq(uint64_t seq, const char *payload)
         .payload = payload,
         .len = strlen(payload),
     };
+    return m;
+}
+
+static int send_seq(uint64_t seq, const char *payload)
+{
+    struct qb_message m = event_seq(seq, payload);
+
     return qb_transport_send(tr, &m);
+}
+
+static int queue_seq(uint64_t seq)
+{
+    struct qb_message m = event_seq(seq, "{}");
+
+    return qb_transport_queue(tr, &m);
 }
 
 /* Runs the loop until pred() holds; fails (instead of hanging) after a guard interval. */
@@ -554,15 +569,6 @@ static void test_close_waits_for_drain(void **state)
     assert_int_equal(done_calls, 1);
 }
 
-static struct qb_message queue_msg(uint64_t seq)
-{
-    struct qb_message m = {
-        .kind = QB_MSG_EVENT, .vm = "vm1", .type = "t.test", .id = "id", .key = "br1/vm1",
-        .sequence = seq, .payload = "{}", .len = 2,
-    };
-    return m;
-}
-
 /*
  * qb_transport_queue to a backend that batches: queued and counted at once,
  * handed to it only by qb_transport_hand_over, in order; what close finds
@@ -571,21 +577,17 @@ static struct qb_message queue_msg(uint64_t seq)
 static void test_queue_then_hand_over(void **state)
 {
     struct qb_transport_stats st;
-    struct qb_message m = queue_msg(0);
 
     (void)state;
-    for (uint64_t i = 0; i < 3; i++) {
-        m.sequence = i;
-        assert_int_equal(qb_transport_queue(tr, &m), QB_OK);
-    }
+    for (uint64_t i = 0; i < 3; i++)
+        assert_int_equal(queue_seq(i), QB_OK);
     qb_transport_get_stats(tr, &st);
     assert_int_equal(st.depth, 3);
     assert_int_equal(tb->n_published, 0);
     qb_transport_hand_over(tr);
     const uint64_t want[] = {0, 1, 2, 3};
     assert_published(want, 3);
-    m.sequence = 3;
-    assert_int_equal(qb_transport_queue(tr, &m), QB_OK);
+    assert_int_equal(queue_seq(3), QB_OK);
     assert_published(want, 3);
     qb_transport_close(tr, on_done, NULL);
     assert_published(want, 4);
@@ -601,11 +603,8 @@ static void test_queue_without_batches(void **state)
     const uint64_t want[] = {0, 1};
 
     (void)state;
-    for (uint64_t i = 0; i < 2; i++) {
-        struct qb_message m = queue_msg(i);
-
-        assert_int_equal(qb_transport_queue(tr, &m), QB_OK);
-    }
+    for (uint64_t i = 0; i < 2; i++)
+        assert_int_equal(queue_seq(i), QB_OK);
     assert_published(want, 2);
     qb_transport_hand_over(tr); /* nothing left to hand over */
     assert_published(want, 2);
