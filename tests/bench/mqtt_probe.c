@@ -16,19 +16,33 @@
  * The client is driven single-threaded by mosquitto_loop: before each call
  * the window is topped up, so the socket always has work.
  *
+ * -r RATE paces the publishes at RATE a second instead (the latency scenarios'
+ * 2,000) and reports publish -> PUBACK percentiles over the PUBACKs of what was
+ * published in the window: what one client and a broker take at that rate
+ * without the bridge, the floor of the bridge's MQTT latency in the same run.
+ * It drives the socket itself (poll with a sub-millisecond timeout up to the
+ * next send, then mosquitto_loop_read/write/misc), as mosquitto_loop's
+ * millisecond timeout would send in bursts, and acknowledges each read at once
+ * (TCP_QUICKACK) as the MQTT transport does.
+ *
  * Usage: mqtt_probe -p PORT [-h HOST] [-s SECONDS] [-w SECONDS] [-z BYTES] [-k VMS]
- *                   [-n MAX_INFLIGHT] [-o FILE.json]
- * Prints one line of JSON (also to -o): acked, window_s, msgs_per_s, max_inflight, bytes.
+ *                   [-n MAX_INFLIGHT] [-r RATE] [-o FILE.json]
+ * Prints one line of JSON (also to -o): acked, window_s, msgs_per_s, max_inflight, bytes;
+ * with -r also rate, samples, p50_ms, p99_ms, p999_ms.
  */
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,6 +51,10 @@ struct probe {
     unsigned inflight;
     bool counting;
     uint64_t acked; /* PUBACKs while counting */
+    /* paced (-r): when each mid was published, 0 for one published before the window */
+    double sent_at[65536];
+    uint64_t *lat_ns; /* publish -> PUBACK of what was published in the window */
+    size_t n_lat, cap_lat;
 };
 
 static double now_s(void)
@@ -76,12 +94,61 @@ static void probe_on_publish(struct mosquitto *m, void *arg, int mid, int reason
     }
     if (p->counting)
         p->acked++;
+    if (mid > 0 && mid < 65536 && p->sent_at[mid] > 0) {
+        if (p->n_lat < p->cap_lat)
+            p->lat_ns[p->n_lat++] = (uint64_t)((now_s() - p->sent_at[mid]) * 1e9);
+        p->sent_at[mid] = 0;
+    }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static double pct_ms(const uint64_t *v, size_t n, double q)
+{
+    return n ? (double)v[(size_t)(q * (double)(n - 1) + 0.5)] / 1e6 : -1.0;
+}
+
+/* Waits for the socket until the next send is due (at most 10 ms), then serves it. */
+static int serve_until(struct mosquitto *mosq, double due)
+{
+    double wait = due - now_s();
+    struct pollfd pfd = {.fd = mosquitto_socket(mosq), .events = POLLIN};
+    struct timespec ts;
+    int rc = MOSQ_ERR_SUCCESS;
+
+    if (wait < 0)
+        wait = 0;
+    if (wait > 0.01)
+        wait = 0.01;
+    if (mosquitto_want_write(mosq))
+        pfd.events |= POLLOUT;
+    ts.tv_sec = 0;
+    ts.tv_nsec = (long)(wait * 1e9);
+    if (ppoll(&pfd, 1, &ts, NULL) > 0) {
+        if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+            int one = 1;
+
+            rc = mosquitto_loop_read(mosq, 1);
+            /* as the transport does: mosquitto's Nagle holds a PUBACK for our ACK */
+            (void)setsockopt(pfd.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+        }
+        if (rc == MOSQ_ERR_SUCCESS && (pfd.revents & POLLOUT))
+            rc = mosquitto_loop_write(mosq, 1);
+    }
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_loop_misc(mosq);
+    return rc;
 }
 
 static void usage(void)
 {
     fprintf(stderr, "usage: mqtt_probe -p PORT [-h HOST] [-s SECONDS] [-w SECONDS] [-z BYTES] "
-                    "[-k VMS] [-n MAX_INFLIGHT] [-o FILE.json]\n");
+                    "[-k VMS] [-n MAX_INFLIGHT] [-r RATE] [-o FILE.json]\n");
     exit(2);
 }
 
@@ -89,16 +156,16 @@ int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *out_path = NULL;
     int port = 0, opt;
-    double seconds = 8.0, warmup = 2.0;
+    double seconds = 8.0, warmup = 2.0, rate = 0;
     size_t bytes = 500;
     unsigned vms = 100, window = 100; /* the MQTT transport's max_inflight default */
-    struct probe p = {0};
+    static struct probe p; /* sent_at: half a megabyte, not on the stack */
     mosquitto_property *props = NULL;
     struct mosquitto *mosq;
     char *payload, topic[128];
     uint64_t sent = 0;
 
-    while ((opt = getopt(argc, argv, "h:p:s:w:z:k:n:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:s:w:z:k:n:r:o:")) != -1) {
         switch (opt) {
         case 'h':
             host = optarg;
@@ -121,6 +188,9 @@ int main(int argc, char **argv)
         case 'n':
             window = (unsigned)strtoul(optarg, NULL, 10);
             break;
+        case 'r':
+            rate = atof(optarg);
+            break;
         case 'o':
             out_path = optarg;
             break;
@@ -128,8 +198,13 @@ int main(int argc, char **argv)
             usage();
         }
     }
-    if (port <= 0 || seconds <= 0 || vms == 0 || window == 0 || window > 65535)
+    if (port <= 0 || seconds <= 0 || vms == 0 || window == 0 || window > 65535 || rate < 0)
         usage();
+    if (rate > 0) {
+        p.cap_lat = (size_t)(rate * seconds * 1.5) + 1000;
+        if (!(p.lat_ns = malloc(p.cap_lat * sizeof(*p.lat_ns))))
+            return 1;
+    }
     if (!(payload = malloc(bytes + 1)))
         return 1;
     /* JSON-looking filler, like an envelope */
@@ -170,6 +245,33 @@ int main(int argc, char **argv)
         }
         if (now >= t_end)
             break;
+        if (rate > 0) {
+            double due = start + (double)sent / rate;
+            int mid = 0, rc;
+
+            if (now >= due && p.inflight < window) {
+                snprintf(topic, sizeof(topic),
+                         "qmp/probe/vm%" PRIu64 "/event/qmp.block.io_error", sent % vms);
+                rc = mosquitto_publish_v5(mosq, &mid, topic, (int)bytes, payload, 1, false,
+                                          props);
+                if (rc != MOSQ_ERR_SUCCESS) {
+                    fprintf(stderr, "mqtt_probe: publish: %s\n", mosquitto_strerror(rc));
+                    p.failed = true;
+                    break;
+                }
+                /* libmosquitto wrote it inside the call: stamp it with the call's start */
+                if (p.counting && mid > 0 && mid < 65536)
+                    p.sent_at[mid] = now;
+                p.inflight++;
+                sent++;
+                continue;
+            }
+            if (serve_until(mosq, due) != MOSQ_ERR_SUCCESS) {
+                fprintf(stderr, "mqtt_probe: connection lost\n");
+                p.failed = true;
+            }
+            continue;
+        }
         while (p.inflight < window) {
             int rc;
 
@@ -190,12 +292,24 @@ int main(int argc, char **argv)
         }
     }
     double span = now_s() - t_first;
-    char line[256];
+    /* paced: the PUBACKs of the window's last publishes, for at most 2 s */
+    for (double t_drain = now_s(); rate > 0 && !p.failed && p.inflight && now_s() - t_drain < 2;)
+        if (serve_until(mosq, now_s() + 0.01) != MOSQ_ERR_SUCCESS)
+            p.failed = true;
+    char line[512], paced[200] = "";
+    if (rate > 0) {
+        qsort(p.lat_ns, p.n_lat, sizeof(*p.lat_ns), cmp_u64);
+        snprintf(paced, sizeof(paced),
+                 ", \"rate\": %.0f, \"samples\": %zu, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
+                 "\"p999_ms\": %.3f",
+                 rate, p.n_lat, pct_ms(p.lat_ns, p.n_lat, 0.5), pct_ms(p.lat_ns, p.n_lat, 0.99),
+                 pct_ms(p.lat_ns, p.n_lat, 0.999));
+    }
     snprintf(line, sizeof(line),
              "{\"acked\": %" PRIu64 ", \"window_s\": %.3f, \"msgs_per_s\": %.0f, "
-             "\"max_inflight\": %u, \"bytes\": %zu, \"failed\": %s}",
+             "\"max_inflight\": %u, \"bytes\": %zu%s, \"failed\": %s}",
              p.acked, span, t_first > 0 && span > 0 ? (double)p.acked / span : 0.0, window, bytes,
-             p.failed ? "true" : "false");
+             paced, p.failed ? "true" : "false");
     puts(line);
     if (out_path) {
         FILE *f = fopen(out_path, "w");
@@ -210,5 +324,6 @@ int main(int argc, char **argv)
     mosquitto_destroy(mosq);
     mosquitto_lib_cleanup();
     free(payload);
-    return p.failed ? 1 : 0;
+    free(p.lat_ns);
+    return p.failed || (rate > 0 && !p.n_lat) ? 1 : 0;
 }
