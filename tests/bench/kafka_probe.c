@@ -21,6 +21,8 @@
  * Prints one line of JSON (also to -o): sent, delivered, failed, p50/p99/p99.9/max in ms
  * (flat out: delivered_per_s instead of the percentiles).
  */
+#include "probe_percentiles.h"
+
 #include <librdkafka/rdkafka.h>
 
 #include <errno.h>
@@ -67,23 +69,6 @@ static void probe_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void 
     }
     if (sent && p->n_lat < p->cap_lat) /* the warm-up message has no send time */
         p->lat_ns[p->n_lat++] = now_ns() - sent;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-static double pct_ms(const uint64_t *v, size_t n, double q)
-{
-    size_t k;
-
-    if (!n)
-        return -1.0;
-    k = (size_t)(q * (double)(n - 1) + 0.5);
-    return (double)v[k] / 1e6;
 }
 
 static int set_prop(rd_kafka_conf_t *conf, const char *name, const char *value)
@@ -262,14 +247,14 @@ int main(int argc, char **argv)
     rd_kafka_flush(rk, 10000);
     rd_kafka_destroy(rk);
 
-    qsort(p.lat_ns, p.n_lat, sizeof(*p.lat_ns), cmp_u64);
+    probe_sort_ns(p.lat_ns, p.n_lat);
     char line[512];
     snprintf(line, sizeof line,
              "{\"sent\": %" PRIu64 ", \"delivered\": %zu, \"failed\": %" PRIu64
              ", \"rate\": %.0f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f,"
              " \"max_ms\": %.3f}",
-             sent, p.n_lat, p.failed, rate, pct_ms(p.lat_ns, p.n_lat, 0.5),
-             pct_ms(p.lat_ns, p.n_lat, 0.99), pct_ms(p.lat_ns, p.n_lat, 0.999),
+             sent, p.n_lat, p.failed, rate, probe_pct_ms(p.lat_ns, p.n_lat, 0.5),
+             probe_pct_ms(p.lat_ns, p.n_lat, 0.99), probe_pct_ms(p.lat_ns, p.n_lat, 0.999),
              p.n_lat ? (double)p.lat_ns[p.n_lat - 1] / 1e6 : -1.0);
     int rc = write_line(line, out_path);
     free(p.lat_ns);

@@ -30,6 +30,8 @@
  * Prints one line of JSON (also to -o): acked, window_s, msgs_per_s, max_inflight, bytes;
  * with -r also rate, samples, p50_ms, p99_ms, p999_ms.
  */
+#include "probe_percentiles.h"
+
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
@@ -99,18 +101,6 @@ static void probe_on_publish(struct mosquitto *m, void *arg, int mid, int reason
             p->lat_ns[p->n_lat++] = (uint64_t)((now_s() - p->sent_at[mid]) * 1e9);
         p->sent_at[mid] = 0;
     }
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-static double pct_ms(const uint64_t *v, size_t n, double q)
-{
-    return n ? (double)v[(size_t)(q * (double)(n - 1) + 0.5)] / 1e6 : -1.0;
 }
 
 /* Waits for the socket until the next send is due (at most 10 ms), then serves it. */
@@ -298,12 +288,12 @@ int main(int argc, char **argv)
             p.failed = true;
     char line[512], paced[200] = "";
     if (rate > 0) {
-        qsort(p.lat_ns, p.n_lat, sizeof(*p.lat_ns), cmp_u64);
+        probe_sort_ns(p.lat_ns, p.n_lat);
         snprintf(paced, sizeof(paced),
                  ", \"rate\": %.0f, \"samples\": %zu, \"p50_ms\": %.3f, \"p99_ms\": %.3f, "
                  "\"p999_ms\": %.3f",
-                 rate, p.n_lat, pct_ms(p.lat_ns, p.n_lat, 0.5), pct_ms(p.lat_ns, p.n_lat, 0.99),
-                 pct_ms(p.lat_ns, p.n_lat, 0.999));
+                 rate, p.n_lat, probe_pct_ms(p.lat_ns, p.n_lat, 0.5),
+                 probe_pct_ms(p.lat_ns, p.n_lat, 0.99), probe_pct_ms(p.lat_ns, p.n_lat, 0.999));
     }
     snprintf(line, sizeof(line),
              "{\"acked\": %" PRIu64 ", \"window_s\": %.3f, \"msgs_per_s\": %.0f, "
