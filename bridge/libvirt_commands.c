@@ -18,7 +18,7 @@ struct lv_run {
     virDomainPtr dom;
     const struct qb_lv_disks *disks;
     const struct qb_lv_command_args *a;
-    atomic_bool *changed;
+    atomic_uint *progress; /* QB_LV_CMD_* bits, shared with the loop */
     json_t *steps;
     const char *err_cls; /* static, NULL while all is well */
     char err_msg[256];
@@ -109,10 +109,28 @@ static int run_step(struct lv_run *r, const char *execute, json_t *args, bool ok
     return ok || optional ? QB_OK : QB_EINVAL;
 }
 
-/* Marks that the domain may change from now on (the status rule). */
-static void run_changing(struct lv_run *r)
+/*
+ * Claims the next call, one that changes the domain: marks the run changed
+ * (the status rule) and returns true, unless the loop has already answered
+ * the command (its session ended). Then the call is not sent, so a command
+ * reported rejected never changes the domain after the report, and one
+ * reported failed stops where it was.
+ */
+static bool run_may_change(struct lv_run *r, const char *call)
 {
-    atomic_store(r->changed, true);
+    unsigned p = atomic_load(r->progress);
+
+    while (!(p & QB_LV_CMD_ABANDONED)) {
+        if (atomic_compare_exchange_weak(r->progress, &p, p | QB_LV_CMD_CHANGED))
+            return true;
+    }
+    run_error(r, QB_CMD_ERR_DISCONNECTED, "the command was answered before %s: not sent", call);
+    return false;
+}
+
+bool qb_lv_command_abandon(atomic_uint *progress)
+{
+    return atomic_fetch_or(progress, QB_LV_CMD_ABANDONED) & QB_LV_CMD_CHANGED;
 }
 
 /* virDomainGetState as a step; io_error: hold the resize precondition. */
@@ -185,12 +203,15 @@ static void plan_resize(struct lv_run *r)
         run_error(r, cls, "%s", msg);
         return;
     }
-    run_changing(r);
+    if (!run_may_change(r, "virDomainBlockResize"))
+        return;
     ok = virDomainBlockResize(r->dom, k->target, new_size, VIR_DOMAIN_BLOCK_RESIZE_BYTES) == 0;
     if (run_step(r, "virDomainBlockResize",
                  json_pack("{s:s, s:I, s:s}", "disk", k->target, "size", (json_int_t)new_size,
                            "flags", "bytes"),
                  ok, false) < 0)
+        return;
+    if (!run_may_change(r, "virDomainResume"))
         return;
     ok = virDomainResume(r->dom) == 0;
     if (run_step(r, "virDomainResume", NULL, ok, false) < 0)
@@ -202,7 +223,8 @@ static void plan_run_state(struct lv_run *r, bool resume)
 {
     bool ok;
 
-    run_changing(r);
+    if (!run_may_change(r, resume ? "virDomainResume" : "virDomainSuspend"))
+        return;
     ok = (resume ? virDomainResume(r->dom) : virDomainSuspend(r->dom)) == 0;
     if (run_step(r, resume ? "virDomainResume" : "virDomainSuspend", NULL, ok, false) < 0)
         return;
@@ -231,7 +253,8 @@ static void plan_threshold(struct lv_run *r)
         sscanf(r->a->node_name, "libvirt-%u-", &idx);
         snprintf(dev, sizeof(dev), "%s[%u]", k->target, idx);
     }
-    run_changing(r);
+    if (!run_may_change(r, "virDomainSetBlockThreshold"))
+        return;
     ok = virDomainSetBlockThreshold(r->dom, dev, r->a->threshold, 0) == 0;
     run_step(r, "virDomainSetBlockThreshold",
              json_pack("{s:s, s:I}", "disk", dev, "threshold", (json_int_t)r->a->threshold), ok,
@@ -251,7 +274,8 @@ static void plan_job_abort(struct lv_run *r, bool pivot)
         run_error(r, QB_CMD_ERR_PRECONDITION, "no disk with a block job named '%s'", r->a->job);
         return;
     }
-    run_changing(r);
+    if (!run_may_change(r, "virDomainBlockJobAbort"))
+        return;
     ok = virDomainBlockJobAbort(r->dom, k->target, pivot ? VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT : 0) ==
          0;
     run_step(r, "virDomainBlockJobAbort",
@@ -264,7 +288,9 @@ static void plan_job_abort(struct lv_run *r, bool pivot)
 static json_t *run_result(struct lv_run *r)
 {
     const char *name = qb_cmd_name_str(r->a->name);
-    const char *status = !r->err_cls ? "ok" : atomic_load(r->changed) ? "failed" : "rejected";
+    const char *status = !r->err_cls                                      ? "ok"
+                         : (atomic_load(r->progress) & QB_LV_CMD_CHANGED) ? "failed"
+                                                                          : "rejected";
     json_t *res = json_pack(
         "{s:o, s:o, s:s, s:O}", "command_id", r->a->id ? json_string(r->a->id) : json_null(),
         "command", name ? json_string(name) : json_null(), "status", status, "steps", r->steps);
@@ -280,9 +306,9 @@ static json_t *run_result(struct lv_run *r)
 }
 
 json_t *qb_lv_command_run(virDomainPtr dom, const struct qb_lv_disks *disks,
-                          const struct qb_lv_command_args *a, atomic_bool *changed)
+                          const struct qb_lv_command_args *a, atomic_uint *progress)
 {
-    struct lv_run r = {.dom = dom, .disks = disks, .a = a, .changed = changed};
+    struct lv_run r = {.dom = dom, .disks = disks, .a = a, .progress = progress};
     json_t *res;
 
     if (!(r.steps = json_array()))
@@ -325,8 +351,8 @@ json_t *qb_lv_command_run(virDomainPtr dom, const struct qb_lv_disks *disks,
 json_t *qb_lv_command_result_early(const struct qb_lv_command_args *a, bool changed,
                                    const char *cls, const char *msg)
 {
-    atomic_bool ch = changed;
-    struct lv_run r = {.a = a, .changed = &ch};
+    atomic_uint progress = changed ? QB_LV_CMD_CHANGED : 0;
+    struct lv_run r = {.a = a, .progress = &progress};
     json_t *res;
 
     if (!(r.steps = json_array()))

@@ -52,13 +52,31 @@ int qb_lv_command_args_init(struct qb_lv_command_args *out, const struct qb_comm
 void qb_lv_command_args_clear(struct qb_lv_command_args *a);
 
 /*
- * Runs the command's plan on dom with its disk map (both borrowed). *changed is
- * set (before the call) once a step that changes the domain is sent, so the
- * loop can tell rejected from failed when it gives up waiting. Returns the
- * result object (new reference), NULL only when out of memory.
+ * A command's progress (the bits of an atomic_uint), shared by the worker
+ * thread that runs it and the loop, which may answer it before it ends.
+ */
+enum {
+    QB_LV_CMD_CHANGED = 1u,   /* a step that may change the domain has been sent */
+    QB_LV_CMD_ABANDONED = 2u, /* answered early: no step that changes the domain starts */
+};
+
+/*
+ * Runs the command's plan on dom with its disk map (both borrowed).
+ * QB_LV_CMD_CHANGED is set in *progress before each call that changes the
+ * domain, unless QB_LV_CMD_ABANDONED is there first: then the plan stops
+ * without sending it. Returns the result object (new reference), NULL only
+ * when out of memory.
  */
 json_t *qb_lv_command_run(virDomainPtr dom, const struct qb_lv_disks *disks,
-                          const struct qb_lv_command_args *a, atomic_bool *changed);
+                          const struct qb_lv_command_args *a, atomic_uint *progress);
+
+/*
+ * The loop answers the command now (its session ended): from here on the
+ * worker starts no step that changes the domain. Returns whether one had
+ * already been sent, which decides the early result's status (failed or
+ * rejected).
+ */
+bool qb_lv_command_abandon(atomic_uint *progress);
 
 /*
  * A result for a command that did not run to its end on the loop's side (the

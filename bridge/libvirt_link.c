@@ -53,7 +53,7 @@ struct lv_op {
 
     /* LV_OP_COMMAND */
     struct qb_lv_command_args args;
-    atomic_bool changed;
+    atomic_uint progress; /* QB_LV_CMD_* bits, shared with the worker */
     qb_source_result_cb done;
     void *done_arg;
     json_t *result;
@@ -344,8 +344,11 @@ static void op_answer_closed(struct lv_op *op, const char *why)
         char msg[200];
 
         snprintf(msg, sizeof(msg), "the libvirt session closed before the command ended: %s", why);
-        op->done(op->done_arg, qb_lv_command_result_early(&op->args, atomic_load(&op->changed),
-                                                          QB_CMD_ERR_DISCONNECTED, msg));
+        /* and the worker, if it has yet to run it or is running it, sends no more changes */
+        bool changed = qb_lv_command_abandon(&op->progress);
+
+        op->done(op->done_arg,
+                 qb_lv_command_result_early(&op->args, changed, QB_CMD_ERR_DISCONNECTED, msg));
     }
 }
 
@@ -604,7 +607,7 @@ static void op_command_work(void *arg)
 {
     struct lv_op *op = arg;
 
-    op->result = qb_lv_command_run(op->dom, op->map->d, &op->args, &op->changed);
+    op->result = qb_lv_command_run(op->dom, op->map->d, &op->args, &op->progress);
 }
 
 /* Logs a command's outcome on the loop, as the QMP source's executor does. */
@@ -637,9 +640,9 @@ static void op_command_done(void *arg, bool cancelled)
         pending_del(l, op);
         op->result = NULL;
         if (cancelled)
-            res = qb_lv_command_result_early(&op->args, atomic_load(&op->changed),
-                                             QB_CMD_ERR_DISCONNECTED,
-                                             "the bridge stopped before the command ran");
+            res = qb_lv_command_result_early(
+                &op->args, atomic_load(&op->progress) & QB_LV_CMD_CHANGED, QB_CMD_ERR_DISCONNECTED,
+                "the bridge stopped before the command ran");
         command_log(l, op, res);
         op->done(op->done_arg, res);
     }
@@ -658,7 +661,7 @@ int qb_lv_link_command(struct qb_source_link *link, const struct qb_command *cmd
         return rc;
     op->done = done;
     op->done_arg = arg;
-    atomic_init(&op->changed, false);
+    atomic_init(&op->progress, 0);
     if (qb_lv_command_args_init(&op->args, cmd, &l->sh->cfg->commands) < 0) {
         op_free(op);
         return QB_ENOMEM;
