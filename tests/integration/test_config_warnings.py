@@ -59,13 +59,26 @@ with check.Test("config_warnings") as t:
                  "%s: warnings %s" % (name, [w.split(":")[0][:40] for w in want] or "none"), lines)
         for l in lines:
             t.expect(" set " in l or "commands: false" in l, "%s: the line says how to fix it" % name, l)
-    for conf in ("conf/qmp-bridge.example.yaml", "conf/minimal.yaml", "packaging/qmp-bridge.yaml"):
-        r = subprocess.run([bridge.binary(), "-c", os.path.join(util.SOURCE_DIR, conf),
-                            "--check-config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=20)
-        if r.returncode != 0:
-            continue  # e.g. a key file of the example that is not on this host
-        t.expect("warning" not in r.stderr.decode(), "%s: no warning" % conf, r.stderr.decode())
+    # Every shipped configuration that is not a demo template checks clean, with the command
+    # key they name (/etc/qmp-bridge/commands.key) pointed at one of this test's; libvirt.yaml
+    # has commands on, so the command rules are exercised too.
+    shipped_key = os.path.join(d, "shipped-commands.key")
+    with open(shipped_key, "wb") as f:
+        f.write(os.urandom(32))
+    os.chmod(shipped_key, 0o600)
+    for conf in ("conf/qmp-bridge.example.yaml", "conf/minimal.yaml", "conf/libvirt.yaml",
+                 "packaging/qmp-bridge.yaml"):
+        with open(os.path.join(util.SOURCE_DIR, conf)) as f:
+            text = f.read().replace("/etc/qmp-bridge/commands.key", shipped_key)
+        path = os.path.join(d, "shipped-" + os.path.basename(conf))
+        with open(path, "w") as f:
+            f.write(text)
+        r = subprocess.run([bridge.binary(), "-c", path, "--check-config"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+        err = r.stderr.decode()
+        t.expect(r.returncode == 0 and "configuration OK" in r.stdout.decode(),
+                 "%s: exit 0, configuration OK" % conf, err)
+        t.expect("warning" not in err, "%s: no warning" % conf, err)
 
     t.section("at start-up")
     br = bridge.Bridge(d, [], bridge_id="h", extra_yaml="commands: { enabled: true }\n")

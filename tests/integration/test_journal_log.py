@@ -154,8 +154,10 @@ def main(t):
     j.close()
     jd = journal.start_journald(t.workdir)
     if jd is None:
-        t.ok("skipped: no systemd-journald or journalctl here")
-        return
+        # the sections above passed, but this one did not run: ctest says skipped, not passed
+        procs.cleanup_all()
+        print("SKIP journal_log's real-journald section: no systemd-journald or journalctl here")
+        sys.exit(77)
     t.add_log("journald", os.path.join(t.workdir, "journald.log"))
     with open(br.conf, "w") as f:
         f.write(good)

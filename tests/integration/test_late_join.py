@@ -37,9 +37,9 @@ with check.Test("late_join") as t:
              "snapshot: run_state io-error, not running", data)
     t.expect(check.disk(data, "data").get("io_status") == "nospace", "snapshot: disk data io_status nospace",
              data.get("disks"))
-    if data.get("cause"):
-        t.expect(data["cause"].get("device") == "data" and data["cause"].get("errno") == "enospc",
-                 "snapshot cause: device data, errno enospc", data["cause"])
+    cause = data.get("cause") or {}
+    t.expect(cause.get("device") == "data" and cause.get("errno") == "enospc",
+             "snapshot cause: device data, errno enospc", data.get("cause"))
     m = check.wait_retained_state(sub, "test-host", "vm1",
                                   lambda dd: dd["run_state"] == "io-error"
                                   and check.disk(dd, "data").get("io_status") == "nospace",
@@ -47,14 +47,19 @@ with check.Test("late_join") as t:
     t.ok("retained state: io-error, disk nospace", m.json["sequence"])
 
     t.section("resume after more space")
-    if vm.disk == "tmpfs":
-        vm.grow_tmpfs("64M")
-        t.ok("tmpfs grown to 64M")
-        vm.qmp.cmd("cont")
-        sub.wait_for(lambda m: m.type == "qmp.vm.resumed" and m.json["subject"] == "vm1", 20, "qmp.vm.resumed")
-        t.ok("qmp.vm.resumed published after cont")
-        m = check.wait_retained_state(sub, "test-host", "vm1", lambda dd: dd["run_state"] == "running",
-                                      "running")
-        t.ok("retained state: running again", m.json["sequence"])
+    if vm.disk != "tmpfs":
+        # blkdebug's injected ENOSPC would fail the resumed write again: nothing to grow
+        procs.cleanup_all()
+        print("SKIP late_join's resume: no private tmpfs here (needs root and unshare -m); "
+              "the snapshot checks above passed")
+        sys.exit(77)
+    vm.grow_tmpfs("64M")
+    t.ok("tmpfs grown to 64M")
+    vm.qmp.cmd("cont")
+    sub.wait_for(lambda m: m.type == "qmp.vm.resumed" and m.json["subject"] == "vm1", 20, "qmp.vm.resumed")
+    t.ok("qmp.vm.resumed published after cont")
+    m = check.wait_retained_state(sub, "test-host", "vm1", lambda dd: dd["run_state"] == "running",
+                                  "running")
+    t.ok("retained state: running again", m.json["sequence"])
     check.assert_increasing(check.vm_envelopes(sub, "test-host", "vm1"), "vm1 sequence")
     t.ok("vm1 sequence increasing")

@@ -102,6 +102,8 @@ static void test_diff_identical(void **state)
     struct qb_reload_diff d;
 
     assert_int_equal(qb_reload_diff(a, b, &d), QB_OK);
+    assert_int_equal(d.n_vms, 3); /* every entry compared, each the same */
+    assert_int_equal(d.n_transports, 4);
     for (size_t i = 0; i < d.n_vms; i++)
         assert_int_equal(d.vms[i].change, QB_RELOAD_SAME);
     for (size_t i = 0; i < d.n_transports; i++)
