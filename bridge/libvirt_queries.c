@@ -221,9 +221,10 @@ static json_t *block_entry(virDomainPtr dom, const struct qb_lv_disk *k, const c
         json_object_set_new(ins, "drv", json_string(k->driver));
     /* a disk whose size libvirt cannot tell just has no image size, as QEMU without a medium */
     if (virDomainGetBlockInfo(dom, k->target, &info, 0) == 0 && info.capacity <= INT64_MAX)
-        json_object_set_new(ins, "image",
-                            json_pack("{s:I, s:I}", "virtual-size", (json_int_t)info.capacity,
-                                      "actual-size", (json_int_t)info.allocation));
+        json_object_set_new(
+            ins, "image",
+            json_pack("{s:I, s:I}", "virtual-size", (json_int_t)info.capacity, "actual-size",
+                      (json_int_t)(info.allocation > INT64_MAX ? INT64_MAX : info.allocation)));
     json_object_set_new(e, "inserted", ins);
     return e;
 }
@@ -286,7 +287,9 @@ int qb_lv_query_block_jobs(virDomainPtr dom, const struct qb_lv_disks *d, json_t
         return QB_ENOMEM;
     for (size_t i = 0; i < d->n_disks; i++) {
         virDomainBlockJobInfo info;
-        int rc = virDomainGetBlockJobInfo(dom, d->disks[i].target, &info, 0);
+        /* in bytes/s, as QEMU's "speed" (without the flag libvirt says MiB/s) */
+        int rc = virDomainGetBlockJobInfo(dom, d->disks[i].target, &info,
+                                          VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES);
         json_t *j;
         bool ready;
 
@@ -300,12 +303,12 @@ int qb_lv_query_block_jobs(virDomainPtr dom, const struct qb_lv_disks *d, json_t
         ready = (info.type == VIR_DOMAIN_BLOCK_JOB_TYPE_COPY ||
                  info.type == VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT) &&
                 info.end > 0 && info.cur == info.end;
-        j = json_pack("{s:s, s:s, s:I, s:I, s:I, s:b, s:b, s:s, s:s}", "device", d->disks[i].target,
-                      "type", job_type(info.type), "len",
-                      (json_int_t)(info.end > INT64_MAX ? INT64_MAX : info.end), "offset",
-                      (json_int_t)(info.cur > INT64_MAX ? INT64_MAX : info.cur), "speed",
-                      (json_int_t)info.bandwidth, "busy", !ready, "ready", ready, "status",
-                      ready ? "ready" : "running", "io-status", "ok");
+        j = json_pack(
+            "{s:s, s:s, s:I, s:I, s:I, s:b, s:b, s:s, s:s}", "device", d->disks[i].target, "type",
+            job_type(info.type), "len", (json_int_t)(info.end > INT64_MAX ? INT64_MAX : info.end),
+            "offset", (json_int_t)(info.cur > INT64_MAX ? INT64_MAX : info.cur), "speed",
+            (json_int_t)(info.bandwidth > INT64_MAX ? INT64_MAX : info.bandwidth), "busy", !ready,
+            "ready", ready, "status", ready ? "ready" : "running", "io-status", "ok");
         if (!j || json_array_append_new(list, j) < 0) {
             json_decref(list);
             return QB_ENOMEM;
