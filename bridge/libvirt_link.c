@@ -28,6 +28,13 @@ struct lv_disk_map {
 
 enum lv_op_kind { LV_OP_OPEN, LV_OP_QUERY, LV_OP_COMMAND };
 
+/*
+ * A session up this long resets the back-off when it ends, unless the
+ * manager closed it (source_qmp.c's rule: that counts as failed, however long
+ * it ran).
+ */
+#define LV_STABLE_MS 10000
+
 struct lv_op {
     enum lv_op_kind kind;
     struct qb_lv_link *l;
@@ -78,6 +85,11 @@ struct qb_lv_link {
     bool released;
     bool release_notified;
     bool close_due, release_due, on_due;
+    bool asked_close;       /* the session ending now is the manager's close */
+    unsigned closed_streak; /* the manager's closes since a stable session: the back-off */
+    uint64_t up_at;         /* loop time the session came up */
+    uint64_t rng;           /* the back-off's jitter */
+    uv_timer_t *reopen;     /* the back-off's timer, made at the first close (freed apart) */
     struct qb_lv_link *due_next;
     char why[128];
     char name[];
@@ -194,8 +206,16 @@ int qb_lv_link_new(struct qb_lv_shared *sh, const char *name, const char *uuid, 
     memcpy(l->name, name, nlen + 1);
     snprintf(l->uuid, sizeof(l->uuid), "%s", uuid);
     l->persistent = true;
+    l->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)l;
+    if (!l->rng)
+        l->rng = 1;
     *out = l;
     return QB_OK;
+}
+
+static void reopen_closed(uv_handle_t *h)
+{
+    free(h);
 }
 
 void qb_lv_link_free(struct qb_lv_link *l)
@@ -204,6 +224,8 @@ void qb_lv_link_free(struct qb_lv_link *l)
         return;
     if (l->dom)
         virDomainFree(l->dom);
+    if (l->reopen)
+        uv_close((uv_handle_t *)l->reopen, reopen_closed); /* stops it; frees it later */
     map_unref(l->map);
     json_decref(l->greeting);
     qb_held_events_clear(&l->held);
@@ -295,6 +317,7 @@ static void op_open_done(void *arg, bool cancelled)
     snprintf(l->version, sizeof(l->version), "%s", l->sh->version);
     l->session = QB_SOURCE_READY;
     l->paused = false;
+    l->up_at = uv_now(l->sh->loop);
     if (l->head.cb)
         l->head.cb->on_up(l->head.cb_arg, NULL);
 out:
@@ -309,6 +332,8 @@ void qb_lv_link_begin(struct qb_lv_link *l, virDomainPtr dom)
 
     if (l->released || qb_lv_link_in_session(l))
         return;
+    if (l->reopen)
+        uv_timer_stop(l->reopen); /* found running again before the back-off ended */
     virDomainRef(dom);
     if (l->dom)
         virDomainFree(l->dom);
@@ -373,6 +398,9 @@ void qb_lv_link_end(struct qb_lv_link *l, int err, const char *reason)
     map_unref(l->map);
     l->map = NULL;
     l->session = QB_SOURCE_IDLE;
+    if (was_up && !l->asked_close && uv_now(l->sh->loop) - l->up_at >= LV_STABLE_MS)
+        l->closed_streak = 0;
+    l->asked_close = false;
     if (was_up && l->head.cb)
         l->head.cb->on_closed(l->head.cb_arg, err, why);
 }
@@ -687,6 +715,8 @@ void qb_lv_link_release(struct qb_source_link *link, const char *why)
         return;
     l->released = true;
     l->release_due = true;
+    if (l->reopen)
+        uv_timer_stop(l->reopen);
     snprintf(l->why, sizeof(l->why), "%s", why ? why : "released");
     l->sh->forget(l->sh->arg, l); /* a domain of that name may come again as a new link */
     link_due(l);
@@ -717,6 +747,66 @@ void qb_lv_link_pause(struct qb_source_link *link, bool paused)
         link_drain(l);
 }
 
+static void link_reopen_cb(uv_timer_t *t)
+{
+    struct qb_lv_link *l = t->data;
+
+    if (l->dom && !l->released)
+        qb_lv_link_begin(l, l->dom);
+}
+
+/*
+ * The delay before a session the manager closed opens again:
+ * qmp.reconnect_initial, doubled for each close in a row, at most
+ * reconnect_max, with equal jitter (source_qmp.c's back-off), so that many
+ * VMs closed at once (a transport that stalled) do not resync together.
+ */
+static uint64_t link_reopen_ms(struct qb_lv_link *l)
+{
+    const struct qb_config *cfg = l->sh->cfg;
+    uint64_t delay = cfg->qmp_reconnect_initial_ms;
+
+    for (unsigned i = 0; i < l->closed_streak && delay < cfg->qmp_reconnect_max_ms; i++)
+        delay *= 2;
+    if (delay > cfg->qmp_reconnect_max_ms)
+        delay = cfg->qmp_reconnect_max_ms;
+    l->rng ^= l->rng >> 12;
+    l->rng ^= l->rng << 25;
+    l->rng ^= l->rng >> 27;
+    return delay / 2 + (delay > 1 ? (l->rng * 2685821657736338717ull) % (delay / 2 + 1) : 0);
+}
+
+/*
+ * A session the manager closed (it held too much) counts as failed: the next
+ * one opens after the back-off, not at once, so a domain that floods faster
+ * than the bus takes its events is not resynced (the XML, six queries, three
+ * envelopes) in a tight loop.
+ */
+static void link_reopen_later(struct qb_lv_link *l)
+{
+    uint64_t delay;
+
+    if (!l->reopen) {
+        uv_timer_t *t = malloc(sizeof(*t));
+
+        if (!t) {
+            QB_LOG_ERR(l->name, "libvirt: out of memory: the new session opens at once");
+            qb_lv_link_begin(l, l->dom);
+            return;
+        }
+        uv_timer_init(l->sh->loop, t); /* cannot fail */
+        t->data = l;
+        l->reopen = t;
+    }
+    delay = link_reopen_ms(l);
+    if (l->closed_streak < 32)
+        l->closed_streak++;
+    QB_LOG_DEBUG(l->name,
+                 "libvirt: a new session in %llu ms (closed by the bridge %u times in a row)",
+                 (unsigned long long)delay, l->closed_streak);
+    uv_timer_start(l->reopen, link_reopen_cb, delay, 0);
+}
+
 void qb_lv_shared_run_due(struct qb_lv_shared *sh)
 {
     struct qb_lv_link *list = sh->due;
@@ -738,9 +828,11 @@ void qb_lv_shared_run_due(struct qb_lv_shared *sh)
         } else if (l->close_due) {
             /* the manager closed this session: a new one resyncs from a fresh snapshot */
             l->close_due = false;
+            l->asked_close = true;
             qb_lv_link_end(l, QB_ECLOSED, l->why);
+            l->asked_close = false; /* also when the session had ended by itself meanwhile */
             if (l->dom && !l->released)
-                qb_lv_link_begin(l, l->dom);
+                link_reopen_later(l);
         }
         link_maybe_free(l);
     }

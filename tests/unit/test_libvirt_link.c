@@ -8,7 +8,10 @@
  * a command can wait behind another job (a slow query of another domain)
  * while the manager ends its session; the answer then says "rejected"
  * (nothing changed), and the worker, when it gets to the command, must not
- * send it.
+ * send it. And a session the manager closes (it held too much) opens again
+ * only after the back-off of qmp.reconnect_initial / reconnect_max, growing
+ * while the manager keeps closing it, as a socket's reconnect does: a VM that
+ * floods must not make the bridge resync it in a tight loop.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -153,6 +156,7 @@ static int setup(void **state)
 
     memset(&f, 0, sizeof(f));
     memset(&rec, 0, sizeof(rec));
+    memset(&cfg, 0, sizeof(cfg));
     sem_init(&rec.started, 0, 0);
     sem_init(&rec.release, 0, 0);
     uv_loop_init(&loop);
@@ -276,12 +280,52 @@ static void test_command_answered_early_changes_nothing(void **state)
     assert_int_equal(state_of(f->dom), VIR_DOMAIN_RUNNING);
 }
 
+/* Loop time since t0 until the session is up again (counter up reaches want), or -1. */
+static int64_t ms_until_up(int want, uint64_t t0)
+{
+    if (!run_until(&rec.up, want, 10000))
+        return -1;
+    uv_update_time(&loop);
+    return (int64_t)(uv_now(&loop) - t0);
+}
+
+/* The manager closes the session twice in a row: each new one waits for a longer back-off. */
+static void test_manager_close_backs_off(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_source_link *head = qb_lv_link_head(f->link);
+    uint64_t t0;
+    int64_t took;
+
+    cfg.qmp_reconnect_initial_ms = 400; /* the first waits 200-400 ms (equal jitter) */
+    cfg.qmp_reconnect_max_ms = 1600;    /* the second 400-800 ms */
+
+    uv_update_time(&loop);
+    t0 = uv_now(&loop);
+    qb_lv_link_disconnect(head, "held too much");
+    qb_lv_shared_run_due(&f->sh); /* what the source runs from the loop on wake */
+    assert_int_equal(rec.closed, 1);
+    assert_false(qb_lv_link_in_session(f->link)); /* not at once */
+    took = ms_until_up(2, t0);
+    assert_true(took >= 200);
+
+    uv_update_time(&loop);
+    t0 = uv_now(&loop);
+    qb_lv_link_disconnect(head, "held too much again");
+    qb_lv_shared_run_due(&f->sh);
+    assert_int_equal(rec.closed, 2);
+    assert_false(qb_lv_link_in_session(f->link));
+    took = ms_until_up(3, t0);
+    assert_true(took >= 400);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_command_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_command_answered_early_changes_nothing, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_manager_close_backs_off, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
