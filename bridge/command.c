@@ -479,6 +479,15 @@ static int check_signature(const struct qb_command_policy *policy, json_t *root,
     if (json_string_length(v) != 64 || strspn(sig, "0123456789abcdef") != 64)
         return reject(err, QB_CMD_ERR_UNAUTHENTICATED,
                       "signature: expected 64 lower-case hex digits");
+    /*
+     * The topic or Kafka key that brought the message to this bridge is not
+     * signed: a signature that names no bridge could be replayed to another
+     * bridge with the same key and a VM of the same name.
+     */
+    if (!json_object_get(root, "bridge"))
+        return reject(err, QB_CMD_ERR_UNAUTHENTICATED,
+                      "bridge: required attribute is missing (commands are signed here: the "
+                      "signature must name the bridge it is for)");
     rc = qb_command_canonical(root, &text, &len, why, sizeof(why));
     if (rc == QB_EINVAL)
         return reject(err, QB_CMD_ERR_INVALID, "%s", why);
@@ -712,9 +721,8 @@ json_t *qb_command_result_rejected(const struct qb_command *cmd, const struct qb
                        cmd && cmd->id
                            ? json_stringn(cmd->id, qb_command_utf8_cut(cmd->id, QB_CMD_ID_MAX))
                            : json_null(),
-                       "command",
-                       name ? json_string(name) : json_null(), "status", "rejected", "error",
-                       "class", err && err->cls ? err->cls : QB_CMD_ERR_INVALID, "message",
+                       "command", name ? json_string(name) : json_null(), "status", "rejected",
+                       "error", "class", err && err->cls ? err->cls : QB_CMD_ERR_INVALID, "message",
                        err ? err->message : "", "steps");
     return result;
 }

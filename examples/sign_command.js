@@ -12,6 +12,7 @@
 //   const { sign, canonical } = require('./sign_command.js');
 //   const cmd = sign({ specversion: '1.0', id: 'c-1', source: 'orchestrator-1',
 //                      type: 'qmp.command.resize-and-cont', subject: 'vm1',
+//                      bridge,  // required with a key: the signature names its bridge
 //                      time: new Date().toISOString(),
 //                      data: { device: 'data', grow_by: 1073741824n } }, key);
 //   publish(`qmp/${bridge}/vm1/command`, canonical(cmd));

@@ -69,6 +69,7 @@ with check.Test("command_rejections") as t:
         return procs.wait_until(find, timeout, "a reply on " + topic)
 
     def signed(name, vm="vm1", data=None, **kw):
+        kw.setdefault("bridge", "test-host")  # a signature names its bridge
         return commands.make(name, vm, data, key=KEY, **kw)
 
     def replies_on(topic):

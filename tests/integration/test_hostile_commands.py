@@ -61,6 +61,7 @@ def qmp_seen(qlog, name=None):
 
 
 def signed(name, vm, data=None, **kw):
+    kw.setdefault("bridge", "test-host")  # a signature names its bridge
     return commands.make(name, vm, data, key=KEY, **kw)
 
 

@@ -76,7 +76,7 @@ with check.Test("signing_js") as t:
     keyfile = cmdrig.write_key(t.workdir, KEY)
     rig = cmdrig.CommandRig(t, "commands: { enabled: true, allow: [stop], hmac_key_file: %s }\n"
                             % json.dumps(keyfile)).start()
-    cmd = commands.make("stop", "vm1", source="js\u001f\n\u007f-\u00e9-\U0001F600")
+    cmd = commands.make("stop", "vm1", source="js\u001f\n\u007f-\u00e9-\U0001F600", bridge="test-host")
     signed = node("sign", keyfile, stdin=json.dumps(cmd).encode())
     t.ok("node signed it: %s" % signed.decode("utf-8", "replace")[-80:].encode("unicode_escape").decode())
     rig.publish(signed, reply=cmd["id"])

@@ -73,7 +73,8 @@ def bridge_section(t, signers):
 
     t.section("bridge: accepts a signed command whose source holds control characters")
     for label, mod in signers:
-        cmd = commands.make("stop", "vm1", source="orch\u001f\n\u007f-\u00e9-\u65e5\u672c-\U0001F600")
+        cmd = commands.make("stop", "vm1", source="orch\u001f\n\u007f-\u00e9-\u65e5\u672c-\U0001F600",
+                            bridge="test-host")
         cmd = mod.sign(cmd, KEY)
         before = rig.qmp_seen().count("stop")
         rig.publish(cmd, reply=cmd["id"])
@@ -82,7 +83,8 @@ def bridge_section(t, signers):
         t.expect(rig.qmp_seen().count("stop") == before + 1, "%s: QEMU got the stop" % label)
 
     t.section("bridge: a signed real number is refused with a clear error")
-    cmd = commands.make("cont", "vm1", data={"grow_by": 1.5}, key=KEY, cmd_id=str(uuid.uuid4()))
+    cmd = commands.make("cont", "vm1", data={"grow_by": 1.5}, key=KEY, cmd_id=str(uuid.uuid4()),
+                        bridge="test-host")
     rig.publish(cmd, reply=cmd["id"])
     # not authenticated (the signature cannot be checked), so judged by its log line
     line = rig.br.wait_log("command %s rejected (invalid): data.grow_by: a real number cannot be "

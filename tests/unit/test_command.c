@@ -488,8 +488,12 @@ static void test_sign_known_answer(void **state)
     json_decref(obj);
 }
 
-/* Builds a signed command; flags pretty-prints it, to show signatures survive reformatting. */
-static char *signed_command(const char *data, size_t flags, const char *tamper_key)
+/*
+ * Builds a signed command for bridge host-a (bridge NULL: one that names no
+ * bridge); flags pretty-prints it, to show signatures survive reformatting.
+ */
+static char *signed_command_for(const char *bridge, const char *data, size_t flags,
+                                const char *tamper_key)
 {
     json_t *obj = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "specversion", "1.0", "id",
                             "sig-1", "source", "ops", "type", "qmp.command.resize-and-cont",
@@ -497,6 +501,8 @@ static char *signed_command(const char *data, size_t flags, const char *tamper_k
     char hex[65], *text;
 
     assert_non_null(obj);
+    if (bridge)
+        json_object_set_new(obj, "bridge", json_string(bridge));
     assert_int_equal(
         qb_command_sign(obj, (const unsigned char *)KEY, strlen(KEY), hex, sizeof(hex)), QB_OK);
     json_object_set_new(obj, "signature", json_string(hex));
@@ -506,6 +512,11 @@ static char *signed_command(const char *data, size_t flags, const char *tamper_k
     json_decref(obj);
     assert_non_null(text);
     return text;
+}
+
+static char *signed_command(const char *data, size_t flags, const char *tamper_key)
+{
+    return signed_command_for("host-a", data, flags, tamper_key);
 }
 
 static void test_signature(void **state)
@@ -557,6 +568,16 @@ static void test_signature(void **state)
     qb_command_free(parse_ok_with(&open,
                                   HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
                                                            "\",\"signature\":\"abc\"}"));
+    /*
+     * A signature that names no bridge is refused: the topic or key that chose
+     * this bridge is not signed, so it could be replayed to another bridge.
+     */
+    text = signed_command_for(NULL, data, 0, NULL);
+    expect_reject(&keyed, text, "unauthenticated",
+                  "bridge: required attribute is missing (commands are signed here: the "
+                  "signature must name the bridge it is for)");
+    qb_command_free(parse_ok_with(&open, text)); /* an unsigned bridge does not need it */
+    free(text);
     /* the signature is checked before the arguments: a forger learns nothing from them */
     expect_reject(&keyed, CMD("qmp.command.cont", "{\"foo\":1}"), "unauthenticated",
                   "signature: required attribute is missing (commands are signed here)");
@@ -674,8 +695,9 @@ static void test_long_strings_cut(void **state)
     used = (size_t)sprintf(buf, "{\"specversion\":\"1.0\",\"id\":\"x\xc3\xa9");
     memset(buf + used, 'x', n);
     used += n;
-    used += (size_t)sprintf(buf + used, "\",\"source\":\"%s\",\"type\":\"qmp.command.stop\","
-                                        "\"subject\":\"vm1\",\"time\":\"" T_NOW "\"}",
+    used += (size_t)sprintf(buf + used,
+                            "\",\"source\":\"%s\",\"type\":\"qmp.command.stop\","
+                            "\"subject\":\"vm1\",\"time\":\"" T_NOW "\"}",
                             "ops");
     p.max_message_bytes = 1 << 20;
     assert_int_equal(qb_command_parse(buf, used, &p, NOW, &cmd, &err), QB_EINVAL);
@@ -701,14 +723,15 @@ static void test_long_strings_cut(void **state)
 /* The fingerprint changes with type, subject or data, and not with anything else. */
 static void test_fingerprint(void **state)
 {
-    struct qb_command *a = parse_ok(CMD("qmp.command.set-write-threshold",
-                                        "{\"node_name\":\"n\",\"threshold\":5}"));
-    struct qb_command *b = parse_ok(CMD("qmp.command.set-write-threshold",
-                                        "{\"threshold\":5,\"node_name\":\"n\"}"));
-    struct qb_command *c = parse_ok(CMD("qmp.command.set-write-threshold",
-                                        "{\"node_name\":\"n\",\"threshold\":6}"));
+    struct qb_command *a =
+        parse_ok(CMD("qmp.command.set-write-threshold", "{\"node_name\":\"n\",\"threshold\":5}"));
+    struct qb_command *b =
+        parse_ok(CMD("qmp.command.set-write-threshold", "{\"threshold\":5,\"node_name\":\"n\"}"));
+    struct qb_command *c =
+        parse_ok(CMD("qmp.command.set-write-threshold", "{\"node_name\":\"n\",\"threshold\":6}"));
     struct qb_command *d = parse_ok(CMD("qmp.command.stop", "{}"));
-    struct qb_command *e = parse_ok(HEAD("qmp.command.stop") "\"subject\":\"vm1\",\"time\":\"" T_NOW "\"}");
+    struct qb_command *e =
+        parse_ok(HEAD("qmp.command.stop") "\"subject\":\"vm1\",\"time\":\"" T_NOW "\"}");
     char fa[65], fb[65], fc[65], fd[65], fe[65];
 
     (void)state;
@@ -733,10 +756,10 @@ static void test_fingerprint(void **state)
 /* The time keeps its fraction (the start-time check compares microseconds). */
 static void test_time_fraction(void **state)
 {
-    struct qb_command *a = parse_ok(HEAD("qmp.command.stop")
-                                    "\"subject\":\"vm1\",\"time\":\"2025-11-22T03:00:00.25Z\"}");
-    struct qb_command *b = parse_ok(HEAD("qmp.command.stop")
-                                    "\"subject\":\"vm1\",\"time\":\"2025-11-22T03:00:00.1234567Z\"}");
+    struct qb_command *a = parse_ok(
+        HEAD("qmp.command.stop") "\"subject\":\"vm1\",\"time\":\"2025-11-22T03:00:00.25Z\"}");
+    struct qb_command *b = parse_ok(
+        HEAD("qmp.command.stop") "\"subject\":\"vm1\",\"time\":\"2025-11-22T03:00:00.1234567Z\"}");
 
     (void)state;
     assert_int_equal(a->time_sec, NOW);

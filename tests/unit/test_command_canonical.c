@@ -180,7 +180,8 @@ static void test_real_rejected_by_parser(void **state)
     static const char key[] = "0123456789abcdef-test-key";
     static const char text[] =
         "{\"specversion\":\"1.0\",\"id\":\"c-1\",\"source\":\"ops\",\"type\":\"qmp.command."
-        "resize-and-cont\",\"subject\":\"vm1\",\"time\":\"2026-12-06T12:00:00Z\",\"data\":{"
+        "resize-and-cont\",\"subject\":\"vm1\",\"bridge\":\"host-a\",\"time\":\"2026-12-06T12:00:"
+        "00Z\",\"data\":{"
         "\"device\":\"d\",\"grow_by\":1e9},\"signature\":"
         "\"0000000000000000000000000000000000000000000000000000000000000000\"}";
     struct qb_command_policy policy = keyed_policy(key);
