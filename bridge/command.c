@@ -334,6 +334,7 @@ void qb_command_free(struct qb_command *cmd)
     free(cmd->source);
     free(cmd->subject);
     free(cmd->bridge);
+    free(cmd->reply_topic);
     free(cmd->type);
     json_decref(cmd->data);
     free(cmd->device);
@@ -344,8 +345,8 @@ void qb_command_free(struct qb_command *cmd)
 
 /* Attributes a command may carry; anything else is refused (the signature covers them all). */
 static const char *const known_attributes[] = {
-    "specversion", "id",   "source",          "type",       "subject", "time", "bridge",
-    "signature",   "data", "datacontenttype", "dataschema",
+    "specversion", "id",   "source",          "type",       "subject",    "time", "bridge",
+    "signature",   "data", "datacontenttype", "dataschema", "replytopic",
 };
 
 /*
@@ -423,6 +424,14 @@ static int check_attributes(json_t *root, struct qb_command *cmd, struct qb_comm
         return reject(err, QB_CMD_ERR_INVALID, "bridge: expected a string");
     if ((v = json_object_get(root, "signature")) && !json_is_string(v))
         return reject(err, QB_CMD_ERR_INVALID, "signature: expected a string");
+    if ((v = json_object_get(root, "replytopic")) &&
+        (!json_is_string(v) || json_string_length(v) == 0 ||
+         json_string_length(v) > QB_CMD_REPLY_TOPIC_MAX ||
+         memchr(json_string_value(v), '\0', json_string_length(v)) ||
+         strpbrk(json_string_value(v), "+#")))
+        return reject(err, QB_CMD_ERR_INVALID,
+                      "replytopic: expected an MQTT topic name (1 to %d bytes, no '+' or '#')",
+                      QB_CMD_REPLY_TOPIC_MAX);
     if ((v = json_object_get(root, "datacontenttype")) &&
         (!json_is_string(v) || strcmp(json_string_value(v), "application/json") != 0))
         return reject(err, QB_CMD_ERR_INVALID, "datacontenttype: expected \"application/json\"");
@@ -652,6 +661,7 @@ int qb_command_parse(const char *buf, size_t len, const struct qb_command_policy
     read_string(root, "source", QB_CMD_ECHO_MAX, &cmd->source, &nomem);
     read_string(root, "subject", QB_CMD_ID_MAX, &cmd->subject, &nomem);
     read_string(root, "bridge", QB_CMD_ID_MAX, &cmd->bridge, &nomem);
+    read_string(root, "replytopic", QB_CMD_REPLY_TOPIC_MAX, &cmd->reply_topic, &nomem);
     read_string(root, "type", QB_CMD_ID_MAX, &cmd->type, &nomem);
     if (nomem) {
         rc = QB_ENOMEM;

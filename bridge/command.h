@@ -57,32 +57,36 @@ struct qb_command_policy {
 };
 
 /* Why a command was rejected; class is one of the QB_CMD_ERR_* strings. */
-#define QB_CMD_ERR_INVALID "invalid"             /* malformed, missing or wrongly typed field */
-#define QB_CMD_ERR_UNKNOWN "unknown-command"     /* type names no command in the set */
-#define QB_CMD_ERR_DISABLED "disabled"           /* commands.enabled is false */
-#define QB_CMD_ERR_FORBIDDEN "forbidden"         /* not in commands.allow */
-#define QB_CMD_ERR_EXPIRED "expired"             /* time older than max_age (or too far ahead) */
+#define QB_CMD_ERR_INVALID "invalid"         /* malformed, missing or wrongly typed field */
+#define QB_CMD_ERR_UNKNOWN "unknown-command" /* type names no command in the set */
+#define QB_CMD_ERR_DISABLED "disabled"       /* commands.enabled is false */
+#define QB_CMD_ERR_FORBIDDEN "forbidden"     /* not in commands.allow */
+#define QB_CMD_ERR_EXPIRED "expired"         /* time older than max_age (or too far ahead) */
 #define QB_CMD_ERR_UNAUTHENTICATED "unauthenticated" /* signature missing or wrong */
-#define QB_CMD_ERR_TOO_LARGE "too-large"         /* over max_message_bytes */
-#define QB_CMD_ERR_UNKNOWN_VM "unknown-vm"       /* (vm_manager) no such VM on this bridge */
-#define QB_CMD_ERR_NOT_CONNECTED "not-connected" /* (vm_manager) VM has no QMP session */
-#define QB_CMD_ERR_BUSY "busy"                   /* (vm_manager) per-VM queue full */
-#define QB_CMD_ERR_PRECONDITION "precondition"   /* (exec) e.g. not paused on io-error */
-#define QB_CMD_ERR_LIMIT "limit"                 /* (exec) shrink, over max_size/max_growth */
-#define QB_CMD_ERR_QMP "qmp"                     /* (exec) QEMU answered an error */
-#define QB_CMD_ERR_TIMEOUT "timeout"             /* (exec) a step or the command timed out */
-#define QB_CMD_ERR_DISCONNECTED "disconnected"   /* (exec) the session closed mid-command */
-#define QB_CMD_ERR_UNSUPPORTED "unsupported"     /* (source) the VM's source cannot run it */
-#define QB_CMD_ERR_LIBVIRT "libvirt"             /* (libvirt source) a libvirt call failed */
-#define QB_CMD_ERR_ID_REUSED "id-reused"         /* (router) the id ran before with other type,
-                                                    subject or data */
-#define QB_CMD_ERR_INTERRUPTED "interrupted"     /* (router) the id was running when the bridge
-                                                    stopped: outcome unknown, never run again */
+#define QB_CMD_ERR_TOO_LARGE "too-large"             /* over max_message_bytes */
+#define QB_CMD_ERR_UNKNOWN_VM "unknown-vm"           /* (vm_manager) no such VM on this bridge */
+#define QB_CMD_ERR_NOT_CONNECTED "not-connected"     /* (vm_manager) VM has no QMP session */
+#define QB_CMD_ERR_BUSY "busy"                       /* (vm_manager) per-VM queue full */
+#define QB_CMD_ERR_PRECONDITION "precondition"       /* (exec) e.g. not paused on io-error */
+#define QB_CMD_ERR_LIMIT "limit"                     /* (exec) shrink, over max_size/max_growth */
+#define QB_CMD_ERR_QMP "qmp"                         /* (exec) QEMU answered an error */
+#define QB_CMD_ERR_TIMEOUT "timeout"                 /* (exec) a step or the command timed out */
+#define QB_CMD_ERR_DISCONNECTED "disconnected"       /* (exec) the session closed mid-command */
+#define QB_CMD_ERR_UNSUPPORTED "unsupported"         /* (source) the VM's source cannot run it */
+#define QB_CMD_ERR_LIBVIRT "libvirt"                 /* (libvirt source) a libvirt call failed */
+#define QB_CMD_ERR_ID_REUSED                                                                       \
+    "id-reused" /* (router) the id ran before with other type,                                     \
+                   subject or data */
+#define QB_CMD_ERR_INTERRUPTED                                                                     \
+    "interrupted" /* (router) the id was running when the bridge                                   \
+                     stopped: outcome unknown, never run again */
 
 /* Bytes of an echoed command id (results, logs); longer ids are cut on a UTF-8 boundary. */
 #define QB_CMD_ID_MAX 128
 /* Bytes of any other string read from a command before it is judged (source, subject...). */
 #define QB_CMD_ECHO_MAX 256
+/* Longest "replytopic" taken (bytes); MQTT would take 65,535, no reply topic needs that. */
+#define QB_CMD_REPLY_TOPIC_MAX 1024
 
 struct qb_command_error {
     const char *cls;   /* static, one of QB_CMD_ERR_* */
@@ -91,26 +95,27 @@ struct qb_command_error {
 
 /* A parsed command. Strings are owned by the struct (freed by qb_command_free). */
 struct qb_command {
-    char *id;      /* NULL when the message had none (then no result can name it) */
+    char *id; /* NULL when the message had none (then no result can name it) */
     char *source;
-    char *subject; /* the VM */
-    char *bridge;  /* optional "bridge" attribute: the bridge the sender meant */
-    char *type;    /* as sent */
+    char *subject;         /* the VM */
+    char *bridge;          /* optional "bridge" attribute: the bridge the sender meant */
+    char *reply_topic;     /* optional "replytopic": the MQTT 5 Response Topic the sender signed */
+    char *type;            /* as sent */
     enum qb_cmd_name name; /* valid only when name_known */
     bool name_known;
-    int64_t time_sec;      /* parsed "time" */
-    int32_t time_usec;     /* its fraction, in microseconds (digits past the sixth dropped) */
-    json_t *data;          /* the "data" object as sent (new reference), or NULL */
+    int64_t time_sec;  /* parsed "time" */
+    int32_t time_usec; /* its fraction, in microseconds (digits past the sixth dropped) */
+    json_t *data;      /* the "data" object as sent (new reference), or NULL */
 
     /* Validated arguments (which are set depends on the command, see command.c's table). */
-    char *device;    /* resize-and-cont */
-    char *node_name; /* resize-and-cont, set-write-threshold */
-    char *job;       /* block-job-* */
-    uint64_t size;   /* resize-and-cont: absolute bytes (has_size) */
-    uint64_t grow_by;/* resize-and-cont: bytes to add (has_grow_by) */
+    char *device;       /* resize-and-cont */
+    char *node_name;    /* resize-and-cont, set-write-threshold */
+    char *job;          /* block-job-* */
+    uint64_t size;      /* resize-and-cont: absolute bytes (has_size) */
+    uint64_t grow_by;   /* resize-and-cont: bytes to add (has_grow_by) */
     uint64_t threshold; /* set-write-threshold */
     bool has_size, has_grow_by;
-    bool force;      /* resize-and-cont: skip the io-error precondition */
+    bool force; /* resize-and-cont: skip the io-error precondition */
 };
 
 /*
@@ -123,8 +128,8 @@ struct qb_command {
  * The caller owns *out (qb_command_free).
  * Checks, in this order: size, JSON, CloudEvents attributes (specversion "1.0",
  * id non-empty string of at most 128 bytes, source of at most QB_CMD_ECHO_MAX
- * bytes, type "qmp.command.<name>", subject a valid VM name, time RFC 3339), known command, enabled, allowed,
- * age, signature, then the command's arguments.
+ * bytes, type "qmp.command.<name>", subject a valid VM name, time RFC 3339), known command,
+ * enabled, allowed, age, signature, then the command's arguments.
  */
 int qb_command_parse(const char *buf, size_t len, const struct qb_command_policy *policy,
                      int64_t now_sec, struct qb_command **out, struct qb_command_error *err);
@@ -163,6 +168,7 @@ int qb_command_sign(const json_t *command, const unsigned char *key, size_t key_
  * message): command_id and command are then null. command_id is cut to
  * QB_CMD_ID_MAX bytes.
  */
-json_t *qb_command_result_rejected(const struct qb_command *cmd, const struct qb_command_error *err);
+json_t *qb_command_result_rejected(const struct qb_command *cmd,
+                                   const struct qb_command_error *err);
 
 #endif

@@ -249,14 +249,14 @@ static void router_done(void *arg, const struct qb_command *cmd, const json_t *r
 }
 
 /* Answers an authenticated cmd with a rejection, on vm's stream and as a reply. */
-static void router_reject(struct qb_command_router *r, const char *vm,
-                          const struct qb_command *cmd, const struct qb_command_error *err,
+static void router_reject(struct qb_command_router *r, const char *vm, const struct qb_command *cmd,
+                          const struct qb_command_error *err,
                           const struct qb_command_origin *origin)
 {
     json_t *result = qb_command_result_rejected(cmd, err);
 
-    QB_LOG_WARN(vm, "command %s rejected (%s): %s",
-                cmd && cmd->id ? cmd->id : "(no id)", err->cls, err->message);
+    QB_LOG_WARN(vm, "command %s rejected (%s): %s", cmd && cmd->id ? cmd->id : "(no id)", err->cls,
+                err->message);
     if (result)
         qb_vm_manager_publish_result(r->mgr, vm, result, origin);
     else if (origin->transport)
@@ -288,8 +288,7 @@ static void router_reject_unauthenticated(struct qb_command_router *r, const cha
 {
     struct qb_command_origin origin = {.transport = t, .ack_token = ack_token};
     uint64_t now = qb_monotonic_ms(), suppressed;
-    bool answer = qb_transport_has_reply_channel(t) &&
-                  qb_token_bucket_take(&r->unauth_bucket, now);
+    bool answer = qb_transport_has_reply_channel(t) && qb_token_bucket_take(&r->unauth_bucket, now);
     json_t *result = answer ? qb_command_result_rejected(cmd, err) : NULL;
     const char *name = router_vm_name(vm);
 
@@ -311,26 +310,46 @@ static void router_reject_unauthenticated(struct qb_command_router *r, const cha
 }
 
 /*
- * The Response Topic of an authenticated command is honoured unless it lies
- * in the bridges' own namespace; then the reply goes to the default result
- * topic (logged within the limit).
+ * Where an authenticated command's answer may go. The MQTT 5 Response Topic
+ * travels beside the command, outside what a signature covers: anyone who
+ * saw a signed command could publish it again with a Response Topic of their
+ * choosing, and the bridge would publish its result there, once per copy. So
+ * a Response Topic is honoured only when the command names the same one in
+ * its "replytopic" attribute, which the signature covers, or, without
+ * commands.hmac_key_file (nothing is authenticated then but by the broker),
+ * when it names none; and never inside the bridges' own namespace. Otherwise
+ * the reply goes to the default result topic, without Correlation Data
+ * (logged within the limit).
  */
 static void router_check_reply_topic(struct qb_command_router *r, const char *vm,
                                      const struct qb_command *cmd, struct qb_transport *t,
                                      struct qb_command_origin *origin)
 {
     uint64_t now, suppressed;
+    const char *why;
 
-    if (!origin->reply_topic || qb_transport_reply_topic_allowed(t, origin->reply_topic))
+    if (!origin->reply_topic)
+        return;
+    if (cmd->reply_topic ? strcmp(cmd->reply_topic, origin->reply_topic) != 0
+                         : r->cfg->commands.hmac_key != NULL)
+        why = cmd->reply_topic ? "is not the one the command names (replytopic)"
+                               : "is not named by the signed command (replytopic)";
+    else if (!qb_transport_reply_topic_allowed(t, origin->reply_topic))
+        why = "lies under the bridges' own topics";
+    else
         return;
     now = qb_monotonic_ms();
     if (qb_log_limit_allow(&r->reply_topic_log, now, &suppressed))
-        QB_LOG_WARN(vm, "command %s: its Response Topic lies under the bridges' own topics: "
-                    "answering on the default result topic instead", cmd->id);
+        QB_LOG_WARN(vm,
+                    "command %s: its Response Topic %s: answering on the default result "
+                    "topic instead",
+                    cmd->id, why);
     if (suppressed)
         QB_LOG_WARN(NULL, "%llu more refused Response Topics were not logged",
                     (unsigned long long)suppressed);
     origin->reply_topic = NULL;
+    origin->correlation = NULL;
+    origin->correlation_len = 0;
 }
 
 /*
@@ -420,8 +439,7 @@ static void router_inbound(void *arg, struct qb_transport *t, const struct qb_in
 
     if (r->stopped)
         return; /* shutting down: not acknowledged, so Kafka hands it out again */
-    rc = qb_command_parse(in->payload, in->len, &r->cfg->commands, (int64_t)time(NULL), &cmd,
-                          &err);
+    rc = qb_command_parse(in->payload, in->len, &r->cfg->commands, (int64_t)time(NULL), &cmd, &err);
     if (rc == QB_ENOMEM || (rc < 0 && !cmd && rc != QB_EINVAL)) {
         QB_LOG_ERR(NULL, "command from %s dropped: %s", qb_transport_name(t), qb_strerror(rc));
         qb_transport_ack(t, ack_token);
@@ -473,7 +491,8 @@ static void router_inbound(void *arg, struct qb_transport *t, const struct qb_in
         err.cls = QB_CMD_ERR_ID_REUSED;
         snprintf(err.message, sizeof(err.message),
                  "id: already used by source '%.64s' for another command on VM '%s' (type, "
-                 "subject or data differ): not run", cmd->source, cmd->subject);
+                 "subject or data differ): not run",
+                 cmd->source, cmd->subject);
         goto reject;
     }
     if (rc == QB_EAGAIN) {
@@ -488,7 +507,8 @@ static void router_inbound(void *arg, struct qb_transport *t, const struct qb_in
             err.cls = QB_CMD_ERR_BUSY;
             snprintf(err.message, sizeof(err.message),
                      "id: the command is running, and %zu duplicates wait for results already "
-                     "(commands.cache_size)", r->n_waiters);
+                     "(commands.cache_size)",
+                     r->n_waiters);
             goto reject;
         }
         QB_LOG_WARN(vm, "command %s is running already: duplicate dropped (out of memory)",

@@ -100,9 +100,12 @@ with check.Test("command_rejections") as t:
         ("bad-signature", "vm1", dict(signed("cont"), signature="00" * 32), "unauthenticated", "signature",
          False),
         ("unsigned", "vm1", commands.make("cont", "vm1"), "unauthenticated", "signature", False),
-        ("unknown-vm", "vm9", signed("cont", vm="vm9"), "unknown-vm", "vm9", True),
-        ("not-connected", "vm2", signed("cont", vm="vm2"), "not-connected", "vm2", True),
-        ("topic-mismatch", "vm1", signed("cont", vm="vm2"), "invalid", "subject", True),
+        ("unknown-vm", "vm9", signed("cont", vm="vm9", reply_topic="orch/r/unknown-vm"),
+         "unknown-vm", "vm9", True),
+        ("not-connected", "vm2", signed("cont", vm="vm2", reply_topic="orch/r/not-connected"),
+         "not-connected", "vm2", True),
+        ("topic-mismatch", "vm1", signed("cont", vm="vm2", reply_topic="orch/r/topic-mismatch"),
+         "invalid", "subject", True),
     ]
     t.section("rejections, each answered, none reaching QEMU")
     for case, topic_vm, payload, cls, field, authenticated in cases:
@@ -120,7 +123,8 @@ with check.Test("command_rejections") as t:
 
     t.section("precondition: only query-status reaches QEMU")
     commands.mqtt_publish(broker.port, "test-host", "vm1",
-                          signed("resize-and-cont", data={"device": "virtio0", "grow_by": MiB}),
+                          signed("resize-and-cont", data={"device": "virtio0", "grow_by": MiB},
+                                 reply_topic="orch/r/precondition"),
                           response_topic="orch/r/precondition")
     res = reply_for("orch/r/precondition")["data"]
     t.expect(res["status"] == "rejected" and res["error"]["class"] == "precondition",

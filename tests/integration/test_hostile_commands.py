@@ -10,12 +10,14 @@ Bridge A: signed commands (commands.hmac_key_file), bridge.state_directory, metr
 3. Unauthenticated messages choose nothing: an unsigned command whose Response Topic is
    vm2's qmp.vm.resumed event topic puts nothing there; `{"garbage` with Response Topic
    the status topic puts nothing there; an authenticated command whose Response Topic lies
-   under the prefix is answered on the default result topic; 2,000 junk messages leave
+   under the prefix, or is not the one its signed "replytopic" names, is answered on the
+   default result topic; 2,000 junk messages leave
    vm1's sequence alone (the next real result of vm1 takes the next number) and show in
    qmp_bridge_commands_unauthenticated_total; a 65,000-byte id gives small envelopes
    whose command_id has at most 128 bytes.
 4. Restart: a signed `stop` rp-1 runs; SIGTERM; a new bridge on the same state directory
-   answers the same message with the first result, and QEMU got that stop once.
+   answers the same message with the first result, and QEMU got that stop once; the same
+   message with a Response Topic of another's choosing is answered on the default topic.
 
 Bridge B: no state directory, commands.cache_size 2, vm1's QEMU holds `cont` replies 6 s
 (times the suite's timeout scale).
@@ -140,10 +142,12 @@ with check.Test("hostile_commands") as t:
 
     # ---- 1. the key is (source, VM, id) --------------------------------------------------
     t.section("one id on two VMs: two commands; reused for another command: refused")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", signed("stop", "vm1", cmd_id="j-1"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1",
+                          signed("stop", "vm1", cmd_id="j-1", reply_topic="orch/r/j1-vm1"),
                           response_topic="orch/r/j1-vm1")
     r1 = reply("orch/r/j1-vm1")["data"]
-    commands.mqtt_publish(broker.port, BRIDGE, "vm2", signed("stop", "vm2", cmd_id="j-1"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm2",
+                          signed("stop", "vm2", cmd_id="j-1", reply_topic="orch/r/j1-vm2"),
                           response_topic="orch/r/j1-vm2")
     env2 = reply("orch/r/j1-vm2")
     r2 = env2["data"]
@@ -155,7 +159,8 @@ with check.Test("hostile_commands") as t:
     # Only what the reused id asked for counts: the resync that follows each stop may still be
     # reaching QEMU with its queries (under valgrind it does).
     before = (qmp_seen(qlog1, "cont"), qmp_seen(qlog2, "cont"))
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", signed("cont", "vm1", cmd_id="j-1"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1",
+                          signed("cont", "vm1", cmd_id="j-1", reply_topic="orch/r/j1-reused"),
                           response_topic="orch/r/j1-reused")
     r3 = reply("orch/r/j1-reused")["data"]
     t.expect(r3["status"] == "rejected" and r3["error"]["class"] == "id-reused" and
@@ -168,9 +173,11 @@ with check.Test("hostile_commands") as t:
 
     # ---- 2. unique ids for results that belong to no VM ----------------------------------
     t.section("results for unknown VMs have unique ids")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm8", signed("cont", "vm8"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm8",
+                          signed("cont", "vm8", reply_topic="orch/r/u8"),
                           response_topic="orch/r/u8")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm9", signed("cont", "vm9"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm9",
+                          signed("cont", "vm9", reply_topic="orch/r/u9"),
                           response_topic="orch/r/u9")
     e8, e9 = reply("orch/r/u8"), reply("orch/r/u9")
     t.expect(e8["data"]["error"]["class"] == "unknown-vm" == e9["data"]["error"]["class"],
@@ -194,12 +201,21 @@ with check.Test("hostile_commands") as t:
                  what="the garbage's rejection on " + result1)
     t.ok('{"garbage -> rejected invalid, answered on ' + result1)
     # an authenticated command asking for a reply inside the prefix gets the default topic
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", signed("query-state", "vm1", cmd_id="prefix-1"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1",
+                          signed("query-state", "vm1", cmd_id="prefix-1", reply_topic=event_topic),
                           response_topic=event_topic)
     env = result_for(result1, "prefix-1")
     t.expect(env["data"]["status"] == "ok", "signed query-state with a Response Topic under the "
              "prefix -> answered on " + result1, env["data"])
+    # a signed command that names no replytopic chooses nothing either
+    n_free = len(on_topic("orch/r/not-signed"))
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", signed("query-state", "vm1", cmd_id="nort-1"),
+                          response_topic="orch/r/not-signed")
+    env = result_for(result1, "nort-1")
+    t.expect(env["data"]["status"] == "ok", "signed query-state without replytopic, Response Topic "
+             "orch/r/not-signed -> answered on " + result1, env["data"])
     time.sleep(1.0)
+    t.expect(len(on_topic("orch/r/not-signed")) == n_free, "nothing on orch/r/not-signed")
     t.expect(len(on_topic(event_topic)) == n_event, "nothing was published on " + event_topic,
              [m.raw[:200] for m in on_topic(event_topic)[n_event:]])
     t.expect(len(on_topic(status_topic)) == n_status, "nothing new on " + status_topic,
@@ -241,7 +257,8 @@ with check.Test("hostile_commands") as t:
     t.expect(vm_sequences(br.events_path, "vm1") and max(vm_sequences(br.events_path, "vm1")) == last,
              "no junk reached vm1's event stream (last sequence still %d)" % last,
              max(vm_sequences(br.events_path, "vm1")))
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", signed("stop", "vm1", cmd_id="seq-probe"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1",
+                          signed("stop", "vm1", cmd_id="seq-probe", reply_topic="orch/r/seq-probe"),
                           response_topic="orch/r/seq-probe")
     probe = reply("orch/r/seq-probe")
     t.expect(int(probe["sequence"]) == last + 1,
@@ -252,7 +269,7 @@ with check.Test("hostile_commands") as t:
 
     # ---- 4. the journal: a replay after a restart ----------------------------------------
     t.section("restart: a signed command runs once across restarts")
-    rp = signed("stop", "vm2", cmd_id="rp-1")
+    rp = signed("stop", "vm2", cmd_id="rp-1", reply_topic="orch/r/rp-first")
     commands.mqtt_publish(broker.port, BRIDGE, "vm2", rp, response_topic="orch/r/rp-first")
     first = reply("orch/r/rp-first")["data"]
     t.expect(first["status"] == "ok", "rp-1 ran: ok", first)
@@ -263,12 +280,23 @@ with check.Test("hostile_commands") as t:
     br.wait_log("[vm2] state resynced")
     procs.wait_until(lambda: len(br.log_lines("receiving commands")) >= 2, 20, "commands again")
     time.sleep(0.5)
-    commands.mqtt_publish(broker.port, BRIDGE, "vm2", rp, response_topic="orch/r/rp-again")
-    again = reply("orch/r/rp-again")["data"]
+    commands.mqtt_publish(broker.port, BRIDGE, "vm2", rp, response_topic="orch/r/rp-first")
+    again = reply("orch/r/rp-first", n=2)["data"]
     t.expect(again == first, "the replay is answered with the first result", again)
+    # Whoever saw the signed rp-1 may publish it again with a Response Topic of their own:
+    # the signature names orch/r/rp-first, so that copy is answered on the default topic.
+    result2 = "qmp/%s/vm2/result" % BRIDGE
+    n_other = len(on_topic("orch/r/rp-other"))
+    commands.mqtt_publish(broker.port, BRIDGE, "vm2", rp, response_topic="orch/r/rp-other",
+                          correlation="c-other")
+    env = result_for(result2, "rp-1")
+    t.expect(env["data"] == first, "a copy asking for orch/r/rp-other is answered on %s" % result2,
+             env["data"])
     time.sleep(0.5)
     t.expect(qmp_seen(qlog2, "stop") == stops, "QEMU received rp-1's stop once",
              qmp_seen(qlog2))
+    t.expect(len(on_topic("orch/r/rp-other")) == n_other, "nothing was published on orch/r/rp-other",
+             [m.raw[:200] for m in on_topic("orch/r/rp-other")[n_other:]])
     t.expect(br.stop() == 0, "SIGTERM: exit 0")
 
     # ---- bridge B ------------------------------------------------------------------------
@@ -291,7 +319,8 @@ with check.Test("hostile_commands") as t:
     time.sleep(0.5)
 
     t.section("no state directory: commands timed before the start are refused")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm2", signed("stop", "vm2", time=before_start),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm2",
+                          signed("stop", "vm2", time=before_start, reply_topic="orch/r/b-old"),
                           response_topic="orch/r/b-old")
     old = reply("orch/r/b-old")["data"]
     t.expect(old["status"] == "rejected" and old["error"]["class"] == "expired" and
@@ -301,21 +330,29 @@ with check.Test("hostile_commands") as t:
     t.expect(qmp_seen(qlog2b, "stop") == 0, "QEMU never got it", qmp_seen(qlog2b))
 
     t.section("cache_size 2: a running command is never evicted; full of them -> busy")
-    c1 = signed("cont", "vm1", cmd_id="c-1")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-first")
+    def c1(topic):
+        """A copy of c-1 (same id, type, subject, data) signed for its own Response Topic."""
+        return signed("cont", "vm1", cmd_id="c-1", reply_topic=topic)
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1("orch/r/c1-first"),
+                          response_topic="orch/r/c1-first")
     brb.wait_log("command cont c-1 queued")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm2", signed("stop", "vm2", cmd_id="a-1"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm2",
+                          signed("stop", "vm2", cmd_id="a-1", reply_topic="orch/r/a1"),
                           response_topic="orch/r/a1")
     t.expect(reply("orch/r/a1")["data"]["status"] == "ok", "stop a-1 on vm2 ran")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm2", signed("query-state", "vm2", cmd_id="b-1"),
+    commands.mqtt_publish(broker.port, BRIDGE, "vm2",
+                          signed("query-state", "vm2", cmd_id="b-1", reply_topic="orch/r/b1"),
                           response_topic="orch/r/b1")
     b1 = reply("orch/r/b1")["data"]
     t.expect(b1["status"] == "rejected" and b1["error"]["class"] == "busy" and
              "commands.cache_size" in b1["error"]["message"],
              "a third command -> busy: " + b1.get("error", {}).get("message", ""), b1)
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-again")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-third")
-    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1, response_topic="orch/r/c1-fourth")
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1("orch/r/c1-again"),
+                          response_topic="orch/r/c1-again")
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1("orch/r/c1-third"),
+                          response_topic="orch/r/c1-third")
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", c1("orch/r/c1-fourth"),
+                          response_topic="orch/r/c1-fourth")
     fourth = reply("orch/r/c1-fourth")["data"]
     t.expect(fourth["status"] == "rejected" and fourth["error"]["class"] == "busy" and
              "duplicates wait" in fourth["error"]["message"],

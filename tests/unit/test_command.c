@@ -630,6 +630,48 @@ static void test_seeds_signed_elsewhere(void **state)
 
 /* ---- names and results ---- */
 
+/* "replytopic": the Response Topic a signature covers; an MQTT topic name or refused. */
+static void test_reply_topic(void **state)
+{
+    struct qb_command_policy open = open_policy();
+    static const char refused[] =
+        "replytopic: expected an MQTT topic name (1 to 1024 bytes, no '+' or '#')";
+    char *big = malloc(1100 + 256);
+    struct qb_command *cmd;
+
+    (void)state;
+    cmd = parse_ok(HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
+                                            "\",\"replytopic\":\"orch/r/\u00e9-1\"}");
+    assert_string_equal(cmd->reply_topic, "orch/r/\xc3\xa9-1");
+    qb_command_free(cmd);
+    cmd = parse_ok(CMD("qmp.command.cont", "{}"));
+    assert_null(cmd->reply_topic);
+    qb_command_free(cmd);
+    expect_reject(&open,
+                  HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
+                                           "\",\"replytopic\":\"orch/+/x\"}",
+                  "invalid", refused);
+    expect_reject(&open,
+                  HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
+                                           "\",\"replytopic\":\"orch/#\"}",
+                  "invalid", refused);
+    expect_reject(&open,
+                  HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
+                                           "\",\"replytopic\":\"\"}",
+                  "invalid", refused);
+    expect_reject(&open,
+                  HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
+                                           "\",\"replytopic\":7}",
+                  "invalid", refused);
+    assert_non_null(big);
+    snprintf(big, 1100 + 256,
+             HEAD("qmp.command.cont") "\"subject\":\"vm1\",\"time\":\"" T_NOW
+                                      "\",\"replytopic\":\"%01025d\"}",
+             0);
+    expect_reject(&open, big, "invalid", refused);
+    free(big);
+}
+
 static void test_names(void **state)
 {
     enum qb_cmd_name name;
@@ -783,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_sign_known_answer),
         cmocka_unit_test(test_signature),
         cmocka_unit_test(test_seeds_signed_elsewhere),
+        cmocka_unit_test(test_reply_topic),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_result_rejected),
         cmocka_unit_test(test_long_strings_cut),

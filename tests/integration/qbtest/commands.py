@@ -32,12 +32,16 @@ def sign(cmd, key):
 
 
 def make(name, vm, data=None, cmd_id=None, source="qbtest-orchestrator", time=None, key=None,
-         bridge=None):
+         bridge=None, reply_topic=None):
+    """reply_topic: the "replytopic" attribute, the Response Topic the signature covers (a
+    bridge with commands.hmac_key_file honours a Response Topic only when it matches)."""
     cmd = {"specversion": "1.0", "id": cmd_id or str(uuid.uuid4()), "source": source,
            "type": "qmp.command." + name, "subject": vm, "time": time or now_rfc3339(),
            "data": data or {}}
     if bridge:
         cmd["bridge"] = bridge
+    if reply_topic:
+        cmd["replytopic"] = reply_topic
     return sign(cmd, key) if key else cmd
 
 
