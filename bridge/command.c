@@ -17,6 +17,7 @@
 #include "command.h"
 #include "command_canonical.h"
 #include "error.h"
+#include "utf8.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -725,14 +726,21 @@ int qb_command_fingerprint(const struct qb_command *cmd, char *hex, size_t hexle
 json_t *qb_command_result_rejected(const struct qb_command *cmd, const struct qb_command_error *err)
 {
     const char *name = cmd && cmd->name_known ? qb_cmd_name_str(cmd->name) : NULL;
+    char message[sizeof(err->message)];
     json_t *result;
 
-    result = json_pack("{s:o, s:o, s:s, s:{s:s, s:s}, s:[]}", "command_id",
-                       cmd && cmd->id
-                           ? json_stringn(cmd->id, qb_command_utf8_cut(cmd->id, QB_CMD_ID_MAX))
-                           : json_null(),
-                       "command", name ? json_string(name) : json_null(), "status", "rejected",
-                       "error", "class", err && err->cls ? err->cls : QB_CMD_ERR_INVALID, "message",
-                       err ? err->message : "", "steps");
+    /*
+     * The message quotes what the sender sent (a topic level, a source cut to
+     * fit): a cut in the middle of a UTF-8 sequence, or bytes that are none,
+     * would make the whole result fail to build, and the sender get no answer.
+     */
+    qb_utf8_copy(message, sizeof(message), err ? err->message : "");
+
+    result = json_pack(
+        "{s:o, s:o, s:s, s:{s:s, s:s}, s:[]}", "command_id",
+        cmd && cmd->id ? json_stringn(cmd->id, qb_command_utf8_cut(cmd->id, QB_CMD_ID_MAX))
+                       : json_null(),
+        "command", name ? json_string(name) : json_null(), "status", "rejected", "error", "class",
+        err && err->cls ? err->cls : QB_CMD_ERR_INVALID, "message", message, "steps");
     return result;
 }

@@ -6,6 +6,7 @@
 #include "command_limits.h"
 #include "error.h"
 #include "libvirt_queries.h"
+#include "utf8.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -72,7 +73,7 @@ __attribute__((format(printf, 3, 4))) static int run_error(struct lv_run *r, con
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    qb_lv_text(r->err_msg, sizeof(r->err_msg), text); /* a cut may split a UTF-8 sequence */
+    qb_utf8_copy(r->err_msg, sizeof(r->err_msg), text); /* a cut may split a UTF-8 sequence */
     return QB_EINVAL;
 }
 

@@ -5,6 +5,7 @@
 #include "libvirt_queries.h"
 
 #include "error.h"
+#include "utf8.h"
 
 #include <libvirt/virterror.h>
 #include <stdint.h>
@@ -57,59 +58,6 @@ const char *qb_lv_run_state(int state, int reason, bool *running)
     }
 }
 
-/* Length of the well-formed UTF-8 sequence at p (at most n bytes available), or 0. */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    size_t need;
-    unsigned cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        need = 2, cp = p[0] & 0x1f;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        need = 3, cp = p[0] & 0x0f;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        need = 4, cp = p[0] & 0x07;
-    else
-        return 0;
-    if (n < need)
-        return 0;
-    for (size_t i = 1; i < need; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    /* overlong forms, surrogates and past U+10FFFF are not UTF-8 */
-    if ((need == 3 && cp < 0x800) || (need == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return need;
-}
-
-void qb_lv_text(char *dst, size_t len, const char *src)
-{
-    const unsigned char *p = (const unsigned char *)src;
-    size_t n = strlen(src), o = 0;
-
-    if (len == 0)
-        return;
-    while (n > 0 && o + 1 < len) {
-        size_t k = utf8_len(p, n);
-
-        if (k == 0 || o + k >= len) {
-            dst[o++] = '?';
-            k = k ? k : 1;
-        } else {
-            memcpy(dst + o, p, k);
-            o += k;
-        }
-        p += k;
-        n -= k;
-    }
-    dst[o] = '\0';
-}
-
 /* libvirt's error codes a consumer may meet, by a stable name; others are "libvirt-<number>". */
 static const struct {
     int code;
@@ -144,7 +92,7 @@ json_t *qb_lv_last_error(bool *lost)
         if (lv_error_names[i].code == code)
             snprintf(name, sizeof(name), "%s", lv_error_names[i].name);
     /* libvirtd's message may quote any bytes (file and domain names): UTF-8 for JSON */
-    qb_lv_text(desc, sizeof(desc), msg);
+    qb_utf8_copy(desc, sizeof(desc), msg);
     return json_pack("{s:s, s:s}", "class", name, "desc", desc);
 }
 

@@ -30,14 +30,6 @@
 const char *qb_lv_run_state(int state, int reason, bool *running);
 
 /*
- * Copies src into dst (len bytes, NUL-terminated) as valid UTF-8, so it can go
- * into JSON: a byte that does not start a well-formed sequence, or a sequence
- * cut by the end of dst, becomes '?'. libvirt's messages quote file and
- * domain names, which are any bytes.
- */
-void qb_lv_text(char *dst, size_t len, const char *src);
-
-/*
  * What a failed libvirt call left (virGetLastError) as a QMP-shaped error
  * object {"class": "libvirt-<code name>", "desc": message}; a new reference,
  * NULL only when out of memory. *lost is set when the error says the

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "error.h"
 #include "log_line.h"
+#include "utf8.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -135,35 +136,6 @@ static size_t control_len(const unsigned char *p)
     return 0;
 }
 
-/* Bytes in the well-formed UTF-8 character at p (1-4), or 0 when p starts none. */
-static size_t utf8_len(const unsigned char *p)
-{
-    unsigned char lo = 0x80, hi = 0xbf;
-    size_t n;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        n = 2;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        n = 3; /* no overlong forms, no UTF-16 surrogates */
-        lo = p[0] == 0xe0 ? 0xa0 : 0x80;
-        hi = p[0] == 0xed ? 0x9f : 0xbf;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        n = 4; /* no overlong forms, nothing past U+10FFFF */
-        lo = p[0] == 0xf0 ? 0x90 : 0x80;
-        hi = p[0] == 0xf4 ? 0x8f : 0xbf;
-    } else {
-        return 0;
-    }
-    if (p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    return n;
-}
-
 /*
  * Bytes to escape at p (0: none, copy on), and in *copy the bytes copied as
  * one piece otherwise. utf8 also escapes bytes that are not well-formed UTF-8.
@@ -173,7 +145,7 @@ static size_t escape_len(const unsigned char *p, bool utf8, size_t *copy)
     size_t n = control_len(p);
 
     *copy = 1;
-    if (n == 0 && utf8 && (*copy = utf8_len(p)) == 0)
+    if (n == 0 && utf8 && (*copy = qb_utf8_seq_len(p, strnlen((const char *)p, 4))) == 0)
         n = 1;
     return n;
 }

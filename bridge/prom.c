@@ -11,6 +11,7 @@
 
 #include "buffer.h"
 #include "error.h"
+#include "utf8.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -43,8 +44,8 @@ struct qb_prom_writer {
 
 const double qb_histogram_latency_bounds[] = {
     /* dense around the 2 ms (MQTT) and 5 ms (Kafka) latency targets, so p99 reads true */
-    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
-    0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01,   0.015,   0.025,  0.05,    0.1,   0.25,   0.5,   1,     2.5,   5,     10,
 };
 const size_t qb_histogram_latency_nbounds =
     sizeof qb_histogram_latency_bounds / sizeof qb_histogram_latency_bounds[0];
@@ -63,38 +64,6 @@ static int buf_cat(struct qb_buffer *b, ...)
         rc = qb_buffer_append_str(b, s);
     va_end(ap);
     return rc;
-}
-
-/*
- * Length of the valid UTF-8 sequence at s (at most n bytes), or 0 when the
- * bytes there are not valid UTF-8 (overlong forms, surrogates, > U+10FFFF).
- */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
-{
-    uint32_t cp;
-    size_t len, i;
-
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        len = 2, cp = s[0] & 0x1f;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        len = 3, cp = s[0] & 0x0f;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        len = 4, cp = s[0] & 0x07;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
 }
 
 /*
@@ -117,7 +86,7 @@ static int buf_escaped(struct qb_buffer *b, const char *s, bool quote)
             rep = "\\n", k = 1;
         else if (p[i] == '"' && quote)
             rep = "\\\"", k = 1;
-        else if ((k = utf8_seq_len(p + i, n - i)) == 0)
+        else if ((k = qb_utf8_seq_len(p + i, n - i)) == 0)
             rep = "\xef\xbf\xbd", k = 1;
         if (!rep) {
             i += k;

@@ -719,6 +719,20 @@ static void test_result_rejected(void **state)
                               "\"status\":\"rejected\",\"steps\":[]}");
     free(dump);
     json_decref(result);
+
+    /*
+     * A message cut to its buffer in the middle of a UTF-8 sequence (the
+     * router quotes a topic's VM level and a source): still answered, the cut
+     * sequence shown as '?'.
+     */
+    memset(err.message, 'a', sizeof(err.message));
+    memcpy(err.message + sizeof(err.message) - 2, "\xc3", 1);
+    err.message[sizeof(err.message) - 1] = '\0';
+    result = qb_command_result_rejected(NULL, &err);
+    assert_non_null(result);
+    assert_int_equal(
+        json_string_value(json_object_get(json_object_get(result, "error"), "message"))[254], '?');
+    json_decref(result);
 }
 
 /* A 65,000-byte id is refused, and what the rejection echoes of it is cut to 128 bytes. */

@@ -204,33 +204,6 @@ static void test_run_states(void **state)
     assert_string_equal(qb_lv_run_state(VIR_DOMAIN_PAUSED, 999, &running), "paused");
 }
 
-/* libvirt's messages quote any bytes; what goes into JSON must be UTF-8. */
-static void test_text_utf8(void **state)
-{
-    char buf[16];
-
-    (void)state;
-    qb_lv_text(buf, sizeof(buf), "plain");
-    assert_string_equal(buf, "plain");
-    qb_lv_text(buf, sizeof(buf),
-               "d\xc3\xa9"
-               "j\xc3\xa0");
-    assert_string_equal(buf, "d\xc3\xa9"
-                             "j\xc3\xa0");
-    /* a lone continuation byte, an overlong '/', a surrogate, a truncated sequence */
-    qb_lv_text(buf, sizeof(buf),
-               "a\x80"
-               "b\xc0\xaf"
-               "c\xed\xa0\x80"
-               "d\xe2\x82");
-    assert_string_equal(buf, "a?b??c???d??");
-    /* cut by the end of buf: never half a sequence */
-    qb_lv_text(buf, 6, "abcd\xc3\xa9");
-    assert_string_equal(buf, "abcd?");
-    qb_lv_text(buf, 1, "abc");
-    assert_string_equal(buf, "");
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -239,7 +212,6 @@ int main(void)
         cmocka_unit_test(test_job_ids),
         cmocka_unit_test(test_not_a_domain),
         cmocka_unit_test(test_run_states),
-        cmocka_unit_test(test_text_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
