@@ -469,14 +469,20 @@ static void qb_cache_push_newest(struct qb_vm_state_cache *c, struct qb_vm_state
 }
 
 /*
- * Re-reads run_state from tree (or t) into s->run_state, cut to fit. By hand,
- * not snprintf: this runs on every event that changes the state (snprintf was
- * 1% of the loop's instructions flat out).
+ * Re-reads run_state from tree (or t) into s->run_state, cut to fit on a
+ * character boundary (it is QEMU's text, valid UTF-8 as jansson parsed it;
+ * half a character would make /vms drop the VM). By hand, not snprintf: this
+ * runs on every event that changes the state (snprintf was 1% of the loop's
+ * instructions flat out).
  */
 static void qb_vm_state_note_run_state(struct qb_vm_state *s, const json_t *t)
 {
     const char *run = qb_str(t, "run_state");
     size_t n = run ? strnlen(run, sizeof(s->run_state) - 1) : 0;
+
+    if (run && run[n] != '\0')
+        while (n > 0 && ((unsigned char)run[n] & 0xc0) == 0x80)
+            n--; /* run[n] continues a character: leave that character out */
 
     memcpy(s->run_state, run ? run : "", n);
     s->run_state[n] = '\0';
