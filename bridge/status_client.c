@@ -12,6 +12,7 @@
 #include "address.h"
 #include "buffer.h"
 #include "error.h"
+#include "log.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -243,11 +244,25 @@ int qb_status_client_get(const char *address, const char *path, char **body, int
 
 /* ---- the table ------------------------------------------------------------------------- */
 
-static const char *str_or(const json_t *o, const char *key, const char *fallback)
+/*
+ * One string of the daemon's answer for the terminal, in buf: a run state or a
+ * reason is a QEMU's (or a broker's) text, and an escape sequence or a newline
+ * in it would rewrite the screen or forge a row, so control characters are
+ * shown as \xNN (qb_log_escape, as in the log). Returns buf.
+ */
+static const char *term_text(char *buf, size_t len, const char *text)
+{
+    qb_log_escape(buf, len, text ? text : "");
+    return buf;
+}
+
+#define TERM_FIELD 512
+
+static const char *str_or(char *buf, const json_t *o, const char *key, const char *fallback)
 {
     const char *v = json_string_value(json_object_get(o, key));
 
-    return v && v[0] ? v : fallback;
+    return term_text(buf, TERM_FIELD, v && v[0] ? v : fallback);
 }
 
 int qb_status_client_print(const char *listen, FILE *out)
@@ -273,7 +288,11 @@ int qb_status_client_print(const char *listen, FILE *out)
     ready = json_is_true(json_object_get(doc, "ready"));
     fprintf(out, "ready: %s\n", ready ? "yes" : "no");
     json_array_foreach(json_object_get(doc, "reasons"), i, vms)
-        fprintf(out, "  - %s\n", json_string_value(vms));
+    {
+        char reason[TERM_FIELD];
+
+        fprintf(out, "  - %s\n", term_text(reason, sizeof(reason), json_string_value(vms)));
+    }
     json_decref(doc);
 
     rc = qb_status_client_get(listen, "/vms", &body, &status, 3000);
@@ -294,12 +313,15 @@ int qb_status_client_print(const char *listen, FILE *out)
             "LAST-EVENT", "SEQ", "RECON", "ADDRESS");
     json_array_foreach(vms, i, doc)
     {
-        fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8lld %5lld  %s\n", str_or(doc, "name", "?"),
-                str_or(doc, "session", "-"), str_or(doc, "run_state", "-"),
-                str_or(doc, "qemu_version", "-"), str_or(doc, "last_event", "-"),
+        char f[6][TERM_FIELD];
+
+        fprintf(out, "%-20s %-12s %-12s %-8s %-24s %8lld %5lld  %s\n",
+                str_or(f[0], doc, "name", "?"), str_or(f[1], doc, "session", "-"),
+                str_or(f[2], doc, "run_state", "-"), str_or(f[3], doc, "qemu_version", "-"),
+                str_or(f[4], doc, "last_event", "-"),
                 (long long)json_integer_value(json_object_get(doc, "sequence")),
                 (long long)json_integer_value(json_object_get(doc, "reconnects")),
-                str_or(doc, "address", "-"));
+                str_or(f[5], doc, "address", "-"));
     }
     fprintf(out, "%zu VMs\n", json_array_size(vms));
     json_decref(vms);

@@ -513,7 +513,11 @@ def main():
                     help="events, burst, trickle: send this many QMP events in all, then fall silent")
     ap.add_argument("--name", default=None,
                     help="events: put NAME into every RTC_CHANGE's qom-path")
+    ap.add_argument("--status-text", default=None,
+                    help="answer query-status with this \"status\" (a hostile QEMU's run state)")
     args = ap.parse_args()
+    if args.status_text is not None:
+        REPLIES["query-status"] = dict(REPLIES["query-status"], status=args.status_text)
     args.chunk = None  # flood modes: made on first use
     if args.mode == "name-churn" and not args.connect:
         ap.error("--mode name-churn needs --connect")
