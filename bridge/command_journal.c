@@ -31,7 +31,8 @@ struct qb_command_journal {
     char *dir;
     char *path;
     char *tmp_path;
-    int fd; /* open for appending */
+    int fd;    /* open for appending */
+    bool torn; /* the last append failed part-way: its bytes end in no newline */
     struct qb_command_cache *cache;
     size_t capacity_lines; /* lines appended since the last compaction that trigger the next */
     size_t appended;
@@ -50,9 +51,13 @@ static int journal_error(char *errbuf, size_t errlen, int rc, const char *fmt, .
     return rc;
 }
 
-/* Writes all len bytes of buf to fd. Returns QB_OK or QB_EIO (errno set). */
-static int write_all(int fd, const char *buf, size_t len)
+/*
+ * Writes all len bytes of buf to fd. Returns QB_OK or QB_EIO (errno set);
+ * *wrote says how many bytes reached the file either way.
+ */
+static int write_all(int fd, const char *buf, size_t len, size_t *wrote)
 {
+    *wrote = 0;
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
 
@@ -62,6 +67,7 @@ static int write_all(int fd, const char *buf, size_t len)
             return QB_EIO;
         buf += n;
         len -= (size_t)n;
+        *wrote += (size_t)n;
     }
     return QB_OK;
 }
@@ -72,11 +78,19 @@ static json_t *key_record(const char *op, const struct qb_command_key *key)
                      key->id);
 }
 
-/* Appends rec (stolen) as one line to fd. Returns QB_OK, QB_ENOMEM or QB_EIO. */
-static int append_record(int fd, json_t *rec)
+/*
+ * Appends rec (stolen) as one line to fd. Returns QB_OK, QB_ENOMEM or QB_EIO.
+ * torn (NULL for a file that is dropped on failure) says whether the last
+ * append left bytes without their newline (the disk filled part-way): then
+ * the record starts with a newline, so the torn bytes become a line of their
+ * own, skipped at load, instead of swallowing this record (a begin made
+ * durable and then lost would let its command run twice after a restart).
+ */
+static int append_record(int fd, bool *torn, json_t *rec)
 {
-    char *text;
-    size_t len;
+    bool lead = torn && *torn;
+    char *text, *line;
+    size_t len, wrote;
     int rc;
 
     if (!rec)
@@ -87,8 +101,22 @@ static int append_record(int fd, json_t *rec)
         return QB_ENOMEM;
     len = strlen(text);
     text[len] = '\n'; /* json_dumps's NUL: the line ends here */
-    rc = write_all(fd, text, len + 1);
-    free(text);
+    line = text;
+    if (lead) {
+        if (!(line = malloc(len + 2))) {
+            free(text);
+            return QB_ENOMEM;
+        }
+        line[0] = '\n';
+        memcpy(line + 1, text, len + 1);
+        free(text);
+        len++;
+    }
+    rc = write_all(fd, line, len + 1, &wrote);
+    free(line);
+    if (torn)
+        /* torn now: bytes of this record are there without the newline that ends them */
+        *torn = rc != QB_OK && (lead ? wrote != 1 : wrote > 0);
     return rc;
 }
 
@@ -108,9 +136,8 @@ static json_t *begin_record(const struct qb_command_key *key, const struct qb_co
 
 json_t *qb_command_journal_interrupted_result(const char *id, const char *command)
 {
-    return json_pack("{s:s?, s:s?, s:s, s:{s:s, s:s}, s:[]}", "command_id", id, "command",
-                     command, "status", "failed", "error", "class", QB_CMD_ERR_INTERRUPTED,
-                     "message",
+    return json_pack("{s:s?, s:s?, s:s, s:{s:s, s:s}, s:[]}", "command_id", id, "command", command,
+                     "status", "failed", "error", "class", QB_CMD_ERR_INTERRUPTED, "message",
                      "the bridge stopped while this command ran: its outcome is unknown and it "
                      "is not run again (read the VM's state)",
                      "steps");
@@ -155,8 +182,8 @@ static const char *load_record(struct load_ctx *c, json_t *rec)
         json_t *fp = json_object_get(rec, "fp"), *cmd = json_object_get(rec, "command");
         struct qb_command_meta meta;
 
-        if (!json_is_integer(t) || json_integer_value(t) < 0 || (fp && !json_is_null(fp) &&
-                                                                 !json_is_string(fp)) ||
+        if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+            (fp && !json_is_null(fp) && !json_is_string(fp)) ||
             (cmd && !json_is_null(cmd) && !json_is_string(cmd)))
             return "begin: time, fp or command of the wrong type";
         meta = (struct qb_command_meta){
@@ -202,8 +229,10 @@ static void load_finish_running(void *arg, const struct qb_command_key *key,
         return;
     if (!(r = qb_command_journal_interrupted_result(key->id, meta->command)))
         return; /* stays running: a replay waits for a result that never comes, never runs */
-    QB_LOG_WARN(key->vm, "command %s from %s was running when the bridge stopped: a replay is "
-                "answered \"interrupted\", never run again", key->id, key->source);
+    QB_LOG_WARN(key->vm,
+                "command %s from %s was running when the bridge stopped: a replay is "
+                "answered \"interrupted\", never run again",
+                key->id, key->source);
     /* finish does not change the order the foreach walks */
     qb_command_cache_finish(cache, key, r);
     json_decref(r);
@@ -268,11 +297,14 @@ static int journal_load(struct qb_command_journal *j, int fd, uint64_t window_us
     fclose(f);
     qb_command_cache_foreach(j->cache, load_finish_running, j->cache);
     if (c.over_capacity)
-        QB_LOG_WARN(NULL, "%s: %zu commands still in their replay window did not fit "
-                    "commands.cache_size and were dropped", j->path, c.over_capacity);
-    QB_LOG_INFO(NULL, "%s: %zu command ids loaded, %zu past their replay window dropped, %zu "
-                "corrupt records skipped", j->path, qb_command_cache_count(j->cache), c.expired,
-                c.corrupt);
+        QB_LOG_WARN(NULL,
+                    "%s: %zu commands still in their replay window did not fit "
+                    "commands.cache_size and were dropped",
+                    j->path, c.over_capacity);
+    QB_LOG_INFO(NULL,
+                "%s: %zu command ids loaded, %zu past their replay window dropped, %zu "
+                "corrupt records skipped",
+                j->path, qb_command_cache_count(j->cache), c.expired, c.corrupt);
     return QB_OK;
 }
 
@@ -291,7 +323,7 @@ static void compact_entry(void *arg, const struct qb_command_key *key,
 
     if (c->rc != QB_OK)
         return;
-    c->rc = append_record(c->fd, begin_record(key, meta));
+    c->rc = append_record(c->fd, NULL, begin_record(key, meta));
     if (c->rc != QB_OK || !result)
         return;
     end = key_record("end", key);
@@ -299,7 +331,7 @@ static void compact_entry(void *arg, const struct qb_command_key *key,
         json_decref(end);
         end = NULL;
     }
-    c->rc = append_record(c->fd, end);
+    c->rc = append_record(c->fd, NULL, end);
 }
 
 /* fsyncs dir so a rename in it is durable. */
@@ -347,6 +379,7 @@ static int journal_compact(struct qb_command_journal *j, char *errbuf, size_t er
     if (j->fd >= 0)
         close(j->fd);
     j->fd = c.fd; /* the renamed file: appends go on after what was just written */
+    j->torn = false;
     j->appended = 0;
     return QB_OK;
 }
@@ -381,8 +414,7 @@ int qb_command_journal_open(const char *dir, struct qb_command_cache *cache, uin
     j->fd = -1;
     j->cache = cache;
     j->capacity_lines = 2 * qb_command_cache_capacity(cache) + 64;
-    if (!(j->dir = strdup(dir)) ||
-        asprintf(&j->path, "%s/%s", dir, QB_COMMAND_JOURNAL_FILE) < 0 ||
+    if (!(j->dir = strdup(dir)) || asprintf(&j->path, "%s/%s", dir, QB_COMMAND_JOURNAL_FILE) < 0 ||
         asprintf(&j->tmp_path, "%s/%s.tmp", dir, QB_COMMAND_JOURNAL_FILE) < 0) {
         j->path = j->tmp_path = NULL;
         qb_command_journal_close(j);
@@ -396,7 +428,8 @@ int qb_command_journal_open(const char *dir, struct qb_command_cache *cache, uin
     if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
         rc = journal_error(errbuf, errlen, QB_EIO,
                            "bridge.state_directory %s: not a directory (symbolic links are not "
-                           "followed)", dir);
+                           "followed)",
+                           dir);
         goto fail;
     }
     /* Another user who can create names here could plant the journal's temporary file. */
@@ -445,7 +478,7 @@ void qb_command_journal_close(struct qb_command_journal *j)
 int qb_command_journal_begin(struct qb_command_journal *j, const struct qb_command_key *key,
                              const struct qb_command_meta *meta)
 {
-    int rc = append_record(j->fd, begin_record(key, meta));
+    int rc = append_record(j->fd, &j->torn, begin_record(key, meta));
 
     if (rc == QB_OK && fdatasync(j->fd) < 0)
         rc = QB_EIO;
@@ -468,7 +501,7 @@ int qb_command_journal_finish(struct qb_command_journal *j, const struct qb_comm
         json_decref(rec);
         rec = NULL;
     }
-    rc = append_record(j->fd, rec);
+    rc = append_record(j->fd, &j->torn, rec);
     if (rc != QB_OK) {
         QB_LOG_WARN(key->vm, "%s: cannot record the result of command %s: %s", j->path, key->id,
                     rc == QB_ENOMEM ? "out of memory" : strerror(errno));
@@ -480,11 +513,11 @@ int qb_command_journal_finish(struct qb_command_journal *j, const struct qb_comm
 
 int qb_command_journal_forget(struct qb_command_journal *j, const struct qb_command_key *key)
 {
-    int rc = append_record(j->fd, key_record("forget", key));
+    int rc = append_record(j->fd, &j->torn, key_record("forget", key));
 
     if (rc != QB_OK) {
-        QB_LOG_WARN(key->vm, "%s: cannot record that command %s did not run: %s", j->path,
-                    key->id, rc == QB_ENOMEM ? "out of memory" : strerror(errno));
+        QB_LOG_WARN(key->vm, "%s: cannot record that command %s did not run: %s", j->path, key->id,
+                    rc == QB_ENOMEM ? "out of memory" : strerror(errno));
         return rc;
     }
     journal_maybe_compact(j);

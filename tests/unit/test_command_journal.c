@@ -20,6 +20,10 @@
 
 #include <cmocka.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
 #include "command_cache.h"
 #include "command_journal.h"
 #include "error.h"
@@ -55,19 +59,20 @@ static int teardown(void **state)
     return 0;
 }
 
-static struct qb_command_key K(const char *id)
-{
+static struct qb_command_key K(const char *id) {
     return (struct qb_command_key){.source = "orch", .vm = "vm1", .id = id};
 }
 
-static struct qb_command_meta M(uint64_t time_usec)
-{
-    return (struct qb_command_meta){.fp = "ab12", .command = "cont", .time_usec = time_usec,
+static struct qb_command_meta
+M(uint64_t time_usec) {
+    return (struct qb_command_meta){.fp = "ab12",
+                                    .command = "cont",
+                                    .time_usec = time_usec,
                                     .expires_usec = time_usec + WINDOW};
 }
 
-static struct qb_command_journal *open_j(struct fixture *f, struct qb_command_cache *c,
-                                         uint64_t now)
+static struct qb_command_journal *
+open_j(struct fixture *f, struct qb_command_cache *c, uint64_t now)
 {
     struct qb_command_journal *j = NULL;
     char err[256];
@@ -223,6 +228,55 @@ static void test_corrupt_lines(void **state)
     qb_command_cache_free(c);
 }
 
+/*
+ * A record cut off by a failed write (the disk filled, here RLIMIT_FSIZE) must
+ * not take the next record with it: appended to the torn line, the next begin
+ * was made durable and then lost on restart, and its command could run twice.
+ */
+static void test_torn_record_then_more(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_command_cache *c = qb_command_cache_new(16);
+    struct qb_command_journal *j = open_j(f, c, NOW);
+    struct qb_command_key ka = K("a"), kb = K("b");
+    struct qb_command_meta ma = M(NOW), mb = M(NOW);
+    json_t *r = json_pack("{s:s, s:s, s:s}", "command_id", "a", "status", "ok", "pad",
+                          "a result long enough to be cut by the size limit");
+    struct rlimit old, lim;
+    struct stat st;
+    void (*was)(int) = signal(SIGXFSZ, SIG_IGN);
+
+    assert_int_equal(qb_command_cache_begin(c, &ka, &ma, NOW), QB_OK);
+    assert_int_equal(qb_command_journal_begin(j, &ka, &ma), QB_OK);
+    assert_int_equal(qb_command_cache_finish(c, &ka, r), QB_OK);
+    /* a's end record gets 20 bytes onto the disk, then the disk is full */
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)st.st_size + 20;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    assert_int_equal(qb_command_journal_finish(j, &ka, r), QB_EIO);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, was);
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_size, lim.rlim_cur); /* the torn line is there */
+    /* space again: b is recorded, and must survive the restart */
+    assert_int_equal(qb_command_cache_begin(c, &kb, &mb, NOW), QB_OK);
+    assert_int_equal(qb_command_journal_begin(j, &kb, &mb), QB_OK);
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+    json_decref(r);
+
+    c = qb_command_cache_new(16);
+    j = open_j(f, c, NOW + SEC);
+    /* b ran, with an outcome unknown to the journal */
+    assert_int_equal(qb_command_cache_lookup(c, &kb, "ab12", NULL), QB_OK);
+    assert_string_equal(status_of(c, "b", NULL), "failed");
+    assert_string_equal(status_of(c, "a", NULL), "failed"); /* its end was torn */
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+}
+
 /* Appending goes on for ever; the file holds about twice the cache at most. */
 static void test_bounded(void **state)
 {
@@ -260,8 +314,7 @@ static void test_symlinks_not_followed(void **state)
 
     /* in place of the journal: refused, the target untouched */
     assert_int_equal(symlink(victim, f->path), 0);
-    assert_int_equal(qb_command_journal_open(f->dir, c, WINDOW, NOW, &j, err, sizeof(err)),
-                     QB_EIO);
+    assert_int_equal(qb_command_journal_open(f->dir, c, WINDOW, NOW, &j, err, sizeof(err)), QB_EIO);
     assert_null(j);
     assert_non_null(strstr(err, "symbolic link"));
     assert_non_null(strstr(err, f->path));
@@ -326,6 +379,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_record_then_more, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlinks_not_followed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_directory_private, setup, teardown),
