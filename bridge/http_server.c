@@ -64,6 +64,13 @@ struct http_conn {
     bool waiting;      /* in the waiting list: no complete request head yet */
 };
 
+/* A shared route's last answer (see qb_http_route.shared). */
+struct route_answer {
+    struct MHD_Response *r; /* our reference; NULL when none */
+    int status;
+    uint64_t built_ns, took_ns; /* uv_hrtime when it was built, and how long that took */
+};
+
 struct qb_http_server {
     uv_loop_t *loop;
     struct MHD_Daemon *mhd;
@@ -72,7 +79,9 @@ struct qb_http_server {
     uv_timer_t head_timer;                    /* armed for wait_first's deadline */
     struct http_conn *wait_first, *wait_last; /* waiting for a request head, deadline order */
     uint64_t cut;                             /* connections shut down at the head deadline */
+    uint64_t reused;                          /* requests answered with a shared route's answer */
     struct qb_http_route *routes;
+    struct route_answer *answers; /* per route: the last answer of a shared route */
     size_t nroutes;
     void *arg;
     uint16_t port;
@@ -353,8 +362,13 @@ static void on_head_timer(uv_timer_t *t)
 
 /* ---- request handling ------------------------------------------------------------------- */
 
+/*
+ * Queues status with body (taken; or sbody, static) on c. keep (NULL: none)
+ * gets a reference of the response for the caller, who destroys it later.
+ */
 static enum MHD_Result send_response(struct MHD_Connection *c, int status, const char *content_type,
-                                     char *body, const char *sbody, size_t len, const char *allow)
+                                     char *body, const char *sbody, size_t len, const char *allow,
+                                     struct MHD_Response **keep)
 {
     struct MHD_Response *r;
     enum MHD_Result ret;
@@ -374,14 +388,18 @@ static enum MHD_Result send_response(struct MHD_Connection *c, int status, const
         return MHD_NO;
     }
     ret = MHD_queue_response(c, (unsigned)status, r);
-    MHD_destroy_response(r); /* the queue holds its own reference */
+    if (keep && ret == MHD_YES)
+        *keep = r; /* the queue holds its own reference, the caller this one */
+    else
+        MHD_destroy_response(r);
     return ret;
 }
 
 static enum MHD_Result send_static(struct MHD_Connection *c, int status, const char *text,
                                    const char *allow)
 {
-    return send_response(c, status, "text/plain; charset=utf-8", NULL, text, strlen(text), allow);
+    return send_response(c, status, "text/plain; charset=utf-8", NULL, text, strlen(text), allow,
+                         NULL);
 }
 
 /* A request that announces a body (Content-Length other than 0, or chunked). */
@@ -430,6 +448,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (i == s->nroutes)
         return send_static(c, MHD_HTTP_NOT_FOUND, "not found\n", NULL);
 
+    struct route_answer *a = s->routes[i].shared ? &s->answers[i] : NULL;
+    uint64_t t0 = uv_hrtime();
+
+    if (a && a->r && t0 - a->built_ns < 2 * a->took_ns) {
+        s->reused++;
+        return MHD_queue_response(c, (unsigned)a->status, a->r); /* MHD takes a reference */
+    }
     memset(&resp, 0, sizeof resp);
     resp.status = MHD_HTTP_OK;
     resp.content_type = "text/plain; charset=utf-8";
@@ -445,7 +470,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         len = strlen(resp.static_body);
     if (!resp.body && !resp.static_body)
         len = 0;
-    return send_response(c, resp.status, resp.content_type, resp.body, resp.static_body, len, NULL);
+    if (!a)
+        return send_response(c, resp.status, resp.content_type, resp.body, resp.static_body, len,
+                             NULL, NULL);
+    if (a->r)
+        MHD_destroy_response(a->r);
+    a->r = NULL;
+    enum MHD_Result ret = send_response(c, resp.status, resp.content_type, resp.body,
+                                        resp.static_body, len, NULL, &a->r);
+    a->status = resp.status;
+    a->built_ns = uv_hrtime();
+    a->took_ns = a->built_ns - t0;
+    return ret;
 }
 
 /* MHD's messages are per connection (client went away, limit reached): debug, or a scan of
@@ -525,6 +561,10 @@ static void on_poll(uv_poll_t *p, int status, int events)
 
 static void free_server(struct qb_http_server *s)
 {
+    for (size_t i = 0; s->answers && i < s->nroutes; i++)
+        if (s->answers[i].r)
+            MHD_destroy_response(s->answers[i].r);
+    free(s->answers);
     free(s->routes);
     free(s->listen);
     free(s->unix_path);
@@ -563,7 +603,8 @@ int qb_http_server_start(uv_loop_t *loop, const char *listen, const struct qb_ht
         return QB_EINVAL;
     }
     s = calloc(1, sizeof *s);
-    if (!s || !(s->routes = malloc(nroutes * sizeof *routes)) || !(s->listen = strdup(listen)) ||
+    if (!s || !(s->routes = malloc(nroutes * sizeof *routes)) ||
+        !(s->answers = calloc(nroutes, sizeof *s->answers)) || !(s->listen = strdup(listen)) ||
         (a.is_unix && !(s->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path)))) {
         snprintf(errbuf, errlen, "listen %s: out of memory", listen);
         if (s)
@@ -656,6 +697,11 @@ unsigned qb_http_server_connections(const struct qb_http_server *s)
 uint64_t qb_http_server_head_timeouts(const struct qb_http_server *s)
 {
     return s ? s->cut : 0;
+}
+
+uint64_t qb_http_server_shared_answers(const struct qb_http_server *s)
+{
+    return s ? s->reused : 0;
 }
 
 void qb_http_server_close(struct qb_http_server *s, void (*done)(void *arg), void *done_arg)

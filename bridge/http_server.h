@@ -80,6 +80,14 @@ typedef int (*qb_http_handler_fn)(void *arg, const struct qb_http_request *req,
 struct qb_http_route {
     const char *path; /* exact match, e.g. "/metrics"; must outlive the server */
     qb_http_handler_fn handler;
+    /*
+     * The answer costs in proportion to the VMs (/metrics, /vms): a request
+     * that comes while the last answer is younger than twice what building
+     * it took gets that same answer (one body, shared), so clients asking in
+     * a loop get at most a third of the loop's time and one body's memory,
+     * while a small bridge, whose answer takes microseconds, answers afresh.
+     */
+    bool shared;
 };
 
 struct qb_http_server;
@@ -112,6 +120,9 @@ unsigned qb_http_server_connections(const struct qb_http_server *s);
 
 /* Connections closed so far for missing the request head deadline. Loop thread only. */
 uint64_t qb_http_server_head_timeouts(const struct qb_http_server *s);
+
+/* Requests answered with a shared route's last answer (qb_http_route.shared). */
+uint64_t qb_http_server_shared_answers(const struct qb_http_server *s);
 
 /*
  * Stops accepting, drops every connection and closes the listening socket at

@@ -41,9 +41,9 @@ static uint64_t now_usec(void)
 /* ---- /metrics ------------------------------------------------------------ */
 
 /* The session states, in the order qmp_client.h defines them, so every state has a sample. */
-static const enum qb_qmp_state all_states[] = {QB_QMP_IDLE,        QB_QMP_CONNECTING,
-                                               QB_QMP_GREETING,    QB_QMP_NEGOTIATING,
-                                               QB_QMP_READY,       QB_QMP_CLOSING};
+static const enum qb_qmp_state all_states[] = {QB_QMP_IDLE,     QB_QMP_CONNECTING,
+                                               QB_QMP_GREETING, QB_QMP_NEGOTIATING,
+                                               QB_QMP_READY,    QB_QMP_CLOSING};
 #define N_STATES (sizeof(all_states) / sizeof(all_states[0]))
 
 struct vm_tally {
@@ -184,8 +184,7 @@ static void collect_vms(struct qb_prom_writer *w, struct qb_vm_manager *mgr)
         qb_prom_sample_u64(w, "qmp_bridge_libvirt_connections_lost_total", NULL, st.libvirt_lost);
         qb_prom_sample_u64(w, "qmp_bridge_libvirt_connect_failures_total", NULL,
                            st.libvirt_connect_failed);
-        qb_prom_sample_u64(w, "qmp_bridge_libvirt_domains_refused_total", NULL,
-                           st.libvirt_refused);
+        qb_prom_sample_u64(w, "qmp_bridge_libvirt_domains_refused_total", NULL, st.libvirt_refused);
         qb_prom_sample_u64(w, "qmp_bridge_libvirt_events_dropped_total", NULL,
                            st.libvirt_events_dropped);
     }
@@ -224,10 +223,11 @@ static const struct {
     {"qmp_bridge_events_confirmed_total", "counter",
      "Of the confirmed deliveries, the events (not the state copies, not command results)",
      offsetof(struct qb_transport_stats, confirmed_events)},
-    {"qmp_bridge_envelopes_retried_total", "counter",
-     "Failed deliveries, each sent again in order", offsetof(struct qb_transport_stats, retried)},
+    {"qmp_bridge_envelopes_retried_total", "counter", "Failed deliveries, each sent again in order",
+     offsetof(struct qb_transport_stats, retried)},
     {"qmp_bridge_envelopes_failed_total", "counter",
-     "Messages the backend refused outright (dropped)", offsetof(struct qb_transport_stats, failed)},
+     "Messages the backend refused outright (dropped)",
+     offsetof(struct qb_transport_stats, failed)},
     {"qmp_bridge_envelopes_dropped_total", "counter", "Messages refused because the queue was full",
      offsetof(struct qb_transport_stats, dropped)},
     {"qmp_bridge_envelopes_filtered_total", "counter",
@@ -278,8 +278,9 @@ static void collect_transports(struct qb_prom_writer *w, struct qb_transport *co
 
         qb_transport_get_stats(tr[i], &st);
         for (size_t k = 0; k < sizeof(transport_metrics) / sizeof(transport_metrics[0]); k++)
-            qb_prom_sample_u64(w, transport_metrics[k].name, labels,
-                               *(const uint64_t *)((const char *)&st + transport_metrics[k].offset));
+            qb_prom_sample_u64(
+                w, transport_metrics[k].name, labels,
+                *(const uint64_t *)((const char *)&st + transport_metrics[k].offset));
         qb_prom_sample_double(w, "qmp_bridge_queue_oldest_age_seconds", labels,
                               (double)st.oldest_age_ms / 1000.0);
         qb_prom_sample_u64(w, "qmp_bridge_transport_up", labels, st.link_up ? 1 : 0);
@@ -357,11 +358,11 @@ static void collect_reload(struct qb_prom_writer *w, const struct qb_reload_outc
 
 void qb_status_metrics_collect(struct qb_prom_writer *w, const struct qb_status_view *v)
 {
-    qb_prom_family(w, "qmp_bridge_info", "gauge", "Constant 1, labelled with version and bridge id");
-    qb_prom_sample_u64(w, "qmp_bridge_info",
-                       (const char *const[]){"version", QB_VERSION, "bridge", v->cfg->bridge_id,
-                                             NULL},
-                       1);
+    qb_prom_family(w, "qmp_bridge_info", "gauge",
+                   "Constant 1, labelled with version and bridge id");
+    qb_prom_sample_u64(
+        w, "qmp_bridge_info",
+        (const char *const[]){"version", QB_VERSION, "bridge", v->cfg->bridge_id, NULL}, 1);
     collect_vms(w, v->mgr);
     collect_router(w, v->router);
     collect_transports(w, v->transports, v->n_transports);
@@ -389,6 +390,11 @@ static int handle_metrics(void *arg, const struct qb_http_request *req,
                    "Status API connections closed without a complete request head in time");
     qb_prom_sample_u64(w, "qmp_bridge_http_head_timeouts_total", NULL,
                        qb_http_server_head_timeouts(api->http));
+    qb_prom_family(w, "qmp_bridge_http_shared_answers_total", "counter",
+                   "Requests for /metrics or /vms answered with the answer just built for "
+                   "another (it is younger than twice what building it took)");
+    qb_prom_sample_u64(w, "qmp_bridge_http_shared_answers_total", NULL,
+                       qb_http_server_shared_answers(api->http));
     resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
     return qb_prom_writer_finish(w, &resp->body, &resp->body_len);
 }
@@ -498,10 +504,9 @@ static void add_vm(void *arg, const struct qb_vm_info *info)
     format_time(info->last_event_usec, when, sizeof(when));
     vm = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s?, s:s?, s:I, s:I}", "name", info->name,
                    "address", info->address, "session", info->session, "qemu_version",
-                   info->qemu_version, "run_state", info->run_state, "last_event",
-                   info->last_event, "last_event_time", info->last_event ? when : NULL,
-                   "sequence", (json_int_t)info->sequence, "reconnects",
-                   (json_int_t)info->reconnects);
+                   info->qemu_version, "run_state", info->run_state, "last_event", info->last_event,
+                   "last_event_time", info->last_event ? when : NULL, "sequence",
+                   (json_int_t)info->sequence, "reconnects", (json_int_t)info->reconnects);
     if (vm)
         json_array_append_new(vms, vm);
 }
@@ -547,10 +552,10 @@ static int handle_vms(void *arg, const struct qb_http_request *req, struct qb_ht
 }
 
 static const struct qb_http_route routes[] = {
-    {"/metrics", handle_metrics},
+    {"/metrics", handle_metrics, .shared = true},
     {"/healthz", handle_healthz},
     {"/readyz", handle_readyz},
-    {"/vms", handle_vms},
+    {"/vms", handle_vms, .shared = true},
 };
 
 int qb_status_api_start(uv_loop_t *loop, const char *listen, qb_status_view_fn view, void *arg,

@@ -112,9 +112,25 @@ static int h_big(void *arg, const struct qb_http_request *req, struct qb_http_re
     return QB_OK;
 }
 
+/* A shared route whose answer takes 100 ms to build (a bridge with many VMs). */
+static int slow_calls;
+
+static int h_slow(void *arg, const struct qb_http_request *req, struct qb_http_response *resp)
+{
+    char buf[32];
+
+    (void)arg;
+    (void)req;
+    usleep(100 * 1000);
+    snprintf(buf, sizeof buf, "slow %d", ++slow_calls);
+    resp->body = strdup(buf);
+    resp->body_len = strlen(buf);
+    return resp->body ? QB_OK : QB_ENOMEM;
+}
+
 static const struct qb_http_route routes[] = {
     {"/hello", h_hello}, {"/static", h_static}, {"/fail", h_fail},
-    {"/conns", h_conns}, {"/big", h_big},
+    {"/conns", h_conns}, {"/big", h_big},       {"/slow", h_slow, .shared = true},
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
@@ -296,6 +312,53 @@ static void client_routes(struct fixture *f)
 
     for (i = 0; i < sizeof paths / sizeof paths[0]; i++)
         res.rc[i] = qb_status_client_get(f->addr, paths[i], &res.body[i], &res.status[i], 5000);
+}
+
+/*
+ * Three clients ask for /slow at once, then one more 400 ms later: the three
+ * share one answer (built once; the loop is not held three times as long,
+ * nor three bodies), the late one gets a fresh answer.
+ */
+static void client_shared(struct fixture *f)
+{
+    static const char req[] = "GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    int fds[3];
+    size_t i;
+
+    for (i = 0; i < 3; i++) {
+        fds[i] = tcp_connect(f->addr);
+        if (fds[i] >= 0 && send(fds[i], req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req)) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+    }
+    for (i = 0; i < 3; i++) {
+        res.rawlen[i] = fds[i] < 0 ? -1 : read_all(fds[i], res.raw[i], sizeof res.raw[i]);
+        if (fds[i] >= 0)
+            close(fds[i]);
+    }
+    usleep(400 * 1000);
+    res.rawlen[3] = raw_exchange(f->addr, req, res.raw[3], sizeof res.raw[3]);
+}
+
+static void test_shared_answer(void **state)
+{
+    struct fixture f;
+
+    (void)state;
+    memset(&res, 0, sizeof res);
+    slow_calls = 0;
+    fixture_init(&f);
+    fixture_start(&f, "127.0.0.1:0");
+    fixture_run(&f, client_shared);
+    for (int i = 0; i < 3; i++) {
+        assert_true(res.rawlen[i] > 0);
+        assert_non_null(strstr(res.raw[i], "200 OK"));
+        assert_non_null(strstr(res.raw[i], "\r\n\r\nslow 1"));
+    }
+    assert_true(res.rawlen[3] > 0);
+    assert_non_null(strstr(res.raw[3], "\r\n\r\nslow 2"));
+    assert_int_equal(slow_calls, 2);
 }
 
 static void test_get_routes(void **state)
@@ -870,11 +933,17 @@ static void test_head_deadline(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_get_routes),       cmocka_unit_test(test_methods_and_head),
-        cmocka_unit_test(test_unix_socket),      cmocka_unit_test(test_ipv6_loopback),
-        cmocka_unit_test(test_connection_limit), cmocka_unit_test(test_close_with_client_connected),
-        cmocka_unit_test(test_per_client_limit), cmocka_unit_test(test_head_deadline),
-        cmocka_unit_test(test_start_errors),     cmocka_unit_test(test_client_parsing),
+        cmocka_unit_test(test_get_routes),
+        cmocka_unit_test(test_shared_answer),
+        cmocka_unit_test(test_methods_and_head),
+        cmocka_unit_test(test_unix_socket),
+        cmocka_unit_test(test_ipv6_loopback),
+        cmocka_unit_test(test_connection_limit),
+        cmocka_unit_test(test_close_with_client_connected),
+        cmocka_unit_test(test_per_client_limit),
+        cmocka_unit_test(test_head_deadline),
+        cmocka_unit_test(test_start_errors),
+        cmocka_unit_test(test_client_parsing),
     };
 
     if (getenv("QB_TEST_DEBUG")) /* libmicrohttpd's own messages are logged at debug */
