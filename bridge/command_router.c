@@ -23,6 +23,15 @@
 /* Answers to messages that are not authenticated commands: 10 a second, bursts of 20. */
 #define ROUTER_UNAUTH_RATE 10.0
 #define ROUTER_UNAUTH_BURST 20.0
+/*
+ * Copies of a command that already ran are answered again with its first
+ * result (on the VM's stream and as a reply) at most this often: a copy is
+ * cheap to send for whoever saw the signed original, and each answer is an
+ * envelope with a sequence number of the VM's. A sender's retries come far
+ * below it.
+ */
+#define ROUTER_DUP_RATE 10.0
+#define ROUTER_DUP_BURST 20.0
 /* Their log lines (and those of refused Response Topics): 10 a minute, then a count. */
 #define ROUTER_LOG_FIRST 10
 #define ROUTER_LOG_INTERVAL_MS 60000
@@ -52,8 +61,8 @@ struct qb_command_router {
     uint64_t start_usec;                /* wall clock when the router was made */
     struct router_waiter *waiters;
     size_t n_waiters; /* bounded by commands.cache_size */
-    struct qb_token_bucket unauth_bucket;
-    struct qb_log_limit unauth_log, reply_topic_log;
+    struct qb_token_bucket unauth_bucket, dup_bucket;
+    struct qb_log_limit unauth_log, reply_topic_log, dup_log;
     struct qb_command_router_stats stats;
     bool stopped;
 };
@@ -184,6 +193,8 @@ int qb_command_router_new(const struct qb_config *cfg, struct qb_vm_manager *mgr
                          qb_monotonic_ms());
     qb_log_limit_init(&r->unauth_log, ROUTER_LOG_FIRST, ROUTER_LOG_INTERVAL_MS);
     qb_log_limit_init(&r->reply_topic_log, ROUTER_LOG_FIRST, ROUTER_LOG_INTERVAL_MS);
+    qb_token_bucket_init(&r->dup_bucket, ROUTER_DUP_RATE, ROUTER_DUP_BURST, qb_monotonic_ms());
+    qb_log_limit_init(&r->dup_log, ROUTER_LOG_FIRST, ROUTER_LOG_INTERVAL_MS);
     r->cache = qb_command_cache_new(cfg->commands_cache_size);
     if (!r->cache) {
         free(r);
@@ -482,6 +493,23 @@ static void router_inbound(void *arg, struct qb_transport *t, const struct qb_in
     }
     rc = qb_command_cache_lookup(r->cache, &key, fp, &first);
     if (rc == QB_OK) {
+        uint64_t now = qb_monotonic_ms(), suppressed;
+
+        if (!qb_token_bucket_take(&r->dup_bucket, now)) {
+            r->stats.duplicates_dropped++;
+            if (qb_log_limit_allow(&r->dup_log, now, &suppressed))
+                QB_LOG_WARN(vm,
+                            "command %s ran before: copy not answered (more than %.0f copies "
+                            "a second are answered again)",
+                            cmd->id, ROUTER_DUP_RATE);
+            if (suppressed)
+                QB_LOG_WARN(NULL, "%llu more unanswered copies were not logged",
+                            (unsigned long long)suppressed);
+            qb_transport_ack(t, ack_token);
+            qb_command_free(cmd);
+            return;
+        }
+        r->stats.duplicates_answered++;
         QB_LOG_INFO(vm, "command %s ran before: its first result is published again", cmd->id);
         qb_vm_manager_publish_result(r->mgr, vm, first, &origin);
         qb_command_free(cmd);

@@ -65,6 +65,8 @@ void qb_command_router_free(struct qb_command_router *r);
 struct qb_command_router_stats {
     uint64_t unauthenticated_answered; /* rejections of non-commands published as a reply */
     uint64_t unauthenticated_dropped;  /* ...dropped: over the rate limit, or no reply channel */
+    uint64_t duplicates_answered;      /* copies of a finished command answered again */
+    uint64_t duplicates_dropped;       /* ...acknowledged unanswered: over the rate limit */
 };
 
 /* Fills out; r may be NULL (commands off): all zero. */

@@ -205,6 +205,11 @@ static void collect_router(struct qb_prom_writer *w, const struct qb_command_rou
                        st.unauthenticated_answered);
     qb_prom_sample_u64(w, "qmp_bridge_commands_unauthenticated_total", dropped,
                        st.unauthenticated_dropped);
+    qb_prom_family(w, "qmp_bridge_commands_duplicates_total", "counter",
+                   "Copies of a command that had already run: answered again with its first "
+                   "result, or dropped (more than 10 a second)");
+    qb_prom_sample_u64(w, "qmp_bridge_commands_duplicates_total", answered, st.duplicates_answered);
+    qb_prom_sample_u64(w, "qmp_bridge_commands_duplicates_total", dropped, st.duplicates_dropped);
 }
 
 /* One table row per transport counter: name, help, and where it is in the stats. */

@@ -14,7 +14,9 @@ Bridge A: signed commands (commands.hmac_key_file), bridge.state_directory, metr
    default result topic; 2,000 junk messages leave
    vm1's sequence alone (the next real result of vm1 takes the next number) and show in
    qmp_bridge_commands_unauthenticated_total; a 65,000-byte id gives small envelopes
-   whose command_id has at most 128 bytes.
+   whose command_id has at most 128 bytes; 60 copies of a signed command that ran are
+   answered again at most 20 at once (then 10 a second), the rest dropped and counted in
+   qmp_bridge_commands_duplicates_total.
 4. Restart: a signed `stop` rp-1 runs; SIGTERM; a new bridge on the same state directory
    answers the same message with the first result, and QEMU got that stop once; the same
    message with a Response Topic of another's choosing is answered on the default topic.
@@ -73,6 +75,18 @@ def metrics(port):
     out = {}
     for line in text.splitlines():
         if line.startswith("qmp_bridge_commands_unauthenticated_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def dup_metrics(port):
+    """qmp_bridge_commands_duplicates_total by outcome."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        text = r.read().decode()
+    out = {"answered": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        if line.startswith("qmp_bridge_commands_duplicates_total{"):
             outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
             out[outcome] = float(line.rsplit(" ", 1)[1])
     return out
@@ -266,6 +280,22 @@ with check.Test("hostile_commands") as t:
              % (int(probe["sequence"]), last), probe["sequence"])
     t.expect(len(br.log_lines("rejected (")) < 200,
              "log lines about the junk are limited (%d)" % len(br.log_lines("rejected (")))
+
+    t.section("60 copies of a command that ran: a burst answered again, the rest dropped")
+    dup = signed("stop", "vm1", cmd_id="dup-1", reply_topic="orch/r/dup-1")
+    commands.mqtt_publish(broker.port, BRIDGE, "vm1", dup, response_topic="orch/r/dup-1")
+    t.expect(reply("orch/r/dup-1")["data"]["status"] == "ok", "dup-1 ran")
+    stops = qmp_seen(qlog1, "stop")
+    d0 = dup_metrics(mport)
+    publish_many(broker.port, "vm1", [json.dumps(dup).encode()] * 60)
+    procs.wait_until(lambda: sum(dup_metrics(mport).values()) - sum(d0.values()) >= 60, 30,
+                     "the 60 copies counted")
+    d1 = dup_metrics(mport)
+    answered, dropped = d1["answered"] - d0["answered"], d1["dropped"] - d0["dropped"]
+    t.expect(answered + dropped == 60 and 1 <= answered <= 40 and dropped >= 20,
+             "qmp_bridge_commands_duplicates_total: %d answered again, %d dropped (at most 20 at "
+             "once, then 10 a second)" % (answered, dropped), (d0, d1))
+    t.expect(qmp_seen(qlog1, "stop") == stops, "QEMU got no stop for any copy", qmp_seen(qlog1))
 
     # ---- 4. the journal: a replay after a restart ----------------------------------------
     t.section("restart: a signed command runs once across restarts")
