@@ -35,6 +35,8 @@ struct qb_command_journal {
     bool torn; /* the last append failed part-way: its bytes end in no newline */
     struct qb_command_cache *cache;
     size_t capacity_lines; /* lines appended since the last compaction that trigger the next */
+    uint64_t window_usec, horizon_usec;               /* in force: what compaction records */
+    uint64_t loaded_window_usec, loaded_horizon_usec; /* the file's last window record (0: none) */
     size_t appended;
 };
 
@@ -120,6 +122,12 @@ static int append_record(int fd, bool *torn, json_t *rec)
     return rc;
 }
 
+static json_t *window_record(uint64_t window_usec, uint64_t horizon_usec)
+{
+    return json_pack("{s:s, s:I, s:I}", "op", "window", "usec", (json_int_t)window_usec, "horizon",
+                     (json_int_t)horizon_usec);
+}
+
 static json_t *begin_record(const struct qb_command_key *key, const struct qb_command_meta *meta)
 {
     json_t *rec = key_record("begin", key);
@@ -175,6 +183,16 @@ static const char *load_record(struct load_ctx *c, json_t *rec)
     const char *op = json_string_value(json_object_get(rec, "op"));
     int rc;
 
+    if (json_is_object(rec) && op && strcmp(op, "window") == 0) {
+        json_t *w = json_object_get(rec, "usec"), *h = json_object_get(rec, "horizon");
+
+        if (!json_is_integer(w) || json_integer_value(w) <= 0 || !json_is_integer(h) ||
+            json_integer_value(h) < 0)
+            return "window: usec or horizon of the wrong type";
+        c->j->loaded_window_usec = (uint64_t)json_integer_value(w);
+        c->j->loaded_horizon_usec = (uint64_t)json_integer_value(h);
+        return NULL;
+    }
     if (!json_is_object(rec) || !op || !record_key(rec, &key))
         return "not a journal record (op, source, vm, id)";
     if (strcmp(op, "begin") == 0) {
@@ -362,7 +380,9 @@ static int journal_compact(struct qb_command_journal *j, char *errbuf, size_t er
     if (c.fd < 0)
         return journal_error(errbuf, errlen, QB_EIO, "%s: cannot create: %s", j->tmp_path,
                              strerror(errno));
-    qb_command_cache_foreach(j->cache, compact_entry, &c);
+    c.rc = append_record(c.fd, NULL, window_record(j->window_usec, j->horizon_usec));
+    if (c.rc == QB_OK)
+        qb_command_cache_foreach(j->cache, compact_entry, &c);
     if (c.rc == QB_OK && fsync(c.fd) < 0)
         c.rc = QB_EIO;
     if (c.rc == QB_OK && rename(j->tmp_path, j->path) < 0)
@@ -453,6 +473,18 @@ int qb_command_journal_open(const char *dir, struct qb_command_cache *cache, uin
         journal_error(errbuf, errlen, rc, "%s: out of memory while loading", j->path);
         goto fail;
     }
+    /* keys forgotten under a smaller window than now: refuse what they could have been */
+    j->window_usec = window_usec;
+    j->horizon_usec = j->loaded_horizon_usec;
+    if (j->loaded_window_usec && window_usec > j->loaded_window_usec &&
+        now_usec > j->loaded_window_usec && now_usec - j->loaded_window_usec > j->horizon_usec) {
+        j->horizon_usec = now_usec - j->loaded_window_usec;
+        QB_LOG_INFO(NULL,
+                    "%s: the replay window grew since it was written (%llu s -> %llu s): "
+                    "commands timed before the old window are refused",
+                    j->path, (unsigned long long)(j->loaded_window_usec / 1000000u),
+                    (unsigned long long)(window_usec / 1000000u));
+    }
     if ((rc = journal_compact(j, errbuf, errlen)) != QB_OK)
         goto fail;
     *out = j;
@@ -461,6 +493,29 @@ int qb_command_journal_open(const char *dir, struct qb_command_cache *cache, uin
 fail:
     qb_command_journal_close(j);
     return rc;
+}
+
+uint64_t qb_command_journal_horizon(const struct qb_command_journal *j)
+{
+    return j ? j->horizon_usec : 0;
+}
+
+int qb_command_journal_set_window(struct qb_command_journal *j, uint64_t window_usec,
+                                  uint64_t horizon_usec)
+{
+    int rc = append_record(j->fd, &j->torn, window_record(window_usec, horizon_usec));
+
+    if (rc == QB_OK && fdatasync(j->fd) < 0)
+        rc = QB_EIO;
+    if (rc != QB_OK) {
+        QB_LOG_ERR(NULL, "%s: cannot record the new replay window: %s", j->path,
+                   rc == QB_ENOMEM ? "out of memory" : strerror(errno));
+        return rc;
+    }
+    j->window_usec = window_usec;
+    j->horizon_usec = horizon_usec;
+    j->appended++;
+    return QB_OK;
 }
 
 void qb_command_journal_close(struct qb_command_journal *j)

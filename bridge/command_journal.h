@@ -14,6 +14,8 @@
  *   {"op":"begin","source":s,"vm":s,"id":s,"fp":hex,"command":s,"time":µs}
  *   {"op":"end","source":s,"vm":s,"id":s,"result":{...}}
  *   {"op":"forget","source":s,"vm":s,"id":s}       (dropped without running)
+ *   {"op":"window","usec":µs,"horizon":µs}          (first line after each compaction,
+ *                                                    and when a reload changes them)
  * Loading replays the lines into the cache, drops keys whose window is over
  * (time + max_age + max_skew in the past) and skips a corrupt or truncated
  * line with a logged file:line. The file is then compacted: the live entries
@@ -22,6 +24,12 @@
  * running once more than twice the cache's capacity in lines were appended,
  * so the file stays bounded by the cache. No file is ever opened through a
  * symbolic link.
+ *
+ * The window record says which window forgot the keys that are gone. When
+ * max_age or max_skew grew since (a reload, or a restart with a new
+ * configuration), a command older than the old window may be one whose key
+ * was forgotten: the horizon, kept in the same record, is the time before
+ * which commands are refused (qb_command_journal_horizon).
  */
 #ifndef QB_COMMAND_JOURNAL_H
 #define QB_COMMAND_JOURNAL_H
@@ -50,6 +58,21 @@ int qb_command_journal_open(const char *dir, struct qb_command_cache *cache, uin
 
 /* Closes the file and frees j. NULL is fine. */
 void qb_command_journal_close(struct qb_command_journal *j);
+
+/*
+ * Commands timed before this (µs since the epoch; 0: none) must be refused:
+ * their keys may have been forgotten under a smaller window than the one in
+ * force now (the file's last window record against window_usec at open).
+ */
+uint64_t qb_command_journal_horizon(const struct qb_command_journal *j);
+
+/*
+ * Records a new window and horizon (a reload changed max_age or max_skew),
+ * made durable before returning, so a restart knows which window forgot
+ * what. Returns QB_OK or QB_EIO / QB_ENOMEM (logged).
+ */
+int qb_command_journal_set_window(struct qb_command_journal *j, uint64_t window_usec,
+                                  uint64_t horizon_usec);
 
 /*
  * Appends key (borrowed) with meta and makes it durable before returning.

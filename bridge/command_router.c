@@ -59,6 +59,7 @@ struct qb_command_router {
     struct qb_command_cache *cache;
     struct qb_command_journal *journal; /* NULL without bridge.state_directory */
     uint64_t start_usec;                /* wall clock when the router was made */
+    uint64_t horizon_usec; /* commands timed before it are refused: their keys may be forgotten */
     struct router_waiter *waiters;
     size_t n_waiters; /* bounded by commands.cache_size */
     struct qb_token_bucket unauth_bucket, dup_bucket;
@@ -209,6 +210,7 @@ int qb_command_router_new(const struct qb_config *cfg, struct qb_vm_manager *mgr
             free(r);
             return rc;
         }
+        r->horizon_usec = qb_command_journal_horizon(r->journal);
     }
     *out = r;
     return QB_OK;
@@ -485,6 +487,13 @@ static void router_inbound(void *arg, struct qb_transport *t, const struct qb_in
     }
     if (router_before_start(r, cmd, &err))
         goto reject;
+    if (command_time_usec(cmd) < r->horizon_usec) {
+        err.cls = QB_CMD_ERR_EXPIRED;
+        snprintf(err.message, sizeof(err.message),
+                 "time: before the replay window grew (commands.max_age or max_skew): the ids of "
+                 "commands that old may have been forgotten, so they are refused");
+        goto reject;
+    }
 
     key = router_key(cmd);
     if ((rc = qb_command_fingerprint(cmd, fp, sizeof(fp))) != QB_OK) {
@@ -571,8 +580,30 @@ void qb_command_router_inbound(void *arg, struct qb_transport *t, const struct q
 
 void qb_command_router_set_config(struct qb_command_router *r, const struct qb_config *cfg)
 {
-    if (r)
-        r->cfg = cfg;
+    uint64_t was, now_window, now = wall_usec();
+
+    if (!r)
+        return;
+    was = router_window_usec(r->cfg);
+    now_window = router_window_usec(cfg);
+    r->cfg = cfg;
+    if (now_window == was)
+        return;
+    /*
+     * A wider window would let a command pass the age check whose key a
+     * narrower one already forgot (evicted from a full cache, or compacted
+     * out of the journal): commands older than the old window stay refused.
+     */
+    if (now_window > was && now > was && now - was > r->horizon_usec) {
+        r->horizon_usec = now - was;
+        QB_LOG_INFO(NULL,
+                    "commands: the replay window grew (%llu s -> %llu s): commands timed before "
+                    "the old window are refused",
+                    (unsigned long long)(was / 1000000u),
+                    (unsigned long long)(now_window / 1000000u));
+    }
+    if (r->journal)
+        qb_command_journal_set_window(r->journal, now_window, r->horizon_usec);
 }
 
 void qb_command_router_forget_transport(struct qb_command_router *r, const struct qb_transport *t)

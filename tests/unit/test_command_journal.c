@@ -156,8 +156,8 @@ static void test_restart(void **state)
     assert_null(status_of(c, "dropped-1", NULL));
     assert_int_equal(qb_command_cache_count(c), 2);
     assert_int_equal(qb_command_cache_running(c), 0);
-    /* compacted: two entries, begin + end each */
-    assert_int_equal(count_lines(f->path), 4);
+    /* compacted: the window record, then two entries, begin + end each */
+    assert_int_equal(count_lines(f->path), 5);
     assert_int_equal(lstat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     qb_command_journal_close(j);
@@ -223,7 +223,7 @@ static void test_corrupt_lines(void **state)
     /* c's end was torn off: it ran, with an unknown outcome */
     assert_string_equal(status_of(c, "c", NULL), "failed");
     assert_int_equal(qb_command_cache_count(c), 2);
-    assert_int_equal(count_lines(f->path), 4);
+    assert_int_equal(count_lines(f->path), 5);
     qb_command_journal_close(j);
     qb_command_cache_free(c);
 }
@@ -273,6 +273,65 @@ static void test_torn_record_then_more(void **state)
     assert_int_equal(qb_command_cache_lookup(c, &kb, "ab12", NULL), QB_OK);
     assert_string_equal(status_of(c, "b", NULL), "failed");
     assert_string_equal(status_of(c, "a", NULL), "failed"); /* its end was torn */
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+}
+
+static struct qb_command_journal *open_w(struct fixture *f, struct qb_command_cache *c,
+                                         uint64_t window, uint64_t now)
+{
+    struct qb_command_journal *j = NULL;
+    char err[256];
+
+    if (qb_command_journal_open(f->dir, c, window, now, &j, err, sizeof(err)) != QB_OK)
+        fail_msg("open: %s", err);
+    return j;
+}
+
+/*
+ * Keys forgotten under a small window, then a larger one (a restart with a
+ * new max_age, or a reload recorded in the file): commands older than the old
+ * window must be refused, as the journal can no longer tell them from ones
+ * that ran. A window that shrank or stayed sets no horizon.
+ */
+static void test_window_grew(void **state)
+{
+    struct fixture *f = *state;
+    struct qb_command_cache *c = qb_command_cache_new(16);
+    struct qb_command_journal *j = open_w(f, c, WINDOW, NOW);
+
+    assert_int_equal(qb_command_journal_horizon(j), 0);
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+
+    /* the same window again: nothing was forgotten that a replay could pass with */
+    c = qb_command_cache_new(16);
+    j = open_w(f, c, WINDOW, NOW + 100 * SEC);
+    assert_int_equal(qb_command_journal_horizon(j), 0);
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+
+    /* a restart with max_age raised: older than the old window is refused */
+    c = qb_command_cache_new(16);
+    j = open_w(f, c, 3 * WINDOW, NOW + 200 * SEC);
+    assert_int_equal(qb_command_journal_horizon(j), NOW + 200 * SEC - WINDOW);
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+
+    /* kept across the next restart (the compacted file records it) */
+    c = qb_command_cache_new(16);
+    j = open_w(f, c, 3 * WINDOW, NOW + 300 * SEC);
+    assert_int_equal(qb_command_journal_horizon(j), NOW + 200 * SEC - WINDOW);
+    /* a reload recorded a larger window and horizon: the next start knows */
+    assert_int_equal(qb_command_journal_set_window(j, 5 * WINDOW, NOW + 300 * SEC - 3 * WINDOW),
+                     QB_OK);
+    assert_int_equal(qb_command_journal_horizon(j), NOW + 300 * SEC - 3 * WINDOW);
+    qb_command_journal_close(j);
+    qb_command_cache_free(c);
+
+    c = qb_command_cache_new(16);
+    j = open_w(f, c, 5 * WINDOW, NOW + 400 * SEC);
+    assert_int_equal(qb_command_journal_horizon(j), NOW + 300 * SEC - 3 * WINDOW);
     qb_command_journal_close(j);
     qb_command_cache_free(c);
 }
@@ -380,6 +439,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_record_then_more, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_window_grew, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_symlinks_not_followed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_directory_private, setup, teardown),
