@@ -287,14 +287,18 @@ with check.Test("hostile_commands") as t:
     t.expect(reply("orch/r/dup-1")["data"]["status"] == "ok", "dup-1 ran")
     stops = qmp_seen(qlog1, "stop")
     d0 = dup_metrics(mport)
+    t0 = time.monotonic()
     publish_many(broker.port, "vm1", [json.dumps(dup).encode()] * 60)
     procs.wait_until(lambda: sum(dup_metrics(mport).values()) - sum(d0.values()) >= 60, 30,
                      "the 60 copies counted")
+    took = time.monotonic() - t0
     d1 = dup_metrics(mport)
     answered, dropped = d1["answered"] - d0["answered"], d1["dropped"] - d0["dropped"]
-    t.expect(answered + dropped == 60 and 1 <= answered <= 40 and dropped >= 20,
-             "qmp_bridge_commands_duplicates_total: %d answered again, %d dropped (at most 20 at "
-             "once, then 10 a second)" % (answered, dropped), (d0, d1))
+    # the bucket: 20 at once, 10 more each second the copies took to arrive (slow under valgrind)
+    most = 20 + int(10 * took) + 1
+    t.expect(answered + dropped == 60 and 1 <= answered <= most and (most >= 60 or dropped >= 1),
+             "qmp_bridge_commands_duplicates_total: %d answered again, %d dropped in %.1f s (at "
+             "most 20 at once, then 10 a second)" % (answered, dropped, took), (d0, d1))
     t.expect(qmp_seen(qlog1, "stop") == stops, "QEMU got no stop for any copy", qmp_seen(qlog1))
 
     # ---- 4. the journal: a replay after a restart ----------------------------------------
