@@ -91,7 +91,11 @@ static const char *fz_parse(const char *buf, size_t size, const struct qb_comman
     return err.cls;
 }
 
-/* Pass 3: sign the object as a sender would, then the bridge must agree with the signature. */
+/*
+ * Pass 3: sign the object as a sender would (naming a bridge, as a signed
+ * command must: the topic that chose the bridge is not signed), then the
+ * bridge must agree with the signature.
+ */
 static void fz_resign(const uint8_t *data, size_t size)
 {
     char hex[65];
@@ -101,8 +105,10 @@ static void fz_resign(const uint8_t *data, size_t size)
 
     if (obj == NULL)
         return;
-    if (json_is_object(obj) && qb_command_sign(obj, fz_keyed.hmac_key, fz_keyed.hmac_key_len, hex,
-                                               sizeof(hex)) == QB_OK &&
+    if (json_is_object(obj) && !json_object_get(obj, "bridge"))
+        json_object_set_new(obj, "bridge", json_string("fuzz-bridge"));
+    if (json_is_object(obj) &&
+        qb_command_sign(obj, fz_keyed.hmac_key, fz_keyed.hmac_key_len, hex, sizeof(hex)) == QB_OK &&
         json_object_set_new(obj, "signature", json_string(hex)) == 0 &&
         (text = json_dumps(obj, JSON_COMPACT))) {
         cls = fz_parse(text, strlen(text), &fz_keyed);
