@@ -332,6 +332,27 @@ void qb_publish_state_clear(struct qb_stream *s)
 int qb_publish_result(struct qb_publisher *p, struct qb_stream *s, const char *vm_name,
                       const json_t *result, const struct qb_publish_reply *reply)
 {
+    /*
+     * On a removed session's stream (a queued command rejected after the VM
+     * went) a result is a leftover like any other: it moves the remembered
+     * numbering forward. Once the VM is back with a new session, the old
+     * stream must not number at all: the result then goes as a reply only,
+     * numbered by the bridge, like a result for no VM.
+     */
+    if (s && s->retired && !p->closing) {
+        if (qb_stream_superseded(s)) {
+            if (reply && reply->transport)
+                QB_LOG_INFO(s->name, "a command result of the removed session goes as a reply "
+                                     "only: the VM is back with a new session");
+            else
+                QB_LOG_WARN(s->name, "a command result of the removed session is not published: "
+                                     "the VM is back with a new session, and the command's "
+                                     "transport has no replies");
+            s = NULL;
+        } else {
+            pub_retired_may_publish(s, "bridge.command.result", s->seq + 1);
+        }
+    }
     const char *name = s ? s->name : qb_publish_subject(vm_name);
     uint64_t epoch = s ? s->epoch : p->bridge_epoch;
     uint64_t seq = s ? ++s->seq : ++p->bridge_seq;

@@ -329,6 +329,49 @@ static void test_results(void **state)
     json_decref(result);
 }
 
+/*
+ * A command's result on a removed session's stream is one of its leftovers:
+ * it moves the remembered numbering forward, or the VM's next session would
+ * give its sequence to another envelope. Once the VM is back with a new
+ * session, the old one must not number at all: the result goes as a reply,
+ * numbered by the bridge.
+ */
+static void test_result_on_retired_stream(void **state)
+{
+    struct qb_stream *old, *now, *again;
+    json_t *result = json_pack("{s:s, s:s}", "command", "cont", "status", "rejected");
+    int transport_token;
+    struct qb_publish_reply reply = {(struct qb_transport *)&transport_token, "r/t", "c", 1};
+    uint64_t epoch;
+    size_t n;
+
+    (void)state;
+    assert_int_equal(open_stream("vm1", &old), QB_OK);
+    assert_int_equal(qb_publish_event(old, "qmp.vm.resumed", 5, 0, NULL, NULL), 1);
+    epoch = sent[0].epoch;
+    retire_stream(old, "vm1", true);
+    /* a command queued for the VM, rejected after its removal: sequence 2 */
+    assert_int_equal(qb_publish_result(pub, old, "vm1", result, &reply), QB_OK);
+    assert_int_equal(n_sent, 3);
+    assert_id(&sent[1], epoch, 2, NULL);
+    qb_stream_free(old);
+    assert_int_equal(open_stream("vm1", &now), QB_OK);
+    assert_int_equal(qb_publish_event(now, "bridge.vm.connected", 7, 0, NULL, NULL), 3);
+
+    /* the VM came back while the old session still had a result to give */
+    retire_stream(now, "vm1", true);
+    assert_int_equal(open_stream("vm1", &again), QB_OK);
+    n = n_sent;
+    assert_int_equal(qb_publish_result(pub, now, "vm1", result, &reply), QB_OK);
+    assert_int_equal(n_sent, n + 1);
+    assert_int_equal(sent[n].kind, QB_MSG_REPLY);
+    assert_true(sent[n].epoch != epoch);
+    assert_int_equal(qb_publish_event(again, "bridge.vm.connected", 8, 0, NULL, NULL), 4);
+    qb_stream_free(now);
+    free_stream(again, "vm1");
+    json_decref(result);
+}
+
 static void test_names(void **state)
 {
     (void)state;
@@ -348,6 +391,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_numbering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_continuing_numbering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_superseded_leftovers_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_result_on_retired_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_closing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_results, setup, teardown),
         cmocka_unit_test_setup_teardown(test_names, setup, teardown),
