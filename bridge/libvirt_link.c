@@ -14,6 +14,7 @@
 #include "libvirt_disks.h"
 #include "libvirt_queries.h"
 #include "log.h"
+#include "rate_limit.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -756,27 +757,6 @@ static void link_reopen_cb(uv_timer_t *t)
 }
 
 /*
- * The delay before a session the manager closed opens again:
- * qmp.reconnect_initial, doubled for each close in a row, at most
- * reconnect_max, with equal jitter (source_qmp.c's back-off), so that many
- * VMs closed at once (a transport that stalled) do not resync together.
- */
-static uint64_t link_reopen_ms(struct qb_lv_link *l)
-{
-    const struct qb_config *cfg = l->sh->cfg;
-    uint64_t delay = cfg->qmp_reconnect_initial_ms;
-
-    for (unsigned i = 0; i < l->closed_streak && delay < cfg->qmp_reconnect_max_ms; i++)
-        delay *= 2;
-    if (delay > cfg->qmp_reconnect_max_ms)
-        delay = cfg->qmp_reconnect_max_ms;
-    l->rng ^= l->rng >> 12;
-    l->rng ^= l->rng << 25;
-    l->rng ^= l->rng >> 27;
-    return delay / 2 + (delay > 1 ? (l->rng * 2685821657736338717ull) % (delay / 2 + 1) : 0);
-}
-
-/*
  * A session the manager closed (it held too much) counts as failed: the next
  * one opens after the back-off, not at once, so a domain that floods faster
  * than the bus takes its events is not resynced (the XML, six queries, three
@@ -798,7 +778,9 @@ static void link_reopen_later(struct qb_lv_link *l)
         t->data = l;
         l->reopen = t;
     }
-    delay = link_reopen_ms(l);
+    /* source_qmp.c's back-off: many VMs closed at once (a stalled transport) spread out */
+    delay = qb_backoff_ms(l->sh->cfg->qmp_reconnect_initial_ms, l->sh->cfg->qmp_reconnect_max_ms,
+                          l->closed_streak, &l->rng);
     if (l->closed_streak < 32)
         l->closed_streak++;
     QB_LOG_DEBUG(l->name,

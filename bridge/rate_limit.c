@@ -59,3 +59,17 @@ uint64_t qb_monotonic_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+uint64_t qb_backoff_ms(uint64_t initial_ms, uint64_t max_ms, unsigned attempts, uint64_t *rng)
+{
+    uint64_t delay = initial_ms;
+
+    for (unsigned i = 0; i < attempts && delay < max_ms; i++)
+        delay *= 2;
+    if (delay > max_ms)
+        delay = max_ms;
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    return delay / 2 + (delay > 1 ? (*rng * 2685821657736338717ull) % (delay / 2 + 1) : 0);
+}

@@ -49,4 +49,12 @@ bool qb_log_limit_allow(struct qb_log_limit *l, uint64_t now_ms, uint64_t *suppr
 /* Monotonic milliseconds (CLOCK_MONOTONIC). */
 uint64_t qb_monotonic_ms(void);
 
+/*
+ * A reconnect delay: initial_ms doubled attempts times, at most max_ms, with
+ * equal jitter (half fixed, half random), so a storm of sessions spreads out
+ * but never hammers. *rng is the caller's xorshift64* state (not 0); jitter
+ * only needs to spread retries, not be unpredictable.
+ */
+uint64_t qb_backoff_ms(uint64_t initial_ms, uint64_t max_ms, unsigned attempts, uint64_t *rng);
+
 #endif

@@ -24,6 +24,7 @@
 #include "fair_reads.h"
 #include "log.h"
 #include "qmp_client.h"
+#include "rate_limit.h"
 #include "source_listen.h"
 
 #include <malloc.h>
@@ -89,27 +90,13 @@ struct qb_source_qmp {
 
 static void link_reconnect_cb(uv_timer_t *t);
 
-/* xorshift64*: jitter only needs to spread reconnects, not be unpredictable. */
-static uint64_t src_random(struct qb_source_qmp *s)
-{
-    s->rng ^= s->rng >> 12;
-    s->rng ^= s->rng << 25;
-    s->rng ^= s->rng >> 27;
-    return s->rng * 2685821657736338717ull;
-}
-
 /* The next reconnect delay of l: exponential back-off with equal jitter. */
 static uint32_t link_backoff_ms(struct qmp_link *l)
 {
     const struct qb_config *cfg = l->src->cfg;
-    uint64_t delay = cfg->qmp_reconnect_initial_ms;
 
-    for (uint32_t i = 0; i < l->attempts && delay < cfg->qmp_reconnect_max_ms; i++)
-        delay *= 2;
-    if (delay > cfg->qmp_reconnect_max_ms)
-        delay = cfg->qmp_reconnect_max_ms;
-    /* Equal jitter: half fixed, half random, so a storm of VMs spreads out but never hammers. */
-    return (uint32_t)(delay / 2 + (delay > 1 ? src_random(l->src) % (delay / 2 + 1) : 0));
+    return (uint32_t)qb_backoff_ms(cfg->qmp_reconnect_initial_ms, cfg->qmp_reconnect_max_ms,
+                                   l->attempts, &l->src->rng);
 }
 
 /* ---- connect slots (qmp.max_connecting) ---------------------------------- */
